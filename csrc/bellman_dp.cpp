@@ -1,0 +1,390 @@
+// The DP runs backwards over rows: V[k][i] = min_{i < j <= n-k} c[i][j] + d * V[k-1][j], V[1][i] = c[i][n-1].
+// Row i of the matrix is read once from memory and then re-scanned from L1 for every budget k (8 KiB at
+// n = 1001), so the matrix streams through the cache once for all budgets; scanning budget by budget
+// (k outer) re-reads the whole matrix K times.
+//
+// The inner argmin is explicit SIMD (AVX-512 or AVX2, picked once at load time from the CPU's features, with a
+// portable scalar fallback): GCC 12 does not vectorise a value-plus-index argmin by itself (the scalar loop ran
+// 2.9 ms at n = 1001, K = 10 here). Several independent accumulators hide the compare-and-blend latency.
+// Every SIMD lane sees its j in increasing order and keeps strict '<', so it holds the smallest index of its
+// minimum, and the lane merge breaks ties towards the smaller index: the smallest argmin overall, as the
+// NumPy reference's np.argmin gives.
+
+#include "bellman_dp.h"
+
+#include <atomic>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define BOSS_FAST_X86_SIMD 1
+#include <immintrin.h>
+#endif
+
+namespace boss_fast {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr int kRows = 4;    // rows per block (AVX-512)
+constexpr int kGroup = 4;   // budgets per group (AVX-512)
+constexpr int kChunk = 64;  // candidates between stored running minima: 8 vectors of 8 doubles
+
+struct ArgMin {
+  double value;
+  int64_t index;
+};
+
+struct Table {
+  const double* cost;
+  int64_t n;
+  double discount;
+  double* value;
+  int64_t* next;
+  double* dv;
+};
+
+// Record V[k][r] (and d * V[k][r], which later budgets read) for row r, budget k.
+inline void store(const Table& t, int64_t k, int64_t r, ArgMin m) {
+  t.value[k * t.n + r] = m.value;
+  t.next[k * t.n + r] = m.index;
+  if (t.dv != t.value) t.dv[k * t.n + r] = t.discount * m.value;
+}
+
+// True when row[lo:hi] holds a NaN or +-inf (an all-ones exponent).
+bool has_nonfinite_scalar(const double* row, int64_t lo, int64_t hi) {
+  constexpr uint64_t kExp = 0x7ff0000000000000ULL;
+  for (int64_t j = lo; j < hi; ++j) {
+    uint64_t bits;
+    std::memcpy(&bits, row + j, sizeof bits);
+    if ((bits & kExp) == kExp) return true;
+  }
+  return false;
+}
+
+// min over j in [lo, hi) of row[j] + dv[j], smallest j on ties (strict '<' in increasing j).
+ArgMin argmin_sum_scalar(const double* row, const double* dv, int64_t lo, int64_t hi) {
+  ArgMin m{kInf, -1};
+  for (int64_t j = lo; j < hi; ++j) {
+    const double c = row[j] + dv[j];
+    if (c < m.value) {
+      m.value = c;
+      m.index = j;
+    }
+  }
+  return m;
+}
+
+#ifdef BOSS_FAST_X86_SIMD
+// Two passes, because a value-plus-index argmin costs 5 vector uops per 8 candidates on AVX-512's two ports
+// (0.95 ms at n = 1001, K = 10 here) while a min costs 2: pass 1 takes the minimum with vminpd over several
+// independent accumulators; pass 2 rescans from the left for the first j whose sum equals it and stops there
+// (half the range on average). The rescan recomputes the same double sum row[j] + dv[j] that produced the
+// minimum, so the equality is exact: it picks an index, it does not backtrack through the table.
+// AVX-512 works on a block of kRows rows and up to kGroup budgets at once. One budget of one row costs 16 bytes of
+// loads per candidate (row[j] and dv[j]) and the scan is then load-bound (~12.5 Gcand/s here, against ~28 for
+// the two vector ALU ports doing add + min), while dv for K = 10 budgets (80 KiB at n = 1001) streams from L2.
+// In a block, kRows rows share each dv[j] load and kGroup budgets share each row[j] load: 8/kGroup + 8/kRows
+// bytes per candidate. The rows of a block depend on each other only through the in-block j (at most
+// kRows - 1 of them), which are folded in afterwards, budget by budget.
+//
+// Pass 1 takes the minimum with vminpd and stores the running minimum after every 64-wide chunk; the first
+// chunk whose running minimum reaches the final minimum holds its first index, and pass 2 rescans only that
+// chunk for the first j whose sum equals it. The rescan recomputes the same double sum row[j] + dv[j] that
+// produced the minimum, so the equality is exact: it picks an index, it does not backtrack through the table.
+
+__attribute__((target("avx512f"))) inline __mmask8 tail_mask(int64_t left) {
+  return left >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << left) - 1u);
+}
+
+// mins[b * G + g] = min over j in [lo, hi) of rows[b][j] + d[g][j]; running[((b * G + g) * chunks + c) * 8 ..]
+// holds the lane-wise running minimum after chunk c.
+template <int B, int G>
+__attribute__((target("avx512f"))) void block_scan_avx512(const double* const* rows, const double* const* d,
+                                                           int64_t lo, int64_t hi, int64_t chunks,
+                                                           double* running, double* mins) {
+  const __m512d inf = _mm512_set1_pd(kInf);
+  __m512d acc[B][G];
+  for (int b = 0; b < B; ++b)
+    for (int g = 0; g < G; ++g) acc[b][g] = inf;
+  int64_t j = lo, c = 0;
+  for (; j + kChunk <= hi; j += kChunk, ++c) {
+#pragma GCC unroll 8
+    for (int v = 0; v < kChunk; v += 8) {
+      __m512d r[B], e[G];
+      for (int b = 0; b < B; ++b) r[b] = _mm512_loadu_pd(rows[b] + j + v);
+      for (int g = 0; g < G; ++g) e[g] = _mm512_loadu_pd(d[g] + j + v);
+      for (int b = 0; b < B; ++b)
+        for (int g = 0; g < G; ++g) acc[b][g] = _mm512_min_pd(acc[b][g], _mm512_add_pd(r[b], e[g]));
+    }
+    for (int b = 0; b < B; ++b)
+      for (int g = 0; g < G; ++g) _mm512_storeu_pd(running + ((b * G + g) * chunks + c) * 8, acc[b][g]);
+  }
+  if (j < hi) {  // the last, partial chunk: masked-off lanes load +inf
+    for (; j < hi; j += 8) {
+      const __mmask8 in = tail_mask(hi - j);
+      __m512d r[B], e[G];
+      for (int b = 0; b < B; ++b) r[b] = _mm512_mask_loadu_pd(inf, in, rows[b] + j);
+      for (int g = 0; g < G; ++g) e[g] = _mm512_mask_loadu_pd(inf, in, d[g] + j);
+      for (int b = 0; b < B; ++b)
+        for (int g = 0; g < G; ++g) acc[b][g] = _mm512_min_pd(acc[b][g], _mm512_add_pd(r[b], e[g]));
+    }
+    for (int b = 0; b < B; ++b)
+      for (int g = 0; g < G; ++g) _mm512_storeu_pd(running + ((b * G + g) * chunks + c) * 8, acc[b][g]);
+  }
+  for (int b = 0; b < B; ++b)
+    for (int g = 0; g < G; ++g) mins[b * G + g] = _mm512_reduce_min_pd(acc[b][g]);
+}
+
+__attribute__((target("avx512f"))) bool has_nonfinite_avx512(const double* row, int64_t lo, int64_t hi) {
+  const __m512i exp = _mm512_set1_epi64(0x7ff0000000000000LL);
+  __mmask8 bad = 0;
+  for (int64_t j = lo; j < hi; j += 8) {
+    const __m512i bits = _mm512_castpd_si512(_mm512_maskz_loadu_pd(tail_mask(hi - j), row + j));
+    bad |= _mm512_cmpeq_epi64_mask(_mm512_and_si512(bits, exp), exp);
+  }
+  return bad != 0;
+}
+
+// The first j in [lo, hi) with row[j] + d[j] == m, given pass 1's running minima for this (row, budget).
+__attribute__((target("avx512f"))) int64_t locate_avx512(const double* row, const double* d, int64_t lo, int64_t hi,
+                                                         const double* running, double m) {
+  const __m512d inf = _mm512_set1_pd(kInf), target = _mm512_set1_pd(m);
+  int64_t c = 0;
+  while (!_mm512_cmp_pd_mask(_mm512_loadu_pd(running + c * 8), target, _CMP_EQ_OQ)) ++c;
+  for (int64_t j = lo + c * kChunk;; j += 8) {
+    const __mmask8 in = tail_mask(hi - j);
+    const __m512d s = _mm512_add_pd(_mm512_mask_loadu_pd(inf, in, row + j), _mm512_mask_loadu_pd(inf, in, d + j));
+    const unsigned hit = _mm512_mask_cmp_pd_mask(in, s, target, _CMP_EQ_OQ);
+    if (hit) return j + __builtin_ctz(hit);
+  }
+}
+
+// Budgets k0 .. k0 + G - 1 of rows top, top - 1, ..., top - B + 1: argmin over i < j <= n - k of
+// row_i[j] + dv[k - 1][j]. Requires top + k0 + G - 1 <= n - 1 (every budget fits from every row of the block).
+template <int B, int G>
+__attribute__((target("avx512f"))) void block_budgets_avx512(const Table& t, int64_t top, int64_t k0,
+                                                              double* scratch) {
+  const int64_t n = t.n;
+  const double* cost = t.cost;
+  const double* dv = t.dv;
+  const double* rows[B];
+  const double* d[G];
+  for (int b = 0; b < B; ++b) rows[b] = cost + (top - b) * n;
+  for (int g = 0; g < G; ++g) d[g] = dv + (k0 - 1 + g) * n;
+  const int64_t lo = top + 1, hi = n - (k0 + G - 1) + 1;  // the j every (row, budget) of the block reads
+  const int64_t chunks = (hi - lo + kChunk - 1) / kChunk;
+  double mins[B * G];
+  block_scan_avx512<B, G>(rows, d, lo, hi, chunks, scratch, mins);
+  // Fold in, budget by budget, the in-block j (smaller than lo) and the budget's own tail (hi .. n - k);
+  // dv[k - 1] at in-block j is final: the previous budget (or group) finished every row of the block.
+  for (int g = 0; g < G; ++g) {
+    const int64_t k = k0 + g;
+    for (int b = 0; b < B; ++b) {
+      const int64_t r = top - b;
+      ArgMin m{kInf, -1};
+      for (int64_t j = r + 1; j < lo; ++j) {
+        const double s = rows[b][j] + d[g][j];
+        if (s < m.value) m = ArgMin{s, j};
+      }
+      bool in_shared = false;
+      if (mins[b * G + g] < m.value) {
+        m.value = mins[b * G + g];
+        in_shared = true;
+      }
+      for (int64_t j = hi; j <= n - k; ++j) {
+        const double s = rows[b][j] + d[g][j];
+        if (s < m.value) {
+          m = ArgMin{s, j};
+          in_shared = false;
+        }
+      }
+      if (in_shared) m.index = locate_avx512(rows[b], d[g], lo, hi, scratch + (b * G + g) * chunks * 8, m.value);
+      store(t, k, r, m);  // (inf, -1) when every sum overflowed: the caller reports it
+    }
+  }
+}
+
+template <int B>
+__attribute__((target("avx512f"))) void block_avx512(const Table& t, int64_t top, int64_t k0, int count,
+                                                      double* scratch) {
+  for (; count > 0; k0 += kGroup, count -= kGroup) {
+    switch (count < kGroup ? count : kGroup) {
+      case 1: block_budgets_avx512<B, 1>(t, top, k0, scratch); break;
+      case 2: block_budgets_avx512<B, 2>(t, top, k0, scratch); break;
+      case 3: block_budgets_avx512<B, 3>(t, top, k0, scratch); break;
+      default: block_budgets_avx512<B, kGroup>(t, top, k0, scratch); break;
+    }
+  }
+}
+
+__attribute__((target("avx2"))) ArgMin argmin_sum_avx2(const double* row, const double* dv, int64_t lo,
+                                                        int64_t hi) {
+  constexpr int kAcc = 4, kW = 4;
+  __m256d best[kAcc];
+  for (int a = 0; a < kAcc; ++a) best[a] = _mm256_set1_pd(kInf);
+  int64_t j = lo;
+  for (; j + kAcc * kW <= hi; j += kAcc * kW) {
+    for (int a = 0; a < kAcc; ++a) {
+      const __m256d c = _mm256_add_pd(_mm256_loadu_pd(row + j + a * kW), _mm256_loadu_pd(dv + j + a * kW));
+      best[a] = _mm256_min_pd(best[a], c);
+    }
+  }
+  alignas(32) double lanes[kW];
+  _mm256_store_pd(lanes, _mm256_min_pd(_mm256_min_pd(best[0], best[1]), _mm256_min_pd(best[2], best[3])));
+  double m = lanes[0];
+  for (int l = 1; l < kW; ++l) m = lanes[l] < m ? lanes[l] : m;
+  for (; j < hi; ++j) {
+    const double c = row[j] + dv[j];
+    m = c < m ? c : m;
+  }
+  if (!(m < kInf)) return ArgMin{m, -1};
+  const __m256d target = _mm256_set1_pd(m);
+  for (j = lo; j + kW <= hi; j += kW) {
+    const __m256d c = _mm256_add_pd(_mm256_loadu_pd(row + j), _mm256_loadu_pd(dv + j));
+    const int hit = _mm256_movemask_pd(_mm256_cmp_pd(c, target, _CMP_EQ_OQ));
+    if (hit) return ArgMin{m, j + __builtin_ctz(static_cast<unsigned>(hit))};
+  }
+  for (; j < hi; ++j) {
+    if (row[j] + dv[j] == m) return ArgMin{m, j};
+  }
+  return ArgMin{m, -1};
+}
+#endif
+
+// Budgets k0 .. k0 + count - 1 of the block's rows top, top - 1, ...: V[k][r] = min over r < j <= n - k of
+// cost[r][j] + dv[k - 1][j], stored as it is found (budget k + 1 of the same block reads it). Requires
+// top + k0 + count - 1 <= n - 1. scratch holds kRows * kGroup * ceil(n / 64) * 8 doubles.
+using BlockFn = void (*)(const Table&, int64_t top, int64_t k0, int count, double* scratch);
+
+struct Kernels {
+  int rows;        // rows per block
+  BlockFn block;   // a block of `rows` rows
+  BlockFn single;  // one row
+  bool (*has_nonfinite)(const double* row, int64_t lo, int64_t hi);  // NaN or +-inf in row[lo:hi]
+};
+
+template <ArgMin (*argmin_sum)(const double*, const double*, int64_t, int64_t)>
+void single_row(const Table& t, int64_t top, int64_t k0, int count, double* /*scratch*/) {
+  for (int64_t k = k0; k < k0 + count; ++k) {
+    store(t, k, top, argmin_sum(t.cost + top * t.n, t.dv + (k - 1) * t.n, top + 1, t.n - k + 1));
+  }
+}
+
+Kernels pick_kernels() {
+#ifdef BOSS_FAST_X86_SIMD
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return Kernels{kRows, block_avx512<kRows>, block_avx512<1>, has_nonfinite_avx512};
+  if (__builtin_cpu_supports("avx2")) return Kernels{1, single_row<argmin_sum_avx2>, single_row<argmin_sum_avx2>, has_nonfinite_scalar};
+#endif
+  return Kernels{1, single_row<argmin_sum_scalar>, single_row<argmin_sum_scalar>, has_nonfinite_scalar};
+}
+
+const Kernels kernels = pick_kernels();
+
+// The budgets of one row are independent given the rows after it, so threads split the budgets into
+// contiguous groups and run as a pipeline over rows: group g computes V[k][i] for its k once group g - 1 has
+// finished row i + 1 (it needs V[k_lo - 1][j] for j > i). Each thread scans its own budgets exactly as the
+// single-threaded loop does, so the table is bit-identical whatever the thread count.
+
+void wait_for_row(const std::atomic<int64_t>& done, int64_t row) {
+  for (int spins = 0; done.load(std::memory_order_acquire) > row; ++spins) {
+    if (spins < 4096) {
+#ifdef BOSS_FAST_X86_SIMD
+      _mm_pause();
+#endif
+    } else {
+      std::this_thread::yield();  // oversubscribed (CI, other jobs): let the producer run
+    }
+  }
+}
+
+// Rows n-2 .. 0 (in blocks of kernels.rows where every budget fits), budgets [k_lo, k_hi]. Group 0
+// (k_lo == 1) also checks finiteness and fills k = 1.
+int64_t run_group(const Table& t, int64_t k_lo, int64_t k_hi, const std::atomic<int64_t>* upstream,
+                  std::atomic<int64_t>* done) {
+  const int64_t n = t.n;
+  const int64_t k0 = k_lo > 2 ? k_lo : 2;
+  int64_t bad_row = -1;
+  std::vector<double> scratch(static_cast<size_t>(kRows * kGroup * ((n + 63) / 64) * 8));
+  for (int64_t top = n - 2; top >= 0;) {
+    // Near the end a row cannot take every budget; there, and for the last rows, go one row at a time.
+    const bool full = top + 1 >= kernels.rows && n - 1 - top >= k_hi;
+    const int64_t rows = full ? kernels.rows : 1;
+    const int64_t bottom = top - rows + 1;
+#ifdef BOSS_FAST_X86_SIMD
+    // Pull the next block's rows towards L2 while this block is scanned, so the matrix's one trip from memory
+    // overlaps the arithmetic.
+    for (int64_t r = bottom - 1; r >= 0 && r >= bottom - rows; --r) {
+      const double* next_row = t.cost + r * n;
+      for (int64_t j = r + 1; j < n; j += 8) _mm_prefetch(reinterpret_cast<const char*>(next_row + j), _MM_HINT_T1);
+    }
+#endif
+    if (upstream != nullptr) wait_for_row(*upstream, bottom + 1);
+    if (k_lo == 1) {
+      for (int64_t r = top; r >= bottom; --r) {
+        const double* row = t.cost + r * n;
+        if (kernels.has_nonfinite(row, r + 1, n)) bad_row = r;  // rows run downwards: ends at the smallest bad row
+        store(t, 1, r, ArgMin{row[n - 1], n - 1});
+      }
+    }
+    // A (k-1)-step path from j must still fit, so budget k reads j in [r + 1, n - k].
+    const int64_t kmax = k_hi < n - 1 - top ? k_hi : n - 1 - top;
+    if (kmax >= k0) {
+      (full ? kernels.block : kernels.single)(t, top, k0, static_cast<int>(kmax - k0 + 1), scratch.data());
+    }
+    if (done != nullptr) done->store(bottom, std::memory_order_release);
+    top = bottom - 1;
+  }
+  return bad_row;
+}
+
+}  // namespace
+
+int64_t bellman_table(const double* cost, int64_t n, int64_t max_steps, double discount, double* value,
+                      int64_t* next, int threads) {
+  const int64_t width = (max_steps + 1) * n;
+  for (int64_t e = 0; e < width; ++e) {
+    value[e] = kInf;
+    next[e] = -1;
+  }
+  // dv[k][j] = discount * V[k][j], rounded once, so the hot loop is a plain add (no multiply to contract).
+  std::vector<double> dv_store;
+  double* dv = value;
+  if (discount != 1.0) {
+    dv_store.assign(static_cast<size_t>(width), kInf);
+    dv = dv_store.data();
+  }
+  const Table t{cost, n, discount, value, next, dv};
+
+  // Threads pay off once the scan dwarfs starting one (~30 us): n = 1001, K = 10 is ~5e6 candidates.
+  const double work = 0.5 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(max_steps);
+  if (threads <= 0) {
+    const unsigned hw = std::thread::hardware_concurrency();
+    threads = work < 2e6 ? 1 : static_cast<int>(hw == 0 ? 1 : (hw < 8 ? hw : 8));
+  }
+  // Group 0 also runs the finiteness check, worth about two budgets' scans: split K + 1 units of work.
+  const int64_t units = max_steps + 1;
+  if (threads > units / 2) threads = static_cast<int>(units / 2);
+  if (threads <= 1) return run_group(t, 1, max_steps, nullptr, nullptr);
+
+  std::vector<int64_t> bounds(threads + 1);
+  for (int g = 0; g <= threads; ++g) bounds[g] = (units * g) / threads - 1;  // k ranges (bounds[g], bounds[g+1]]
+  bounds[0] = 0;
+  // One cache line per counter: a consumer spinning on its upstream's line must not bounce its own.
+  struct alignas(64) Progress {
+    std::atomic<int64_t> row;
+  };
+  std::vector<Progress> done(threads);
+  for (auto& d : done) d.row.store(n - 1);  // row n - 1 has no steps to take: "done" from the start
+  std::vector<std::thread> pool;
+  for (int g = 1; g < threads; ++g) {
+    pool.emplace_back([&, g] { run_group(t, bounds[g] + 1, bounds[g + 1], &done[g - 1].row, &done[g].row); });
+  }
+  const int64_t bad_row = run_group(t, 1, bounds[1], nullptr, &done[0].row);
+  for (auto& th : pool) th.join();
+  return bad_row;
+}
+
+}  // namespace boss_fast
