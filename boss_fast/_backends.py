@@ -44,8 +44,8 @@ def dp_backends() -> tuple[str, ...]:
 def dp_kernel(backend: str = "auto") -> tuple[str, Callable]:
     """Resolve ``backend`` to ``(name, kernel)``.
 
-    ``kernel(cost, max_steps, discount) -> (value, next, bad_row)`` with ``cost`` a C-contiguous float64 (N, N)
-    array; see :func:`boss_fast.bellman.bellman_table_reference` for the contract.
+    ``kernel(cost, max_steps, discount) -> (value, next, bad_row)`` with ``cost`` a C-contiguous float64
+    (N, N) array; see :func:`boss_fast.bellman.bellman_table_reference` for the contract.
 
     Raises:
         ValueError: ``backend`` is not "auto" or one of :data:`DP_BACKENDS`.

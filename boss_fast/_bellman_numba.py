@@ -39,7 +39,8 @@ def _argmin_sum(row, dv, lo, hi, sums, chunk_keys):  # pragma: no cover - compil
     chunks = 0
     for c0 in range(0, count, _CHUNK):
         cmin = _MAX_KEY
-        chunk = bits[c0 : c0 + _CHUNK]  # a slice indexed from 0: no negative-index wraparound, so it vectorises
+        # A slice indexed from 0: no negative-index wraparound check, so LLVM vectorises the loop.
+        chunk = bits[c0 : c0 + _CHUNK]
         for j in range(chunk.size):
             key = _key(chunk[j])
             cmin = key if key < cmin else cmin
@@ -83,7 +84,9 @@ def _table(cost, max_steps, discount):  # pragma: no cover - compiled; tested th
     return value, nxt, bad_row
 
 
-def bellman_table(cost: np.ndarray, max_steps: int, discount: float = 1.0) -> tuple[np.ndarray, np.ndarray, int]:
+def bellman_table(
+    cost: np.ndarray, max_steps: int, discount: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, int]:
     """See :func:`boss_fast.bellman.bellman_table_reference`; ``cost`` must be C-contiguous float64."""
     value, nxt, bad_row = _table(cost, max_steps, discount)
     return value, nxt, int(bad_row)

@@ -1,4 +1,4 @@
-"""The Bellman DP: every backend against brute force, the NumPy reference, and itself; invariants; bad input."""
+"""The Bellman DP: each backend against brute force, the NumPy reference and itself; invariants; bad input."""
 
 import itertools
 import math
@@ -44,7 +44,9 @@ def test_backends_listed_fastest_first():
     assert "numpy" in BACKENDS
 
 
-@pytest.mark.skipif(os.environ.get("BOSS_FAST_REQUIRE_CPP") != "1", reason="only where the C++ build is required")
+@pytest.mark.skipif(
+    os.environ.get("BOSS_FAST_REQUIRE_CPP") != "1", reason="only where the C++ build is required"
+)
 def test_cpp_backend_built_where_required():
     assert "cpp" in BACKENDS, _backends._load("cpp")[1]
 
@@ -236,8 +238,16 @@ def test_overflowing_path_sum_is_refused(backend):
 
 @pytest.mark.parametrize(
     "steps, match",
-    [(0, r"\[1, 9\]"), (10, r"\[1, 9\]"), (-1, r"\[1, 9\]"), (2.5, "integer"), (3.0, "integer"),
-     ("3", "integer"), (True, "integer"), (None, "integer")],
+    [
+        (0, r"\[1, 9\]"),
+        (10, r"\[1, 9\]"),
+        (-1, r"\[1, 9\]"),
+        (2.5, "integer"),
+        (3.0, "integer"),
+        ("3", "integer"),
+        (True, "integer"),
+        (None, "integer"),
+    ],
 )
 def test_bad_steps(backend, steps, match):
     cost = np.ones((10, 10))
