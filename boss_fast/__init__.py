@@ -1,12 +1,49 @@
 """boss_fast: Bellman Optimal Step-size Straightening (BOSS) for flow-matching models.
 
 Time runs from t = 0 (noise) to t = 1 (data); a velocity model is called as ``velocity(x, t)`` with x of shape
-(B, ...) and t of shape (B,).
+(B, ...) and t of shape (B,), and dx/dt = velocity. diffusers' sigma is 1 - t.
+
+Stage 1 (Nguyen, Nguyen & Nguyen, ICLR 2024): teacher trajectories on a fine grid -> the cost of every
+one-step Euler jump -> the exact Bellman DP over it -> a K-step schedule.
 """
 
 from boss_fast._backends import dp_backends
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
+from boss_fast.cost import cost_matrix, trajectory_cost, trajectory_cost_sums
+from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
+from boss_fast.sampling import sample
+from boss_fast.schedule import Schedule, optimal_schedule, schedule_from_cost, schedules_from_cost
+from boss_fast.trajectories import (
+    Trajectory,
+    euler_step,
+    model_fingerprint,
+    ode_step,
+    seeded_noise,
+    teacher_trajectory,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["BellmanPath", "bellman_path", "bellman_paths", "dp_backends"]
+__all__ = [
+    "BellmanPath",
+    "Schedule",
+    "Trajectory",
+    "bellman_path",
+    "bellman_paths",
+    "cost_matrix",
+    "dp_backends",
+    "edm_grid",
+    "euler_step",
+    "model_fingerprint",
+    "ode_step",
+    "optimal_schedule",
+    "sample",
+    "schedule_from_cost",
+    "schedules_from_cost",
+    "seeded_noise",
+    "shifted_grid",
+    "teacher_trajectory",
+    "trajectory_cost",
+    "trajectory_cost_sums",
+    "uniform_grid",
+]

@@ -1,0 +1,151 @@
+"""Boundary helpers shared by grids, trajectories, cost, schedule and sampling.
+
+Every public function validates its inputs here, once, with a message that names the argument and the
+offending value; the kernels behind them assume valid input. Atomic file writes live here too because the
+cost checkpoint and the schedule JSON both need them.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import tempfile
+from collections.abc import Callable
+from typing import IO
+
+import numpy as np
+import torch
+
+SOLVERS: tuple[str, ...] = ("euler", "heun", "rk4")
+METRICS: tuple[str, ...] = ("l2sq", "l2")
+
+
+def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a ValueError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_int(value: object, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as a Python int >= ``minimum``; bools and floats are refused (TypeError)."""
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        k = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if k < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {k}")
+    return k
+
+
+def check_float(value: object, name: str) -> float:
+    """Return ``value`` as a finite Python float (TypeError if not a real number, ValueError if infinite)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    f = float(value)
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {f}")
+    return f
+
+
+def as_times(times: object, name: str = "times") -> np.ndarray:
+    """Validate a time grid and return it as a float64 numpy copy.
+
+    Accepts a sequence, a numpy array or a torch tensor (any device: read once to the host). The grid must be
+    1-D, hold at least 2 finite values inside [0, 1] (t = 0 noise, t = 1 data) and be strictly increasing.
+    """
+    if isinstance(times, torch.Tensor):
+        times = times.detach().to("cpu", torch.float64).numpy()
+    try:
+        arr = np.array(times, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a 1-D sequence of real numbers, got {type(times).__name__}"
+        ) from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size < 2:
+        raise ValueError(f"{name} must hold at least 2 points, got {arr.size}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise ValueError(f"{name} must be finite; {name}[{bad[0]}] = {arr[bad[0]].item()}")
+    out = np.flatnonzero((arr < 0.0) | (arr > 1.0))
+    if out.size:
+        raise ValueError(
+            f"{name} must lie in [0, 1] (0 noise, 1 data); {name}[{out[0]}] = {arr[out[0]].item()!r}"
+        )
+    steps = np.diff(arr)
+    flat = np.flatnonzero(steps <= 0.0)
+    if flat.size:
+        i = int(flat[0])
+        raise ValueError(
+            f"{name} must be strictly increasing; "
+            f"{name}[{i + 1}] = {arr[i + 1].item()!r} <= {name}[{i}] = {arr[i].item()!r}"
+        )
+    return arr
+
+
+def check_noise(noise: object, name: str = "noise") -> torch.Tensor:
+    """Check that ``noise`` is a floating torch tensor of shape (B, ...) with B >= 1."""
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, ...), got {type(noise).__name__}")
+    if not noise.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {noise.dtype}")
+    if noise.ndim < 1:
+        raise ValueError(f"{name} must have a batch dimension (B, ...), got a 0-d tensor")
+    if noise.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(noise.shape)}")
+    return noise
+
+
+def check_velocity_output(v: object, x: torch.Tensor, t: float) -> torch.Tensor:
+    """Check a velocity model's output against its input ``x`` at time ``t``: metadata only, no sync."""
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"velocity returned {type(v).__name__} at t = {t!r}, expected a torch.Tensor")
+    if v.shape != x.shape:
+        raise ValueError(
+            f"velocity returned shape {tuple(v.shape)} at t = {t!r}, expected the input's {tuple(x.shape)}"
+        )
+    if v.dtype != x.dtype:
+        raise ValueError(f"velocity returned dtype {v.dtype} at t = {t!r}, expected the input's {x.dtype}")
+    if v.device != x.device:
+        raise ValueError(f"velocity returned a tensor on {v.device} at t = {t!r}, expected {x.device}")
+    return v
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file so that readers see either the old content or the complete new one, never a part.
+
+    ``write(f)`` fills a temporary file in the same directory (same filesystem, so the rename is atomic); it
+    is flushed and fsynced, then ``os.replace``-d over ``path``, and the directory is fsynced so the rename
+    itself survives a power loss.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # POSIX only; Windows cannot open a directory
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

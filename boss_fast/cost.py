@@ -1,0 +1,472 @@
+"""The BOSS cost matrix (stage 1, step 3): the error of one Euler jump i -> j against the teacher.
+
+For grid times t_0 < ... < t_{N-1}, teacher states x_i and Euler slopes v_i = v(x_i, t_i), and i < j::
+
+    e_ij = x_j - (x_i + (t_j - t_i) v_i)
+    cost[i, j] = mean over samples of ||e_ij||^2      metric "l2sq" (BOSS, squared L2 over all pixels)
+    cost[i, j] = mean over samples of ||e_ij||        metric "l2"   (GITS)
+
+and 0 on and below the diagonal. With an Euler teacher cost[i, i+1] is 0 up to the teacher's rounding.
+
+How it is computed without a Python loop over pairs, and without cancellation. Expanding ||e_ij||^2 as
+||x_j - x_i||^2 - 2 (t_j - t_i) <x_j - x_i, v_i> + ... subtracts numbers of size ||x||^2 to get one of size
+||e||^2, which near the diagonal is ~1e-10 of it: the result is noise. Instead write e_ij with quantities
+that are themselves small. With h_m = t_{m+1} - t_m, the teacher's local defect delta_m = (x_{m+1} - x_m)
+- h_m v_m (0 for an Euler teacher up to rounding, O(h^2) otherwise) and the slope increments
+w_k = v_{k+1} - v_k (O(h))::
+
+    e_ij = sum_{m=i}^{j-1} z_m,   z_m = delta_m + (t_j - t_{m+1}) w_m       (w_{j-1} has weight 0)
+
+so ||e_ij||^2 is a sum of Gram products <delta, delta>, <delta, w>, <w, w> with weights that are
+partial sums of step sizes. The Gram matrices are three float64 GEMMs over the (N - 1, F) and (N - 2, F)
+bases (F = samples x pixels for "l2sq", one Gram per sample for "l2"), streamed over feature tiles, so the
+trajectory is read once; the rest is O(N^2) cumulative sums, each accumulated outward from the diagonal so
+every partial sum is of the size of the entries it adds. The result matches the direct float64 definition
+to a few ulps relative on every entry, including the near-diagonal ones (tests/test_cost.py).
+
+``cost_matrix`` streams noise batches through the teacher and accumulates per-batch SUMS over samples
+(float64) and a count; one process, a resumed process and a torchrun job reduce the same (sum, count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from boss_fast._validation import (
+    METRICS,
+    SOLVERS,
+    as_times,
+    atomic_write,
+    check_choice,
+    check_int,
+    check_noise,
+)
+from boss_fast.trajectories import VelocityFn, model_fingerprint, teacher_trajectory
+
+__all__ = ["cost_matrix", "trajectory_cost", "trajectory_cost_sums"]
+
+# float64 working set of one feature tile (states, velocities and the basis). Measured on the 2-core dev
+# box at 101 x 307,200 (float32 in): 1 MiB 0.30 s, 2 MiB 0.22 s, 4 MiB 0.20 s, 8 MiB 0.19 s, 16+ MiB no
+# better: the GEMMs need long tiles, the tile must stay in cache.
+_CHUNK_BYTES = 8 << 20
+# Working set of the O(N^2) pair stage per group of samples for "l2" (about 16 (b, N, N) float64 arrays).
+_PAIR_BYTES = 256 << 20
+# Row panels of the symmetric Gram product (see _basis_grams).
+_PANELS = 4
+
+CHECKPOINT_FORMAT = "boss_fast.cost_checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+def _basis_grams(
+    states: torch.Tensor, velocities: torch.Tensor, h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gram matrices of the small basis delta_0..delta_{K-1}, w_0..w_{K-2}, for each of b groups.
+
+    Args:
+        states: (N, b, D) any floating dtype; velocities: (K, b, D) with K = N - 1; h: (K,) float64 steps.
+
+    Returns:
+        float64 views on the states' device: <delta, delta> (b, K, K), <delta, w> (b, K, K - 1) and
+        <w, w> (b, K - 1, K - 1), each group's products over its D features.
+    """
+    n, b, d = states.shape
+    k = n - 1
+    rows = 2 * k - 1
+    # Tiles of (groups, N, columns) in float64 within _CHUNK_BYTES (about 4 such arrays live at once);
+    # columns first, so that the GEMMs stay long (>= 2048 columns when D allows) for "l2"'s many groups.
+    per_column = 8 * 4 * n
+    groups = max(1, min(b, _CHUNK_BYTES // (per_column * min(d, 2048))))
+    step = min(d, max(1, _CHUNK_BYTES // (per_column * groups)))
+    opts = {"dtype": torch.float64, "device": states.device}
+    gram = torch.zeros((b, rows, rows), **opts)
+    basis = torch.empty((groups, rows, step), **opts)  # reused: [delta; w] of one tile
+    hh = h.view(1, k, 1)
+    # The Gram is symmetric: GEMM each panel of rows only against itself and the rows after it, then
+    # mirror. 4 panels do 62% of the full product's flops (0.21 s -> 0.13 s at 199 x 307,200).
+    edges = [round(i * rows / _PANELS) for i in range(_PANELS + 1)]
+    panels = [(r0, r1) for r0, r1 in zip(edges[:-1], edges[1:], strict=True) if r1 > r0]
+    for s0 in range(0, b, groups):
+        s1 = min(b, s0 + groups)
+        for c0 in range(0, d, step):
+            c1 = min(d, c0 + step)
+            x = states[:, s0:s1, c0:c1].to(torch.float64).transpose(0, 1)  # (g, N, c)
+            v = velocities[:, s0:s1, c0:c1].to(torch.float64).transpose(0, 1)  # (g, K, c)
+            tile = basis[: s1 - s0, :, : c1 - c0]
+            # x[1:] - x[:-1] is exact for float32 inputs. Nothing in place on x, v: float64 ones are views.
+            delta = torch.sub(x[:, 1:], x[:, :-1], out=tile[:, :k]).addcmul_(hh, v, value=-1.0)
+            torch.sub(v[:, 1:], v[:, :-1], out=tile[:, k:])
+            for r0, r1 in panels:
+                gram[s0:s1, r0:r1, r0:].baddbmm_(tile[:, r0:r1], tile[:, r0:].transpose(1, 2))
+            del delta
+    gram = torch.triu(gram) + torch.triu(gram, 1).transpose(1, 2)
+    return gram[:, :k, :k], gram[:, :k, k:], gram[:, k:, k:]
+
+
+def _partial_rows(a: torch.Tensor) -> torch.Tensor:
+    """(b, K, K) -> (b, K, K + 1): ``out[m, j] = sum_{k = m+1}^{j-1} a[m, k]``, summed outward from m."""
+    return F.pad(torch.cumsum(torch.triu(a, 1), dim=-1), (1, 0))
+
+
+def _weighted(rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """(b, K, K + 1) -> (b, K, K + 1): ``out[m, j] = sum_{l < j} h_l rows[m, l]``.
+
+    With rows = _partial_rows(a) this is ``sum_{m < k < j} (t_j - t_{k+1}) a[m, k]``: the step-size weight
+    t_j - t_{k+1} = h_{k+1} + ... + h_{j-1} is distributed over the sum, never formed as t_j * sum - ...
+    """
+    return F.pad(torch.cumsum(rows[..., :-1] * h, dim=-1), (1, 0))
+
+
+def _pair_sq_errors(
+    g_dd: torch.Tensor, g_dw: torch.Tensor, g_ww: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """Squared Euler-jump errors ||e_ij||^2 from the basis Grams of ``_basis_grams``.
+
+    Args:
+        g_dd, g_dw, g_ww: as returned by ``_basis_grams``; t: (N,) float64 on the same device, N = K + 1.
+
+    Returns:
+        (b, N, N) float64, entry [i, j] = ||e_ij||^2 for i < j, 0 elsewhere (clamped at 0: rounding).
+    """
+    b = g_dd.shape[0]
+    k = t.shape[0] - 1
+    h = t[1:] - t[:-1]
+    # Pad w with w_{K-1} = 0: its weight t_j - t_K is 0 for the only j (= K) where it would appear.
+    g_dw = F.pad(g_dw, (0, 1))
+    g_ww = F.pad(g_ww, (0, 1, 0, 1))
+    # With z_m = delta_m + c_m w_m and c_m = t_j - t_{m+1}, ||e_ij||^2 = sum_{m=i}^{j-1} q[m, j],
+    # q[m, j] = <z_m, z_m> + 2 sum_{m < k < j} <z_m, z_k>; the four pieces of <z_m, z_k> below.
+    r_dd = _partial_rows(g_dd)
+    s_dw = _weighted(_partial_rows(g_dw), h)
+    r_wd = _partial_rows(g_dw.transpose(1, 2))
+    s_ww = _weighted(_partial_rows(g_ww), h)
+    c = t[None, :] - t[1:, None]  # (K, N): c[m, j] = t_j - t_{m+1}, >= 0 exactly where j > m
+    diag = torch.diagonal
+    q = (
+        diag(g_dd, dim1=1, dim2=2)[..., None]
+        + c * (2.0 * diag(g_dw, dim1=1, dim2=2)[..., None] + c * diag(g_ww, dim1=1, dim2=2)[..., None])
+        + 2.0 * (r_dd + s_dw + c * (r_wd + s_ww))
+    )
+    above = torch.arange(k + 1, device=t.device)[None, :] > torch.arange(k, device=t.device)[:, None]
+    q = torch.where(above, q, 0.0)  # keep m < j only
+    # Sum q over m = i .. j-1 from m = j - 1 down (entries m >= j are 0): outward from the diagonal again.
+    e = torch.flip(torch.cumsum(torch.flip(q, (1,)), dim=1), (1,))
+    out = torch.zeros((b, k + 1, k + 1), dtype=torch.float64, device=t.device)
+    out[:, :k, :] = e
+    return out.clamp_min_(0.0)
+
+
+def _cost_sums_kernel(
+    states: torch.Tensor, velocities: torch.Tensor, times: np.ndarray, metric: str
+) -> np.ndarray:
+    """Sum over the B samples of the per-sample cost, (N, N) float64 numpy. Assumes valid input.
+
+    Args:
+        states: (N, B, ...); velocities: (N - 1, B, ...) (extra rows ignored); times: (N,) float64.
+    """
+    n, bsz = states.shape[0], states.shape[1]
+    t = torch.as_tensor(times, dtype=torch.float64, device=states.device)
+    h = t[1:] - t[:-1]
+    x = states.reshape(n, bsz, -1)
+    v = velocities[: n - 1].reshape(n - 1, bsz, -1)
+    if metric == "l2sq":
+        # The mean over samples of per-sample squared norms is 1/B times the squared norm of the flattened
+        # (B * D) vector: one Gram over every feature of the batch.
+        grams = _basis_grams(x.reshape(n, 1, -1), v.reshape(n - 1, 1, -1), h)
+        total = _pair_sq_errors(*grams, t)[0]
+    else:
+        total = torch.zeros((n, n), dtype=torch.float64, device=states.device)
+        group = max(1, _PAIR_BYTES // (16 * 8 * n * n))
+        for s0 in range(0, bsz, group):
+            grams = _basis_grams(x[:, s0 : s0 + group], v[:, s0 : s0 + group], h)
+            total += _pair_sq_errors(*grams, t).sqrt_().sum(dim=0)
+    return total.cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------- public, pure
+
+
+def _as_trajectory_tensor(a: object, name: str) -> torch.Tensor:
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(a)
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(a).__name__}")
+    if not a.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {a.dtype}")
+    if a.ndim < 2:
+        raise ValueError(f"{name} must have shape (N, B, ...), got {tuple(a.shape)}")
+    return a
+
+
+def trajectory_cost_sums(
+    states: torch.Tensor | np.ndarray,
+    velocities: torch.Tensor | np.ndarray,
+    times: Sequence[float] | np.ndarray | torch.Tensor,
+    metric: str = "l2sq",
+) -> tuple[np.ndarray, int]:
+    """The cost matrix of one batch as (sum over samples, number of samples): the reducible form.
+
+    ``sums / count`` is ``trajectory_cost``; sums of several batches (or processes) add up.
+
+    Args:
+        states: (N, B, ...) teacher states, any floating dtype (converted to float64 chunk by chunk).
+        velocities: (N, B, ...) or (N - 1, B, ...) Euler slopes v_i at states[i] (a last row is ignored).
+        times: (N,) strictly increasing grid in [0, 1].
+        metric: "l2sq" (BOSS) or "l2" (GITS).
+
+    Returns:
+        sums: (N, N) float64 numpy, strictly upper triangular. count: B.
+    """
+    states = _as_trajectory_tensor(states, "states")
+    velocities = _as_trajectory_tensor(velocities, "velocities")
+    t = as_times(times)
+    metric = check_choice(metric, METRICS, "metric")
+    n = states.shape[0]
+    if len(t) != n:
+        raise ValueError(f"times has {len(t)} points but states has N = {n}")
+    if velocities.shape[0] not in (n, n - 1) or velocities.shape[1:] != states.shape[1:]:
+        raise ValueError(
+            f"velocities must have shape ({n} or {n - 1}, {', '.join(map(str, states.shape[1:]))}) to match "
+            f"states {tuple(states.shape)}, got {tuple(velocities.shape)}"
+        )
+    if velocities.device != states.device:
+        raise ValueError(f"states are on {states.device} but velocities on {velocities.device}")
+    if states.shape[1] < 1:
+        raise ValueError("states must hold at least one sample (B >= 1)")
+    sums = _cost_sums_kernel(states, velocities, t, metric)
+    bad = np.flatnonzero(~np.isfinite(sums).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"states or velocities contain non-finite values (cost row {bad[0]}, t = {t[bad[0]].item()!r})"
+        )
+    return sums, int(states.shape[1])
+
+
+def trajectory_cost(
+    states: torch.Tensor | np.ndarray,
+    velocities: torch.Tensor | np.ndarray,
+    times: Sequence[float] | np.ndarray | torch.Tensor,
+    metric: str = "l2sq",
+) -> np.ndarray:
+    """The BOSS cost matrix of one batch of teacher trajectories, (N, N) float64 numpy.
+
+    ``cost[i, j]`` (i < j) is the mean over samples of ``||x_j - (x_i + (t_j - t_i) v_i)||^2`` (metric "l2sq")
+    or of its square root ("l2"), summed over all non-batch dimensions; 0 on and below the diagonal. See the
+    module docstring for the cancellation-free evaluation. Arguments as ``trajectory_cost_sums``.
+
+    Example:
+        >>> x = torch.tensor([[[0.0]], [[1.0]], [[2.0]]])  # (N=3, B=1, D=1), a constant velocity 2
+        >>> trajectory_cost(x, torch.full((2, 1, 1), 2.0), [0.0, 0.5, 1.0])
+        array([[0., 0., 0.],
+               [0., 0., 0.],
+               [0., 0., 0.]])
+    """
+    sums, count = trajectory_cost_sums(states, velocities, times, metric)
+    return sums / count
+
+
+# ------------------------------------------------------------------------------- streaming, checkpoint
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_sums(sums: np.ndarray, count: int) -> tuple[np.ndarray, int]:
+    """Sum (sums, count) over the default process group in float64 (NCCL needs the tensor on CUDA)."""
+    dist = torch.distributed
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    packed = torch.from_numpy(np.append(sums.ravel(), float(count))).to(device)  # counts < 2**53: exact
+    dist.all_reduce(packed)
+    flat = packed.cpu().numpy()
+    return flat[:-1].reshape(sums.shape).copy(), int(round(flat[-1]))
+
+
+def _rank_path(path: str, rank: int, world: int) -> str:
+    if world == 1:
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}.rank{rank}-of-{world}{ext}"
+
+
+def _noise_digest(noise: torch.Tensor) -> str:
+    data = noise.detach().contiguous().reshape(-1).cpu().view(torch.uint8).numpy()
+    return "sha256:" + hashlib.sha256(data.tobytes()).hexdigest()[:16]
+
+
+def _save_checkpoint(path: str, header: dict[str, object], sums: np.ndarray, count: int, done: int) -> None:
+    arrays = {key: np.asarray(value) for key, value in header.items()}
+    arrays.update(sums=sums, count=np.int64(count), batches_done=np.int64(done))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _load_checkpoint(path: str, header: dict[str, object]) -> tuple[np.ndarray, int, int]:
+    """Read a checkpoint written by ``_save_checkpoint`` and check it belongs to this run."""
+    try:
+        # Open the file ourselves: np.load(path) leaks its handle when the zip is corrupt.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
+            stored = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"cost checkpoint {path} is unreadable (corrupted or not a checkpoint): {err}"
+        ) from None
+    if str(stored.get("format", "")) != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a boss_fast cost checkpoint (format {stored.get('format')!r})")
+    for key, expected in header.items():
+        if key not in stored:
+            raise ValueError(f"cost checkpoint {path} lacks {key!r}; delete it or pass another path")
+        if not np.array_equal(stored[key], np.asarray(expected)):
+            got = stored[key].tolist()
+            raise ValueError(
+                f"cost checkpoint {path} was written for a different run: {key} = {got!r} there, "
+                f"{np.asarray(expected).tolist()!r} here; delete it or pass another checkpoint path"
+            )
+    sums = stored["sums"]
+    if sums.shape != (len(header["times"]),) * 2 or sums.dtype != np.float64:  # type: ignore[arg-type]
+        raise ValueError(f"cost checkpoint {path} holds sums of shape {sums.shape}, dtype {sums.dtype}")
+    return sums.copy(), int(stored["count"]), int(stored["batches_done"])
+
+
+def _accumulate_cost(
+    velocity: VelocityFn,
+    make_batch: Callable[[int, int], torch.Tensor],
+    num_samples: int,
+    times: np.ndarray,
+    *,
+    batch_size: int,
+    solver: str,
+    metric: str,
+    device: torch.device | str | None,
+    progress: bool,
+    checkpoint: str | os.PathLike | None,
+    identity: dict[str, str],
+) -> np.ndarray:
+    """Stream ``num_samples`` noises through the teacher in batches and reduce the cost (sum, count).
+
+    ``make_batch(start, stop)`` returns noises start .. stop - 1. Under torch.distributed, rank r of W runs
+    batches r, r + W, ...; each rank checkpoints its own share to ``<root>.rank{r}-of-{W}<ext>``. Assumes
+    validated arguments. ``identity`` (noise digest, dtype, ...) goes into the checkpoint header.
+    """
+    rank, world = _dist_rank_world()
+    num_batches = -(-num_samples // batch_size)
+    mine = list(range(rank, num_batches, world))
+    n = len(times)
+    sums, count, done = np.zeros((n, n)), 0, 0
+    path = None
+    header: dict[str, object] = {}
+    if checkpoint is not None:
+        path = _rank_path(os.fspath(checkpoint), rank, world)
+        model = model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else ""
+        header = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "times": times,
+            "metric": metric,
+            "solver": solver,
+            "num_samples": num_samples,
+            "batch_size": batch_size,
+            "rank": rank,
+            "world_size": world,
+            "model": model,
+            **identity,
+        }
+        if os.path.exists(path):
+            sums, count, done = _load_checkpoint(path, header)
+    bar = tqdm(
+        total=len(mine), initial=done, disable=not progress or rank != 0, desc="cost matrix", unit="batch"
+    )
+    with bar:
+        for b in mine[done:]:
+            noise = make_batch(b * batch_size, min((b + 1) * batch_size, num_samples))
+            if device is not None:
+                noise = noise.to(device)
+            traj = teacher_trajectory(velocity, noise, times, solver)
+            sums += _cost_sums_kernel(traj.states, traj.velocities, times, metric)  # type: ignore[arg-type]
+            count += noise.shape[0]
+            done += 1
+            del traj  # free this batch's trajectory before the next one is allocated
+            if path is not None:
+                _save_checkpoint(path, header, sums, count, done)
+            bar.update(1)
+    if world > 1:
+        sums, count = _all_reduce_sums(sums, count)
+    return sums / count
+
+
+def cost_matrix(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    times: Sequence[float] | np.ndarray | torch.Tensor,
+    batch_size: int = 256,
+    solver: str = "euler",
+    metric: str = "l2sq",
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """The BOSS cost matrix of a velocity model, averaged over ``noise``, (N, N) float64 numpy.
+
+    Runs the teacher (``teacher_trajectory``) on ``times`` for batches of ``batch_size`` noises and reduces
+    per-batch sums (``trajectory_cost_sums``): memory is one batch's trajectory whatever the number of
+    samples. The result depends on the batching only through float64 summation order.
+
+    Args:
+        velocity: ``velocity(x, t)`` (t = 0 noise, t = 1 data), already on ``device``.
+        noise: (M, ...) floating tensor, the M teacher start points (reference: M = 100 Gaussian noises).
+        times: (N,) strictly increasing grid in [0, 1] (e.g. ``uniform_grid(100)``).
+        batch_size: samples per teacher batch, >= 1.
+        solver: teacher solver, "euler" (reference), "heun" or "rk4".
+        metric: "l2sq" (BOSS) or "l2" (GITS).
+        device: where the teacher runs (batches of noise are moved there); None keeps the noise's device.
+        progress: show a tqdm bar over batches (rank 0 only).
+        checkpoint: path of a ``.npz`` rewritten atomically after every batch with the partial (sum, count),
+            the batch index and a header (grid, metric, solver, sample count, batch size, noise digest and
+            the model's fingerprint when it is an ``nn.Module``). Rerunning with the same path resumes and
+            returns what an uninterrupted run returns, bit for bit; a checkpoint of another run is refused
+            (ValueError). The finished checkpoint is kept, so a rerun returns at once. Under
+            torch.distributed each rank writes ``<root>.rank{r}-of-{W}<ext>``.
+
+    Under torch.distributed (initialised process group), rank r of W runs batches r, r + W, ..., the
+    float64 (sum, count) are all-reduced and every rank returns the same matrix.
+    """
+    noise = check_noise(noise)
+    t = as_times(times)
+    batch_size = check_int(batch_size, "batch_size")
+    solver = check_choice(solver, SOLVERS, "solver")
+    metric = check_choice(metric, METRICS, "metric")
+    identity = {}
+    if checkpoint is not None:
+        identity = {
+            "noise": _noise_digest(noise),
+            "sample_shape": str(tuple(noise.shape[1:])),
+            "dtype": str(noise.dtype),
+        }
+    return _accumulate_cost(
+        velocity,
+        lambda start, stop: noise[start:stop],
+        noise.shape[0],
+        t,
+        batch_size=batch_size,
+        solver=solver,
+        metric=metric,
+        device=device,
+        progress=progress,
+        checkpoint=checkpoint,
+        identity=identity,
+    )

@@ -1,0 +1,238 @@
+"""Teacher trajectories on a time grid (BOSS stage 1, step 2) and the single Euler step.
+
+Conventions: t in [0, 1], t = 0 noise, t = 1 data, dx/dt = v(x, t). A velocity model is any callable
+``velocity(x, t)`` with x of shape (B, ...) and t a (B,) tensor of x's dtype and device, returning a tensor
+shaped and typed like x.
+
+``euler_step`` is the one Euler update in the package: the teacher, ``boss_fast.sampling.sample`` and the
+straightening data all advance states through it, so a few-step sampler reproduces the teacher bit for bit
+when it is given the teacher's grid. Heun and RK4 are written as an Euler step with an averaged slope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from boss_fast._validation import (
+    SOLVERS,
+    as_times,
+    check_choice,
+    check_int,
+    check_noise,
+    check_velocity_output,
+)
+
+__all__ = [
+    "Trajectory",
+    "VelocityFn",
+    "euler_step",
+    "model_fingerprint",
+    "ode_step",
+    "seeded_noise",
+    "teacher_trajectory",
+]
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A batch of teacher trajectories on a grid.
+
+    Attributes:
+        states: (N, B, ...) in the noise's dtype and device; ``states[i]`` is the teacher state at
+            ``times[i]``, ``states[0]`` the noise.
+        velocities: (N - 1, B, ...) with ``velocities[i] = velocity(states[i], times[i])``, the slope of an
+            Euler jump from grid point i whatever solver produced the states; None with ``keep="states"``.
+            There is none for the last time: no jump starts there, and skipping it saves one evaluation.
+        times: (N,) float64 grid.
+    """
+
+    states: torch.Tensor
+    velocities: torch.Tensor | None
+    times: np.ndarray
+
+
+def euler_step(
+    x: torch.Tensor, v: torch.Tensor, h: float, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One Euler step ``x + h * v`` in x's dtype; ``h`` is a host float (no device sync).
+
+    Args:
+        x, v: tensors of the same shape, dtype and device.
+        h: step size in flow time (t_next - t), a Python float.
+        out: optional destination (e.g. the next row of a preallocated trajectory).
+    """
+    return torch.add(x, v, alpha=h, out=out)
+
+
+def _evaluate(velocity: VelocityFn, x: torch.Tensor, t: float) -> torch.Tensor:
+    """Call the model at host time ``t`` (broadcast to a (B,) tensor) and check its output's metadata."""
+    tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+    return check_velocity_output(velocity(x, tt), x, t)
+
+
+def ode_step(
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    t0: float,
+    t1: float,
+    solver: str = "euler",
+    *,
+    v0: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Advance x from host time t0 to t1 with one step of ``solver`` ("euler", "heun" or "rk4").
+
+    ``v0 = velocity(x, t0)`` may be passed when the caller already has it (the teacher keeps it). Heun is the
+    explicit trapezoid rule (2 evaluations, order 2), RK4 the classical Runge-Kutta (4 evaluations, order 4);
+    both end in ``euler_step`` with their averaged slope. x must be a valid state (this does not check it);
+    an unknown solver raises ValueError.
+    """
+    check_choice(solver, SOLVERS, "solver")
+    h = t1 - t0
+    k1 = _evaluate(velocity, x, t0) if v0 is None else v0
+    if solver == "euler":
+        return euler_step(x, k1, h, out=out)
+    if solver == "heun":
+        k2 = _evaluate(velocity, euler_step(x, k1, h), t1)
+        return euler_step(x, (k1 + k2) * 0.5, h, out=out)
+    half = t0 + 0.5 * h
+    k2 = _evaluate(velocity, euler_step(x, k1, 0.5 * h), half)
+    k3 = _evaluate(velocity, euler_step(x, k2, 0.5 * h), half)
+    k4 = _evaluate(velocity, euler_step(x, k3, h), t1)
+    slope = (k1 + 2.0 * (k2 + k3) + k4) * (1.0 / 6.0)
+    return euler_step(x, slope, h, out=out)
+
+
+def _first_nonfinite_step(
+    states: torch.Tensor, velocities: torch.Tensor | None, times: np.ndarray
+) -> str | None:
+    """Describe the first non-finite value of a trajectory, or None if all are finite.
+
+    Reads the whole trajectory once and syncs once (one host read of 2N flags), instead of a sync per step.
+    """
+    flat = states.reshape(states.shape[0], -1)
+    bad_x = ~torch.isfinite(flat).all(dim=1)
+    if velocities is not None:
+        bad_v = ~torch.isfinite(velocities.reshape(velocities.shape[0], -1)).all(dim=1)
+        flags = torch.cat([bad_x, bad_v]).cpu().numpy()
+        bad_x_h, bad_v_h = flags[: len(bad_x)], flags[len(bad_x) :]
+    else:
+        bad_x_h, bad_v_h = bad_x.cpu().numpy(), np.zeros(0, dtype=bool)
+    if bad_x_h[0]:
+        return "noise contains non-finite values"
+    t = times.tolist()  # Python floats print plainly in the messages
+    for i in range(len(t) - 1):
+        if i < len(bad_v_h) and bad_v_h[i]:
+            return f"velocity returned non-finite values at t = {t[i]!r} (grid index {i})"
+        if bad_x_h[i + 1]:
+            return (
+                f"the step from t = {t[i]!r} to t = {t[i + 1]!r} (grid index {i}) produced "
+                "non-finite states: the velocity returned non-finite values inside the step"
+            )
+    return None
+
+
+def teacher_trajectory(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    times: Sequence[float] | np.ndarray | torch.Tensor,
+    solver: str = "euler",
+    *,
+    keep: str = "all",
+) -> Trajectory:
+    """Integrate a batch of noises over the whole grid, keeping every state (and Euler slope).
+
+    Runs under ``torch.no_grad()``; one model evaluation per step for Euler (2 for Heun, 4 for RK4), none at
+    the last time. Memory: the (N, B, ...) states (and (N - 1, B, ...) velocities) in the noise's dtype on
+    its device, nothing else that grows with N.
+
+    Args:
+        velocity: ``velocity(x, t)``, see the module docstring.
+        noise: (B, ...) floating tensor, the states at ``times[0]``.
+        times: (N,) strictly increasing grid in [0, 1], N >= 2.
+        solver: "euler" (the BOSS reference), "heun" or "rk4".
+        keep: "all" (states and velocities) or "states" (halves the memory; no cost matrix then).
+
+    Raises:
+        ValueError/TypeError on bad input, on a velocity output of the wrong shape, dtype or device, or on
+        non-finite values (naming the grid time where they first appeared; checked once at the end).
+
+    Example:
+        >>> traj = teacher_trajectory(lambda x, t: torch.ones_like(x), torch.zeros(2, 3), [0.0, 0.5, 1.0])
+        >>> traj.states[-1]
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
+    """
+    t = as_times(times)
+    noise = check_noise(noise)
+    solver = check_choice(solver, SOLVERS, "solver")
+    keep = check_choice(keep, ("all", "states"), "keep")
+    n = len(t)
+    hosts = t.tolist()  # Python floats: the loop never reads a device value
+    states = noise.new_empty((n, *noise.shape))
+    velocities = noise.new_empty((n - 1, *noise.shape)) if keep == "all" else None
+    with torch.no_grad():
+        states[0].copy_(noise)
+        for i in range(n - 1):
+            v = _evaluate(velocity, states[i], hosts[i])
+            if velocities is not None:
+                velocities[i].copy_(v)
+            ode_step(velocity, states[i], hosts[i], hosts[i + 1], solver, v0=v, out=states[i + 1])
+    problem = _first_nonfinite_step(states, velocities, t)
+    if problem is not None:
+        raise ValueError(problem)
+    return Trajectory(states=states, velocities=velocities, times=t)
+
+
+def seeded_noise(
+    shape: Sequence[int],
+    start: int,
+    stop: int,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Samples ``start .. stop - 1`` of a reproducible stream of standard Gaussian noises.
+
+    Sample m is drawn on the CPU from its own ``torch.Generator`` seeded from (seed, m) through
+    ``numpy.random.SeedSequence``, so the noise does not depend on how the stream is cut into batches, on the
+    device, or on the number of processes. It is drawn in float64 for float64, else in float32 and then
+    rounded to ``dtype``. Costs one generator seeding per sample (microseconds).
+
+    Returns:
+        (stop - start, *shape) tensor of ``dtype`` (default: torch's default dtype) on ``device``.
+    """
+    shape = tuple(check_int(s, "shape entry") for s in shape)
+    start = check_int(start, "start", minimum=0)
+    stop = check_int(stop, "stop", minimum=start)
+    seed = check_int(seed, "seed", minimum=0)
+    dtype = dtype or torch.get_default_dtype()
+    draw = torch.float64 if dtype == torch.float64 else torch.float32
+    out = torch.empty((stop - start, *shape), dtype=draw)
+    for m in range(start, stop):
+        key = int(np.random.SeedSequence([seed, m]).generate_state(1, np.uint64)[0])
+        generator = torch.Generator().manual_seed(key)
+        out[m - start] = torch.randn(shape, generator=generator, dtype=draw)
+    return out.to(device=device, dtype=dtype)
+
+
+def model_fingerprint(module: torch.nn.Module, length: int = 16) -> str:
+    """A short hex SHA-256 of a module's parameters and buffers (names, dtypes, shapes and bytes).
+
+    Identifies the weights a schedule or a cost checkpoint was computed with. Reads every tensor to the host
+    once (seconds for billions of parameters).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        data = tensor.detach().contiguous().reshape(-1).cpu()
+        digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:length]

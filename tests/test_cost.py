@@ -1,0 +1,371 @@
+"""The cost matrix: against its definition entry by entry (near-diagonal included), closed forms,
+the reducible (sum, count) form, streaming, and checkpoint/resume."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import boss_fast.cost as cost_module
+from boss_fast.cost import cost_matrix, trajectory_cost, trajectory_cost_sums
+from boss_fast.grids import uniform_grid
+from boss_fast.trajectories import teacher_trajectory
+
+# The kernel sums O(N) Gram products, each a float64 dot product over D features: its relative error is
+# a few (N + D) * 2**-53 ~ 1e-13 at the sizes below (observed <= 5e-15); 1e-11 leaves margin.
+RTOL = 1e-11
+EPS = float(np.finfo(np.float64).eps)
+
+
+def direct_cost(states, velocities, times, metric="l2sq"):
+    """cost[i, j] by its definition, one pair at a time, in float64: the oracle.
+
+    Written as (x_j - x_i) - (t_j - t_i) v_i: for float32 inputs x_j - x_i is exact in float64, so the only
+    rounding is that of (t_j - t_i) v_i and of the subtraction, each at most eps times the magnitude of the
+    terms. Returns the matrix and that magnitude, ``scale[i, j]`` = rms over samples of
+    ||x_j - x_i|| + |t_j - t_i| ||v_i||: the oracle's own rounding floor is ~eps * scale.
+    """
+    x = torch.as_tensor(states).double()
+    v = torch.as_tensor(velocities).double()
+    n, b = x.shape[:2]
+    out, scale = np.zeros((n, n)), np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            step = (x[j] - x[i]).reshape(b, -1)
+            slope = ((times[j] - times[i]) * v[i]).reshape(b, -1)
+            sq = (step - slope).square().sum(dim=1)
+            out[i, j] = (sq if metric == "l2sq" else sq.sqrt()).mean().item()
+            scale[i, j] = (step.norm(dim=1) + slope.norm(dim=1)).square().mean().sqrt().item()
+    return out, scale
+
+
+def assert_entrywise_close(actual, oracle, metric="l2sq", rtol=RTOL):
+    """Every entry within rtol of its own magnitude, plus the oracle's own rounding floor.
+
+    The floor is what rounding the terms of e_ij by eps * scale does to ||e||^2 (2 ||e|| eps scale) or to
+    ||e||: it matters only where the entry is pure rounding (an Euler teacher's cost[i, i+1], ~1e-32 in
+    float64) and is 1e-16 * scale^2 smaller than the Gram expansion's error eps * ||x||^2.
+    """
+    expected, scale = oracle
+    assert actual.shape == expected.shape and actual.dtype == np.float64
+    np.testing.assert_array_equal(np.tril(actual), 0.0)
+    floor = 8 * EPS * scale * (2 * np.sqrt(expected) if metric == "l2sq" else 1.0)
+    excess = np.abs(actual - expected) - (rtol * np.abs(expected) + floor)
+    worst = np.unravel_index(np.argmax(excess), excess.shape)
+    assert excess[worst] <= 0, f"cost{list(worst)}: {actual[worst]!r} vs {expected[worst]!r}"
+
+
+def nonlinear_velocity(x, t):
+    return torch.sin(3.0 * x) * (1.0 + t.view(-1, *([1] * (x.ndim - 1))))
+
+
+@pytest.mark.parametrize("metric", ["l2sq", "l2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_last_velocity", [False, True])
+def test_random_trajectories_match_definition(metric, dtype, with_last_velocity):
+    gen = torch.Generator().manual_seed(0)
+    n = 13
+    states = torch.randn(n, 4, 3, 5, generator=gen, dtype=dtype)
+    velocities = torch.randn(n if with_last_velocity else n - 1, 4, 3, 5, generator=gen, dtype=dtype)
+    times = np.sort(np.random.default_rng(0).uniform(0, 1, n))
+    oracle = direct_cost(states, velocities[: n - 1], times, metric)
+    assert_entrywise_close(trajectory_cost(states, velocities, times, metric), oracle, metric)
+
+
+@pytest.mark.parametrize("metric", ["l2sq", "l2"])
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_real_teachers_match_definition_including_near_diagonal(metric, solver, dtype):
+    times = uniform_grid(40)
+    noise = torch.randn(6, 2, 4, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    traj = teacher_trajectory(nonlinear_velocity, noise, times, solver)
+    actual = trajectory_cost(traj.states, traj.velocities, times, metric)
+    assert_entrywise_close(actual, direct_cost(traj.states, traj.velocities, times, metric), metric)
+    if solver == "euler":
+        # The BOSS defect: one teacher step costs only its rounding (float32: ~1e-7 of x, squared for
+        # "l2sq"), two steps cost O(h^2) ~ 1e-3 of x.
+        first, second = np.diag(actual, 1), np.diag(actual, 2)
+        assert np.all(first[:-1] < (1e-6 if metric == "l2sq" else 1e-3) * second)
+    else:
+        assert np.all(np.diag(actual, 1) > 0)
+
+
+def test_the_check_rejects_a_gram_expansion():
+    # ||x_j - x_i||^2 - 2 (t_j - t_i) <x_j - x_i, v_i> + (t_j - t_i)^2 ||v_i||^2, in float64, is what the
+    # near-diagonal check guards against: it cancels ~1e-2 ||x||^2 down to ~1e-32 next to the diagonal.
+    times = uniform_grid(20)
+    traj = teacher_trajectory(nonlinear_velocity, torch.randn(4, 6, dtype=torch.float64), times)
+    x, v = traj.states, traj.velocities
+    expanded = np.zeros((21, 21))
+    for i in range(20):
+        for j in range(i + 1, 21):
+            s, d = x[j] - x[i], times[j] - times[i]
+            expanded[i, j] = (s.square().sum() - 2 * d * (s * v[i]).sum() + d * d * v[i].square().sum()) / 4
+    oracle = direct_cost(x, v, times)
+    assert_entrywise_close(trajectory_cost(x, v, times), oracle)
+    with pytest.raises(AssertionError):
+        assert_entrywise_close(np.abs(expanded), oracle)
+
+
+def test_constant_velocity_costs_exactly_zero():
+    # Dyadic times, slope and noise: every teacher step and every Euler jump is exact in float32.
+    noise = torch.arange(12, dtype=torch.float32).reshape(3, 4) / 4.0
+    times = uniform_grid(8)
+    for solver in ("euler", "heun", "rk4"):
+        traj = teacher_trajectory(lambda x, t: torch.full_like(x, 0.5), noise, times, solver)
+        np.testing.assert_array_equal(trajectory_cost(traj.states, traj.velocities, times), 0.0)
+        np.testing.assert_array_equal(trajectory_cost(traj.states, traj.velocities, times, "l2"), 0.0)
+
+
+@pytest.mark.parametrize("metric", ["l2sq", "l2"])
+def test_linear_flow_closed_form(metric):
+    # Exact flow of v = a x: x(t) = exp(a t) x0. An Euler jump of length d from t_i misses by
+    # (expm1(a d) - a d) exp(a t_i) x0, so cost[i, j] = (expm1(a d) - a d)^2 exp(2 a t_i) mean ||x0||^2.
+    a = 1.5
+    times = np.sort(np.concatenate([[0.0, 1.0], np.random.default_rng(2).uniform(0, 1, 30)]))
+    x0 = torch.randn(5, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    growth = torch.exp(a * torch.as_tensor(times)).view(-1, 1, 1)
+    states = growth * x0
+    norms = x0.square().sum(dim=1)
+    d = np.subtract.outer(times, times).T  # d[i, j] = t_j - t_i
+    miss = np.abs(np.expm1(a * d) - a * d) * np.exp(a * times)[:, None]
+    if metric == "l2sq":
+        expected = miss**2 * norms.mean().item()
+    else:
+        expected = miss * norms.sqrt().mean().item()
+    expected = np.triu(expected, 1)
+    # The states carry one rounding of exp(a t), ~1e-16 of x, against jump errors >= ~1e-5 of x here.
+    actual = trajectory_cost(states, a * states[:-1], times, metric)
+    np.testing.assert_array_equal(np.tril(actual), 0.0)
+    np.testing.assert_allclose(actual, expected, rtol=1e-8, atol=0)
+
+
+def test_euler_teacher_of_linear_velocity_closed_form():
+    # Euler teacher of v = a x: x_i = P_0i x0 with P_ij = prod_{i <= m < j} (1 + a h_m); the jump i -> j
+    # misses by (P_ij - 1 - a (t_j - t_i)) x_i.
+    a, n = -2.0, 16
+    times = uniform_grid(n)
+    x0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    traj = teacher_trajectory(lambda x, t: a * x, x0, times)
+    factors = 1.0 + a * np.diff(times)
+    cum = np.concatenate([[1.0], np.cumprod(factors)])
+    expected = np.zeros((n + 1, n + 1))
+    for i in range(n + 1):
+        for j in range(i + 2, n + 1):
+            p = np.prod(factors[i:j])
+            expected[i, j] = (p - 1.0 - a * (times[j] - times[i])) ** 2 * cum[i] ** 2
+    expected *= x0.square().sum(dim=1).mean().item()
+    actual = trajectory_cost(traj.states, traj.velocities, times)
+    assert np.all(np.diag(actual, 1) < 1e-28)  # rounding of the teacher only
+    upper = np.triu(np.ones_like(actual, dtype=bool), 2)
+    np.testing.assert_allclose(actual[upper], expected[upper], rtol=1e-10)
+
+
+@pytest.mark.parametrize("metric", ["l2sq", "l2"])
+def test_tiling_does_not_change_the_result(metric, monkeypatch):
+    gen = torch.Generator().manual_seed(7)
+    states, velocities = torch.randn(9, 5, 3, 7, generator=gen), torch.randn(8, 5, 3, 7, generator=gen)
+    times = uniform_grid(8)
+    whole = trajectory_cost(states, velocities, times, metric)
+    # 1 KiB tiles: 1 sample and 3 columns at a time for N = 9, so every loop of the kernel runs many times.
+    monkeypatch.setattr(cost_module, "_CHUNK_BYTES", 1024)
+    monkeypatch.setattr(cost_module, "_PAIR_BYTES", 4096)
+    np.testing.assert_allclose(trajectory_cost(states, velocities, times, metric), whole, rtol=1e-14, atol=0)
+
+
+def test_two_point_grid():
+    states = torch.tensor([[[1.0, 2.0]], [[2.0, 2.5]]], dtype=torch.float64)
+    cost = trajectory_cost(states, torch.tensor([[[0.5, 0.5]]], dtype=torch.float64), [0.0, 1.0])
+    np.testing.assert_array_equal(cost, [[0.0, 0.25], [0.0, 0.0]])  # error (0.5, 0)
+
+
+def test_sums_are_reducible_over_batches():
+    times = uniform_grid(10)
+    traj = teacher_trajectory(nonlinear_velocity, torch.randn(9, 3, dtype=torch.float64), times)
+    sums, count = trajectory_cost_sums(traj.states, traj.velocities, times, "l2")
+    assert count == 9
+    first = trajectory_cost_sums(traj.states[:, :4], traj.velocities[:, :4], times, "l2")
+    second = trajectory_cost_sums(traj.states[:, 4:], traj.velocities[:, 4:], times, "l2")
+    assert first[1] + second[1] == 9
+    np.testing.assert_allclose(first[0] + second[0], sums, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(sums / count, trajectory_cost(traj.states, traj.velocities, times, "l2"))
+
+
+def test_numpy_inputs_and_tensor_times_are_accepted():
+    gen = np.random.default_rng(5)
+    states, velocities = gen.standard_normal((4, 2, 3)), gen.standard_normal((3, 2, 3))
+    times = torch.tensor([0.0, 0.2, 0.7, 1.0])
+    oracle = direct_cost(states, velocities, times.double().numpy())
+    assert_entrywise_close(trajectory_cost(states, velocities, times), oracle)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"metric": "lpips"}, ValueError, "unknown metric 'lpips'"),
+        ({"times": [0.0, 0.5, 1.0]}, ValueError, "times has 3 points but states has N = 4"),
+        ({"times": [0.0, 0.6, 0.5, 1.0]}, ValueError, "strictly increasing"),
+        ({"velocities": torch.zeros(2, 2, 3)}, ValueError, "velocities must have shape"),
+        ({"velocities": torch.zeros(3, 2, 4)}, ValueError, "velocities must have shape"),
+        ({"states": torch.zeros(4, 2, 3, dtype=torch.int32)}, TypeError, "floating point"),
+        ({"states": torch.zeros(4)}, ValueError, r"shape \(N, B, ...\)"),
+        ({"states": [[0.0]]}, TypeError, "torch.Tensor or numpy array"),
+    ],
+)
+def test_trajectory_cost_bad_input(kwargs, error, match):
+    args = {
+        "states": torch.zeros(4, 2, 3),
+        "velocities": torch.zeros(3, 2, 3),
+        "times": [0.0, 0.25, 0.5, 1.0],
+        "metric": "l2sq",
+    }
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        trajectory_cost(**args)
+
+
+def test_non_finite_trajectory_is_refused():
+    states = torch.zeros(4, 2, 3)
+    states[2, 1, 0] = torch.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        trajectory_cost(states, torch.zeros(3, 2, 3), [0.0, 0.25, 0.5, 1.0])
+
+
+# ------------------------------------------------------------------------------------------ cost_matrix
+
+
+class Recorder:
+    """A velocity that records batch sizes and can die at a given call (a simulated kill)."""
+
+    def __init__(self, fn=nonlinear_velocity, die_at_call=None):
+        self.fn, self.die_at_call, self.batches = fn, die_at_call, []
+
+    def __call__(self, x, t):
+        if self.die_at_call is not None and len(self.batches) == self.die_at_call:
+            raise RuntimeError("simulated kill")
+        self.batches.append(x.shape[0])
+        return self.fn(x, t)
+
+
+@pytest.fixture
+def setup():
+    noise = torch.randn(23, 2, 3, generator=torch.Generator().manual_seed(6))
+    return noise, uniform_grid(12)
+
+
+@pytest.mark.parametrize("metric", ["l2sq", "l2"])
+def test_cost_matrix_equals_one_big_batch(setup, metric):
+    noise, times = setup
+    traj = teacher_trajectory(nonlinear_velocity, noise, times)
+    expected = trajectory_cost(traj.states, traj.velocities, times, metric)
+    recorder = Recorder()
+    actual = cost_matrix(recorder, noise, times, batch_size=5, metric=metric, progress=False)
+    # The teacher is run per batch of 5 (memory: one batch's trajectory) and the sums reduce in float64.
+    assert set(recorder.batches) == {5, 3} and sum(recorder.batches) == 23 * 12
+    np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=0)
+
+
+def test_cost_matrix_options(setup):
+    noise, times = setup
+    base = cost_matrix(nonlinear_velocity, noise, times, batch_size=256, progress=False)
+    shown = cost_matrix(nonlinear_velocity, noise, times, batch_size=256, progress=True, device="cpu")
+    np.testing.assert_array_equal(base, shown)
+    heun = cost_matrix(nonlinear_velocity, noise, times, solver="heun", progress=False)
+    assert np.all(np.diag(heun, 1) > 0) and not np.array_equal(heun, base)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"solver": "ddim"}, ValueError, "unknown solver"),
+        ({"metric": "l1"}, ValueError, "unknown metric"),
+        ({"noise": torch.zeros(3, 2, dtype=torch.int64)}, TypeError, "floating-point"),
+        ({"times": [0.0]}, ValueError, "at least 2"),
+    ],
+)
+def test_cost_matrix_bad_input(setup, kwargs, error, match):
+    noise, times = setup
+    args = {"noise": noise, "times": times, "progress": False}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        cost_matrix(nonlinear_velocity, **args)
+
+
+def test_checkpoint_resume_equals_uninterrupted_run_exactly(setup, tmp_path):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    uninterrupted = cost_matrix(nonlinear_velocity, noise, times, batch_size=5, progress=False)
+    steps = len(times) - 1
+    with pytest.raises(RuntimeError, match="simulated kill"):  # dies on the 3rd batch's first call
+        cost_matrix(
+            Recorder(die_at_call=2 * steps), noise, times, batch_size=5, progress=False, checkpoint=path
+        )
+    assert os.listdir(tmp_path) == ["cost.npz"]  # atomic writes leave no temporary behind
+    with np.load(path) as stored:
+        assert int(stored["batches_done"]) == 2 and int(stored["count"]) == 10
+    recorder = Recorder()
+    resumed = cost_matrix(recorder, noise, times, batch_size=5, progress=False, checkpoint=path)
+    assert sum(recorder.batches) == (23 - 10) * steps  # only the 3 missing batches ran
+    np.testing.assert_array_equal(resumed, uninterrupted)
+    again = Recorder()  # a finished checkpoint answers at once
+    np.testing.assert_array_equal(cost_matrix(again, noise, times, batch_size=5, checkpoint=path), resumed)
+    assert again.batches == []
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"times": uniform_grid(11)}, "times"),
+        ({"metric": "l2"}, "metric"),
+        ({"solver": "heun"}, "solver"),
+        ({"batch_size": 4}, "batch_size"),
+        ({"noise_slice": slice(0, 22)}, "num_samples"),
+        ({"noise_scale": 2.0}, "noise"),
+    ],
+)
+def test_checkpoint_of_another_run_is_refused(setup, tmp_path, change, field):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    cost_matrix(nonlinear_velocity, noise, times, batch_size=5, progress=False, checkpoint=path)
+    args = {"noise": noise, "times": times, "batch_size": 5, "metric": "l2sq", "solver": "euler"}
+    args["noise"] = noise[change.pop("noise_slice", slice(None))] * change.pop("noise_scale", 1.0)
+    args.update(change)
+    with pytest.raises(ValueError, match=f"different run: {field} ="):
+        cost_matrix(nonlinear_velocity, progress=False, checkpoint=path, **args)
+
+
+def test_checkpoint_of_another_model_is_refused(setup, tmp_path):
+    noise, times = setup
+    net = torch.nn.Linear(3, 3)
+    path = tmp_path / "cost.npz"
+    cost_matrix(lambda x, t: net(x), noise, times, progress=False)  # a plain callable: no fingerprint
+
+    class Velocity(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(3, 3)
+
+        def forward(self, x, t):
+            return self.net(x)
+
+    model = Velocity()
+    cost_matrix(model, noise, times, progress=False, checkpoint=path)
+    with torch.no_grad():
+        model.net.bias += 1.0
+    with pytest.raises(ValueError, match="different run: model ="):
+        cost_matrix(model, noise, times, progress=False, checkpoint=path)
+
+
+def test_corrupted_or_foreign_checkpoint_is_refused(setup, tmp_path):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="unreadable"):
+        cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path)
+    np.savez(path, weights=np.zeros(3))
+    with pytest.raises(ValueError, match="not a boss_fast cost checkpoint"):
+        cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path)

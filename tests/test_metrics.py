@@ -1,0 +1,143 @@
+"""Tests of boss_fast.metrics against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from boss_fast.metrics import (
+    digits_fd,
+    digits_features,
+    endpoint_rmse,
+    frechet_distance,
+    gaussian_frechet_distance,
+)
+from boss_fast.models import digits
+
+
+def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:
+    a = rng.normal(size=(d, d))
+    return a @ a.T + 0.1 * np.eye(d)
+
+
+def test_gaussian_fd_diagonal_closed_form() -> None:
+    # Commuting (diagonal) covariances: FD = |dmu|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2.
+    a, b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.0])
+    expected = 1.0 + 4.0 + 0.0 + (1 - 3) ** 2 + (2 - 1) ** 2 + 0.0
+    assert gaussian_frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_gaussian_fd_non_commuting_2x2_closed_form() -> None:
+    # For 2x2 SPD S1, S2 the eigenvalues l1, l2 of S1 S2 are positive and
+    # tr (S1 S2)^(1/2) = sqrt(l1) + sqrt(l2) = sqrt(tr(S1 S2) + 2 sqrt(det S1 det S2)).
+    s1 = np.array([[2.0, 0.7], [0.7, 1.0]])
+    s2 = np.array([[0.5, -0.3], [-0.3, 3.0]])
+    assert not np.allclose(s1 @ s2, s2 @ s1)
+    mu1, mu2 = np.array([0.3, -1.0]), np.array([-0.2, 0.5])
+    tr_sqrt = math.sqrt(np.trace(s1 @ s2) + 2 * math.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
+    expected = float((mu1 - mu2) @ (mu1 - mu2)) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+    assert gaussian_frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-12)
+    # Torch inputs of another dtype give the same value.
+    got = gaussian_frechet_distance(*(torch.tensor(v, dtype=torch.float32) for v in (mu1, s1, mu2, s2)))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_frechet_distance_of_samples_converges_to_closed_form() -> None:
+    rng = np.random.default_rng(0)
+    d, n = 3, 200_000
+    s1, s2 = _random_spd(rng, d), _random_spd(rng, d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    a = rng.multivariate_normal(mu1, s1, size=n)
+    b = rng.multivariate_normal(mu2, s2, size=n)
+    exact = gaussian_frechet_distance(mu1, s1, mu2, s2)
+    # Moment estimates from 2e5 samples are good to ~1% of the covariance scale (a few units here).
+    assert frechet_distance(a, b) == pytest.approx(exact, abs=0.05 * (np.trace(s1) + np.trace(s2)))
+    # And it is exactly the Gaussian formula applied to the sample moments.
+    moments = gaussian_frechet_distance(
+        a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    )
+    assert frechet_distance(a, b) == pytest.approx(moments, rel=1e-12)
+
+
+@pytest.mark.parametrize(("n", "d"), [(500, 8), (20, 64)])  # full rank, and rank-deficient (n < d)
+def test_frechet_distance_self_is_zero(n: int, d: int) -> None:
+    x = np.random.default_rng(1).normal(size=(n, d)) * np.linspace(0.1, 3.0, d)
+    value = frechet_distance(x, x)
+    # sqrt of round-off-sized eigenvalues (~1e-16 relative) leaves ~1e-8 of the trace at worst.
+    assert 0.0 <= value < 1e-6 * np.trace(np.cov(x, rowvar=False))
+    assert frechet_distance(torch.from_numpy(x).float(), x) < 1e-4 * np.trace(np.cov(x, rowvar=False))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(1, 6))
+def test_frechet_distance_symmetric_and_rigid_invariant(seed: int, d: int) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(40, d)) @ rng.normal(size=(d, d))
+    b = rng.normal(size=(30, d)) + rng.normal(size=d)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    shift = rng.normal(size=d)
+    fd = frechet_distance(a, b)
+    assert fd >= 0.0
+    scale = 1.0 + np.abs(a).max() ** 2 + np.abs(b).max() ** 2
+    assert abs(frechet_distance(b, a) - fd) < 1e-9 * scale
+    assert abs(frechet_distance(a @ q + shift, b @ q + shift) - fd) < 1e-9 * scale
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "match"),
+    [
+        (np.zeros(10), np.zeros((10, 1)), "2-D"),
+        (np.zeros((10, 3)), np.zeros((10, 4)), "widths differ"),
+        (np.zeros((1, 3)), np.zeros((10, 3)), "at least 2"),
+        (np.full((10, 3), np.nan), np.zeros((10, 3)), "non-finite"),
+        (np.zeros((10, 3)), np.full((10, 3), np.inf), "non-finite"),
+    ],
+)
+def test_frechet_distance_rejects_bad_inputs(a: np.ndarray, b: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        frechet_distance(a, b)
+
+
+def test_frechet_distance_rejects_other_types() -> None:
+    with pytest.raises(TypeError):
+        frechet_distance([[0.0, 1.0], [1.0, 0.0]], np.zeros((2, 2)))  # type: ignore[arg-type]
+
+
+def test_endpoint_rmse() -> None:
+    x = torch.zeros(2, 3, 4)
+    ref = torch.full((2, 3, 4), 2.0)
+    ref[0] = 0.0
+    assert endpoint_rmse(x, ref) == pytest.approx(math.sqrt(2.0))  # half the elements differ by 2
+    assert endpoint_rmse(ref.numpy(), ref) == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        endpoint_rmse(x, ref[:1])
+    with pytest.raises(ValueError, match="non-finite"):
+        endpoint_rmse(x, torch.full_like(ref, float("nan")))
+    with pytest.raises(ValueError, match="empty"):
+        endpoint_rmse(torch.zeros(0, 3), torch.zeros(0, 3))
+
+
+def test_digits_fd() -> None:
+    train, _ = digits("train")
+    test, _ = digits("test")
+    assert digits_features(test).shape == (297, 64)
+    assert digits_fd(test) < 1e-6  # the default reference is the held-out split itself
+    # Real digits against held-out digits: the finite-sample floor; noise is far away.
+    fd_real = digits_fd(train[:297])
+    fd_noise = digits_fd(torch.randn(297, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    assert fd_real < 0.1 * fd_noise, (fd_real, fd_noise)
+    # numpy and (N, 8, 8) inputs; values beyond the pixel range are clamped.
+    assert digits_fd(train[:297, 0].numpy(), reference=test) == pytest.approx(fd_real, rel=1e-6)
+    overshoot = train[:297].clone()
+    overshoot[overshoot == 1.0] = 5.0
+    assert digits_fd(overshoot) == pytest.approx(digits_fd(train[:297]), rel=1e-9)
+    with pytest.raises(ValueError, match="shape"):
+        digits_fd(torch.zeros(10, 1, 7, 7))
+    with pytest.raises(ValueError, match="non-finite"):
+        digits_fd(torch.full((10, 1, 8, 8), float("nan")))

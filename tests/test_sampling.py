@@ -1,0 +1,130 @@
+"""The few-step sampler: analytic flows, agreement with the teacher, schedule forms, grad mode, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from boss_fast.grids import uniform_grid
+from boss_fast.sampling import sample
+from boss_fast.schedule import schedule_from_cost
+from boss_fast.trajectories import teacher_trajectory
+
+
+def cubic_velocity(x, t):
+    """v = 3 t^2: the exact flow carries x to x + 1 between t = 0 and t = 1."""
+    return 3.0 * t.view(-1, *([1] * (x.ndim - 1))) ** 2 * torch.ones_like(x)
+
+
+def nonlinear_velocity(x, t):
+    return torch.sin(3.0 * x) * (1.0 + t.view(-1, *([1] * (x.ndim - 1))))
+
+
+@pytest.mark.parametrize(
+    ("solver", "times", "expected"),
+    [
+        ("rk4", [0.0, 1.0], 2.0),  # Simpson's rule is exact for a quadratic integrand
+        ("rk4", [0.0, 0.3, 1.0], 2.0),
+        ("heun", [0.0, 1.0], 2.5),  # trapezoid: 1 + (0 + 3) / 2
+        ("euler", [0.0, 1.0], 1.0),  # v(0) = 0
+        ("euler", [0.0, 0.5, 1.0], 1.375),  # 1 + 0.5 * 3 * 0.25
+    ],
+)
+def test_cubic_velocity(solver, times, expected):
+    x = sample(cubic_velocity, torch.ones(3, 2, dtype=torch.float64), times, solver)
+    torch.testing.assert_close(x, torch.full((3, 2), expected, dtype=torch.float64), rtol=1e-15, atol=0)
+
+
+def test_constant_velocity_one_euler_step_is_exact():
+    noise = torch.randn(4, 3, dtype=torch.float64)
+    x = sample(lambda x, t: torch.full_like(x, 0.75), noise, [0.0, 1.0])
+    torch.testing.assert_close(x, noise + 0.75, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+def test_on_the_teacher_grid_it_reproduces_the_teacher_bit_for_bit(solver):
+    times = uniform_grid(12)
+    noise = torch.randn(5, 2, 3)
+    teacher = teacher_trajectory(nonlinear_velocity, noise, times, solver)
+    torch.testing.assert_close(
+        sample(nonlinear_velocity, noise, times, solver), teacher.states[-1], rtol=0, atol=0
+    )
+
+
+def test_every_schedule_form_gives_the_same_result():
+    grid = uniform_grid(8)
+    cost = np.triu(np.square(np.subtract.outer(grid, grid)), 1)
+    sched = schedule_from_cost(cost, grid, 4)
+    noise = torch.randn(3, 2)
+    expected = sample(nonlinear_velocity, noise, sched)
+    for form in (sched.times, sched.times.tolist(), torch.tensor(sched.times), tuple(sched.times)):
+        torch.testing.assert_close(sample(nonlinear_velocity, noise, form), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("solver", "evaluations"), [("euler", 1), ("heun", 2), ("rk4", 4)])
+def test_nfe_and_time_argument(solver, evaluations):
+    seen = []
+
+    def velocity(x, t):
+        seen.append((t.shape, t.dtype, t[0].item()))
+        return nonlinear_velocity(x, t)
+
+    sample(velocity, torch.randn(6, 2, dtype=torch.float64), [0.0, 0.2, 0.7, 1.0], solver)
+    assert len(seen) == 3 * evaluations
+    assert all(s[:2] == ((6,), torch.float64) for s in seen)
+    assert [s[2] for s in seen[::evaluations]] == [0.0, 0.2, 0.7]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_result_keeps_the_noise_dtype(dtype):
+    x = sample(nonlinear_velocity, torch.randn(2, 3).to(dtype), [0.0, 0.5, 1.0])
+    assert x.dtype == dtype and x.shape == (2, 3)
+
+
+def test_no_grad_by_default_grad_on_request():
+    net = torch.nn.Linear(3, 3)
+    noise = torch.randn(4, 3)
+    assert not sample(lambda x, t: net(x), noise, [0.0, 0.5, 1.0]).requires_grad
+    out = sample(lambda x, t: net(x), noise, [0.0, 0.5, 1.0], grad=True)
+    out.sum().backward()
+    assert net.weight.grad is not None and torch.all(torch.isfinite(net.weight.grad))
+
+
+@pytest.mark.parametrize(
+    ("times", "match"),
+    [
+        ([0.0, 0.5, 0.5, 1.0], "strictly increasing"),
+        ([0.0, 1.2], r"\[0, 1\]"),
+        ([0.0], "at least 2"),
+    ],
+)
+def test_bad_times(times, match):
+    with pytest.raises(ValueError, match=match):
+        sample(nonlinear_velocity, torch.randn(2, 2), times)
+
+
+def test_bad_noise_solver_and_velocity():
+    with pytest.raises(TypeError, match="floating-point"):
+        sample(nonlinear_velocity, torch.ones(2, 2, dtype=torch.int32), [0.0, 1.0])
+    with pytest.raises(ValueError, match="batch dimension"):
+        sample(nonlinear_velocity, torch.tensor(0.5), [0.0, 1.0])
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        sample(nonlinear_velocity, [[0.5]], [0.0, 1.0])
+    with pytest.raises(ValueError, match="unknown solver"):
+        sample(nonlinear_velocity, torch.ones(2, 2), [0.0, 1.0], solver="dpm++")
+    with pytest.raises(ValueError, match=r"shape \(2, 1\) at t = 0.0"):
+        sample(lambda x, t: x[:, :1], torch.ones(2, 2), [0.0, 1.0])
+    with pytest.raises(ValueError, match="dtype torch.float16"):
+        sample(lambda x, t: x.half(), torch.ones(2, 2), [0.0, 1.0])
+
+
+def test_non_finite_velocity_names_the_step():
+    def velocity(x, t):
+        return torch.where(t.view(-1, 1) >= 0.5, torch.inf, 0.0) * torch.ones_like(x)
+
+    with pytest.raises(ValueError, match=r"step 2, from t = 0\.5 to t = 0\.75"):
+        sample(velocity, torch.ones(2, 2), [0.0, 0.25, 0.5, 0.75, 1.0])
+    # the check can be turned off (then nothing syncs at all)
+    out = sample(velocity, torch.ones(2, 2), [0.0, 0.25, 0.5, 0.75, 1.0], check_finite=False)
+    assert not torch.isfinite(out).any()

@@ -1,0 +1,265 @@
+"""Schedule: construction checks, JSON round trip and refusal of bad files, DP wiring, and the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from boss_fast.cost import cost_matrix
+from boss_fast.grids import uniform_grid
+from boss_fast.schedule import Schedule, optimal_schedule, schedule_from_cost, schedules_from_cost
+from boss_fast.trajectories import model_fingerprint, seeded_noise
+
+
+def quadratic_cost(times):
+    """cost[i, j] = (t_j - t_i)^2: convex in the step, so equal steps are optimal whenever they fit."""
+    return np.triu(np.square(np.subtract.outer(times, times)), 1)
+
+
+def make_schedule(**overrides):
+    grid = uniform_grid(8)
+    fields = {
+        "times": grid[[0, 2, 5, 8]],
+        "indices": np.array([0, 2, 5, 8]),
+        "cost": 0.125,
+        "grid": grid,
+        "metric": "l2sq",
+        "solver": "heun",
+        "num_samples": 64,
+        "fingerprint": "abc123",
+    }
+    fields.update(overrides)
+    return Schedule(**fields)
+
+
+def test_schedule_fields_and_sigmas():
+    sched = make_schedule()
+    assert sched.steps == 3
+    assert sched.times.dtype == np.float64 and sched.indices.dtype == np.int64
+    np.testing.assert_array_equal(sched.sigmas(), 1.0 - sched.times)
+    assert sched.sigmas().dtype == np.float64
+    with pytest.raises(ValueError):  # frozen arrays
+        sched.times[0] = 0.5
+    with pytest.raises(AttributeError):  # frozen dataclass
+        sched.cost = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"times": np.array([0.0, 0.625, 0.25, 1.0])}, "strictly increasing"),
+        ({"indices": np.array([0, 2, 4, 8])}, r"times\[2\] = 0.625 but grid\[indices\[2\]\] = 0.5"),
+        ({"indices": np.array([0, 2, 5, 7])}, "indices must run from 0 to len"),
+        ({"indices": np.array([0, 2, 5])}, "indices has 3 entries"),
+        ({"indices": np.array([0.0, 2.0, 5.0, 8.0])}, "integer array"),
+        ({"metric": "lpips"}, "unknown metric"),
+        ({"solver": "ddim"}, "unknown solver"),
+        ({"cost": float("nan")}, "cost must be finite"),
+        ({"num_samples": 0}, "num_samples must be >= 1"),
+        ({"discount": 0.0}, "discount must be > 0"),
+        ({"times": np.array([0.0, 0.25, 0.625, 1.5])}, r"\[0, 1\]"),
+    ],
+)
+def test_inconsistent_schedules_are_refused(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        make_schedule(**overrides)
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    grid = np.sort(np.random.default_rng(0).uniform(0, 1, 30))  # floats that need all 17 digits
+    grid[0], grid[-1] = 0.0, 1.0
+    sched = Schedule(times=grid[[0, 7, 29]], indices=[0, 7, 29], cost=1 / 3, grid=grid, num_samples=5)
+    path = tmp_path / "sched.json"
+    sched.save(path)
+    assert os.listdir(tmp_path) == ["sched.json"]  # the temporary was renamed over
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "boss_fast.schedule" and doc["version"] == 1 and doc["steps"] == 2
+    loaded = Schedule.load(path)
+    assert loaded == sched and loaded is not sched
+    np.testing.assert_array_equal(loaded.times, sched.times)
+    assert loaded.fingerprint is None and loaded.num_samples == 5
+
+
+def write_doc(path, mutate):
+    doc = make_schedule().to_dict()
+    mutate(doc)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda d: d.update(format="other.tool"), "not a boss_fast schedule"),
+        (lambda d: d.pop("format"), "not a boss_fast schedule"),
+        (lambda d: d.update(version=2), "unsupported schedule version 2"),
+        (lambda d: d.pop("grid"), "missing key.*grid"),
+        (lambda d: d.update(times="0, 0.5, 1"), "times must be a non-empty list of numbers"),
+        (lambda d: d.update(indices=[0.0, 2.0, 5.0, 8.0]), "indices must be a non-empty list of integers"),
+        (lambda d: d.update(cost=True), "cost has the wrong type"),
+        (lambda d: d.update(metric=3), "metric has the wrong type"),
+        (lambda d: d.update(num_samples=1.5), "num_samples has the wrong type"),
+        (lambda d: d.update(steps=4), "steps = 4 but times holds 4 points"),
+        (lambda d: d.update(times=[0.0, 0.625, 0.25, 1.0]), "strictly increasing"),
+        (lambda d: d.update(indices=[0, 3, 5, 8]), "inconsistent schedule: times.* but grid"),
+        (lambda d: d.update(grid=[0.0, 1.0]), "inconsistent schedule"),
+    ],
+)
+def test_load_refuses_foreign_or_inconsistent_json(tmp_path, mutate, match):
+    with pytest.raises(ValueError, match=match):
+        Schedule.load(write_doc(tmp_path / "bad.json", mutate))
+
+
+def test_load_refuses_truncated_corrupted_and_non_object_files(tmp_path):
+    good = tmp_path / "good.json"
+    make_schedule().save(good)
+    text = good.read_text()
+    cases = {
+        "truncated.json": text[: len(text) // 2].encode(),
+        "empty.json": b"",
+        "binary.json": b"\x89PNG\r\n\x1a\n\x00\xff",
+        "nan.json": text.replace('"cost": 0.125', '"cost": NaN').encode(),
+        "list.json": b"[1, 2, 3]",
+    }
+    matches = {
+        "truncated.json": "not valid JSON",
+        "empty.json": "not valid JSON",
+        "binary.json": "not valid JSON",
+        "nan.json": "non-finite number NaN",
+        "list.json": "expected a JSON object",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=matches[name]):
+            Schedule.load(tmp_path / name)
+
+
+def test_schedule_from_cost_solves_a_hand_checkable_matrix():
+    grid = uniform_grid(4)
+    sched = schedule_from_cost(quadratic_cost(grid), grid, 2, metric="l2", solver="rk4", num_samples=7)
+    np.testing.assert_array_equal(sched.times, [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(sched.indices, [0, 2, 4])
+    assert sched.cost == pytest.approx(0.5)
+    assert (sched.metric, sched.solver, sched.num_samples) == ("l2", "rk4", 7)
+    np.testing.assert_array_equal(sched.grid, grid)
+
+
+def test_schedules_from_cost_gives_every_budget():
+    grid = uniform_grid(12)
+    cost = quadratic_cost(grid) * (1.0 + grid)[None, :]  # later steps cost more: smaller steps there
+    every = schedules_from_cost(cost, grid, 12)
+    assert [s.steps for s in every] == list(range(1, 13))
+    for k in (1, 3, 6, 12):
+        assert every[k - 1] == schedule_from_cost(cost, grid, k)
+    np.testing.assert_array_equal(every[-1].times, grid)
+
+
+@pytest.mark.parametrize(
+    ("steps", "error", "match"),
+    [
+        (5, ValueError, r"steps must be < len\(times\) = 5"),
+        (0, ValueError, "steps must be >= 1"),
+        (2.0, TypeError, "steps must be an integer"),
+    ],
+)
+def test_schedule_from_cost_bad_steps(steps, error, match):
+    grid = uniform_grid(4)
+    with pytest.raises(error, match=match):
+        schedule_from_cost(quadratic_cost(grid), grid, steps)
+
+
+def test_schedule_from_cost_shape_mismatch():
+    with pytest.raises(ValueError, match=r"cost must have shape \(5, 5\)"):
+        schedule_from_cost(np.zeros((4, 4)), uniform_grid(4), 2)
+    with pytest.raises(ValueError, match="max_steps must be < len"):
+        schedules_from_cost(np.zeros((5, 5)), uniform_grid(4), 5)
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+
+class GrowingFlow(torch.nn.Module):
+    """v = a x, a scalar parameter: Euler-jump errors grow like exp(2 a t), so steps shrink toward t = 1."""
+
+    def __init__(self, a: float = 3.0):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a))
+
+    def forward(self, x, t):
+        return self.a * x
+
+
+def test_optimal_schedule_end_to_end_matches_cost_matrix_and_dp():
+    model = GrowingFlow()
+    sched = optimal_schedule(model, (3,), 4, grid=24, num_samples=10, batch_size=4, seed=3)
+    grid = uniform_grid(24)
+    noise = seeded_noise((3,), 0, 10, seed=3)
+    expected = schedule_from_cost(cost_matrix(model, noise, grid, progress=False), grid, 4)
+    np.testing.assert_array_equal(sched.indices, expected.indices)
+    assert sched.cost == pytest.approx(expected.cost, rel=1e-12)
+    steps = np.diff(sched.times)  # steps shrink where the error grows (on the grid's resolution)
+    assert np.all(np.diff(steps) < 1e-12) and steps[0] > 2 * steps[-1]
+    assert sched.fingerprint == model_fingerprint(model)
+    assert (sched.num_samples, sched.solver, sched.metric) == (10, "euler", "l2sq")
+
+
+def test_optimal_schedule_draw_does_not_depend_on_batch_size():
+    model = GrowingFlow(1.0)
+    a = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=7)
+    b = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=2)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    assert a.cost == pytest.approx(b.cost, rel=1e-12)
+    c = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=2, seed=1)
+    assert c.cost != b.cost
+
+
+def test_optimal_schedule_explicit_grid_plain_callable_and_options(tmp_path):
+    grid = np.linspace(1e-3, 1.0, 11)
+    calls = []
+
+    def velocity(x, t):
+        calls.append((x.dtype, x.shape[0]))
+        return torch.sin(x) + t[:, None]
+
+    sched = optimal_schedule(
+        velocity,
+        (4,),
+        2,
+        grid=grid,
+        num_samples=5,
+        batch_size=3,
+        solver="heun",
+        metric="l2",
+        dtype=torch.float64,
+        device="cpu",
+        checkpoint=tmp_path / "c.npz",
+    )
+    assert sched.fingerprint is None and sched.grid[0] == 1e-3 and sched.times[-1] == 1.0
+    assert (sched.solver, sched.metric) == ("heun", "l2")
+    assert {c[0] for c in calls} == {torch.float64} and max(c[1] for c in calls) == 3
+    assert (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_samples": 0}, ValueError, "num_samples must be >= 1"),
+        ({"steps": 10}, ValueError, "steps must be < the grid's 10 points"),
+        ({"steps": 0}, ValueError, "steps must be >= 1"),
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"solver": "euler_maruyama"}, ValueError, "unknown solver"),
+        ({"metric": "lpips"}, ValueError, "unknown metric"),
+        ({"grid": [0.0, 0.5, 0.4, 1.0]}, ValueError, "strictly increasing"),
+        ({"seed": -1}, ValueError, "seed must be >= 0"),
+        ({"dtype": torch.int32}, TypeError, "floating dtype"),
+    ],
+)
+def test_optimal_schedule_bad_input(kwargs, error, match):
+    args = {"shape": (2,), "steps": 3, "grid": 9, "num_samples": 4}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        optimal_schedule(GrowingFlow(), **args)

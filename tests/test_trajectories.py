@@ -1,0 +1,209 @@
+"""Teacher trajectories: analytic flows, solver orders, the Euler-slope convention, and input checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from boss_fast.grids import uniform_grid
+from boss_fast.trajectories import (
+    Trajectory,
+    euler_step,
+    model_fingerprint,
+    ode_step,
+    seeded_noise,
+    teacher_trajectory,
+)
+
+
+def cubic_velocity(x, t):
+    """v = 3 t^2: carries x(0) to x(0) + 1 at t = 1 (flow_matching's analytic test)."""
+    return 3.0 * t.view(-1, *([1] * (x.ndim - 1))) ** 2 * torch.ones_like(x)
+
+
+def linear_velocity(x, t):
+    """v = x: x(1) = e x(0)."""
+    return x
+
+
+def nonlinear_velocity(x, t):
+    return torch.sin(3.0 * x) * (1.0 + t.view(-1, *([1] * (x.ndim - 1))))
+
+
+class Counter:
+    """Wraps a velocity and records every call's batch size, time dtype and shape."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, x, t):
+        self.calls.append((x.shape[0], t.dtype, t.shape, t.device))
+        return self.fn(x, t)
+
+
+def test_euler_step_is_x_plus_h_v_and_writes_out():
+    x, v = torch.randn(3, 4), torch.randn(3, 4)
+    torch.testing.assert_close(euler_step(x, v, 0.25), x + 0.25 * v, rtol=0, atol=0)
+    out = torch.empty(3, 4)
+    assert euler_step(x, v, 0.25, out=out) is out
+    torch.testing.assert_close(out, x + 0.25 * v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+def test_cubic_velocity_matches_quadrature_closed_forms(solver):
+    n = 10
+    h = 1.0 / n
+    traj = teacher_trajectory(cubic_velocity, torch.ones(2, 1, dtype=torch.float64), uniform_grid(n), solver)
+    end = traj.states[-1, 0, 0].item()
+    # Euler is the left Riemann sum of 3 t^2, Heun the trapezoid rule (error h^2 / 2 for f'' = 6),
+    # RK4 Simpson's rule (exact for a quadratic integrand).
+    expected = {
+        "euler": 1.0 + 3.0 * h**3 * (n - 1) * n * (2 * n - 1) / 6.0,
+        "heun": 2.0 + h**2 / 2.0,
+        "rk4": 2.0,
+    }[solver]
+    assert end == pytest.approx(expected, rel=1e-13)
+
+
+@pytest.mark.parametrize(("solver", "order"), [("euler", 1), ("heun", 2), ("rk4", 4)])
+def test_solvers_converge_at_their_order(solver, order):
+    x0 = torch.tensor([[0.3, -1.2]], dtype=torch.float64)
+    errors = []
+    for n in (20, 40):
+        end = teacher_trajectory(linear_velocity, x0, uniform_grid(n), solver).states[-1]
+        errors.append((end - math.e * x0).abs().max().item())
+    assert math.log2(errors[0] / errors[1]) == pytest.approx(order, abs=0.1)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+def test_velocities_are_euler_slopes_at_teacher_states(solver):
+    times = uniform_grid(6)
+    noise = torch.randn(3, 2, 2, dtype=torch.float64)
+    traj = teacher_trajectory(nonlinear_velocity, noise, times, solver)
+    assert isinstance(traj, Trajectory)
+    assert traj.states.shape == (7, 3, 2, 2) and traj.velocities.shape == (6, 3, 2, 2)
+    assert traj.states.dtype == noise.dtype and not traj.states.requires_grad
+    torch.testing.assert_close(traj.states[0], noise, rtol=0, atol=0)
+    for i in range(6):
+        t = torch.full((3,), times[i], dtype=torch.float64)
+        torch.testing.assert_close(traj.velocities[i], nonlinear_velocity(traj.states[i], t), rtol=0, atol=0)
+        step = ode_step(nonlinear_velocity, traj.states[i], times[i], times[i + 1], solver)
+        torch.testing.assert_close(traj.states[i + 1], step, rtol=0, atol=0)
+    np.testing.assert_array_equal(traj.times, times)
+
+
+@pytest.mark.parametrize(("solver", "evaluations"), [("euler", 1), ("heun", 2), ("rk4", 4)])
+def test_evaluation_count_and_time_argument(solver, evaluations):
+    counter = Counter(nonlinear_velocity)
+    teacher_trajectory(counter, torch.randn(5, 3), uniform_grid(8), solver)
+    assert len(counter.calls) == 8 * evaluations  # none at the last time
+    assert all(c == (5, torch.float32, (5,), torch.device("cpu")) for c in counter.calls)
+
+
+def test_keep_states_drops_velocities():
+    full = teacher_trajectory(nonlinear_velocity, torch.ones(2, 3), uniform_grid(4))
+    light = teacher_trajectory(nonlinear_velocity, torch.ones(2, 3), uniform_grid(4), keep="states")
+    assert light.velocities is None
+    torch.testing.assert_close(light.states, full.states, rtol=0, atol=0)
+
+
+def test_module_velocity_runs_without_grad():
+    net = torch.nn.Linear(3, 3)
+    traj = teacher_trajectory(lambda x, t: net(x), torch.randn(4, 3), uniform_grid(3))
+    assert not traj.states.requires_grad and not traj.velocities.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("times", "match"),
+    [
+        ([0.0, 0.5, 0.5, 1.0], r"strictly increasing; times\[2\] = 0.5 <= times\[1\] = 0.5"),
+        ([0.0, 0.7, 0.3], "strictly increasing"),
+        ([0.0, 1.5], r"\[0, 1\]"),
+        ([-0.1, 0.5], r"\[0, 1\]"),
+        ([0.5], "at least 2"),
+        ([0.0, float("nan")], "finite"),
+        ([[0.0, 1.0]], "1-D"),
+    ],
+)
+def test_bad_times_raise(times, match):
+    with pytest.raises(ValueError, match=match):
+        teacher_trajectory(nonlinear_velocity, torch.ones(1, 1), times)
+
+
+def test_bad_noise_raises():
+    with pytest.raises(TypeError, match="noise must be a torch.Tensor"):
+        teacher_trajectory(nonlinear_velocity, np.ones((2, 2)), [0.0, 1.0])
+    with pytest.raises(TypeError, match="floating-point"):
+        teacher_trajectory(nonlinear_velocity, torch.ones(2, 2, dtype=torch.int64), [0.0, 1.0])
+    with pytest.raises(ValueError, match="batch dimension"):
+        teacher_trajectory(nonlinear_velocity, torch.tensor(1.0), [0.0, 1.0])
+    with pytest.raises(ValueError, match="at least one sample"):
+        teacher_trajectory(nonlinear_velocity, torch.ones(0, 2), [0.0, 1.0])
+
+
+def test_ode_step_refuses_an_unknown_solver():
+    with pytest.raises(ValueError, match="unknown solver 'rk45'"):
+        ode_step(nonlinear_velocity, torch.ones(1, 1), 0.0, 1.0, "rk45")
+
+
+def test_unknown_solver_and_keep_raise():
+    with pytest.raises(ValueError, match="unknown solver 'dpm'"):
+        teacher_trajectory(nonlinear_velocity, torch.ones(1, 1), [0.0, 1.0], solver="dpm")
+    with pytest.raises(ValueError, match="unknown keep"):
+        teacher_trajectory(nonlinear_velocity, torch.ones(1, 1), [0.0, 1.0], keep="none")
+
+
+@pytest.mark.parametrize(
+    ("velocity", "error", "match"),
+    [
+        (lambda x, t: x[:, :1], ValueError, r"shape \(2, 1\) at t = 0.0, expected the input's \(2, 3\)"),
+        (lambda x, t: x.double(), ValueError, "dtype torch.float64 at t = 0.0"),
+        (lambda x, t: x.numpy(), TypeError, "returned ndarray"),
+    ],
+)
+def test_bad_velocity_output_raises(velocity, error, match):
+    with pytest.raises(error, match=match):
+        teacher_trajectory(velocity, torch.ones(2, 3), [0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+def test_non_finite_velocity_names_the_grid_time(solver):
+    def blows_up(x, t):
+        return torch.where(t.view(-1, 1) >= 0.6, torch.nan, 1.0) * torch.ones_like(x)
+
+    with pytest.raises(ValueError, match=r"t = 0\.6|from t = 0\.4 to t = 0\.6"):
+        teacher_trajectory(blows_up, torch.ones(2, 3), uniform_grid(5), solver)
+
+
+def test_non_finite_noise_is_reported():
+    with pytest.raises(ValueError, match="noise contains non-finite"):
+        teacher_trajectory(nonlinear_velocity, torch.full((1, 2), torch.inf), [0.0, 1.0])
+
+
+def test_seeded_noise_is_independent_of_batching():
+    whole = seeded_noise((2, 3), 0, 10, seed=7)
+    parts = torch.cat([seeded_noise((2, 3), a, b, seed=7) for a, b in ((0, 3), (3, 4), (4, 10))])
+    torch.testing.assert_close(parts, whole, rtol=0, atol=0)
+    assert whole.shape == (10, 2, 3) and whole.dtype == torch.float32
+    assert not torch.equal(seeded_noise((2, 3), 0, 10, seed=8), whole)
+    assert seeded_noise((4,), 0, 2, dtype=torch.float64).dtype == torch.float64
+    half = seeded_noise((2, 3), 0, 10, seed=7, dtype=torch.bfloat16)
+    torch.testing.assert_close(half, whole.to(torch.bfloat16), rtol=0, atol=0)
+    assert seeded_noise((2,), 3, 3).shape == (0, 2)
+
+
+def test_model_fingerprint_tracks_weights():
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    b = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    b.load_state_dict(a.state_dict())
+    fp = model_fingerprint(a)
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    assert model_fingerprint(b) == fp
+    with torch.no_grad():
+        b[0].weight[0, 0] += 1e-6
+    assert model_fingerprint(b) != fp
+    assert model_fingerprint(a.to(torch.bfloat16)) != fp
