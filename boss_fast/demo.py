@@ -50,12 +50,12 @@ class DemoConfig:
     grid_nfes: tuple[int, ...] = field(default=(2, 4, 8))
 
 
+@torch.no_grad()
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo and write its report to ``cfg.out``; returns the results dictionary it saved."""
     if cfg.max_nfe < 1 or cfg.max_nfe > cfg.grid:
         raise ValueError(f"max_nfe must be in [1, grid = {cfg.grid}], got {cfg.max_nfe}")
     os.makedirs(os.path.join(cfg.out, "schedules"), exist_ok=True)
-    torch.set_grad_enabled(False)
     wall = {}
     model = load_bundled("digits_dit")
     fingerprint = model_fingerprint(model)
