@@ -14,20 +14,16 @@ Run: python -m pytest benchmarks/test_bench_trajectory_cost.py --benchmark-only
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from benchmarks.baselines_cost import published_pair_loop_cost
 from boss_fast.cost import trajectory_cost
 from boss_fast.grids import uniform_grid
+from boss_fast.models import load_bundled
 from boss_fast.schedule import optimal_schedule
 from boss_fast.trajectories import seeded_noise, teacher_trajectory
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines_cost import published_pair_loop_cost  # noqa: E402
 
 N_GRID, SAMPLES, DIMS = 101, 100, 3 * 32 * 32
 MEDIANS: dict[str, float] = {}
@@ -47,7 +43,7 @@ def test_trajectory_cost(benchmark, trajectory):
     MEDIANS["ours"] = benchmark.stats.stats.median
 
 
-def test_published_pair_loop(benchmark, trajectory):
+def test_baseline_published_pair_loop(benchmark, trajectory):
     benchmark.group = "cost matrix 101 x 100 x 3072 float32"
     baseline = benchmark.pedantic(published_pair_loop_cost, args=trajectory, rounds=1, iterations=1)
     MEDIANS["baseline"] = benchmark.stats.stats.median
@@ -79,40 +75,15 @@ def test_read_floor_and_summary(benchmark, trajectory, capsys):
 # ------------------------------------------------------------------------------------------ end to end
 
 
-class StandInVelocity(torch.nn.Module):
-    """A small MLP velocity on (B, 1, 8, 8) digits-shaped states: stands in for the bundled DiT."""
-
-    def __init__(self, dims: int = 64, hidden: int = 512):
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(dims + 1, hidden),
-            torch.nn.SiLU(),
-            torch.nn.Linear(hidden, hidden),
-            torch.nn.SiLU(),
-            torch.nn.Linear(hidden, dims),
-        )
-
-    def forward(self, x, t):
-        flat = x.reshape(x.shape[0], -1)
-        return self.net(torch.cat([flat, t[:, None]], dim=1)).reshape(x.shape)
-
-
 @pytest.fixture(scope="module")
 def velocity_model():
-    """The bundled digits DiT when its weights exist, else the stand-in MLP (same state shape)."""
-    try:
-        from boss_fast.models import load_bundled
-
-        model, name = load_bundled("digits_dit"), "digits_dit"
-    except (ImportError, FileNotFoundError, ValueError, RuntimeError):
-        model, name = StandInVelocity().eval().requires_grad_(False), "stand-in MLP 64-512-512-64"
-    return model, name, (1, 8, 8)
+    return load_bundled("digits_dit"), "digits_dit", (1, 8, 8)
 
 
 E2E = {"grid": 100, "num_samples": 256, "batch_size": 256, "steps": 8}
 
 
-def test_teacher_trajectories_alone(benchmark, velocity_model):
+def test_baseline_teacher_trajectories_alone(benchmark, velocity_model):
     model, name, shape = velocity_model
     benchmark.group = f"optimal_schedule, grid 100, 256 samples, {name}"
     noise = seeded_noise(shape, 0, E2E["num_samples"])

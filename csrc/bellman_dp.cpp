@@ -43,6 +43,8 @@ struct ArgMin {
   int64_t index;
 };
 
+struct Kernels;
+
 struct Table {
   const double* cost;
   int64_t n;
@@ -50,6 +52,7 @@ struct Table {
   double* value;
   int64_t* next;
   double* dv;
+  const Kernels* kernels;
 };
 
 // Record V[k][r] (and d * V[k][r], which later budgets read) for row r, budget k.
@@ -333,20 +336,31 @@ void single_row(const Table& t, int64_t top, int64_t k0, int count, double* /*sc
   }
 }
 
-Kernels pick_kernels() {
+const Kernels kScalarKernels{1, single_row<argmin_sum_scalar>, single_row<argmin_sum_scalar>, false,
+                             has_nonfinite_scalar};
+#ifdef BOSS_FAST_X86_SIMD
+const Kernels kAvx2Kernels{1, single_row<argmin_sum_avx2>, single_row<argmin_sum_avx2>, false,
+                           has_nonfinite_scalar};
+const Kernels kAvx512Kernels{kRows, block_avx512<kRows>, block_avx512<1>, true, has_nonfinite_avx512};
+#endif
+
+// The widest path this CPU runs, or the one `isa` names ("avx512", "avx2", "scalar"); nullptr if this CPU
+// cannot run it.
+const Kernels* select_kernels(Isa isa) {
 #ifdef BOSS_FAST_X86_SIMD
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) {
-    return Kernels{kRows, block_avx512<kRows>, block_avx512<1>, true, has_nonfinite_avx512};
+  const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
+  switch (isa) {
+    case Isa::kAuto: return avx512 ? &kAvx512Kernels : (avx2 ? &kAvx2Kernels : &kScalarKernels);
+    case Isa::kAvx512: return avx512 ? &kAvx512Kernels : nullptr;
+    case Isa::kAvx2: return avx2 ? &kAvx2Kernels : nullptr;
+    case Isa::kScalar: return &kScalarKernels;
   }
-  if (__builtin_cpu_supports("avx2")) {
-    return Kernels{1, single_row<argmin_sum_avx2>, single_row<argmin_sum_avx2>, false, has_nonfinite_scalar};
-  }
+  return nullptr;
+#else
+  return isa == Isa::kAuto || isa == Isa::kScalar ? &kScalarKernels : nullptr;
 #endif
-  return Kernels{1, single_row<argmin_sum_scalar>, single_row<argmin_sum_scalar>, false, has_nonfinite_scalar};
 }
-
-const Kernels kernels = pick_kernels();
 
 // The budgets of one row are independent given the rows after it, so threads split the budgets into
 // contiguous groups and run as a pipeline over rows: group g computes V[k][i] for its k once group g - 1 has
@@ -445,7 +459,7 @@ class WorkerPool {
   int active = 0, pending = 0;
 };
 
-// Rows n-2 .. 0 (in blocks of kernels.rows where every budget fits), budgets [k_lo, k_hi]. Group 0
+// Rows n-2 .. 0 (in blocks of kernels->rows where every budget fits), budgets [k_lo, k_hi]. Group 0
 // (k_lo == 1) also checks finiteness and fills k = 1.
 int64_t run_group(const Table& t, int64_t k_lo, int64_t k_hi, const std::atomic<int64_t>* upstream,
                   std::atomic<int64_t>* done) {
@@ -455,25 +469,25 @@ int64_t run_group(const Table& t, int64_t k_lo, int64_t k_hi, const std::atomic<
   std::vector<double> scratch(static_cast<size_t>(kRows * kGroup * ((n + 63) / 64) * 8));
   for (int64_t top = n - 2; top >= 0;) {
     // Near the end a row cannot take every budget; there, and for the last rows, go one row at a time.
-    const bool full = top + 1 >= kernels.rows && n - 1 - top >= k_hi;
-    const int64_t rows = full ? kernels.rows : 1;
+    const bool full = top + 1 >= t.kernels->rows && n - 1 - top >= k_hi;
+    const int64_t rows = full ? t.kernels->rows : 1;
     const int64_t bottom = top - rows + 1;
     if (upstream != nullptr) wait_for_row(*upstream, bottom + 1);
     // A (k-1)-step path from j must still fit, so budget k reads j in [r + 1, n - k].
     const int64_t kmax = k_hi < n - 1 - top ? k_hi : n - 1 - top;
     // Group 0 checks finiteness; fused into the first scan where the kernel can (saves a pass over memory).
-    const bool fused = k_lo == 1 && kernels.fused_check && kmax >= k0;
+    const bool fused = k_lo == 1 && t.kernels->fused_check && kmax >= k0;
     bool bad[kRows] = {};
     if (k_lo == 1) {
       for (int64_t r = top; r >= bottom; --r) {
         const double* row = t.cost + r * n;
-        if (!fused && kernels.has_nonfinite(row, r + 1, n)) bad[top - r] = true;
+        if (!fused && t.kernels->has_nonfinite(row, r + 1, n)) bad[top - r] = true;
         store(t, 1, r, ArgMin{row[n - 1], n - 1});
       }
     }
     if (kmax >= k0) {
-      (full ? kernels.block : kernels.single)(t, top, k0, static_cast<int>(kmax - k0 + 1), scratch.data(),
-                                              fused ? bad : nullptr);
+      const BlockFn scan = full ? t.kernels->block : t.kernels->single;
+      scan(t, top, k0, static_cast<int>(kmax - k0 + 1), scratch.data(), fused ? bad : nullptr);
     }
     for (int64_t b = 0; b < rows; ++b) {
       if (bad[b]) bad_row = top - b;  // rows run downwards: ends at the smallest bad row
@@ -487,7 +501,9 @@ int64_t run_group(const Table& t, int64_t k_lo, int64_t k_hi, const std::atomic<
 }  // namespace
 
 int64_t bellman_table(const double* cost, int64_t n, int64_t max_steps, double discount, double* value,
-                      int64_t* next, int threads) {
+                      int64_t* next, int threads, Isa isa) {
+  const Kernels* kernels = select_kernels(isa);
+  if (kernels == nullptr) return -2;
   const int64_t width = (max_steps + 1) * n;
   for (int64_t e = 0; e < width; ++e) {
     value[e] = kInf;
@@ -500,7 +516,7 @@ int64_t bellman_table(const double* cost, int64_t n, int64_t max_steps, double d
     dv_store.assign(static_cast<size_t>(width), kInf);
     dv = dv_store.data();
   }
-  const Table t{cost, n, discount, value, next, dv};
+  const Table t{cost, n, discount, value, next, dv, kernels};
 
   // Below ~2e6 candidates (~0.25 ms) waking a worker and filling the pipeline is not worth it.
   const double work = 0.5 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(max_steps);

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <stdexcept>
 #include <string>
 
 #include "bellman_dp.h"
@@ -12,7 +13,19 @@ namespace py = pybind11;
 namespace {
 
 py::tuple bellman_table(py::array_t<double, py::array::c_style | py::array::forcecast> cost, int64_t max_steps,
-                        double discount, int threads) {
+                        double discount, int threads, const std::string& isa) {
+  boss_fast::Isa path;
+  if (isa == "auto") {
+    path = boss_fast::Isa::kAuto;
+  } else if (isa == "avx512") {
+    path = boss_fast::Isa::kAvx512;
+  } else if (isa == "avx2") {
+    path = boss_fast::Isa::kAvx2;
+  } else if (isa == "scalar") {
+    path = boss_fast::Isa::kScalar;
+  } else {
+    throw py::value_error("isa must be 'auto', 'avx512', 'avx2' or 'scalar', got '" + isa + "'");
+  }
   if (cost.ndim() != 2 || cost.shape(0) != cost.shape(1)) {
     throw py::value_error("cost must be a square 2-D array");
   }
@@ -33,8 +46,9 @@ py::tuple bellman_table(py::array_t<double, py::array::c_style | py::array::forc
   int64_t bad_row;
   {
     py::gil_scoped_release release;
-    bad_row = boss_fast::bellman_table(c, n, max_steps, discount, v, nx, threads);
+    bad_row = boss_fast::bellman_table(c, n, max_steps, discount, v, nx, threads, path);
   }
+  if (bad_row == -2) throw std::runtime_error("this CPU cannot run the '" + isa + "' path");
   return py::make_tuple(value, next, bad_row);
 }
 
@@ -42,7 +56,7 @@ py::tuple bellman_table(py::array_t<double, py::array::c_style | py::array::forc
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "boss_fast C++ kernels (no torch dependency)";
-  m.def("bellman_table", &bellman_table, py::arg("cost"), py::arg("max_steps"), py::arg("discount") = 1.0, py::arg("threads") = 0,
+  m.def("bellman_table", &bellman_table, py::arg("cost"), py::arg("max_steps"), py::arg("discount") = 1.0, py::arg("threads") = 0, py::arg("isa") = "auto",
         "Bellman table for every budget 1..max_steps: (value (K+1, N), next (K+1, N), bad_row).");
 #ifdef BOSS_FAST_VERSION
   m.attr("__version__") = BOSS_FAST_VERSION;

@@ -118,15 +118,26 @@ def test_table_ties_match_reference(backend):
 
 
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
-def test_cpp_threads_bitwise_identical(threads):
+@pytest.mark.parametrize("n, max_steps", [(6, 5), (70, 13), (257, 24)])
+def test_cpp_every_vector_path_and_thread_count_bitwise(isa, threads, n, max_steps):
+    """Each SIMD path (the ones this CPU can run) and any thread count give the reference's table exactly,
+    including its smallest-index tie-breaking and the row of the first non-finite entry."""
     from boss_fast import _C
 
-    cost = np.random.default_rng(7).random((257, 257))
-    want = bellman_table_reference(cost, 24, 0.9)
-    got = _C.bellman_table(cost, 24, 0.9, threads)
-    np.testing.assert_array_equal(got[0], want[0])
-    np.testing.assert_array_equal(got[1], want[1])
+    rng = np.random.default_rng(n)
+    for cost in (rng.random((n, n)), rng.integers(0, 3, (n, n)).astype(float)):
+        want = bellman_table_reference(cost, max_steps, 0.9)
+        try:
+            got = _C.bellman_table(cost, max_steps, 0.9, threads, isa)
+        except RuntimeError as err:
+            pytest.skip(str(err))  # this CPU lacks the instruction set
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        cost[n // 3, n // 2] = np.nan
+        cost[n // 2, n - 1] = np.inf
+        assert _C.bellman_table(cost, max_steps, 0.9, threads, isa)[2] == n // 3
 
 
 def test_every_budget_from_one_table_equals_single_budget(backend):
@@ -310,3 +321,5 @@ def test_cpp_binding_checks_its_own_boundary():
         _C.bellman_table(np.ones((3, 3)), 3)
     with pytest.raises(ValueError, match="discount"):
         _C.bellman_table(np.ones((3, 3)), 1, -1.0)
+    with pytest.raises(ValueError, match="isa"):
+        _C.bellman_table(np.ones((3, 3)), 1, 1.0, 0, "sse9")
