@@ -53,7 +53,7 @@ def test_baseline_published_pair_loop(benchmark, trajectory):
     np.testing.assert_allclose(ours[upper], baseline[upper], rtol=1e-4)
 
 
-def test_read_floor_and_summary(benchmark, trajectory, capsys):
+def test_floor_one_read_and_summary(benchmark, trajectory, capsys):
     benchmark.group = "cost matrix 101 x 100 x 3072 float32"
     states, velocities, _ = trajectory
     benchmark.pedantic(lambda: (states.sum(), velocities.sum()), rounds=15, warmup_rounds=2)
