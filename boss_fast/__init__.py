@@ -5,6 +5,7 @@ Time runs from t = 0 (noise) to t = 1 (data); a velocity model is called as ``ve
 
 Stage 1 (Nguyen, Nguyen & Nguyen, ICLR 2024): teacher trajectories on a fine grid -> the cost of every
 one-step Euler jump -> the exact Bellman DP over it -> a K-step schedule.
+Stage 2: ``straighten`` fine-tunes the network for exactly those steps.
 """
 
 from boss_fast._backends import dp_backends
@@ -13,6 +14,13 @@ from boss_fast.cost import cost_matrix, trajectory_cost, trajectory_cost_sums
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
 from boss_fast.sampling import sample
 from boss_fast.schedule import Schedule, optimal_schedule, schedule_from_cost, schedules_from_cost
+from boss_fast.straighten import (
+    StraighteningPairs,
+    StraightenStats,
+    merge_lora,
+    straighten,
+    straightening_pairs,
+)
 from boss_fast.trajectories import (
     Trajectory,
     euler_step,
@@ -27,6 +35,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BellmanPath",
     "Schedule",
+    "StraightenStats",
+    "StraighteningPairs",
     "Trajectory",
     "bellman_path",
     "bellman_paths",
@@ -34,6 +44,7 @@ __all__ = [
     "dp_backends",
     "edm_grid",
     "euler_step",
+    "merge_lora",
     "model_fingerprint",
     "ode_step",
     "optimal_schedule",
@@ -42,6 +53,8 @@ __all__ = [
     "schedules_from_cost",
     "seeded_noise",
     "shifted_grid",
+    "straighten",
+    "straightening_pairs",
     "teacher_trajectory",
     "trajectory_cost",
     "trajectory_cost_sums",

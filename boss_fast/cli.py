@@ -1,4 +1,4 @@
-"""``boss-fast``: the command line. Subcommands: demo, schedule, sample, dp-example.
+"""``boss-fast``: the command line. Subcommands: demo, schedule, straighten, sample, dp-example.
 
 Only argument parsing and I/O live here; the work is in the library functions each subcommand calls.
 """
@@ -63,6 +63,8 @@ def _cmd_demo(args) -> None:
             eval_samples=args.eval_samples,
             seed=args.seed,
             progress=not args.no_progress,
+            straighten=args.straighten,
+            straighten_iters=args.straighten_iters,
         )
     )
     with open(f"{args.out}/results.md") as f:
@@ -92,6 +94,51 @@ def _cmd_schedule(args) -> None:
     sched.save(args.out)
     print(f"{sched.steps}-step schedule (cost {sched.cost:.6g}): {np.array2string(sched.times, precision=4)}")
     print(f"written to {args.out}")
+
+
+def _cmd_straighten(args) -> None:
+    import torch
+
+    from boss_fast.models import save_weights
+    from boss_fast.schedule import Schedule
+    from boss_fast.straighten import straighten
+
+    velocity, default_shape = _load_velocity(args.model)
+    if not isinstance(velocity, torch.nn.Module) or not any(
+        p.is_floating_point() for p in velocity.parameters()
+    ):
+        raise SystemExit(f"boss-fast: {args.model!r} has no trainable weights to straighten")
+    sched = Schedule.load(args.schedule)
+    student, stats = straighten(
+        velocity,
+        sched,
+        num_pairs=args.num_pairs,
+        grid=sched.grid if args.grid is None else args.grid,
+        solver=sched.solver,
+        iters=args.iters,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        ema=args.ema,
+        lora_rank=args.lora_rank,
+        loss=args.loss,
+        normalize=args.normalize,
+        checkpoint_dir=args.checkpoint_dir,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        shape=_shape(args.shape, default_shape),
+        cache_dir=args.cache_dir,
+        return_stats=True,
+    )
+    config = student.config() if callable(getattr(student, "config", None)) else {}
+    name = args.model if ":" not in args.model else args.model.replace(":", ".")
+    meta = {"straightened_for": list(sched.times), "iters": stats.steps, "loss": args.loss}
+    save_weights(student, args.out, name=name, config=config, metadata=meta)
+    print(
+        f"straightened for {sched.steps} steps ({stats.trained_share:.1%} of the parameters trained, "
+        f"last loss {stats.losses[-1]:.4g}); weights written to {args.out}"
+    )
 
 
 def _cmd_sample(args) -> None:
@@ -144,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--eval-samples", type=int, default=1000)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--straighten", action="store_true", help="add straightened rows for NFE 2 and 4")
+    demo.add_argument("--straighten-iters", type=int, default=800)
     demo.set_defaults(func=_cmd_demo)
 
     sched = sub.add_parser("schedule", help="the Bellman-optimal schedule of a velocity model, as JSON")
@@ -162,6 +211,30 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--no-progress", action="store_true")
     sched.add_argument("--out", required=True, help="schedule JSON to write")
     sched.set_defaults(func=_cmd_schedule)
+
+    st = sub.add_parser("straighten", help="fine-tune a model for a schedule's steps (BOSS stage 2)")
+    st.add_argument("--model", required=True, help=f"bundled ({', '.join(BUNDLED_SHAPES)}) or module:attr")
+    st.add_argument("--schedule", required=True, help="schedule JSON (boss-fast schedule)")
+    st.add_argument("--shape", help="one sample's shape, e.g. 3,32,32 (bundled models know theirs)")
+    st.add_argument(
+        "--grid", type=int, default=None, help="uniform grid size to check (default: the schedule's)"
+    )
+    st.add_argument("--num-pairs", type=int, default=5000)
+    st.add_argument("--iters", type=int, default=2000)
+    st.add_argument("--batch-size", type=int, default=64)
+    st.add_argument("--lr", type=float, default=2e-4)
+    st.add_argument("--warmup", type=int, default=200)
+    st.add_argument("--ema", type=float, default=0.999)
+    st.add_argument("--lora-rank", type=int, default=None)
+    st.add_argument("--loss", default="l2", choices=("l2", "pseudo_huber"))
+    st.add_argument("--normalize", action="store_true", help="Simple ReFlow's 1/stopgrad(loss) weighting")
+    st.add_argument("--checkpoint-dir", default=None, help="resumable training state")
+    st.add_argument("--cache-dir", default=None, help="reusable teacher pairs")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--device", default=None)
+    st.add_argument("--no-progress", action="store_true")
+    st.add_argument("--out", required=True, help="straightened weights (.safetensors)")
+    st.set_defaults(func=_cmd_straighten)
 
     smp = sub.add_parser("sample", help="few-step samples with a schedule JSON")
     smp.add_argument("--model", required=True)

@@ -137,6 +137,11 @@ class DiT(nn.Module):
         torch.Size([3, 1, 8, 8])
     """
 
+    # Opt-in to boss_fast.Sampler's fused-head protocol (boss_fast.sampler.FusedHeadModel): forward(x, t) is
+    # exactly unpatchify(head(trunk(x, t))).to(x.dtype) in the layout of the module docstring, so a sampler
+    # may run ``trunk`` and then one fused head GEMM + Euler kernel writing straight into the state.
+    fused_head: bool = True
+
     def __init__(
         self,
         input_size: int = 8,
@@ -182,6 +187,11 @@ class DiT(nn.Module):
             "heads": self.heads,
             "mlp_ratio": self.mlp_ratio,
         }
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one state."""
+        return (self.in_channels, self.input_size, self.input_size)
 
     def _init_weights(self) -> None:
         for module in self.modules():

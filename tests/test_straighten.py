@@ -1,0 +1,339 @@
+"""Straightening (BOSS stage 2): pairs, loss, training semantics, LoRA, resume, DDP, CLI and bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import boss_fast as bf
+from boss_fast.grids import uniform_grid
+from boss_fast.straighten import pair_loss, straighten, straightening_pairs
+from boss_fast.trajectories import teacher_trajectory
+
+HAS_PEFT = importlib.util.find_spec("peft") is not None
+needs_peft = pytest.mark.skipif(not HAS_PEFT, reason="peft not installed (pip install 'boss_fast[lora]')")
+
+
+class TinyVelocity(nn.Module):
+    """A small MLP velocity on (B, D) states: v = net([x, t])."""
+
+    def __init__(self, dim: int = 2, hidden: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, t[:, None].to(x.dtype)], dim=1))
+
+
+class RotationFlow(nn.Module):
+    """dx/dt = A x with A a rotation generator of angle ``w``: x(1) = R(w) x(0), a curved flow whose exact
+    one-step velocity (R - I) x is linear in x, so a linear student can represent it exactly."""
+
+    def __init__(self, w: float = 1.2) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2, bias=False, dtype=torch.float64)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.tensor([[0.0, -w, 0.0], [w, 0.0, 0.0]], dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.lin(torch.cat([x, t[:, None].to(x.dtype)], dim=1))
+
+
+def _schedule(n: int, indices: list[int]) -> bf.Schedule:
+    grid = uniform_grid(n)
+    idx = np.asarray(indices)
+    return bf.Schedule(times=grid[idx], indices=idx, cost=0.0, grid=grid)
+
+
+FAST = dict(num_pairs=16, grid=10, iters=4, batch_size=8, warmup=2, progress=False, shape=(2,))
+
+
+def _weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------------ pairs
+
+
+def test_pairs_match_a_direct_teacher_run_and_the_cache(tmp_path):
+    teacher = TinyVelocity()
+    sched = _schedule(10, [0, 3, 7, 10])
+    noise = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    pairs = straightening_pairs(teacher, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
+    direct = teacher_trajectory(teacher, noise, uniform_grid(10)).states
+    k = sched.steps
+    assert pairs.start.shape == (5 * k, 2) and pairs.t_end.shape == (5 * k,)
+    for m in range(5):
+        for j in range(k):
+            # same Euler steps in the same order: bit for bit
+            assert torch.equal(pairs.start[m * k + j], direct[sched.indices[j], m])
+            assert torch.equal(pairs.end[m * k + j], direct[sched.indices[j + 1], m])
+            assert pairs.t_start[m * k + j].item() == pytest.approx(sched.times[j])
+            assert pairs.t_end[m * k + j].item() == pytest.approx(sched.times[j + 1])
+    shards = [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".safetensors")]
+    assert len(shards) == 3  # 5 noises in batches of 2
+
+    # A second run reads the shards: a teacher with the same weights (same cache key) that would return
+    # NaN proves it is not called.
+    class Poisoned(TinyVelocity):
+        def forward(self, x, t):
+            return super().forward(x, t) * math.nan
+
+    cached = straightening_pairs(Poisoned(), sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
+    for a, b in zip(pairs, cached, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_pair_loss_variants():
+    pred, target = torch.zeros(3, 4), torch.tensor([[1.0] * 4, [2.0] * 4, [1e-4] * 4])
+    np.testing.assert_allclose(pair_loss(pred, target, "l2").numpy(), [1.0, 4.0, 1e-8], rtol=1e-5)
+    c = 0.00054 * math.sqrt(4)
+    expected = [math.sqrt(4 * v * v + c * c) - c for v in (1.0, 2.0, 1e-4)]
+    np.testing.assert_allclose(pair_loss(pred, target, "pseudo_huber").numpy(), expected, rtol=1e-5)
+    # 1 / stopgrad(loss + 1e-8): about 1 wherever the loss is well above eps
+    np.testing.assert_allclose(pair_loss(pred, target, "l2", normalize=True)[:2].numpy(), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown loss"):
+        pair_loss(pred, target, "l1")
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def _full_loss(model: nn.Module, teacher: nn.Module, sched: bf.Schedule, noise: torch.Tensor) -> float:
+    p = straightening_pairs(teacher, sched, noise, grid=sched.grid)
+    target = (p.end - p.start) / (p.t_end - p.t_start)[:, None]
+    with torch.no_grad():
+        return float(pair_loss(model(p.start, p.t_start), target).mean())
+
+
+def test_one_training_step_reduces_the_loss():
+    model = RotationFlow()
+    sched = _schedule(10, [0, 5, 10])
+    noise = bf.seeded_noise((2,), 0, 16, seed=0, dtype=torch.float64)
+    kwargs = {**FAST, "iters": 1, "warmup": 0, "batch_size": 64}
+    student = straighten(model, sched, **kwargs, lr=1e-2, ema=0.0)
+    assert _full_loss(student, model, sched, noise) < 0.95 * _full_loss(model, model, sched, noise)
+    assert not any(p.requires_grad for p in student.parameters()) and not student.training
+    assert torch.equal(model.lin.weight, RotationFlow().lin.weight)  # the input model is not modified
+
+
+def test_straightening_a_one_step_schedule_on_a_rotation_flow_drives_its_error_down():
+    model = RotationFlow()
+    sched = _schedule(50, [0, 50])
+    noise = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    teacher_end = teacher_trajectory(model, noise, sched.grid).states[-1]
+
+    def one_step_error(m: nn.Module) -> float:
+        return float((bf.sample(m, noise, sched) - teacher_end).square().sum(1).mean())
+
+    student = straighten(
+        model, sched, num_pairs=256, grid=50, iters=300, batch_size=64, lr=2e-2, warmup=10, ema=0.9,
+        progress=False, shape=(2,),
+    )  # fmt: skip
+    before, after = one_step_error(model), one_step_error(student)
+    assert before > 0.3  # |(I + A - R(1.2)) x|^2: one Euler step cuts the arc's corner badly
+    assert after < 0.01 * before
+
+
+def test_ema_is_the_average_of_the_trained_weights():
+    model = TinyVelocity()
+    sched = _schedule(10, [0, 5, 10])
+    last = straighten(model, sched, **{**FAST, "iters": 1}, ema=0.0)  # ema 0: the last weights
+    half = straighten(model, sched, **{**FAST, "iters": 1}, ema=0.5, ema_warmup=False)
+    warm = straighten(model, sched, **{**FAST, "iters": 1}, ema=0.5)  # step 0: decay min(0.5, 1 / 10)
+    for key, w0 in model.state_dict().items():
+        w1 = last.state_dict()[key]
+        torch.testing.assert_close(half.state_dict()[key], 0.5 * (w0 + w1))
+        torch.testing.assert_close(warm.state_dict()[key], 0.1 * w0 + 0.9 * w1)
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
+    model = TinyVelocity()
+    sched = _schedule(10, [0, 4, 10])
+    kwargs = {**FAST, "iters": 10, "checkpoint_every": 3}
+    reference = straighten(model, sched, **kwargs)
+
+    def crash(step: int, loss: float) -> None:
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        straighten(model, sched, **kwargs, checkpoint_dir=tmp_path, callback=crash)
+    seen = []
+    resumed = straighten(
+        model, sched, **kwargs, checkpoint_dir=tmp_path, callback=lambda s, v: seen.append(s)
+    )
+    assert seen == [7, 8, 9, 10]  # the checkpoint at step 6: one interval (step 7) lost
+    for key, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value)  # bit for bit
+
+
+def test_a_checkpoint_from_another_model_or_schedule_is_refused(tmp_path):
+    model = TinyVelocity()
+    sched = _schedule(10, [0, 4, 10])
+    straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="written for model"):
+        straighten(TinyVelocity(seed=1), sched, **FAST, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="different schedule"):
+        straighten(model, _schedule(10, [0, 5, 10]), **FAST, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="other settings"):
+        straighten(model, sched, **FAST, checkpoint_dir=tmp_path, lr=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------- LoRA
+
+
+@needs_peft
+def test_lora_trains_only_adapters_and_merging_keeps_the_outputs():
+    model = TinyVelocity(hidden=32)
+    sched = _schedule(10, [0, 5, 10])
+    adapted, stats = straighten(
+        model, sched, **FAST, lora_rank=2, lr=1e-2, ema=0.0, merge=False, return_stats=True
+    )
+    assert stats.trained_params == 2 * (3 + 32) + 2 * (32 + 2)  # r * (in + out) per adapted Linear
+    assert 0.0 < stats.trained_share < 1.0
+    names = {n for n, _ in adapted.named_parameters()}
+    assert any("lora_B" in n for n in names)
+    lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
+    assert any(float(p.abs().max()) > 0 for p in lora_b)  # the adapters moved
+    frozen = {n.replace("base_layer.", ""): p for n, p in adapted.named_parameters() if "lora_" not in n}
+    for key, value in model.named_parameters():  # the base weights did not
+        match = [p for n, p in frozen.items() if n.endswith("." + key)]
+        assert len(match) == 1 and torch.equal(match[0], value)
+    x, t = torch.randn(7, 2), torch.rand(7)
+    with torch.no_grad():
+        before = adapted(x, t)
+        merged = bf.merge_lora(adapted)
+        after = merged(x, t)
+    assert isinstance(merged, TinyVelocity)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(merged.net[0].weight, model.net[0].weight)
+
+
+@needs_peft
+def test_lora_on_the_bundled_dit_targets_attention_and_mlp():
+    from boss_fast.models import DiT
+    from boss_fast.straighten import _add_lora
+
+    dit = DiT(hidden=16, depth=1, heads=2)
+    peft_model = _add_lora(dit, 4, None, None)
+    adapted = {n for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
+    assert len(adapted) == 4  # qkv, proj, mlp.0, mlp.2 of the one block
+
+
+@needs_peft
+def test_a_lora_request_matching_no_module_is_refused():
+    with pytest.raises(ValueError, match="match no module"):
+        straighten(TinyVelocity(), _schedule(10, [0, 5, 10]), **FAST, lora_rank=2, lora_targets=["nope"])
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_refused_with_a_clear_error():
+    model = TinyVelocity()
+    sched = _schedule(10, [0, 5, 10])
+    with pytest.raises(ValueError, match="grid of 11 points"):
+        straighten(model, sched, **{**FAST, "grid": 100})
+    with pytest.raises(ValueError, match="'euler' teacher"):
+        straighten(model, sched, **FAST, solver="heun")
+    with pytest.raises(TypeError, match="must be a boss_fast.Schedule"):
+        straighten(model, [0.0, 0.5, 1.0], **FAST)
+    with pytest.raises(TypeError, match="must be a boss_fast.Schedule"):
+        straightening_pairs(model, 1.0 - sched.times, torch.randn(2, 2), grid=10)
+    with pytest.raises(TypeError, match="cache_dir needs the teacher as an nn.Module"):
+        straightening_pairs(lambda x, t: x, sched, torch.randn(2, 2), grid=10, cache_dir="unused")
+    with pytest.raises(ValueError, match="iters must be >= 1"):
+        straighten(model, sched, **{**FAST, "iters": 0})
+
+    class Squash(TinyVelocity):
+        def forward(self, x, t):
+            return super().forward(x, t)[:, :1]
+
+    with pytest.raises(ValueError, match="differs from its input"):
+        straighten(Squash(), sched, **FAST)
+    with pytest.raises(ValueError, match="pass shape="):
+        straighten(model, sched, **{k: v for k, v in FAST.items() if k != "shape"})
+
+
+# ------------------------------------------------------------------------------------------------- DDP
+
+WORLD = 2
+DDP_KW = dict(num_pairs=12, grid=8, iters=5, batch_size=8, warmup=2, ema=0.5, progress=False, shape=(2,))
+
+
+def _ddp_model() -> nn.Module:
+    return TinyVelocity().double()
+
+
+def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        student = straighten(_ddp_model(), _schedule(8, [0, 3, 8]), **DDP_KW)
+        torch.save(_weights(student), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_on_two_gloo_ranks_matches_one_process(tmp_path):
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    single = _weights(straighten(_ddp_model(), _schedule(8, [0, 3, 8]), **DDP_KW))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for key, value in single.items():
+        assert torch.equal(ranks[0][key], ranks[1][key])
+        # the same gradient summed in two halves: float64 rounding only
+        torch.testing.assert_close(ranks[0][key], value, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_straighten_writes_loadable_weights(tmp_path, capsys):
+    from boss_fast.cli import main
+    from boss_fast.models import DiT, read_weights
+
+    sched = bf.Schedule(times=uniform_grid(10)[[0, 4, 10]], indices=np.array([0, 4, 10]), cost=0.0,
+                        grid=uniform_grid(10))  # fmt: skip
+    sched.save(tmp_path / "s.json")
+    out = tmp_path / "w.safetensors"
+    argv = ["straighten", "--model", "digits_dit", "--schedule", str(tmp_path / "s.json"), "--iters", "2"]
+    argv += ["--num-pairs", "4", "--batch-size", "4", "--warmup", "1", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    tensors, config, _ = read_weights(out, name="digits_dit", script="-")
+    net = DiT(**config)
+    net.load_state_dict(tensors)
+    assert "weights written" in capsys.readouterr().out
+    bad = ["straighten", "--model", "digits_dit", "--schedule", str(tmp_path / "s.json"), "--grid", "100"]
+    assert main([*bad, "--out", str(out)]) == 2
+
+
+def test_demo_with_straighten_adds_rows(tmp_path):
+    from boss_fast.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        out=str(tmp_path / "rep"),
+        grid=20,
+        num_samples=16,
+        max_nfe=2,
+        eval_samples=40,
+        reference_steps=20,
+        progress=False,
+        grid_nfes=(2,),
+        straighten=True,
+        straighten_iters=2,
+        straighten_pairs=8,
+    )
+    summary = run_demo(cfg)
+    assert set(summary["straightened"]) == {"2"}  # NFE 4 > max_nfe is skipped
+    assert np.isfinite(summary["straightened"]["2"]["fd"])
+    assert "straightened for the Bellman steps" in (tmp_path / "rep" / "results.md").read_text()
