@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from boss_fast.models._io import WeightsFileError
+
 # The shape of one sample of each bundled velocity model (the classifier is not a velocity model).
 BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,)}
 
@@ -145,15 +147,25 @@ def _cmd_sample(args) -> None:
     import torch
 
     from boss_fast._validation import atomic_write
-    from boss_fast.sampling import sample
+    from boss_fast.sampler import Sampler
     from boss_fast.schedule import Schedule
     from boss_fast.trajectories import seeded_noise
 
-    velocity, default_shape = _load_velocity(args.model)
+    if args.weights is not None:
+        from boss_fast.models import load_bundled
+
+        if args.model not in BUNDLED_SHAPES:
+            raise SystemExit("boss-fast: --weights loads a bundled model's architecture (e.g. digits_dit)")
+        velocity, default_shape = load_bundled(args.model, weights=args.weights), BUNDLED_SHAPES[args.model]
+    else:
+        velocity, default_shape = _load_velocity(args.model)
     sched = Schedule.load(args.schedule)
     noise = seeded_noise(_shape(args.shape, default_shape), 0, args.num, seed=args.seed)
-    with torch.no_grad():
-        x = sample(velocity, noise, sched)
+    device = args.device or ("cuda" if args.mode == "cuda_graph" else None)
+    if device is not None and isinstance(velocity, torch.nn.Module):
+        velocity = velocity.to(device)
+    sampler = Sampler(velocity, sched, mode=args.mode, device=device)
+    x = sampler(noise.to(sampler.device, sampler.dtype)).cpu()
     atomic_write(args.out, lambda f: np.save(f, x.numpy()))
     print(f"{args.num} samples after {sched.steps} steps written to {args.out} (shape {tuple(x.shape)})")
     if args.png:
@@ -244,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--out", required=True, help="samples (.npy)")
     smp.add_argument("--png", help="also write a grid of the first 16 (image models)")
+    smp.add_argument("--weights", help="straightened weights of a bundled model (boss-fast straighten --out)")
+    smp.add_argument(
+        "--mode",
+        default="eager",
+        choices=("auto", "eager", "compile", "cuda_graph"),
+        help="Sampler mode (default eager: the same bits as bf.sample)",
+    )
+    smp.add_argument("--device", default=None, help="e.g. cuda (default: the model's device)")
     smp.set_defaults(func=_cmd_sample)
 
     ex = sub.add_parser("dp-example", help="solve the DP on an example cost matrix and print every schedule")
@@ -257,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, WeightsFileError) as err:
         print(f"boss-fast {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

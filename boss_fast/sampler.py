@@ -13,6 +13,13 @@ storage dtype's rounding, but is built for latency:
   K-step loop once as one CUDA graph and replays it; ``"auto"`` is cuda_graph on CUDA and, elsewhere, the
   faster of compile and eager *measured* when the buffers are built (``timings`` keeps the figures).
 
+The same machinery integrates teacher trajectories: ``solver`` "heun" or "rk4" runs those fixed-step methods
+(the stages of :func:`boss_fast.trajectories.ode_step`, on the same preallocated time tensors), and
+``record="states"`` or ``"all"`` keeps every state (and Euler slope) in static (K + 1, B, ...) buffers that
+:meth:`Sampler.trajectory` returns; :func:`boss_fast.trajectories.teacher_trajectory` takes ``mode=`` and
+runs on a recording sampler. ``guidance=w`` evaluates the model on a doubled batch (unconditional half first,
+diffusers' order) and combines ``v_u + w (v_c - v_u)`` inside the Euler kernel.
+
 Models that opt in to the fused-head protocol (:class:`FusedHeadModel`, e.g. the bundled DiT) run as
 ``trunk`` + one :func:`boss_fast.kernels.linear_euler` per step, the head's GEMM with the Euler update in its
 epilogue; every other ``velocity(x, t)`` runs as the model then :func:`boss_fast.kernels.euler_step`.
@@ -37,14 +44,25 @@ import torch
 from torch import nn
 
 from boss_fast._backends import kernel_backend
-from boss_fast._validation import as_times, check_choice, check_int, check_noise, check_velocity_output
+from boss_fast._validation import (
+    as_times,
+    check_choice,
+    check_float,
+    check_int,
+    check_noise,
+    check_velocity_output,
+)
 from boss_fast.kernels.euler_step import euler_step_forward
 from boss_fast.kernels.linear_euler import linear_euler_forward
 from boss_fast.schedule import Schedule
+from boss_fast.trajectories import Trajectory
 
-__all__ = ["SAMPLER_MODES", "FusedHeadModel", "Sampler"]
+__all__ = ["SAMPLER_MODES", "SAMPLER_SOLVERS", "FusedHeadModel", "Sampler"]
 
 SAMPLER_MODES: tuple[str, ...] = ("auto", "eager", "compile", "cuda_graph")
+# The fixed-step methods of boss_fast.trajectories.ode_step, stage for stage.
+SAMPLER_SOLVERS: tuple[str, ...] = ("euler", "heun", "rk4")
+_RECORD = (None, "states", "all")
 
 _loop_ids = itertools.count()
 
@@ -111,6 +129,14 @@ class Sampler:
             opt in raises.
         backend: kernel backend for the Euler update, "auto", "triton" or "torch"
             (:func:`boss_fast._backends.kernel_backend`).
+        solver: "euler" (the few-step sampler), "heun" or "rk4" (teacher trajectories; 2 and 4 model
+            evaluations per step, the stages of :func:`boss_fast.trajectories.ode_step`).
+        guidance: classifier-free guidance weight w, or None. The model is then called on a doubled batch
+            (2B, ...) = [x; x] with t (2B,), and must return [v_uncond; v_cond] (it owns the conditioning,
+            unconditional half first as in diffusers); the kernel combines v_u + w (v_c - v_u).
+        record: None, "states" or "all": keep every state (and with "all" the combined Euler slope at each
+            state, as :class:`~boss_fast.trajectories.Trajectory` defines it) in static buffers; read them
+            with :meth:`trajectory`. Costs (K + 1) (or 2K + 1) states of memory.
 
     Attributes:
         mode: the mode asked for; ``resolved_mode`` is the one running (known once the buffers exist).
@@ -119,9 +145,10 @@ class Sampler:
         timings: {"eager": s, "compile": s} medians measured by "auto" on CPU.
 
     Raises:
-        ValueError / TypeError: unknown mode, cuda_graph without a CUDA device, bad schedule, batch size or
-            dtype, fused=True for a model without the protocol; at call time, noise whose shape, dtype or
-            device differ from the sampler's.
+        ValueError / TypeError: unknown mode, solver or record, cuda_graph without a CUDA device, bad
+            schedule, batch size, dtype or guidance, fused=True for a model without the protocol or with
+            another solver, guidance or record="all"; at call time, noise whose shape, dtype or device differ
+            from the sampler's.
 
     Example:
         >>> sampler = Sampler(lambda x, t: torch.ones_like(x), [0.0, 0.5, 1.0], mode="eager")
@@ -141,6 +168,9 @@ class Sampler:
         *,
         fused: bool | None = None,
         backend: str = "auto",
+        solver: str = "euler",
+        guidance: float | None = None,
+        record: str | None = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable as velocity(x, t), got {type(model).__name__}")
@@ -150,6 +180,11 @@ class Sampler:
         self._t_hosts: list[float] = hosts[:-1]
         self._steps: list[float] = [t1 - t0 for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True)]
         self.mode = check_choice(mode, SAMPLER_MODES, "mode")
+        self.solver = check_choice(solver, SAMPLER_SOLVERS, "solver")
+        self.guidance = None if guidance is None else check_float(guidance, "guidance")
+        if record not in _RECORD:
+            raise ValueError(f"unknown record {record!r}; expected None, 'states' or 'all'")
+        self.record = record
         param = _first_parameter(model)
         self.device = (
             torch.device(device)
@@ -167,12 +202,21 @@ class Sampler:
         self.batch_size = None if batch_size is None else check_int(batch_size, "batch_size")
         self.backend = kernel_backend(backend, self.device, self.dtype)
         head = _fused_head(model)
+        # The fused kernel is one Euler step from the head's output: no stages, no doubled batch, and the
+        # velocity it never materialises cannot be recorded.
+        plain = self.solver == "euler" and self.guidance is None and self.record != "all"
         if fused is None:
-            fused = head is not None and self.backend == "triton"
+            fused = head is not None and plain and self.backend == "triton"
         elif fused and head is None:
             raise ValueError(
                 "fused=True needs a model with the fused-head protocol (fused_head = True, trunk(x, t), a "
                 f"Linear head, patch_size, sample_shape; see FusedHeadModel); {type(model).__name__} has not"
+            )
+        elif fused and not plain:
+            raise ValueError(
+                "fused=True runs one Euler step from the head's output: it takes solver='euler', no guidance "
+                f"and record other than 'all' (got solver={self.solver!r}, guidance={self.guidance!r}, "
+                f"record={self.record!r})"
             )
         self.fused = bool(fused)
         self._head = head if self.fused else None
@@ -181,8 +225,15 @@ class Sampler:
         self.compile_seconds: float | None = None
         self.timings: dict[str, float] = {}
         self._x: torch.Tensor | None = None
-        self._t: list[torch.Tensor] = []
         self._run: Callable[[], None] | None = None
+        # Built with the buffers: per step, the source and destination state views, the stage time tensors.
+        self._src: list[torch.Tensor] = []
+        self._dst: list[torch.Tensor] = []
+        self._stage_t: list[tuple[torch.Tensor, ...]] = []
+        self._states: torch.Tensor | None = None
+        self._velocities: torch.Tensor | None = None
+        self._doubled: torch.Tensor | None = None
+        self._scratch: torch.Tensor | None = None
         if self.batch_size is not None and self.sample_shape is not None:
             self._build(None)
 
@@ -193,16 +244,51 @@ class Sampler:
 
     # -- the hot loop -------------------------------------------------------------------------------------
 
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model at (x, t); with guidance on the static doubled batch [x; x], returning (2B, ...)."""
+        if self._doubled is None:
+            return self.model(x, t)
+        b = x.shape[0]
+        self._doubled[:b].copy_(x)
+        self._doubled[b:].copy_(x)
+        return self.model(self._doubled, t)
+
     def _loop(self, x: torch.Tensor) -> torch.Tensor:
-        """K Euler steps on the static state ``x`` in place: host floats only, no sync, and no tensor created
-        here (the model's own activations aside)."""
-        head, backend = self._head, self.backend
-        for t, h in zip(self._t, self._steps, strict=True):
+        """K steps on the static buffers (``x`` is the state, or the recorded states): host floats only, no
+        sync, and no tensor created here beyond the stages' arithmetic (the model's activations aside).
+
+        Stage for stage :func:`boss_fast.trajectories.ode_step`, so eager on the torch backend reproduces the
+        teacher bit for bit."""
+        head, backend, g, b = self._head, self.backend, self.guidance, self.batch_size
+        for i, h in enumerate(self._steps):
+            src, dst, ts = self._src[i], self._dst[i], self._stage_t[i]
             if head is not None:
-                features = head.trunk(x, t)
-                linear_euler_forward(features, head.weight, head.bias, x, h, head.patch_size, backend, out=x)
+                features = head.trunk(src, ts[0])
+                linear_euler_forward(
+                    features, head.weight, head.bias, src, h, head.patch_size, backend, out=dst
+                )
+                continue
+            k1 = self._velocity(src, ts[0])
+            if self._velocities is not None:  # the combined slope at the state, as Trajectory defines it
+                if g is None:
+                    self._velocities[i].copy_(k1)
+                else:
+                    torch.lerp(k1[:b], k1[b:], g, out=self._velocities[i])
+            if self.solver == "euler":
+                slope = k1
+            elif self.solver == "heun":
+                k2 = self._velocity(euler_step_forward(src, k1, h, g, backend, out=self._scratch), ts[1])
+                slope = (k1 + k2) * 0.5
             else:
-                euler_step_forward(x, self.model(x, t), h, None, backend, out=x)
+                k2 = self._velocity(
+                    euler_step_forward(src, k1, 0.5 * h, g, backend, out=self._scratch), ts[1]
+                )
+                k3 = self._velocity(
+                    euler_step_forward(src, k2, 0.5 * h, g, backend, out=self._scratch), ts[1]
+                )
+                k4 = self._velocity(euler_step_forward(src, k3, h, g, backend, out=self._scratch), ts[2])
+                slope = (k1 + 2.0 * (k2 + k3) + k4) * (1.0 / 6.0)
+            euler_step_forward(src, slope, h, g, backend, out=dst)
         return x
 
     # -- building -----------------------------------------------------------------------------------------
@@ -210,12 +296,40 @@ class Sampler:
     def _build(self, noise: torch.Tensor | None) -> None:
         """Allocate the static buffers, check the model once, and set up the resolved mode."""
         shape = (self.batch_size, *self.sample_shape)
-        self._x = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        new = dict(dtype=self.dtype, device=self.device)
+        self._stage_t = []
+        k = self.num_steps
+        if self.record is None:
+            self._x = torch.zeros(shape, **new)
+            self._src = self._dst = [self._x] * k
+        else:  # the loop advances row i into row i + 1 of the recorded states; _x is the first row
+            self._states = torch.zeros((k + 1, *shape), **new)
+            self._x = self._states[0]
+            self._src, self._dst = list(self._states[:-1]), list(self._states[1:])
+            if self.record == "all":
+                self._velocities = torch.zeros((k, *shape), **new)
         if noise is not None:
             self._x.copy_(noise)
-        self._t = [torch.full((shape[0],), t, dtype=self.dtype, device=self.device) for t in self._t_hosts]
+        if self.solver != "euler":
+            self._scratch = torch.zeros(shape, **new)
+        rows = shape[0] if self.guidance is None else 2 * shape[0]
+        if self.guidance is not None:
+            self._doubled = torch.zeros((rows, *shape[1:]), **new)
+        cache: dict[float, torch.Tensor] = {}  # one (rows,) tensor per distinct stage time
+
+        def at(t: float) -> torch.Tensor:
+            if t not in cache:
+                cache[t] = torch.full((rows,), t, **new)
+            return cache[t]
+
+        hosts = self.times.tolist()
+        for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True):
+            half = t0 + 0.5 * (t1 - t0)  # ode_step's midpoint, the same float
+            stages = {"euler": (t0,), "heun": (t0, t1), "rk4": (t0, half, t1)}[self.solver]
+            self._stage_t.append(tuple(at(t) for t in stages))
         with torch.no_grad():  # one checked evaluation: a wrong model fails here, with sample's message
-            check_velocity_output(self.model(self._x, self._t[0]), self._x, self._t_hosts[0])
+            probe = self._x if self._doubled is None else self._doubled
+            check_velocity_output(self._velocity(self._x, self._stage_t[0][0]), probe, self._t_hosts[0])
         mode = self.mode
         if mode == "auto":
             mode = "cuda_graph" if self.device.type == "cuda" else self._measure_auto()
@@ -332,4 +446,17 @@ class Sampler:
             self._build(noise)
         self._x.copy_(noise)
         self._run()
-        return self._x.clone()
+        return self._dst[-1].clone()
+
+    def trajectory(self, noise: torch.Tensor) -> Trajectory:
+        """Run the K steps from ``noise`` and return every state (and with record="all" every slope).
+
+        Needs a sampler built with ``record``; returns copies (N = K + 1 states, (K, B, ...) velocities or
+        None), which later calls do not overwrite. Unlike :func:`boss_fast.trajectories.teacher_trajectory`
+        this does not check the values for non-finite entries (that would need a host read).
+        """
+        if self.record is None:
+            raise ValueError("trajectory() needs a sampler built with record='states' or record='all'")
+        self(noise)
+        velocities = None if self._velocities is None else self._velocities.clone()
+        return Trajectory(states=self._states.clone(), velocities=velocities, times=self.times.copy())

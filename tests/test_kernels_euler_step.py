@@ -166,3 +166,24 @@ def test_auto_falls_back_on_cuda_with_one_warning(monkeypatch):
     assert kernel_backend("auto", "cuda", torch.float32) == "torch"  # once: a second warning would raise here
     with pytest.raises(RuntimeError, match="no triton"):
         kernel_backend("triton", "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_capture():
+    """The ops capture into one CUDA graph; a replay reads the static inputs' new values."""
+    x, v, vv = (torch.randn(*s, device="cuda") for s in ((3, 5), (3, 5), (6, 5)))
+    out = torch.empty_like(x)
+    torch.ops.boss_fast.euler_step_out(x, v, 0.25, None, "triton", out)  # warm-up: JIT outside capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = torch.ops.boss_fast.euler_step(x, v, 0.25, None, "triton")
+        torch.ops.boss_fast.euler_step_out(y, vv, 0.5, 2.0, "triton", out)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        for t in (x, v, vv):
+            t.copy_(torch.randn_like(t))
+        graph.replay()
+        expected = euler_step_reference(euler_step_reference(x, v, 0.25), vv, 0.5, 2.0)
+        torch.testing.assert_close(out, expected)

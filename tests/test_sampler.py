@@ -3,6 +3,7 @@ and the Triton interpreter), auto's measurement, and the errors."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from boss_fast.models import load_bundled
 from boss_fast.models.dit import DiT
 from boss_fast.sampler import FusedHeadModel, Sampler
 from boss_fast.sampling import sample
+from boss_fast.trajectories import teacher_trajectory
 
 COMPILE_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"  # inductor's import
 SCHED = [0.0, 0.25, 0.6, 1.0]  # K = 3, uneven steps
@@ -74,6 +76,19 @@ def test_compile_equals_sample(batch):
     torch.testing.assert_close(got, sample(model, noise, SCHED), rtol=16 * EPS32, atol=16 * EPS32)
     assert sampler.resolved_mode == "compile" and sampler.compile_seconds > 0
     torch.testing.assert_close(sampler(noise), got, rtol=0, atol=0)  # steady state: same graph, same bits
+
+
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compile_reduced_precision(dtype):
+    """Inductor computes reduced-precision chains in float32 and rounds at its outputs, sample rounds after
+    every op: a couple of the dtype's ulps per step (measured: at most 1 eps over K = 3, relative to
+    1 + |x|)."""
+    model = TinyVelocity().to(dtype)
+    noise = torch.randn(67, 5).to(dtype)
+    got = Sampler(model, SCHED, mode="compile")(noise)
+    tol = 2 * (len(SCHED) - 1) * torch.finfo(dtype).eps
+    torch.testing.assert_close(got.float(), sample(model, noise, SCHED).float(), rtol=tol, atol=tol)
 
 
 @pytest.mark.filterwarnings(COMPILE_WARNING)
@@ -187,3 +202,101 @@ def test_cuda_graph_bfloat16():
     # bfloat16 (eps 2^-7): one rounding per step of the state plus the head output's rounding in sample.
     eps = torch.finfo(torch.bfloat16).eps
     torch.testing.assert_close(got.float(), sample(net, noise, SCHED).float(), rtol=8 * eps, atol=8 * eps)
+
+
+# -- the same machinery for teacher trajectories: solvers, recording, guidance ----------------------------
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+def test_record_equals_teacher_bitwise(digits_dit, solver):
+    """Stage for stage ode_step on the same time floats: the recorded trajectory is the teacher's, bit for
+    bit."""
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    grid = [0.0, 0.1, 0.35, 0.7, 1.0]
+    sampler = Sampler(digits_dit, grid, mode="eager", solver=solver, record="all")
+    got = sampler.trajectory(noise)
+    want = teacher_trajectory(digits_dit, noise, grid, solver)
+    assert torch.equal(got.states, want.states) and torch.equal(got.velocities, want.velocities)
+    np.testing.assert_array_equal(got.times, want.times)
+    assert torch.equal(sampler(noise), want.states[-1])  # __call__ returns the last recorded state
+    again = sampler.trajectory(2 * noise)  # static buffers reused; the earlier result is a copy
+    assert torch.equal(got.states, want.states) and not torch.equal(again.states, got.states)
+
+
+def test_record_states_keeps_no_velocities(digits_dit):
+    noise = torch.randn(2, 1, 8, 8)
+    got = Sampler(digits_dit, SCHED, mode="eager", record="states").trajectory(noise)
+    assert got.velocities is None and got.states.shape == (4, 2, 1, 8, 8)
+    assert torch.equal(got.states, teacher_trajectory(digits_dit, noise, SCHED, keep="states").states)
+
+
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+def test_compile_records_heun():
+    model = TinyVelocity()
+    noise = torch.randn(3, 5)
+    got = Sampler(model, SCHED, mode="compile", solver="heun", record="all").trajectory(noise)
+    want = teacher_trajectory(model, noise, SCHED, "heun")
+    torch.testing.assert_close(got.states, want.states, rtol=16 * EPS32, atol=16 * EPS32)
+    torch.testing.assert_close(got.velocities, want.velocities, rtol=16 * EPS32, atol=16 * EPS32)
+
+
+class DoubledVelocity(nn.Module):
+    """A 'conditional' model on a doubled batch: first half unconditional, second half conditional."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = TinyVelocity()
+        self.shift = nn.Parameter(torch.linspace(-1.0, 1.0, 5), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0] // 2
+        v = self.base(x, t)
+        return torch.cat([v[:b], v[b:] + self.shift * (1.0 - t[b:, None])])
+
+
+def guided(model: DoubledVelocity, w: float):
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = model(torch.cat([x, x]), torch.cat([t, t]))
+        b = x.shape[0]
+        return v[:b] + w * (v[b:] - v[:b])
+
+    return velocity
+
+
+@pytest.mark.parametrize("backend", kernel_backends("cpu"))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_guidance_equals_sample_of_the_combined_velocity(backend, batch):
+    model, w = DoubledVelocity(), 4.5
+    noise = torch.randn(batch, 5)
+    got = Sampler(model, SCHED, mode="eager", guidance=w, backend=backend)(noise)
+    want = sample(guided(model, w), noise, SCHED)
+    # Same float32 formula (v_u + w (v_c - v_u), then x + h v); the kernel may contract it into FMAs.
+    torch.testing.assert_close(got, want, rtol=8 * EPS32, atol=8 * EPS32)
+    unguided = Sampler(model, SCHED, mode="eager", guidance=0.0, backend=backend)(noise)
+    torch.testing.assert_close(unguided, sample(guided(model, 0.0), noise, SCHED), rtol=0, atol=8 * EPS32)
+    assert not torch.allclose(unguided, got)  # the weight matters
+
+
+def test_guidance_heun_records_the_combined_slope():
+    model, w = DoubledVelocity(), 2.0
+    noise = torch.randn(3, 5)
+    got = Sampler(model, SCHED, mode="eager", guidance=w, solver="heun", record="all").trajectory(noise)
+    want = teacher_trajectory(guided(model, w), noise, SCHED, "heun")
+    torch.testing.assert_close(got.states, want.states, rtol=8 * EPS32, atol=8 * EPS32)
+    torch.testing.assert_close(got.velocities, want.velocities, rtol=8 * EPS32, atol=8 * EPS32)
+
+
+def test_machinery_errors(digits_dit):
+    with pytest.raises(ValueError, match="unknown solver"):
+        Sampler(digits_dit, SCHED, solver="dopri5")
+    with pytest.raises(ValueError, match="unknown record"):
+        Sampler(digits_dit, SCHED, record="velocities")
+    with pytest.raises(ValueError, match="guidance must be finite"):
+        Sampler(digits_dit, SCHED, guidance=float("nan"))
+    for kwargs in ({"solver": "heun"}, {"guidance": 2.0}, {"record": "all"}):
+        with pytest.raises(ValueError, match="fused=True runs one Euler step"):
+            Sampler(digits_dit, SCHED, fused=True, **kwargs)
+    with pytest.raises(ValueError, match="needs a sampler built with record"):
+        Sampler(digits_dit, SCHED, mode="eager").trajectory(torch.randn(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"returned shape \(2, 5\).*expected the input's \(4, 5\)"):
+        Sampler(lambda x, t: x[: len(x) // 2], SCHED, mode="eager", guidance=1.5)(torch.randn(2, 5))

@@ -315,6 +315,18 @@ def test_cli_straighten_writes_loadable_weights(tmp_path, capsys):
     assert "weights written" in capsys.readouterr().out
     bad = ["straighten", "--model", "digits_dit", "--schedule", str(tmp_path / "s.json"), "--grid", "100"]
     assert main([*bad, "--out", str(out)]) == 2
+    # boss-fast sample runs the student: the same samples as bf.sample with the student's weights.
+    smp = ["sample", "--model", "digits_dit", "--schedule", str(tmp_path / "s.json"), "--num", "3"]
+    assert main([*smp, "--weights", str(out), "--out", str(tmp_path / "x.npy")]) == 0
+    assert main([*smp, "--out", str(tmp_path / "teacher.npy")]) == 0
+    noise = bf.seeded_noise((1, 8, 8), 0, 3, seed=0)
+    student = bf.sample(net.eval(), noise, sched).numpy()
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), student)
+    assert not np.array_equal(np.load(tmp_path / "teacher.npy"), student)
+    wrong = tmp_path / "wrong.safetensors"
+    wrong.write_bytes(b"not a safetensors file")
+    assert main([*smp, "--weights", str(wrong), "--out", str(tmp_path / "y.npy")]) == 2
+    assert "corrupt or unreadable" in capsys.readouterr().err
 
 
 def test_demo_with_straighten_adds_rows(tmp_path):

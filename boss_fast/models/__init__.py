@@ -16,6 +16,7 @@ Bundled models (``load_bundled(name)``), and the script that recreates each weig
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,7 +68,11 @@ def weights_path(name: str) -> Path:
 
 
 def load_bundled(
-    name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    name: str,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    weights: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
     """Build a bundled model and load its shipped weights.
 
@@ -76,6 +81,8 @@ def load_bundled(
         device: where to put it (default CPU).
         dtype: floating dtype of the parameters (default float32; the analytic gmm2d keeps its float64
             buffers and computes in the dtype of its input, so ``dtype`` is ignored for it).
+        weights: another weights file for the same architecture instead of the shipped one, e.g. a student
+            written by ``boss-fast straighten`` (it must declare the same model name).
 
     Returns:
         The module in eval mode with ``requires_grad`` off on every parameter.
@@ -91,10 +98,14 @@ def load_bundled(
         torch.Size([4, 2])
     """
     if name in _ANALYTIC:
+        if weights is not None:
+            raise ValueError(f"{name!r} is analytic: it has no weights to load from {weights}")
         model = _ANALYTIC[name]()
     elif name in _TRAINED:
         cls, script = _TRAINED[name]
-        path = weights_path(name)
+        path = weights_path(name) if weights is None else Path(weights)
+        if weights is not None:
+            script = "boss-fast straighten"
         tensors, config, _ = read_weights(path, name=name, script=script)
         try:
             model = cls(**config)
@@ -110,9 +121,13 @@ def load_bundled(
             # Stored floats may be float16 (smaller files); copy_ casts them to the parameters' dtype.
             model.load_state_dict(tensors, strict=True)
         except (TypeError, ValueError, WeightsFileError) as err:
+            how = (
+                f"`{script}`"
+                if weights is not None
+                else f"`python {script}` from a boss_fast source checkout"
+            )
             raise WeightsFileError(
-                f"weights file {path} does not match {cls.__name__} ({err}); recreate it with "
-                f"`python {script}` from a boss_fast source checkout"
+                f"weights file {path} does not match {cls.__name__} ({err}); recreate it with {how}"
             ) from err
         model = model.to(dtype=dtype or torch.float32)
     else:

@@ -89,7 +89,11 @@ def read_weights(
         WeightsFileError: the file is corrupt, or its metadata is missing or names another model.
     """
     path = Path(path)
-    how = f"recreate it with `python {script}` from a boss_fast source checkout"
+    how = (
+        f"recreate it with `{script}`"
+        if script.startswith("boss-fast")
+        else f"recreate it with `python {script}` from a boss_fast source checkout"
+    )
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} is missing; {how}")
     try:
