@@ -196,3 +196,46 @@ def test_fused_head(benchmark):
     moved = (features.numel() + w.numel() + w.shape[0]) * 4 + 2 * x.numel() * x.element_size()
     benchmark.extra_info.update(_versions(), bytes=moved, floor_s=moved / _copy_bandwidth())
     benchmark.pedantic(_fused, args=(net, features, x, 1e-3), rounds=50, iterations=1, warmup_rounds=5)
+
+
+# -- the same machinery for teacher trajectories (schedule search, straightening pairs) ---------------------
+
+TEACHER_GRID = [i / 100 for i in range(101)]
+
+
+def _teacher_noise() -> torch.Tensor:
+    return torch.randn(256, 1, 8, 8, device=DEVICE)
+
+
+def _plain_teacher(model, noise):
+    from boss_fast.trajectories import teacher_trajectory
+
+    out = teacher_trajectory(model, noise, TEACHER_GRID)
+    torch.cuda.synchronize()
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="compares against a CUDA graph")
+def test_baseline_teacher_plain(benchmark):
+    benchmark.group = "teacher digits_dit grid 100 B=256"
+    benchmark.extra_info.update(_versions())
+    model, noise = _model("digits_dit"), _teacher_noise()
+    benchmark.pedantic(_plain_teacher, args=(model, noise), rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="cuda_graph needs a CUDA device")
+def test_teacher_cuda_graph(benchmark):
+    benchmark.group = "teacher digits_dit grid 100 B=256"
+    noise = _teacher_noise()
+    start = time.perf_counter()
+    sampler = Sampler(_model("digits_dit"), TEACHER_GRID, mode="cuda_graph", batch_size=256, record="all")
+    benchmark.extra_info.update(_versions(), build_s=time.perf_counter() - start)
+
+    def run():
+        out = sampler.trajectory(noise)
+        torch.cuda.synchronize()
+        return out
+
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)

@@ -49,7 +49,7 @@ from boss_fast._validation import (
     check_int,
     check_noise,
 )
-from boss_fast.trajectories import VelocityFn, model_fingerprint, teacher_trajectory
+from boss_fast.trajectories import Trajectory, VelocityFn, model_fingerprint, teacher_trajectory
 
 __all__ = ["cost_matrix", "trajectory_cost", "trajectory_cost_sums"]
 
@@ -356,12 +356,14 @@ def _accumulate_cost(
     progress: bool,
     checkpoint: str | os.PathLike | None,
     identity: dict[str, str],
+    mode: str | None = None,
 ) -> np.ndarray:
     """Stream ``num_samples`` noises through the teacher in batches and reduce the cost (sum, count).
 
     ``make_batch(start, stop)`` returns noises start .. stop - 1. Under torch.distributed, rank r of W runs
     batches r, r + W, ...; each rank checkpoints its own share to ``<root>.rank{r}-of-{W}<ext>``. Assumes
-    validated arguments. ``identity`` (noise digest, dtype, ...) goes into the checkpoint header.
+    validated arguments. ``identity`` (noise digest, dtype, ...) goes into the checkpoint header. With a
+    ``mode``, the teacher runs on one recording ``Sampler`` per batch shape, built once and replayed.
     """
     rank, world = _dist_rank_world()
     num_batches = -(-num_samples // batch_size)
@@ -391,12 +393,25 @@ def _accumulate_cost(
     bar = tqdm(
         total=len(mine), initial=done, disable=not progress or rank != 0, desc="cost matrix", unit="batch"
     )
+    samplers: dict[tuple, object] = {}
+
+    def teacher(noise: torch.Tensor) -> Trajectory:
+        if mode is None:
+            return teacher_trajectory(velocity, noise, times, solver)
+        key = (tuple(noise.shape), noise.dtype, noise.device)
+        if key not in samplers:
+            from boss_fast.sampler import Sampler  # the sampler builds on the trajectories module
+
+            b, dtype, dev = noise.shape[0], noise.dtype, noise.device
+            samplers[key] = Sampler(velocity, times, mode, b, dtype, dev, solver=solver, record="all")
+        return samplers[key].trajectory(noise, check_finite=True)
+
     with bar:
         for b in mine[done:]:
             noise = make_batch(b * batch_size, min((b + 1) * batch_size, num_samples))
             if device is not None:
                 noise = noise.to(device)
-            traj = teacher_trajectory(velocity, noise, times, solver)
+            traj = teacher(noise)
             sums += _cost_sums_kernel(traj.states, traj.velocities, times, metric)  # type: ignore[arg-type]
             count += noise.shape[0]
             done += 1
@@ -419,6 +434,8 @@ def cost_matrix(
     device: torch.device | str | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
+    *,
+    mode: str | None = None,
 ) -> np.ndarray:
     """The BOSS cost matrix of a velocity model, averaged over ``noise``, (N, N) float64 numpy.
 
@@ -441,6 +458,9 @@ def cost_matrix(
             returns what an uninterrupted run returns, bit for bit; a checkpoint of another run is refused
             (ValueError). The finished checkpoint is kept, so a rerun returns at once. Under
             torch.distributed each rank writes ``<root>.rank{r}-of-{W}<ext>``.
+        mode: None runs ``teacher_trajectory``'s plain loop; "eager", "compile", "cuda_graph" or "auto"
+            runs the teacher on a recording :class:`boss_fast.sampler.Sampler`, built once per batch shape
+            and replayed for every batch (on CUDA, "cuda_graph" captures the whole grid as one graph).
 
     Under torch.distributed (initialised process group), rank r of W runs batches r, r + W, ..., the
     float64 (sum, count) are all-reduced and every rank returns the same matrix.
@@ -469,4 +489,5 @@ def cost_matrix(
         progress=progress,
         checkpoint=checkpoint,
         identity=identity,
+        mode=mode,
     )

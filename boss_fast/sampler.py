@@ -55,7 +55,7 @@ from boss_fast._validation import (
 from boss_fast.kernels.euler_step import euler_step_forward
 from boss_fast.kernels.linear_euler import linear_euler_forward
 from boss_fast.schedule import Schedule
-from boss_fast.trajectories import Trajectory
+from boss_fast.trajectories import Trajectory, _first_nonfinite_step
 
 __all__ = ["SAMPLER_MODES", "SAMPLER_SOLVERS", "FusedHeadModel", "Sampler"]
 
@@ -448,15 +448,20 @@ class Sampler:
         self._run()
         return self._dst[-1].clone()
 
-    def trajectory(self, noise: torch.Tensor) -> Trajectory:
+    def trajectory(self, noise: torch.Tensor, *, check_finite: bool = False) -> Trajectory:
         """Run the K steps from ``noise`` and return every state (and with record="all" every slope).
 
         Needs a sampler built with ``record``; returns copies (N = K + 1 states, (K, B, ...) velocities or
-        None), which later calls do not overwrite. Unlike :func:`boss_fast.trajectories.teacher_trajectory`
-        this does not check the values for non-finite entries (that would need a host read).
+        None), which later calls do not overwrite. ``check_finite=True`` checks the values as
+        :func:`boss_fast.trajectories.teacher_trajectory` does (one host read after the loop; ValueError
+        naming the grid time where non-finite values first appear).
         """
         if self.record is None:
             raise ValueError("trajectory() needs a sampler built with record='states' or record='all'")
         self(noise)
         velocities = None if self._velocities is None else self._velocities.clone()
-        return Trajectory(states=self._states.clone(), velocities=velocities, times=self.times.copy())
+        traj = Trajectory(states=self._states.clone(), velocities=velocities, times=self.times.copy())
+        problem = _first_nonfinite_step(traj.states, traj.velocities, traj.times) if check_finite else None
+        if problem is not None:
+            raise ValueError(problem)
+        return traj

@@ -362,6 +362,7 @@ def optimal_schedule(
     discount: float = 1.0,
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
+    mode: str | None = None,
 ) -> Schedule:
     """BOSS stage 1 end to end: the Bellman-optimal ``steps``-step schedule of a velocity model.
 
@@ -382,7 +383,8 @@ def optimal_schedule(
             parameter's device and dtype when it is an ``nn.Module``, else CPU and torch's default dtype.
         backend: DP backend, see ``boss_fast.bellman``.
         discount: the DP's discount on later steps (GITS); 1.0 is BOSS.
-        progress, checkpoint: as in ``boss_fast.cost.cost_matrix``.
+        progress, checkpoint, mode: as in ``boss_fast.cost.cost_matrix`` (mode: the teacher on a recording
+            ``Sampler``, e.g. "cuda_graph").
 
     Returns:
         A ``Schedule``; its ``fingerprint`` is ``model_fingerprint(velocity)`` for a module, else None.
@@ -423,6 +425,7 @@ def optimal_schedule(
         progress=progress,
         checkpoint=checkpoint,
         identity=identity,
+        mode=mode,
     )
     return schedule_from_cost(
         cost,

@@ -139,10 +139,29 @@ def _cache_key(teacher: VelocityFn, sched: Schedule, noise: torch.Tensor, solver
 
 
 def _teacher_states(
-    teacher: VelocityFn, noise: torch.Tensor, sched: Schedule, solver: str, device: torch.device
+    teacher: VelocityFn,
+    noise: torch.Tensor,
+    sched: Schedule,
+    solver: str,
+    device: torch.device,
+    mode: str | None = None,
+    samplers: dict | None = None,
 ) -> torch.Tensor:
-    """(B, K + 1, ...) teacher states at the schedule's times; memory: one batch's grid trajectory."""
-    traj = teacher_trajectory(teacher, noise.to(device), sched.grid, solver, keep="states")
+    """(B, K + 1, ...) teacher states at the schedule's times; memory: one batch's grid trajectory.
+
+    With a ``mode`` the teacher runs on a recording ``Sampler``, one per batch shape kept in ``samplers``."""
+    noise = noise.to(device)
+    if mode is None:
+        traj = teacher_trajectory(teacher, noise, sched.grid, solver, keep="states")
+    else:
+        from boss_fast.sampler import Sampler  # the sampler builds on the trajectories module
+
+        samplers = {} if samplers is None else samplers
+        key = (tuple(noise.shape), noise.dtype, noise.device)
+        if key not in samplers:
+            b, dtype, dev = noise.shape[0], noise.dtype, noise.device
+            samplers[key] = Sampler(teacher, sched.grid, mode, b, dtype, dev, solver=solver, record="states")
+        traj = samplers[key].trajectory(noise, check_finite=True)
     index = torch.tensor(sched.indices.tolist(), device=traj.states.device)
     return traj.states.index_select(0, index).transpose(0, 1).contiguous()
 
@@ -166,6 +185,7 @@ def _shard_states(
     device: torch.device,
     cache_dir: str | os.PathLike | None,
     progress: bool,
+    mode: str | None = None,
 ) -> torch.Tensor:
     """(M, K + 1, ...) states, batch by batch; each batch is a cache shard when ``cache_dir`` is set.
 
@@ -182,6 +202,7 @@ def _shard_states(
         folder = os.path.join(os.fspath(cache_dir), _cache_key(teacher, sched, noise, solver, batch_size))
         os.makedirs(folder, exist_ok=True)
     starts = list(range(0, m, batch_size))
+    samplers: dict = {}
     bar = tqdm(starts, desc="straightening pairs", disable=not progress or rank != 0, leave=False)
     for s, start in enumerate(bar):
         stop = min(start + batch_size, m)
@@ -192,7 +213,9 @@ def _shard_states(
             if path is not None and os.path.exists(path):
                 states = _load_shard(path, (stop - start, k1, *noise.shape[1:]))
             if states is None:
-                states = _teacher_states(teacher, noise[start:stop], sched, solver, device).cpu()
+                states = _teacher_states(
+                    teacher, noise[start:stop], sched, solver, device, mode, samplers
+                ).cpu()
                 if path is not None:
                     blob = save({"states": states.contiguous()})
                     atomic_write(path, lambda f, b=blob: f.write(b))
@@ -225,6 +248,7 @@ def straightening_pairs(
     cache_dir: str | os.PathLike | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    mode: str | None = None,
 ) -> StraighteningPairs:
     """The (x at tau_k, x at tau_{k+1}, tau_k, tau_{k+1}) pairs of the teacher's fine trajectory.
 
@@ -244,6 +268,9 @@ def straightening_pairs(
             indices, the solver, the noise and ``batch_size``, so later runs (and concurrent ones) reuse
             finished shards and never mix foreign ones.
         device: where the teacher runs; default the noise's device.
+        mode: None runs ``teacher_trajectory``'s plain loop; "eager", "compile", "cuda_graph" or "auto" runs
+            the teacher on a recording :class:`boss_fast.sampler.Sampler`, built once per batch shape and
+            replayed (the same states in "eager").
 
     Returns:
         ``StraighteningPairs`` with M * K rows (row m * K + k), on ``device``, in the noise's dtype.
@@ -258,7 +285,7 @@ def straightening_pairs(
             "cache_dir needs the teacher as an nn.Module: its weights' fingerprint keys the cache, and a "
             f"plain {type(teacher).__name__} cannot be told apart from another"
         )
-    states = _shard_states(teacher, noise, sched, solver, batch_size, device, cache_dir, progress)
+    states = _shard_states(teacher, noise, sched, solver, batch_size, device, cache_dir, progress, mode)
     return _flatten_pairs(states, sched.times)
 
 
@@ -486,6 +513,7 @@ def straighten(
     cache_dir: str | os.PathLike | None = None,
     callback: Callable[[int, float], None] | None = None,
     return_stats: bool = False,
+    teacher_mode: str | None = None,
 ) -> nn.Module | tuple[nn.Module, StraightenStats]:
     """BOSS stage 2: fine-tune ``model`` so that Euler steps on ``sched`` follow the teacher.
 
@@ -513,6 +541,8 @@ def straighten(
             the model's fingerprint and the settings); a run finding one resumes from it, and refuses one
             from another model, schedule or settings. Resuming is bit-identical to an uninterrupted run.
         cache_dir: pair cache (see ``straightening_pairs``).
+        teacher_mode: how the teacher generates the pairs (``straightening_pairs``' ``mode``), e.g.
+            "cuda_graph" on a GPU.
         device: where to train; default the model's device.
         callback: ``callback(step, loss)`` after each step (step counts from 1), e.g. for logging.
 
@@ -577,6 +607,7 @@ def straighten(
         cache_dir=cache_dir,
         device=device,
         progress=progress,
+        mode=teacher_mode,
     )
     target = (pairs.end - pairs.start) / (pairs.t_end - pairs.t_start).view(-1, *[1] * (noise.ndim - 1))
 

@@ -146,6 +146,7 @@ def teacher_trajectory(
     solver: str = "euler",
     *,
     keep: str = "all",
+    mode: str | None = None,
 ) -> Trajectory:
     """Integrate a batch of noises over the whole grid, keeping every state (and Euler slope).
 
@@ -159,6 +160,11 @@ def teacher_trajectory(
         times: (N,) strictly increasing grid in [0, 1], N >= 2.
         solver: "euler" (the BOSS reference), "heun" or "rk4".
         keep: "all" (states and velocities) or "states" (halves the memory; no cost matrix then).
+        mode: None (default) runs the plain loop above; "eager", "compile", "cuda_graph" or "auto" runs a
+            recording :class:`boss_fast.sampler.Sampler` (static buffers, one CUDA graph for the whole grid
+            with "cuda_graph"). "eager" gives the same bits as None; "compile" unrolls the N - 1 steps into
+            one graph (its compile time grows with N). Build a ``Sampler(..., record=keep)`` yourself to
+            reuse one captured graph over many batches of the same shape.
 
     Raises:
         ValueError/TypeError on bad input, on a velocity output of the wrong shape, dtype or device, or on
@@ -174,6 +180,13 @@ def teacher_trajectory(
     noise = check_noise(noise)
     solver = check_choice(solver, SOLVERS, "solver")
     keep = check_choice(keep, ("all", "states"), "keep")
+    if mode is not None:
+        from boss_fast.sampler import Sampler  # the sampler builds on this module
+
+        sampler = Sampler(
+            velocity, t, mode, noise.shape[0], noise.dtype, noise.device, solver=solver, record=keep
+        )
+        return sampler.trajectory(noise, check_finite=True)
     n = len(t)
     hosts = t.tolist()  # Python floats: the loop never reads a device value
     states = noise.new_empty((n, *noise.shape))

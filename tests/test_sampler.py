@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import boss_fast as bf
 from boss_fast._backends import kernel_backends
 from boss_fast.models import load_bundled
 from boss_fast.models.dit import DiT
@@ -300,3 +301,57 @@ def test_machinery_errors(digits_dit):
         Sampler(digits_dit, SCHED, mode="eager").trajectory(torch.randn(2, 1, 8, 8))
     with pytest.raises(ValueError, match=r"returned shape \(2, 5\).*expected the input's \(4, 5\)"):
         Sampler(lambda x, t: x[: len(x) // 2], SCHED, mode="eager", guidance=1.5)(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("keep", ["all", "states"])
+def test_teacher_trajectory_on_the_sampler(digits_dit, keep):
+    noise = torch.randn(3, 1, 8, 8)
+    grid = [0.0, 0.2, 0.5, 1.0]
+    plain = teacher_trajectory(digits_dit, noise, grid, "heun", keep=keep)
+    eager = teacher_trajectory(digits_dit, noise, grid, "heun", keep=keep, mode="eager")
+    assert torch.equal(eager.states, plain.states)
+    assert (eager.velocities is None) == (keep == "states")
+    if keep == "all":
+        assert torch.equal(eager.velocities, plain.velocities)
+
+
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+def test_teacher_trajectory_compiled():
+    model = TinyVelocity()
+    noise = torch.randn(4, 5)
+    got = teacher_trajectory(model, noise, SCHED, mode="compile")
+    want = teacher_trajectory(model, noise, SCHED)
+    torch.testing.assert_close(got.states, want.states, rtol=16 * EPS32, atol=16 * EPS32)
+
+
+def test_teacher_trajectory_on_the_sampler_checks_values():
+    def diverges(x, t):
+        return torch.where(t[:, None] > 0.4, torch.full_like(x, float("inf")), x)
+
+    with pytest.raises(ValueError, match=r"non-finite values at t = 0\.6"):
+        teacher_trajectory(diverges, torch.randn(2, 5), SCHED, mode="eager")
+    with pytest.raises(ValueError, match="unknown mode"):
+        teacher_trajectory(TinyVelocity(), torch.randn(2, 5), SCHED, mode="fast")
+
+
+def test_cost_matrix_and_schedule_search_on_the_sampler(digits_dit, tmp_path):
+    """The teacher on a recording sampler (one per batch shape: batches of 4, 4 and 2) gives the plain
+    loop's matrix bit for bit in eager mode, and the same schedule."""
+    noise = torch.randn(10, 1, 8, 8)
+    grid = np.linspace(0.0, 1.0, 9)
+    want = bf.cost_matrix(digits_dit, noise, grid, batch_size=4, progress=False)
+    got = bf.cost_matrix(digits_dit, noise, grid, batch_size=4, progress=False, mode="eager")
+    np.testing.assert_array_equal(got, want)
+    kwargs = dict(grid=8, num_samples=6, batch_size=4, solver="heun")
+    plain = bf.optimal_schedule(digits_dit, (1, 8, 8), 3, **kwargs)
+    assert bf.optimal_schedule(digits_dit, (1, 8, 8), 3, mode="eager", **kwargs) == plain
+
+
+def test_straightening_pairs_on_the_sampler(digits_dit):
+    grid = bf.uniform_grid(8)
+    sched = bf.schedule_from_cost(np.ones((9, 9)), grid, 3)
+    noise = torch.randn(5, 1, 8, 8)
+    plain = bf.straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2)
+    eager = bf.straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2, mode="eager")
+    for name in ("start", "end", "t_start", "t_end"):
+        assert torch.equal(getattr(eager, name), getattr(plain, name)), name
