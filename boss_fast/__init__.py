@@ -6,12 +6,15 @@ Time runs from t = 0 (noise) to t = 1 (data); a velocity model is called as ``ve
 Stage 1 (Nguyen, Nguyen & Nguyen, ICLR 2024): teacher trajectories on a fine grid -> the cost of every
 one-step Euler jump -> the exact Bellman DP over it -> a K-step schedule.
 Stage 2: ``straighten`` fine-tunes the network for exactly those steps.
+Sampling: ``sample`` (the plain K-step Euler loop) and ``Sampler`` (static buffers, torch.compile, CUDA graphs,
+fused Triton kernels), which also runs the teacher (``mode=`` in ``teacher_trajectory`` and ``cost_matrix``).
 """
 
 from boss_fast._backends import dp_backends
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
 from boss_fast.cost import cost_matrix, trajectory_cost, trajectory_cost_sums
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
+from boss_fast.sampler import Sampler
 from boss_fast.sampling import sample
 from boss_fast.schedule import Schedule, optimal_schedule, schedule_from_cost, schedules_from_cost
 from boss_fast.straighten import (
@@ -34,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BellmanPath",
+    "Sampler",
     "Schedule",
     "StraightenStats",
     "StraighteningPairs",
