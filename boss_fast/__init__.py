@@ -6,8 +6,9 @@ Time runs from t = 0 (noise) to t = 1 (data); a velocity model is called as ``ve
 Stage 1 (Nguyen, Nguyen & Nguyen, ICLR 2024): teacher trajectories on a fine grid -> the cost of every
 one-step Euler jump -> the exact Bellman DP over it -> a K-step schedule.
 Stage 2: ``straighten`` fine-tunes the network for exactly those steps.
-Sampling: ``sample`` (the plain K-step Euler loop) and ``Sampler`` (static buffers, torch.compile, CUDA graphs,
-fused Triton kernels), which also runs the teacher (``mode=`` in ``teacher_trajectory`` and ``cost_matrix``).
+Sampling: ``sample`` (the plain K-step Euler loop) and ``Sampler`` (static buffers, torch.compile, CUDA
+graphs, fused Triton kernels), which also runs the teacher (``mode=`` in ``teacher_trajectory`` and
+``cost_matrix``). Adapters to diffusers and flow_matching: ``boss_fast.integrations``.
 """
 
 from boss_fast._backends import dp_backends
