@@ -30,6 +30,7 @@ from boss_fast.trajectories import (
     euler_step,
     model_fingerprint,
     ode_step,
+    reference_solution,
     seeded_noise,
     teacher_trajectory,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "model_fingerprint",
     "ode_step",
     "optimal_schedule",
+    "reference_solution",
     "sample",
     "schedule_from_cost",
     "schedules_from_cost",

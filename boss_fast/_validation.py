@@ -17,7 +17,10 @@ from typing import IO
 import numpy as np
 import torch
 
-SOLVERS: tuple[str, ...] = ("euler", "heun", "rk4")
+# Fixed-step methods (one ode_step each; the sampler's solvers) and the teacher's: plus adaptive dopri5
+# (torchdiffeq), the reference solution at the grid times.
+STEP_SOLVERS: tuple[str, ...] = ("euler", "heun", "rk4")
+SOLVERS: tuple[str, ...] = (*STEP_SOLVERS, "dopri5")
 METRICS: tuple[str, ...] = ("l2sq", "l2")
 
 

@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--num-samples", type=int, default=256)
     sched.add_argument("--batch-size", type=int, default=256)
     sched.add_argument("--seed", type=int, default=0)
-    sched.add_argument("--solver", default="euler", choices=("euler", "heun", "rk4"))
+    sched.add_argument("--solver", default="euler", choices=("euler", "heun", "rk4", "dopri5"))
     sched.add_argument("--metric", default="l2sq", choices=("l2sq", "l2"))
     sched.add_argument("--device", default=None)
     sched.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba", "numpy"))

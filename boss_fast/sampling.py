@@ -14,7 +14,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from boss_fast._validation import SOLVERS, as_times, check_choice, check_noise
+from boss_fast._validation import STEP_SOLVERS, as_times, check_choice, check_noise
 from boss_fast.schedule import Schedule
 from boss_fast.trajectories import VelocityFn, ode_step
 
@@ -55,7 +55,7 @@ def sample(
     """
     times = as_times(schedule.times if isinstance(schedule, Schedule) else schedule, "schedule times")
     noise = check_noise(noise)
-    solver = check_choice(solver, SOLVERS, "solver")
+    solver = check_choice(solver, STEP_SOLVERS, "solver")
     hosts = times.tolist()  # Python floats: the loop below never reads a device value
     flags = []
     x = noise

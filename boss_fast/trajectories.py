@@ -20,8 +20,10 @@ import torch
 
 from boss_fast._validation import (
     SOLVERS,
+    STEP_SOLVERS,
     as_times,
     check_choice,
+    check_float,
     check_int,
     check_noise,
     check_velocity_output,
@@ -33,6 +35,7 @@ __all__ = [
     "euler_step",
     "model_fingerprint",
     "ode_step",
+    "reference_solution",
     "seeded_noise",
     "teacher_trajectory",
 ]
@@ -94,7 +97,7 @@ def ode_step(
     both end in ``euler_step`` with their averaged slope. x must be a valid state (this does not check it);
     an unknown solver raises ValueError.
     """
-    check_choice(solver, SOLVERS, "solver")
+    check_choice(solver, STEP_SOLVERS, "solver")
     h = t1 - t0
     k1 = _evaluate(velocity, x, t0) if v0 is None else v0
     if solver == "euler":
@@ -147,6 +150,8 @@ def teacher_trajectory(
     *,
     keep: str = "all",
     mode: str | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> Trajectory:
     """Integrate a batch of noises over the whole grid, keeping every state (and Euler slope).
 
@@ -158,7 +163,10 @@ def teacher_trajectory(
         velocity: ``velocity(x, t)``, see the module docstring.
         noise: (B, ...) floating tensor, the states at ``times[0]``.
         times: (N,) strictly increasing grid in [0, 1], N >= 2.
-        solver: "euler" (the BOSS reference), "heun" or "rk4".
+        solver: "euler" (the BOSS reference), "heun", "rk4", or "dopri5": torchdiffeq's adaptive
+            Dormand-Prince solver evaluated at every grid time, a reference solution (then the velocities
+            are one extra batched evaluation per grid time).
+        rtol, atol: dopri5's tolerances (default 1e-5 each); an error for the fixed-step solvers.
         keep: "all" (states and velocities) or "states" (halves the memory; no cost matrix then).
         mode: None (default) runs the plain loop above; "eager", "compile", "cuda_graph" or "auto" runs a
             recording :class:`boss_fast.sampler.Sampler` (static buffers, one CUDA graph for the whole grid
@@ -180,6 +188,12 @@ def teacher_trajectory(
     noise = check_noise(noise)
     solver = check_choice(solver, SOLVERS, "solver")
     keep = check_choice(keep, ("all", "states"), "keep")
+    if solver != "dopri5" and (rtol is not None or atol is not None):
+        raise ValueError(f"rtol and atol are dopri5's tolerances; solver {solver!r} takes fixed steps")
+    if solver == "dopri5":
+        if mode is not None:
+            raise ValueError("mode= runs the fixed-step solvers on a Sampler; dopri5 runs in torchdiffeq")
+        return _dopri5_trajectory(velocity, noise, t, keep, rtol, atol)
     if mode is not None:
         from boss_fast.sampler import Sampler  # the sampler builds on this module
 
@@ -202,6 +216,81 @@ def teacher_trajectory(
     if problem is not None:
         raise ValueError(problem)
     return Trajectory(states=states, velocities=velocities, times=t)
+
+
+def _odeint_dopri5(
+    velocity: VelocityFn, noise: torch.Tensor, times: np.ndarray, rtol: float | None, atol: float | None
+) -> torch.Tensor:
+    """(N, B, ...) dopri5 states at ``times`` (torchdiffeq), under no_grad, with a clear error on failure."""
+    try:
+        from torchdiffeq import odeint
+    except ImportError as err:
+        raise ImportError(
+            "solver='dopri5' uses torchdiffeq: pip install 'boss_fast[reference]' (with your torch pin)"
+        ) from err
+    rtol = 1e-5 if rtol is None else check_float(rtol, "rtol")
+    atol = 1e-5 if atol is None else check_float(atol, "atol")
+    if rtol <= 0 or atol <= 0:
+        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
+    b = noise.shape[0]
+
+    def func(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return check_velocity_output(velocity(x, t.to(x.dtype).expand(b)), x, float(t))
+
+    grid = torch.tensor(times.tolist(), dtype=torch.float64, device=noise.device)
+    with torch.no_grad():
+        try:
+            return odeint(func, noise, grid, method="dopri5", rtol=rtol, atol=atol)
+        except AssertionError as err:  # torchdiffeq's "underflow in dt": a non-finite or stiff velocity
+            raise ValueError(f"dopri5 failed ({err}): the velocity is non-finite or too stiff") from err
+
+
+def _dopri5_trajectory(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    times: np.ndarray,
+    keep: str,
+    rtol: float | None,
+    atol: float | None,
+) -> Trajectory:
+    states = _odeint_dopri5(velocity, noise, times, rtol, atol)
+    velocities = None
+    if keep == "all":
+        velocities = torch.empty_like(states[:-1])
+        with torch.no_grad():
+            for i, t in enumerate(times[:-1].tolist()):
+                velocities[i].copy_(_evaluate(velocity, states[i], t))
+    problem = _first_nonfinite_step(states, velocities, times)
+    if problem is not None:
+        raise ValueError(problem)
+    return Trajectory(states=states, velocities=velocities, times=times)
+
+
+def reference_solution(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> torch.Tensor:
+    """The state at ``t1`` from ``noise`` at ``t0`` by torchdiffeq's adaptive dopri5: the reference for error
+    measurements (e.g. ``metrics.endpoint_rmse(bf.sample(model, noise, sched), reference_solution(model,
+    noise))``). Needs torchdiffeq (``pip install 'boss_fast[reference]'``).
+
+    Raises:
+        ValueError: t0 >= t1 or outside [0, 1], non-positive tolerances, bad noise, a velocity output of
+            the wrong shape or dtype, or non-finite values.
+
+    Example:
+        >>> x = reference_solution(lambda x, t: 3 * t[:, None] ** 2 * torch.ones_like(x), torch.zeros(2, 1))
+        >>> round(float(x[0]), 4)
+        1.0
+    """
+    noise = check_noise(noise)
+    times = as_times([check_float(t0, "t0"), check_float(t1, "t1")], "t0, t1")
+    return _dopri5_trajectory(velocity, noise, times, "states", rtol, atol).states[-1]
 
 
 def seeded_noise(
