@@ -13,6 +13,8 @@ pytest.importorskip("diffusers")
 
 from diffusers import (  # noqa: E402
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
@@ -170,6 +172,63 @@ def test_sd3_pipeline_end_to_end(tiny, dynamic):
             width=side,
             output_type="latent",
         )
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_flux_pipeline_end_to_end():
+    """FluxPipeline (dynamic shifting, its own linspace sigmas and mu on every call, timestep / 1000, packed
+    latents, guidance embedding) with prompt embeddings given; the adapter with timestep_scale=1."""
+    torch.manual_seed(0)
+    net = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        pooled_projection_dim=8,
+        guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+    stock = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0)
+    pipe = FluxPipeline(
+        transformer=net,
+        scheduler=BossScheduler.from_schedule(SCHED, stock.config),
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    embeds, pooled = torch.randn(1, 5, 16), torch.randn(1, 8)
+    latents = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(4))  # 32x32 px: 2x2 packed tokens
+    out = pipe(
+        prompt_embeds=embeds.expand(2, -1, -1),
+        pooled_prompt_embeds=pooled.expand(2, -1),
+        guidance_scale=3.5,
+        num_inference_steps=4,
+        height=32,
+        width=32,
+        latents=latents,
+        output_type="latent",
+    ).images
+    ids = {
+        "txt_ids": torch.zeros(5, 3),
+        "img_ids": FluxPipeline._prepare_latent_image_ids(2, 2, 2, "cpu", torch.float32),
+    }
+    velocity = DiffusersVelocity(
+        net,
+        timestep_scale=1.0,
+        fixed=ids,
+        encoder_hidden_states=embeds,
+        pooled_projections=pooled,
+        guidance=torch.full((1,), 3.5),
+    )
+    with torch.no_grad():
+        want = bf.sample(velocity, latents, SCHED)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
 def test_flux_style_call_is_accepted():

@@ -257,12 +257,21 @@ class DiffusersVelocity(nn.Module):
             are
             registered as non-persistent buffers, so ``.to(device)`` and ``copy.deepcopy`` carry them.
             Non-tensor values (e.g. ``joint_attention_kwargs``) are passed unchanged.
+        fixed: keyword arguments passed unchanged whatever the batch, e.g. Flux's ``txt_ids`` (T, 3) and
+            ``img_ids`` (N, 3), which have no batch dimension (tensors are buffers too).
 
     The transformer's parameters are this module's (``transformer.*``), so ``bf.straighten`` fine-tunes them
     (LoRA through peft targets its Linear layers).
     """
 
-    def __init__(self, transformer: nn.Module, timestep_scale: float = 1000.0, **conditioning: Any) -> None:
+    def __init__(
+        self,
+        transformer: nn.Module,
+        timestep_scale: float = 1000.0,
+        *,
+        fixed: Mapping[str, Any] | None = None,
+        **conditioning: Any,
+    ) -> None:
         super().__init__()
         if not isinstance(transformer, nn.Module):
             raise TypeError(f"transformer must be a torch.nn.Module, got {type(transformer).__name__}")
@@ -270,6 +279,15 @@ class DiffusersVelocity(nn.Module):
         self.timestep_scale = check_float(timestep_scale, "timestep_scale")
         self._tensor_keys: list[str] = []
         self._other: dict[str, Any] = {}
+        self._fixed_keys: list[str] = []
+        for key, value in (fixed or {}).items():
+            if key in conditioning:
+                raise ValueError(f"{key!r} is given both as conditioning and in fixed")
+            if isinstance(value, torch.Tensor):
+                self.register_buffer(f"fixed_{key}", value, persistent=False)
+                self._fixed_keys.append(key)
+            else:
+                self._other[key] = value
         for key, value in conditioning.items():
             if isinstance(value, torch.Tensor):
                 if value.ndim == 0:
@@ -282,6 +300,7 @@ class DiffusersVelocity(nn.Module):
     def conditioning(self, batch: int) -> dict[str, Any]:
         """The keyword arguments for a batch of ``batch`` states (batch-1 tensors expanded)."""
         out = dict(self._other)
+        out.update({key: getattr(self, f"fixed_{key}") for key in self._fixed_keys})
         for key in self._tensor_keys:
             value = getattr(self, f"cond_{key}")
             if value.shape[0] == 1 and batch != 1:
