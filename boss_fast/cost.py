@@ -42,12 +42,12 @@ from tqdm import tqdm
 
 from boss_fast._validation import (
     METRICS,
-    SOLVERS,
     as_times,
     atomic_write,
     check_choice,
     check_int,
     check_noise,
+    check_teacher,
 )
 from boss_fast.trajectories import Trajectory, VelocityFn, model_fingerprint, teacher_trajectory
 
@@ -448,7 +448,8 @@ def cost_matrix(
         noise: (M, ...) floating tensor, the M teacher start points (reference: M = 100 Gaussian noises).
         times: (N,) strictly increasing grid in [0, 1] (e.g. ``uniform_grid(100)``).
         batch_size: samples per teacher batch, >= 1.
-        solver: teacher solver, "euler" (reference), "heun" or "rk4".
+        solver: teacher solver, "euler" (reference), "heun", "rk4" or "dopri5" (torchdiffeq at its default
+            tolerances, ``teacher_trajectory``; mode=None only).
         metric: "l2sq" (BOSS) or "l2" (GITS).
         device: where the teacher runs (batches of noise are moved there); None keeps the noise's device.
         progress: show a tqdm bar over batches (rank 0 only).
@@ -468,7 +469,7 @@ def cost_matrix(
     noise = check_noise(noise)
     t = as_times(times)
     batch_size = check_int(batch_size, "batch_size")
-    solver = check_choice(solver, SOLVERS, "solver")
+    solver = check_teacher(solver, mode)
     metric = check_choice(metric, METRICS, "metric")
     identity = {}
     if checkpoint is not None:

@@ -25,6 +25,7 @@ from boss_fast._validation import (
     check_choice,
     check_float,
     check_int,
+    check_teacher,
 )
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
 from boss_fast.cost import _accumulate_cost
@@ -49,7 +50,7 @@ class Schedule:
         cost: the path's total (discounted) cost in the cost matrix's units (e.g. mean squared L2 per sample).
         grid: (N,) float64 base grid the cost matrix was computed on.
         metric: "l2sq" or "l2", the cost metric.
-        solver: the teacher's solver, "euler", "heun" or "rk4".
+        solver: the teacher's solver, "euler", "heun", "rk4" or "dopri5".
         num_samples: noises the cost was averaged over (None when unknown).
         fingerprint: optional identity of the model, e.g. ``model_fingerprint(model)``.
         discount: the DP's discount (1.0 for BOSS).
@@ -481,7 +482,7 @@ def optimal_schedule(
     num_samples = check_int(num_samples, "num_samples")
     batch_size = check_int(batch_size, "batch_size")
     seed = check_int(seed, "seed", minimum=0)
-    solver = check_choice(solver, SOLVERS, "solver")
+    solver = check_teacher(solver, mode)
     metric = check_choice(metric, METRICS, "metric")
     discount = check_float(discount, "discount")
     model_device, model_dtype = _module_placement(velocity)

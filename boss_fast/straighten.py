@@ -41,13 +41,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from boss_fast._validation import (
-    SOLVERS,
     as_times,
     atomic_write,
     check_choice,
     check_float,
     check_int,
     check_noise,
+    check_teacher,
 )
 from boss_fast.grids import uniform_grid
 from boss_fast.schedule import Schedule
@@ -275,7 +275,7 @@ def straightening_pairs(
     Returns:
         ``StraighteningPairs`` with M * K rows (row m * K + k), on ``device``, in the noise's dtype.
     """
-    solver = check_choice(solver, SOLVERS, "solver")
+    solver = check_teacher(solver, mode)
     sched = _check_schedule(sched, grid, solver)
     noise = check_noise(noise)
     batch_size = check_int(batch_size, "batch_size")
@@ -556,7 +556,7 @@ def straighten(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module to fine-tune, got {type(model).__name__}")
-    solver = check_choice(solver, SOLVERS, "solver")
+    solver = check_teacher(solver, teacher_mode, "teacher_mode")
     sched = _check_schedule(sched, grid, solver)
     iters = check_int(iters, "iters")
     num_pairs = check_int(num_pairs, "num_pairs")

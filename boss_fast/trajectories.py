@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from boss_fast._validation import (
-    SOLVERS,
     STEP_SOLVERS,
     as_times,
     check_choice,
     check_float,
     check_int,
     check_noise,
+    check_teacher,
     check_velocity_output,
 )
 
@@ -186,13 +186,11 @@ def teacher_trajectory(
     """
     t = as_times(times)
     noise = check_noise(noise)
-    solver = check_choice(solver, SOLVERS, "solver")
+    solver = check_teacher(solver, mode)
     keep = check_choice(keep, ("all", "states"), "keep")
     if solver != "dopri5" and (rtol is not None or atol is not None):
         raise ValueError(f"rtol and atol are dopri5's tolerances; solver {solver!r} takes fixed steps")
     if solver == "dopri5":
-        if mode is not None:
-            raise ValueError("mode= runs the fixed-step solvers on a Sampler; dopri5 runs in torchdiffeq")
         return _dopri5_trajectory(velocity, noise, t, keep, rtol, atol)
     if mode is not None:
         from boss_fast.sampler import Sampler  # the sampler builds on this module

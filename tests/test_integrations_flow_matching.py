@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +92,10 @@ def test_errors():
         as_model_wrapper(lambda x, t: x)(x=torch.zeros(3, 2), t=torch.zeros(2))
     with pytest.raises(ValueError, match="strictly increasing"):
         time_grid([0.0, 0.5, 0.4, 1.0])
+
+
+def test_missing_flow_matching_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flow_matching.utils", None)  # what an absent package looks like
+    monkeypatch.delitem(sys.modules, "boss_fast.integrations.flow_matching")
+    with pytest.raises(ImportError, match=r"pip install 'boss_fast\[flow_matching\]'"):
+        importlib.import_module("boss_fast.integrations.flow_matching")

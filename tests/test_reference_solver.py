@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -70,8 +72,12 @@ def test_errors(flow):
     noise = torch.randn(4, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="dopri5's tolerances"):
         bf.teacher_trajectory(flow, noise, [0.0, 1.0], "euler", rtol=1e-3)
-    with pytest.raises(ValueError, match="mode= runs the fixed-step solvers"):
+    with pytest.raises(ValueError, match="'dopri5' runs in torchdiffeq and takes mode=None"):
         bf.teacher_trajectory(flow, noise, [0.0, 1.0], "dopri5", mode="eager")
+    with pytest.raises(ValueError, match="'dopri5' runs in torchdiffeq and takes mode=None"):
+        bf.cost_matrix(flow, noise, [0.0, 1.0], solver="dopri5", mode="eager", progress=False)
+    with pytest.raises(ValueError, match="'dopri5' runs in torchdiffeq and takes mode=None"):
+        bf.optimal_schedule(flow, (2,), 1, grid=4, num_samples=4, solver="dopri5", mode="eager")
     with pytest.raises(ValueError, match="unknown solver 'dopri5'"):
         bf.sample(flow, noise, [0.0, 1.0], solver="dopri5")
     with pytest.raises(ValueError, match="unknown solver 'dopri5'"):
@@ -84,3 +90,20 @@ def test_errors(flow):
         bf.reference_solution(lambda x, t: x / 0.0, noise)
     with pytest.raises(ValueError, match="velocity returned shape"):
         bf.reference_solution(lambda x, t: x[:, :1], noise)
+
+
+def test_missing_torchdiffeq_names_the_extra(flow, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchdiffeq", None)  # what an absent package looks like to import
+    with pytest.raises(ImportError, match=r"pip install 'boss_fast\[reference\]'"):
+        bf.reference_solution(flow, torch.zeros(2, 2, dtype=torch.float64))
+
+
+def test_straightening_pairs_with_a_dopri5_teacher(flow):
+    noise = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    grid = bf.uniform_grid(6)
+    sched = bf.Schedule(times=grid[[0, 2, 6]], indices=[0, 2, 6], cost=0.0, grid=grid, solver="dopri5")
+    pairs = bf.straightening_pairs(flow, sched, noise, grid=6, solver="dopri5", batch_size=8)
+    states = bf.teacher_trajectory(flow, noise, grid, "dopri5", keep="states").states  # the same one batch
+    torch.testing.assert_close(pairs.end[1::2], states[6], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="'dopri5' runs in torchdiffeq and takes mode=None"):
+        bf.straightening_pairs(flow, sched, noise, grid=6, solver="dopri5", mode="eager")
