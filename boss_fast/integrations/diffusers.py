@@ -9,8 +9,8 @@ model predicts ``noise - x0``, minus our velocity, and a step is ``x + (sigma_ne
   ``step`` reads host floats, so it never synchronises with the device.
 - :class:`DiffusersVelocity`: a diffusers transformer (SD3, Flux, ...) with its conditioning, called as
   ``velocity(x, t)``, for ``bf.optimal_schedule``, ``bf.straighten``, ``bf.sample`` and ``bf.Sampler``.
-- :meth:`boss_fast.schedule.Schedule.diffusers_sigmas`: the other way in, sigmas for the *stock* scheduler
-  that come out as the schedule after its own shift (``pipe(..., sigmas=...)``).
+- :func:`diffusers_sigmas` (from :mod:`boss_fast.integrations.sigmas`): the other way in, sigmas for the
+  *stock* scheduler that come out as the schedule after its own shift (``pipe(..., sigmas=...)``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import nn
 
 from boss_fast._validation import as_times, check_float
 from boss_fast.integrations._imports import missing
+from boss_fast.integrations.sigmas import diffusers_sigmas
 from boss_fast.schedule import Schedule
 
 try:
@@ -34,7 +35,7 @@ try:
 except ImportError as err:  # the optional extra
     raise missing("diffusers", "diffusers") from err
 
-__all__ = ["BossScheduler", "BossSchedulerOutput", "DiffusersVelocity"]
+__all__ = ["BossScheduler", "BossSchedulerOutput", "DiffusersVelocity", "diffusers_sigmas"]
 
 # The stock scheduler's config keys that pipelines read (calculate_shift's inputs, the shift itself).
 _CARRIED = (
