@@ -8,9 +8,8 @@ A schedule's ``times`` are flow times (t = 0 noise, t = 1 data), a subset of the
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,73 +129,6 @@ class Schedule:
         flow_matching's ``ODESolver.sample(x, step_size=None, time_grid=sched)`` steps exactly at its times.
         """
         return torch.tensor(self.times.tolist(), dtype=dtype, device=device)
-
-    def diffusers_sigmas(
-        self,
-        shift: float | None = None,
-        mu: float | None = None,
-        *,
-        time_shift_type: str = "exponential",
-        config: Mapping[str, Any] | None = None,
-    ) -> list[float]:
-        """Sigmas for diffusers' stock ``FlowMatchEulerDiscreteScheduler`` that step at this schedule's times.
-
-        That scheduler shifts any ``sigmas=`` it is given (by ``shift``, or with dynamic shifting by ``mu``)
-        and appends a terminal 0; these are the pre-images, so after its shift it steps at ``1 - times``
-        (up to its float32 arithmetic). Use as ``pipe(..., num_inference_steps=K, sigmas=...)``.
-
-        Args:
-            shift: the scheduler's static shift (``config.shift``; SD3 uses 3.0).
-            mu: the dynamic shift the pipeline passes when ``use_dynamic_shifting`` is on (Flux, SD3.5 at
-                some resolutions): ``calculate_shift(image_seq_len, ...)``.
-            time_shift_type: the dynamic shift's form, "exponential" (default) or "linear".
-            config: a scheduler config (``pipe.scheduler.config``) to read ``shift``, ``use_dynamic_shifting``
-                and ``time_shift_type`` from, and to check for options this cannot invert.
-
-        Raises:
-            ValueError: the schedule does not end at t = 1 (the scheduler always ends at sigma 0), both or
-                neither of shift and mu for a dynamic config, a non-positive shift or mu, or a config with
-                ``shift_terminal``, Karras / exponential / beta sigmas, ``invert_sigmas`` or
-                ``stochastic_sampling``.
-        """
-        if self.times[-1] != 1.0:
-            raise ValueError(
-                f"diffusers' flow-match scheduler always ends at sigma 0 (t = 1); this schedule ends at "
-                f"t = {float(self.times[-1])!r}"
-            )
-        dynamic = False
-        if config is not None:
-            for key in ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
-                        "invert_sigmas", "stochastic_sampling"):  # fmt: skip
-                if config.get(key):
-                    raise ValueError(
-                        f"the scheduler config sets {key}={config.get(key)!r}, which remaps sigmas in a way "
-                        "diffusers_sigmas does not invert; use BossScheduler.from_schedule instead"
-                    )
-            dynamic = bool(config.get("use_dynamic_shifting", False))
-            time_shift_type = config.get("time_shift_type", "exponential")
-            if shift is None and not dynamic:
-                shift = config.get("shift", 1.0)
-        if dynamic and mu is None:
-            raise ValueError("the config uses dynamic shifting: pass the pipeline's mu")
-        if shift is not None and mu is not None:
-            raise ValueError("pass shift (static shifting) or mu (dynamic shifting), not both")
-        target = 1.0 - self.times[:-1]  # the sigmas the scheduler must step at, > 0
-        if mu is not None:
-            mu = check_float(mu, "mu")
-            check_choice(time_shift_type, ("exponential", "linear"), "time_shift_type")
-            scale = math.exp(mu) if time_shift_type == "exponential" else mu
-            if scale <= 0:
-                raise ValueError(f"a linear time shift needs mu > 0, got {mu}")
-            # sigma' = scale / (scale + (1 / sigma - 1))  <=>  sigma = 1 / (1 + scale * (1 / sigma' - 1))
-            sigmas = 1.0 / (1.0 + scale * (1.0 / target - 1.0))
-        else:
-            s = 1.0 if shift is None else check_float(shift, "shift")
-            if s <= 0:
-                raise ValueError(f"shift must be > 0, got {s}")
-            # sigma' = s sigma / (1 + (s - 1) sigma)  <=>  sigma = sigma' / (s - (s - 1) sigma')
-            sigmas = target / (s - (s - 1.0) * target)
-        return sigmas.tolist()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):

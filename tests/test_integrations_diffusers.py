@@ -20,7 +20,7 @@ from diffusers import (  # noqa: E402
 )
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps  # noqa: E402
 
-from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity  # noqa: E402
+from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity, diffusers_sigmas  # noqa: E402
 
 TIMES = np.array([0.0, 0.08, 0.3, 0.65, 1.0])  # K = 4, uneven, like a Bellman schedule
 SCHED = bf.Schedule(times=TIMES, indices=np.arange(5), cost=0.0, grid=TIMES)
@@ -60,7 +60,7 @@ def stock_sigmas(scheduler: FlowMatchEulerDiscreteScheduler, sigmas, mu=None) ->
 def test_diffusers_sigmas_invert_the_static_shift():
     stock = FlowMatchEulerDiscreteScheduler(shift=3.0)
     want = 1.0 - TIMES  # the scheduler appends the terminal 0 = 1 - t_K
-    for sigmas in (SCHED.diffusers_sigmas(shift=3.0), SCHED.diffusers_sigmas(config=stock.config)):
+    for sigmas in (diffusers_sigmas(SCHED, shift=3.0), diffusers_sigmas(SCHED, config=stock.config)):
         np.testing.assert_allclose(stock_sigmas(stock, sigmas), want, rtol=0, atol=4 * EPS32)
     # Passing the schedule's own sigmas would be shifted away from it: the inversion is what makes it work.
     assert np.abs(stock_sigmas(stock, SCHED.sigmas()[:-1]) - want).max() > 0.05
@@ -70,25 +70,25 @@ def test_diffusers_sigmas_invert_the_static_shift():
 def test_diffusers_sigmas_invert_the_dynamic_shift(kind):
     stock = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type=kind)
     mu = 0.8
-    sigmas = SCHED.diffusers_sigmas(mu=mu, config=stock.config)
+    sigmas = diffusers_sigmas(SCHED, mu=mu, config=stock.config)
     np.testing.assert_allclose(stock_sigmas(stock, sigmas, mu=mu), 1.0 - TIMES, rtol=0, atol=4 * EPS32)
-    assert sigmas == SCHED.diffusers_sigmas(mu=mu, time_shift_type=kind)
+    assert sigmas == diffusers_sigmas(SCHED, mu=mu, time_shift_type=kind)
 
 
 def test_diffusers_sigmas_errors():
     with pytest.raises(ValueError, match="ends at t = 0.9"):
-        bf.Schedule(times=np.array([0.0, 0.9]), indices=np.arange(2), cost=0.0,
-                    grid=np.array([0.0, 0.9])).diffusers_sigmas()  # fmt: skip
+        diffusers_sigmas(bf.Schedule(times=np.array([0.0, 0.9]), indices=np.arange(2), cost=0.0,
+                                     grid=np.array([0.0, 0.9])))  # fmt: skip
     with pytest.raises(ValueError, match="use_karras_sigmas"):
-        SCHED.diffusers_sigmas(config=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).config)
+        diffusers_sigmas(SCHED, config=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).config)
     with pytest.raises(ValueError, match="shift_terminal"):
-        SCHED.diffusers_sigmas(config=FlowMatchEulerDiscreteScheduler(shift_terminal=0.1).config)
+        diffusers_sigmas(SCHED, config=FlowMatchEulerDiscreteScheduler(shift_terminal=0.1).config)
     with pytest.raises(ValueError, match="pass the pipeline's mu"):
-        SCHED.diffusers_sigmas(config=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config)
+        diffusers_sigmas(SCHED, config=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config)
     with pytest.raises(ValueError, match="not both"):
-        SCHED.diffusers_sigmas(shift=3.0, mu=0.5)
+        diffusers_sigmas(SCHED, shift=3.0, mu=0.5)
     with pytest.raises(ValueError, match="shift must be > 0"):
-        SCHED.diffusers_sigmas(shift=-1.0)
+        diffusers_sigmas(SCHED, shift=-1.0)
 
 
 # -- the transformer, step by step, through both schedulers -------------------------------------------------
@@ -123,7 +123,7 @@ def test_stock_scheduler_with_diffusers_sigmas_equals_sample(tiny):
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     want = bf.sample(DiffusersVelocity(net, **cond), latents, SCHED)
     stock = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    got = run_loop(stock, net, cond, latents, sigmas=SCHED.diffusers_sigmas(shift=3.0))
+    got = run_loop(stock, net, cond, latents, sigmas=diffusers_sigmas(SCHED, shift=3.0))
     # The stock scheduler re-derives the sigmas in float32: a few float32 ulps per step.
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     plain = run_loop(FlowMatchEulerDiscreteScheduler(shift=3.0), net, cond, latents, num_inference_steps=4)
@@ -244,6 +244,7 @@ def test_step_reads_no_device_value():
     where the stock scheduler, which indexes its sigma tensor, cannot."""
     scheduler = BossScheduler.from_schedule(SCHED)
     scheduler.set_timesteps(4, device="meta")
+    scheduler.set_begin_index(0)  # as Flux does: no timestep lookup at the first step
     x, v = torch.randn(2, 3), torch.randn(2, 3)
     for i in range(4):
         x_next = scheduler.step(v, scheduler.timesteps[i], x).prev_sample

@@ -3,6 +3,8 @@
 - :mod:`boss_fast.integrations.diffusers`: ``BossScheduler`` (a diffusers scheduler stepping exactly at a
   schedule's sigmas) and ``DiffusersVelocity`` (a diffusers transformer as ``velocity(x, t)``).
   ``pip install 'boss_fast[diffusers]'``.
+- :func:`diffusers_sigmas` (:mod:`boss_fast.integrations.sigmas`, no diffusers needed): sigmas for diffusers'
+  *stock* flow-match scheduler that step at a schedule's times after its shift.
 - :mod:`boss_fast.integrations.flow_matching`: Meta's ``flow_matching`` ``ModelWrapper`` both ways and the
   schedule as its ``time_grid``. ``pip install 'boss_fast[flow_matching]'`` (CC BY-NC licensed).
 
@@ -15,10 +17,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["diffusers", "flow_matching"]
+from boss_fast.integrations.sigmas import diffusers_sigmas
+
+__all__ = ["diffusers", "diffusers_sigmas", "flow_matching"]
+_MODULES = ("diffusers", "flow_matching")
 
 
 def __getattr__(name: str) -> ModuleType:
-    if name in __all__:
+    if name in _MODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

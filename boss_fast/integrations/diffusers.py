@@ -6,37 +6,41 @@ model predicts ``noise - x0``, minus our velocity, and a step is ``x + (sigma_ne
 - :class:`BossScheduler`: ``pipe.scheduler = BossScheduler.from_schedule(sched, pipe.scheduler.config)``.
   It steps at ``1 - sched.times`` whatever shift, ``mu`` or default sigmas the pipeline passes (Flux always
   passes its own linspace; SD3 passes ``mu`` under dynamic shifting): only the number of steps must agree.
-  ``step`` reads host floats, so it never synchronises with the device.
+  Otherwise it keeps the stock scheduler's contract (methods, arguments, output class, errors).
 - :class:`DiffusersVelocity`: a diffusers transformer (SD3, Flux, ...) with its conditioning, called as
   ``velocity(x, t)``, for ``bf.optimal_schedule``, ``bf.straighten``, ``bf.sample`` and ``bf.Sampler``.
-- :meth:`boss_fast.schedule.Schedule.diffusers_sigmas`: the other way in, sigmas for the *stock* scheduler
-  that come out as the schedule after its own shift (``pipe(..., sigmas=...)``).
+- :func:`diffusers_sigmas` (from :mod:`boss_fast.integrations.sigmas`): the other way in, sigmas for the
+  *stock* scheduler that come out as the schedule after its own shift (``pipe(..., sigmas=...)``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from boss_fast._validation import as_times, check_float
+from boss_fast._validation import as_times, check_choice, check_float
 from boss_fast.integrations._imports import missing
+from boss_fast.integrations.sigmas import diffusers_sigmas, refuse_stepping_keys
 from boss_fast.schedule import Schedule
 
 try:
     from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
+        FlowMatchEulerDiscreteSchedulerOutput,
+    )
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
-    from diffusers.utils import BaseOutput
 except ImportError as err:  # the optional extra
     raise missing("diffusers", "diffusers") from err
 
-__all__ = ["BossScheduler", "BossSchedulerOutput", "DiffusersVelocity"]
+__all__ = ["BossScheduler", "BossSchedulerOutput", "DiffusersVelocity", "diffusers_sigmas"]
 
-# The stock scheduler's config keys that pipelines read (calculate_shift's inputs, the shift itself).
+# Every config key of the stock scheduler, carried by from_schedule: pipelines read the shifting keys (to
+# compute mu), a swap back to the stock scheduler restores the rest, and __init__ refuses the ones that change
+# the step (refuse_stepping_keys).
 _CARRIED = (
     "num_train_timesteps",
     "shift",
@@ -45,15 +49,23 @@ _CARRIED = (
     "max_shift",
     "base_image_seq_len",
     "max_image_seq_len",
+    "invert_sigmas",
+    "shift_terminal",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
     "time_shift_type",
+    "stochastic_sampling",
 )
 
+# ``step``'s output: the stock flow-match output class itself (pipelines and isinstance checks see no change).
+BossSchedulerOutput = FlowMatchEulerDiscreteSchedulerOutput
 
-@dataclass
-class BossSchedulerOutput(BaseOutput):
-    """``step``'s output, as diffusers' flow-match scheduler returns it."""
 
-    prev_sample: torch.Tensor
+def _is_integer_timestep(timestep: object) -> bool:
+    if isinstance(timestep, torch.Tensor):
+        return not (timestep.is_floating_point() or timestep.is_complex())
+    return isinstance(timestep, int | np.integer)
 
 
 class BossScheduler(SchedulerMixin, ConfigMixin):
@@ -63,10 +75,18 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
     :meth:`set_timesteps` are accepted and ignored: the steps are the schedule's. The number of steps must be
     the schedule's K (``pipe(..., num_inference_steps=K)``); anything else raises rather than silently
     sampling another schedule. The config keeps the times (``save_pretrained``/``from_pretrained`` round-trip)
-    and the stock scheduler's shifting keys, which pipelines read to compute ``mu``.
+    and every key of the stock scheduler's config, which pipelines read to compute ``mu``.
 
-    ``step`` is ``sample + (sigma_next - sigma) * model_output`` in float32 with the sigmas as host floats
-    (no device-to-host sync; the step index is a Python int starting at ``begin_index``, default 0).
+    Otherwise it behaves as diffusers' ``FlowMatchEulerDiscreteScheduler`` set to the same sigmas, with the
+    same results: ``step`` (first index from ``begin_index``, else looked up from the timestep;
+    ``per_token_timesteps``; integer timesteps refused; the stock output class), ``scale_noise`` (one sigma
+    per sample), ``add_noise``, ``index_for_timestep``, ``set_begin_index``, ``set_shift``. Refused: a config
+    with ``invert_sigmas`` or ``stochastic_sampling`` (they change the step itself), and construction without
+    a schedule (``BossScheduler.from_config(pipe.scheduler.config)`` alone: pass ``times=`` or use
+    :meth:`from_schedule`).
+
+    ``step`` reads the step's sigmas from the host, so after the first step (or from the first with
+    ``set_begin_index(0)``, as Flux does) it never synchronises with the device.
 
     Example:
         >>> sched = Schedule(times=np.array([0.0, 0.5, 1.0]), indices=np.array([0, 1, 2]), cost=0.0,
@@ -77,13 +97,15 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         tensor([1000.,  500.])
     """
 
-    _compatibles: list[str] = []
+    # Flow-match schedulers for the same velocity models and the same config keys: each swaps with this one
+    # both ways through from_config (to BossScheduler with times=..., since their configs hold no schedule).
+    _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]
     order = 1
 
     @register_to_config
     def __init__(
         self,
-        times: Sequence[float] = (0.0, 1.0),
+        times: Sequence[float] | None = None,
         num_train_timesteps: int = 1000,
         shift: float = 1.0,
         use_dynamic_shifting: bool = False,
@@ -91,15 +113,35 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         max_shift: float | None = 1.15,
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
+        invert_sigmas: bool = False,
+        shift_terminal: float | None = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
         time_shift_type: str = "exponential",
+        stochastic_sampling: bool = False,
     ) -> None:
+        if times is None:
+            raise ValueError(
+                "a BossScheduler steps at a BOSS schedule and none was given: use "
+                "BossScheduler.from_schedule(sched, pipe.scheduler.config) (or from_config(config, "
+                "times=sched.times.tolist()))"
+            )
+        refuse_stepping_keys(
+            {"invert_sigmas": invert_sigmas, "stochastic_sampling": stochastic_sampling}, "BossScheduler"
+        )
+        check_choice(time_shift_type, ("exponential", "linear"), "time_shift_type")
         t = as_times(list(times), "times")
         if t[-1] != 1.0:
             raise ValueError(f"a BossScheduler's schedule must end at t = 1 (sigma 0), got t = {t[-1]!r}")
         self._times = t
-        # Host floats: what step() reads. sigma = 1 - t, computed in float64 from the exact times.
-        self._sigmas_host: list[float] = (1.0 - t).tolist()
-        self._timesteps_host: list[float] = [s * num_train_timesteps for s in self._sigmas_host[:-1]]
+        # Host values that step() reads. The sigmas are float32(1 - t), as a stock scheduler holds them; each
+        # step's dt is their float32 difference, a CPU scalar tensor: the stock step multiplies by a float32
+        # 0-d tensor, and a Python float would round dt * output differently in fp16/bf16.
+        sigmas32 = torch.tensor((1.0 - t).tolist(), dtype=torch.float32)
+        self._sigmas_host: list[float] = sigmas32.tolist()
+        self._timesteps_host: list[float] = [s * num_train_timesteps for s in (1.0 - t[:-1]).tolist()]
+        self._dts: list[torch.Tensor] = [sigmas32[i + 1] - sigmas32[i] for i in range(len(t) - 1)]
         self.num_inference_steps = len(t) - 1
         self._step_index: int | None = None
         self._begin_index: int | None = None
@@ -117,8 +159,13 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
     def from_schedule(
         cls, sched: Schedule | Sequence[float] | np.ndarray, config: Mapping[str, Any] | None = None
     ) -> BossScheduler:
-        """A scheduler for ``sched`` (a Schedule or its times), carrying the shifting keys of ``config``
-        (e.g. ``pipe.scheduler.config``) so the pipeline's own ``mu`` computation still works."""
+        """A scheduler for ``sched`` (a Schedule or its times), carrying the stock scheduler's keys of
+        ``config`` (e.g. ``pipe.scheduler.config``) so the pipeline's own ``mu`` computation still works.
+
+        Raises:
+            ValueError: ``config`` sets ``invert_sigmas`` or ``stochastic_sampling`` (as ``diffusers_sigmas``
+                does), or the schedule does not end at t = 1.
+        """
         times = sched.times if isinstance(sched, Schedule) else as_times(sched, "times")
         carried = {k: config[k] for k in _CARRIED if config is not None and k in config}
         return cls(times=[float(t) for t in times], **carried)
@@ -158,7 +205,7 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         mu: float | None = None,
         timesteps: Sequence[float] | np.ndarray | torch.Tensor | None = None,
     ) -> None:
-        """Put ``timesteps`` (K,) and ``sigmas`` (K + 1,) on ``device`` and reset the step index.
+        """Put ``timesteps`` (K,) and ``sigmas`` (K + 1,) on ``device`` and reset the step and begin index.
 
         ``mu`` and the values of ``sigmas``/``timesteps`` are ignored by design (module docstring); their
         length, like ``num_inference_steps``, must be K.
@@ -183,59 +230,115 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         """The identity (flow matching does not scale the model input)."""
         return sample
 
-    def _index(self, timestep: float | torch.Tensor | None) -> int:
-        if self._step_index is not None:
-            return self._step_index
-        if self._begin_index is not None:
-            return self._begin_index
-        if timestep is None:
-            return 0
-        # Training-style use without a begin index: find the timestep (one host read, not in the loop).
-        value = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
-        hosts = self._timesteps_host
-        matches = [i for i, ts in enumerate(hosts) if abs(ts - value) <= 1e-3 * max(1.0, ts)]
-        if not matches:
-            raise ValueError(f"timestep {value} is not one of this schedule's timesteps {hosts}")
-        return matches[0]
+    def index_for_timestep(
+        self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None
+    ) -> int:
+        """The index of ``timestep`` in ``schedule_timesteps`` (default: ``self.timesteps``), compared in
+        their float32 as the stock scheduler does (with two matches, the second). One device read.
+
+        Raises:
+            ValueError: ``timestep`` is not on the schedule (the stock scheduler raises an IndexError).
+        """
+        if schedule_timesteps is None:
+            schedule_timesteps = self.timesteps
+        if isinstance(timestep, torch.Tensor):
+            timestep = timestep.to(schedule_timesteps.device)
+        indices = (schedule_timesteps == timestep).nonzero()
+        if len(indices) == 0:
+            value = timestep.tolist() if isinstance(timestep, torch.Tensor) else timestep
+            raise ValueError(
+                f"timestep {value} is not one of this schedule's timesteps {schedule_timesteps.tolist()}: "
+                "pass one of scheduler.timesteps"
+            )
+        return int(indices[1 if len(indices) > 1 else 0].item())
 
     def step(
         self,
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        *args: Any,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        generator: torch.Generator | None = None,
+        per_token_timesteps: torch.Tensor | None = None,
         return_dict: bool = True,
-        **kwargs: Any,
-    ) -> BossSchedulerOutput | tuple[torch.Tensor]:
+    ) -> FlowMatchEulerDiscreteSchedulerOutput | tuple[torch.Tensor]:
         """One Euler step from sigma_i to sigma_(i+1): ``sample + (sigma_(i+1) - sigma_i) * model_output``.
 
-        Computed in float32 and returned in ``model_output``'s dtype, as the stock scheduler does. The step
-        index starts at ``begin_index`` (0 when unset: no lookup of ``timestep``, so no device sync). Extra
-        positional and keyword arguments of the stock scheduler (``s_churn``, ``generator``, ...) are
-        accepted and ignored (the sampler is deterministic).
+        The stock scheduler's signature and arithmetic: ``sample`` upcast to float32, the result cast back to
+        ``model_output``'s dtype. The first step's index is ``begin_index`` when set, else the index of
+        ``timestep`` on the schedule (one device read; a timestep not on it raises ValueError). Later steps
+        count on from there and read nothing from the device.
+
+        ``per_token_timesteps`` (LTX-condition): each token (B, N) steps from its own sigma to the schedule's
+        next lower sigma, ``sample + (sigma_token - sigma_lower) * model_output``, kept in float32, as the
+        stock scheduler does. ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise`` and ``generator`` do not change
+        the stock scheduler's deterministic step either (and ``stochastic_sampling`` is refused at
+        construction), so they are accepted and unused.
+
+        Raises:
+            ValueError: an integer timestep (an index from ``enumerate``, as the stock scheduler refuses), a
+                timestep not on the schedule, or a step past the last.
         """
-        if self._step_index is None:
-            self._step_index = self._begin_index if self._begin_index is not None else 0
-        i = self._step_index
-        if i >= len(self._sigmas_host) - 1:
+        if _is_integer_timestep(timestep):
             raise ValueError(
-                f"step {i + 1} of a {len(self._sigmas_host) - 1}-step schedule: call set_timesteps to restart"
+                "integer timesteps (e.g. an index from enumerate(timesteps)) are not supported: pass one of "
+                "scheduler.timesteps as the timestep"
             )
-        dt = self._sigmas_host[i + 1] - self._sigmas_host[i]  # = t_i - t_(i+1), a host float
-        prev = torch.add(sample.to(torch.float32), model_output.to(torch.float32), alpha=dt)
+        if self._step_index is None:
+            begin = self._begin_index
+            self._step_index = begin if begin is not None else self.index_for_timestep(timestep)
+        i = self._step_index
+        if i >= len(self._dts):
+            k = len(self._dts)
+            raise ValueError(f"step {i + 1} of a {k}-step schedule: call set_timesteps to restart")
+        sample = sample.to(torch.float32)
+        if per_token_timesteps is not None:
+            prev = sample + self._per_token_dt(per_token_timesteps) * model_output
+        else:
+            prev = (sample + self._dts[i] * model_output).to(model_output.dtype)
         self._step_index = i + 1
-        prev = prev.to(model_output.dtype)
-        return BossSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def _per_token_dt(self, per_token_timesteps: torch.Tensor) -> torch.Tensor:
+        """(B, N, 1): each token's sigma minus the largest schedule sigma below it (the stock rule)."""
+        per_token_sigmas = per_token_timesteps / self.config.num_train_timesteps
+        sigmas = self.sigmas.to(per_token_sigmas.device)[:, None, None]
+        lower = (sigmas < per_token_sigmas[None] - 1e-6) * sigmas
+        return per_token_sigmas[..., None] - lower.max(dim=0).values[..., None]
 
     def scale_noise(
         self, sample: torch.Tensor, timestep: float | torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The forward process at the current (or begin) step's sigma, ``sigma * noise + (1 - sigma) *
-        sample`` (img2img). Without a step or begin index the timestep is looked up once."""
+        """The forward process ``sigma * noise + (1 - sigma) * sample`` (img2img, inpainting), in
+        ``sample``'s dtype, with one sigma per entry of ``timestep`` (B,) broadcast over the rest.
+
+        As the stock scheduler: without a begin index each timestep is looked up on the schedule (one device
+        read); with one, every sample takes the current step's sigma (after the first step) or the begin
+        index's (before).
+        """
         if noise is None:
             raise ValueError("scale_noise needs the noise tensor")
-        sigma = self._sigmas_host[self._index(timestep)]
+        sigmas = self.sigmas.to(device=sample.device, dtype=sample.dtype)
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1)
+        if self._begin_index is None:
+            schedule = self.timesteps.to(sample.device)
+            indices = [self.index_for_timestep(t, schedule) for t in timestep]
+        elif self._step_index is not None:
+            indices = [self._step_index] * len(timestep)
+        else:
+            indices = [self._begin_index] * len(timestep)
+        sigma = sigmas[indices].reshape(-1, *([1] * (sample.ndim - 1)))
         return sigma * noise + (1.0 - sigma) * sample
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: float | torch.Tensor
+    ) -> torch.Tensor:
+        """``scale_noise`` with ``add_noise``'s argument order, for pipelines that prefer it (Wan
+        video-to-video calls ``add_noise`` when a scheduler has it, else ``scale_noise``: the same result)."""
+        return self.scale_noise(original_samples, timesteps, noise)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
