@@ -225,7 +225,7 @@ class Sampler:
             (2B, ...) = [x; x] with t (2B,), and must return [v_uncond; v_cond] (it owns the conditioning,
             unconditional half first as in diffusers); the kernel combines v_u + w (v_c - v_u).
         record: None, "states" or "all": keep every state (and with "all" the combined Euler slope at each
-            state, as :class:`~boss_fast.trajectories.Trajectory` defines it) in static buffers; read them
+            state, as :class:`~boss_fast.ode.Trajectory` defines it) in static buffers; read them
             with :meth:`trajectory`. Costs (K + 1) (or 2K + 1) states of memory.
 
     Attributes:

@@ -297,7 +297,7 @@ def optimal_schedule(
             parameter's device and dtype when it is an ``nn.Module``, else CPU and torch's default dtype.
         backend: DP backend, see ``boss_fast.bellman``.
         discount: the DP's discount on later steps (GITS); 1.0 is BOSS.
-        progress, checkpoint, mode: as in ``boss_fast.cost.cost_matrix`` (mode: the teacher on a recording
+        progress, checkpoint, mode: as in :func:`cost_matrix` (mode: the teacher on a recording
             ``Sampler``, e.g. "cuda_graph").
 
     Returns:
