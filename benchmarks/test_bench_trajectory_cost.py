@@ -22,7 +22,7 @@ from benchmarks.baselines_cost import published_pair_loop_cost
 from boss_fast.cost import trajectory_cost
 from boss_fast.grids import uniform_grid
 from boss_fast.models import load_bundled
-from boss_fast.schedule import optimal_schedule
+from boss_fast.search import optimal_schedule
 from boss_fast.trajectories import seeded_noise, teacher_trajectory
 
 N_GRID, SAMPLES, DIMS = 101, 100, 3 * 32 * 32

@@ -6,30 +6,34 @@ Time runs from t = 0 (noise) to t = 1 (data); a velocity model is called as ``ve
 Stage 1 (Nguyen, Nguyen & Nguyen, ICLR 2024): teacher trajectories on a fine grid -> the cost of every
 one-step Euler jump -> the exact Bellman DP over it -> a K-step schedule.
 Stage 2: ``straighten`` fine-tunes the network for exactly those steps.
-Sampling: ``sample`` (the plain K-step Euler loop) and ``Sampler`` (static buffers, torch.compile, CUDA
-graphs, fused Triton kernels), which also runs the teacher (``mode=`` in ``teacher_trajectory`` and
-``cost_matrix``). Adapters to diffusers and flow_matching: ``boss_fast.integrations``.
+Sampling: ``sample`` (the plain K-step loop, :mod:`boss_fast.ode`) and ``Sampler`` (static buffers,
+torch.compile, CUDA graphs, fused Triton kernels), which also runs the teacher (``mode=`` in
+``teacher_trajectory`` and ``cost_matrix``). Adapters: ``boss_fast.integrations``.
+
+Modules are layered (each imports only from its own layer or below; checked by import-linter, see
+pyproject.toml): 0 ``_validation``, ``_backends``, ``_runtime``, ``_checkpoint``, ``grids``, ``bellman``;
+1 ``ode``; 2 ``kernels``, ``schedule``; 3 ``sampler``; 4 ``trajectories``; 5 ``cost``, ``search``,
+``straighten``; then the edge: ``integrations``, ``models``, ``metrics``, ``report``, ``demo``, ``cli``.
 """
 
 from boss_fast._backends import dp_backends
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
-from boss_fast.cost import cost_matrix, trajectory_cost, trajectory_cost_sums
+from boss_fast.cost import trajectory_cost, trajectory_cost_sums
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
+from boss_fast.ode import Trajectory, euler_update, ode_step, sample
 from boss_fast.sampler import Sampler
-from boss_fast.sampling import sample
-from boss_fast.schedule import Schedule, optimal_schedule, schedule_from_cost, schedules_from_cost
+from boss_fast.schedule import Schedule, schedule_from_cost, schedules_from_cost
+from boss_fast.search import cost_matrix, optimal_schedule
 from boss_fast.straighten import (
     StraighteningPairs,
     StraightenStats,
     merge_lora,
     straighten,
+    straighten_with_stats,
     straightening_pairs,
 )
 from boss_fast.trajectories import (
-    Trajectory,
-    euler_step,
     model_fingerprint,
-    ode_step,
     reference_solution,
     seeded_noise,
     teacher_trajectory,
@@ -49,7 +53,7 @@ __all__ = [
     "cost_matrix",
     "dp_backends",
     "edm_grid",
-    "euler_step",
+    "euler_update",
     "merge_lora",
     "model_fingerprint",
     "ode_step",
@@ -61,6 +65,7 @@ __all__ = [
     "seeded_noise",
     "shifted_grid",
     "straighten",
+    "straighten_with_stats",
     "straightening_pairs",
     "teacher_trajectory",
     "trajectory_cost",

@@ -1,4 +1,4 @@
-"""Boundary helpers shared by grids, trajectories, cost, schedule and sampling.
+"""Boundary helpers shared by every layer above (grids, ode, schedule, sampler, trajectories, cost, search).
 
 Every public function validates its inputs here, once, with a message that names the argument and the
 offending value; the kernels behind them assume valid input. Atomic file writes live here too because the
@@ -46,14 +46,20 @@ def check_teacher(solver: object, mode: object, mode_name: str = "mode") -> str:
     return solver
 
 
-def check_int(value: object, name: str, minimum: int = 1) -> int:
-    """Return ``value`` as a Python int >= ``minimum``; bools and floats are refused (TypeError)."""
+def check_int(value: object, name: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """Return ``value`` as a Python int in [``minimum``, ``maximum``] (no upper bound when None).
+
+    The package's one integer rule: a non-integer (bool, float, str, None) is a TypeError, an integer out of
+    range a ValueError.
+    """
     if isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
         k = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if maximum is not None and not minimum <= k <= maximum:
+        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {k}")
     if k < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {k}")
     return k
@@ -95,8 +101,7 @@ def as_times(times: object, name: str = "times") -> np.ndarray:
         raise ValueError(
             f"{name} must lie in [0, 1] (0 noise, 1 data); {name}[{out[0]}] = {arr[out[0]].item()!r}"
         )
-    steps = np.diff(arr)
-    flat = np.flatnonzero(steps <= 0.0)
+    flat = np.flatnonzero(np.diff(arr) <= 0.0)
     if flat.size:
         i = int(flat[0])
         raise ValueError(
@@ -104,6 +109,11 @@ def as_times(times: object, name: str = "times") -> np.ndarray:
             f"{name}[{i + 1}] = {arr[i + 1].item()!r} <= {name}[{i}] = {arr[i].item()!r}"
         )
     return arr
+
+
+def schedule_times(schedule: object, name: str = "schedule times") -> np.ndarray:
+    """The validated times of a ``Schedule`` (anything with a ``times`` attribute) or of a time grid."""
+    return as_times(getattr(schedule, "times", schedule), name)
 
 
 def check_noise(noise: object, name: str = "noise") -> torch.Tensor:

@@ -16,12 +16,12 @@ backtracking follows them and never compares floats. O(N^2 K) time, O(N K) memor
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
 from boss_fast._backends import dp_kernel
+from boss_fast._validation import check_int
 
 __all__ = ["BellmanPath", "bellman_path", "bellman_paths", "bellman_table_reference"]
 
@@ -99,18 +99,6 @@ def _as_cost(cost) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def _as_steps(steps, n: int, name: str) -> int:
-    if isinstance(steps, bool | np.bool_):
-        raise ValueError(f"{name} must be an integer, got {steps!r}")
-    try:
-        k = operator.index(steps)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {steps!r}") from None
-    if not 1 <= k <= n - 1:
-        raise ValueError(f"{name} must be in [1, N - 1] = [1, {n - 1}] for N = {n} grid points, got {k}")
-    return k
-
-
 def _as_discount(discount) -> float:
     try:
         d = float(discount)
@@ -124,7 +112,7 @@ def _as_discount(discount) -> float:
 def _solve(cost, max_steps, discount, backend: str, steps_name: str):
     c = _as_cost(cost)
     n = c.shape[0]
-    k = _as_steps(max_steps, n, steps_name)
+    k = check_int(max_steps, steps_name, 1, n - 1)  # TypeError: not an integer; ValueError: range
     d = _as_discount(discount)
     _, kernel = dp_kernel(backend)
     value, nxt, bad_row = kernel(c, k, d)

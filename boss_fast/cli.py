@@ -11,8 +11,18 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
-from boss_fast.models._io import WeightsFileError
+from boss_fast._validation import atomic_write
+from boss_fast.bellman import bellman_paths
+from boss_fast.demo import DemoConfig, run_demo
+from boss_fast.models import WeightsFileError, load_bundled, save_weights
+from boss_fast.report import save_sample_grid
+from boss_fast.sampler import Sampler
+from boss_fast.schedule import Schedule
+from boss_fast.search import optimal_schedule
+from boss_fast.straighten import straighten_with_stats
+from boss_fast.trajectories import seeded_noise
 
 # The shape of one sample of each bundled velocity model (the classifier is not a velocity model).
 BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,)}
@@ -36,8 +46,6 @@ def _load_velocity(spec: str):
             f"boss-fast: unknown model {spec!r}; "
             f"use a bundled one ({', '.join(BUNDLED_SHAPES)}) or module:attr"
         )
-    from boss_fast.models import load_bundled
-
     return load_bundled(spec), BUNDLED_SHAPES[spec]
 
 
@@ -54,8 +62,6 @@ def _shape(text: str | None, default: tuple[int, ...] | None) -> tuple[int, ...]
 
 
 def _cmd_demo(args) -> None:
-    from boss_fast.demo import DemoConfig, run_demo
-
     run_demo(
         DemoConfig(
             out=args.out,
@@ -75,8 +81,6 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_schedule(args) -> None:
-    from boss_fast.schedule import optimal_schedule
-
     velocity, default_shape = _load_velocity(args.model)
     sched = optimal_schedule(
         velocity,
@@ -99,19 +103,13 @@ def _cmd_schedule(args) -> None:
 
 
 def _cmd_straighten(args) -> None:
-    import torch
-
-    from boss_fast.models import save_weights
-    from boss_fast.schedule import Schedule
-    from boss_fast.straighten import straighten
-
     velocity, default_shape = _load_velocity(args.model)
     if not isinstance(velocity, torch.nn.Module) or not any(
         p.is_floating_point() for p in velocity.parameters()
     ):
         raise SystemExit(f"boss-fast: {args.model!r} has no trainable weights to straighten")
     sched = Schedule.load(args.schedule)
-    student, stats = straighten(
+    student, stats = straighten_with_stats(
         velocity,
         sched,
         num_pairs=args.num_pairs,
@@ -131,7 +129,6 @@ def _cmd_straighten(args) -> None:
         progress=not args.no_progress,
         shape=_shape(args.shape, default_shape),
         cache_dir=args.cache_dir,
-        return_stats=True,
     )
     config = student.config() if callable(getattr(student, "config", None)) else {}
     name = args.model if ":" not in args.model else args.model.replace(":", ".")
@@ -144,16 +141,7 @@ def _cmd_straighten(args) -> None:
 
 
 def _cmd_sample(args) -> None:
-    import torch
-
-    from boss_fast._validation import atomic_write
-    from boss_fast.sampler import Sampler
-    from boss_fast.schedule import Schedule
-    from boss_fast.trajectories import seeded_noise
-
     if args.weights is not None:
-        from boss_fast.models import load_bundled
-
         if args.model not in BUNDLED_SHAPES:
             raise SystemExit("boss-fast: --weights loads a bundled model's architecture (e.g. digits_dit)")
         velocity, default_shape = load_bundled(args.model, weights=args.weights), BUNDLED_SHAPES[args.model]
@@ -169,8 +157,6 @@ def _cmd_sample(args) -> None:
     atomic_write(args.out, lambda f: np.save(f, x.numpy()))
     print(f"{args.num} samples after {sched.steps} steps written to {args.out} (shape {tuple(x.shape)})")
     if args.png:
-        from boss_fast.report import save_sample_grid
-
         if x.ndim != 4:
             raise SystemExit("boss-fast: --png needs image samples (B, C, H, W)")
         save_sample_grid({f"{sched.steps} steps": x[:16, :1].numpy()}, args.png)
@@ -178,14 +164,12 @@ def _cmd_sample(args) -> None:
 
 
 def _cmd_dp_example(args) -> None:
-    import boss_fast as bf
-
     t = np.linspace(0.0, 1.0, args.grid + 1)
     # A cost with BOSS's typical shape: jumps are cheap in the middle of the trajectory, dear at both ends.
     curvature = 1.0 / (t * (1 - t) + 0.02)
     density = np.cumsum(np.r_[0.0, 0.5 * (curvature[1:] + curvature[:-1]) * np.diff(t)])
     cost = np.triu(np.subtract.outer(density, density) ** 2, 1)
-    for p in bf.bellman_paths(cost, args.max_steps):
+    for p in bellman_paths(cost, args.max_steps):
         print(f"{p.steps:3d} steps  cost {p.cost:10.4g}  times {np.array2string(t[p.indices], precision=3)}")
 
 
@@ -223,7 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--no-progress", action="store_true")
     sched.add_argument("--out", required=True, help="schedule JSON to write")
     sched.set_defaults(func=_cmd_schedule)
+    _add_straighten_parser(sub)
+    _add_sample_parser(sub)
 
+    ex = sub.add_parser("dp-example", help="solve the DP on an example cost matrix and print every schedule")
+    ex.add_argument("--grid", type=int, default=100)
+    ex.add_argument("--max-steps", type=int, default=10)
+    ex.set_defaults(func=_cmd_dp_example)
+    return parser
+
+
+def _add_straighten_parser(sub) -> None:
     st = sub.add_parser("straighten", help="fine-tune a model for a schedule's steps (BOSS stage 2)")
     st.add_argument("--model", required=True, help=f"bundled ({', '.join(BUNDLED_SHAPES)}) or module:attr")
     st.add_argument("--schedule", required=True, help="schedule JSON (boss-fast schedule)")
@@ -248,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", required=True, help="straightened weights (.safetensors)")
     st.set_defaults(func=_cmd_straighten)
 
+
+def _add_sample_parser(sub) -> None:
     smp = sub.add_parser("sample", help="few-step samples with a schedule JSON")
     smp.add_argument("--model", required=True)
     smp.add_argument("--schedule", required=True)
@@ -265,12 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     smp.add_argument("--device", default=None, help="e.g. cuda (default: the model's device)")
     smp.set_defaults(func=_cmd_sample)
-
-    ex = sub.add_parser("dp-example", help="solve the DP on an example cost matrix and print every schedule")
-    ex.add_argument("--grid", type=int, default=100)
-    ex.add_argument("--max-steps", type=int, default=10)
-    ex.set_defaults(func=_cmd_dp_example)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

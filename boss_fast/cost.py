@@ -24,34 +24,22 @@ trajectory is read once; the rest is O(N^2) cumulative sums, each accumulated ou
 every partial sum is of the size of the entries it adds. The result matches the direct float64 definition
 to a few ulps relative on every entry, including the near-diagonal ones (tests/test_cost.py).
 
-``cost_matrix`` streams noise batches through the teacher and accumulates per-batch SUMS over samples
-(float64) and a count; one process, a resumed process and a torchrun job reduce the same (sum, count).
+Pure maths on given trajectories: :func:`trajectory_cost_sums` returns per-batch SUMS over samples (float64)
+and a count, which :func:`boss_fast.search.cost_matrix` streams and reduces (one process, a resumed process
+and a torchrun job reduce the same (sum, count)).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from boss_fast._validation import (
-    METRICS,
-    as_times,
-    atomic_write,
-    check_choice,
-    check_int,
-    check_noise,
-    check_teacher,
-)
-from boss_fast.trajectories import Trajectory, VelocityFn, model_fingerprint, teacher_trajectory
+from boss_fast._validation import METRICS, as_times, check_choice
 
-__all__ = ["cost_matrix", "trajectory_cost", "trajectory_cost_sums"]
+__all__ = ["trajectory_cost", "trajectory_cost_sums"]
 
 # float64 working set of one feature tile (states, velocities and the basis). Measured on the 2-core dev
 # box at 101 x 307,200 (float32 in): 1 MiB 0.30 s, 2 MiB 0.22 s, 4 MiB 0.20 s, 8 MiB 0.19 s, 16+ MiB no
@@ -61,9 +49,6 @@ _CHUNK_BYTES = 8 << 20
 _PAIR_BYTES = 256 << 20
 # Row panels of the symmetric Gram product (see _basis_grams).
 _PANELS = 4
-
-CHECKPOINT_FORMAT = "boss_fast.cost_checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -75,7 +60,7 @@ def _basis_grams(
     """Gram matrices of the small basis delta_0..delta_{K-1}, w_0..w_{K-2}, for each of b groups.
 
     Args:
-        states: (N, b, D) any floating dtype; velocities: (K, b, D) with K = N - 1; h: (K,) float64 steps.
+        states: (N, b, D) any floating dtype; velocities: (K, b, D), K = N - 1; h: (K,) float64 step sizes.
 
     Returns:
         float64 views on the states' device: <delta, delta> (b, K, K), <delta, w> (b, K, K - 1) and
@@ -274,221 +259,3 @@ def trajectory_cost(
     """
     sums, count = trajectory_cost_sums(states, velocities, times, metric)
     return sums / count
-
-
-# ------------------------------------------------------------------------------- streaming, checkpoint
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_reduce_sums(sums: np.ndarray, count: int) -> tuple[np.ndarray, int]:
-    """Sum (sums, count) over the default process group in float64 (NCCL needs the tensor on CUDA)."""
-    dist = torch.distributed
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    packed = torch.from_numpy(np.append(sums.ravel(), float(count))).to(device)  # counts < 2**53: exact
-    dist.all_reduce(packed)
-    flat = packed.cpu().numpy()
-    return flat[:-1].reshape(sums.shape).copy(), int(round(flat[-1]))
-
-
-def _rank_path(path: str, rank: int, world: int) -> str:
-    if world == 1:
-        return path
-    root, ext = os.path.splitext(path)
-    return f"{root}.rank{rank}-of-{world}{ext}"
-
-
-def _noise_digest(noise: torch.Tensor) -> str:
-    data = noise.detach().contiguous().reshape(-1).cpu().view(torch.uint8).numpy()
-    return "sha256:" + hashlib.sha256(data.tobytes()).hexdigest()[:16]
-
-
-def _save_checkpoint(path: str, header: dict[str, object], sums: np.ndarray, count: int, done: int) -> None:
-    arrays = {key: np.asarray(value) for key, value in header.items()}
-    arrays.update(sums=sums, count=np.int64(count), batches_done=np.int64(done))
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _load_checkpoint(path: str, header: dict[str, object]) -> tuple[np.ndarray, int, int]:
-    """Read a checkpoint written by ``_save_checkpoint`` and check it belongs to this run."""
-    try:
-        # Open the file ourselves: np.load(path) leaks its handle when the zip is corrupt.
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-            stored = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(
-            f"cost checkpoint {path} is unreadable (corrupted or not a checkpoint): {err}"
-        ) from None
-    if str(stored.get("format", "")) != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a boss_fast cost checkpoint (format {stored.get('format')!r})")
-    for key, expected in header.items():
-        if key not in stored:
-            raise ValueError(f"cost checkpoint {path} lacks {key!r}; delete it or pass another path")
-        if not np.array_equal(stored[key], np.asarray(expected)):
-            got = stored[key].tolist()
-            raise ValueError(
-                f"cost checkpoint {path} was written for a different run: {key} = {got!r} there, "
-                f"{np.asarray(expected).tolist()!r} here; delete it or pass another checkpoint path"
-            )
-    sums = stored["sums"]
-    if sums.shape != (len(header["times"]),) * 2 or sums.dtype != np.float64:  # type: ignore[arg-type]
-        raise ValueError(f"cost checkpoint {path} holds sums of shape {sums.shape}, dtype {sums.dtype}")
-    return sums.copy(), int(stored["count"]), int(stored["batches_done"])
-
-
-def _accumulate_cost(
-    velocity: VelocityFn,
-    make_batch: Callable[[int, int], torch.Tensor],
-    num_samples: int,
-    times: np.ndarray,
-    *,
-    batch_size: int,
-    solver: str,
-    metric: str,
-    device: torch.device | str | None,
-    progress: bool,
-    checkpoint: str | os.PathLike | None,
-    identity: dict[str, str],
-    mode: str | None = None,
-) -> np.ndarray:
-    """Stream ``num_samples`` noises through the teacher in batches and reduce the cost (sum, count).
-
-    ``make_batch(start, stop)`` returns noises start .. stop - 1. Under torch.distributed, rank r of W runs
-    batches r, r + W, ...; each rank checkpoints its own share to ``<root>.rank{r}-of-{W}<ext>``. Assumes
-    validated arguments. ``identity`` (noise digest, dtype, ...) goes into the checkpoint header. With a
-    ``mode``, the teacher runs on one recording ``Sampler`` per batch shape, built once and replayed.
-    """
-    rank, world = _dist_rank_world()
-    num_batches = -(-num_samples // batch_size)
-    mine = list(range(rank, num_batches, world))
-    n = len(times)
-    sums, count, done = np.zeros((n, n)), 0, 0
-    path = None
-    header: dict[str, object] = {}
-    if checkpoint is not None:
-        path = _rank_path(os.fspath(checkpoint), rank, world)
-        model = model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else ""
-        header = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "times": times,
-            "metric": metric,
-            "solver": solver,
-            "num_samples": num_samples,
-            "batch_size": batch_size,
-            "rank": rank,
-            "world_size": world,
-            "model": model,
-            **identity,
-        }
-        if os.path.exists(path):
-            sums, count, done = _load_checkpoint(path, header)
-    bar = tqdm(
-        total=len(mine), initial=done, disable=not progress or rank != 0, desc="cost matrix", unit="batch"
-    )
-    samplers: dict[tuple, object] = {}
-
-    def teacher(noise: torch.Tensor) -> Trajectory:
-        if mode is None:
-            return teacher_trajectory(velocity, noise, times, solver)
-        key = (tuple(noise.shape), noise.dtype, noise.device)
-        if key not in samplers:
-            from boss_fast.sampler import Sampler  # the sampler builds on the trajectories module
-
-            b, dtype, dev = noise.shape[0], noise.dtype, noise.device
-            samplers[key] = Sampler(velocity, times, mode, b, dtype, dev, solver=solver, record="all")
-        return samplers[key].trajectory(noise, check_finite=True)
-
-    with bar:
-        for b in mine[done:]:
-            noise = make_batch(b * batch_size, min((b + 1) * batch_size, num_samples))
-            if device is not None:
-                noise = noise.to(device)
-            traj = teacher(noise)
-            sums += _cost_sums_kernel(traj.states, traj.velocities, times, metric)  # type: ignore[arg-type]
-            count += noise.shape[0]
-            done += 1
-            del traj  # free this batch's trajectory before the next one is allocated
-            if path is not None:
-                _save_checkpoint(path, header, sums, count, done)
-            bar.update(1)
-    if world > 1:
-        sums, count = _all_reduce_sums(sums, count)
-    return sums / count
-
-
-def cost_matrix(
-    velocity: VelocityFn,
-    noise: torch.Tensor,
-    times: Sequence[float] | np.ndarray | torch.Tensor,
-    batch_size: int = 256,
-    solver: str = "euler",
-    metric: str = "l2sq",
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    checkpoint: str | os.PathLike | None = None,
-    *,
-    mode: str | None = None,
-) -> np.ndarray:
-    """The BOSS cost matrix of a velocity model, averaged over ``noise``, (N, N) float64 numpy.
-
-    Runs the teacher (``teacher_trajectory``) on ``times`` for batches of ``batch_size`` noises and reduces
-    per-batch sums (``trajectory_cost_sums``): memory is one batch's trajectory whatever the number of
-    samples. The result depends on the batching only through float64 summation order.
-
-    Args:
-        velocity: ``velocity(x, t)`` (t = 0 noise, t = 1 data), already on ``device``.
-        noise: (M, ...) floating tensor, the M teacher start points (reference: M = 100 Gaussian noises).
-        times: (N,) strictly increasing grid in [0, 1] (e.g. ``uniform_grid(100)``).
-        batch_size: samples per teacher batch, >= 1.
-        solver: teacher solver, "euler" (reference), "heun", "rk4" or "dopri5" (torchdiffeq at its default
-            tolerances, ``teacher_trajectory``; mode=None only).
-        metric: "l2sq" (BOSS) or "l2" (GITS).
-        device: where the teacher runs (batches of noise are moved there); None keeps the noise's device.
-        progress: show a tqdm bar over batches (rank 0 only).
-        checkpoint: path of a ``.npz`` rewritten atomically after every batch with the partial (sum, count),
-            the batch index and a header (grid, metric, solver, sample count, batch size, noise digest and
-            the model's fingerprint when it is an ``nn.Module``). Rerunning with the same path resumes and
-            returns what an uninterrupted run returns, bit for bit; a checkpoint of another run is refused
-            (ValueError). The finished checkpoint is kept, so a rerun returns at once. Under
-            torch.distributed each rank writes ``<root>.rank{r}-of-{W}<ext>``.
-        mode: None runs ``teacher_trajectory``'s plain loop; "eager", "compile", "cuda_graph" or "auto"
-            runs the teacher on a recording :class:`boss_fast.sampler.Sampler`, built once per batch shape
-            and replayed for every batch (on CUDA, "cuda_graph" captures the whole grid as one graph).
-
-    Under torch.distributed (initialised process group), rank r of W runs batches r, r + W, ..., the
-    float64 (sum, count) are all-reduced and every rank returns the same matrix.
-    """
-    noise = check_noise(noise)
-    t = as_times(times)
-    batch_size = check_int(batch_size, "batch_size")
-    solver = check_teacher(solver, mode)
-    metric = check_choice(metric, METRICS, "metric")
-    identity = {}
-    if checkpoint is not None:
-        identity = {
-            "noise": _noise_digest(noise),
-            "sample_shape": str(tuple(noise.shape[1:])),
-            "dtype": str(noise.dtype),
-        }
-    return _accumulate_cost(
-        velocity,
-        lambda start, stop: noise[start:stop],
-        noise.shape[0],
-        t,
-        batch_size=batch_size,
-        solver=solver,
-        metric=metric,
-        device=device,
-        progress=progress,
-        checkpoint=checkpoint,
-        identity=identity,
-        mode=mode,
-    )

@@ -20,12 +20,12 @@ from tqdm.auto import tqdm
 
 from boss_fast import report
 from boss_fast._validation import atomic_write
-from boss_fast.cost import cost_matrix
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
 from boss_fast.metrics import digits_fd, endpoint_rmse
 from boss_fast.models import load_bundled
-from boss_fast.sampling import sample
+from boss_fast.ode import sample
 from boss_fast.schedule import schedules_from_cost
+from boss_fast.search import cost_matrix
 from boss_fast.straighten import straighten
 from boss_fast.trajectories import model_fingerprint, seeded_noise
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from boss_fast._validation import as_times, check_float, check_int
 
-__all__ = ["edm_grid", "shifted_grid", "uniform_grid"]
+__all__ = ["edm_grid", "resolve_grid", "shifted_grid", "uniform_grid"]
 
 
 def uniform_grid(n: int, t_min: float = 0.0, t_max: float = 1.0) -> np.ndarray:
@@ -79,3 +79,10 @@ def edm_grid(n: int, rho: float = 7.0, sigma_min: float = 0.002, sigma_max: floa
     sigmas = (hi ** (1.0 / rho) + ramp * (lo ** (1.0 / rho) - hi ** (1.0 / rho))) ** rho
     t = np.concatenate(([0.0], 1.0 / (1.0 + sigmas), [1.0]))
     return as_times(t, name="edm_grid")
+
+
+def resolve_grid(grid: object, name: str = "grid") -> np.ndarray:
+    """An int n means ``uniform_grid(n)``; anything else is explicit grid times, validated (``as_times``)."""
+    if isinstance(grid, int | np.integer) and not isinstance(grid, bool | np.bool_):
+        return uniform_grid(int(grid))
+    return as_times(grid, name)

@@ -11,6 +11,8 @@ import functools
 import numpy as np
 import torch
 
+from boss_fast.models import digits, load_bundled
+
 __all__ = ["frechet_distance", "gaussian_frechet_distance", "endpoint_rmse", "digits_features", "digits_fd"]
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -117,8 +119,6 @@ def endpoint_rmse(x: ArrayLike, ref: ArrayLike) -> float:
 
 @functools.lru_cache(maxsize=1)
 def _classifier() -> torch.nn.Module:
-    from boss_fast.models import load_bundled
-
     return load_bundled("digits_classifier", device="cpu", dtype=torch.float32)
 
 
@@ -164,7 +164,5 @@ def digits_fd(samples: ArrayLike, reference: ArrayLike | None = None) -> float:
         compare values computed with the same N.
     """
     if reference is None:
-        from boss_fast.models.data import digits
-
         reference = digits("test")[0]
     return frechet_distance(digits_features(samples), digits_features(reference))

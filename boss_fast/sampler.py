@@ -1,6 +1,6 @@
 """``Sampler``: the low-latency K-step Euler sampler (static buffers, baked schedule, compile, CUDA graphs).
 
-``Sampler(model, schedule)(noise)`` equals ``boss_fast.sampling.sample(model, noise, schedule)`` up to the
+``Sampler(model, schedule)(noise)`` equals ``boss_fast.ode.sample(model, noise, schedule)`` up to the
 storage dtype's rounding, but is built for latency:
 
 - one static state buffer (B, ...) allocated once; the noise is copied in, K Euler steps update it in place,
@@ -14,11 +14,16 @@ storage dtype's rounding, but is built for latency:
   faster of compile and eager *measured* when the buffers are built (``timings`` keeps the figures).
 
 The same machinery integrates teacher trajectories: ``solver`` "heun" or "rk4" runs those fixed-step methods
-(the stages of :func:`boss_fast.trajectories.ode_step`, on the same preallocated time tensors), and
+(the stages of :data:`boss_fast.ode.FIXED_STEP_METHODS`, on preallocated time tensors), and
 ``record="states"`` or ``"all"`` keeps every state (and Euler slope) in static (K + 1, B, ...) buffers that
 :meth:`Sampler.trajectory` returns; :func:`boss_fast.trajectories.teacher_trajectory` takes ``mode=`` and
 runs on a recording sampler. ``guidance=w`` evaluates the model on a doubled batch (unconditional half first,
 diffusers' order) and combines ``v_u + w (v_c - v_u)`` inside the Euler kernel.
+
+The pieces: :func:`resolve_config` turns the constructor's arguments into one frozen :class:`SamplerConfig`
+(every check and default in one place); ``_build`` allocates the static buffers; ``_loop`` is the hot
+function; the eager, compiled and CUDA-graph runners (``_eager_runner``, ``_compiled_runner``,
+``_cuda_graph_runner``) each wrap it, and "auto" measures between them (``_auto_mode``).
 
 Models that opt in to the fused-head protocol (:class:`FusedHeadModel`, e.g. the bundled DiT) run as
 ``trunk`` + one :func:`boss_fast.kernels.linear_euler` per step, the head's GEMM with the Euler update in its
@@ -44,24 +49,26 @@ import torch
 from torch import nn
 
 from boss_fast._backends import kernel_backend
+from boss_fast._runtime import module_placement
 from boss_fast._validation import (
-    as_times,
+    STEP_SOLVERS,
     check_choice,
     check_float,
     check_int,
     check_noise,
     check_velocity_output,
+    schedule_times,
 )
 from boss_fast.kernels.euler_step import euler_step_forward
 from boss_fast.kernels.linear_euler import linear_euler_forward
+from boss_fast.ode import FIXED_STEP_METHODS, FixedStepMethod, Trajectory, first_nonfinite_step, stage_times
 from boss_fast.schedule import Schedule
-from boss_fast.trajectories import Trajectory, _first_nonfinite_step
 
-__all__ = ["SAMPLER_MODES", "SAMPLER_SOLVERS", "FusedHeadModel", "Sampler"]
+__all__ = ["SAMPLER_MODES", "SAMPLER_SOLVERS", "FusedHeadModel", "Sampler", "SamplerConfig", "resolve_config"]
 
 SAMPLER_MODES: tuple[str, ...] = ("auto", "eager", "compile", "cuda_graph")
-# The fixed-step methods of boss_fast.trajectories.ode_step, stage for stage.
-SAMPLER_SOLVERS: tuple[str, ...] = ("euler", "heun", "rk4")
+# The fixed-step methods of boss_fast.ode.FIXED_STEP_METHODS, stage for stage.
+SAMPLER_SOLVERS: tuple[str, ...] = STEP_SOLVERS
 _RECORD = (None, "states", "all")
 
 _loop_ids = itertools.count()
@@ -108,10 +115,93 @@ def _fused_head(model: object) -> _Head | None:
     )
 
 
-def _first_parameter(model: object) -> torch.Tensor | None:
-    if isinstance(model, nn.Module):
-        return next(iter(model.parameters()), None)
-    return None
+@dataclass(frozen=True)
+class SamplerConfig:
+    """A sampler's resolved configuration (see :class:`Sampler` for the meaning of each field)."""
+
+    times: np.ndarray
+    mode: str
+    solver: str
+    guidance: float | None
+    record: str | None
+    device: torch.device
+    dtype: torch.dtype
+    batch_size: int | None
+    backend: str
+    head: _Head | None  # the model's fused-head pieces when it opts in, used or not
+    fused: bool
+
+    @property
+    def method(self) -> FixedStepMethod:
+        return FIXED_STEP_METHODS[self.solver]
+
+
+def _placement(
+    model: object, dtype: torch.dtype | None, device: torch.device | str | None, mode: str
+) -> tuple[torch.device, torch.dtype]:
+    model_device, model_dtype = module_placement(model)
+    device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
+    dtype = dtype if dtype is not None else (model_dtype or torch.float32)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if mode == "cuda_graph" and device.type != "cuda":
+        raise ValueError(
+            f"mode 'cuda_graph' captures a CUDA graph and needs a CUDA device; this sampler's device is "
+            f"{device} (use 'compile', 'eager' or 'auto')"
+        )
+    return device, dtype
+
+
+def _use_fused(
+    model: object, head: _Head | None, fused: bool | None, backend: str, solver: str, guidance, record
+) -> bool:
+    # The fused kernel is one Euler step from the head's output: no stages, no doubled batch, and the
+    # velocity it never materialises cannot be recorded.
+    plain = solver == "euler" and guidance is None and record != "all"
+    if fused is None:
+        return head is not None and plain and backend == "triton"
+    if fused and head is None:
+        raise ValueError(
+            "fused=True needs a model with the fused-head protocol (fused_head = True, trunk(x, t), a "
+            f"Linear head, patch_size, sample_shape; see FusedHeadModel); {type(model).__name__} has not"
+        )
+    if fused and not plain:
+        raise ValueError(
+            "fused=True runs one Euler step from the head's output: it takes solver='euler', no guidance "
+            f"and record other than 'all' (got solver={solver!r}, guidance={guidance!r}, record={record!r})"
+        )
+    return bool(fused)
+
+
+def resolve_config(
+    model: object,
+    sched: Schedule | Sequence[float] | np.ndarray | torch.Tensor,
+    mode: str = "auto",
+    batch_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    *,
+    fused: bool | None = None,
+    backend: str = "auto",
+    solver: str = "euler",
+    guidance: float | None = None,
+    record: str | None = None,
+) -> SamplerConfig:
+    """Check :class:`Sampler`'s arguments and fill in every default, in one place (same signature)."""
+    if not callable(model):
+        raise TypeError(f"model must be callable as velocity(x, t), got {type(model).__name__}")
+    times = schedule_times(sched)
+    mode = check_choice(mode, SAMPLER_MODES, "mode")
+    solver = check_choice(solver, SAMPLER_SOLVERS, "solver")
+    guidance = None if guidance is None else check_float(guidance, "guidance")
+    if record not in _RECORD:
+        raise ValueError(f"unknown record {record!r}; expected None, 'states' or 'all'")
+    device, dtype = _placement(model, dtype, device, mode)
+    batch_size = None if batch_size is None else check_int(batch_size, "batch_size")
+    backend = kernel_backend(backend, device, dtype)
+    head = _fused_head(model)
+    use = _use_fused(model, head, fused, backend, solver, guidance, record)
+    return SamplerConfig(times, mode, solver, guidance, record, device, dtype, batch_size, backend, head, use)
 
 
 class Sampler:
@@ -130,12 +220,12 @@ class Sampler:
         backend: kernel backend for the Euler update, "auto", "triton" or "torch"
             (:func:`boss_fast._backends.kernel_backend`).
         solver: "euler" (the few-step sampler), "heun" or "rk4" (teacher trajectories; 2 and 4 model
-            evaluations per step, the stages of :func:`boss_fast.trajectories.ode_step`).
+            evaluations per step, the stages of :func:`boss_fast.ode.ode_step`).
         guidance: classifier-free guidance weight w, or None. The model is then called on a doubled batch
             (2B, ...) = [x; x] with t (2B,), and must return [v_uncond; v_cond] (it owns the conditioning,
             unconditional half first as in diffusers); the kernel combines v_u + w (v_c - v_u).
         record: None, "states" or "all": keep every state (and with "all" the combined Euler slope at each
-            state, as :class:`~boss_fast.trajectories.Trajectory` defines it) in static buffers; read them
+            state, as :class:`~boss_fast.ode.Trajectory` defines it) in static buffers; read them
             with :meth:`trajectory`. Costs (K + 1) (or 2K + 1) states of memory.
 
     Attributes:
@@ -172,55 +262,37 @@ class Sampler:
         guidance: float | None = None,
         record: str | None = None,
     ) -> None:
-        if not callable(model):
-            raise TypeError(f"model must be callable as velocity(x, t), got {type(model).__name__}")
+        config = resolve_config(
+            model,
+            sched,
+            mode,
+            batch_size,
+            dtype,
+            device,
+            fused=fused,
+            backend=backend,
+            solver=solver,
+            guidance=guidance,
+            record=record,
+        )
         self.model = model
-        self.times = as_times(sched.times if isinstance(sched, Schedule) else sched, "schedule times")
+        self.config = config
+        self.times, self.mode, self.solver = config.times, config.mode, config.solver
+        self.guidance, self.record, self.device, self.dtype = (
+            config.guidance,
+            config.record,
+            config.device,
+            config.dtype,
+        )
+        self.batch_size, self.backend, self.fused = config.batch_size, config.backend, config.fused
         hosts = self.times.tolist()  # Python floats, baked into every launch
         self._t_hosts: list[float] = hosts[:-1]
-        self._steps: list[float] = [t1 - t0 for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True)]
-        self.mode = check_choice(mode, SAMPLER_MODES, "mode")
-        self.solver = check_choice(solver, SAMPLER_SOLVERS, "solver")
-        self.guidance = None if guidance is None else check_float(guidance, "guidance")
-        if record not in _RECORD:
-            raise ValueError(f"unknown record {record!r}; expected None, 'states' or 'all'")
-        self.record = record
-        param = _first_parameter(model)
-        self.device = (
-            torch.device(device)
-            if device is not None
-            else (param.device if param is not None else torch.device("cpu"))
+        self._step_sizes: list[float] = [t1 - t0 for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True)]
+        self._method = config.method
+        self._head = config.head if config.fused else None
+        self.sample_shape: tuple[int, ...] | None = (
+            config.head.sample_shape if config.head is not None else None
         )
-        self.dtype = dtype if dtype is not None else (param.dtype if param is not None else torch.float32)
-        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch.dtype, got {self.dtype!r}")
-        if self.mode == "cuda_graph" and self.device.type != "cuda":
-            raise ValueError(
-                f"mode 'cuda_graph' captures a CUDA graph and needs a CUDA device; this sampler's device is "
-                f"{self.device} (use 'compile', 'eager' or 'auto')"
-            )
-        self.batch_size = None if batch_size is None else check_int(batch_size, "batch_size")
-        self.backend = kernel_backend(backend, self.device, self.dtype)
-        head = _fused_head(model)
-        # The fused kernel is one Euler step from the head's output: no stages, no doubled batch, and the
-        # velocity it never materialises cannot be recorded.
-        plain = self.solver == "euler" and self.guidance is None and self.record != "all"
-        if fused is None:
-            fused = head is not None and plain and self.backend == "triton"
-        elif fused and head is None:
-            raise ValueError(
-                "fused=True needs a model with the fused-head protocol (fused_head = True, trunk(x, t), a "
-                f"Linear head, patch_size, sample_shape; see FusedHeadModel); {type(model).__name__} has not"
-            )
-        elif fused and not plain:
-            raise ValueError(
-                "fused=True runs one Euler step from the head's output: it takes solver='euler', no guidance "
-                f"and record other than 'all' (got solver={self.solver!r}, guidance={self.guidance!r}, "
-                f"record={self.record!r})"
-            )
-        self.fused = bool(fused)
-        self._head = head if self.fused else None
-        self.sample_shape: tuple[int, ...] | None = head.sample_shape if head is not None else None
         self.resolved_mode: str | None = None
         self.compile_seconds: float | None = None
         self.timings: dict[str, float] = {}
@@ -240,7 +312,7 @@ class Sampler:
     @property
     def num_steps(self) -> int:
         """K, the number of Euler steps (= model evaluations) per call."""
-        return len(self._steps)
+        return len(self._step_sizes)
 
     # -- the hot loop -------------------------------------------------------------------------------------
 
@@ -257,10 +329,11 @@ class Sampler:
         """K steps on the static buffers (``x`` is the state, or the recorded states): host floats only, no
         sync, and no tensor created here beyond the stages' arithmetic (the model's activations aside).
 
-        Stage for stage :func:`boss_fast.trajectories.ode_step`, so eager on the torch backend reproduces the
-        teacher bit for bit."""
+        Stage for stage :func:`boss_fast.ode.ode_step` (the same table entry), so eager on the torch backend
+        reproduces the teacher bit for bit."""
         head, backend, g, b = self._head, self.backend, self.guidance, self.batch_size
-        for i, h in enumerate(self._steps):
+        fractions, combine = self._method.fractions, self._method.combine
+        for i, h in enumerate(self._step_sizes):
             src, dst, ts = self._src[i], self._dst[i], self._stage_t[i]
             if head is not None:
                 features = head.trunk(src, ts[0])
@@ -274,21 +347,11 @@ class Sampler:
                     self._velocities[i].copy_(k1)
                 else:
                     torch.lerp(k1[:b], k1[b:], g, out=self._velocities[i])
-            if self.solver == "euler":
-                slope = k1
-            elif self.solver == "heun":
-                k2 = self._velocity(euler_step_forward(src, k1, h, g, backend, out=self._scratch), ts[1])
-                slope = (k1 + k2) * 0.5
-            else:
-                k2 = self._velocity(
-                    euler_step_forward(src, k1, 0.5 * h, g, backend, out=self._scratch), ts[1]
-                )
-                k3 = self._velocity(
-                    euler_step_forward(src, k2, 0.5 * h, g, backend, out=self._scratch), ts[1]
-                )
-                k4 = self._velocity(euler_step_forward(src, k3, h, g, backend, out=self._scratch), ts[2])
-                slope = (k1 + 2.0 * (k2 + k3) + k4) * (1.0 / 6.0)
-            euler_step_forward(src, slope, h, g, backend, out=dst)
+            slopes = [k1]
+            for s, c in enumerate(fractions, start=1):
+                stage = euler_step_forward(src, slopes[-1], c * h, g, backend, out=self._scratch)
+                slopes.append(self._velocity(stage, ts[s]))
+            euler_step_forward(src, combine(slopes), h, g, backend, out=dst)
         return x
 
     # -- building -----------------------------------------------------------------------------------------
@@ -323,90 +386,56 @@ class Sampler:
             return cache[t]
 
         hosts = self.times.tolist()
-        for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True):
-            half = t0 + 0.5 * (t1 - t0)  # ode_step's midpoint, the same float
-            stages = {"euler": (t0,), "heun": (t0, t1), "rk4": (t0, half, t1)}[self.solver]
-            self._stage_t.append(tuple(at(t) for t in stages))
+        for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True):  # ode_step's stage times, the same floats
+            self._stage_t.append(tuple(at(t) for t in stage_times(self._method, t0, t1)))
         with torch.no_grad():  # one checked evaluation: a wrong model fails here, with sample's message
             probe = self._x if self._doubled is None else self._doubled
             check_velocity_output(self._velocity(self._x, self._stage_t[0][0]), probe, self._t_hosts[0])
+        self._start()
+
+    def _start(self) -> None:
+        """Resolve "auto" and set ``_run`` to the mode's runner over the built buffers."""
         mode = self.mode
         if mode == "auto":
-            mode = "cuda_graph" if self.device.type == "cuda" else self._measure_auto()
+            mode = "cuda_graph" if self.device.type == "cuda" else self._auto_mode()
         if mode == "eager":
-            self._run = self._run_eager
+            self._run = _eager_runner(self)
         elif mode == "compile":
-            self._setup_compile()
+            self._run = self._compiled()
         else:
-            self._setup_cuda_graph()
+            self._run = _cuda_graph_runner(self)
         self.resolved_mode = mode
 
-    def _run_eager(self) -> None:
-        with torch.no_grad():
-            self._loop(self._x)
-
-    def _setup_compile(self) -> None:
-        # torch.compile caches graphs (and counts recompiles) per code object: with one shared ``_loop`` the
-        # ninth Sampler in a process hit dynamo's recompile limit (8) and fullgraph=True failed hard
-        # (FailOnRecompileLimitHit, measured). Each sampler therefore compiles its own copy of the code.
-        code = Sampler._loop.__code__.replace(co_name=f"_sampler_loop_{next(_loop_ids)}")
-        loop = types.FunctionType(code, Sampler._loop.__globals__, code.co_name)
-        compiled = torch.compile(types.MethodType(loop, self), fullgraph=True, dynamic=False)
-
-        def run() -> None:
-            with torch.no_grad():
-                compiled(self._x)
-
+    def _compiled(self) -> Callable[[], None]:
+        """The compiled runner; its first (compiling) call is timed once into ``compile_seconds``."""
+        run = _compiled_runner(self)
         if self.compile_seconds is None:
             saved = self._x.clone()
             start = time.perf_counter()
             run()  # compiles
             self.compile_seconds = time.perf_counter() - start
             self._x.copy_(saved)
-        self._run = run
+        return run
 
-    def _setup_cuda_graph(self) -> None:
-        saved = self._x.clone()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(2):  # warm-up outside capture: Triton JIT, cuBLAS handles and workspaces
-                self._loop(self._x)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            self._loop(self._x)
-        self._x.copy_(saved)
-        self._run = graph.replay
-
-    def _measure_auto(self) -> str:
+    def _auto_mode(self) -> str:
         """Time eager and compile on the real buffers; return the faster (eager if compiling fails)."""
         saved = self._x.clone()
-        self._run_eager()  # warm-up
-        self.timings["eager"] = self._median_seconds(self._run_eager)
+        eager = _eager_runner(self)
+        eager()  # warm-up
+        self.timings["eager"] = _median_seconds(eager, self.device)
         try:
-            self._setup_compile()
-            self.timings["compile"] = self._median_seconds(self._run)
+            compiled = self._compiled()
+            self.timings["compile"] = _median_seconds(compiled, self.device)
         except Exception as err:  # any compiler failure means: fall back to eager, loudly
             warnings.warn(
                 f"boss_fast.Sampler: torch.compile failed ({type(err).__name__}: {err}); using eager",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
             self._x.copy_(saved)
             return "eager"
         self._x.copy_(saved)
         return "compile" if self.timings["compile"] < self.timings["eager"] else "eager"
-
-    def _median_seconds(self, run: Callable[[], None]) -> float:
-        samples = []
-        for _ in range(_AUTO_REPS):
-            start = time.perf_counter()
-            run()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            samples.append(time.perf_counter() - start)
-        return statistics.median(samples)
 
     # -- calling ------------------------------------------------------------------------------------------
 
@@ -461,7 +490,61 @@ class Sampler:
         self(noise)
         velocities = None if self._velocities is None else self._velocities.clone()
         traj = Trajectory(states=self._states.clone(), velocities=velocities, times=self.times.copy())
-        problem = _first_nonfinite_step(traj.states, traj.velocities, traj.times) if check_finite else None
+        problem = first_nonfinite_step(traj.states, traj.velocities, traj.times) if check_finite else None
         if problem is not None:
             raise ValueError(problem)
         return traj
+
+
+# -- the runners: each wraps the built sampler's ``_loop`` one way and returns a no-argument callable -------
+
+
+def _eager_runner(sampler: Sampler) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            sampler._loop(sampler._x)
+
+    return run
+
+
+def _compiled_runner(sampler: Sampler) -> Callable[[], None]:
+    # torch.compile caches graphs (and counts recompiles) per code object: with one shared ``_loop`` the
+    # ninth Sampler in a process hit dynamo's recompile limit (8) and fullgraph=True failed hard
+    # (FailOnRecompileLimitHit, measured). Each sampler therefore compiles its own copy of the code.
+    code = Sampler._loop.__code__.replace(co_name=f"_sampler_loop_{next(_loop_ids)}")
+    loop = types.FunctionType(code, Sampler._loop.__globals__, code.co_name)
+    compiled = torch.compile(types.MethodType(loop, sampler), fullgraph=True, dynamic=False)
+
+    def run() -> None:
+        with torch.no_grad():
+            compiled(sampler._x)
+
+    return run
+
+
+def _cuda_graph_runner(sampler: Sampler) -> Callable[[], None]:
+    """Capture the whole K-step loop once as one CUDA graph (after two warm-up runs); replay it per call."""
+    x, device = sampler._x, sampler.device
+    saved = x.clone()
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(2):  # warm-up outside capture: Triton JIT, cuBLAS handles and workspaces
+            sampler._loop(x)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        sampler._loop(x)
+    x.copy_(saved)
+    return graph.replay
+
+
+def _median_seconds(run: Callable[[], None], device: torch.device) -> float:
+    samples = []
+    for _ in range(_AUTO_REPS):
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)

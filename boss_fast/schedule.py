@@ -1,5 +1,7 @@
-"""Bellman-optimal schedules (BOSS stage 1, step 5): the ``Schedule`` object, its JSON file, and the
-one-call pipeline from a velocity model (noise -> teacher -> cost matrix -> dynamic program).
+"""Bellman-optimal schedules (BOSS stage 1, step 5): the ``Schedule`` object, its JSON file, and the schedule
+of a given cost matrix (``schedule_from_cost``, ``schedules_from_cost``). No model and no cost estimation
+here: the pipeline from a velocity model (noise -> teacher -> cost matrix -> DP) is
+:func:`boss_fast.search.optimal_schedule`.
 
 A schedule's ``times`` are flow times (t = 0 noise, t = 1 data), a subset of the base grid's points chosen by
 ``boss_fast.bellman``; ``sigmas()`` gives diffusers' sigma = 1 - t.
@@ -24,14 +26,10 @@ from boss_fast._validation import (
     check_choice,
     check_float,
     check_int,
-    check_teacher,
 )
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
-from boss_fast.cost import _accumulate_cost
-from boss_fast.grids import uniform_grid
-from boss_fast.trajectories import VelocityFn, model_fingerprint, seeded_noise
 
-__all__ = ["Schedule", "optimal_schedule", "schedule_from_cost", "schedules_from_cost"]
+__all__ = ["Schedule", "schedule_from_cost", "schedules_from_cost"]
 
 SCHEDULE_FORMAT = "boss_fast.schedule"
 SCHEDULE_VERSION = 1
@@ -346,106 +344,3 @@ def schedules_from_cost(
         )
         for p in paths
     ]
-
-
-def _module_placement(velocity: object) -> tuple[torch.device | None, torch.dtype | None]:
-    if isinstance(velocity, torch.nn.Module):
-        for p in velocity.parameters():
-            if p.is_floating_point():
-                return p.device, p.dtype
-    return None, None
-
-
-def optimal_schedule(
-    velocity: VelocityFn,
-    shape: Sequence[int],
-    steps: int,
-    grid: int | Sequence[float] | np.ndarray = 100,
-    num_samples: int = 256,
-    batch_size: int = 256,
-    seed: int = 0,
-    solver: str = "euler",
-    metric: str = "l2sq",
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    backend: str = "auto",
-    *,
-    discount: float = 1.0,
-    progress: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    mode: str | None = None,
-) -> Schedule:
-    """BOSS stage 1 end to end: the Bellman-optimal ``steps``-step schedule of a velocity model.
-
-    Draws ``num_samples`` Gaussian noises (``seeded_noise``: sample m depends only on (seed, m), so the draw
-    does not depend on ``batch_size``, the device or the number of processes), runs the teacher on the grid
-    in batches (memory: one batch's trajectory), averages the cost matrix (``boss_fast.cost``) and solves the
-    DP (``boss_fast.bellman``). Use ``cost_matrix`` + ``schedules_from_cost`` to get every budget at once.
-
-    Args:
-        velocity: ``velocity(x, t)``, t = 0 noise, t = 1 data.
-        shape: the shape of ONE sample, without the batch dimension, e.g. (3, 32, 32).
-        steps: the budget K, 1 <= K <= N - 1 (an int).
-        grid: an int n for ``uniform_grid(n)``, or explicit grid times (N,) in [0, 1].
-        num_samples, batch_size: noises in total and per teacher batch (reference: 100 noises).
-        seed: seed of the noise stream (>= 0).
-        solver: teacher solver; metric: "l2sq" (BOSS) or "l2" (GITS).
-        device, dtype: where and in what dtype the teacher runs; default: the model's first floating
-            parameter's device and dtype when it is an ``nn.Module``, else CPU and torch's default dtype.
-        backend: DP backend, see ``boss_fast.bellman``.
-        discount: the DP's discount on later steps (GITS); 1.0 is BOSS.
-        progress, checkpoint, mode: as in ``boss_fast.cost.cost_matrix`` (mode: the teacher on a recording
-            ``Sampler``, e.g. "cuda_graph").
-
-    Returns:
-        A ``Schedule``; its ``fingerprint`` is ``model_fingerprint(velocity)`` for a module, else None.
-    """
-    shape = tuple(check_int(s, "shape entry") for s in shape)
-    steps = check_int(steps, "steps")
-    times = (
-        uniform_grid(grid)
-        if isinstance(grid, int | np.integer) and not isinstance(grid, bool)
-        else as_times(grid, "grid")
-    )
-    if steps >= len(times):
-        raise ValueError(
-            f"steps must be < the grid's {len(times)} points (at most {len(times) - 1}), got {steps}"
-        )
-    num_samples = check_int(num_samples, "num_samples")
-    batch_size = check_int(batch_size, "batch_size")
-    seed = check_int(seed, "seed", minimum=0)
-    solver = check_teacher(solver, mode)
-    metric = check_choice(metric, METRICS, "metric")
-    discount = check_float(discount, "discount")
-    model_device, model_dtype = _module_placement(velocity)
-    device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
-    dtype = dtype or model_dtype or torch.get_default_dtype()
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-    fingerprint = model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else None
-    identity = {"noise": f"seeded_noise(seed={seed})", "sample_shape": str(shape), "dtype": str(dtype)}
-    cost = _accumulate_cost(
-        velocity,
-        lambda start, stop: seeded_noise(shape, start, stop, seed=seed, dtype=dtype),
-        num_samples,
-        times,
-        batch_size=batch_size,
-        solver=solver,
-        metric=metric,
-        device=device,
-        progress=progress,
-        checkpoint=checkpoint,
-        identity=identity,
-        mode=mode,
-    )
-    return schedule_from_cost(
-        cost,
-        times,
-        steps,
-        discount=discount,
-        backend=backend,
-        metric=metric,
-        solver=solver,
-        num_samples=num_samples,
-        fingerprint=fingerprint,
-    )

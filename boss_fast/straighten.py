@@ -32,16 +32,23 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
+from boss_fast._checkpoint import (
+    check_checkpoint_format,
+    checkpoint_header,
+    first_difference,
+    write_checkpoint,
+)
+from boss_fast._runtime import module_placement, rank_world
 from boss_fast._validation import (
-    as_times,
     atomic_write,
     check_choice,
     check_float,
@@ -49,18 +56,21 @@ from boss_fast._validation import (
     check_noise,
     check_teacher,
 )
-from boss_fast.grids import uniform_grid
+from boss_fast.grids import resolve_grid
+from boss_fast.ode import VelocityFn
 from boss_fast.schedule import Schedule
-from boss_fast.trajectories import VelocityFn, model_fingerprint, seeded_noise, teacher_trajectory
+from boss_fast.trajectories import TeacherRunner, model_fingerprint, seeded_noise
 
 __all__ = [
     "LOSSES",
     "StraighteningPairs",
     "StraightenStats",
+    "add_lora",
     "default_lora_targets",
     "merge_lora",
     "pair_loss",
     "straighten",
+    "straighten_with_stats",
     "straightening_pairs",
 ]
 
@@ -70,8 +80,6 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "straighten.pt"
 # Song & Dhariwal (2023) use c = 0.00054 * sqrt(d) for images in [-1, 1]; the digits are in [-1, 1] too.
 PSEUDO_HUBER_C = 0.00054
-# The bundled DiT's attention and MLP Linear layers (qkv, proj, mlp.0, mlp.2 of every block).
-_DIT_LORA_TARGETS = r".*blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(0|2))"
 
 
 # ----------------------------------------------------------------------------------------------- pairs
@@ -93,12 +101,6 @@ class StraighteningPairs(NamedTuple):
     t_end: torch.Tensor
 
 
-def _resolve_grid(grid: int | Sequence[float] | np.ndarray) -> np.ndarray:
-    if isinstance(grid, int | np.integer) and not isinstance(grid, bool):
-        return uniform_grid(int(grid))
-    return as_times(grid, "grid")
-
-
 def _check_schedule(sched: object, grid: int | Sequence[float] | np.ndarray, solver: str) -> Schedule:
     """The schedule must be a ``Schedule`` (flow time, t = 0 noise) chosen on ``grid`` by ``solver``."""
     if not isinstance(sched, Schedule):
@@ -106,7 +108,7 @@ def _check_schedule(sched: object, grid: int | Sequence[float] | np.ndarray, sol
             f"sched must be a boss_fast.Schedule (flow time, t = 0 noise, t = 1 data), got "
             f"{type(sched).__name__}; build one with optimal_schedule or Schedule.load"
         )
-    expected = _resolve_grid(grid)
+    expected = resolve_grid(grid)
     if sched.grid.shape != expected.shape or not np.array_equal(sched.grid, expected):
         raise ValueError(
             f"the schedule was chosen on a grid of {len(sched.grid)} points "
@@ -138,37 +140,14 @@ def _cache_key(teacher: VelocityFn, sched: Schedule, noise: torch.Tensor, solver
     return digest.hexdigest()[:20]
 
 
-def _teacher_states(
-    teacher: VelocityFn,
-    noise: torch.Tensor,
-    sched: Schedule,
-    solver: str,
-    device: torch.device,
-    mode: str | None = None,
-    samplers: dict | None = None,
-) -> torch.Tensor:
-    """(B, K + 1, ...) teacher states at the schedule's times; memory: one batch's grid trajectory.
-
-    With a ``mode`` the teacher runs on a recording ``Sampler``, one per batch shape kept in ``samplers``."""
-    noise = noise.to(device)
-    if mode is None:
-        traj = teacher_trajectory(teacher, noise, sched.grid, solver, keep="states")
-    else:
-        from boss_fast.sampler import Sampler  # the sampler builds on the trajectories module
-
-        samplers = {} if samplers is None else samplers
-        key = (tuple(noise.shape), noise.dtype, noise.device)
-        if key not in samplers:
-            b, dtype, dev = noise.shape[0], noise.dtype, noise.device
-            samplers[key] = Sampler(teacher, sched.grid, mode, b, dtype, dev, solver=solver, record="states")
-        traj = samplers[key].trajectory(noise, check_finite=True)
-    index = torch.tensor(sched.indices.tolist(), device=traj.states.device)
+def _teacher_states(teacher: TeacherRunner, noise: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
+    """(B, K + 1, ...) teacher states at the schedule's grid ``indices``; memory: one batch's trajectory."""
+    traj = teacher(noise)
+    index = torch.tensor(indices.tolist(), device=traj.states.device)
     return traj.states.index_select(0, index).transpose(0, 1).contiguous()
 
 
 def _load_shard(path: str, expected: tuple[int, ...]) -> torch.Tensor | None:
-    from safetensors.torch import load_file
-
     try:
         states = load_file(path)["states"]
     except (OSError, KeyError, RuntimeError, ValueError):
@@ -177,32 +156,23 @@ def _load_shard(path: str, expected: tuple[int, ...]) -> torch.Tensor | None:
 
 
 def _shard_states(
-    teacher: VelocityFn,
+    teacher: TeacherRunner,
     noise: torch.Tensor,
     sched: Schedule,
-    solver: str,
     batch_size: int,
     device: torch.device,
-    cache_dir: str | os.PathLike | None,
+    folder: str | None,
     progress: bool,
-    mode: str | None = None,
 ) -> torch.Tensor:
-    """(M, K + 1, ...) states, batch by batch; each batch is a cache shard when ``cache_dir`` is set.
+    """(M, K + 1, ...) states, batch by batch; each batch is a cache shard under ``folder`` when set.
 
     Under torch.distributed, rank r computes shards r, r + W, ... and broadcasts them, so the teacher's cost
     is split across ranks and every rank ends with the same tensor.
     """
-    from safetensors.torch import save
-
-    rank, world = _dist_rank_world()
+    rank, world = rank_world()
     m, k1 = noise.shape[0], len(sched.indices)
     out = noise.new_empty((m, k1, *noise.shape[1:]), device=device)
-    folder = None
-    if cache_dir is not None:
-        folder = os.path.join(os.fspath(cache_dir), _cache_key(teacher, sched, noise, solver, batch_size))
-        os.makedirs(folder, exist_ok=True)
     starts = list(range(0, m, batch_size))
-    samplers: dict = {}
     bar = tqdm(starts, desc="straightening pairs", disable=not progress or rank != 0, leave=False)
     for s, start in enumerate(bar):
         stop = min(start + batch_size, m)
@@ -213,9 +183,7 @@ def _shard_states(
             if path is not None and os.path.exists(path):
                 states = _load_shard(path, (stop - start, k1, *noise.shape[1:]))
             if states is None:
-                states = _teacher_states(
-                    teacher, noise[start:stop], sched, solver, device, mode, samplers
-                ).cpu()
+                states = _teacher_states(teacher, noise[start:stop].to(device), sched.indices).cpu()
                 if path is not None:
                     blob = save({"states": states.contiguous()})
                     atomic_write(path, lambda f, b=blob: f.write(b))
@@ -285,7 +253,12 @@ def straightening_pairs(
             "cache_dir needs the teacher as an nn.Module: its weights' fingerprint keys the cache, and a "
             f"plain {type(teacher).__name__} cannot be told apart from another"
         )
-    states = _shard_states(teacher, noise, sched, solver, batch_size, device, cache_dir, progress, mode)
+    folder = None
+    if cache_dir is not None:
+        folder = os.path.join(os.fspath(cache_dir), _cache_key(teacher, sched, noise, solver, batch_size))
+        os.makedirs(folder, exist_ok=True)
+    runner = TeacherRunner(teacher, sched.grid, solver, mode, keep="states")
+    states = _shard_states(runner, noise, sched, batch_size, device, folder, progress)
     return _flatten_pairs(states, sched.times)
 
 
@@ -323,12 +296,12 @@ def pair_loss(
 
 
 def default_lora_targets(model: nn.Module) -> str | list[str]:
-    """peft ``target_modules`` for ``model``: the bundled DiT's attention and MLP Linear layers (a regex),
-    otherwise the names of every ``nn.Linear``."""
-    from boss_fast.models.dit import DiT
-
-    if isinstance(model, DiT):
-        return _DIT_LORA_TARGETS
+    """peft ``target_modules`` for ``model``: the model's own ``lora_targets`` attribute when it has one (a
+    regex or a list of names; the bundled DiT names its attention and MLP Linear layers), otherwise the
+    names of every ``nn.Linear``."""
+    targets = getattr(model, "lora_targets", None)
+    if targets is not None:
+        return targets if isinstance(targets, str) else list(targets)
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
 
 
@@ -353,7 +326,12 @@ class _LoraHost(nn.Module):
         return self.model(x, t)
 
 
-def _add_lora(model: nn.Module, rank: int, targets: str | Sequence[str] | None, alpha: float | None):
+def add_lora(
+    model: nn.Module, rank: int, targets: str | Sequence[str] | None = None, alpha: float | None = None
+) -> nn.Module:
+    """Wrap ``model`` with rank-``rank`` LoRA adapters (peft) on ``targets`` (default
+    :func:`default_lora_targets`), scale ``alpha / rank`` (alpha defaults to rank); undo with
+    :func:`merge_lora`. Raises ValueError when the targets match no module."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -404,23 +382,12 @@ class StraightenStats:
         return self.trained_params / self.total_params
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _module_placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return torch.device("cpu"), torch.get_default_dtype()
-
-
 def _infer_shape(model: nn.Module) -> tuple[int, ...]:
-    if all(hasattr(model, a) for a in ("in_channels", "input_size")):  # the bundled DiT
-        return (int(model.in_channels), int(model.input_size), int(model.input_size))
-    raise ValueError(f"cannot infer one sample's shape for {type(model).__name__}: pass shape=(C, H, W)")
+    """One sample's shape from the model's ``sample_shape`` attribute (the bundled DiT has one)."""
+    shape = getattr(model, "sample_shape", None)
+    if shape is None:
+        raise ValueError(f"cannot infer one sample's shape for {type(model).__name__}: pass shape=(C, H, W)")
+    return tuple(int(s) for s in shape)
 
 
 def _check_output_shape(model: nn.Module, x: torch.Tensor) -> None:
@@ -434,37 +401,10 @@ def _check_output_shape(model: nn.Module, x: torch.Tensor) -> None:
         )
 
 
-def _header(model_fp: str, sched: Schedule, config: dict) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_fingerprint": model_fp,
-        "schedule": sched.to_dict(),
-        "config": config,
-    }
-
-
-def _check_header(header: object, expected: dict, path: str) -> None:
-    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a boss_fast straightening checkpoint")
-    if header.get("model_fingerprint") != expected["model_fingerprint"]:
-        raise ValueError(
-            f"{path} was written for model {header.get('model_fingerprint')!r}, not this model "
-            f"({expected['model_fingerprint']!r}); use another checkpoint_dir"
-        )
-    if header.get("schedule") != expected["schedule"]:
-        raise ValueError(f"{path} was written for a different schedule; use another checkpoint_dir")
-    if header.get("config") != expected["config"]:
-        diff = {
-            k: (header["config"].get(k), v)
-            for k, v in expected["config"].items()
-            if header.get("config", {}).get(k) != v
-        }
-        raise ValueError(f"{path} was written with other settings (stored, requested): {diff}")
-
-
 @dataclass(frozen=True)
 class _Config:
+    """The settings a checkpoint must share with the run resuming it (stored in its header)."""
+
     num_pairs: int
     grid: list
     solver: str
@@ -480,6 +420,254 @@ class _Config:
     normalize: bool
     seed: int
     world_size: int
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Every argument of one straightening run, validated, with its defaults resolved."""
+
+    sched: Schedule
+    solver: str
+    iters: int
+    num_pairs: int
+    batch_size: int
+    warmup: int
+    checkpoint_every: int
+    seed: int
+    lr: float
+    ema: float
+    ema_warmup: bool
+    loss: str
+    normalize: bool
+    lora_rank: int | None
+    lora_targets: str | Sequence[str] | None
+    lora_alpha: float | None
+    merge: bool
+    device: torch.device
+    dtype: torch.dtype
+
+    def config(self, num_pairs: int, world: int) -> dict:
+        targets = self.lora_targets
+        config = asdict(
+            _Config(
+                num_pairs=num_pairs,
+                grid=self.sched.grid.tolist(),
+                solver=self.solver,
+                iters=self.iters,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                warmup=self.warmup,
+                ema=self.ema,
+                ema_warmup=self.ema_warmup,
+                lora_rank=self.lora_rank,
+                lora_targets=targets if isinstance(targets, str | None) else list(targets),
+                loss=self.loss,
+                normalize=self.normalize,
+                seed=self.seed,
+                world_size=world,
+            )
+        )
+        config.pop("iters")  # a run may be extended: resuming with more iterations is allowed
+        return config
+
+
+def _resolve_run(args: dict) -> _Run:
+    """Check ``straighten``'s arguments (``args``: its parameters by name) in one place."""
+    model = args["model"]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module to fine-tune, got {type(model).__name__}")
+    solver = check_teacher(args["solver"], args["teacher_mode"], "teacher_mode")
+    sched = _check_schedule(args["sched"], args["grid"], solver)
+    ints = {name: check_int(args[name], name) for name in ("iters", "num_pairs", "batch_size")}
+    warmup = check_int(args["warmup"], "warmup", minimum=0)
+    checkpoint_every = check_int(args["checkpoint_every"], "checkpoint_every")
+    seed = check_int(args["seed"], "seed", minimum=0)
+    lr, ema = check_float(args["lr"], "lr"), check_float(args["ema"], "ema")
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {ema}")
+    loss = check_choice(args["loss"], LOSSES, "loss")
+    lora_rank = None if args["lora_rank"] is None else check_int(args["lora_rank"], "lora_rank")
+    world = rank_world()[1]
+    if ints["batch_size"] % world:
+        raise ValueError(f"batch_size {ints['batch_size']} must be divisible by the world size {world}")
+    model_device, model_dtype = module_placement(model)
+    device = args["device"]
+    device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
+    dtype = model_dtype or torch.get_default_dtype()
+    return _Run(
+        sched, solver, ints["iters"], ints["num_pairs"], ints["batch_size"], warmup, checkpoint_every, seed,
+        lr, ema, bool(args["ema_warmup"]), loss, bool(args["normalize"]), lora_rank, args["lora_targets"],
+        args["lora_alpha"], bool(args["merge"]), device, dtype,
+    )  # fmt: skip
+
+
+def _pair_noise(model: nn.Module, run: _Run, noise: torch.Tensor | None, shape) -> torch.Tensor:
+    """The given noise, else ``seeded_noise`` of the model's (or the given) sample shape, in run.dtype."""
+    if noise is None:
+        shape = tuple(shape) if shape is not None else _infer_shape(model)
+        noise = seeded_noise(shape, 0, run.num_pairs, seed=run.seed, dtype=run.dtype)
+    return check_noise(noise).to(dtype=run.dtype)
+
+
+def _students(model: nn.Module, run: _Run, noise: torch.Tensor, teacher: VelocityFn | None):
+    """The student (a copy of ``model``, LoRA-wrapped or fully trainable, in train mode), its trained
+    parameters and the teacher (default: a frozen copy of ``model``)."""
+    student = copy.deepcopy(model).to(run.device)
+    _check_output_shape(student, noise[:2].to(run.device))
+    if teacher is None:
+        teacher = copy.deepcopy(model).to(run.device).eval().requires_grad_(False)
+    if run.lora_rank is not None:
+        student.requires_grad_(False)
+        student = add_lora(student, run.lora_rank, run.lora_targets, run.lora_alpha)
+    else:
+        student.requires_grad_(True)
+    student.train()
+    return student, [p for p in student.parameters() if p.requires_grad], teacher
+
+
+def _velocity_targets(pairs: StraighteningPairs) -> torch.Tensor:
+    """(x_{k+1} - x_k) / (tau_{k+1} - tau_k) per pair: the velocity one Euler step must have."""
+    dt = (pairs.t_end - pairs.t_start).view(-1, *[1] * (pairs.start.ndim - 1))
+    return (pairs.end - pairs.start) / dt
+
+
+# ------------------------------------------------------------------------------ train state, checkpoint
+
+
+def _header(model_fp: str, sched: Schedule, config: dict) -> dict:
+    return checkpoint_header(
+        CHECKPOINT_FORMAT,
+        CHECKPOINT_VERSION,
+        model_fingerprint=model_fp,
+        schedule=sched.to_dict(),
+        config=config,
+    )
+
+
+def _check_header(header: object, expected: dict, path: str) -> None:
+    stored = header.get("format") if isinstance(header, dict) else None
+    check_checkpoint_format(stored, CHECKPOINT_FORMAT, path, "straightening checkpoint")
+    key = first_difference(header, expected, lambda a, b: a == b)
+    if key == "model_fingerprint":
+        raise ValueError(
+            f"{path} was written for model {header.get('model_fingerprint')!r}, not this model "
+            f"({expected['model_fingerprint']!r}); use another checkpoint_dir"
+        )
+    if key == "schedule":
+        raise ValueError(f"{path} was written for a different schedule; use another checkpoint_dir")
+    if key == "config":
+        stored_config = header.get("config") or {}
+        diff = {
+            k: (stored_config.get(k), v) for k, v in expected["config"].items() if stored_config.get(k) != v
+        }
+        raise ValueError(f"{path} was written with other settings (stored, requested): {diff}")
+    if key is not None:
+        raise ValueError(f"{path} has another {key} ({header.get(key)!r}); use another checkpoint_dir")
+
+
+@dataclass
+class _TrainState:
+    """What a step changes and a checkpoint keeps: the trained parameters, their EMA, the optimiser, the
+    pair-drawing generator, the step count and the losses so far."""
+
+    params: list[torch.Tensor]
+    averaged: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, params: list[torch.Tensor], lr: float, seed: int) -> _TrainState:
+        averaged = [p.detach().clone() for p in params]
+        return cls(params, averaged, torch.optim.Adam(params, lr=lr), torch.Generator().manual_seed(seed))
+
+    def update_ema(self, decay: float) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(self.averaged, [p.detach() for p in self.params], 1.0 - decay)
+
+    def use_ema(self) -> None:
+        """Copy the EMA into the trained parameters (what the run returns)."""
+        with torch.no_grad():
+            for p, a in zip(self.params, self.averaged, strict=True):
+                p.copy_(a)
+
+    def save(self, path: str, header: dict) -> None:
+        state = {
+            "header": json.dumps(header),
+            "params": [p.detach().cpu() for p in self.params],
+            "ema": [a.cpu() for a in self.averaged],
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "step": self.step,
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+        }
+        write_checkpoint(path, lambda f: torch.save(state, f))
+
+    def resume(self, path: str, header: dict, device: torch.device) -> None:
+        """Load a checkpoint written by ``save`` after checking that it belongs to this run."""
+        state = torch.load(path, map_location=device, weights_only=True)
+        _check_header(json.loads(state["header"]), header, path)
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["params"], strict=True):
+                p.copy_(saved)
+            for a, saved in zip(self.averaged, state["ema"], strict=True):
+                a.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])
+        self.losses = [float(v) for v in state["losses"].tolist()]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _train_step(
+    state: _TrainState, trainer: nn.Module, pairs: StraighteningPairs, target: torch.Tensor, run: _Run
+) -> float:
+    """One optimiser step on a uniformly drawn batch of pairs; returns the global batch's mean loss."""
+    rank, world = rank_world()
+    local = run.batch_size // world
+    # Same global draw on every rank (the generator is replicated); rank r trains on its slice.
+    rows = torch.randint(0, target.shape[0], (run.batch_size,), generator=state.generator)
+    rows = rows[rank * local : (rank + 1) * local].to(run.device)
+    for group in state.optimizer.param_groups:
+        group["lr"] = run.lr * min(1.0, (state.step + 1) / run.warmup) if run.warmup else run.lr
+    pred = trainer(pairs.start[rows], pairs.t_start[rows])
+    per = pair_loss(pred, target[rows], run.loss, normalize=run.normalize)
+    # sum / global batch, times world: DDP averages the ranks' gradients, giving the global mean.
+    value = per.sum() * (world / run.batch_size)
+    state.optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    torch.nn.utils.clip_grad_norm_(state.params, 1.0)
+    state.optimizer.step()
+    state.update_ema(min(run.ema, (1.0 + state.step) / (10.0 + state.step)) if run.ema_warmup else run.ema)
+    state.step += 1
+    detached = value.detach().clone()
+    if world > 1:  # the global batch's mean loss on every rank (one small all-reduce per step)
+        torch.distributed.all_reduce(detached)
+    reported = float(detached) / world
+    state.losses.append(reported)
+    return reported
+
+
+def _train(state, student, pairs, target, run: _Run, checkpoint: tuple | None, callback, progress) -> None:
+    """Steps until ``run.iters``; rank 0 writes ``checkpoint`` = (path, header) every ``checkpoint_every``."""
+    rank, world = rank_world()
+    trainer = nn.parallel.DistributedDataParallel(student, broadcast_buffers=False) if world > 1 else student
+    bar = tqdm(
+        total=run.iters, initial=min(state.step, run.iters), desc="straighten", disable=not progress or rank
+    )
+    with torch.enable_grad():  # callers may hold no_grad (the demo does)
+        while state.step < run.iters:
+            reported = _train_step(state, trainer, pairs, target, run)
+            bar.update(1)
+            if callback is not None:
+                callback(state.step, reported)
+            due = state.step % run.checkpoint_every == 0 or state.step == run.iters
+            if checkpoint is not None and rank == 0 and due:
+                state.save(*checkpoint)
+    bar.close()
 
 
 def straighten(
@@ -512,9 +700,8 @@ def straighten(
     pair_batch_size: int = 500,
     cache_dir: str | os.PathLike | None = None,
     callback: Callable[[int, float], None] | None = None,
-    return_stats: bool = False,
     teacher_mode: str | None = None,
-) -> nn.Module | tuple[nn.Module, StraightenStats]:
+) -> nn.Module:
     """BOSS stage 2: fine-tune ``model`` so that Euler steps on ``sched`` follow the teacher.
 
     Pairs: ``straightening_pairs(teacher, sched, seeded_noise(shape, 0, num_pairs, seed=seed))`` (or the given
@@ -547,172 +734,71 @@ def straighten(
         callback: ``callback(step, loss)`` after each step (step counts from 1), e.g. for logging.
 
     Returns:
-        The straightened module in eval mode with gradients off, called like ``model`` (with
-        ``return_stats``: also a ``StraightenStats``).
+        The straightened module in eval mode with gradients off, called like ``model``
+        (:func:`straighten_with_stats` also returns a ``StraightenStats``).
 
     Under torch.distributed (one process per rank, e.g. torchrun), the student is wrapped in DDP, each rank
     takes its slice of the same global batch and pairs are generated once across ranks; rank 0 writes the
     checkpoints. ``batch_size`` must be divisible by the world size.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module to fine-tune, got {type(model).__name__}")
-    solver = check_teacher(solver, teacher_mode, "teacher_mode")
-    sched = _check_schedule(sched, grid, solver)
-    iters = check_int(iters, "iters")
-    num_pairs = check_int(num_pairs, "num_pairs")
-    batch_size = check_int(batch_size, "batch_size")
-    warmup = check_int(warmup, "warmup", minimum=0)
-    checkpoint_every = check_int(checkpoint_every, "checkpoint_every")
-    seed = check_int(seed, "seed", minimum=0)
-    lr = check_float(lr, "lr")
-    ema = check_float(ema, "ema")
-    if not 0.0 <= ema < 1.0:
-        raise ValueError(f"ema must be in [0, 1), got {ema}")
-    loss = check_choice(loss, LOSSES, "loss")
-    if lora_rank is not None:
-        lora_rank = check_int(lora_rank, "lora_rank")
-    rank, world = _dist_rank_world()
-    if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world}")
+    return straighten_with_stats(**locals())[0]
 
-    model_device, dtype = _module_placement(model)
-    device = torch.device(device) if device is not None else model_device
-    if noise is None:
-        shape = tuple(shape) if shape is not None else _infer_shape(model)
-        noise = seeded_noise(shape, 0, num_pairs, seed=seed, dtype=dtype)
-    noise = check_noise(noise).to(dtype=dtype)
-    num_pairs = noise.shape[0]
 
-    student = copy.deepcopy(model).to(device)
-    _check_output_shape(student, noise[:2].to(device))
-    if teacher is None:
-        teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-    model_fp = model_fingerprint(model)
-    if lora_rank is not None:
-        student.requires_grad_(False)
-        student = _add_lora(student, lora_rank, lora_targets, lora_alpha)
-    else:
-        student.requires_grad_(True)
-    student.train()
-    params = [p for p in student.parameters() if p.requires_grad]
-    total = sum(p.numel() for p in model.parameters())
+def straighten_with_stats(
+    model: nn.Module,
+    sched: Schedule,
+    teacher: VelocityFn | None = None,
+    num_pairs: int = 5000,
+    grid: int | Sequence[float] | np.ndarray = 100,
+    solver: str = "euler",
+    iters: int = 2000,
+    batch_size: int = 64,
+    lr: float = 2e-4,
+    warmup: int = 200,
+    ema: float = 0.999,
+    lora_rank: int | None = None,
+    loss: str = "l2",
+    checkpoint_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    *,
+    normalize: bool = False,
+    ema_warmup: bool = True,
+    lora_targets: str | Sequence[str] | None = None,
+    lora_alpha: float | None = None,
+    merge: bool = True,
+    shape: Sequence[int] | None = None,
+    noise: torch.Tensor | None = None,
+    checkpoint_every: int = 200,
+    pair_batch_size: int = 500,
+    cache_dir: str | os.PathLike | None = None,
+    callback: Callable[[int, float], None] | None = None,
+    teacher_mode: str | None = None,
+) -> tuple[nn.Module, StraightenStats]:
+    """:func:`straighten`, also returning what the run did: ``(module, StraightenStats)``.
 
+    The pieces, in order: validate (``_resolve_run``), draw the pairs' noise, copy the student (LoRA set-up
+    with ``lora_rank``), generate the pairs (``straightening_pairs``), start or resume the train state (Adam,
+    EMA, generator), train (``_train_step`` per step, checkpoints between), then the EMA weights, merged.
+    """
+    run = _resolve_run(locals())
+    noise = _pair_noise(model, run, noise, shape)
+    student, params, teacher = _students(model, run, noise, teacher)
     pairs = straightening_pairs(
-        teacher,
-        sched,
-        noise,
-        grid=sched.grid,
-        solver=solver,
-        batch_size=pair_batch_size,
-        cache_dir=cache_dir,
-        device=device,
-        progress=progress,
-        mode=teacher_mode,
-    )
-    target = (pairs.end - pairs.start) / (pairs.t_end - pairs.t_start).view(-1, *[1] * (noise.ndim - 1))
-
-    config = asdict(
-        _Config(
-            num_pairs=num_pairs,
-            grid=sched.grid.tolist(),
-            solver=solver,
-            iters=iters,
-            batch_size=batch_size,
-            lr=lr,
-            warmup=warmup,
-            ema=ema,
-            ema_warmup=bool(ema_warmup),
-            lora_rank=lora_rank,
-            lora_targets=lora_targets if isinstance(lora_targets, str | None) else list(lora_targets),
-            loss=loss,
-            normalize=bool(normalize),
-            seed=seed,
-            world_size=world,
-        )
-    )
-    config.pop("iters")  # a run may be extended: resuming with more iterations is allowed
-    header = _header(model_fp, sched, config)
-
-    optimizer = torch.optim.Adam(params, lr=lr)
-    averaged = [p.detach().clone() for p in params]
-    generator = torch.Generator().manual_seed(seed)
-    step = 0
-    losses: list[float] = []
+        teacher, run.sched, noise, grid=run.sched.grid, solver=run.solver, batch_size=pair_batch_size,
+        cache_dir=cache_dir, device=run.device, progress=progress, mode=teacher_mode,
+    )  # fmt: skip
+    header = _header(model_fingerprint(model), run.sched, run.config(noise.shape[0], rank_world()[1]))
+    state = _TrainState.start(params, run.lr, run.seed)
     path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
     if path is not None and os.path.exists(path):
-        state = torch.load(path, map_location=device, weights_only=True)
-        _check_header(json.loads(state["header"]), header, path)
-        with torch.no_grad():
-            for p, saved in zip(params, state["params"], strict=True):
-                p.copy_(saved)
-            for a, saved in zip(averaged, state["ema"], strict=True):
-                a.copy_(saved)
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step = int(state["step"])
-        losses = [float(v) for v in state["losses"].tolist()]
-
-    trainer = student
-    if world > 1:
-        trainer = nn.parallel.DistributedDataParallel(student, broadcast_buffers=False)
-    local = batch_size // world
-    bar = tqdm(total=iters, initial=min(step, iters), desc="straighten", disable=not progress or rank != 0)
-    with torch.enable_grad():  # callers may hold no_grad (the demo does)
-        while step < iters:
-            # Same global draw on every rank (the generator is replicated); rank r trains on its slice.
-            rows = torch.randint(0, target.shape[0], (batch_size,), generator=generator)
-            rows = rows[rank * local : (rank + 1) * local].to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup else lr
-            pred = trainer(pairs.start[rows], pairs.t_start[rows])
-            per = pair_loss(pred, target[rows], loss, normalize=normalize)
-            # sum / global batch, times world: DDP averages the ranks' gradients, giving the global mean.
-            value = per.sum() * (world / batch_size)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            decay = min(ema, (1.0 + step) / (10.0 + step)) if ema_warmup else ema
-            with torch.no_grad():
-                torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 - decay)
-            step += 1
-            detached = value.detach().clone()
-            if world > 1:  # the global batch's mean loss on every rank (one small all-reduce per step)
-                torch.distributed.all_reduce(detached)
-            reported = float(detached) / world
-            losses.append(reported)
-            bar.update(1)
-            if callback is not None:
-                callback(step, reported)
-            if path is not None and rank == 0 and (step % checkpoint_every == 0 or step == iters):
-                _save_checkpoint(path, header, params, averaged, optimizer, generator, step, losses)
-    bar.close()
-
-    with torch.no_grad():
-        for p, a in zip(params, averaged, strict=True):
-            p.copy_(a)
-    result = merge_lora(student) if (lora_rank is not None and merge) else student
+        state.resume(path, header, run.device)
+    checkpoint = None if path is None else (path, header)
+    _train(state, student, pairs, _velocity_targets(pairs), run, checkpoint, callback, progress)
+    state.use_ema()
+    result = merge_lora(student) if (run.lora_rank is not None and run.merge) else student
     result.eval().requires_grad_(False)
-    if not return_stats:
-        return result
-    stats = StraightenStats(
-        trained_params=sum(p.numel() for p in params),
-        total_params=total,
-        steps=step,
-        losses=tuple(losses),
-    )
+    total = sum(p.numel() for p in model.parameters())
+    stats = StraightenStats(sum(p.numel() for p in params), total, state.step, tuple(state.losses))
     return result, stats
-
-
-def _save_checkpoint(path, header, params, averaged, optimizer, generator, step, losses) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    state = {
-        "header": json.dumps(header),
-        "params": [p.detach().cpu() for p in params],
-        "ema": [a.cpu() for a in averaged],
-        "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
-        "step": step,
-        "losses": torch.tensor(losses, dtype=torch.float64),
-    }
-    atomic_write(path, lambda f: torch.save(state, f))

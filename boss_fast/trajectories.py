@@ -1,25 +1,24 @@
-"""Teacher trajectories on a time grid (BOSS stage 1, step 2) and the single Euler step.
+"""Teacher trajectories on a time grid (BOSS stage 1, step 2), the reference solution, and the run's identity.
 
-Conventions: t in [0, 1], t = 0 noise, t = 1 data, dx/dt = v(x, t). A velocity model is any callable
-``velocity(x, t)`` with x of shape (B, ...) and t a (B,) tensor of x's dtype and device, returning a tensor
-shaped and typed like x.
+Conventions: t in [0, 1], t = 0 noise, t = 1 data, dx/dt = v(x, t); a velocity model is any callable
+``velocity(x, t)`` (see :mod:`boss_fast.ode`).
 
-``euler_step`` is the one Euler update in the package: the teacher, ``boss_fast.sampling.sample`` and the
-straightening data all advance states through it, so a few-step sampler reproduces the teacher bit for bit
-when it is given the teacher's grid. Heun and RK4 are written as an Euler step with an averaged slope.
+The teacher runs either as the plain loop over :func:`boss_fast.ode.ode_step` (``mode=None``) or on a
+recording :class:`boss_fast.sampler.Sampler`. :class:`TeacherRunner` is the one per-shape cache of such
+samplers that every caller (the cost streaming, straightening pairs, ``teacher_trajectory`` itself) shares:
+one sampler per (batch shape, dtype, device), built once and replayed. ``seeded_noise`` and
+``model_fingerprint`` identify the noise and the weights a result was computed from.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from boss_fast._validation import (
-    STEP_SOLVERS,
     as_times,
     check_choice,
     check_float,
@@ -28,118 +27,67 @@ from boss_fast._validation import (
     check_teacher,
     check_velocity_output,
 )
+from boss_fast.ode import Trajectory, VelocityFn, evaluate, first_nonfinite_step, ode_step
+from boss_fast.sampler import Sampler
 
 __all__ = [
-    "Trajectory",
-    "VelocityFn",
-    "euler_step",
+    "TeacherRunner",
     "model_fingerprint",
-    "ode_step",
     "reference_solution",
     "seeded_noise",
     "teacher_trajectory",
 ]
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+class TeacherRunner:
+    """The teacher of one (velocity, grid, solver, mode), run batch after batch.
 
-@dataclass(frozen=True)
-class Trajectory:
-    """A batch of teacher trajectories on a grid.
-
-    Attributes:
-        states: (N, B, ...) in the noise's dtype and device; ``states[i]`` is the teacher state at
-            ``times[i]``, ``states[0]`` the noise.
-        velocities: (N - 1, B, ...) with ``velocities[i] = velocity(states[i], times[i])``, the slope of an
-            Euler jump from grid point i whatever solver produced the states; None with ``keep="states"``.
-            There is none for the last time: no jump starts there, and skipping it saves one evaluation.
-        times: (N,) float64 grid.
-    """
-
-    states: torch.Tensor
-    velocities: torch.Tensor | None
-    times: np.ndarray
-
-
-def euler_step(
-    x: torch.Tensor, v: torch.Tensor, h: float, *, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """One Euler step ``x + h * v`` in x's dtype; ``h`` is a host float (no device sync).
+    ``runner(noise)`` returns the noise's :class:`~boss_fast.ode.Trajectory`. With ``mode=None`` it is
+    :func:`teacher_trajectory` (any solver, dopri5 included); with a mode, a recording ``Sampler`` per
+    (batch shape, dtype, device), built on first use and replayed for every later batch of that shape (one
+    captured graph on CUDA). Assumes validated arguments: the public entry points check them.
 
     Args:
-        x, v: tensors of the same shape, dtype and device.
-        h: step size in flow time (t_next - t), a Python float.
-        out: optional destination (e.g. the next row of a preallocated trajectory).
+        keep: "all" (states and Euler slopes) or "states".
     """
-    return torch.add(x, v, alpha=h, out=out)
 
+    def __init__(
+        self, velocity: VelocityFn, times: np.ndarray, solver: str, mode: str | None, keep: str = "all"
+    ) -> None:
+        self.velocity, self.times, self.solver, self.mode, self.keep = velocity, times, solver, mode, keep
+        self._samplers: dict[tuple, Sampler] = {}
 
-def _evaluate(velocity: VelocityFn, x: torch.Tensor, t: float) -> torch.Tensor:
-    """Call the model at host time ``t`` (broadcast to a (B,) tensor) and check its output's metadata."""
-    tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-    return check_velocity_output(velocity(x, tt), x, t)
-
-
-def ode_step(
-    velocity: VelocityFn,
-    x: torch.Tensor,
-    t0: float,
-    t1: float,
-    solver: str = "euler",
-    *,
-    v0: torch.Tensor | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Advance x from host time t0 to t1 with one step of ``solver`` ("euler", "heun" or "rk4").
-
-    ``v0 = velocity(x, t0)`` may be passed when the caller already has it (the teacher keeps it). Heun is the
-    explicit trapezoid rule (2 evaluations, order 2), RK4 the classical Runge-Kutta (4 evaluations, order 4);
-    both end in ``euler_step`` with their averaged slope. x must be a valid state (this does not check it);
-    an unknown solver raises ValueError.
-    """
-    check_choice(solver, STEP_SOLVERS, "solver")
-    h = t1 - t0
-    k1 = _evaluate(velocity, x, t0) if v0 is None else v0
-    if solver == "euler":
-        return euler_step(x, k1, h, out=out)
-    if solver == "heun":
-        k2 = _evaluate(velocity, euler_step(x, k1, h), t1)
-        return euler_step(x, (k1 + k2) * 0.5, h, out=out)
-    half = t0 + 0.5 * h
-    k2 = _evaluate(velocity, euler_step(x, k1, 0.5 * h), half)
-    k3 = _evaluate(velocity, euler_step(x, k2, 0.5 * h), half)
-    k4 = _evaluate(velocity, euler_step(x, k3, h), t1)
-    slope = (k1 + 2.0 * (k2 + k3) + k4) * (1.0 / 6.0)
-    return euler_step(x, slope, h, out=out)
-
-
-def _first_nonfinite_step(
-    states: torch.Tensor, velocities: torch.Tensor | None, times: np.ndarray
-) -> str | None:
-    """Describe the first non-finite value of a trajectory, or None if all are finite.
-
-    Reads the whole trajectory once and syncs once (one host read of 2N flags), instead of a sync per step.
-    """
-    flat = states.reshape(states.shape[0], -1)
-    bad_x = ~torch.isfinite(flat).all(dim=1)
-    if velocities is not None:
-        bad_v = ~torch.isfinite(velocities.reshape(velocities.shape[0], -1)).all(dim=1)
-        flags = torch.cat([bad_x, bad_v]).cpu().numpy()
-        bad_x_h, bad_v_h = flags[: len(bad_x)], flags[len(bad_x) :]
-    else:
-        bad_x_h, bad_v_h = bad_x.cpu().numpy(), np.zeros(0, dtype=bool)
-    if bad_x_h[0]:
-        return "noise contains non-finite values"
-    t = times.tolist()  # Python floats print plainly in the messages
-    for i in range(len(t) - 1):
-        if i < len(bad_v_h) and bad_v_h[i]:
-            return f"velocity returned non-finite values at t = {t[i]!r} (grid index {i})"
-        if bad_x_h[i + 1]:
-            return (
-                f"the step from t = {t[i]!r} to t = {t[i + 1]!r} (grid index {i}) produced "
-                "non-finite states: the velocity returned non-finite values inside the step"
+    def __call__(self, noise: torch.Tensor) -> Trajectory:
+        if self.mode is None:
+            return teacher_trajectory(self.velocity, noise, self.times, self.solver, keep=self.keep)
+        key = (tuple(noise.shape), noise.dtype, noise.device)
+        if key not in self._samplers:
+            b, dtype, dev = noise.shape[0], noise.dtype, noise.device
+            self._samplers[key] = Sampler(
+                self.velocity, self.times, self.mode, b, dtype, dev, solver=self.solver, record=self.keep
             )
-    return None
+        return self._samplers[key].trajectory(noise, check_finite=True)
+
+
+def _plain_teacher(
+    velocity: VelocityFn, noise: torch.Tensor, times: np.ndarray, solver: str, keep: str
+) -> Trajectory:
+    """The teacher as a plain loop over ``ode_step`` (validated arguments), finiteness checked once."""
+    n = len(times)
+    hosts = times.tolist()  # Python floats: the loop never reads a device value
+    states = noise.new_empty((n, *noise.shape))
+    velocities = noise.new_empty((n - 1, *noise.shape)) if keep == "all" else None
+    with torch.no_grad():
+        states[0].copy_(noise)
+        for i in range(n - 1):
+            v = evaluate(velocity, states[i], hosts[i])
+            if velocities is not None:
+                velocities[i].copy_(v)
+            ode_step(velocity, states[i], hosts[i], hosts[i + 1], solver, v0=v, out=states[i + 1])
+    problem = first_nonfinite_step(states, velocities, times)
+    if problem is not None:
+        raise ValueError(problem)
+    return Trajectory(states=states, velocities=velocities, times=times)
 
 
 def teacher_trajectory(
@@ -193,27 +141,8 @@ def teacher_trajectory(
     if solver == "dopri5":
         return _dopri5_trajectory(velocity, noise, t, keep, rtol, atol)
     if mode is not None:
-        from boss_fast.sampler import Sampler  # the sampler builds on this module
-
-        sampler = Sampler(
-            velocity, t, mode, noise.shape[0], noise.dtype, noise.device, solver=solver, record=keep
-        )
-        return sampler.trajectory(noise, check_finite=True)
-    n = len(t)
-    hosts = t.tolist()  # Python floats: the loop never reads a device value
-    states = noise.new_empty((n, *noise.shape))
-    velocities = noise.new_empty((n - 1, *noise.shape)) if keep == "all" else None
-    with torch.no_grad():
-        states[0].copy_(noise)
-        for i in range(n - 1):
-            v = _evaluate(velocity, states[i], hosts[i])
-            if velocities is not None:
-                velocities[i].copy_(v)
-            ode_step(velocity, states[i], hosts[i], hosts[i + 1], solver, v0=v, out=states[i + 1])
-    problem = _first_nonfinite_step(states, velocities, t)
-    if problem is not None:
-        raise ValueError(problem)
-    return Trajectory(states=states, velocities=velocities, times=t)
+        return TeacherRunner(velocity, t, solver, mode, keep)(noise)
+    return _plain_teacher(velocity, noise, t, solver, keep)
 
 
 def _odeint_dopri5(
@@ -257,8 +186,8 @@ def _dopri5_trajectory(
         velocities = torch.empty_like(states[:-1])
         with torch.no_grad():
             for i, t in enumerate(times[:-1].tolist()):
-                velocities[i].copy_(_evaluate(velocity, states[i], t))
-    problem = _first_nonfinite_step(states, velocities, times)
+                velocities[i].copy_(evaluate(velocity, states[i], t))
+    problem = first_nonfinite_step(states, velocities, times)
     if problem is not None:
         raise ValueError(problem)
     return Trajectory(states=states, velocities=velocities, times=times)

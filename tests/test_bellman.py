@@ -248,23 +248,24 @@ def test_overflowing_path_sum_is_refused(backend):
 
 
 @pytest.mark.parametrize(
-    "steps, match",
+    "steps, error, match",
     [
-        (0, r"\[1, 9\]"),
-        (10, r"\[1, 9\]"),
-        (-1, r"\[1, 9\]"),
-        (2.5, "integer"),
-        (3.0, "integer"),
-        ("3", "integer"),
-        (True, "integer"),
-        (None, "integer"),
+        (0, ValueError, r"\[1, 9\]"),
+        (10, ValueError, r"\[1, 9\]"),
+        (-1, ValueError, r"\[1, 9\]"),
+        (2.5, TypeError, "integer"),
+        (3.0, TypeError, "integer"),
+        ("3", TypeError, "integer"),
+        (True, TypeError, "integer"),
+        (None, TypeError, "integer"),
     ],
 )
-def test_bad_steps(backend, steps, match):
+def test_bad_steps(backend, steps, error, match):
+    """One rule across the package (check_int): TypeError for a non-integer, ValueError out of range."""
     cost = np.ones((10, 10))
-    with pytest.raises(ValueError, match=f"steps.*{match}|{match}"):
+    with pytest.raises(error, match=f"steps.*{match}|{match}"):
         bf.bellman_path(cost, steps, backend=backend)
-    with pytest.raises(ValueError, match=f"max_steps.*{match}|{match}"):
+    with pytest.raises(error, match=f"max_steps.*{match}|{match}"):
         bf.bellman_paths(cost, steps, backend=backend)
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import boss_fast.cost as cost_module
-from boss_fast.cost import cost_matrix, trajectory_cost, trajectory_cost_sums
+from boss_fast.cost import trajectory_cost, trajectory_cost_sums
 from boss_fast.grids import uniform_grid
+from boss_fast.search import cost_matrix
 from boss_fast.trajectories import teacher_trajectory
 
 # The kernel sums O(N) Gram products, each a float64 dot product over D features: its relative error is

@@ -10,9 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from boss_fast.cost import cost_matrix
 from boss_fast.grids import uniform_grid
-from boss_fast.schedule import optimal_schedule
+from boss_fast.search import cost_matrix, optimal_schedule
 
 WORLD = 2
 # 19 samples in batches of 4: 5 batches, so rank 0 runs 3 (4 + 4 + 3 samples) and rank 1 runs 2 (4 + 4).

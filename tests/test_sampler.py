@@ -12,8 +12,8 @@ import boss_fast as bf
 from boss_fast._backends import kernel_backends
 from boss_fast.models import load_bundled
 from boss_fast.models.dit import DiT
+from boss_fast.ode import sample
 from boss_fast.sampler import FusedHeadModel, Sampler
-from boss_fast.sampling import sample
 from boss_fast.trajectories import teacher_trajectory
 
 COMPILE_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"  # inductor's import

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from boss_fast.grids import uniform_grid
-from boss_fast.sampling import sample
+from boss_fast.ode import sample
 from boss_fast.schedule import schedule_from_cost
 from boss_fast.trajectories import teacher_trajectory
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from boss_fast.cost import cost_matrix
 from boss_fast.grids import uniform_grid
-from boss_fast.schedule import Schedule, optimal_schedule, schedule_from_cost, schedules_from_cost
+from boss_fast.schedule import Schedule, schedule_from_cost, schedules_from_cost
+from boss_fast.search import cost_matrix, optimal_schedule
 from boss_fast.trajectories import model_fingerprint, seeded_noise
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 import boss_fast as bf
 from boss_fast.grids import uniform_grid
-from boss_fast.straighten import pair_loss, straighten, straightening_pairs
+from boss_fast.straighten import add_lora, pair_loss, straighten, straighten_with_stats, straightening_pairs
 from boss_fast.trajectories import teacher_trajectory
 
 HAS_PEFT = importlib.util.find_spec("peft") is not None
@@ -197,9 +197,7 @@ def test_a_checkpoint_from_another_model_or_schedule_is_refused(tmp_path):
 def test_lora_trains_only_adapters_and_merging_keeps_the_outputs():
     model = TinyVelocity(hidden=32)
     sched = _schedule(10, [0, 5, 10])
-    adapted, stats = straighten(
-        model, sched, **FAST, lora_rank=2, lr=1e-2, ema=0.0, merge=False, return_stats=True
-    )
+    adapted, stats = straighten_with_stats(model, sched, **FAST, lora_rank=2, lr=1e-2, ema=0.0, merge=False)
     assert stats.trained_params == 2 * (3 + 32) + 2 * (32 + 2)  # r * (in + out) per adapted Linear
     assert 0.0 < stats.trained_share < 1.0
     names = {n for n, _ in adapted.named_parameters()}
@@ -223,10 +221,9 @@ def test_lora_trains_only_adapters_and_merging_keeps_the_outputs():
 @needs_peft
 def test_lora_on_the_bundled_dit_targets_attention_and_mlp():
     from boss_fast.models import DiT
-    from boss_fast.straighten import _add_lora
 
     dit = DiT(hidden=16, depth=1, heads=2)
-    peft_model = _add_lora(dit, 4, None, None)
+    peft_model = add_lora(dit, 4)
     adapted = {n for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
     assert len(adapted) == 4  # qkv, proj, mlp.0, mlp.2 of the one block
 

@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from boss_fast.grids import uniform_grid
-from boss_fast.trajectories import (
-    Trajectory,
-    euler_step,
-    model_fingerprint,
-    ode_step,
-    seeded_noise,
-    teacher_trajectory,
-)
+from boss_fast.ode import Trajectory, euler_update, ode_step
+from boss_fast.trajectories import model_fingerprint, seeded_noise, teacher_trajectory
 
 
 def cubic_velocity(x, t):
@@ -44,11 +38,11 @@ class Counter:
         return self.fn(x, t)
 
 
-def test_euler_step_is_x_plus_h_v_and_writes_out():
+def test_euler_update_is_x_plus_h_v_and_writes_out():
     x, v = torch.randn(3, 4), torch.randn(3, 4)
-    torch.testing.assert_close(euler_step(x, v, 0.25), x + 0.25 * v, rtol=0, atol=0)
+    torch.testing.assert_close(euler_update(x, v, 0.25), x + 0.25 * v, rtol=0, atol=0)
     out = torch.empty(3, 4)
-    assert euler_step(x, v, 0.25, out=out) is out
+    assert euler_update(x, v, 0.25, out=out) is out
     torch.testing.assert_close(out, x + 0.25 * v, rtol=0, atol=0)
 
 

@@ -3,7 +3,7 @@
 Three layers, one name: ``_euler_step_kernel`` (Triton), ``euler_step_forward`` (the launcher-level dispatch:
 no validation, backend already resolved), and the public ``euler_step`` (validates, resolves the backend in
 ``boss_fast._backends``). ``euler_step_reference`` beside them is the spec and the test oracle; without
-guidance it *is* the package's one Euler step, :func:`boss_fast.trajectories.euler_step`.
+guidance it *is* the package's one Euler update, :func:`boss_fast.ode.euler_update`.
 
 Numerics: storage in float32, bfloat16 or float16; arithmetic in float32; one rounding to the storage dtype
 at the store. Guidance takes a doubled batch ``v = cat([v_uncond, v_cond])`` (diffusers' order) of shape
@@ -23,7 +23,7 @@ import torch
 
 from boss_fast._backends import kernel_backend
 from boss_fast._validation import check_float
-from boss_fast.trajectories import euler_step as _one_euler_step
+from boss_fast.ode import euler_update
 
 try:  # optional: the `triton` extra; without it only the torch backend exists
     import triton
@@ -76,11 +76,11 @@ def euler_step_reference(
 ) -> torch.Tensor:
     """The spec: ``x + h * v`` (v combined from the doubled batch when ``guidance`` is given) in x's dtype.
 
-    Without guidance this is :func:`boss_fast.trajectories.euler_step` (``torch.add(x, v, alpha=h)``, which
+    Without guidance this is :func:`boss_fast.ode.euler_update` (``torch.add(x, v, alpha=h)``, which
     computes reduced-precision storage in float32 and rounds once, as the kernel does).
     """
     if guidance is None:
-        return _one_euler_step(x, v, h, out=out)
+        return euler_update(x, v, h, out=out)
     b = x.shape[0]
     vu = v[:b].float()
     combined = vu + guidance * (v[b:].float() - vu)

@@ -119,7 +119,7 @@ if triton is not None:
 
 def unpatchify(tokens: torch.Tensor, patch_size: int, channels: int, height: int, width: int) -> torch.Tensor:
     """(B, T, p*p*C) head outputs -> (B, C, H, W), T = (H/p)(W/p), in :class:`~boss_fast.models.dit.DiT`'s
-    layout (module docstring); equals ``DiT.unpatchify`` for square images."""
+    layout (module docstring); ``DiT.unpatchify`` calls this."""
     b, p, c = tokens.shape[0], patch_size, channels
     gh, gw = height // p, width // p
     x = tokens.reshape(b, gh, gw, p, p, c)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boss_fast.kernels import unpatchify
+
 __all__ = ["DiT", "timestep_embedding", "sincos_pos_embed_2d"]
 
 # DiT feeds the network t * 1000 (its diffusion timestep range); keeping that scale means the sinusoid
@@ -141,6 +143,9 @@ class DiT(nn.Module):
     # exactly unpatchify(head(trunk(x, t))).to(x.dtype) in the layout of the module docstring, so a sampler
     # may run ``trunk`` and then one fused head GEMM + Euler kernel writing straight into the state.
     fused_head: bool = True
+    # LoRA targets for straightening (boss_fast.straighten.default_lora_targets reads this attribute): the
+    # attention and MLP Linear layers of every block (qkv, proj, mlp.0, mlp.2), as a peft regex.
+    lora_targets: str = r".*blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(0|2))"
 
     def __init__(
         self,
@@ -235,10 +240,9 @@ class DiT(nn.Module):
         return self.final(tokens, c)
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, (H/p)^2, p*p*C) head outputs -> (B, C, H, W) images (layout in the module docstring)."""
-        b, g, p, c = tokens.shape[0], self.grid, self.patch_size, self.in_channels
-        x = tokens.reshape(b, g, g, p, p, c)
-        return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)
+        """(B, (H/p)^2, p*p*C) head outputs -> (B, C, H, W) images (layout in the module docstring):
+        :func:`boss_fast.kernels.unpatchify`, the layout the fused head kernel writes."""
+        return unpatchify(tokens, self.patch_size, self.in_channels, self.input_size, self.input_size)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unpatchify(self.head(self.trunk(x, t))).to(x.dtype)

@@ -1,0 +1,235 @@
+"""The ODE layer: the one Euler update, the table of fixed-step methods, one step, and the reference loop.
+
+Conventions: t in [0, 1], t = 0 noise, t = 1 data, dx/dt = v(x, t). A velocity model is any callable
+``velocity(x, t)`` with x of shape (B, ...) and t a (B,) tensor of x's dtype and device, returning a tensor
+shaped and typed like x.
+
+``euler_update`` (x + h v) is the one Euler update in the package: the teacher, :func:`sample`, the
+``Sampler`` (through the kernels, whose reference it is) and the straightening data all advance states
+through it, so a few-step sampler reproduces the teacher bit for bit when it is given the teacher's grid.
+Every fixed-step method is one entry of :data:`FIXED_STEP_METHODS`: its stages are Euler updates from the
+state with the previous stage's slope, and a final Euler update with the combined slope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from boss_fast._validation import (
+    STEP_SOLVERS,
+    check_choice,
+    check_noise,
+    check_velocity_output,
+    schedule_times,
+)
+
+__all__ = [
+    "FIXED_STEP_METHODS",
+    "FixedStepMethod",
+    "Trajectory",
+    "VelocityFn",
+    "euler_update",
+    "evaluate",
+    "first_nonfinite_step",
+    "ode_step",
+    "sample",
+    "stage_times",
+]
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A batch of trajectories on a grid.
+
+    Attributes:
+        states: (N, B, ...) in the noise's dtype and device; ``states[i]`` is the state at ``times[i]``,
+            ``states[0]`` the noise.
+        velocities: (N - 1, B, ...) with ``velocities[i] = velocity(states[i], times[i])``, the slope of an
+            Euler jump from grid point i whatever solver produced the states; None with ``keep="states"``.
+            There is none for the last time: no jump starts there, and skipping it saves one evaluation.
+        times: (N,) float64 grid.
+    """
+
+    states: torch.Tensor
+    velocities: torch.Tensor | None
+    times: np.ndarray
+
+
+@dataclass(frozen=True)
+class FixedStepMethod:
+    """An explicit fixed-step method whose stage s + 1 is evaluated at ``x + fractions[s] * h * k_s`` and time
+    ``t0 + fractions[s] * h`` (k_0 = velocity(x, t0)); the step is ``x + h * combine([k_0, k_1, ...])``.
+
+    Attributes:
+        fractions: one entry per stage after the first; 1.0 means the stage sits at t1 exactly.
+        combine: the slopes -> the step's slope, written once for every caller (same float operations, so
+            every caller gets the same bits).
+    """
+
+    name: str
+    fractions: tuple[float, ...]
+    combine: Callable[[Sequence[torch.Tensor]], torch.Tensor]
+
+    @property
+    def evaluations(self) -> int:
+        """Model evaluations per step."""
+        return 1 + len(self.fractions)
+
+
+def _heun(k: Sequence[torch.Tensor]) -> torch.Tensor:
+    return (k[0] + k[1]) * 0.5
+
+
+def _rk4(k: Sequence[torch.Tensor]) -> torch.Tensor:
+    return (k[0] + 2.0 * (k[1] + k[2]) + k[3]) * (1.0 / 6.0)
+
+
+# Euler (what BOSS optimises for); Heun, the explicit trapezoid rule (order 2); classical RK4 (order 4).
+FIXED_STEP_METHODS: dict[str, FixedStepMethod] = {
+    "euler": FixedStepMethod("euler", (), lambda k: k[0]),
+    "heun": FixedStepMethod("heun", (1.0,), _heun),
+    "rk4": FixedStepMethod("rk4", (0.5, 0.5, 1.0), _rk4),
+}
+
+
+def stage_times(method: FixedStepMethod, t0: float, t1: float) -> tuple[float, ...]:
+    """Host times of the method's stages for the step t0 -> t1 (the first is t0)."""
+    h = t1 - t0
+    return (t0, *(t1 if c == 1.0 else t0 + c * h for c in method.fractions))
+
+
+def euler_update(
+    x: torch.Tensor, v: torch.Tensor, h: float, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One Euler update ``x + h * v`` in x's dtype; ``h`` is a host float (no device sync).
+
+    Args:
+        x, v: tensors of the same shape, dtype and device.
+        h: step size in flow time (t_next - t), a Python float.
+        out: optional destination (e.g. the next row of a preallocated trajectory).
+    """
+    return torch.add(x, v, alpha=h, out=out)
+
+
+def evaluate(velocity: VelocityFn, x: torch.Tensor, t: float) -> torch.Tensor:
+    """Call the model at host time ``t`` (broadcast to a (B,) tensor) and check its output's metadata."""
+    tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+    return check_velocity_output(velocity(x, tt), x, t)
+
+
+def ode_step(
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    t0: float,
+    t1: float,
+    solver: str = "euler",
+    *,
+    v0: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Advance x from host time t0 to t1 with one step of ``solver`` ("euler", "heun" or "rk4").
+
+    ``v0 = velocity(x, t0)`` may be passed when the caller already has it (the teacher keeps it). The method
+    is :data:`FIXED_STEP_METHODS`' entry; it ends in ``euler_update`` with the combined slope. x must be a
+    valid state (this does not check it); an unknown solver raises ValueError.
+    """
+    method = FIXED_STEP_METHODS[check_choice(solver, STEP_SOLVERS, "solver")]
+    h = t1 - t0
+    times = stage_times(method, t0, t1)
+    slopes = [evaluate(velocity, x, t0) if v0 is None else v0]
+    for s, c in enumerate(method.fractions, start=1):
+        slopes.append(evaluate(velocity, euler_update(x, slopes[-1], c * h), times[s]))
+    return euler_update(x, method.combine(slopes), h, out=out)
+
+
+def first_nonfinite_step(
+    states: torch.Tensor, velocities: torch.Tensor | None, times: np.ndarray
+) -> str | None:
+    """Describe the first non-finite value of a trajectory, or None if all are finite.
+
+    Reads the whole trajectory once and syncs once (one host read of 2N flags), instead of a sync per step.
+    """
+    flat = states.reshape(states.shape[0], -1)
+    bad_x = ~torch.isfinite(flat).all(dim=1)
+    if velocities is not None:
+        bad_v = ~torch.isfinite(velocities.reshape(velocities.shape[0], -1)).all(dim=1)
+        flags = torch.cat([bad_x, bad_v]).cpu().numpy()
+        bad_x_h, bad_v_h = flags[: len(bad_x)], flags[len(bad_x) :]
+    else:
+        bad_x_h, bad_v_h = bad_x.cpu().numpy(), np.zeros(0, dtype=bool)
+    if bad_x_h[0]:
+        return "noise contains non-finite values"
+    t = times.tolist()  # Python floats print plainly in the messages
+    for i in range(len(t) - 1):
+        if i < len(bad_v_h) and bad_v_h[i]:
+            return f"velocity returned non-finite values at t = {t[i]!r} (grid index {i})"
+        if bad_x_h[i + 1]:
+            return (
+                f"the step from t = {t[i]!r} to t = {t[i + 1]!r} (grid index {i}) produced "
+                "non-finite states: the velocity returned non-finite values inside the step"
+            )
+    return None
+
+
+def sample(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    schedule: object,
+    solver: str = "euler",
+    *,
+    grad: bool = False,
+    check_finite: bool = True,
+) -> torch.Tensor:
+    """Run the K-step sampler from ``noise`` at ``times[0]`` to ``times[-1]``; return the last state.
+
+    The reference integrator: a plain loop over :func:`ode_step`. Times are host floats read once before the
+    loop: nothing inside it reads a device value (the finiteness flags are read once, after the loop).
+
+    Args:
+        velocity: ``velocity(x, t)``, t = 0 noise, t = 1 data.
+        noise: (B, ...) floating tensor, the state at the first time; the result has its dtype and device.
+        schedule: a ``Schedule`` (anything with ``times``) or its times (a sequence, numpy array or tensor,
+            strictly increasing in [0, 1]). K = len(times) - 1 steps; NFE = K for Euler, 2K for Heun, 4K
+            for RK4.
+        solver: "euler" (what BOSS optimises for), "heun" or "rk4".
+        grad: run under ``torch.no_grad()`` (default) or track gradients (e.g. to backpropagate through
+            the sampler).
+        check_finite: check that every state is finite (one device flag per step, read with one host
+            sync after the loop); the error names the first step where a non-finite value appeared.
+
+    Returns:
+        (B, ...) tensor, the state at ``times[-1]``.
+
+    Example:
+        >>> x = sample(lambda x, t: 3 * t[:, None] ** 2 * torch.ones_like(x), torch.ones(1, 1), [0.0, 1.0],
+        ...            solver="rk4")
+        >>> float(x)
+        2.0
+    """
+    times = schedule_times(schedule)
+    noise = check_noise(noise)
+    solver = check_choice(solver, STEP_SOLVERS, "solver")
+    hosts = times.tolist()  # Python floats: the loop below never reads a device value
+    flags = []
+    x = noise
+    with nullcontext() if grad else torch.no_grad():
+        for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True):
+            x = ode_step(velocity, x, t0, t1, solver)
+            if check_finite:
+                flags.append(torch.isfinite(x).all())  # a device flag per step, read once after the loop
+    if check_finite:
+        ok = torch.stack(flags).cpu().numpy()
+        if not ok.all():
+            k = int(np.flatnonzero(~ok)[0])
+            raise ValueError(
+                f"velocity returned non-finite values in step {k}, "
+                f"from t = {hosts[k]!r} to t = {hosts[k + 1]!r}"
+            )
+    return x
