@@ -4,7 +4,7 @@
   schedule's sigmas) and ``DiffusersVelocity`` (a diffusers transformer as ``velocity(x, t)``).
   ``pip install 'boss_fast[diffusers]'``.
 - :mod:`boss_fast.integrations.flow_matching`: Meta's ``flow_matching`` ``ModelWrapper`` both ways and the
-  schedule as its ``time_grid``. ``pip install 'boss_fast[flow_matching]'`` (CC BY-NC licensed).
+  schedule as its ``time_grid``. ``pip install 'boss_fast[flow-matching]'`` (CC BY-NC licensed).
 
 The core never sees these conventions: diffusers' sigma is 1 - t, its timestep sigma * 1000 and its model
 output minus our velocity; flow_matching shares ours (t = 0 noise, t = 1 data).
