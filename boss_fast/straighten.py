@@ -30,7 +30,9 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -529,6 +531,8 @@ def straighten(
         sched: the ``Schedule`` to straighten for, chosen on ``grid`` with ``solver``.
         teacher: ``velocity(x, t)`` producing the pairs; default a frozen copy of ``model``.
         num_pairs: noises M (pairs = M * K).
+        shape: one sample's shape for the noises; default the schedule's ``shape`` (where it was searched),
+            else the bundled DiT's. A schedule from another model (its ``fingerprint``) is warned about.
         iters: optimiser steps (>= 1). batch_size: global batch (split across DDP ranks).
         lora_rank: train rank-r LoRA adapters (peft) on ``lora_targets`` (default ``default_lora_targets``)
             instead of every weight; ``merge`` folds them into the returned module.
@@ -578,7 +582,7 @@ def straighten(
     model_device, dtype = _module_placement(model)
     device = torch.device(device) if device is not None else model_device
     if noise is None:
-        shape = tuple(shape) if shape is not None else _infer_shape(model)
+        shape = tuple(shape) if shape is not None else (sched.shape or _infer_shape(model))
         noise = seeded_noise(shape, 0, num_pairs, seed=seed, dtype=dtype)
     noise = check_noise(noise).to(dtype=dtype)
     num_pairs = noise.shape[0]
@@ -588,6 +592,13 @@ def straighten(
     if teacher is None:
         teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
     model_fp = model_fingerprint(model)
+    if sched.fingerprint is not None and sched.fingerprint != model_fp:
+        warnings.warn(
+            f"the schedule was searched on another model (fingerprint {sched.fingerprint}, this model's is "
+            f"{model_fp}): its steps may not suit this one",
+            UserWarning,
+            stacklevel=2,
+        )
     if lora_rank is not None:
         student.requires_grad_(False)
         student = _add_lora(student, lora_rank, lora_targets, lora_alpha)
@@ -640,8 +651,15 @@ def straighten(
     losses: list[float] = []
     path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
     if path is not None and os.path.exists(path):
-        state = torch.load(path, map_location=device, weights_only=True)
-        _check_header(json.loads(state["header"]), header, path)
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            saved_header = json.loads(state["header"])
+        except (RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
+            raise ValueError(
+                f"straighten checkpoint {path} is unreadable (corrupted or not a checkpoint: {err}); "
+                "delete it or use another checkpoint_dir"
+            ) from None
+        _check_header(saved_header, header, path)
         with torch.no_grad():
             for p, saved in zip(params, state["params"], strict=True):
                 p.copy_(saved)
