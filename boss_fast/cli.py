@@ -1,67 +1,221 @@
 """``boss-fast``: the command line. Subcommands: demo, schedule, straighten, sample, dp-example.
 
-Only argument parsing and I/O live here; the work is in the library functions each subcommand calls.
+Only argument parsing and I/O live here; the work is in the library functions each subcommand calls. Every
+path, device and optional dependency a command needs is checked before its computation starts, and a user
+error or Ctrl-C ends with one line on stderr (exit 2, or 130 for Ctrl-C), never a traceback; files are
+written atomically, so an interrupted command leaves no partial output.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+import traceback
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
+import boss_fast as bf
 from boss_fast._validation import atomic_write
-from boss_fast.bellman import bellman_paths
 from boss_fast.demo import DemoConfig, run_demo
 from boss_fast.models import WeightsFileError, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
-from boss_fast.sampler import Sampler
-from boss_fast.schedule import Schedule
-from boss_fast.search import optimal_schedule
-from boss_fast.straighten import straighten_with_stats
-from boss_fast.trajectories import seeded_noise
 
 # The shape of one sample of each bundled velocity model (the classifier is not a velocity model).
 BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,)}
+# Optional dependencies a flag needs: (module, extra to install).
+_NEEDS = {"dopri5": ("torchdiffeq", "reference"), "lora": ("peft", "lora")}
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+# What a user's input can cause: bad values, files, devices, missing extras, unreadable weights. Anything
+# else (a RuntimeError from inside a computation, a KeyError, ...) is a bug and keeps its traceback.
+_USER_ERRORS = (ValueError, TypeError, OSError, ImportError, WeightsFileError)
 
 
-def _load_velocity(spec: str):
+class UsageError(Exception):
+    """A problem with the command line itself (a flag, a path): reported as one line."""
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def _check_input_file(path: str, flag: str) -> None:
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a directory, not a file")
+    if not os.path.exists(path):
+        raise UsageError(f"{flag} {path}: no such file")
+
+
+def _nearest_existing(path: str) -> str:
+    """``path`` itself or its nearest ancestor that exists."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        current = os.path.dirname(current)
+    return current
+
+
+def _check_writable_dir(directory: str, flag: str, path: str) -> None:
+    try:  # as root, os.access says yes to a read-only filesystem: try it (an unnamed file, gone on close)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: cannot write in {directory} ({err.strerror})") from None
+
+
+def _check_output_file(path: str | None, flag: str) -> None:
+    """A file the command will write: not a directory, in an existing, writable directory."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a directory; give a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    existing = _nearest_existing(parent)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{flag} {path}: {existing} is a file, not a directory")
+    if existing != parent:
+        raise UsageError(f"{flag} {path}: directory {os.path.dirname(path)} does not exist")
+    _check_writable_dir(parent, flag, path)
+
+
+def _check_output_dir(path: str | None, flag: str) -> None:
+    """A directory the command will create if needed and write in."""
+    if path is None:
+        return
+    existing = _nearest_existing(path)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == os.path.abspath(path) else f"is under {existing}, a file"
+        raise UsageError(f"{flag} {path}: {what}, not a directory")
+    _check_writable_dir(existing, flag, path)
+
+
+def _check_device(text: str | None, flag: str = "--device") -> torch.device | None:
+    if text is None:
+        return None
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{flag} {text}: not a device torch knows (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{flag} {text}: CUDA is not available on this machine")
+    try:  # any other device type (mps, xpu, ...), or a CUDA index out of range
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:  # AssertionError: "Torch not compiled with ..." builds
+        raise UsageError(f"{flag} {text}: not usable here ({_one_line(err)})") from None
+    return device
+
+
+def _check_extra(what: str, flag: str) -> None:
+    module, extra = _NEEDS[what]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UsageError(
+            f"{flag} needs the optional '{module}' package: "
+            f"python -m pip install torch==<your pin> 'boss_fast[{extra}]'"
+        ) from None
+
+
+def _load_schedule(path: str) -> bf.Schedule:
+    _check_input_file(path, "--schedule")
+    return bf.Schedule.load(path)
+
+
+def _warn_if_other_model(sched: bf.Schedule, velocity: object) -> None:
+    if sched.fingerprint is not None and isinstance(velocity, nn.Module):
+        if bf.model_fingerprint(velocity) != sched.fingerprint:
+            warnings.warn(
+                "the schedule was searched on another model (its fingerprint differs)", stacklevel=2
+            )
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def _import_model(spec: str) -> object:
+    module_name, _, attr = spec.partition(":")
+    # Like `python -m`: a module in the current directory is importable (the console script's sys.path[0]
+    # is its own bin/ directory, not the working directory).
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UsageError(f"--model {spec}: cannot import {module_name}: {_one_line(err)}") from None
+    except Exception as err:  # the user's module failed while running: where, in one line
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        raise UsageError(
+            f"--model {spec}: importing {module_name} raised {type(err).__name__}: {_one_line(err)} "
+            f"({where.filename}:{where.lineno})"
+        ) from None
+    try:
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise UsageError(f"--model {spec}: {module_name} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise UsageError(f"--model {spec}: not callable as velocity(x, t)")
+    return obj
+
+
+def _load_velocity(spec: str) -> tuple[object, tuple[int, ...] | None]:
     """A bundled model by name, or any importable velocity callable as ``module:attr``."""
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            obj = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as err:
-            raise SystemExit(f"boss-fast: cannot load velocity model {spec!r}: {err}") from None
-        if not callable(obj):
-            raise SystemExit(f"boss-fast: {spec!r} is not callable as velocity(x, t)")
-        return obj, None
+        return _import_model(spec), None
     if spec not in BUNDLED_SHAPES:
-        raise SystemExit(
-            f"boss-fast: unknown model {spec!r}; "
-            f"use a bundled one ({', '.join(BUNDLED_SHAPES)}) or module:attr"
+        raise UsageError(
+            f"--model {spec}: unknown model; use a bundled one ({', '.join(BUNDLED_SHAPES)}) or module:attr"
         )
     return load_bundled(spec), BUNDLED_SHAPES[spec]
 
 
-def _shape(text: str | None, default: tuple[int, ...] | None) -> tuple[int, ...]:
+def _shape(text: str | None, *defaults: tuple[int, ...] | None) -> tuple[int, ...]:
     if text is None:
-        if default is None:
-            raise SystemExit("boss-fast: --shape is required for a module:attr model (e.g. --shape 3,32,32)")
-        return default
+        for default in defaults:
+            if default is not None:
+                return tuple(default)
+        raise UsageError(
+            "--shape is required here (e.g. --shape 3,32,32): neither model nor schedule knows it"
+        )
     try:
         shape = tuple(int(s) for s in text.split(","))
     except ValueError:
-        raise SystemExit(f"boss-fast: --shape must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"--shape {text}: must be comma-separated integers (e.g. 3,32,32)") from None
+    if any(s < 1 for s in shape):
+        raise UsageError(f"--shape {text}: every entry must be >= 1")
     return shape
 
 
+def _probe(velocity: object, spec: str, shape: tuple[int, ...], device: torch.device | None) -> None:
+    """One call on one sample, so a model that does not fit ``shape`` fails now, in one line."""
+    if ":" not in spec:
+        return  # a bundled model: its shape is known to fit
+    param = next((p for p in getattr(velocity, "parameters", list)() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    device = device or (param.device if param is not None else torch.device("cpu"))
+    x = torch.zeros(1, *shape, dtype=dtype, device=device)
+    try:
+        with torch.no_grad():
+            out = velocity(x, torch.zeros(1, dtype=dtype, device=device))
+    except Exception as err:  # the user's model on the user's --shape
+        raise UsageError(
+            f"--model {spec} fails on one sample of shape {shape}: {type(err).__name__}: {_one_line(err)}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(f"--model {spec} returns {got} for x of shape {tuple(x.shape)}; it must match x")
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
 def _cmd_demo(args) -> None:
+    _check_output_dir(args.out, "--out")
     run_demo(
         DemoConfig(
             out=args.out,
@@ -75,16 +229,23 @@ def _cmd_demo(args) -> None:
             straighten_iters=args.straighten_iters,
         )
     )
-    with open(f"{args.out}/results.md") as f:
+    with open(os.path.join(args.out, "results.md")) as f:
         print(f.read())
     print(f"report written to {args.out}/")
 
 
 def _cmd_schedule(args) -> None:
+    _check_output_file(args.out, "--out")
+    _check_output_file(args.checkpoint, "--checkpoint")
+    device = _check_device(args.device)
+    if args.solver == "dopri5":
+        _check_extra("dopri5", "--solver dopri5")
     velocity, default_shape = _load_velocity(args.model)
-    sched = optimal_schedule(
+    shape = _shape(args.shape, default_shape)
+    _probe(velocity, args.model, shape, device)
+    sched = bf.optimal_schedule(
         velocity,
-        _shape(args.shape, default_shape),
+        shape,
         args.steps,
         grid=args.grid,
         num_samples=args.num_samples,
@@ -92,7 +253,7 @@ def _cmd_schedule(args) -> None:
         seed=args.seed,
         solver=args.solver,
         metric=args.metric,
-        device=args.device,
+        device=device,
         backend=args.backend,
         progress=not args.no_progress,
         checkpoint=args.checkpoint,
@@ -103,13 +264,21 @@ def _cmd_schedule(args) -> None:
 
 
 def _cmd_straighten(args) -> None:
+    _check_output_file(args.out, "--out")
+    _check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
+    _check_output_dir(args.cache_dir, "--cache-dir")
+    device = _check_device(args.device)
+    if args.lora_rank is not None:
+        _check_extra("lora", "--lora-rank")
+    sched = _load_schedule(args.schedule)
+    if sched.solver == "dopri5":
+        _check_extra("dopri5", f"--schedule {args.schedule} (a dopri5 teacher's)")
     velocity, default_shape = _load_velocity(args.model)
-    if not isinstance(velocity, torch.nn.Module) or not any(
-        p.is_floating_point() for p in velocity.parameters()
-    ):
-        raise SystemExit(f"boss-fast: {args.model!r} has no trainable weights to straighten")
-    sched = Schedule.load(args.schedule)
-    student, stats = straighten_with_stats(
+    if not isinstance(velocity, nn.Module) or not any(p.is_floating_point() for p in velocity.parameters()):
+        raise UsageError(f"--model {args.model}: has no trainable weights to straighten")
+    shape = _shape(args.shape, sched.shape, default_shape)
+    _probe(velocity, args.model, shape, device)
+    student, stats = bf.straighten_with_stats(
         velocity,
         sched,
         num_pairs=args.num_pairs,
@@ -125,9 +294,9 @@ def _cmd_straighten(args) -> None:
         normalize=args.normalize,
         checkpoint_dir=args.checkpoint_dir,
         seed=args.seed,
-        device=args.device,
+        device=device,
         progress=not args.no_progress,
-        shape=_shape(args.shape, default_shape),
+        shape=shape,
         cache_dir=args.cache_dir,
     )
     config = student.config() if callable(getattr(student, "config", None)) else {}
@@ -141,24 +310,32 @@ def _cmd_straighten(args) -> None:
 
 
 def _cmd_sample(args) -> None:
+    _check_output_file(args.out, "--out")
+    _check_output_file(args.png, "--png")
+    if args.mode == "cuda_graph" and not torch.cuda.is_available():
+        raise UsageError("--mode cuda_graph: needs CUDA, which is not available on this machine")
+    device = _check_device(args.device) or (torch.device("cuda") if args.mode == "cuda_graph" else None)
+    sched = _load_schedule(args.schedule)
     if args.weights is not None:
+        _check_input_file(args.weights, "--weights")
         if args.model not in BUNDLED_SHAPES:
-            raise SystemExit("boss-fast: --weights loads a bundled model's architecture (e.g. digits_dit)")
+            raise UsageError("--weights loads a bundled model's architecture (e.g. --model digits_dit)")
         velocity, default_shape = load_bundled(args.model, weights=args.weights), BUNDLED_SHAPES[args.model]
     else:
         velocity, default_shape = _load_velocity(args.model)
-    sched = Schedule.load(args.schedule)
-    noise = seeded_noise(_shape(args.shape, default_shape), 0, args.num, seed=args.seed)
-    device = args.device or ("cuda" if args.mode == "cuda_graph" else None)
-    if device is not None and isinstance(velocity, torch.nn.Module):
+        _warn_if_other_model(sched, velocity)  # a straightened student differs from its schedule's teacher
+    shape = _shape(args.shape, sched.shape, default_shape)
+    if args.png and len(shape) != 3:
+        raise UsageError(f"--png needs image samples (C, H, W); these have shape {shape}")
+    _probe(velocity, args.model, shape, device)
+    noise = bf.seeded_noise(shape, 0, args.num, seed=args.seed)
+    if device is not None and isinstance(velocity, nn.Module):
         velocity = velocity.to(device)
-    sampler = Sampler(velocity, sched, mode=args.mode, device=device)
+    sampler = bf.Sampler(velocity, sched, mode=args.mode, device=device)
     x = sampler(noise.to(sampler.device, sampler.dtype)).cpu()
     atomic_write(args.out, lambda f: np.save(f, x.numpy()))
     print(f"{args.num} samples after {sched.steps} steps written to {args.out} (shape {tuple(x.shape)})")
     if args.png:
-        if x.ndim != 4:
-            raise SystemExit("boss-fast: --png needs image samples (B, C, H, W)")
         save_sample_grid({f"{sched.steps} steps": x[:16, :1].numpy()}, args.png)
         print(f"grid written to {args.png}")
 
@@ -169,12 +346,25 @@ def _cmd_dp_example(args) -> None:
     curvature = 1.0 / (t * (1 - t) + 0.02)
     density = np.cumsum(np.r_[0.0, 0.5 * (curvature[1:] + curvature[:-1]) * np.diff(t)])
     cost = np.triu(np.subtract.outer(density, density) ** 2, 1)
-    for p in bellman_paths(cost, args.max_steps):
+    for p in bf.bellman_paths(cost, args.max_steps):
         print(f"{p.steps:3d} steps  cost {p.cost:10.4g}  times {np.array2string(t[p.indices], precision=3)}")
 
 
+# ------------------------------------------------------------------------------------------ parser
+
+_MODEL_HELP = (
+    f"bundled ({', '.join(BUNDLED_SHAPES)}) or module:attr, a velocity(x, t) callable; module:attr IMPORTS "
+    "(runs) that module, found as `python -m` would (the current directory first)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="boss-fast", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="boss-fast",
+        description=__doc__.splitlines()[0],
+        epilog="Errors are one line on stderr (exit 2; Ctrl-C: 130). --model module:attr runs that module's "
+        "code: use only modules you trust.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -192,14 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     sched = sub.add_parser("schedule", help="the Bellman-optimal schedule of a velocity model, as JSON")
-    sched.add_argument("--model", required=True, help=f"bundled ({', '.join(BUNDLED_SHAPES)}) or module:attr")
+    sched.add_argument("--model", required=True, help=_MODEL_HELP)
     sched.add_argument("--shape", help="one sample's shape, e.g. 3,32,32 (bundled models know theirs)")
     sched.add_argument("--steps", type=int, required=True)
     sched.add_argument("--grid", type=int, default=100)
     sched.add_argument("--num-samples", type=int, default=256)
     sched.add_argument("--batch-size", type=int, default=256)
     sched.add_argument("--seed", type=int, default=0)
-    sched.add_argument("--solver", default="euler", choices=("euler", "heun", "rk4", "dopri5"))
+    sched.add_argument(
+        "--solver",
+        default="euler",
+        choices=("euler", "heun", "rk4", "dopri5"),
+        help="dopri5 needs torchdiffeq",
+    )
     sched.add_argument("--metric", default="l2sq", choices=("l2sq", "l2"))
     sched.add_argument("--device", default=None)
     sched.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba", "numpy"))
@@ -219,9 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_straighten_parser(sub) -> None:
     st = sub.add_parser("straighten", help="fine-tune a model for a schedule's steps (BOSS stage 2)")
-    st.add_argument("--model", required=True, help=f"bundled ({', '.join(BUNDLED_SHAPES)}) or module:attr")
+    st.add_argument("--model", required=True, help=_MODEL_HELP)
     st.add_argument("--schedule", required=True, help="schedule JSON (boss-fast schedule)")
-    st.add_argument("--shape", help="one sample's shape, e.g. 3,32,32 (bundled models know theirs)")
+    st.add_argument("--shape", help="one sample's shape, e.g. 3,32,32 (default: the schedule's)")
     st.add_argument(
         "--grid", type=int, default=None, help="uniform grid size to check (default: the schedule's)"
     )
@@ -231,7 +426,7 @@ def _add_straighten_parser(sub) -> None:
     st.add_argument("--lr", type=float, default=2e-4)
     st.add_argument("--warmup", type=int, default=200)
     st.add_argument("--ema", type=float, default=0.999)
-    st.add_argument("--lora-rank", type=int, default=None)
+    st.add_argument("--lora-rank", type=int, default=None, help="LoRA adapters only (needs peft)")
     st.add_argument("--loss", default="l2", choices=("l2", "pseudo_huber"))
     st.add_argument("--normalize", action="store_true", help="Simple ReFlow's 1/stopgrad(loss) weighting")
     st.add_argument("--checkpoint-dir", default=None, help="resumable training state")
@@ -245,9 +440,9 @@ def _add_straighten_parser(sub) -> None:
 
 def _add_sample_parser(sub) -> None:
     smp = sub.add_parser("sample", help="few-step samples with a schedule JSON")
-    smp.add_argument("--model", required=True)
+    smp.add_argument("--model", required=True, help=_MODEL_HELP)
     smp.add_argument("--schedule", required=True)
-    smp.add_argument("--shape")
+    smp.add_argument("--shape", help="one sample's shape (default: the schedule's, else the model's)")
     smp.add_argument("--num", type=int, default=64)
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--out", required=True, help="samples (.npy)")
@@ -257,19 +452,45 @@ def _add_sample_parser(sub) -> None:
         "--mode",
         default="eager",
         choices=("auto", "eager", "compile", "cuda_graph"),
-        help="Sampler mode (default eager: the same bits as bf.sample)",
+        help="Sampler mode (default eager: the same bits as bf.sample; cuda_graph needs CUDA)",
     )
     smp.add_argument("--device", default=None, help="e.g. cuda (default: the model's device)")
     smp.set_defaults(func=_cmd_sample)
 
 
+# ------------------------------------------------------------------------------------------ main
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _interrupted(args) -> str:
+    resume = getattr(args, "checkpoint_dir", None) or getattr(args, "checkpoint", None)
+    note = f"; rerun the same command to resume from {resume}" if resume else ""
+    return f"interrupted; no partial output was written{note}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prefix = f"boss-fast {args.command}"
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prefix}: warning: {_one_line(message)}", file=sys.stderr)
+
     try:
-        args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, WeightsFileError) as err:
-        print(f"boss-fast {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            args.func(args)
+    except KeyboardInterrupt:
+        print(f"{prefix}: {_interrupted(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `boss-fast dp-example | head -1`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own exit flush stays quiet
+        return 0
+    except (UsageError, *_USER_ERRORS) as err:
+        print(f"{prefix}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -34,6 +34,12 @@ __all__ = ["Schedule", "schedule_from_cost", "schedules_from_cost"]
 SCHEDULE_FORMAT = "boss_fast.schedule"
 SCHEDULE_VERSION = 1
 _REQUIRED = ("times", "indices", "grid", "cost", "metric", "solver")
+# A schedule file is a few kB (grid 100: 5 kB); a grid of 10^6 points is ~50 MB. Anything larger is refused
+# before it is read.
+MAX_FILE_BYTES = 64 * 2**20
+# num_samples counts noises; beyond 2^53 it would not even round-trip through a float64 JSON reader.
+_MAX_NUM_SAMPLES = 2**53
+_MAX_SHAPE_DIMS = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,9 +54,11 @@ class Schedule:
         grid: (N,) float64 base grid the cost matrix was computed on.
         metric: "l2sq" or "l2", the cost metric.
         solver: the teacher's solver, "euler", "heun", "rk4" or "dopri5".
-        num_samples: noises the cost was averaged over (None when unknown).
+        num_samples: noises the cost was averaged over (None when unknown), at most 2^53.
         fingerprint: optional identity of the model, e.g. ``model_fingerprint(model)``.
         discount: the DP's discount (1.0 for BOSS).
+        shape: the shape of one sample the schedule was searched at, e.g. (1, 8, 8) (None when unknown);
+            ``straighten`` and ``boss-fast sample`` use it when not given a shape.
 
     The arrays are read-only copies; construction validates everything (ValueError naming the problem).
     """
@@ -64,6 +72,7 @@ class Schedule:
     num_samples: int | None = None
     fingerprint: str | None = None
     discount: float = 1.0
+    shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         grid = as_times(self.grid, "grid")
@@ -95,6 +104,9 @@ class Schedule:
         check_choice(self.metric, METRICS, "metric")
         check_choice(self.solver, SOLVERS, "solver")
         num_samples = None if self.num_samples is None else check_int(self.num_samples, "num_samples")
+        if num_samples is not None and num_samples > _MAX_NUM_SAMPLES:
+            raise ValueError(f"num_samples must be <= 2^53, got {num_samples}")
+        shape = None if self.shape is None else _check_shape(self.shape)
         if self.fingerprint is not None and not isinstance(self.fingerprint, str):
             raise TypeError(f"fingerprint must be a str or None, got {type(self.fingerprint).__name__}")
         for array in (grid, times, indices):
@@ -106,6 +118,7 @@ class Schedule:
             ("cost", cost),
             ("discount", discount),
             ("num_samples", num_samples),
+            ("shape", shape),
         ):
             object.__setattr__(self, name, value)
 
@@ -137,6 +150,7 @@ class Schedule:
             and np.array_equal(self.grid, other.grid)
             and (self.cost, self.metric, self.solver, self.num_samples, self.fingerprint, self.discount)
             == (other.cost, other.metric, other.solver, other.num_samples, other.fingerprint, other.discount)
+            and self.shape == other.shape
         )
 
     __hash__ = None  # type: ignore[assignment]  # holds arrays
@@ -156,6 +170,7 @@ class Schedule:
             "num_samples": self.num_samples,
             "fingerprint": self.fingerprint,
             "discount": self.discount,
+            "shape": None if self.shape is None else list(self.shape),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -179,9 +194,9 @@ class Schedule:
         missing = [key for key in _REQUIRED if key not in doc]
         if missing:
             raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
-        _expect_numbers(doc["times"], "times", source)
-        _expect_numbers(doc["grid"], "grid", source)
-        _expect_numbers(doc["indices"], "indices", source, integers=True)
+        times = _expect_numbers(doc["times"], "times", source)
+        grid = _expect_numbers(doc["grid"], "grid", source)
+        indices = _expect_numbers(doc["indices"], "indices", source, integers=True)
         for key, kinds in (
             ("cost", (int, float)),
             ("discount", (int, float)),
@@ -190,35 +205,60 @@ class Schedule:
             ("num_samples", (int, type(None))),
             ("fingerprint", (str, type(None))),
             ("steps", (int,)),
+            ("shape", (list, type(None))),
         ):
             if key in doc and (not isinstance(doc[key], kinds) or isinstance(doc[key], bool)):
                 raise ValueError(f"{source}: {key} has the wrong type ({type(doc[key]).__name__})")
         if "steps" in doc and doc["steps"] != len(doc["times"]) - 1:
             raise ValueError(f"{source}: steps = {doc['steps']} but times holds {len(doc['times'])} points")
+        cost = _number(doc["cost"], "cost", source)
+        discount = _number(doc.get("discount", 1.0), "discount", source)
+        num_samples = doc.get("num_samples")
+        if num_samples is not None and not 1 <= num_samples <= _MAX_NUM_SAMPLES:
+            raise ValueError(f"{source}: num_samples must be an integer in [1, 2^53], got {num_samples}")
+        shape = doc.get("shape")
+        if shape is not None:
+            try:
+                shape = _check_shape(shape)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{source}: shape: {err}") from None
         try:
             return cls(
-                times=np.asarray(doc["times"], dtype=np.float64),
-                indices=np.asarray(doc["indices"], dtype=np.int64),
-                cost=doc["cost"],
-                grid=np.asarray(doc["grid"], dtype=np.float64),
+                times=times,
+                indices=indices,
+                cost=cost,
+                grid=grid,
                 metric=doc["metric"],
                 solver=doc["solver"],
-                num_samples=doc.get("num_samples"),
+                num_samples=num_samples,
                 fingerprint=doc.get("fingerprint"),
-                discount=doc.get("discount", 1.0),
+                discount=discount,
+                shape=shape,
             )
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise ValueError(f"{source}: inconsistent schedule: {err}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Schedule:
-        """Read a schedule written by ``save``; a corrupted, truncated or foreign file raises ValueError."""
+        """Read a schedule written by ``save``.
+
+        A corrupted, truncated, foreign, oversized (> 64 MiB, checked before reading) or deeply nested file
+        raises ValueError naming the file and the field; a missing file or a directory raises OSError.
+        """
         source = os.fspath(path)
         with open(source, "rb") as f:
-            raw = f.read()
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows while being read
+        if max(size, len(raw)) > MAX_FILE_BYTES:
+            raise ValueError(
+                f"{source}: {max(size, len(raw))} bytes, larger than any schedule "
+                f"({MAX_FILE_BYTES // 2**20} MiB at most): not a schedule file"
+            )
         try:
             doc = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        except RecursionError:
+            raise ValueError(f"{source}: JSON nested too deeply: not a schedule file") from None
+        except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, over-long integers
             raise ValueError(f"{source}: not valid JSON (corrupted or truncated?): {err}") from None
         return cls.from_dict(doc, source)
 
@@ -227,7 +267,8 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name} in schedule JSON")
 
 
-def _expect_numbers(value: object, key: str, source: str, integers: bool = False) -> None:
+def _expect_numbers(value: object, key: str, source: str, integers: bool = False) -> np.ndarray:
+    """``value`` as a float64 (int64 with ``integers``) array, or a ValueError naming ``key``."""
     kinds = (int,) if integers else (int, float)
     if (
         not isinstance(value, list)
@@ -236,6 +277,27 @@ def _expect_numbers(value: object, key: str, source: str, integers: bool = False
     ):
         what = "integers" if integers else "numbers"
         raise ValueError(f"{source}: {key} must be a non-empty list of {what}")
+    try:
+        return np.asarray(value, dtype=np.int64 if integers else np.float64)
+    except OverflowError:  # an integer beyond int64, or beyond float64's range
+        raise ValueError(f"{source}: {key} holds a number too large to convert") from None
+
+
+def _number(value: object, key: str, source: str) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an integer beyond float64's range
+        raise ValueError(f"{source}: {key} is too large to convert to a float") from None
+
+
+def _check_shape(shape: object) -> tuple[int, ...]:
+    """One sample's shape: 1 to 16 positive integers."""
+    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence | torch.Size):
+        raise TypeError(f"shape must be a sequence of integers, got {shape!r}")
+    dims = tuple(check_int(d, "shape entry") for d in shape)
+    if not 1 <= len(dims) <= _MAX_SHAPE_DIMS or any(d > 2**31 for d in dims):
+        raise ValueError(f"shape must have 1 to {_MAX_SHAPE_DIMS} entries, each in [1, 2^31], got {dims}")
+    return dims
 
 
 # -------------------------------------------------------------------------------------------- building
@@ -250,6 +312,7 @@ def _from_path(
     num_samples: int | None,
     fingerprint: str | None,
     discount: float,
+    shape: tuple[int, ...] | None = None,
 ) -> Schedule:
     return Schedule(
         times=grid[path.indices],
@@ -261,6 +324,7 @@ def _from_path(
         num_samples=num_samples,
         fingerprint=fingerprint,
         discount=discount,
+        shape=shape,
     )
 
 
@@ -285,11 +349,12 @@ def schedule_from_cost(
     solver: str = "euler",
     num_samples: int | None = None,
     fingerprint: str | None = None,
+    shape: Sequence[int] | None = None,
 ) -> Schedule:
     """The Bellman-optimal ``steps``-step schedule for a precomputed (N, N) cost matrix on grid ``times``.
 
-    No model needed. ``metric``, ``solver``, ``num_samples`` and ``fingerprint`` only describe where the
-    matrix came from and are stored in the schedule. ``steps`` must be in [1, N - 1].
+    No model needed. ``metric``, ``solver``, ``num_samples``, ``fingerprint`` and ``shape`` (one sample's)
+    only describe where the matrix came from and are stored in the schedule. ``steps`` must be in [1, N - 1].
 
     Example:
         >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)  # cost (j - i)^2
@@ -311,6 +376,7 @@ def schedule_from_cost(
         num_samples=num_samples,
         fingerprint=fingerprint,
         discount=discount,
+        shape=None if shape is None else tuple(shape),
     )
 
 
@@ -325,6 +391,7 @@ def schedules_from_cost(
     solver: str = "euler",
     num_samples: int | None = None,
     fingerprint: str | None = None,
+    shape: Sequence[int] | None = None,
 ) -> list[Schedule]:
     """Every budget from one DP table: ``result[k - 1]`` is the best k-step schedule, k = 1 .. max_steps."""
     matrix, grid = _check_cost_and_grid(cost, times)
@@ -341,6 +408,7 @@ def schedules_from_cost(
             num_samples=num_samples,
             fingerprint=fingerprint,
             discount=discount,
+            shape=None if shape is None else tuple(shape),
         )
         for p in paths
     ]

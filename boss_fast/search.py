@@ -335,4 +335,5 @@ def optimal_schedule(
         solver=solver,
         num_samples=num_samples,
         fingerprint=fingerprint,
+        shape=shape,
     )

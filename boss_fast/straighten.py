@@ -30,7 +30,9 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
@@ -504,7 +506,7 @@ def _resolve_run(args: dict) -> _Run:
 def _pair_noise(model: nn.Module, run: _Run, noise: torch.Tensor | None, shape) -> torch.Tensor:
     """The given noise, else ``seeded_noise`` of the model's (or the given) sample shape, in run.dtype."""
     if noise is None:
-        shape = tuple(shape) if shape is not None else _infer_shape(model)
+        shape = tuple(shape) if shape is not None else (run.sched.shape or _infer_shape(model))
         noise = seeded_noise(shape, 0, run.num_pairs, seed=run.seed, dtype=run.dtype)
     return check_noise(noise).to(dtype=run.dtype)
 
@@ -606,8 +608,15 @@ class _TrainState:
 
     def resume(self, path: str, header: dict, device: torch.device) -> None:
         """Load a checkpoint written by ``save`` after checking that it belongs to this run."""
-        state = torch.load(path, map_location=device, weights_only=True)
-        _check_header(json.loads(state["header"]), header, path)
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            saved_header = json.loads(state["header"])
+        except (RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
+            raise ValueError(
+                f"straighten checkpoint {path} is unreadable (corrupted or not a checkpoint: {err}); "
+                "delete it or use another checkpoint_dir"
+            ) from None
+        _check_header(saved_header, header, path)
         with torch.no_grad():
             for p, saved in zip(self.params, state["params"], strict=True):
                 p.copy_(saved)
@@ -716,6 +725,8 @@ def straighten(
         sched: the ``Schedule`` to straighten for, chosen on ``grid`` with ``solver``.
         teacher: ``velocity(x, t)`` producing the pairs; default a frozen copy of ``model``.
         num_pairs: noises M (pairs = M * K).
+        shape: one sample's shape for the noises; default the schedule's ``shape`` (where it was searched),
+            else the bundled DiT's. A schedule from another model (its ``fingerprint``) is warned about.
         iters: optimiser steps (>= 1). batch_size: global batch (split across DDP ranks).
         lora_rank: train rank-r LoRA adapters (peft) on ``lora_targets`` (default ``default_lora_targets``)
             instead of every weight; ``merge`` folds them into the returned module.
@@ -789,7 +800,15 @@ def straighten_with_stats(
         teacher, run.sched, noise, grid=run.sched.grid, solver=run.solver, batch_size=pair_batch_size,
         cache_dir=cache_dir, device=run.device, progress=progress, mode=teacher_mode,
     )  # fmt: skip
-    header = _header(model_fingerprint(model), run.sched, run.config(noise.shape[0], rank_world()[1]))
+    model_fp = model_fingerprint(model)
+    if run.sched.fingerprint is not None and run.sched.fingerprint != model_fp:
+        warnings.warn(
+            f"the schedule was searched on another model (fingerprint {run.sched.fingerprint}, this model's "
+            f"is {model_fp}): its steps may not suit this one",
+            UserWarning,
+            stacklevel=3,
+        )
+    header = _header(model_fp, run.sched, run.config(noise.shape[0], rank_world()[1]))
     state = _TrainState.start(params, run.lr, run.seed)
     path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
     if path is not None and os.path.exists(path):

@@ -1,13 +1,74 @@
-"""The command line and the demo report, at small sizes."""
+"""The command line and the demo report, at small sizes.
+
+User errors and Ctrl-C run the real command in a subprocess: exit code, ONE line on stderr, no traceback,
+nothing left behind.
+"""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import boss_fast
 from boss_fast import Schedule
 from boss_fast.cli import main
 from boss_fast.demo import DemoConfig, run_demo
+from boss_fast.grids import uniform_grid
+
+# The subprocess imports the same boss_fast as this test run.
+PACKAGE_PARENT = str(Path(boss_fast.__file__).resolve().parents[1])
+
+
+def run_cli(argv, cwd, prelude="", timeout=600, **popen):
+    """``boss-fast *argv`` in a fresh interpreter without the working directory on sys.path (as the console
+    script runs); ``prelude`` runs first (e.g. hiding an optional package)."""
+    code = (
+        "import sys\n"
+        "sys.path[:] = [p for p in sys.path if p not in ('', '.')]\n"
+        f"{prelude}\n"
+        "from boss_fast.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
+
+
+def assert_one_line_error(proc, fragment, code=2):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def listing(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*"))
+
+
+def small_schedule(path, grid=10, indices=(0, 4, 10)):
+    times = uniform_grid(grid)
+    idx = np.asarray(indices)
+    Schedule(times=times[idx], indices=idx, cost=0.0, grid=times).save(path)
+    return str(path)
 
 
 def test_dp_example_prints_every_budget(capsys):
@@ -44,15 +105,18 @@ def test_schedule_importable_model(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "nope"], "unknown model"),
-        (["--model", "json:dumps_nothing"], "cannot load"),
+        (["--model", "nope"], "--model nope: unknown model"),
+        (["--model", "json:dumps_nothing"], "--model json:dumps_nothing: json has no attribute"),
+        (["--model", "no_such_module_xyz:f"], "cannot import no_such_module_xyz"),
         (["--model", "json:dumps"], "--shape is required"),
         (["--model", "json:dumps", "--shape", "3,x"], "comma-separated"),
+        (["--model", "json:dumps", "--shape", "3"], "--model json:dumps fails on one sample of shape (3,)"),
     ],
 )
-def test_schedule_bad_model(tmp_path, argv, message):
-    with pytest.raises(SystemExit, match=message):
-        main(["schedule", *argv, "--steps", "2", "--out", str(tmp_path / "s.json")])
+def test_schedule_bad_model(tmp_path, capsys, argv, message):
+    assert main(["schedule", *argv, "--steps", "2", "--out", str(tmp_path / "s.json")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
 
 
 def test_schedule_bad_steps_is_a_clear_error(tmp_path, capsys):
@@ -111,3 +175,272 @@ def test_demo_small_writes_its_report(tmp_path):
 def test_demo_refuses_bad_budget(tmp_path):
     with pytest.raises(ValueError, match="max_nfe"):
         run_demo(DemoConfig(out=str(tmp_path), grid=5, max_nfe=6))
+
+
+# ------------------------------------------------------------------------------ one line, no traceback
+
+
+def _file(tmp_path, name="afile"):
+    (tmp_path / name).write_text("x")
+    return str(tmp_path / name)
+
+
+def _unwritable_dir(tmp_path):
+    if os.geteuid() == 0:  # root writes through permission bits; a read-only filesystem stops it
+        if not Path("/sys").is_dir() or os.access("/sys", os.W_OK) and _can_write("/sys"):
+            pytest.skip("no unwritable directory for root here")
+        return "/sys"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return str(locked)
+
+
+def _can_write(directory):
+    try:
+        with open(os.path.join(directory, ".boss_fast_probe"), "wb"):
+            pass
+    except OSError:
+        return False
+    os.unlink(os.path.join(directory, ".boss_fast_probe"))
+    return True
+
+
+SCHED = ["--schedule", "{sched}"]
+STRAIGHTEN = [
+    "straighten",
+    "--model",
+    "mlp2d",
+    *SCHED,
+    "--num-pairs",
+    "8",
+    "--iters",
+    "2",
+    "--batch-size",
+    "4",
+]
+STRAIGHTEN += ["--warmup", "1", "--no-progress"]
+SCHEDULE = [
+    "schedule",
+    "--model",
+    "gmm2d",
+    "--steps",
+    "2",
+    "--grid",
+    "10",
+    "--num-samples",
+    "4",
+    "--no-progress",
+]
+SAMPLE = ["sample", "--model", "mlp2d", *SCHED, "--num", "2"]
+
+CASES = {
+    # output paths, checked before any computation
+    "demo out is a file": (["demo", "--out", "{file}"], "--out {file}: is a file, not a directory"),
+    "demo out under a file": (["demo", "--out", "{file}/rep"], "is under {file}, a file, not a directory"),
+    "demo out unwritable": (["demo", "--out", "{locked}/rep"], "cannot write in {locked}"),
+    "schedule out is a directory": ([*SCHEDULE, "--out", "{tmp}"], "--out {tmp}: is a directory"),
+    "schedule out under a file": ([*SCHEDULE, "--out", "{file}/s.json"], "{file} is a file, not a directory"),
+    "schedule out unwritable": ([*SCHEDULE, "--out", "{locked}/s.json"], "cannot write in {locked}"),
+    "schedule out in a missing dir": ([*SCHEDULE, "--out", "{tmp}/no/s.json"], "{tmp}/no does not exist"),
+    "schedule checkpoint is a dir": (
+        [*SCHEDULE, "--checkpoint", "{tmp}", "--out", "{tmp}/s.json"],
+        "--checkpoint {tmp}: is a directory",
+    ),
+    "sample out is a directory": ([*SAMPLE, "--out", "{tmp}"], "--out {tmp}: is a directory"),
+    "sample png under a file": ([*SAMPLE, "--out", "{tmp}/x.npy", "--png", "{file}/g.png"], "--png"),
+    "straighten out is a directory": ([*STRAIGHTEN, "--out", "{tmp}"], "--out {tmp}: is a directory"),
+    "checkpoint dir is a file": (
+        [*STRAIGHTEN, "--checkpoint-dir", "{file}", "--out", "{tmp}/w.safetensors"],
+        "--checkpoint-dir {file}: is a file, not a directory",
+    ),
+    "cache dir is a file": (
+        [*STRAIGHTEN, "--cache-dir", "{file}", "--out", "{tmp}/w.safetensors"],
+        "--cache-dir {file}: is a file, not a directory",
+    ),
+    # inputs
+    "schedule path is a directory": (
+        ["sample", "--model", "mlp2d", "--schedule", "{tmp}", "--out", "{tmp}/x.npy"],
+        "--schedule {tmp}: is a directory, not a file",
+    ),
+    "schedule path is missing": (
+        ["sample", "--model", "mlp2d", "--schedule", "{tmp}/none.json", "--out", "{tmp}/x.npy"],
+        "--schedule {tmp}/none.json: no such file",
+    ),
+    # devices
+    "device foo": ([*SCHEDULE, "--device", "foo", "--out", "{tmp}/s.json"], "--device foo: not a device"),
+    "device cuda without CUDA": (
+        [*SCHEDULE, "--device", "cuda", "--out", "{tmp}/s.json"],
+        "--device cuda: CUDA is not available",
+    ),
+    "cuda_graph without CUDA": (
+        [*SAMPLE, "--mode", "cuda_graph", "--out", "{tmp}/x.npy"],
+        "--mode cuda_graph: needs CUDA",
+    ),
+    # corrupt files
+    "corrupt straighten checkpoint": (
+        [*STRAIGHTEN, "--checkpoint-dir", "{ckpt}", "--out", "{tmp}/w.safetensors"],
+        "straighten.pt is unreadable",
+    ),
+    "corrupt cost checkpoint": (
+        [*SCHEDULE, "--checkpoint", "{file}", "--out", "{tmp}/s.json"],
+        "cost checkpoint {file} is unreadable",
+    ),
+}
+NEEDS_NO_CUDA = {"device cuda without CUDA", "cuda_graph without CUDA"}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_user_error_is_one_line_and_leaves_nothing(tmp_path, case):
+    if case in NEEDS_NO_CUDA and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    argv, fragment = CASES[case]
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "straighten.pt").write_bytes(b"not a checkpoint")
+    names = {
+        "tmp": str(tmp_path),
+        "file": _file(tmp_path),
+        "sched": small_schedule(tmp_path / "k2.json"),
+        "ckpt": str(ckpt),
+        "locked": _unwritable_dir(tmp_path) if "{locked}" in " ".join(argv) else "",
+    }
+    before = listing(tmp_path)
+    proc = run_cli([a.format(**names) for a in argv], cwd=tmp_path)
+    assert_one_line_error(proc, fragment.format(**names))
+    assert listing(tmp_path) == before
+
+
+MISSING = {
+    "torchdiffeq": (
+        [*SCHEDULE, "--solver", "dopri5", "--out", "{tmp}/s.json"],
+        "--solver dopri5 needs the optional 'torchdiffeq' package",
+        "'boss_fast[reference]'",
+    ),
+    "peft": (
+        [*STRAIGHTEN, "--lora-rank", "2", "--out", "{tmp}/w.safetensors"],
+        "--lora-rank needs the optional 'peft' package",
+        "'boss_fast[lora]'",
+    ),
+    "diffusers": (
+        [
+            "schedule",
+            "--model",
+            "uses_diffusers:velocity",
+            "--shape",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            "{tmp}/s.json",
+        ],
+        "--model uses_diffusers:velocity: cannot import uses_diffusers",
+        "'boss_fast[diffusers]'",
+    ),
+}
+
+
+@pytest.mark.parametrize("package", sorted(MISSING))
+def test_a_missing_optional_dependency_names_the_extra(tmp_path, package):
+    argv, fragment, extra = MISSING[package]
+    (tmp_path / "uses_diffusers.py").write_text(
+        "from boss_fast.integrations.diffusers import DiffusersVelocity\nvelocity = None\n"
+    )
+    names = {"tmp": str(tmp_path), "sched": small_schedule(tmp_path / "k2.json")}
+    before = listing(tmp_path)
+    # None in sys.modules is what an absent package looks like to an import.
+    proc = run_cli(
+        [a.format(**names) for a in argv], cwd=tmp_path, prelude=f"sys.modules[{package!r}] = None"
+    )
+    assert_one_line_error(proc, fragment)
+    assert extra in proc.stderr
+    assert listing(tmp_path) == before
+
+
+def test_a_module_in_the_working_directory_is_importable_and_its_errors_are_one_line(tmp_path):
+    (tmp_path / "my_flow.py").write_text("def velocity(x, t):\n    return -x\n")
+    (tmp_path / "broken.py").write_text("x = 1\nraise RuntimeError('broken at import')\n")
+    argv = ["schedule", "--shape", "3", "--steps", "2", "--grid", "10", "--num-samples", "4", "--no-progress"]
+    ok = run_cli([*argv, "--model", "my_flow:velocity", "--out", "s.json"], cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert Schedule.load(tmp_path / "s.json").shape == (3,)
+    bad = run_cli([*argv, "--model", "broken:velocity", "--out", "t.json"], cwd=tmp_path)
+    assert_one_line_error(bad, "importing broken raised RuntimeError: broken at import")
+    assert "broken.py:2" in bad.stderr
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_sample_takes_the_shape_from_the_schedule(tmp_path):
+    (tmp_path / "flow3.py").write_text("def velocity(x, t):\n    return -x\n")
+    argv = [
+        "--model",
+        "flow3:velocity",
+        "--steps",
+        "2",
+        "--grid",
+        "10",
+        "--num-samples",
+        "4",
+        "--no-progress",
+    ]
+    assert run_cli(["schedule", *argv, "--shape", "3,2", "--out", "s.json"], cwd=tmp_path).returncode == 0
+    smp = ["sample", "--model", "flow3:velocity", "--schedule", "s.json", "--num", "5", "--out", "x.npy"]
+    proc = run_cli(smp, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(tmp_path / "x.npy").shape == (5, 3, 2)
+
+
+def test_sample_warns_in_one_line_about_another_models_schedule(tmp_path):
+    out = tmp_path / "k2.json"
+    assert main([*SCHEDULE[:2], "mlp2d", *SCHEDULE[3:], "--out", str(out)]) == 0
+    assert Schedule.load(out).shape == (2,)
+    proc = run_cli(["sample", "--model", "gmm2d", "--schedule", str(out), "--out", "x.npy"], cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "x.npy").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "boss-fast sample: warning: the schedule was searched on another model (its fingerprint differs)"
+    ]
+
+
+def test_ctrl_c_exits_130_in_one_line_with_no_output_and_a_loadable_checkpoint(tmp_path):
+    sched = small_schedule(tmp_path / "k2.json", grid=20, indices=(0, 8, 20))
+    ckpt = tmp_path / "ckpt" / "straighten.pt"
+    argv = ["straighten", "--model", "mlp2d", "--schedule", sched, "--num-pairs", "64", "--batch-size", "8"]
+    argv += ["--iters", "100000000", "--warmup", "1", "--no-progress", "--checkpoint-dir", str(ckpt.parent)]
+    argv += ["--out", str(tmp_path / "w.safetensors")]
+    code = "import sys\nfrom boss_fast.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")])),
+    }
+    # A shell's background job inherits SIGINT ignored, and Python then keeps it ignored: restore the default,
+    # as an interactive terminal has it.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ckpt.exists(), "no checkpoint was written"
+        time.sleep(1.0)  # well into the next checkpoint interval or past it: either way atomic
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and len(lines) == 1, stderr
+    assert lines[0].startswith("boss-fast straighten: interrupted; no partial output was written")
+    assert not (tmp_path / "w.safetensors").exists()
+    assert listing(tmp_path / "ckpt") == ["straighten.pt"]  # no temporary left beside it
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert int(state["step"]) >= 200 and int(state["step"]) % 200 == 0

@@ -97,5 +97,5 @@ def test_errors():
 def test_missing_flow_matching_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "flow_matching.utils", None)  # what an absent package looks like
     monkeypatch.delitem(sys.modules, "boss_fast.integrations.flow_matching")
-    with pytest.raises(ImportError, match=r"pip install 'boss_fast\[flow_matching\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'boss_fast\[flow-matching\]'"):
         importlib.import_module("boss_fast.integrations.flow_matching")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -290,6 +291,21 @@ def test_mlp_shapes_and_errors() -> None:
         net(torch.randn(5, 2), torch.rand(5))
     with pytest.raises(ValueError):
         MLPVelocity(depth=0)
+
+
+def test_bundled_digits_match_scikit_learn() -> None:
+    # The bundled file must give exactly what scikit-learn's load_digits gave before it was bundled: the
+    # weights, the FD references and the figures were all made from that split.
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    bunch = sklearn_datasets.load_digits()
+    images = np.asarray(bunch.images, dtype=np.float32) / 16.0 * 2.0 - 1.0
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    perm = np.random.RandomState(0).permutation(len(labels))
+    for split, rows in (("train", perm[:1500]), ("test", perm[1500:])):
+        x, y = digits(split)
+        np.testing.assert_array_equal(x.numpy(), images[rows][:, None])
+        np.testing.assert_array_equal(y.numpy(), labels[rows])
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
 
 
 def test_digits_split() -> None:

@@ -107,11 +107,53 @@ def write_doc(path, mutate):
         (lambda d: d.update(times=[0.0, 0.625, 0.25, 1.0]), "strictly increasing"),
         (lambda d: d.update(indices=[0, 3, 5, 8]), "inconsistent schedule: times.* but grid"),
         (lambda d: d.update(grid=[0.0, 1.0]), "inconsistent schedule"),
+        # Numbers too large to convert (an OverflowError before), each refused by its field's name.
+        (lambda d: d.update(indices=[0, 2, 5, 10**30]), "indices holds a number too large"),
+        (lambda d: d.update(times=[0, 10**400, 1]), "times holds a number too large"),
+        (lambda d: d.update(cost=10**400), "cost is too large"),
+        (lambda d: d.update(discount=10**400), "discount is too large"),
+        (lambda d: d.update(num_samples=10**30), r"num_samples must be an integer in \[1, 2\^53\]"),
+        (lambda d: d.update(num_samples=0), r"num_samples must be an integer in \[1, 2\^53\]"),
+        (lambda d: d.update(num_samples=-5), r"num_samples must be an integer"),
+        (lambda d: d.update(shape="1,8,8"), "shape has the wrong type"),
+        (lambda d: d.update(shape=[1, 0, 8]), "shape: shape entry must be >= 1"),
+        (lambda d: d.update(shape=[1, 2.5]), "shape: shape entry must be an integer"),
+        (lambda d: d.update(shape=[]), "shape: shape must have 1 to 16 entries"),
+        (lambda d: d.update(shape=[1, 10**30]), "shape: shape must have 1 to 16 entries"),
     ],
 )
 def test_load_refuses_foreign_or_inconsistent_json(tmp_path, mutate, match):
     with pytest.raises(ValueError, match=match):
         Schedule.load(write_doc(tmp_path / "bad.json", mutate))
+
+
+def test_shape_round_trips_and_old_files_without_it_still_load(tmp_path):
+    sched = make_schedule(shape=(1, 8, 8))
+    assert sched.shape == (1, 8, 8) and make_schedule().shape is None
+    sched.save(tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text())["shape"] == [1, 8, 8]
+    assert Schedule.load(tmp_path / "s.json") == sched
+    assert Schedule.load(tmp_path / "s.json") != make_schedule(shape=(64,))
+    old = write_doc(tmp_path / "old.json", lambda d: d.pop("shape"))  # written before shape existed
+    assert Schedule.load(old).shape is None
+
+
+def test_load_refuses_deep_huge_and_directory_paths(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError inside json before
+    with pytest.raises(ValueError, match="deep.json: JSON nested too deeply"):
+        Schedule.load(deep)
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as f:  # sparse: 65 MiB on paper, refused from its size before any read
+        f.truncate(65 * 2**20)
+    with pytest.raises(ValueError, match=r"huge.json: \d+ bytes, larger than any schedule \(64 MiB"):
+        Schedule.load(huge)
+    long_int = tmp_path / "digits.json"
+    long_int.write_text('{"format": "boss_fast.schedule", "version": 1, "cost": ' + "9" * 5000 + "}")
+    with pytest.raises(ValueError, match="digits.json: not valid JSON"):
+        Schedule.load(long_int)
+    with pytest.raises(IsADirectoryError):
+        Schedule.load(tmp_path)
 
 
 def test_load_refuses_truncated_corrupted_and_non_object_files(tmp_path):

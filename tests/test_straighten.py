@@ -190,6 +190,23 @@ def test_a_checkpoint_from_another_model_or_schedule_is_refused(tmp_path):
         straighten(model, sched, **FAST, checkpoint_dir=tmp_path, lr=1e-3)
 
 
+def test_a_corrupt_checkpoint_is_refused_by_name(tmp_path):
+    (tmp_path / "straighten.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"straighten checkpoint .*straighten\.pt is unreadable"):
+        straighten(TinyVelocity(), _schedule(10, [0, 4, 10]), **FAST, checkpoint_dir=tmp_path)
+
+
+def test_the_shape_comes_from_the_schedule_and_another_models_schedule_is_warned_about():
+    model = TinyVelocity()
+    sched = bf.optimal_schedule(model, (2,), 2, grid=10, num_samples=8)
+    assert sched.shape == (2,) and sched.fingerprint == bf.model_fingerprint(model)
+    fast = {k: v for k, v in FAST.items() if k != "shape"}
+    student = straighten(model, sched, **fast)  # no shape=: the schedule's
+    assert student(torch.zeros(3, 2), torch.zeros(3)).shape == (3, 2)
+    with pytest.warns(UserWarning, match="searched on another model"):
+        straighten(TinyVelocity(seed=1), sched, **fast)
+
+
 # ------------------------------------------------------------------------------------------------- LoRA
 
 

@@ -6,7 +6,7 @@
 - :func:`diffusers_sigmas` (:mod:`boss_fast.integrations.sigmas`, no diffusers needed): sigmas for diffusers'
   *stock* flow-match scheduler that step at a schedule's times after its shift.
 - :mod:`boss_fast.integrations.flow_matching`: Meta's ``flow_matching`` ``ModelWrapper`` both ways and the
-  schedule as its ``time_grid``. ``pip install 'boss_fast[flow_matching]'`` (CC BY-NC licensed).
+  schedule as its ``time_grid``. ``pip install 'boss_fast[flow-matching]'`` (CC BY-NC licensed).
 
 The core never sees these conventions: diffusers' sigma is 1 - t, its timestep sigma * 1000 and its model
 output minus our velocity; flow_matching shares ours (t = 0 noise, t = 1 data).

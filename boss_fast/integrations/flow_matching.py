@@ -8,7 +8,7 @@ flow_matching shares boss_fast's conventions (t = 0 noise, t = 1 data, velocity 
 is ``bf.sample(velocity, noise, sched)`` (a Schedule moves to the device like a tensor: ``Schedule.to``).
 The only difference is t: flow_matching passes one 0-d time for the batch, boss_fast a (B,) tensor in x's
 dtype; the wrappers convert. flow_matching is CC BY-NC 4.0 licensed (non-commercial): it is an optional
-extra (``pip install 'boss_fast[flow_matching]'``) and none of its code is copied here.
+extra (``pip install 'boss_fast[flow-matching]'``) and none of its code is copied here.
 """
 
 from __future__ import annotations
