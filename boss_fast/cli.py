@@ -90,11 +90,13 @@ def _cmd_schedule(args) -> None:
         metric=args.metric,
         device=args.device,
         backend=args.backend,
+        objective=args.objective,
         progress=not args.no_progress,
         checkpoint=args.checkpoint,
     )
     sched.save(args.out)
-    print(f"{sched.steps}-step schedule (cost {sched.cost:.6g}): {np.array2string(sched.times, precision=4)}")
+    times = np.array2string(sched.times, precision=4)
+    print(f"{sched.steps}-step {sched.objective} schedule (cost {sched.cost:.6g}): {times}")
     print(f"written to {args.out}")
 
 
@@ -215,7 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--num-samples", type=int, default=256)
     sched.add_argument("--batch-size", type=int, default=256)
     sched.add_argument("--seed", type=int, default=0)
-    sched.add_argument("--solver", default="euler", choices=("euler", "heun", "rk4", "dopri5"))
+    sched.add_argument(
+        "--objective",
+        default="global",
+        choices=("global", "local"),
+        help="global: the error at t = 1 (own-state DP); local: published BOSS (sum of one-step errors)",
+    )
+    sched.add_argument(
+        "--solver",
+        default=None,
+        choices=("euler", "heun", "rk4", "dopri5"),
+        help="teacher (default: rk4 for --objective global, euler for local)",
+    )
     sched.add_argument("--metric", default="l2sq", choices=("l2sq", "l2"))
     sched.add_argument("--device", default=None)
     sched.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba", "numpy"))

@@ -30,9 +30,18 @@ from boss_fast._validation import (
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
 from boss_fast.cost import _accumulate_cost
 from boss_fast.grids import uniform_grid
+from boss_fast.own_state import accumulate_own_state, own_state_paths
 from boss_fast.trajectories import VelocityFn, model_fingerprint, seeded_noise
 
-__all__ = ["Schedule", "optimal_schedule", "schedule_from_cost", "schedules_from_cost"]
+__all__ = ["Schedule", "optimal_schedule", "optimal_schedules", "schedule_from_cost", "schedules_from_cost"]
+
+# "global": the DP over the sampler's own states (boss_fast.own_state, the error at t = 1); "local": BOSS's
+# sum of one-step errors from the teacher's states (boss_fast.cost + boss_fast.bellman).
+OBJECTIVES: tuple[str, ...] = ("global", "local")
+DEFAULT_OBJECTIVE = "global"
+# The teacher each objective uses when none is given: BOSS's Euler (the published setting), and for the
+# global objective the most accurate fixed-step solver, RK4 (its targets are the teacher's states).
+_DEFAULT_SOLVER = {"local": "euler", "global": "rk4"}
 
 SCHEDULE_FORMAT = "boss_fast.schedule"
 SCHEDULE_VERSION = 1
@@ -54,6 +63,9 @@ class Schedule:
         num_samples: noises the cost was averaged over (None when unknown).
         fingerprint: optional identity of the model, e.g. ``model_fingerprint(model)``.
         discount: the DP's discount (1.0 for BOSS).
+        objective: "local" (BOSS: the sum of one-step errors from the teacher's states; ``cost`` is that sum)
+            or "global" (the DP over the sampler's own states; ``cost`` is the error at t = 1 against the
+            teacher). Files written before this field existed load as "local".
 
     The arrays are read-only copies; construction validates everything (ValueError naming the problem).
     """
@@ -67,6 +79,7 @@ class Schedule:
     num_samples: int | None = None
     fingerprint: str | None = None
     discount: float = 1.0
+    objective: str = "local"
 
     def __post_init__(self) -> None:
         grid = as_times(self.grid, "grid")
@@ -97,6 +110,7 @@ class Schedule:
             raise ValueError(f"discount must be > 0, got {discount}")
         check_choice(self.metric, METRICS, "metric")
         check_choice(self.solver, SOLVERS, "solver")
+        check_choice(self.objective, OBJECTIVES, "objective")
         num_samples = None if self.num_samples is None else check_int(self.num_samples, "num_samples")
         if self.fingerprint is not None and not isinstance(self.fingerprint, str):
             raise TypeError(f"fingerprint must be a str or None, got {type(self.fingerprint).__name__}")
@@ -207,6 +221,7 @@ class Schedule:
             and np.array_equal(self.grid, other.grid)
             and (self.cost, self.metric, self.solver, self.num_samples, self.fingerprint, self.discount)
             == (other.cost, other.metric, other.solver, other.num_samples, other.fingerprint, other.discount)
+            and self.objective == other.objective
         )
 
     __hash__ = None  # type: ignore[assignment]  # holds arrays
@@ -226,6 +241,7 @@ class Schedule:
             "num_samples": self.num_samples,
             "fingerprint": self.fingerprint,
             "discount": self.discount,
+            "objective": self.objective,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -259,6 +275,7 @@ class Schedule:
             ("solver", (str,)),
             ("num_samples", (int, type(None))),
             ("fingerprint", (str, type(None))),
+            ("objective", (str,)),
             ("steps", (int,)),
         ):
             if key in doc and (not isinstance(doc[key], kinds) or isinstance(doc[key], bool)):
@@ -276,6 +293,7 @@ class Schedule:
                 num_samples=doc.get("num_samples"),
                 fingerprint=doc.get("fingerprint"),
                 discount=doc.get("discount", 1.0),
+                objective=doc.get("objective", "local"),
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{source}: inconsistent schedule: {err}") from None
@@ -424,6 +442,129 @@ def _module_placement(velocity: object) -> tuple[torch.device | None, torch.dtyp
     return None, None
 
 
+@dataclass(frozen=True)
+class _Search:
+    """Validated arguments of a search from a velocity model (shared by both objectives)."""
+
+    times: np.ndarray
+    shape: tuple[int, ...]
+    num_samples: int
+    batch_size: int
+    seed: int
+    objective: str
+    solver: str
+    metric: str
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str | None
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        return seeded_noise(self.shape, start, stop, seed=self.seed, dtype=self.dtype)
+
+    def identity(self) -> dict[str, str]:
+        return {
+            "noise": f"seeded_noise(seed={self.seed})",
+            "sample_shape": str(self.shape),
+            "dtype": str(self.dtype),
+        }
+
+
+def _validate_search(
+    velocity: VelocityFn,
+    shape: Sequence[int],
+    steps: int,
+    steps_name: str,
+    grid: int | Sequence[float] | np.ndarray,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    objective: str,
+    solver: str | None,
+    metric: str,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+    backend: str,
+    discount: float,
+    mode: str | None,
+) -> tuple[_Search, int, float]:
+    shape = tuple(check_int(s, "shape entry") for s in shape)
+    steps = check_int(steps, steps_name)
+    times = (
+        uniform_grid(grid)
+        if isinstance(grid, int | np.integer) and not isinstance(grid, bool)
+        else as_times(grid, "grid")
+    )
+    if steps >= len(times):
+        raise ValueError(
+            f"{steps_name} must be < the grid's {len(times)} points (at most {len(times) - 1}), got {steps}"
+        )
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size")
+    seed = check_int(seed, "seed", minimum=0)
+    objective = check_choice(objective, OBJECTIVES, "objective")
+    solver = check_teacher(_DEFAULT_SOLVER[objective] if solver is None else solver, mode)
+    metric = check_choice(metric, METRICS, "metric")
+    discount = check_float(discount, "discount")
+    if objective == "global" and discount != 1.0:
+        raise ValueError(
+            f"discount weights the local objective's steps; objective='global' takes 1.0, got {discount}"
+        )
+    if objective == "global" and backend != "auto":
+        raise ValueError(
+            "backend selects the Bellman DP's kernel of objective='local'; objective='global' runs its own "
+            f"DP in numpy, got backend={backend!r}"
+        )
+    model_device, model_dtype = _module_placement(velocity)
+    device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
+    dtype = dtype or model_dtype or torch.get_default_dtype()
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    fingerprint = model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else None
+    search = _Search(
+        times, shape, num_samples, batch_size, seed, objective, solver, metric, device, dtype, fingerprint
+    )
+    return search, steps, discount
+
+
+def _global_schedules(
+    velocity: VelocityFn,
+    search: _Search,
+    max_steps: int,
+    progress: bool,
+    checkpoint: str | os.PathLike | None,
+    mode: str | None,
+) -> dict[int, Schedule]:
+    table = accumulate_own_state(
+        velocity,
+        search.batch,
+        search.num_samples,
+        search.times,
+        max_steps,
+        batch_size=search.batch_size,
+        solver=search.solver,
+        metric=search.metric,
+        device=search.device,
+        progress=progress,
+        checkpoint=checkpoint,
+        identity=search.identity(),
+        mode=mode,
+    )
+    return {
+        path.steps: Schedule(
+            times=search.times[path.indices],
+            indices=path.indices,
+            cost=path.cost,
+            grid=search.times,
+            metric=search.metric,
+            solver=search.solver,
+            num_samples=search.num_samples,
+            fingerprint=search.fingerprint,
+            objective="global",
+        )
+        for path in own_state_paths(table)
+    }
+
+
 def optimal_schedule(
     velocity: VelocityFn,
     shape: Sequence[int],
@@ -432,23 +573,32 @@ def optimal_schedule(
     num_samples: int = 256,
     batch_size: int = 256,
     seed: int = 0,
-    solver: str = "euler",
+    solver: str | None = None,
     metric: str = "l2sq",
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     backend: str = "auto",
     *,
+    objective: str = DEFAULT_OBJECTIVE,
     discount: float = 1.0,
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     mode: str | None = None,
 ) -> Schedule:
-    """BOSS stage 1 end to end: the Bellman-optimal ``steps``-step schedule of a velocity model.
+    """The optimal ``steps``-step schedule of a velocity model, end to end.
 
     Draws ``num_samples`` Gaussian noises (``seeded_noise``: sample m depends only on (seed, m), so the draw
-    does not depend on ``batch_size``, the device or the number of processes), runs the teacher on the grid
-    in batches (memory: one batch's trajectory), averages the cost matrix (``boss_fast.cost``) and solves the
-    DP (``boss_fast.bellman``). Use ``cost_matrix`` + ``schedules_from_cost`` to get every budget at once.
+    does not depend on ``batch_size``, the device or the number of processes) and runs the teacher on the grid
+    in batches. Then, by ``objective``:
+
+    - "global" (default): the DP over the sampler's own states (``boss_fast.own_state``; Pei et al. 2025):
+      the schedule whose Euler sampler ends closest to the teacher at t = 1, on average over the noises.
+      About ``steps`` x N model evaluations per sample beside the teacher's; memory 3 x num_samples x N
+      sample-sized states.
+    - "local": BOSS as published: the cost matrix of one-step errors from the teacher's states
+      (``boss_fast.cost``, memory one batch's trajectory) and the exact Bellman DP (``boss_fast.bellman``).
+
+    ``optimal_schedules`` returns every budget up to K from the same search.
 
     Args:
         velocity: ``velocity(x, t)``, t = 0 noise, t = 1 data.
@@ -457,63 +607,114 @@ def optimal_schedule(
         grid: an int n for ``uniform_grid(n)``, or explicit grid times (N,) in [0, 1].
         num_samples, batch_size: noises in total and per teacher batch (reference: 100 noises).
         seed: seed of the noise stream (>= 0).
-        solver: teacher solver; metric: "l2sq" (BOSS) or "l2" (GITS).
+        solver: teacher solver; None: "rk4" for the global objective (its targets), "euler" for the local
+            one (BOSS's reference). metric: "l2sq" (BOSS) or "l2" (GITS).
         device, dtype: where and in what dtype the teacher runs; default: the model's first floating
             parameter's device and dtype when it is an ``nn.Module``, else CPU and torch's default dtype.
-        backend: DP backend, see ``boss_fast.bellman``.
-        discount: the DP's discount on later steps (GITS); 1.0 is BOSS.
+        backend: the local objective's DP backend, see ``boss_fast.bellman``.
+        objective: "global" or "local", see above.
+        discount: the local DP's discount on later steps (GITS); 1.0 is BOSS.
         progress, checkpoint, mode: as in ``boss_fast.cost.cost_matrix`` (mode: the teacher on a recording
-            ``Sampler``, e.g. "cuda_graph").
+            ``Sampler``, e.g. "cuda_graph"); the global objective checkpoints after every DP level
+            (``boss_fast.own_state``), with the same resume and refusal rules.
 
     Returns:
-        A ``Schedule``; its ``fingerprint`` is ``model_fingerprint(velocity)`` for a module, else None.
+        A ``Schedule`` with ``objective`` set; its ``fingerprint`` is ``model_fingerprint(velocity)`` for a
+        module, else None.
     """
-    shape = tuple(check_int(s, "shape entry") for s in shape)
-    steps = check_int(steps, "steps")
-    times = (
-        uniform_grid(grid)
-        if isinstance(grid, int | np.integer) and not isinstance(grid, bool)
-        else as_times(grid, "grid")
-    )
-    if steps >= len(times):
-        raise ValueError(
-            f"steps must be < the grid's {len(times)} points (at most {len(times) - 1}), got {steps}"
-        )
-    num_samples = check_int(num_samples, "num_samples")
-    batch_size = check_int(batch_size, "batch_size")
-    seed = check_int(seed, "seed", minimum=0)
-    solver = check_teacher(solver, mode)
-    metric = check_choice(metric, METRICS, "metric")
-    discount = check_float(discount, "discount")
-    model_device, model_dtype = _module_placement(velocity)
-    device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
-    dtype = dtype or model_dtype or torch.get_default_dtype()
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-    fingerprint = model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else None
-    identity = {"noise": f"seeded_noise(seed={seed})", "sample_shape": str(shape), "dtype": str(dtype)}
+    search, steps, discount = _validate_search(
+        velocity, shape, steps, "steps", grid, num_samples, batch_size, seed, objective, solver, metric,
+        device, dtype, backend, discount, mode,
+    )  # fmt: skip
+    if search.objective == "global":
+        return _global_schedules(velocity, search, steps, progress, checkpoint, mode)[steps]
     cost = _accumulate_cost(
         velocity,
-        lambda start, stop: seeded_noise(shape, start, stop, seed=seed, dtype=dtype),
-        num_samples,
-        times,
-        batch_size=batch_size,
-        solver=solver,
-        metric=metric,
-        device=device,
+        search.batch,
+        search.num_samples,
+        search.times,
+        batch_size=search.batch_size,
+        solver=search.solver,
+        metric=search.metric,
+        device=search.device,
         progress=progress,
         checkpoint=checkpoint,
-        identity=identity,
+        identity=search.identity(),
         mode=mode,
     )
     return schedule_from_cost(
         cost,
-        times,
+        search.times,
         steps,
         discount=discount,
         backend=backend,
-        metric=metric,
-        solver=solver,
-        num_samples=num_samples,
-        fingerprint=fingerprint,
+        metric=search.metric,
+        solver=search.solver,
+        num_samples=search.num_samples,
+        fingerprint=search.fingerprint,
     )
+
+
+def optimal_schedules(
+    velocity: VelocityFn,
+    shape: Sequence[int],
+    max_steps: int,
+    objective: str = DEFAULT_OBJECTIVE,
+    grid: int | Sequence[float] | np.ndarray = 100,
+    num_samples: int = 256,
+    batch_size: int = 256,
+    seed: int = 0,
+    solver: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    mode: str | None = None,
+    *,
+    metric: str = "l2sq",
+    backend: str = "auto",
+    discount: float = 1.0,
+) -> dict[int, Schedule]:
+    """The optimal schedule of every budget K = 1 .. ``max_steps`` from ONE search: ``{K: Schedule}``.
+
+    Arguments as ``optimal_schedule`` (``max_steps`` in place of ``steps``). ``result[K]`` equals
+    ``optimal_schedule(..., steps=K)`` with the same arguments: the global DP's levels and the local
+    Bellman table do not depend on the largest budget asked for.
+
+    Example:
+        >>> scheds = optimal_schedules(lambda x, t: -x, (2,), 3, grid=10, num_samples=8)
+        >>> [s.steps for s in scheds.values()], scheds[3].objective
+        ([1, 2, 3], 'global')
+    """
+    search, max_steps, discount = _validate_search(
+        velocity, shape, max_steps, "max_steps", grid, num_samples, batch_size, seed, objective, solver,
+        metric, device, dtype, backend, discount, mode,
+    )  # fmt: skip
+    if search.objective == "global":
+        return _global_schedules(velocity, search, max_steps, progress, checkpoint, mode)
+    cost = _accumulate_cost(
+        velocity,
+        search.batch,
+        search.num_samples,
+        search.times,
+        batch_size=search.batch_size,
+        solver=search.solver,
+        metric=search.metric,
+        device=search.device,
+        progress=progress,
+        checkpoint=checkpoint,
+        identity=search.identity(),
+        mode=mode,
+    )
+    scheds = schedules_from_cost(
+        cost,
+        search.times,
+        max_steps,
+        discount=discount,
+        backend=backend,
+        metric=search.metric,
+        solver=search.solver,
+        num_samples=search.num_samples,
+        fingerprint=search.fingerprint,
+    )
+    return {s.steps: s for s in scheds}
