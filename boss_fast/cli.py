@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--solver",
         default=None,
         choices=("euler", "heun", "rk4", "dopri5"),
-        help="teacher (default: rk4 for --objective global, euler for local)",
+        help="teacher (default: heun for --objective global, euler for local)",
     )
     sched.add_argument("--metric", default="l2sq", choices=("l2sq", "l2"))
     sched.add_argument("--device", default=None)
