@@ -21,8 +21,9 @@ candidate jump with X*_j is ``trajectory_cost_sums(X*, v, t, starts=S)``: the ve
 pairwise kernel of BOSS's cost matrix with the sampler's states as starts (no Python loop over pairs). The
 new states go through ``euler_step``, the sampler's own step, so S[k][N - 1] is bit for bit what
 ``sample(velocity, noise, schedule)`` returns on the same batch. The argmin and backtracking are O(N^2) numpy
-per level (about 0.1 ms at N = 101, 10 ms at N = 1001: nothing to gain from a compiled kernel next to a
-single model evaluation).
+per level: measured on a loaded 2-core machine, 2 ms per level at N = 101 and 75 ms at N = 1001, while the
+same level evaluates the model N - k times per batch (one digits DiT evaluation of 256 samples: 1-2 s there),
+so a compiled kernel would not show (benchmarks/test_bench_own_state.py).
 
 Streaming. The argmin of level k needs the sums over ALL samples, so the loop is level-major: per level, a
 pass over this process's noise batches accumulates float64 (sum, count) of the candidates' errors, then one
