@@ -287,7 +287,7 @@ def test_checkpoint_resumes_bit_for_bit_and_refuses_foreign_runs(tmp_path):
 
     def flaky(x, t):  # dies during level 3 (after the teacher and two levels)
         calls["n"] += 1
-        if calls["n"] > 3 * (48 + 1) + 3 * 11 + 5:  # teacher + level 1, level 2, part of level 3
+        if calls["n"] > 3 * (24 + 1) + 3 * 11 + 5:  # Heun teacher + level 1, level 2, part of level 3
             raise Interrupted
         return wavy(x, t)
 
