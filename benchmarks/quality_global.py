@@ -8,7 +8,10 @@ descent on the endpoint error (``benchmarks/oracle.py``) fitted on 256 other noi
 the global schedule. Model evaluations are counted exactly by a wrapper; times are wall clock on whatever
 machine runs it.
 
-    PYTHONPATH=. python benchmarks/quality_global.py --out benchmarks/results
+    PYTHONPATH=. python benchmarks/quality_global.py --out benchmarks/results --window 5
+
+(``--window 5``: the oracle moves each knot within 5 grid points per try, sweeping until no move helps;
+without it every position between the neighbours is tried, which took too long on the shared machine.)
 
 writes ``quality_global_digits.json`` and ``quality_global_digits.md`` there.
 """
