@@ -209,6 +209,14 @@ def _load_checkpoint(path: str, header: dict[str, object], shape: tuple[int, int
     return costs.copy(), pointers.astype(np.int64), int(stored["levels_done"])
 
 
+def _min_over_ranks(value: int) -> int:
+    dist = torch.distributed
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    packed = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(packed, op=dist.ReduceOp.MIN)
+    return int(packed.item())
+
+
 def accumulate_own_state(
     velocity: VelocityFn,
     make_batch: Callable[[int, int], torch.Tensor],
@@ -260,6 +268,8 @@ def accumulate_own_state(
         }
         if os.path.exists(path):
             costs, pointers, done = _load_checkpoint(path, header, costs.shape)
+        if world > 1:  # a job stopped between two ranks' writes resumes from the level all of them finished
+            done = _min_over_ranks(done)
     if done == max_steps:
         return OwnStateTable(costs=costs, pointers=pointers, times=times, num_samples=num_samples)
     batches: dict[int, _Batch] = {}
