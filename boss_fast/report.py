@@ -45,7 +45,7 @@ def markdown_table(
 
     Args:
         results: ``results[schedule][nfe][metric]``.
-        metric: which value to show ("fd", "rmse").
+        metric: which value to show ("fd", "rmse"); a budget missing from a schedule shows "-".
         delta: optional key of ``[estimate, low, high]``, a difference to ``baseline`` with its interval;
             shown after the value in percent of the baseline's value ("-12% [-15, -9]"); the baseline's own
             column shows none.
@@ -53,10 +53,14 @@ def markdown_table(
     names = list(results)
     lines = ["| NFE | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for k in nfes:
-        values = [float(results[name][k][metric]) for name in names]
-        best = min(values)
+        # A schedule may skip a budget (the oracle's stop at oracle_max_nfe): its cell is "-".
+        values = [float(results[name][k][metric]) if k in results[name] else None for name in names]
+        best = min(v for v in values if v is not None)
         cells = []
         for name, v in zip(names, values, strict=True):
+            if v is None:
+                cells.append("-")
+                continue
             cell = f"**{v:.{digits}f}**" if v == best else f"{v:.{digits}f}"
             if delta is not None and name != baseline:
                 base = float(results[baseline][k][metric])

@@ -18,6 +18,7 @@ from boss_fast.metrics import (
     rmse_statistic,
 )
 from boss_fast.models import load_bundled
+from boss_fast.report import markdown_table
 from boss_fast.schedule import Schedule
 from boss_fast.trajectories import model_fingerprint, reference_solution, seeded_noise
 
@@ -191,3 +192,13 @@ def test_demo_refuses_bad_arguments(tmp_path) -> None:
         run_demo(DemoConfig(out=str(tmp_path), grid=5, max_nfe=6))
     with pytest.raises(ValueError, match="models"):
         run_demo(DemoConfig(out=str(tmp_path), models=("imagenet",)))
+
+
+def test_markdown_table_intervals_and_missing_budgets() -> None:
+    results = {
+        "uniform": {1: {"rmse": 0.5, "d": [0.0, 0.0, 0.0]}, 2: {"rmse": 0.2, "d": [0.0, 0.0, 0.0]}},
+        "oracle": {2: {"rmse": 0.1, "d": [-0.1, -0.12, -0.08]}},
+    }
+    table = markdown_table(results, "rmse", [1, 2], digits=3, delta="d", baseline="uniform")
+    assert "| 1 | **0.500** | - |" in table
+    assert "| 2 | 0.200 | **0.100** (-50.0% [-60.0, -40.0]) |" in table
