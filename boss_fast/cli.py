@@ -15,7 +15,7 @@ import numpy as np
 from boss_fast.models._io import WeightsFileError
 
 # The shape of one sample of each bundled velocity model (the classifier is not a velocity model).
-BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,)}
+BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,), "gmm2d_narrow": (2,)}
 
 
 def _load_velocity(spec: str):
@@ -59,6 +59,8 @@ def _cmd_demo(args) -> None:
     run_demo(
         DemoConfig(
             out=args.out,
+            models=tuple(m for m in args.models.split(",") if m),
+            oracle=args.oracle,
             grid=args.grid,
             num_samples=args.num_samples,
             max_nfe=args.max_nfe,
@@ -199,8 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the main job: Bellman vs uniform/shifted/EDM on the bundled digits DiT"
     )
     demo.add_argument("--out", default="report", help="report folder (default: report)")
+    demo.add_argument(
+        "--models", default="digits_dit,gmm2d_narrow", help="bundled models to judge, comma-separated"
+    )
+    demo.add_argument("--oracle", action="store_true", help="add coordinate-descent oracle rows (slower)")
     demo.add_argument("--grid", type=int, default=100)
-    demo.add_argument("--num-samples", type=int, default=256, help="noises for the cost matrix")
+    demo.add_argument("--num-samples", type=int, default=256, help="noises for the schedule searches")
     demo.add_argument("--max-nfe", type=int, default=10)
     demo.add_argument("--eval-samples", type=int, default=1000)
     demo.add_argument("--seed", type=int, default=0)
