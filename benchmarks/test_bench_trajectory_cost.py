@@ -95,7 +95,7 @@ def test_baseline_teacher_trajectories_alone(benchmark, velocity_model):
 def test_optimal_schedule_end_to_end(benchmark, velocity_model, capsys):
     model, name, shape = velocity_model
     benchmark.group = f"optimal_schedule, grid 100, 256 samples, {name}"
-    kwargs = {k: E2E[k] for k in ("grid", "num_samples", "batch_size")}
+    kwargs = {k: E2E[k] for k in ("grid", "num_samples", "batch_size")} | {"objective": "local"}
     sched = benchmark.pedantic(
         optimal_schedule, args=(model, shape, E2E["steps"]), kwargs=kwargs, rounds=5, warmup_rounds=1
     )

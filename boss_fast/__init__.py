@@ -4,7 +4,9 @@ Time runs from t = 0 (noise) to t = 1 (data); a velocity model is called as ``ve
 (B, ...) and t of shape (B,), and dx/dt = velocity. diffusers' sigma is 1 - t.
 
 Stage 1 (Nguyen, Nguyen & Nguyen, ICLR 2024): teacher trajectories on a fine grid -> the cost of every
-one-step Euler jump -> the exact Bellman DP over it -> a K-step schedule.
+one-step Euler jump -> the exact Bellman DP over it -> a K-step schedule (``objective="local"``); or the DP
+over the sampler's own states, which targets the error at t = 1 (Pei et al. 2025; ``objective="global"``,
+the default of ``optimal_schedule`` and ``optimal_schedules``).
 Stage 2: ``straighten`` fine-tunes the network for exactly those steps.
 Sampling: ``sample`` (the plain K-step loop, :mod:`boss_fast.ode`) and ``Sampler`` (static buffers,
 torch.compile, CUDA graphs, fused Triton kernels), which also runs the teacher (``mode=`` in
@@ -21,9 +23,10 @@ from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
 from boss_fast.cost import trajectory_cost, trajectory_cost_sums
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
 from boss_fast.ode import Trajectory, euler_update, ode_step, sample
+from boss_fast.own_state import OwnStateTable, own_state_paths, own_state_table
 from boss_fast.sampler import Sampler
 from boss_fast.schedule import Schedule, schedule_from_cost, schedules_from_cost
-from boss_fast.search import cost_matrix, optimal_schedule
+from boss_fast.search import cost_matrix, optimal_schedule, optimal_schedules
 from boss_fast.straighten import (
     StraighteningPairs,
     StraightenStats,
@@ -43,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BellmanPath",
+    "OwnStateTable",
     "Sampler",
     "Schedule",
     "StraightenStats",
@@ -58,6 +62,9 @@ __all__ = [
     "model_fingerprint",
     "ode_step",
     "optimal_schedule",
+    "optimal_schedules",
+    "own_state_paths",
+    "own_state_table",
     "reference_solution",
     "sample",
     "schedule_from_cost",

@@ -1,13 +1,18 @@
-"""Where a computation runs: the torch.distributed rank and world size, a module's device and dtype.
+"""Where a computation runs: the torch.distributed rank and world size, the float64 all-reduce of (sum,
+count), each rank's checkpoint path, a noise tensor's digest, a module's device and dtype.
 
-Used by the streaming cost (search), straightening and the sampler, so each asks the same way.
+Used by the streaming searches (search, own_state), straightening and the sampler, so each asks the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+
+import numpy as np
 import torch
 
-__all__ = ["module_placement", "rank_world"]
+__all__ = ["all_reduce_sums", "module_placement", "noise_digest", "rank_path", "rank_world"]
 
 
 def rank_world() -> tuple[int, int]:
@@ -26,3 +31,29 @@ def module_placement(model: object) -> tuple[torch.device | None, torch.dtype | 
             if p.is_floating_point():
                 return p.device, p.dtype
     return None, None
+
+
+def all_reduce_sums(sums: np.ndarray, count: int) -> tuple[np.ndarray, int]:
+    """Sum (sums, count) over the default process group in float64 (NCCL needs the tensor on CUDA)."""
+    dist = torch.distributed
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    packed = torch.from_numpy(np.append(sums.ravel(), float(count))).to(device)  # counts < 2**53: exact
+    dist.all_reduce(packed)
+    flat = packed.cpu().numpy()
+    return flat[:-1].reshape(sums.shape).copy(), int(round(flat[-1]))
+
+
+def rank_path(path: str, rank: int, world: int) -> str:
+    """Each rank's own checkpoint file: ``<root>.rank{r}-of-{W}<ext>`` (the path itself when W = 1)."""
+    if world == 1:
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}.rank{rank}-of-{world}{ext}"
+
+
+def noise_digest(noise: torch.Tensor) -> str:
+    """A short SHA-256 of a noise tensor's bytes, identifying it in checkpoint headers."""
+    data = noise.detach().contiguous().reshape(-1).cpu().view(torch.uint8).numpy()
+    return "sha256:" + hashlib.sha256(data.tobytes()).hexdigest()[:16]

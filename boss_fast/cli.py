@@ -28,7 +28,7 @@ from boss_fast.models import WeightsFileError, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
 
 # The shape of one sample of each bundled velocity model (the classifier is not a velocity model).
-BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,)}
+BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,), "gmm2d_narrow": (2,)}
 # Optional dependencies a flag needs: (module, extra to install).
 _NEEDS = {"dopri5": ("torchdiffeq", "reference"), "lora": ("peft", "lora")}
 EXIT_USER_ERROR = 2
@@ -219,6 +219,8 @@ def _cmd_demo(args) -> None:
     run_demo(
         DemoConfig(
             out=args.out,
+            models=tuple(m for m in args.models.split(",") if m),
+            oracle=args.oracle,
             grid=args.grid,
             num_samples=args.num_samples,
             max_nfe=args.max_nfe,
@@ -255,11 +257,13 @@ def _cmd_schedule(args) -> None:
         metric=args.metric,
         device=device,
         backend=args.backend,
+        objective=args.objective,
         progress=not args.no_progress,
         checkpoint=args.checkpoint,
     )
     sched.save(args.out)
-    print(f"{sched.steps}-step schedule (cost {sched.cost:.6g}): {np.array2string(sched.times, precision=4)}")
+    times = np.array2string(sched.times, precision=4)
+    print(f"{sched.steps}-step {sched.objective} schedule (cost {sched.cost:.6g}): {times}")
     print(f"written to {args.out}")
 
 
@@ -371,8 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the main job: Bellman vs uniform/shifted/EDM on the bundled digits DiT"
     )
     demo.add_argument("--out", default="report", help="report folder (default: report)")
+    demo.add_argument(
+        "--models", default="digits_dit,gmm2d_narrow", help="bundled models to judge, comma-separated"
+    )
+    demo.add_argument("--oracle", action="store_true", help="add coordinate-descent oracle rows (slower)")
     demo.add_argument("--grid", type=int, default=100)
-    demo.add_argument("--num-samples", type=int, default=256, help="noises for the cost matrix")
+    demo.add_argument("--num-samples", type=int, default=256, help="noises for the schedule searches")
     demo.add_argument("--max-nfe", type=int, default=10)
     demo.add_argument("--eval-samples", type=int, default=1000)
     demo.add_argument("--seed", type=int, default=0)
@@ -390,10 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--batch-size", type=int, default=256)
     sched.add_argument("--seed", type=int, default=0)
     sched.add_argument(
+        "--objective",
+        default="global",
+        choices=("global", "local"),
+        help="global: the error at t = 1 (own-state DP); local: published BOSS (sum of one-step errors)",
+    )
+    sched.add_argument(
         "--solver",
-        default="euler",
+        default=None,
         choices=("euler", "heun", "rk4", "dopri5"),
-        help="dopri5 needs torchdiffeq",
+        help="teacher (default: heun for --objective global, euler for local)",
     )
     sched.add_argument("--metric", default="l2sq", choices=("l2sq", "l2"))
     sched.add_argument("--device", default=None)

@@ -50,21 +50,23 @@ _PAIR_BYTES = 256 << 20
 # Row panels of the symmetric Gram product (see _basis_grams).
 _PANELS = 4
 
-
 # ---------------------------------------------------------------------------------------------- kernels
 
 
 def _basis_grams(
-    states: torch.Tensor, velocities: torch.Tensor, h: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    states: torch.Tensor, velocities: torch.Tensor, h: torch.Tensor, starts: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
     """Gram matrices of the small basis delta_0..delta_{K-1}, w_0..w_{K-2}, for each of b groups.
 
     Args:
-        states: (N, b, D) any floating dtype; velocities: (K, b, D), K = N - 1; h: (K,) float64 step sizes.
+        states: (N, b, D) any floating dtype; velocities: (K, b, D) with K = N - 1; h: (K,) float64 steps.
+        starts: optional (K, b, D) start states a_i of the jumps; then also the products of the gaps
+            g_i = x_i - a_i with the basis (the tiling, hence the basis Grams' bits, do not depend on it).
 
     Returns:
         float64 views on the states' device: <delta, delta> (b, K, K), <delta, w> (b, K, K - 1) and
-        <w, w> (b, K - 1, K - 1), each group's products over its D features.
+        <w, w> (b, K - 1, K - 1), each group's products over its D features; with ``starts`` also
+        <g, delta> (b, K, K), <g, w> (b, K, K - 1) and <g_i, g_i> (b, K).
     """
     n, b, d = states.shape
     k = n - 1
@@ -77,6 +79,9 @@ def _basis_grams(
     opts = {"dtype": torch.float64, "device": states.device}
     gram = torch.zeros((b, rows, rows), **opts)
     basis = torch.empty((groups, rows, step), **opts)  # reused: [delta; w] of one tile
+    if starts is not None:
+        gap_gram = torch.zeros((b, k, rows), **opts)
+        gap_norm = torch.zeros((b, k), **opts)
     hh = h.view(1, k, 1)
     # The Gram is symmetric: GEMM each panel of rows only against itself and the rows after it, then
     # mirror. 4 panels do 62% of the full product's flops (0.21 s -> 0.13 s at 199 x 307,200).
@@ -94,9 +99,16 @@ def _basis_grams(
             torch.sub(v[:, 1:], v[:, :-1], out=tile[:, k:])
             for r0, r1 in panels:
                 gram[s0:s1, r0:r1, r0:].baddbmm_(tile[:, r0:r1], tile[:, r0:].transpose(1, 2))
+            if starts is not None:
+                gap = x[:, :k] - starts[:, s0:s1, c0:c1].to(torch.float64).transpose(0, 1)  # (g, K, c)
+                gap_gram[s0:s1].baddbmm_(gap, tile.transpose(1, 2))
+                gap_norm[s0:s1] += torch.einsum("gkc,gkc->gk", gap, gap)
             del delta
     gram = torch.triu(gram) + torch.triu(gram, 1).transpose(1, 2)
-    return gram[:, :k, :k], gram[:, :k, k:], gram[:, k:, k:]
+    grams = (gram[:, :k, :k], gram[:, :k, k:], gram[:, k:, k:])
+    if starts is None:
+        return grams
+    return (*grams, gap_gram[:, :, :k], gap_gram[:, :, k:], gap_norm)
 
 
 def _partial_rows(a: torch.Tensor) -> torch.Tensor:
@@ -113,13 +125,37 @@ def _weighted(rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return F.pad(torch.cumsum(rows[..., :-1] * h, dim=-1), (1, 0))
 
 
+def _gap_terms(g_gd: torch.Tensor, g_gw: torch.Tensor, g_gg: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What gaps g_i = x_i - a_i between targets and starts add to ||e_ij||^2, (b, K, N) float64.
+
+    With starts a_i, e_ij = x_j - (a_i + (t_j - t_i) v_i) = g_i + e0_ij, where e0_ij = sum_{m=i}^{j-1} z_m is
+    the teacher-start error of ``_pair_sq_errors``; so ||e_ij||^2 = ||e0_ij||^2 + ||g_i||^2
+    + 2 sum_{m=i}^{j-1} (<g_i, delta_m> + (t_j - t_{m+1}) <g_i, w_m>). Entry [i, j] holds the last two terms
+    for i < j, 0 elsewhere; the sums over m run outward from m = i like the others.
+    """
+    k = t.shape[0] - 1
+    h = t[1:] - t[:-1]
+    g_gw = F.pad(g_gw, (0, 1))  # w_{K-1} = 0, as in _pair_sq_errors
+    from_i = F.pad(torch.cumsum(torch.triu(g_gd), dim=-1), (1, 0))  # [i, j] = sum_{m=i}^{j-1} <g_i, delta_m>
+    rows = F.pad(torch.cumsum(torch.triu(g_gw), dim=-1), (1, 0))
+    cross = from_i + _weighted(rows, h)
+    above = torch.arange(k + 1, device=t.device)[None, :] > torch.arange(k, device=t.device)[:, None]
+    return torch.where(above, g_gg[..., None] + 2.0 * cross, 0.0)
+
+
 def _pair_sq_errors(
-    g_dd: torch.Tensor, g_dw: torch.Tensor, g_ww: torch.Tensor, t: torch.Tensor
+    g_dd: torch.Tensor,
+    g_dw: torch.Tensor,
+    g_ww: torch.Tensor,
+    t: torch.Tensor,
+    gap: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Squared Euler-jump errors ||e_ij||^2 from the basis Grams of ``_basis_grams``.
 
     Args:
         g_dd, g_dw, g_ww: as returned by ``_basis_grams``; t: (N,) float64 on the same device, N = K + 1.
+        gap: optional (b, K, N) ``_gap_terms`` of jumps that start off the teacher's states, added before the
+            clamp (all zeros leave every bit as without).
 
     Returns:
         (b, N, N) float64, entry [i, j] = ||e_ij||^2 for i < j, 0 elsewhere (clamped at 0: rounding).
@@ -147,35 +183,53 @@ def _pair_sq_errors(
     q = torch.where(above, q, 0.0)  # keep m < j only
     # Sum q over m = i .. j-1 from m = j - 1 down (entries m >= j are 0): outward from the diagonal again.
     e = torch.flip(torch.cumsum(torch.flip(q, (1,)), dim=1), (1,))
+    if gap is not None:
+        e = e + gap
     out = torch.zeros((b, k + 1, k + 1), dtype=torch.float64, device=t.device)
     out[:, :k, :] = e
     return out.clamp_min_(0.0)
 
 
+def _group_sq_errors(
+    x: torch.Tensor, v: torch.Tensor, a: torch.Tensor | None, h: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """(b, N, N) squared jump errors of b feature groups: x (N, b, D), v and a (N - 1, b, D) or a None."""
+    if a is None:
+        return _pair_sq_errors(*_basis_grams(x, v, h), t)
+    g_dd, g_dw, g_ww, g_gd, g_gw, g_gg = _basis_grams(x, v, h, a)
+    return _pair_sq_errors(g_dd, g_dw, g_ww, t, _gap_terms(g_gd, g_gw, g_gg, t))
+
+
 def _cost_sums_kernel(
-    states: torch.Tensor, velocities: torch.Tensor, times: np.ndarray, metric: str
+    states: torch.Tensor,
+    velocities: torch.Tensor,
+    times: np.ndarray,
+    metric: str,
+    starts: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Sum over the B samples of the per-sample cost, (N, N) float64 numpy. Assumes valid input.
 
     Args:
-        states: (N, B, ...); velocities: (N - 1, B, ...) (extra rows ignored); times: (N,) float64.
+        states: (N, B, ...); velocities: (N - 1, B, ...) (extra rows ignored); times: (N,) float64;
+        starts: None (jumps start at states[i]) or (N - 1, B, ...) start states.
     """
     n, bsz = states.shape[0], states.shape[1]
     t = torch.as_tensor(times, dtype=torch.float64, device=states.device)
     h = t[1:] - t[:-1]
     x = states.reshape(n, bsz, -1)
     v = velocities[: n - 1].reshape(n - 1, bsz, -1)
+    a = None if starts is None else starts.reshape(n - 1, bsz, -1)
     if metric == "l2sq":
         # The mean over samples of per-sample squared norms is 1/B times the squared norm of the flattened
         # (B * D) vector: one Gram over every feature of the batch.
-        grams = _basis_grams(x.reshape(n, 1, -1), v.reshape(n - 1, 1, -1), h)
-        total = _pair_sq_errors(*grams, t)[0]
+        flat = None if a is None else a.reshape(n - 1, 1, -1)
+        total = _group_sq_errors(x.reshape(n, 1, -1), v.reshape(n - 1, 1, -1), flat, h, t)[0]
     else:
         total = torch.zeros((n, n), dtype=torch.float64, device=states.device)
         group = max(1, _PAIR_BYTES // (16 * 8 * n * n))
         for s0 in range(0, bsz, group):
-            grams = _basis_grams(x[:, s0 : s0 + group], v[:, s0 : s0 + group], h)
-            total += _pair_sq_errors(*grams, t).sqrt_().sum(dim=0)
+            part = None if a is None else a[:, s0 : s0 + group]
+            total += _group_sq_errors(x[:, s0 : s0 + group], v[:, s0 : s0 + group], part, h, t).sqrt_().sum(0)
     return total.cpu().numpy()
 
 
@@ -199,6 +253,8 @@ def trajectory_cost_sums(
     velocities: torch.Tensor | np.ndarray,
     times: Sequence[float] | np.ndarray | torch.Tensor,
     metric: str = "l2sq",
+    *,
+    starts: torch.Tensor | np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """The cost matrix of one batch as (sum over samples, number of samples): the reducible form.
 
@@ -206,9 +262,14 @@ def trajectory_cost_sums(
 
     Args:
         states: (N, B, ...) teacher states, any floating dtype (converted to float64 chunk by chunk).
-        velocities: (N, B, ...) or (N - 1, B, ...) Euler slopes v_i at states[i] (a last row is ignored).
+        velocities: (N, B, ...) or (N - 1, B, ...) Euler slopes v_i at the jumps' starts (a last row is
+            ignored).
         times: (N,) strictly increasing grid in [0, 1].
         metric: "l2sq" (BOSS) or "l2" (GITS).
+        starts: None (BOSS: jump i starts at the teacher's ``states[i]``) or (N - 1, B, ...) other start
+            states a_i, e.g. a sampler's own states: then entry [i, j] measures
+            ``states[j] - (a_i + (t_j - t_i) v_i)`` against the target ``states[j]``, and ``velocities`` must
+            be the slopes at a_i. Passing ``starts=states[:-1]`` returns the same bits as None.
 
     Returns:
         sums: (N, N) float64 numpy, strictly upper triangular. count: B.
@@ -229,7 +290,16 @@ def trajectory_cost_sums(
         raise ValueError(f"states are on {states.device} but velocities on {velocities.device}")
     if states.shape[1] < 1:
         raise ValueError("states must hold at least one sample (B >= 1)")
-    sums = _cost_sums_kernel(states, velocities, t, metric)
+    if starts is not None:
+        starts = _as_trajectory_tensor(starts, "starts")
+        if starts.shape != (n - 1, *states.shape[1:]):
+            raise ValueError(
+                f"starts must have shape ({n - 1}, {', '.join(map(str, states.shape[1:]))}) to match states "
+                f"{tuple(states.shape)}, got {tuple(starts.shape)}"
+            )
+        if starts.device != states.device:
+            raise ValueError(f"states are on {states.device} but starts on {starts.device}")
+    sums = _cost_sums_kernel(states, velocities, t, metric, starts)
     bad = np.flatnonzero(~np.isfinite(sums).all(axis=1))
     if bad.size:
         raise ValueError(

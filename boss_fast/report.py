@@ -13,7 +13,15 @@ import numpy as np
 
 from boss_fast._validation import atomic_write
 
-__all__ = ["markdown_table", "plot_quality", "plot_schedules", "save_json", "save_sample_grid", "save_text"]
+__all__ = [
+    "markdown_table",
+    "plot_quality",
+    "plot_scatter",
+    "plot_schedules",
+    "save_json",
+    "save_sample_grid",
+    "save_text",
+]
 
 
 def save_text(path: str | os.PathLike, text: str) -> None:
@@ -25,23 +33,40 @@ def save_json(path: str | os.PathLike, obj: object) -> None:
 
 
 def markdown_table(
-    results: Mapping[str, Mapping[int, Mapping[str, float]]],
+    results: Mapping[str, Mapping[int, Mapping[str, object]]],
     metric: str,
     nfes: Sequence[int],
     digits: int = 2,
+    *,
+    delta: str | None = None,
+    baseline: str | None = None,
 ) -> str:
     """A Markdown table, one row per NFE and one column per schedule; the best entry of each row in bold.
 
     Args:
         results: ``results[schedule][nfe][metric]``.
-        metric: which value to show ("fd", "rmse").
+        metric: which value to show ("fd", "rmse"); a budget missing from a schedule shows "-".
+        delta: optional key of ``[estimate, low, high]``, a difference to ``baseline`` with its interval;
+            shown after the value in percent of the baseline's value ("-12% [-15, -9]"); the baseline's own
+            column shows none.
     """
     names = list(results)
     lines = ["| NFE | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for k in nfes:
-        values = [results[name][k][metric] for name in names]
-        best = min(values)
-        cells = [f"**{v:.{digits}f}**" if v == best else f"{v:.{digits}f}" for v in values]
+        # A schedule may skip a budget (the oracle's stop at oracle_max_nfe): its cell is "-".
+        values = [float(results[name][k][metric]) if k in results[name] else None for name in names]
+        best = min(v for v in values if v is not None)
+        cells = []
+        for name, v in zip(names, values, strict=True):
+            if v is None:
+                cells.append("-")
+                continue
+            cell = f"**{v:.{digits}f}**" if v == best else f"{v:.{digits}f}"
+            if delta is not None and name != baseline:
+                base = float(results[baseline][k][metric])
+                est, low, high = (100.0 * x / base if base > 0 else 0.0 for x in results[name][k][delta])
+                cell += f" ({est:+.1f}% [{low:+.1f}, {high:+.1f}])"
+            cells.append(cell)
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -62,44 +87,98 @@ def _pyplot():
     return plt
 
 
+_METRIC_LABELS = {"fd": "FD to held-out digits", "rmse": "endpoint RMSE vs dopri5 reference"}
+
+
 def plot_quality(
     results: Mapping[str, Mapping[int, Mapping[str, float]]],
     nfes: Sequence[int],
     path: str | os.PathLike,
     references: Mapping[str, float] | None = None,
+    *,
+    metrics: Sequence[str] = ("fd", "rmse"),
+    title: str = "",
 ) -> None:
-    """FD and endpoint RMSE against NFE, one line per schedule (log scale); optional horizontal references."""
+    """Each metric against NFE, one line per schedule (log scale); optional horizontal FD references."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"wspace": 0.3})
-    for ax, metric, label in zip(
-        axes, ("fd", "rmse"), ("FD to held-out digits", "endpoint RMSE vs 200-step"), strict=True
-    ):
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(6 * len(metrics), 4), gridspec_kw={"wspace": 0.3}, squeeze=False
+    )
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for name, per_nfe in results.items():
-            ax.plot(nfes, [per_nfe[k][metric] for k in nfes], marker="o", label=name)
+            ks = [k for k in nfes if k in per_nfe]
+            ax.plot(ks, [per_nfe[k][metric] for k in ks], marker="o", label=name)
         if metric == "fd" and references:
             for ref_name, value in references.items():
                 ax.axhline(value, linestyle="--", color="gray", linewidth=1)
                 ax.annotate(ref_name, (nfes[-1], value), fontsize=8, ha="right", va="bottom", color="gray")
         ax.set_xlabel("NFE (Euler steps)")
-        ax.set_ylabel(label)
+        ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
         ax.set_yscale("log")
         ax.set_xticks(list(nfes))
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     _save_figure(fig, path)
 
 
-def plot_schedules(times_by_nfe: Mapping[int, np.ndarray], path: str | os.PathLike) -> None:
-    """The Bellman step sizes for every budget: one row of step boundaries per NFE."""
+def plot_schedules(
+    schedules: Mapping[str, Mapping[int, np.ndarray]], path: str | os.PathLike, title: str = ""
+) -> None:
+    """Step boundaries for every budget, one row per NFE and one marker colour per schedule
+    (``schedules[name][nfe]`` = times), the schedules offset slightly within a row."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(times_by_nfe) + 1.2))
-    for k, times in times_by_nfe.items():
-        ax.plot(times, np.full_like(times, k), marker="|", markersize=12, linewidth=1)
+    nfes = sorted({k for per in schedules.values() for k in per})
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(nfes) + 1.4))
+    for i, (name, per) in enumerate(schedules.items()):
+        offset = 0.25 * (i - (len(schedules) - 1) / 2)
+        for j, k in enumerate(sorted(per)):
+            times = np.asarray(per[k], dtype=float)
+            ax.plot(times, np.full_like(times, k + offset), marker="|", markersize=9, linewidth=1,
+                    color=f"C{i}", label=name if j == 0 else None)  # fmt: skip
     ax.set_xlabel("t (0 = noise, 1 = data)")
     ax.set_ylabel("NFE")
-    ax.set_yticks(list(times_by_nfe))
+    ax.set_yticks(nfes)
     ax.set_xlim(-0.02, 1.02)
     ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if title:
+        ax.set_title(title, fontsize=10)
+    _save_figure(fig, path)
+
+
+def plot_scatter(
+    samples: Mapping[int, Mapping[str, np.ndarray]],
+    reference: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "",
+) -> None:
+    """2-D samples per schedule beside the reference: one row per NFE (``samples[nfe][name]`` is (n, 2)),
+    the reference (n, 2) in the last column of every row."""
+    plt = _pyplot()
+    rows = sorted(samples)
+    names = list(dict.fromkeys(name for k in rows for name in samples[k]))
+    cols = len(names) + 1
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols, 2.2 * len(rows)), squeeze=False)
+    reference = np.asarray(reference)
+    lim = float(np.abs(reference).max()) * 1.25
+    for r, k in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            name = names[c] if c < len(names) else "dopri5 reference"
+            points = np.asarray(samples[k][name]) if c < len(names) and name in samples[k] else reference
+            ax.scatter(points[:, 0], points[:, 1], s=1.5, alpha=0.5, color="C3" if c == len(names) else "C0")
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_aspect("equal")
+            if r == 0:
+                ax.set_title(name, fontsize=7)
+        axes[r, 0].set_ylabel(f"NFE = {k}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     _save_figure(fig, path)
 
 

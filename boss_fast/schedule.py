@@ -29,7 +29,11 @@ from boss_fast._validation import (
 )
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
 
-__all__ = ["Schedule", "schedule_from_cost", "schedules_from_cost"]
+__all__ = ["OBJECTIVES", "Schedule", "schedule_from_cost", "schedules_from_cost"]
+
+# "global": the DP over the sampler's own states (boss_fast.own_state, the error at t = 1); "local": BOSS's
+# sum of one-step errors from the teacher's states (boss_fast.cost + boss_fast.bellman).
+OBJECTIVES: tuple[str, ...] = ("global", "local")
 
 SCHEDULE_FORMAT = "boss_fast.schedule"
 SCHEDULE_VERSION = 1
@@ -59,6 +63,9 @@ class Schedule:
         discount: the DP's discount (1.0 for BOSS).
         shape: the shape of one sample the schedule was searched at, e.g. (1, 8, 8) (None when unknown);
             ``straighten`` and ``boss-fast sample`` use it when not given a shape.
+        objective: "local" (BOSS: the sum of one-step errors from the teacher's states; ``cost`` is that sum)
+            or "global" (the DP over the sampler's own states; ``cost`` is the error at t = 1 against the
+            teacher). Files written before this field existed load as "local".
 
     The arrays are read-only copies; construction validates everything (ValueError naming the problem).
     """
@@ -73,6 +80,7 @@ class Schedule:
     fingerprint: str | None = None
     discount: float = 1.0
     shape: tuple[int, ...] | None = None
+    objective: str = "local"
 
     def __post_init__(self) -> None:
         grid = as_times(self.grid, "grid")
@@ -103,6 +111,7 @@ class Schedule:
             raise ValueError(f"discount must be > 0, got {discount}")
         check_choice(self.metric, METRICS, "metric")
         check_choice(self.solver, SOLVERS, "solver")
+        check_choice(self.objective, OBJECTIVES, "objective")
         num_samples = None if self.num_samples is None else check_int(self.num_samples, "num_samples")
         if num_samples is not None and num_samples > _MAX_NUM_SAMPLES:
             raise ValueError(f"num_samples must be <= 2^53, got {num_samples}")
@@ -151,6 +160,7 @@ class Schedule:
             and (self.cost, self.metric, self.solver, self.num_samples, self.fingerprint, self.discount)
             == (other.cost, other.metric, other.solver, other.num_samples, other.fingerprint, other.discount)
             and self.shape == other.shape
+            and self.objective == other.objective
         )
 
     __hash__ = None  # type: ignore[assignment]  # holds arrays
@@ -171,6 +181,7 @@ class Schedule:
             "fingerprint": self.fingerprint,
             "discount": self.discount,
             "shape": None if self.shape is None else list(self.shape),
+            "objective": self.objective,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -204,6 +215,7 @@ class Schedule:
             ("solver", (str,)),
             ("num_samples", (int, type(None))),
             ("fingerprint", (str, type(None))),
+            ("objective", (str,)),
             ("steps", (int,)),
             ("shape", (list, type(None))),
         ):
@@ -234,6 +246,7 @@ class Schedule:
                 fingerprint=doc.get("fingerprint"),
                 discount=discount,
                 shape=shape,
+                objective=doc.get("objective", "local"),
             )
         except (TypeError, ValueError, OverflowError) as err:
             raise ValueError(f"{source}: inconsistent schedule: {err}") from None

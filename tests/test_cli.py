@@ -1,10 +1,9 @@
-"""The command line and the demo report, at small sizes.
+"""The command line, at small sizes (the demo itself: tests/test_demo.py).
 
 User errors and Ctrl-C run the real command in a subprocess: exit code, ONE line on stderr, no traceback,
 nothing left behind.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,6 @@ import torch
 import boss_fast
 from boss_fast import Schedule
 from boss_fast.cli import main
-from boss_fast.demo import DemoConfig, run_demo
 from boss_fast.grids import uniform_grid
 
 # The subprocess imports the same boss_fast as this test run.
@@ -131,53 +129,6 @@ def test_sample_refuses_corrupt_schedule(tmp_path, capsys):
     bad.write_text('{"format": "boss_fast.schedule", "version": 1, "times": [0.0')
     assert main(["sample", "--model", "gmm2d", "--schedule", str(bad), "--out", str(tmp_path / "x.npy")]) == 2
     assert "bad.json" in capsys.readouterr().err
-
-
-def test_demo_small_writes_its_report(tmp_path):
-    cfg = DemoConfig(
-        out=str(tmp_path / "rep"),
-        grid=20,
-        num_samples=16,
-        max_nfe=3,
-        eval_samples=80,
-        reference_steps=20,
-        progress=False,
-        grid_nfes=(2,),
-    )
-    summary = run_demo(cfg)
-    rep = tmp_path / "rep"
-    for name in (
-        "results.md",
-        "results.json",
-        "quality_vs_nfe.png",
-        "bellman_steps.png",
-        "samples_nfe2.png",
-        "cost_matrix_euler.npy",
-        "cost_matrix_heun.npy",
-    ):
-        assert (rep / name).stat().st_size > 0, name
-    for solver in ("euler", "heun"):
-        for k in (1, 2, 3):
-            assert Schedule.load(rep / "schedules" / f"bellman_{solver}_nfe{k}.json").steps == k
-    saved = json.loads((rep / "results.json").read_text())
-    assert saved["results"] == json.loads(json.dumps(summary["results"]))
-    names = set(saved["results"])
-    assert {"uniform", "Bellman (BOSS)", "Bellman, Heun teacher", "EDM (rho 7)"} <= names
-    for per_nfe in saved["results"].values():
-        assert set(per_nfe) == {"1", "2", "3"}
-        assert all(np.isfinite(v["fd"]) and v["rmse"] >= 0 for v in per_nfe.values())
-    # More steps, closer to the reference: a real property of any consistent sampler on this model.
-    assert saved["results"]["uniform"]["3"]["rmse"] < saved["results"]["uniform"]["1"]["rmse"]
-    table = (rep / "results.md").read_text()
-    assert "| 3 |" in table and "Bellman (BOSS)" in table
-
-
-def test_demo_refuses_bad_budget(tmp_path):
-    with pytest.raises(ValueError, match="max_nfe"):
-        run_demo(DemoConfig(out=str(tmp_path), grid=5, max_nfe=6))
-
-
-# ------------------------------------------------------------------------------ one line, no traceback
 
 
 def _file(tmp_path, name="afile"):

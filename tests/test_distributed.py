@@ -36,7 +36,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             progress=False,
             checkpoint=os.path.join(out_dir, "cost.npz"),
         )
-        sched = optimal_schedule(velocity, (3,), 4, grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH)
+        sched = optimal_schedule(
+            velocity, (3,), 4, grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH, objective="local"
+        )
         np.save(os.path.join(out_dir, f"cost{rank}.npy"), cost)
         np.save(os.path.join(out_dir, f"indices{rank}.npy"), sched.indices)
         np.save(os.path.join(out_dir, f"schedcost{rank}.npy"), np.float64(sched.cost))
@@ -49,7 +51,9 @@ def test_two_gloo_ranks_reduce_to_the_single_process_result(tmp_path):
 
     noise = torch.randn(NUM_SAMPLES, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     single = cost_matrix(velocity, noise, uniform_grid(16), batch_size=BATCH, metric="l2", progress=False)
-    sched = optimal_schedule(velocity, (3,), 4, grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH)
+    sched = optimal_schedule(
+        velocity, (3,), 4, grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH, objective="local"
+    )
 
     costs = [np.load(tmp_path / f"cost{r}.npy") for r in range(WORLD)]
     np.testing.assert_array_equal(costs[0], costs[1])  # every rank returns the same matrix

@@ -12,6 +12,7 @@ import torch
 import boss_fast.models as bm
 from boss_fast.metrics import digits_fd
 from boss_fast.models import (
+    NARROW_STD,
     DigitsClassifier,
     DiT,
     GaussianMixtureFlow,
@@ -327,18 +328,20 @@ def test_digits_split() -> None:
 
 
 def test_bundled_names() -> None:
-    assert bundled_models() == ["digits_classifier", "digits_dit", "gmm2d", "mlp2d"]
+    assert bundled_models() == [
+        "digits_classifier", "digits_dit", "gmm2d", "gmm2d_narrow", "mlp2d"
+    ]  # fmt: skip
     assert set(bm.__all__) <= set(dir(bm))
     with pytest.raises(ValueError, match="unknown bundled model"):
         load_bundled("imagenet_dit")
 
 
-@pytest.mark.parametrize("name", ["digits_classifier", "digits_dit", "gmm2d", "mlp2d"])
+@pytest.mark.parametrize("name", bundled_models())
 def test_load_bundled_is_frozen_eval(name: str) -> None:
     model = load_bundled(name, dtype=torch.float64)
     assert not model.training
     assert all(not p.requires_grad for p in model.parameters())
-    if name != "gmm2d":
+    if not name.startswith("gmm2d"):
         assert all(p.dtype == torch.float64 for p in model.parameters())
 
 
@@ -402,6 +405,12 @@ def test_mlp2d_matches_exact_velocity() -> None:
 
 # Measured for the shipped mlp2d: relative velocity MSE 0.0020 (train_mlp2d.py, 100k points); 5x margin.
 MLP2D_MAX_RELATIVE_MSE = 0.01
+
+
+def test_gmm2d_narrow_is_the_narrow_mixture() -> None:
+    flow = load_bundled("gmm2d_narrow")
+    assert flow.stds.tolist() == [NARROW_STD] * 8 == [0.05] * 8
+    torch.testing.assert_close(flow.means, eight_gaussians().means, rtol=0, atol=0)
 
 
 def test_digits_dit_sample_quality() -> None:

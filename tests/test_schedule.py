@@ -237,7 +237,7 @@ class GrowingFlow(torch.nn.Module):
 
 def test_optimal_schedule_end_to_end_matches_cost_matrix_and_dp():
     model = GrowingFlow()
-    sched = optimal_schedule(model, (3,), 4, grid=24, num_samples=10, batch_size=4, seed=3)
+    sched = optimal_schedule(model, (3,), 4, grid=24, num_samples=10, batch_size=4, seed=3, objective="local")
     grid = uniform_grid(24)
     noise = seeded_noise((3,), 0, 10, seed=3)
     expected = schedule_from_cost(cost_matrix(model, noise, grid, progress=False), grid, 4)
@@ -251,11 +251,11 @@ def test_optimal_schedule_end_to_end_matches_cost_matrix_and_dp():
 
 def test_optimal_schedule_draw_does_not_depend_on_batch_size():
     model = GrowingFlow(1.0)
-    a = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=7)
-    b = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=2)
+    a = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=7, objective="local")
+    b = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=2, objective="local")
     np.testing.assert_array_equal(a.indices, b.indices)
     assert a.cost == pytest.approx(b.cost, rel=1e-12)
-    c = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=2, seed=1)
+    c = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=2, seed=1, objective="local")
     assert c.cost != b.cost
 
 
@@ -279,6 +279,7 @@ def test_optimal_schedule_explicit_grid_plain_callable_and_options(tmp_path):
         dtype=torch.float64,
         device="cpu",
         checkpoint=tmp_path / "c.npz",
+        objective="local",
     )
     assert sched.fingerprint is None and sched.grid[0] == 1e-3 and sched.times[-1] == 1.0
     assert (sched.solver, sched.metric) == ("heun", "l2")
@@ -301,7 +302,7 @@ def test_optimal_schedule_explicit_grid_plain_callable_and_options(tmp_path):
     ],
 )
 def test_optimal_schedule_bad_input(kwargs, error, match):
-    args = {"shape": (2,), "steps": 3, "grid": 9, "num_samples": 4}
+    args = {"shape": (2,), "steps": 3, "grid": 9, "num_samples": 4, "objective": "local"}
     args.update(kwargs)
     with pytest.raises(error, match=match):
         optimal_schedule(GrowingFlow(), **args)

@@ -8,6 +8,9 @@ Bundled models (``load_bundled(name)``), and the script that recreates each weig
 - ``gmm2d``: exact velocity of 8 Gaussians on a circle (:func:`eight_gaussians`); analytic, no file.
 - ``mlp2d``: :class:`MLPVelocity` trained by flow matching on ``gmm2d`` samples
   (``scripts/train_mlp2d.py``).
+- ``gmm2d_narrow``: the same 8 Gaussians with std :data:`NARROW_STD` (0.05): narrow modes, paths that turn
+  late and sharply, the demo's model where schedules matter; analytic, no file.
+  ``scripts/train_mlp2d.py --model mlp2d_narrow`` trains an MLP twin of it (not shipped yet).
 - ``digits_dit``: :class:`DiT` velocity for the 8x8 scikit-learn digits, x of shape (B, 1, 8, 8)
   (``scripts/train_digits_dit.py``).
 - ``digits_classifier``: :class:`DigitsClassifier`, whose ``features`` define ``boss_fast.metrics.digits_fd``
@@ -27,13 +30,14 @@ from boss_fast.models._io import WEIGHTS_DIR, WeightsFileError, read_weights, sa
 from boss_fast.models.classifier import DigitsClassifier
 from boss_fast.models.data import digits
 from boss_fast.models.dit import DiT
-from boss_fast.models.gmm import GaussianMixtureFlow, eight_gaussians
+from boss_fast.models.gmm import NARROW_STD, GaussianMixtureFlow, eight_gaussians
 from boss_fast.models.mlp import MLPVelocity
 
 __all__ = [
     "DiT",
     "DigitsClassifier",
     "GaussianMixtureFlow",
+    "NARROW_STD",
     "MLPVelocity",
     "WEIGHTS_DIR",
     "WeightsFileError",
@@ -46,13 +50,16 @@ __all__ = [
     "weights_path",
 ]
 
-# name -> (module class built from the file's config, training script). gmm2d is analytic (no file).
+# name -> (module class built from the file's config, training script). The gmm2d flows are analytic.
 _TRAINED: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "mlp2d": (MLPVelocity, "scripts/train_mlp2d.py"),
     "digits_dit": (DiT, "scripts/train_digits_dit.py"),
     "digits_classifier": (DigitsClassifier, "scripts/train_digits_classifier.py"),
 }
-_ANALYTIC: dict[str, Callable[[], nn.Module]] = {"gmm2d": eight_gaussians}
+_ANALYTIC: dict[str, Callable[[], nn.Module]] = {
+    "gmm2d": eight_gaussians,
+    "gmm2d_narrow": lambda: eight_gaussians(std=NARROW_STD),
+}
 
 
 def bundled_models() -> list[str]:
@@ -77,9 +84,10 @@ def load_bundled(
     """Build a bundled model and load its shipped weights.
 
     Args:
-        name: one of :func:`bundled_models`: "digits_dit", "digits_classifier", "mlp2d", "gmm2d".
+        name: one of :func:`bundled_models`: "digits_dit", "digits_classifier", "mlp2d", "gmm2d",
+            "gmm2d_narrow".
         device: where to put it (default CPU).
-        dtype: floating dtype of the parameters (default float32; the analytic gmm2d keeps its float64
+        dtype: floating dtype of the parameters (default float32; the analytic gmm2d flows keep their float64
             buffers and computes in the dtype of its input, so ``dtype`` is ignored for it).
         weights: another weights file for the same architecture instead of the shipped one, e.g. a student
             written by ``boss-fast straighten`` (it must declare the same model name).

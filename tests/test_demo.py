@@ -1,0 +1,204 @@
+"""The demo's pieces: the paired bootstrap, the reference cache, and a small run that writes every file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from boss_fast import demo
+from boss_fast.demo import DemoConfig, cached_reference, run_demo
+from boss_fast.metrics import (
+    bootstrap_weights,
+    fd_statistic,
+    frechet_distance,
+    paired_bootstrap,
+    rmse_statistic,
+)
+from boss_fast.models import load_bundled
+from boss_fast.report import markdown_table
+from boss_fast.schedule import Schedule
+from boss_fast.trajectories import model_fingerprint, reference_solution, seeded_noise
+
+# ------------------------------------------------------------------------------------------ paired bootstrap
+
+
+def test_bootstrap_weights_are_resampling_counts() -> None:
+    w = bootstrap_weights(50, 200, seed=3)
+    assert w.shape == (200, 50) and np.all(w.sum(axis=1) == 50) and np.all(w >= 0)
+    np.testing.assert_array_equal(w, bootstrap_weights(50, 200, seed=3))
+    assert not np.array_equal(w, bootstrap_weights(50, 200, seed=4))
+
+
+def test_paired_bootstrap_known_cases() -> None:
+    rng = np.random.default_rng(0)
+    e = rng.exponential(size=2000)
+    w = bootstrap_weights(2000, 1000, seed=0)
+    # b is a exactly scaled per sample: the RMSE ratio is the same in every resample, so the paired interval
+    # of the difference collapses around its estimate, where an unpaired one would not.
+    d = paired_bootstrap(4.0 * e, e, rmse_statistic, w)
+    rmse = np.sqrt(e.mean())
+    assert d.estimate == pytest.approx(rmse)
+    assert d.low < d.estimate < d.high and d.significant
+    # Identical schedules: difference and interval exactly 0, not significant.
+    z = paired_bootstrap(e, e, rmse_statistic, w)
+    assert (z.estimate, z.low, z.high, z.significant) == (0.0, 0.0, 0.0, False)
+    # Two independent draws of one distribution: the 95% interval covers 0 (this seed; the estimate is small).
+    f = paired_bootstrap(rng.exponential(size=2000), e, rmse_statistic, w)
+    assert f.low < 0 < f.high and not f.significant
+
+
+def test_paired_bootstrap_interval_matches_the_normal_theory() -> None:
+    # Mean of paired differences of independent unit normals: the 95% interval of the difference of the
+    # (squared-error) means is about +-1.96 sqrt(2 / n) wide; the bootstrap must agree within ~15%.
+    rng = np.random.default_rng(1)
+    n = 4000
+    a, b = rng.normal(size=n) + 10.0, rng.normal(size=n) + 10.0
+
+    def mean(values, weights):
+        return weights @ values / weights.sum(axis=1)
+
+    d = paired_bootstrap(a, b, mean, bootstrap_weights(n, 2000, seed=2))
+    assert d.estimate == pytest.approx(a.mean() - b.mean())
+    assert (d.high - d.low) == pytest.approx(2 * 1.96 * np.sqrt(2.0 / n), rel=0.15)
+
+
+def test_fd_statistic_equals_frechet_distance() -> None:
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(300, 6))
+    feats = rng.normal(size=(500, 6)) * 1.3 + 2.0
+    stat = fd_statistic(ref)
+    w = bootstrap_weights(500, 4, seed=0)
+    values = stat(feats, w)
+    for r in range(4):
+        resampled = np.repeat(feats, w[r].astype(int), axis=0)
+        assert values[r] == pytest.approx(frechet_distance(resampled, ref), rel=1e-9)
+    assert stat(feats, np.ones((1, 500)))[0] == pytest.approx(frechet_distance(feats, ref), rel=1e-9)
+
+
+def test_paired_bootstrap_refuses_bad_input() -> None:
+    w = bootstrap_weights(10, 5)
+    with pytest.raises(ValueError, match="one shape"):
+        paired_bootstrap(np.ones(10), np.ones(9), rmse_statistic, w)
+    with pytest.raises(ValueError, match="weights"):
+        paired_bootstrap(np.ones(8), np.ones(8), rmse_statistic, w)
+    with pytest.raises(ValueError, match="level"):
+        paired_bootstrap(np.ones(10), np.ones(10), rmse_statistic, w, level=1.0)
+
+
+# ---------------------------------------------------------------------------------------- reference cache
+
+
+def test_reference_cache_reused_only_when_it_matches(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = load_bundled("gmm2d")
+    noise = seeded_noise((2,), 0, 8, seed=0, dtype=torch.float64)
+    path = tmp_path / "ref.safetensors"
+    fp = model_fingerprint(flow)
+    ref, reused = cached_reference(flow, noise, path, fingerprint=fp)
+    assert not reused
+    torch.testing.assert_close(ref, reference_solution(flow, noise), rtol=0, atol=0)
+
+    calls = []
+    real = demo.reference_solution
+    monkeypatch.setattr(demo, "reference_solution", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again, reused = cached_reference(flow, noise, path, fingerprint=fp)
+    assert reused and not calls
+    torch.testing.assert_close(again, ref, rtol=0, atol=0)
+
+    # Another model, other noise, other tolerances: recomputed (and the file rewritten).
+    narrow = load_bundled("gmm2d_narrow")
+    other, reused = cached_reference(narrow, noise, path, fingerprint=model_fingerprint(narrow))
+    assert not reused and len(calls) == 1 and not torch.equal(other, ref)
+    _, reused = cached_reference(narrow, noise[:7], path, fingerprint=model_fingerprint(narrow))
+    assert not reused and len(calls) == 2
+    _, reused = cached_reference(narrow, noise[:7], path, fingerprint=model_fingerprint(narrow), rtol=1e-6)
+    assert not reused and len(calls) == 3
+    _, reused = cached_reference(narrow, noise[:7], path, fingerprint=model_fingerprint(narrow), rtol=1e-6)
+    assert reused and len(calls) == 3
+    # A corrupt file is recomputed, not trusted.
+    path.write_bytes(b"not a safetensors file")
+    _, reused = cached_reference(narrow, noise[:7], path, fingerprint=model_fingerprint(narrow), rtol=1e-6)
+    assert not reused and len(calls) == 4
+
+
+# ---------------------------------------------------------------------------------------------- small run
+
+
+def test_demo_small_writes_every_file(tmp_path) -> None:
+    cfg = DemoConfig(
+        out=str(tmp_path / "rep"),
+        models=("digits_dit", "gmm2d_narrow"),
+        grid=12,
+        num_samples=8,
+        max_nfe=4,
+        eval_samples=24,
+        # Loose tolerances: the test checks the files and the cache, not the reference's accuracy.
+        rtol=1e-3,
+        atol=1e-3,
+        bootstrap=40,
+        fd_bootstrap=10,
+        progress=False,
+        grid_nfes=(2,),
+        scatter_nfes=(2, 3),
+    )
+    summary = run_demo(cfg)
+    rep = tmp_path / "rep"
+    for name in (
+        "results.md",
+        "results.json",
+        "quality_vs_nfe.png",
+        "bellman_steps.png",
+        "samples_nfe2.png",
+        "reference_digits_dit.safetensors",
+        "gmm2d_narrow_quality_vs_nfe.png",
+        "gmm2d_narrow_steps.png",
+        "gmm2d_narrow_scatter.png",
+        "reference_gmm2d_narrow.safetensors",
+    ):
+        assert (rep / name).stat().st_size > 0, name
+    for model in ("digits_dit", "gmm2d_narrow"):
+        for objective in ("local", "global"):
+            for k in range(1, 5):
+                sched = Schedule.load(rep / "schedules" / f"{model}_{objective}_nfe{k}.json")
+                assert sched.steps == k and sched.objective == objective
+    saved = json.loads((rep / "results.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    digits_rows = saved["models"]["digits_dit"]["results"]
+    assert set(digits_rows) == {"uniform", "shifted (SD3, shift 3)", "EDM (rho 7)", demo.LOCAL, demo.GLOBAL}
+    for label, per_nfe in digits_rows.items():
+        assert set(per_nfe) == {"1", "2", "3", "4"}
+        for row in per_nfe.values():
+            assert np.isfinite(row["fd"]) and row["rmse"] >= 0
+            est, low, high = row["rmse_vs_uniform"]
+            assert low <= est <= high or label == "uniform"
+        assert per_nfe["1"]["rmse_vs_uniform"] == [0.0, 0.0, 0.0]  # every schedule is [0, 1] at K = 1
+    gmm_rows = saved["models"]["gmm2d_narrow"]["results"]
+    assert "fd" not in gmm_rows["uniform"]["2"]
+    assert gmm_rows["uniform"]["4"]["rmse"] < gmm_rows["uniform"]["1"]["rmse"]
+    table = (rep / "results.md").read_text()
+    assert "## digits_dit" in table and "## gmm2d_narrow" in table and "| 4 |" in table
+    assert saved["models"]["gmm2d_narrow"]["reference"]["reused"] is False
+
+    # A second run in the same folder reuses both references.
+    again = run_demo(cfg)
+    assert all(again["models"][m]["reference"]["reused"] for m in cfg.models)
+    assert again["models"]["gmm2d_narrow"]["results"] == summary["models"]["gmm2d_narrow"]["results"]
+
+
+def test_demo_refuses_bad_arguments(tmp_path) -> None:
+    with pytest.raises(ValueError, match="max_nfe"):
+        run_demo(DemoConfig(out=str(tmp_path), grid=5, max_nfe=6))
+    with pytest.raises(ValueError, match="models"):
+        run_demo(DemoConfig(out=str(tmp_path), models=("imagenet",)))
+
+
+def test_markdown_table_intervals_and_missing_budgets() -> None:
+    results = {
+        "uniform": {1: {"rmse": 0.5, "d": [0.0, 0.0, 0.0]}, 2: {"rmse": 0.2, "d": [0.0, 0.0, 0.0]}},
+        "oracle": {2: {"rmse": 0.1, "d": [-0.1, -0.12, -0.08]}},
+    }
+    table = markdown_table(results, "rmse", [1, 2], digits=3, delta="d", baseline="uniform")
+    assert "| 1 | **0.500** | - |" in table
+    assert "| 2 | 0.200 | **0.100** (-50.0% [-60.0, -40.0]) |" in table
