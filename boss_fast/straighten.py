@@ -103,8 +103,9 @@ class StraighteningPairs(NamedTuple):
     t_end: torch.Tensor
 
 
-def _check_schedule(sched: object, grid: int | Sequence[float] | np.ndarray, solver: str) -> Schedule:
-    """The schedule must be a ``Schedule`` (flow time, t = 0 noise) chosen on ``grid`` by ``solver``."""
+def _check_schedule(sched: object, grid: int | Sequence[float] | np.ndarray, solver: str | None) -> Schedule:
+    """The schedule must be a ``Schedule`` (flow time, t = 0 noise) chosen on ``grid`` by ``solver`` (None:
+    whichever teacher chose it)."""
     if not isinstance(sched, Schedule):
         raise TypeError(
             f"sched must be a boss_fast.Schedule (flow time, t = 0 noise, t = 1 data), got "
@@ -118,7 +119,7 @@ def _check_schedule(sched: object, grid: int | Sequence[float] | np.ndarray, sol
             f"{len(expected)} points [{float(expected[0])!r} .. {float(expected[-1])!r}]: "
             "pass the schedule's own grid"
         )
-    if sched.solver != solver:
+    if solver is not None and sched.solver != solver:
         raise ValueError(
             f"the schedule was chosen with a {sched.solver!r} teacher but solver={solver!r}: "
             "the pairs must come from the trajectory the schedule was optimised for"
@@ -212,7 +213,7 @@ def straightening_pairs(
     sched: Schedule,
     noise: torch.Tensor,
     grid: int | Sequence[float] | np.ndarray = 100,
-    solver: str = "euler",
+    solver: str | None = None,
     *,
     batch_size: int = 500,
     cache_dir: str | os.PathLike | None = None,
@@ -231,7 +232,7 @@ def straightening_pairs(
         sched: a ``Schedule`` chosen on ``grid`` with ``solver``; anything else raises.
         noise: (M, ...) floating tensor, the states at t = sched.grid[0].
         grid: an int n (``uniform_grid(n)``) or explicit times; must equal ``sched.grid``.
-        solver: the teacher's solver; must equal ``sched.solver``.
+        solver: the teacher's solver; None (default) takes ``sched.solver``, anything else must equal it.
         batch_size: noises per teacher batch, and per cache shard.
         cache_dir: if set (``teacher`` must then be an ``nn.Module``), every batch is a shard file under
             ``cache_dir/<key>/`` written atomically; the key hashes the teacher's weights, the grid, the
@@ -245,8 +246,8 @@ def straightening_pairs(
     Returns:
         ``StraighteningPairs`` with M * K rows (row m * K + k), on ``device``, in the noise's dtype.
     """
-    solver = check_teacher(solver, mode)
     sched = _check_schedule(sched, grid, solver)
+    solver = check_teacher(sched.solver if solver is None else solver, mode)
     noise = check_noise(noise)
     batch_size = check_int(batch_size, "batch_size")
     device = torch.device(device) if device is not None else noise.device
@@ -478,8 +479,9 @@ def _resolve_run(args: dict) -> _Run:
     model = args["model"]
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module to fine-tune, got {type(model).__name__}")
-    solver = check_teacher(args["solver"], args["teacher_mode"], "teacher_mode")
-    sched = _check_schedule(args["sched"], args["grid"], solver)
+    sched = _check_schedule(args["sched"], args["grid"], args["solver"])
+    solver = check_teacher(sched.solver if args["solver"] is None else args["solver"], args["teacher_mode"],
+                           "teacher_mode")  # fmt: skip
     ints = {name: check_int(args[name], name) for name in ("iters", "num_pairs", "batch_size")}
     warmup = check_int(args["warmup"], "warmup", minimum=0)
     checkpoint_every = check_int(args["checkpoint_every"], "checkpoint_every")
@@ -685,7 +687,7 @@ def straighten(
     teacher: VelocityFn | None = None,
     num_pairs: int = 5000,
     grid: int | Sequence[float] | np.ndarray = 100,
-    solver: str = "euler",
+    solver: str | None = None,
     iters: int = 2000,
     batch_size: int = 64,
     lr: float = 2e-4,
@@ -761,7 +763,7 @@ def straighten_with_stats(
     teacher: VelocityFn | None = None,
     num_pairs: int = 5000,
     grid: int | Sequence[float] | np.ndarray = 100,
-    solver: str = "euler",
+    solver: str | None = None,
     iters: int = 2000,
     batch_size: int = 64,
     lr: float = 2e-4,

@@ -234,8 +234,12 @@ CASES = {
         "straighten.pt is unreadable",
     ),
     "corrupt cost checkpoint": (
-        [*SCHEDULE, "--checkpoint", "{file}", "--out", "{tmp}/s.json"],
+        [*SCHEDULE, "--objective", "local", "--checkpoint", "{file}", "--out", "{tmp}/s.json"],
         "cost checkpoint {file} is unreadable",
+    ),
+    "corrupt own-state checkpoint": (
+        [*SCHEDULE, "--checkpoint", "{file}", "--out", "{tmp}/s.json"],
+        "own-state checkpoint {file} is unreadable",
     ),
 }
 NEEDS_NO_CUDA = {"device cuda without CUDA", "cuda_graph without CUDA"}

@@ -188,7 +188,7 @@ def test_local_path_bits_and_the_generalised_kernel():
     scheds = optimal_schedules(wavy, (3,), 5, "local", grid=20, num_samples=12, batch_size=5, solver="heun",
                                dtype=torch.float64)  # fmt: skip
     for k, sched in scheds.items():
-        want = schedule_from_cost(cost, times, k, solver="heun", num_samples=12)
+        want = schedule_from_cost(cost, times, k, solver="heun", num_samples=12, shape=(3,))
         assert sched == want
 
 
