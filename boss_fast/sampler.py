@@ -388,9 +388,16 @@ class Sampler:
         hosts = self.times.tolist()
         for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True):  # ode_step's stage times, the same floats
             self._stage_t.append(tuple(at(t) for t in stage_times(self._method, t0, t1)))
-        with torch.no_grad():  # one checked evaluation: a wrong model fails here, with sample's message
-            probe = self._x if self._doubled is None else self._doubled
-            check_velocity_output(self._velocity(self._x, self._stage_t[0][0]), probe, self._t_hosts[0])
+        # One checked evaluation: a wrong model fails here, with sample's message. Without guidance on one
+        # row: a full batch would cost a whole model evaluation per sampler built (the demo builds 46 of
+        # batch 1000: 20% of its evaluation time, measured).
+        with torch.no_grad():
+            if self._doubled is None:
+                x1 = self._x[:1]
+                check_velocity_output(self.model(x1, self._stage_t[0][0][:1]), x1, self._t_hosts[0])
+            else:
+                out = self._velocity(self._x, self._stage_t[0][0])
+                check_velocity_output(out, self._doubled, self._t_hosts[0])
         self._start()
 
     def _start(self) -> None:
