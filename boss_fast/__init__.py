@@ -14,8 +14,9 @@ torch.compile, CUDA graphs, fused Triton kernels), which also runs the teacher (
 
 Modules are layered (each imports only from its own layer or below; checked by import-linter, see
 pyproject.toml): 0 ``_validation``, ``_backends``, ``_runtime``, ``_checkpoint``, ``grids``, ``bellman``;
-1 ``ode``; 2 ``kernels``, ``schedule``; 3 ``sampler``; 4 ``trajectories``; 5 ``cost``, ``search``,
-``straighten``; then the edge: ``integrations``, ``models``, ``metrics``, ``report``, ``demo``, ``cli``.
+1 ``ode``; 2 ``kernels``, ``schedule``; 3 ``sampler``; 4 ``trajectories``; 5 ``cost``, ``own_state``,
+``search``, ``straighten``; then the edge: ``integrations``, ``models``, ``metrics``, ``report``, ``demo``,
+``cli``.
 """
 
 from boss_fast._backends import dp_backends
