@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from boss_fast._checkpoint import checkpoint_model_key
 from boss_fast._runtime import all_reduce_sums, noise_digest, rank_path, rank_world
 from boss_fast._validation import (
     METRICS,
@@ -205,6 +206,27 @@ def _load_checkpoint(path: str, header: dict[str, object], shape: tuple[int, int
     return costs.copy(), pointers.astype(np.int64), int(stored["levels_done"])
 
 
+def _check_table(path: str, costs: np.ndarray, pointers: np.ndarray, done: int) -> None:
+    """Refuse (ValueError naming ``path`` and the field) a table this run could not have written.
+
+    Levels 1 .. ``done`` reach every grid point j >= level: its cost is finite and >= 0 and its pointer i
+    satisfies level - 1 <= i < j.
+    """
+    if not 0 <= done <= costs.shape[0] - 1:
+        raise ValueError(
+            f"own-state checkpoint {path}: levels_done = {done} is outside 0 .. {costs.shape[0] - 1}"
+        )
+    for level in range(1, done + 1):
+        reach = costs[level, level:]
+        if not np.all(np.isfinite(reach)) or np.any(reach < 0):
+            raise ValueError(
+                f"own-state checkpoint {path}: costs of level {level} hold non-finite or negative values"
+            )
+        ptrs, cols = pointers[level, level:], np.arange(level, costs.shape[1])
+        if np.any(ptrs < level - 1) or np.any(ptrs >= cols):
+            raise ValueError(f"own-state checkpoint {path}: pointers of level {level} are out of range")
+
+
 def _min_over_ranks(value: int) -> int:
     dist = torch.distributed
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
@@ -214,7 +236,6 @@ def _min_over_ranks(value: int) -> int:
 
 
 def _resume(
-    velocity: VelocityFn,
     checkpoint: str | os.PathLike | None,
     run: dict[str, object],
     shape: tuple[int, int],
@@ -232,11 +253,11 @@ def _resume(
         **run,
         "rank": rank,
         "world_size": world,
-        "model": model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else "",
     }
     done = 0
     if os.path.exists(path):
         costs, pointers, done = _load_checkpoint(path, header, shape)
+        _check_table(path, costs, pointers, done)
     if world > 1:  # a job stopped between two ranks' writes resumes from the level all of them finished
         done = _min_over_ranks(done)
     return path, header, costs, pointers, done
@@ -298,7 +319,7 @@ def accumulate_own_state(
     mine = list(range(rank, -(-num_samples // batch_size), world))
     run = {"times": times, "max_steps": max_steps, "metric": metric, "solver": solver,
            "num_samples": num_samples, "batch_size": batch_size, **identity}  # fmt: skip
-    path, header, costs, pointers, done = _resume(velocity, checkpoint, run, (max_steps + 1, n))
+    path, header, costs, pointers, done = _resume(checkpoint, run, (max_steps + 1, n))
     if done == max_steps:
         return OwnStateTable(costs=costs, pointers=pointers, times=times, num_samples=num_samples)
     batches: dict[int, _Batch] = {}
@@ -342,6 +363,7 @@ def own_state_table(
     checkpoint: str | os.PathLike | None = None,
     *,
     mode: str | None = None,
+    checkpoint_key: str | None = None,
 ) -> OwnStateTable:
     """The own-state DP of a velocity model over ``noise`` for every budget 1 .. ``max_steps``.
 
@@ -359,6 +381,8 @@ def own_state_table(
         metric: "l2sq" (mean squared L2 error) or "l2" (mean L2 norm).
         device, progress, checkpoint, mode: as ``cost_matrix`` (the checkpoint is rewritten after every
             level, and ``mode`` runs the teacher on a recording ``Sampler``).
+        checkpoint_key: as ``cost_matrix``: required with ``checkpoint`` when ``velocity`` is not an
+            ``nn.Module``.
     """
     noise = check_noise(noise)
     t = as_times(times)
@@ -368,12 +392,14 @@ def own_state_table(
     batch_size = check_int(batch_size, "batch_size")
     solver = check_teacher(solver, mode)
     metric = check_choice(metric, METRICS, "metric")
+    model = checkpoint_model_key(velocity, checkpoint, checkpoint_key, model_fingerprint)
     identity = {}
     if checkpoint is not None:
         identity = {
             "noise": noise_digest(noise),
             "sample_shape": str(tuple(noise.shape[1:])),
             "dtype": str(noise.dtype),
+            "model": model,
         }
     return accumulate_own_state(
         velocity,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from boss_fast._checkpoint import (
     check_checkpoint_format,
     checkpoint_header,
+    checkpoint_model_key,
     first_difference,
     write_checkpoint,
 )
@@ -60,12 +61,9 @@ CHECKPOINT_VERSION = 1
 
 
 def _checkpoint_header(
-    velocity: VelocityFn, times: np.ndarray, run: dict[str, object], identity: dict[str, str]
+    times: np.ndarray, run: dict[str, object], identity: dict[str, str]
 ) -> dict[str, object]:
-    model = model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else ""
-    return checkpoint_header(
-        CHECKPOINT_FORMAT, CHECKPOINT_VERSION, times=times, **run, model=model, **identity
-    )
+    return checkpoint_header(CHECKPOINT_FORMAT, CHECKPOINT_VERSION, times=times, **run, **identity)
 
 
 def _save_checkpoint(path: str, header: dict[str, object], sums: np.ndarray, count: int, done: int) -> None:
@@ -99,6 +97,28 @@ def _load_checkpoint(path: str, header: dict[str, object]) -> tuple[np.ndarray, 
     return sums.copy(), int(stored["count"]), int(stored["batches_done"])
 
 
+def _batch_len(b: int, batch_size: int, num_samples: int) -> int:
+    return min((b + 1) * batch_size, num_samples) - b * batch_size
+
+
+def _check_counters(path: str, sums: np.ndarray, count: int, done: int, sizes: list[int]) -> None:
+    """Refuse (ValueError naming ``path`` and the field) counters this run could not have written.
+
+    ``sizes``: the samples of each of this rank's batches, in order.
+    """
+    if not 0 <= done <= len(sizes):
+        raise ValueError(
+            f"cost checkpoint {path}: batches_done = {done} is outside 0 .. {len(sizes)}, this rank's batches"
+        )
+    if count != sum(sizes[:done]) or (done > 0 and count <= 0):
+        raise ValueError(
+            f"cost checkpoint {path}: count = {count}, but its {done} batches done hold {sum(sizes[:done])} "
+            "samples"
+        )
+    if not np.all(np.isfinite(sums)) or np.any(sums < 0):
+        raise ValueError(f"cost checkpoint {path}: sums holds non-finite or negative values")
+
+
 # ------------------------------------------------------------------------------------------- streaming
 
 
@@ -130,9 +150,10 @@ def _accumulate_cost(
         path = rank_path(os.fspath(checkpoint), rank, world)
         run = {"metric": metric, "solver": teacher.solver, "num_samples": num_samples}
         run.update(batch_size=batch_size, rank=rank, world_size=world)
-        header = _checkpoint_header(teacher.velocity, teacher.times, run, identity)
+        header = _checkpoint_header(teacher.times, run, identity)
         if os.path.exists(path):
             sums, count, done = _load_checkpoint(path, header)
+            _check_counters(path, sums, count, done, [_batch_len(b, batch_size, num_samples) for b in mine])
     bar = tqdm(
         total=len(mine), initial=done, disable=not progress or rank != 0, desc="cost matrix", unit="batch"
     )
@@ -165,6 +186,7 @@ def cost_matrix(
     checkpoint: str | os.PathLike | None = None,
     *,
     mode: str | None = None,
+    checkpoint_key: str | None = None,
 ) -> np.ndarray:
     """The BOSS cost matrix of a velocity model, averaged over ``noise``, (N, N) float64 numpy.
 
@@ -187,10 +209,14 @@ def cost_matrix(
             the model's fingerprint when it is an ``nn.Module``). Rerunning with the same path resumes and
             returns what an uninterrupted run returns, bit for bit; a checkpoint of another run is refused
             (ValueError). The finished checkpoint is kept, so a rerun returns at once. Under
-            torch.distributed each rank writes ``<root>.rank{r}-of-{W}<ext>``.
+            torch.distributed each rank writes ``<root>.rank{r}-of-{W}<ext>``. A velocity that is not an
+            ``nn.Module`` has no fingerprint: ``checkpoint`` then needs ``checkpoint_key`` (ValueError
+            otherwise).
         mode: None runs ``teacher_trajectory``'s plain loop; "eager", "compile", "cuda_graph" or "auto"
             runs the teacher on a recording :class:`boss_fast.sampler.Sampler`, built once per batch shape
             and replayed for every batch (on CUDA, "cuda_graph" captures the whole grid as one graph).
+        checkpoint_key: the velocity's identity recorded in the checkpoint header (besides the module's
+            fingerprint): a name that changes whenever the function or what it depends on changes.
 
     Under torch.distributed (initialised process group), rank r of W runs batches r, r + W, ..., the
     float64 (sum, count) are all-reduced and every rank returns the same matrix.
@@ -200,12 +226,14 @@ def cost_matrix(
     batch_size = check_int(batch_size, "batch_size")
     solver = check_teacher(solver, mode)
     metric = check_choice(metric, METRICS, "metric")
+    model = checkpoint_model_key(velocity, checkpoint, checkpoint_key, model_fingerprint)
     identity = {}
     if checkpoint is not None:
         identity = {
             "noise": noise_digest(noise),
             "sample_shape": str(tuple(noise.shape[1:])),
             "dtype": str(noise.dtype),
+            "model": model,
         }
     return _accumulate_cost(
         TeacherRunner(velocity, t, solver, mode),
@@ -235,6 +263,7 @@ class _Search:
     device: torch.device
     dtype: torch.dtype
     fingerprint: str | None
+    model: str = ""
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         return seeded_noise(self.shape, start, stop, seed=self.seed, dtype=self.dtype)
@@ -244,6 +273,7 @@ class _Search:
             "noise": f"seeded_noise(seed={self.seed})",
             "sample_shape": str(self.shape),
             "dtype": str(self.dtype),
+            "model": self.model,
         }
 
 
@@ -298,6 +328,11 @@ def _validate_search(
         times, shape, num_samples, batch_size, seed, objective, solver, metric, device, dtype, fingerprint
     )
     return search, steps, discount
+
+
+def _keyed(search: _Search, velocity: VelocityFn, checkpoint: object, key: str | None) -> _Search:
+    """``search`` with the checkpoint header's model identity (``checkpoint_model_key``)."""
+    return replace(search, model=checkpoint_model_key(velocity, checkpoint, key, model_fingerprint))
 
 
 def _local_cost(
@@ -380,6 +415,7 @@ def optimal_schedule(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     mode: str | None = None,
+    checkpoint_key: str | None = None,
 ) -> Schedule:
     """The optimal ``steps``-step schedule of a velocity model, end to end.
 
@@ -414,15 +450,16 @@ def optimal_schedule(
         progress, checkpoint, mode: as in ``boss_fast.cost.cost_matrix`` (mode: the teacher on a recording
             ``Sampler``, e.g. "cuda_graph"); the global objective checkpoints after every DP level
             (``boss_fast.own_state``), with the same resume and refusal rules.
+        checkpoint_key: as in ``cost_matrix`` (required with ``checkpoint`` for a non-module velocity).
 
     Returns:
-        A ``Schedule`` with ``objective`` set; its ``fingerprint`` is ``model_fingerprint(velocity)`` for a
-        module, else None.
+        A ``Schedule`` with ``objective`` set and ``fingerprint`` ``model_fingerprint(velocity)`` (or None).
     """
     search, steps, discount = _validate_search(
         velocity, shape, steps, "steps", grid, num_samples, batch_size, seed, objective, solver, metric,
         device, dtype, backend, discount, mode,
     )  # fmt: skip
+    search = _keyed(search, velocity, checkpoint, checkpoint_key)
     if search.objective == "global":
         return _global_schedules(velocity, search, steps, progress, checkpoint, mode)[steps]
     cost = _local_cost(velocity, search, progress, checkpoint, mode)
@@ -459,6 +496,7 @@ def optimal_schedules(
     metric: str = "l2sq",
     backend: str = "auto",
     discount: float = 1.0,
+    checkpoint_key: str | None = None,
 ) -> dict[int, Schedule]:
     """The optimal schedule of every budget K = 1 .. ``max_steps`` from ONE search: ``{K: Schedule}``.
 
@@ -475,6 +513,7 @@ def optimal_schedules(
         velocity, shape, max_steps, "max_steps", grid, num_samples, batch_size, seed, objective, solver,
         metric, device, dtype, backend, discount, mode,
     )  # fmt: skip
+    search = _keyed(search, velocity, checkpoint, checkpoint_key)
     if search.objective == "global":
         return _global_schedules(velocity, search, max_steps, progress, checkpoint, mode)
     cost = _local_cost(velocity, search, progress, checkpoint, mode)

@@ -49,7 +49,7 @@ from boss_fast._checkpoint import (
     first_difference,
     write_checkpoint,
 )
-from boss_fast._runtime import module_placement, rank_world
+from boss_fast._runtime import module_placement, noise_digest, rank_world
 from boss_fast._validation import (
     atomic_write,
     check_choice,
@@ -538,14 +538,42 @@ def _velocity_targets(pairs: StraighteningPairs) -> torch.Tensor:
 # ------------------------------------------------------------------------------ train state, checkpoint
 
 
-def _header(model_fp: str, sched: Schedule, config: dict) -> dict:
+def _header(model_fp: str, sched: Schedule, config: dict, teacher: VelocityFn, noise: torch.Tensor) -> dict:
     return checkpoint_header(
         CHECKPOINT_FORMAT,
         CHECKPOINT_VERSION,
         model_fingerprint=model_fp,
         schedule=sched.to_dict(),
         config=config,
+        teacher=model_fingerprint(teacher) if isinstance(teacher, nn.Module) else "",
+        noise=noise_digest(noise),
     )
+
+
+def _digest_into(digest, value: object) -> None:
+    """Feed ``value`` (tensors, dicts, lists, tuples, scalars, nested) into a hashlib ``digest``."""
+    if isinstance(value, torch.Tensor):
+        data = value.detach().contiguous().reshape(-1).cpu()
+        digest.update(f"T{data.dtype}{tuple(value.shape)};".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)};".encode())
+        for key in sorted(value, key=repr):
+            digest.update(f"{key!r}:".encode())
+            _digest_into(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)};".encode())
+        for item in value:
+            _digest_into(digest, item)
+    else:
+        digest.update(f"{value!r};".encode())
+
+
+def _payload_sha256(state: dict) -> str:
+    """SHA-256 of everything a straightening checkpoint holds beside its header."""
+    digest = hashlib.sha256()
+    _digest_into(digest, {key: value for key, value in state.items() if key != "header"})
+    return digest.hexdigest()
 
 
 def _check_header(header: object, expected: dict, path: str) -> None:
@@ -606,6 +634,7 @@ class _TrainState:
             "step": self.step,
             "losses": torch.tensor(self.losses, dtype=torch.float64),
         }
+        state["header"] = json.dumps({**header, "sha256": _payload_sha256(state)})
         write_checkpoint(path, lambda f: torch.save(state, f))
 
     def resume(self, path: str, header: dict, device: torch.device) -> None:
@@ -613,12 +642,25 @@ class _TrainState:
         try:
             state = torch.load(path, map_location=device, weights_only=True)
             saved_header = json.loads(state["header"])
-        except (RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
+        except (
+            OSError,
+            RuntimeError,
+            EOFError,
+            KeyError,
+            TypeError,
+            ValueError,
+            pickle.UnpicklingError,
+        ) as err:
             raise ValueError(
                 f"straighten checkpoint {path} is unreadable (corrupted or not a checkpoint: {err}); "
                 "delete it or use another checkpoint_dir"
             ) from None
         _check_header(saved_header, header, path)
+        if saved_header.get("sha256") != _payload_sha256(state):
+            raise ValueError(
+                f"straighten checkpoint {path} fails its checksum (sha256 of its parameters, EMA, optimiser, "
+                "generator, step and losses): the file is corrupt; delete it or use another checkpoint_dir"
+            )
         with torch.no_grad():
             for p, saved in zip(self.params, state["params"], strict=True):
                 p.copy_(saved)
@@ -738,8 +780,10 @@ def straighten(
             0.999 and 2000 steps, which on the digits DiT cost FD 61 instead of ~40 at K = 2 (measured).
         checkpoint_dir: if set, ``straighten.pt`` there is written atomically every ``checkpoint_every``
             steps and at the end (student, EMA, optimiser, step, RNG states, and a header with the schedule,
-            the model's fingerprint and the settings); a run finding one resumes from it, and refuses one
-            from another model, schedule or settings. Resuming is bit-identical to an uninterrupted run.
+            the model's and the teacher's fingerprints, the noise's digest, the settings and a SHA-256 of the
+            rest); a run finding one resumes from it, and refuses one from another model, teacher, noise,
+            schedule or settings, or one failing its checksum. Resuming is bit-identical to an
+            uninterrupted run.
         cache_dir: pair cache (see ``straightening_pairs``).
         teacher_mode: how the teacher generates the pairs (``straightening_pairs``' ``mode``), e.g.
             "cuda_graph" on a GPU.
@@ -810,7 +854,7 @@ def straighten_with_stats(
             UserWarning,
             stacklevel=3,
         )
-    header = _header(model_fp, run.sched, run.config(noise.shape[0], rank_world()[1]))
+    header = _header(model_fp, run.sched, run.config(noise.shape[0], rank_world()[1]), teacher, noise)
     state = _TrainState.start(params, run.lr, run.seed)
     path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
     if path is not None and os.path.exists(path):

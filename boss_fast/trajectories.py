@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -253,15 +254,42 @@ def seeded_noise(
     return out.to(device=device, dtype=dtype)
 
 
-def model_fingerprint(module: torch.nn.Module, length: int = 16) -> str:
-    """A short hex SHA-256 of a module's parameters and buffers (names, dtypes, shapes and bytes).
+_PLAIN = (bool, int, float, str, type(None))
 
-    Identifies the weights a schedule or a cost checkpoint was computed with. Reads every tensor to the host
-    once (seconds for billions of parameters).
+
+def _plain(value: object) -> bool:
+    """A number, string, bool or None, or a tuple/list of them (nested)."""
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _hash_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    data = tensor.detach().contiguous().reshape(-1).cpu()
+    digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes())
+
+
+def model_fingerprint(module: torch.nn.Module, length: int = 16) -> str:
+    """A short hex SHA-256 identifying a module's weights and configuration.
+
+    Covers: every parameter and buffer (name, dtype, shape and bytes); for every submodule, its class name and
+    its public plain attributes (numbers, strings, bools, None and tuples/lists of them, by name and repr) and
+    the tensors it holds as public plain attributes (as parameters). Cannot see: code (the bodies of
+    ``forward`` and of the functions it calls), globals, private (``_``-prefixed) attributes other than
+    parameters and buffers, attributes of other types (dicts, objects, callables), the ``training`` flag,
+    and the device. Reads every tensor to the host once (seconds for billions of parameters).
     """
     digest = hashlib.sha256()
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        data = tensor.detach().contiguous().reshape(-1).cpu()
-        digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes())
+        _hash_tensor(digest, name, tensor)
+    for prefix, sub in module.named_modules():
+        digest.update(f"module {prefix}:{type(sub).__module__}.{type(sub).__qualname__};".encode())
+        for key, value in sorted(vars(sub).items()):
+            if key.startswith("_") or key == "training":
+                continue
+            if isinstance(value, torch.Tensor):
+                _hash_tensor(digest, f"{prefix}.{key}", value)
+            elif _plain(value):
+                digest.update(f"{key}={value!r};".encode())
     return digest.hexdigest()[:length]

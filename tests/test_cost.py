@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import boss_fast as bf
 import boss_fast.cost as cost_module
 from boss_fast.cost import trajectory_cost, trajectory_cost_sums
 from boss_fast.grids import uniform_grid
@@ -303,17 +304,27 @@ def test_checkpoint_resume_equals_uninterrupted_run_exactly(setup, tmp_path):
     steps = len(times) - 1
     with pytest.raises(RuntimeError, match="simulated kill"):  # dies on the 3rd batch's first call
         cost_matrix(
-            Recorder(die_at_call=2 * steps), noise, times, batch_size=5, progress=False, checkpoint=path
+            Recorder(die_at_call=2 * steps),
+            noise,
+            times,
+            batch_size=5,
+            progress=False,
+            checkpoint=path,
+            checkpoint_key="f",
         )
     assert os.listdir(tmp_path) == ["cost.npz"]  # atomic writes leave no temporary behind
     with np.load(path) as stored:
         assert int(stored["batches_done"]) == 2 and int(stored["count"]) == 10
     recorder = Recorder()
-    resumed = cost_matrix(recorder, noise, times, batch_size=5, progress=False, checkpoint=path)
+    resumed = cost_matrix(
+        recorder, noise, times, batch_size=5, progress=False, checkpoint=path, checkpoint_key="f"
+    )
     assert sum(recorder.batches) == (23 - 10) * steps  # only the 3 missing batches ran
     np.testing.assert_array_equal(resumed, uninterrupted)
     again = Recorder()  # a finished checkpoint answers at once
-    np.testing.assert_array_equal(cost_matrix(again, noise, times, batch_size=5, checkpoint=path), resumed)
+    np.testing.assert_array_equal(
+        cost_matrix(again, noise, times, batch_size=5, checkpoint=path, checkpoint_key="f"), resumed
+    )
     assert again.batches == []
 
 
@@ -331,12 +342,14 @@ def test_checkpoint_resume_equals_uninterrupted_run_exactly(setup, tmp_path):
 def test_checkpoint_of_another_run_is_refused(setup, tmp_path, change, field):
     noise, times = setup
     path = tmp_path / "cost.npz"
-    cost_matrix(nonlinear_velocity, noise, times, batch_size=5, progress=False, checkpoint=path)
+    cost_matrix(
+        nonlinear_velocity, noise, times, batch_size=5, progress=False, checkpoint=path, checkpoint_key="f"
+    )
     args = {"noise": noise, "times": times, "batch_size": 5, "metric": "l2sq", "solver": "euler"}
     args["noise"] = noise[change.pop("noise_slice", slice(None))] * change.pop("noise_scale", 1.0)
     args.update(change)
     with pytest.raises(ValueError, match=f"different run: {field} ="):
-        cost_matrix(nonlinear_velocity, progress=False, checkpoint=path, **args)
+        cost_matrix(nonlinear_velocity, progress=False, checkpoint=path, checkpoint_key="f", **args)
 
 
 def test_checkpoint_of_another_model_is_refused(setup, tmp_path):
@@ -366,7 +379,71 @@ def test_corrupted_or_foreign_checkpoint_is_refused(setup, tmp_path):
     path = tmp_path / "cost.npz"
     path.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ValueError, match="unreadable"):
-        cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path)
+        cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path, checkpoint_key="f")
     np.savez(path, weights=np.zeros(3))
     with pytest.raises(ValueError, match="not a boss_fast cost checkpoint"):
+        cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path, checkpoint_key="f")
+
+
+def test_a_plain_function_needs_a_checkpoint_key_and_another_key_is_refused(setup, tmp_path):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+
+    def other(x, t):
+        return nonlinear_velocity(x, t) * 2.0
+
+    with pytest.raises(ValueError, match="checkpoint_key="):
         cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path)
+    assert not path.exists()
+    cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path, checkpoint_key="f1")
+    with pytest.raises(ValueError, match="different run: model ="):
+        cost_matrix(other, noise, times, progress=False, checkpoint=path, checkpoint_key="f2")
+    with pytest.raises(ValueError, match="checkpoint_key="):
+        bf.optimal_schedule(other, (3,), 2, grid=8, num_samples=4, checkpoint=tmp_path / "s.npz")
+    with pytest.raises(ValueError, match="checkpoint_key="):
+        bf.optimal_schedules(other, (3,), 2, grid=8, num_samples=4, checkpoint=tmp_path / "s.npz")
+
+
+def test_a_module_configured_by_a_plain_attribute_gets_another_fingerprint(setup, tmp_path):
+    noise, times = setup
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x, t):
+            return nonlinear_velocity(x, t) * self.scale
+
+    path = tmp_path / "cost.npz"
+    cost_matrix(Scaled(1.0), noise, times, progress=False, checkpoint=path)
+    with pytest.raises(ValueError, match="different run: model ="):
+        cost_matrix(Scaled(2.0), noise, times, progress=False, checkpoint=path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("count", 0),
+        ("batches_done", -1),
+        ("batches_done", 99),
+        ("count", 7),
+        ("sums", np.nan),
+        ("sums", -1.0),
+    ],
+)
+def test_a_checkpoint_with_edited_counters_is_refused(setup, tmp_path, field, value):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    args = {"batch_size": 5, "progress": False, "checkpoint": path, "checkpoint_key": "f"}
+    cost_matrix(nonlinear_velocity, noise, times, **args)
+    with np.load(path) as data:
+        stored = {key: data[key] for key in data.files}
+    if field == "sums":
+        stored["sums"] = stored["sums"].copy()
+        stored["sums"][0, 1] = value
+    else:
+        stored[field] = np.int64(value)
+    np.savez(path, **stored)
+    with pytest.raises(ValueError, match=rf"cost\.npz: {field} "):
+        cost_matrix(nonlinear_velocity, noise, times, **args)

@@ -35,6 +35,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             metric="l2",
             progress=False,
             checkpoint=os.path.join(out_dir, "cost.npz"),
+            checkpoint_key="f",
         )
         sched = optimal_schedule(
             velocity, (3,), 4, grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH, objective="local"

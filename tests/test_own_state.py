@@ -135,7 +135,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         path = os.path.join(out_dir, "own.npz")
         scheds = optimal_schedules(wavy, (3,), 4, grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH,
-                                   dtype=torch.float64, checkpoint=path)  # fmt: skip
+                                   dtype=torch.float64, checkpoint=path, checkpoint_key="f")  # fmt: skip
         np.save(os.path.join(out_dir, f"idx{rank}.npy"), np.concatenate([s.indices for s in scheds.values()]))
         np.save(os.path.join(out_dir, f"cost{rank}.npy"), np.array([s.cost for s in scheds.values()]))
     finally:
@@ -294,22 +294,34 @@ def test_checkpoint_resumes_bit_for_bit_and_refuses_foreign_runs(tmp_path):
 
     path = tmp_path / "own.npz"
     with pytest.raises(Interrupted):
-        own_state_table(flaky, noise, times, 4, batch_size=4, progress=False, checkpoint=path)
+        own_state_table(
+            flaky, noise, times, 4, batch_size=4, progress=False, checkpoint=path, checkpoint_key="f"
+        )
     with np.load(path) as stored:
         assert int(stored["levels_done"]) == 2
-    got = own_state_table(wavy, noise, times, 4, batch_size=4, progress=False, checkpoint=path)
+    got = own_state_table(
+        wavy, noise, times, 4, batch_size=4, progress=False, checkpoint=path, checkpoint_key="f"
+    )
     np.testing.assert_array_equal(got.costs, want.costs)
     np.testing.assert_array_equal(got.pointers, want.pointers)
     with pytest.raises(ValueError, match="different run: noise"):
-        own_state_table(wavy, noise + 1, times, 4, batch_size=4, progress=False, checkpoint=path)
+        own_state_table(
+            wavy, noise + 1, times, 4, batch_size=4, progress=False, checkpoint=path, checkpoint_key="f"
+        )
     with pytest.raises(ValueError, match="different run: max_steps"):
-        own_state_table(wavy, noise, times, 3, batch_size=4, progress=False, checkpoint=path)
+        own_state_table(
+            wavy, noise, times, 3, batch_size=4, progress=False, checkpoint=path, checkpoint_key="f"
+        )
     np.savez(tmp_path / "cost.npz", format=np.array("boss_fast.cost_checkpoint"))
     with pytest.raises(ValueError, match="not a boss_fast own-state checkpoint"):
-        own_state_table(wavy, noise, times, 4, progress=False, checkpoint=tmp_path / "cost.npz")
+        own_state_table(
+            wavy, noise, times, 4, progress=False, checkpoint=tmp_path / "cost.npz", checkpoint_key="f"
+        )
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(ValueError, match="unreadable"):
-        own_state_table(wavy, noise, times, 4, progress=False, checkpoint=tmp_path / "junk.npz")
+        own_state_table(
+            wavy, noise, times, 4, progress=False, checkpoint=tmp_path / "junk.npz", checkpoint_key="f"
+        )
 
 
 # ---------------------------------------------------------------------------------------- quality
@@ -332,3 +344,41 @@ def test_global_beats_uniform_and_local_on_eight_gaussians_at_two_steps():
         )
     }
     assert errors["global"] < 0.8 * errors["uniform"] and errors["global"] < 0.8 * errors["local"], errors
+
+
+@pytest.mark.parametrize(
+    ("field", "edit"),
+    [
+        ("levels_done", lambda s: s.update(levels_done=np.int64(7))),
+        ("levels_done", lambda s: s.update(levels_done=np.int64(-1))),
+        ("pointers", lambda s: s["pointers"].__setitem__((2, 5), 5)),
+        ("pointers", lambda s: s["pointers"].__setitem__((1, 3), -1)),
+        ("costs", lambda s: s["costs"].__setitem__((2, 4), np.nan)),
+        ("costs", lambda s: s["costs"].__setitem__((3, 6), np.inf)),
+    ],
+)
+def test_an_own_state_checkpoint_with_edited_fields_is_refused(tmp_path, field, edit):
+    noise = torch.randn(9, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    times = bf.uniform_grid(12)
+    path = tmp_path / "own.npz"
+    args = {"batch_size": 4, "progress": False, "checkpoint": path, "checkpoint_key": "wavy"}
+    own_state_table(wavy, noise, times, 4, **args)
+    with np.load(path) as data:
+        stored = {key: data[key].copy() for key in data.files}
+    edit(stored)
+    np.savez(path, **stored)
+    with pytest.raises(ValueError, match=rf"own\.npz: {field} "):
+        own_state_table(wavy, noise, times, 4, **args)
+
+
+def test_own_state_needs_a_key_for_a_plain_function_and_refuses_another(tmp_path):
+    noise = torch.randn(9, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    times = bf.uniform_grid(12)
+    path = tmp_path / "own.npz"
+    with pytest.raises(ValueError, match="checkpoint_key="):
+        own_state_table(wavy, noise, times, 3, progress=False, checkpoint=path)
+    own_state_table(wavy, noise, times, 3, progress=False, checkpoint=path, checkpoint_key="wavy")
+    with pytest.raises(ValueError, match="different run: model ="):
+        own_state_table(
+            lambda x, t: -x, noise, times, 3, progress=False, checkpoint=path, checkpoint_key="neg"
+        )

@@ -279,6 +279,7 @@ def test_optimal_schedule_explicit_grid_plain_callable_and_options(tmp_path):
         dtype=torch.float64,
         device="cpu",
         checkpoint=tmp_path / "c.npz",
+        checkpoint_key="velocity",
         objective="local",
     )
     assert sched.fingerprint is None and sched.grid[0] == 1e-3 and sched.times[-1] == 1.0

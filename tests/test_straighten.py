@@ -85,11 +85,10 @@ def test_pairs_match_a_direct_teacher_run_and_the_cache(tmp_path):
 
     # A second run reads the shards: a teacher with the same weights (same cache key) that would return
     # NaN proves it is not called.
-    class Poisoned(TinyVelocity):
-        def forward(self, x, t):
-            return super().forward(x, t) * math.nan
-
-    cached = straightening_pairs(Poisoned(), sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
+    poisoned = TinyVelocity()  # same class and weights; a forward hook (not fingerprinted) makes it NaN
+    poisoned.load_state_dict(teacher.state_dict())
+    poisoned.register_forward_hook(lambda module, args, out: out * math.nan)
+    cached = straightening_pairs(poisoned, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
     for a, b in zip(pairs, cached, strict=True):
         assert torch.equal(a, b)
 
@@ -194,6 +193,37 @@ def test_a_corrupt_checkpoint_is_refused_by_name(tmp_path):
     (tmp_path / "straighten.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"straighten checkpoint .*straighten\.pt is unreadable"):
         straighten(TinyVelocity(), _schedule(10, [0, 4, 10]), **FAST, checkpoint_dir=tmp_path)
+
+
+def test_a_truncated_empty_or_bit_flipped_checkpoint_is_refused_by_name(tmp_path):
+    model, sched = TinyVelocity(), _schedule(10, [0, 4, 10])
+    straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
+    path = tmp_path / "straighten.pt"
+    good = path.read_bytes()
+    state = torch.load(path, weights_only=True)
+    flipped = state["params"][0].clone()
+    flipped.view(torch.int32).view(-1)[0] ^= 1  # one bit of the parameter data
+    state["params"][0] = flipped
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"straighten\.pt fails its checksum"):
+        straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
+    for data in (good[: len(good) // 2], b""):
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=r"straighten checkpoint .*straighten\.pt is unreadable"):
+            straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
+    path.write_bytes(good)
+    straighten(model, sched, **FAST, checkpoint_dir=tmp_path)  # the intact file still resumes
+
+
+def test_a_checkpoint_for_another_teacher_or_noise_is_refused(tmp_path):
+    model, sched = TinyVelocity(), _schedule(10, [0, 4, 10])
+    noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(3))
+    straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise)
+    with pytest.raises(ValueError, match="another teacher"):
+        straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise, teacher=TinyVelocity(seed=1))
+    with pytest.raises(ValueError, match="another noise"):
+        straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise + 1)
+    straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise)  # the same run resumes
 
 
 def test_the_shape_comes_from_the_schedule_and_another_models_schedule_is_warned_about():

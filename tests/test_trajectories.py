@@ -201,3 +201,29 @@ def test_model_fingerprint_tracks_weights():
         b[0].weight[0, 0] += 1e-6
     assert model_fingerprint(b) != fp
     assert model_fingerprint(a.to(torch.bfloat16)) != fp
+
+
+def test_model_fingerprint_covers_class_names_plain_and_tensor_attributes():
+    class Scaled(torch.nn.Module):
+        def __init__(self, scale, dims=(1, 2), table=None):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            torch.nn.init.zeros_(self.lin.weight)
+            torch.nn.init.zeros_(self.lin.bias)
+            self.scale, self.dims = scale, dims
+            self.table = torch.zeros(3) if table is None else table
+            self._private = scale  # private attributes are not covered
+
+    class Renamed(Scaled):
+        pass
+
+    fp = model_fingerprint(Scaled(1.0))
+    assert model_fingerprint(Scaled(1.0)) == fp
+    assert model_fingerprint(Scaled(2.0)) != fp
+    assert model_fingerprint(Scaled(1.0, dims=(1, 3))) != fp
+    assert model_fingerprint(Scaled(1.0, table=torch.ones(3))) != fp
+    assert model_fingerprint(Renamed(1.0)) != fp
+    changed = Scaled(1.0)
+    changed._private = 5.0
+    assert model_fingerprint(changed) == fp
+    assert model_fingerprint(Scaled(1.0).eval()) == fp  # the training flag is not covered
