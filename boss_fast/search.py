@@ -54,7 +54,7 @@ DEFAULT_OBJECTIVE = "global"
 _DEFAULT_SOLVER = {"local": "euler", "global": "heun"}
 
 CHECKPOINT_FORMAT = "boss_fast.cost_checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the wider model fingerprint, checkpoint_key, checksums and run identity
 
 
 # ---------------------------------------------------------------------------- distribution, checkpoint

@@ -78,7 +78,7 @@ __all__ = [
 
 LOSSES: tuple[str, ...] = ("l2", "pseudo_huber")
 CHECKPOINT_FORMAT = "boss_fast.straighten"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the wider model fingerprint, checkpoint_key, checksums and run identity
 CHECKPOINT_NAME = "straighten.pt"
 # Song & Dhariwal (2023) use c = 0.00054 * sqrt(d) for images in [-1, 1]; the digits are in [-1, 1] too.
 PSEUDO_HUBER_C = 0.00054
