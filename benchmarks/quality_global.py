@@ -52,7 +52,13 @@ def _search(model: Counted, shape, max_steps, objective, args) -> tuple[dict, fl
     start = time.perf_counter()
     solver = args.global_solver if objective == "global" else None
     scheds = bf.optimal_schedules(
-        model, shape, max_steps, objective, grid=args.grid, num_samples=args.num_samples, solver=solver
+        model,
+        shape,
+        max_steps,
+        objective=objective,
+        grid=args.grid,
+        num_samples=args.num_samples,
+        solver=solver,
     )
     seconds = time.perf_counter() - start
     return scheds, seconds, model.rows / args.num_samples

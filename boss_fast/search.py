@@ -40,7 +40,7 @@ from boss_fast.cost import trajectory_cost_sums
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn
 from boss_fast.own_state import accumulate_own_state, own_state_paths
-from boss_fast.schedule import OBJECTIVES, Schedule, schedule_from_cost, schedules_from_cost
+from boss_fast.schedule import OBJECTIVES, Schedule, schedules_from_cost
 from boss_fast.trajectories import TeacherRunner, model_fingerprint, seeded_noise
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "cost_matrix", "optimal_schedule", "optimal_schedules"]
@@ -455,47 +455,28 @@ def optimal_schedule(
     Returns:
         A ``Schedule`` with ``objective`` set and ``fingerprint`` ``model_fingerprint(velocity)`` (or None).
     """
-    search, steps, discount = _validate_search(
-        velocity, shape, steps, "steps", grid, num_samples, batch_size, seed, objective, solver, metric,
-        device, dtype, backend, discount, mode,
-    )  # fmt: skip
-    search = _keyed(search, velocity, checkpoint, checkpoint_key)
-    if search.objective == "global":
-        return _global_schedules(velocity, search, steps, progress, checkpoint, mode)[steps]
-    cost = _local_cost(velocity, search, progress, checkpoint, mode)
-    return schedule_from_cost(
-        cost,
-        search.times,
-        steps,
-        discount=discount,
-        backend=backend,
-        metric=search.metric,
-        solver=search.solver,
-        num_samples=search.num_samples,
-        fingerprint=search.fingerprint,
-        shape=search.shape,
-    )
+    return _schedules(**locals(), steps_name="steps")[steps]
 
 
 def optimal_schedules(
     velocity: VelocityFn,
     shape: Sequence[int],
     max_steps: int,
-    objective: str = DEFAULT_OBJECTIVE,
     grid: int | Sequence[float] | np.ndarray = 100,
     num_samples: int = 256,
     batch_size: int = 256,
     seed: int = 0,
     solver: str | None = None,
+    metric: str = "l2sq",
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    backend: str = "auto",
+    *,
+    objective: str = DEFAULT_OBJECTIVE,
+    discount: float = 1.0,
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     mode: str | None = None,
-    *,
-    metric: str = "l2sq",
-    backend: str = "auto",
-    discount: float = 1.0,
     checkpoint_key: str | None = None,
 ) -> dict[int, Schedule]:
     """The optimal schedule of every budget K = 1 .. ``max_steps`` from ONE search: ``{K: Schedule}``.
@@ -509,18 +490,28 @@ def optimal_schedules(
         >>> [s.steps for s in scheds.values()], scheds[3].objective
         ([1, 2, 3], 'global')
     """
-    search, max_steps, discount = _validate_search(
-        velocity, shape, max_steps, "max_steps", grid, num_samples, batch_size, seed, objective, solver,
-        metric, device, dtype, backend, discount, mode,
+    args = dict(locals())  # the parameters, nothing else yet
+    args["steps"] = args.pop("max_steps")
+    return _schedules(**args, steps_name="max_steps")
+
+
+def _schedules(
+    velocity, shape, steps, grid, num_samples, batch_size, seed, solver, metric, device, dtype, backend, *,
+    objective, discount, progress, checkpoint, mode, checkpoint_key, steps_name,
+) -> dict[int, Schedule]:  # fmt: skip
+    """Both public searches: every budget 1 .. ``steps`` from one search (arguments validated here)."""
+    search, steps, discount = _validate_search(
+        velocity, shape, steps, steps_name, grid, num_samples, batch_size, seed, objective, solver, metric,
+        device, dtype, backend, discount, mode,
     )  # fmt: skip
     search = _keyed(search, velocity, checkpoint, checkpoint_key)
     if search.objective == "global":
-        return _global_schedules(velocity, search, max_steps, progress, checkpoint, mode)
+        return _global_schedules(velocity, search, steps, progress, checkpoint, mode)
     cost = _local_cost(velocity, search, progress, checkpoint, mode)
     scheds = schedules_from_cost(
         cost,
         search.times,
-        max_steps,
+        steps,
         discount=discount,
         backend=backend,
         metric=search.metric,

@@ -185,8 +185,8 @@ def test_local_path_bits_and_the_generalised_kernel():
         own, _ = bf.trajectory_cost_sums(traj.states, traj.velocities, times, metric, starts=traj.states[:-1])
         np.testing.assert_array_equal(own, plain)
     cost = bf.cost_matrix(wavy, noise, times, batch_size=5, solver="heun", progress=False)
-    scheds = optimal_schedules(wavy, (3,), 5, "local", grid=20, num_samples=12, batch_size=5, solver="heun",
-                               dtype=torch.float64)  # fmt: skip
+    scheds = optimal_schedules(wavy, (3,), 5, objective="local", grid=20, num_samples=12, batch_size=5,
+                               solver="heun", dtype=torch.float64)  # fmt: skip
     for k, sched in scheds.items():
         want = schedule_from_cost(cost, times, k, solver="heun", num_samples=12, shape=(3,))
         assert sched == want
