@@ -60,8 +60,8 @@ def test_evaluation_counts(capsys):
 def test_search_time(benchmark, objective):
     model = load_bundled("gmm2d")
     benchmark.group = f"optimal_schedules, gmm2d, grid {GRID}, {SAMPLES} noises, K = 1..{K}"
-    kwargs = {"grid": GRID, "num_samples": SAMPLES}
-    benchmark.pedantic(optimal_schedules, args=(model, (2,), K, objective), kwargs=kwargs, rounds=3,
+    kwargs = {"grid": GRID, "num_samples": SAMPLES, "objective": objective}
+    benchmark.pedantic(optimal_schedules, args=(model, (2,), K), kwargs=kwargs, rounds=3,
                        warmup_rounds=1)  # fmt: skip
 
 
