@@ -1,17 +1,20 @@
 """What the package's checkpoint writers share: the header that says what a file is, the check that a file
 found on disk is one of ours and belongs to this run, and the atomic write.
 
-The cost checkpoint (``search``, an ``.npz``) and the straightening checkpoint (``straighten``, a
-``torch.save`` file) store different payloads; both start from :func:`checkpoint_header` and refuse a
-foreign or mismatched file by name (ValueError).
+The cost checkpoint (``search``) and the own-state DP's (``own_state``) are ``.npz`` files written and read
+by :func:`write_npz_checkpoint` / :func:`read_npz_checkpoint`; the straightening checkpoint (``straighten``)
+is a ``torch.save`` file. All start from :func:`checkpoint_header` and refuse a foreign or mismatched file by
+name (ValueError).
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import IO
 
+import numpy as np
 import torch
 
 from boss_fast._validation import atomic_write
@@ -21,7 +24,9 @@ __all__ = [
     "checkpoint_header",
     "checkpoint_model_key",
     "first_difference",
+    "read_npz_checkpoint",
     "write_checkpoint",
+    "write_npz_checkpoint",
 ]
 
 
@@ -70,3 +75,32 @@ def checkpoint_model_key(velocity: object, checkpoint: object, key: str | None, 
             "no fingerprint): pass checkpoint_key='<a name that changes whenever the function does>'"
         )
     return f"key:{key}"
+
+
+def write_npz_checkpoint(path: str | os.PathLike, header: Mapping[str, object], **payload: object) -> None:
+    """An ``.npz`` checkpoint: the header's fields and the payload arrays, written atomically."""
+    arrays = {key: np.asarray(value) for key, value in header.items()}
+    arrays.update({key: np.asarray(value) for key, value in payload.items()})
+    write_checkpoint(path, lambda f: np.savez(f, **arrays))
+
+
+def read_npz_checkpoint(path: str, header: Mapping[str, object], what: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` checkpoint written by :func:`write_npz_checkpoint`, after checking that it
+    is readable, is a ``header["format"]`` file and holds this run's header (ValueError naming ``path`` and
+    the first field that differs)."""
+    try:
+        # Open the file ourselves: np.load(path) leaks its handle when the zip is corrupt.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
+            stored = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{what} {path} is unreadable (corrupted or not a checkpoint): {err}") from None
+    check_checkpoint_format(str(stored.get("format", "")), str(header["format"]), path, what)
+    key = first_difference(stored, header, lambda a, b: np.array_equal(a, np.asarray(b)))
+    if key is not None and key not in stored:
+        raise ValueError(f"{what} {path} lacks {key!r}; delete it or pass another path")
+    if key is not None:
+        raise ValueError(
+            f"{what} {path} was written for a different run: {key} = {stored[key].tolist()!r} there, "
+            f"{np.asarray(header[key]).tolist()!r} here; delete it or pass another checkpoint path"
+        )
+    return stored

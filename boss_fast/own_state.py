@@ -38,7 +38,6 @@ rank takes the same decisions. The result depends on the batching only through f
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -46,12 +45,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from boss_fast._checkpoint import checkpoint_model_key
+from boss_fast._checkpoint import checkpoint_model_key, read_npz_checkpoint, write_npz_checkpoint
 from boss_fast._runtime import all_reduce_sums, noise_digest, rank_path, rank_world
 from boss_fast._validation import (
     METRICS,
     as_times,
-    atomic_write,
     check_choice,
     check_int,
     check_noise,
@@ -175,31 +173,12 @@ def _decide(sums: np.ndarray, count: int, lo: int, level: int, n: int) -> tuple[
 def _save_checkpoint(
     path: str, header: dict[str, object], table: np.ndarray, ptrs: np.ndarray, done: int
 ) -> None:
-    arrays = {key: np.asarray(value) for key, value in header.items()}
-    arrays.update(costs=table, pointers=ptrs, levels_done=np.int64(done))
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    write_npz_checkpoint(path, header, costs=table, pointers=ptrs, levels_done=np.int64(done))
 
 
 def _load_checkpoint(path: str, header: dict[str, object], shape: tuple[int, int]):
     """Read a checkpoint written by ``_save_checkpoint`` and check it belongs to this run."""
-    try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-            stored = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(
-            f"own-state checkpoint {path} is unreadable (corrupted or not a checkpoint): {err}"
-        ) from None
-    if str(stored.get("format", "")) != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a boss_fast own-state checkpoint (format {stored.get('format')!r})")
-    for key, expected in header.items():
-        if key not in stored:
-            raise ValueError(f"own-state checkpoint {path} lacks {key!r}; delete it or pass another path")
-        if not np.array_equal(stored[key], np.asarray(expected)):
-            raise ValueError(
-                f"own-state checkpoint {path} was written for a different run: {key} = "
-                f"{stored[key].tolist()!r} there, {np.asarray(expected).tolist()!r} here; delete it or pass "
-                "another checkpoint path"
-            )
+    stored = read_npz_checkpoint(path, header, "own-state checkpoint")
     costs, pointers = stored["costs"], stored["pointers"]
     if costs.shape != shape or pointers.shape != shape or costs.dtype != np.float64:
         raise ValueError(f"own-state checkpoint {path} holds a table of shape {costs.shape}, not {shape}")

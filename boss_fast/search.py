@@ -11,7 +11,6 @@ torch.distributed (rank r of W runs batches r, r + W, ...; the float64 (sum, cou
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -20,11 +19,10 @@ import torch
 from tqdm import tqdm
 
 from boss_fast._checkpoint import (
-    check_checkpoint_format,
     checkpoint_header,
     checkpoint_model_key,
-    first_difference,
-    write_checkpoint,
+    read_npz_checkpoint,
+    write_npz_checkpoint,
 )
 from boss_fast._runtime import all_reduce_sums, module_placement, noise_digest, rank_path, rank_world
 from boss_fast._validation import (
@@ -67,30 +65,12 @@ def _checkpoint_header(
 
 
 def _save_checkpoint(path: str, header: dict[str, object], sums: np.ndarray, count: int, done: int) -> None:
-    arrays = {key: np.asarray(value) for key, value in header.items()}
-    arrays.update(sums=sums, count=np.int64(count), batches_done=np.int64(done))
-    write_checkpoint(path, lambda f: np.savez(f, **arrays))
+    write_npz_checkpoint(path, header, sums=sums, count=np.int64(count), batches_done=np.int64(done))
 
 
 def _load_checkpoint(path: str, header: dict[str, object]) -> tuple[np.ndarray, int, int]:
     """Read a checkpoint written by ``_save_checkpoint`` and check it belongs to this run."""
-    try:
-        # Open the file ourselves: np.load(path) leaks its handle when the zip is corrupt.
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-            stored = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(
-            f"cost checkpoint {path} is unreadable (corrupted or not a checkpoint): {err}"
-        ) from None
-    check_checkpoint_format(str(stored.get("format", "")), CHECKPOINT_FORMAT, path, "cost checkpoint")
-    key = first_difference(stored, header, lambda a, b: np.array_equal(a, np.asarray(b)))
-    if key is not None and key not in stored:
-        raise ValueError(f"cost checkpoint {path} lacks {key!r}; delete it or pass another path")
-    if key is not None:
-        raise ValueError(
-            f"cost checkpoint {path} was written for a different run: {key} = {stored[key].tolist()!r} "
-            f"there, {np.asarray(header[key]).tolist()!r} here; delete it or pass another checkpoint path"
-        )
+    stored = read_npz_checkpoint(path, header, "cost checkpoint")
     sums = stored["sums"]
     if sums.shape != (len(header["times"]),) * 2 or sums.dtype != np.float64:  # type: ignore[arg-type]
         raise ValueError(f"cost checkpoint {path} holds sums of shape {sums.shape}, dtype {sums.dtype}")
