@@ -17,6 +17,7 @@ from typing import IO
 import numpy as np
 import torch
 
+from boss_fast._runtime import noise_digest
 from boss_fast._validation import atomic_write
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "checkpoint_header",
     "checkpoint_model_key",
     "first_difference",
+    "noise_identity",
     "read_npz_checkpoint",
     "write_checkpoint",
     "write_npz_checkpoint",
@@ -104,3 +106,14 @@ def read_npz_checkpoint(path: str, header: Mapping[str, object], what: str) -> d
             f"{np.asarray(header[key]).tolist()!r} here; delete it or pass another checkpoint path"
         )
     return stored
+
+
+def noise_identity(noise: torch.Tensor, model: str) -> dict[str, str]:
+    """What a checkpoint header records of a run over given noise: its digest, one sample's shape, its dtype,
+    and the model key (:func:`checkpoint_model_key`)."""
+    return {
+        "noise": noise_digest(noise),
+        "sample_shape": str(tuple(noise.shape[1:])),
+        "dtype": str(noise.dtype),
+        "model": model,
+    }

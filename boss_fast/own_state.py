@@ -45,8 +45,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from boss_fast._checkpoint import checkpoint_model_key, read_npz_checkpoint, write_npz_checkpoint
-from boss_fast._runtime import all_reduce_sums, noise_digest, rank_path, rank_world
+from boss_fast._checkpoint import (
+    checkpoint_model_key,
+    noise_identity,
+    read_npz_checkpoint,
+    write_npz_checkpoint,
+)
+from boss_fast._runtime import all_reduce_sums, rank_path, rank_world
 from boss_fast._validation import (
     METRICS,
     as_times,
@@ -372,14 +377,7 @@ def own_state_table(
     solver = check_teacher(solver, mode)
     metric = check_choice(metric, METRICS, "metric")
     model = checkpoint_model_key(velocity, checkpoint, checkpoint_key, model_fingerprint)
-    identity = {}
-    if checkpoint is not None:
-        identity = {
-            "noise": noise_digest(noise),
-            "sample_shape": str(tuple(noise.shape[1:])),
-            "dtype": str(noise.dtype),
-            "model": model,
-        }
+    identity = {} if checkpoint is None else noise_identity(noise, model)
     return accumulate_own_state(
         velocity,
         lambda start, stop: noise[start:stop],

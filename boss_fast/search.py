@@ -21,10 +21,11 @@ from tqdm import tqdm
 from boss_fast._checkpoint import (
     checkpoint_header,
     checkpoint_model_key,
+    noise_identity,
     read_npz_checkpoint,
     write_npz_checkpoint,
 )
-from boss_fast._runtime import all_reduce_sums, module_placement, noise_digest, rank_path, rank_world
+from boss_fast._runtime import all_reduce_sums, module_placement, rank_path, rank_world
 from boss_fast._validation import (
     METRICS,
     as_times,
@@ -207,14 +208,7 @@ def cost_matrix(
     solver = check_teacher(solver, mode)
     metric = check_choice(metric, METRICS, "metric")
     model = checkpoint_model_key(velocity, checkpoint, checkpoint_key, model_fingerprint)
-    identity = {}
-    if checkpoint is not None:
-        identity = {
-            "noise": noise_digest(noise),
-            "sample_shape": str(tuple(noise.shape[1:])),
-            "dtype": str(noise.dtype),
-            "model": model,
-        }
+    identity = {} if checkpoint is None else noise_identity(noise, model)
     return _accumulate_cost(
         TeacherRunner(velocity, t, solver, mode),
         lambda start, stop: noise[start:stop],
