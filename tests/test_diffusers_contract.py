@@ -16,11 +16,11 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from _tiny_sd3 import tiny_sd3_transformer  # noqa: E402
 from diffusers import (  # noqa: E402
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
     FlowMatchHeunDiscreteScheduler,
-    SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import (  # noqa: E402
@@ -289,20 +289,7 @@ def test_pipeline_save_and_load_with_a_boss_scheduler(tmp_path):
     """A tiny random SD3 pipeline (no text encoders, no VAE, no downloads) saved with its BossScheduler and
     loaded by DiffusionPipeline.from_pretrained: the scheduler comes back as a BossScheduler with the same
     schedule and the pipeline's output is bitwise the same."""
-    torch.manual_seed(0)
-    net = SD3Transformer2DModel(
-        sample_size=8,
-        patch_size=2,
-        in_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        caption_projection_dim=16,
-        pooled_projection_dim=8,
-        out_channels=4,
-        pos_embed_max_size=8,
-    ).eval()
+    net = tiny_sd3_transformer()
     scheduler = BossScheduler.from_schedule(TIMES, FlowMatchEulerDiscreteScheduler(shift=3.0).config)
     nones = dict.fromkeys(["vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
                            "text_encoder_3", "tokenizer_3"])  # fmt: skip

@@ -11,11 +11,11 @@ import boss_fast as bf
 
 pytest.importorskip("diffusers")
 
+from _tiny_sd3 import tiny_sd3_transformer  # noqa: E402
 from diffusers import (  # noqa: E402
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
-    SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps  # noqa: E402
@@ -30,20 +30,7 @@ EPS32 = float(torch.finfo(torch.float32).eps)
 @pytest.fixture(scope="module")
 def tiny():
     """A 1-layer SD3 transformer on 4x8x8 latents with random weights, and one prompt's conditioning."""
-    torch.manual_seed(0)
-    net = SD3Transformer2DModel(
-        sample_size=8,
-        patch_size=2,
-        in_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        caption_projection_dim=16,
-        pooled_projection_dim=8,
-        out_channels=4,
-        pos_embed_max_size=8,
-    ).eval()
+    net = tiny_sd3_transformer()
     net.requires_grad_(False)
     cond = {"encoder_hidden_states": torch.randn(1, 5, 16), "pooled_projections": torch.randn(1, 8)}
     return net, cond
