@@ -385,7 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--eval-samples", type=int, default=1000)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
-    demo.add_argument("--straighten", action="store_true", help="add straightened rows for NFE 2 and 4")
+    demo.add_argument(
+        "--straighten",
+        action="store_true",
+        help="add straightened rows (local and global steps, NFE 2 and 4)",
+    )
     demo.add_argument("--straighten-iters", type=int, default=800)
     demo.set_defaults(func=_cmd_demo)
 

@@ -18,6 +18,7 @@ from boss_fast.models import digits, load_bundled
 
 __all__ = [
     "PairedDifference",
+    "bootstrap_statistics",
     "bootstrap_weights",
     "digits_fd",
     "digits_features",
@@ -26,6 +27,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_frechet_distance",
     "paired_bootstrap",
+    "paired_difference",
     "rmse_statistic",
 ]
 
@@ -244,16 +246,38 @@ def paired_bootstrap(
         raise ValueError(
             f"a and b must be per-sample values of one shape (n, ...), got {a.shape} and {b.shape}"
         )
-    if weights.ndim != 2 or weights.shape[1] != a.shape[0]:
-        raise ValueError(f"weights must have shape (R, {a.shape[0]}), got {weights.shape}")
+    return paired_difference(
+        bootstrap_statistics(a, statistic, weights), bootstrap_statistics(b, statistic, weights), level=level
+    )
+
+
+def bootstrap_statistics(
+    values: ArrayLike, statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], weights: np.ndarray
+) -> np.ndarray:
+    """(R + 1,) float64: ``statistic`` of the full set (entry 0) and of the R resamples ``weights`` (R, n)
+    describes, from one call. Compute it once per schedule and pair any two with :func:`paired_difference`
+    (the same ``weights`` for both): comparing S schedules with one baseline then costs S + 1 statistics,
+    not 2 S."""
+    values = _as_float64(values, "values")
+    if values.ndim < 1:
+        raise ValueError(f"values must be per-sample values (n, ...), got shape {values.shape}")
+    if weights.ndim != 2 or weights.shape[1] != values.shape[0]:
+        raise ValueError(f"weights must have shape (R, {values.shape[0]}), got {weights.shape}")
+    return np.asarray(statistic(values, np.vstack([np.ones((1, values.shape[0])), weights])), np.float64)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, *, level: float = 0.95) -> PairedDifference:
+    """The paired difference of two :func:`bootstrap_statistics` results made with the same weights: the full
+    sets' difference and the percentile interval of the resamples' differences."""
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(
+            f"a and b must be bootstrap_statistics of the same weights, (R + 1,), got {a.shape} and {b.shape}"
+        )
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    ones = np.ones((1, a.shape[0]))
-    estimate = float(statistic(a, ones)[0] - statistic(b, ones)[0])
-    diffs = statistic(a, weights) - statistic(b, weights)
     tail = 50.0 * (1.0 - level)
-    low, high = np.percentile(diffs, [tail, 100.0 - tail])
-    return PairedDifference(estimate, float(low), float(high), level, len(weights))
+    low, high = np.percentile(a[1:] - b[1:], [tail, 100.0 - tail])
+    return PairedDifference(float(a[0] - b[0]), float(low), float(high), level, len(a) - 1)
 
 
 def rmse_statistic(squared_errors: np.ndarray, weights: np.ndarray) -> np.ndarray:

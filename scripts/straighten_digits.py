@@ -1,8 +1,10 @@
 """BOSS stage 2 on the bundled digits DiT: straightened samplers against their baselines, same budget.
 
 For K = 2 and 4: the Bellman schedule without fine-tuning; BOSS straightening on the Bellman schedule (full
-fine-tune); Uniform-Reflow (the same training on uniform steps); BOSS with LoRA rank 4. At K = 4 also the
-loss options (pseudo-Huber, Simple ReFlow's per-sample normalisation). Plus the 100-step Euler teacher.
+fine-tune); Uniform-Reflow (the same training on uniform steps); the same training on the global
+(own-state DP) schedule, with the same Euler teacher as the other rows and, apart, with its own Heun teacher;
+BOSS with LoRA rank 4. At K = 4 also the loss options (pseudo-Huber, Simple ReFlow's per-sample
+normalisation). Plus the 100-step Euler teacher.
 FD from ``digits_fd`` on held-out noise (seed 1; the pairs use seed 0). Writes a Markdown table.
 
     python scripts/straighten_digits.py --out benchmarks/results/straighten_digits_cpu.md
@@ -11,6 +13,7 @@ FD from ``digits_fd`` on held-out noise (seed 1; the pairs use seed 0). Writes a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-samples", type=int, default=1000)
     p.add_argument("--steps", default="2,4")
     p.add_argument("--no-loss-options", action="store_true")
+    p.add_argument("--no-lora", action="store_true", help="skip the LoRA rows")
     p.add_argument("--out", default="benchmarks/results/straighten_digits_cpu.md")
     args = p.parse_args(argv)
     ks = [int(s) for s in args.steps.split(",")]
@@ -59,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     cost = bf.cost_matrix(model, noise, grid, batch_size=256, progress=False)
     bellman = {s.steps: s for s in bf.schedules_from_cost(cost, grid, max(ks), num_samples=256)}
     wall["cost matrix + DP (256 noises, grid 100)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    own = bf.optimal_schedules(model, SHAPE, max(ks), objective="global", grid=100, num_samples=256, seed=0)
+    wall["global search, every budget (256 noises, grid 100)"] = time.perf_counter() - t0
 
     evaluation = bf.seeded_noise(SHAPE, 0, args.eval_samples, seed=1)  # held out: pairs use seed 0
     t0 = time.perf_counter()
@@ -80,18 +87,31 @@ def main(argv: list[str] | None = None) -> None:
         "Bellman, no fine-tuning": None,
         "BOSS (Bellman + straightening, full)": ("bellman", {}),
         "Uniform-Reflow (uniform + straightening)": ("uniform", {}),
-        "BOSS, LoRA rank 4": ("bellman", {"lora_rank": 4}),
-        # LoRA's B starts at zero and adapters usually want a larger step than a full fine-tune.
-        f"BOSS, LoRA rank 4, lr {args.lora_lr:g}": ("bellman", {"lora_rank": 4, "lr": args.lora_lr}),
+        "Global schedule, no fine-tuning": None,
+        # The same Euler teacher as every other row, so only the steps differ ...
+        "Global + straightening, full (Euler teacher)": ("global_euler", {}),
+        # ... and the global schedule's own teacher (Heun, sched.solver), a better target.
+        "Global + straightening, full (Heun teacher)": ("global", {}),
     }
+    if not args.no_lora:
+        methods["BOSS, LoRA rank 4"] = ("bellman", {"lora_rank": 4})
+        # LoRA's B starts at zero and adapters usually want a larger step than a full fine-tune.
+        methods[f"BOSS, LoRA rank 4, lr {args.lora_lr:g}"] = ("bellman", {"lora_rank": 4, "lr": args.lora_lr})
     if not args.no_loss_options:
         methods["BOSS, pseudo-Huber"] = ("bellman", {"loss": "pseudo_huber"})
         methods["BOSS, l2 + 1/stopgrad(loss)"] = ("bellman", {"normalize": True})
     fd: dict[str, dict[int, float]] = {m: {} for m in methods}
     share: dict[str, float] = {}
     for k in ks:
-        scheds = {"bellman": bellman[k], "uniform": _uniform_schedule(grid, k)}
+        scheds = {
+            "bellman": bellman[k],
+            "uniform": _uniform_schedule(grid, k),
+            "global": own[k],
+            # The same steps, relabelled so straighten draws its pairs from the Euler teacher.
+            "global_euler": dataclasses.replace(own[k], solver="euler"),
+        }
         fd["Bellman, no fine-tuning"][k] = digits_fd(bf.sample(model, evaluation, bellman[k]))
+        fd["Global schedule, no fine-tuning"][k] = digits_fd(bf.sample(model, evaluation, own[k]))
         for name, spec in methods.items():
             if spec is None or (k != 4 and name.startswith("BOSS, ") and "LoRA" not in name):
                 continue
@@ -103,10 +123,10 @@ def main(argv: list[str] | None = None) -> None:
             share[name] = stats.trained_share
             print(f"K={k} {name}: FD {fd[name][k]:.2f} ({wall[f'{name}, K = {k}']:.0f} s)", flush=True)
 
-    _write(args, ks, fd, share, teacher_fd, wall, bellman)
+    _write(args, ks, fd, share, teacher_fd, wall, bellman, own)
 
 
-def _write(args, ks, fd, share, teacher_fd, wall, bellman) -> None:
+def _write(args, ks, fd, share, teacher_fd, wall, bellman, own) -> None:
     head = "| method | " + " | ".join(f"K = {k}" for k in ks) + " | trained params |\n"
     head += "|---|" + "---|" * len(ks) + "---|\n"
     rows = "".join(
@@ -135,14 +155,19 @@ def _write(args, ks, fd, share, teacher_fd, wall, bellman) -> None:
             f"{boss[4] / teacher_fd:.2f}x, {'met' if ok else 'MISSED'}"
         )
     timing = "\n".join(f"- {name}: {s:.0f} s" for name, s in wall.items())
-    steps = "\n".join(f"- K = {k}: {np.array2string(bellman[k].times, precision=2)}" for k in ks)
+    steps = "\n".join(
+        f"- K = {k}: local {np.array2string(bellman[k].times, precision=2)}, "
+        f"global {np.array2string(own[k].times, precision=2)}"
+        for k in ks
+    )
     text = (
         "# Straightening the bundled digits DiT (BOSS stage 2), CPU\n\n"
         f"Command: `python {' '.join(sys.argv)}`\n\n"
         f"Training, every straightened row: {args.iters} iterations, batch {args.batch_size}, Adam lr "
         f"{args.lr} with {args.warmup} warm-up steps, clip 1.0, EMA {args.ema} "
         f"({'no' if args.no_ema_warmup else 'with'} EMA warm-up), pairs from "
-        f"{args.num_pairs} noises (seed 0) on the 100-step Euler teacher. FD (`digits_fd`, lower is better) "
+        f"{args.num_pairs} noises (seed 0) on the 100-step Euler teacher (the Heun row: Heun). FD "
+        "(`digits_fd`, lower is better) "
         f"on {args.eval_samples} held-out noises (seed 1). Machine: 2 shared CPU cores (other jobs were "
         "running, so wall times are upper bounds).\n\n"
         f"{head}{rows}| 100-step Euler teacher | "

@@ -11,10 +11,12 @@ import torch
 from boss_fast import demo
 from boss_fast.demo import DemoConfig, cached_reference, run_demo
 from boss_fast.metrics import (
+    bootstrap_statistics,
     bootstrap_weights,
     fd_statistic,
     frechet_distance,
     paired_bootstrap,
+    paired_difference,
     rmse_statistic,
 )
 from boss_fast.models import load_bundled
@@ -48,6 +50,26 @@ def test_paired_bootstrap_known_cases() -> None:
     # Two independent draws of one distribution: the 95% interval covers 0 (this seed; the estimate is small).
     f = paired_bootstrap(rng.exponential(size=2000), e, rmse_statistic, w)
     assert f.low < 0 < f.high and not f.significant
+
+
+def test_statistics_computed_once_pair_like_paired_bootstrap() -> None:
+    # The demo computes each schedule's bootstrap statistics once and pairs them with the baseline's: the
+    # result must be the paired bootstrap's, for RMSE and for FD.
+    rng = np.random.default_rng(2)
+    w = bootstrap_weights(300, 100, seed=1)
+    a, b = rng.exponential(size=300), rng.exponential(size=300) * 1.1
+    sa, sb = bootstrap_statistics(a, rmse_statistic, w), bootstrap_statistics(b, rmse_statistic, w)
+    assert sa.shape == (101,) and sa[0] == pytest.approx(np.sqrt(a.mean()))
+    got, want = paired_difference(sa, sb), paired_bootstrap(a, b, rmse_statistic, w)
+    assert got == pytest.approx(want)
+    fd = fd_statistic(rng.normal(size=(400, 3)))
+    fa, fb = rng.normal(size=(300, 3)) + 0.3, rng.normal(size=(300, 3))
+    got = paired_difference(bootstrap_statistics(fa, fd, w), bootstrap_statistics(fb, fd, w))
+    assert got == pytest.approx(paired_bootstrap(fa, fb, fd, w))
+    with pytest.raises(ValueError, match="same weights"):
+        paired_difference(sa, sa[:-1])
+    with pytest.raises(ValueError, match=r"weights must have shape \(R, 300\)"):
+        bootstrap_statistics(a, rmse_statistic, w[:, :10])
 
 
 def test_paired_bootstrap_interval_matches_the_normal_theory() -> None:

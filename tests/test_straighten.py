@@ -395,6 +395,7 @@ def test_demo_with_straighten_adds_rows(tmp_path):
         straighten_pairs=8,
     )
     summary = run_demo(cfg)
-    assert set(summary["straightened"]) == {"2"}  # NFE 4 > max_nfe is skipped
-    assert np.isfinite(summary["straightened"]["2"]["fd"])
-    assert "straightened for the local Bellman steps" in (tmp_path / "rep" / "results.md").read_text()
+    rows = summary["straightened"]  # NFE 4 > max_nfe is skipped; both objectives, each its own teacher
+    assert [(r["nfe"], r["teacher"]) for r in rows] == [(2, "euler"), (2, "heun")]
+    assert all(np.isfinite(r["fd"]) and np.isfinite(r["schedule_fd"]) for r in rows)
+    assert "straightened for the local and the global steps" in (tmp_path / "rep" / "results.md").read_text()
