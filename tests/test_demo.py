@@ -224,3 +224,25 @@ def test_markdown_table_intervals_and_missing_budgets() -> None:
     table = markdown_table(results, "rmse", [1, 2], digits=3, delta="d", baseline="uniform")
     assert "| 1 | **0.500** | - |" in table
     assert "| 2 | 0.200 | **0.100** (-50.0% [-60.0, -40.0]) |" in table
+
+
+def test_shared_first_velocity_is_exact_and_computed_once() -> None:
+    calls = []
+    model = load_bundled("digits_dit")
+
+    def counted(x, t):
+        calls.append(x.shape[0])
+        return model(x, t)
+
+    noise = seeded_noise((1, 8, 8), 0, 6, seed=1)
+    shared = demo._SharedFirstVelocity(counted, noise)
+    with torch.no_grad():
+        for times in ([0.0, 0.5, 1.0], [0.0, 0.3, 0.8, 1.0], [0.0, 1.0]):
+            sampler = demo.Sampler(shared, times, mode="eager", batch_size=6)
+            plain = demo.Sampler(model, times, mode="eager", batch_size=6)
+            torch.testing.assert_close(sampler(noise), plain(noise), rtol=0, atol=0)
+        # Anything but (noise, t = 0) reaches the model.
+        torch.testing.assert_close(shared(noise, torch.full((6,), 0.5)), model(noise, torch.full((6,), 0.5)))
+        torch.testing.assert_close(shared(noise + 1, torch.zeros(6)), model(noise + 1, torch.zeros(6)))
+    # Full-batch calls: the first velocity once, then the 1 + 2 later steps; the rest are one-row checks.
+    assert [c for c in calls if c == 6] == [6] * 6
