@@ -3,12 +3,14 @@
 pytest-markdown-docs runs every ```python block of README.md (``--markdown-docs``) and pytest's doctest runs
 every ``>>>`` example in ``boss_fast/`` (``--doctest-modules``); both are in ``addopts`` in pyproject.toml.
 Each README block runs in a fresh temporary folder (blocks write files such as ``digits_k4.json``), and a
-block whose first line reads ``# extra: NAME`` is skipped when that extra of pyproject.toml is not installed.
+block whose first line reads ``# extra: NAME`` is skipped when a distribution of that extra is not installed.
 
-Size switch (documented in the README): by default the README's blocks run with the size arguments in
-``README_CAPS`` capped (grid, noises, training steps), so they take seconds instead of minutes on a 2-core
-CI machine; ``BOSS_FAST_README_FULL=1`` runs them with the arguments as written. The code is the README's in
-both cases: the caps wrap the ``boss_fast`` functions it calls, for the duration of one README block.
+Size switch (documented in the README): by default the README's blocks, and its CLI lines run by
+tests/test_readme.py (fixture ``readme_size``), run the calls in ``README_CAPS`` smaller (grids, noises,
+training steps, the reference's tolerances, no compile in ``Sampler(mode="auto")``), so they take seconds
+instead of minutes on a 2-core CI machine; ``BOSS_FAST_README_FULL=1`` runs them with the arguments as
+written. The code is the README's in both cases: the caps wrap the ``boss_fast`` functions it calls, for the
+duration of one test (monkeypatch undoes them).
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ import importlib.util
 import inspect
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent
 FULL_SIZE_ENV = "BOSS_FAST_README_FULL"
 
 if not torch.cuda.is_available():
