@@ -38,7 +38,12 @@ def _load(name: str) -> tuple[Callable | None, str]:
 
 
 def dp_backends() -> tuple[str, ...]:
-    """The Bellman DP backends importable here, fastest first, e.g. ``("cpp", "numba", "numpy")``."""
+    """The Bellman DP backends importable here, fastest first, e.g. ``("cpp", "numba", "numpy")``.
+
+    Example:
+        >>> dp_backends()[-1]  # the NumPy reference is always there
+        'numpy'
+    """
     return tuple(name for name in DP_BACKENDS if _load(name)[0] is not None)
 
 

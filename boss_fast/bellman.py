@@ -162,6 +162,11 @@ def bellman_paths(cost, max_steps: int, *, discount: float = 1.0, backend: str =
     """The least-cost path for every budget 1..``max_steps`` from one table; ``paths[k - 1]`` has k steps.
 
     Costs about one :func:`bellman_path` call with ``steps=max_steps``. Arguments as in :func:`bellman_path`.
+
+    Example:
+        >>> t = np.linspace(0, 1, 5)
+        >>> [p.indices.tolist() for p in bellman_paths((t[None, :] - t[:, None]) ** 2, 2)]
+        [[0, 4], [0, 2, 4]]
     """
     value, nxt, k = _solve(cost, max_steps, discount, backend, "max_steps")
     return [_backtrack(value, nxt, s) for s in range(1, k + 1)]

@@ -273,6 +273,12 @@ def trajectory_cost_sums(
 
     Returns:
         sums: (N, N) float64 numpy, strictly upper triangular. count: B.
+
+    Example:
+        >>> x = torch.tensor([[[0.0]], [[1.0]], [[2.0]]])  # (N=3, B=1, D=1), a constant velocity 2
+        >>> sums, count = trajectory_cost_sums(x, torch.full((2, 1, 1), 2.0), [0.0, 0.5, 1.0])
+        >>> float(sums.max()), count
+        (0.0, 1)
     """
     states = _as_trajectory_tensor(states, "states")
     velocities = _as_trajectory_tensor(velocities, "velocities")

@@ -23,6 +23,10 @@ def uniform_grid(n: int, t_min: float = 0.0, t_max: float = 1.0) -> np.ndarray:
     Args:
         n: number of intervals, >= 1.
         t_min, t_max: first and last time, ``0 <= t_min < t_max <= 1``.
+
+    Example:
+        >>> uniform_grid(4).tolist()
+        [0.0, 0.25, 0.5, 0.75, 1.0]
     """
     n = check_int(n, "n")
     lo, hi = check_float(t_min, "t_min"), check_float(t_max, "t_max")
@@ -42,6 +46,10 @@ def shifted_grid(n: int, shift: float = 3.0) -> np.ndarray:
     Args:
         n: number of intervals, >= 1.
         shift: > 0.
+
+    Example:
+        >>> shifted_grid(2, shift=3.0).tolist()  # sigma = 1 - t shifted: 3 s / (1 + 2 s)
+        [0.0, 0.25, 1.0]
     """
     n = check_int(n, "n")
     shift = check_float(shift, "shift")
@@ -66,6 +74,11 @@ def edm_grid(n: int, rho: float = 7.0, sigma_min: float = 0.002, sigma_max: floa
         n: number of intervals, >= 1.
         rho: > 0; larger concentrates points near the data end.
         sigma_min, sigma_max: ``0 < sigma_min < sigma_max``, the EDM noise levels of the interior points.
+
+    Example:
+        >>> t = edm_grid(4)
+        >>> len(t), float(t[0]), float(t[-1]), bool((t[1:] > t[:-1]).all())
+        (5, 0.0, 1.0, True)
     """
     n = check_int(n, "n")
     rho = check_float(rho, "rho")

@@ -97,6 +97,12 @@ def own_state_paths(table: OwnStateTable) -> list[BellmanPath]:
     """The k-step schedule of every budget k = 1 .. K: ``result[k - 1]``, backtracked over stored pointers.
 
     Each path's ``cost`` is ``table.costs[k, N - 1]``, the error at t = 1 against the teacher.
+
+    Example:
+        >>> grid = np.linspace(0, 1, 11)
+        >>> table = own_state_table(lambda x, t: -x, torch.randn(8, 2), grid, 2, progress=False)
+        >>> [p.indices.tolist()[::len(p.indices) - 1] for p in own_state_paths(table)]  # each from 0 to N - 1
+        [[0, 10], [0, 10]]
     """
     last = len(table.times) - 1
     paths = []
@@ -367,6 +373,12 @@ def own_state_table(
             level, and ``mode`` runs the teacher on a recording ``Sampler``).
         checkpoint_key: as ``cost_matrix``: required with ``checkpoint`` when ``velocity`` is not an
             ``nn.Module``.
+
+    Example:
+        >>> grid = np.linspace(0, 1, 11)
+        >>> table = own_state_table(lambda x, t: -x, torch.randn(8, 2), grid, 3, progress=False)
+        >>> len(own_state_paths(table)), table.num_samples
+        (3, 8)
     """
     noise = check_noise(noise)
     t = as_times(times)

@@ -68,6 +68,12 @@ class Schedule:
             teacher). Files written before this field existed load as "local".
 
     The arrays are read-only copies; construction validates everything (ValueError naming the problem).
+
+    Example:
+        >>> sched = Schedule(times=np.array([0.0, 0.5, 1.0]), indices=np.array([0, 2, 4]), cost=0.1,
+        ...                  grid=np.linspace(0.0, 1.0, 5))
+        >>> sched.steps, sched.sigmas().tolist()
+        (2, [1.0, 0.5, 0.0])
     """
 
     times: np.ndarray
@@ -406,7 +412,13 @@ def schedules_from_cost(
     fingerprint: str | None = None,
     shape: Sequence[int] | None = None,
 ) -> list[Schedule]:
-    """Every budget from one DP table: ``result[k - 1]`` is the best k-step schedule, k = 1 .. max_steps."""
+    """Every budget from one DP table: ``result[k - 1]`` is the best k-step schedule, k = 1 .. max_steps.
+
+    Example:
+        >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)  # cost (j - i)^2
+        >>> [s.times.tolist() for s in schedules_from_cost(c, [0.0, 0.25, 0.5, 0.75, 1.0], 2)]
+        [[0.0, 1.0], [0.0, 0.5, 1.0]]
+    """
     matrix, grid = _check_cost_and_grid(cost, times)
     max_steps = check_int(max_steps, "max_steps")
     if max_steps >= len(grid):

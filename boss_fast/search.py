@@ -201,6 +201,12 @@ def cost_matrix(
 
     Under torch.distributed (initialised process group), rank r of W runs batches r, r + W, ..., the
     float64 (sum, count) are all-reduced and every rank returns the same matrix.
+
+    Example:
+        >>> constant = lambda x, t: torch.ones_like(x)
+        >>> cost = cost_matrix(constant, torch.zeros(4, 2), [0.0, 0.5, 1.0], progress=False)
+        >>> cost.shape, float(cost.max())  # a constant velocity: every Euler jump is exact
+        ((3, 3), 0.0)
     """
     noise = check_noise(noise)
     t = as_times(times)
@@ -428,6 +434,11 @@ def optimal_schedule(
 
     Returns:
         A ``Schedule`` with ``objective`` set and ``fingerprint`` ``model_fingerprint(velocity)`` (or None).
+
+    Example:
+        >>> sched = optimal_schedule(lambda x, t: -x, (2,), 2, grid=10, num_samples=8)
+        >>> sched.steps, sched.objective, float(sched.times[0]), float(sched.times[-1])
+        (2, 'global', 0.0, 1.0)
     """
     return _schedules(**locals(), steps_name="steps")[steps]
 

@@ -245,6 +245,14 @@ def straightening_pairs(
 
     Returns:
         ``StraighteningPairs`` with M * K rows (row m * K + k), on ``device``, in the noise's dtype.
+
+    Example:
+        >>> import boss_fast as bf
+        >>> cost = np.triu(np.subtract.outer(np.arange(5.0), np.arange(5.0)) ** 2, 1)  # (j - i)^2
+        >>> sched = bf.schedule_from_cost(cost, bf.uniform_grid(4), 2)
+        >>> pairs = straightening_pairs(lambda x, t: -x, sched, torch.randn(3, 2), grid=4)
+        >>> pairs.start.shape, pairs.t_start.tolist()[:2]  # 3 noises x 2 steps
+        (torch.Size([6, 2]), [0.0, 0.5])
     """
     sched = _check_schedule(sched, grid, solver)
     solver = check_teacher(sched.solver if solver is None else solver, mode)
@@ -361,7 +369,13 @@ def add_lora(
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold LoRA adapters into the base weights (peft ``merge_and_unload``) and return the plain module,
     which computes the same velocities without the adapter overhead; a module without adapters is
-    returned unchanged."""
+    returned unchanged.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> merge_lora(net) is net  # no adapters: unchanged
+        True
+    """
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return model.model if isinstance(model, _LoraHost) else model
@@ -785,18 +799,21 @@ def straighten(
             schedule or settings, or one failing its checksum. Resuming is bit-identical to an
             uninterrupted run.
         cache_dir: pair cache (see ``straightening_pairs``).
-        teacher_mode: how the teacher generates the pairs (``straightening_pairs``' ``mode``), e.g.
-            "cuda_graph" on a GPU.
+        teacher_mode: the teacher's ``mode`` for the pairs (``straightening_pairs``), e.g. "cuda_graph".
         device: where to train; default the model's device.
         callback: ``callback(step, loss)`` after each step (step counts from 1), e.g. for logging.
 
     Returns:
-        The straightened module in eval mode with gradients off, called like ``model``
-        (:func:`straighten_with_stats` also returns a ``StraightenStats``).
+        The straightened module in eval mode with gradients off, called like ``model``.
 
-    Under torch.distributed (one process per rank, e.g. torchrun), the student is wrapped in DDP, each rank
-    takes its slice of the same global batch and pairs are generated once across ranks; rank 0 writes the
-    checkpoints. ``batch_size`` must be divisible by the world size.
+    Under torch.distributed (e.g. torchrun) the student is wrapped in DDP, each rank takes its slice of the
+    same global batch (``batch_size`` divisible by the world size), pairs are made once; rank 0 checkpoints.
+
+    Example (a 1-step schedule on the grid [0, 1]; ``straighten_with_stats``: the same with stats):
+        >>> from boss_fast.models import MLPVelocity
+        >>> sched = Schedule(np.array([0.0, 1.0]), np.array([0, 1]), 0.0, np.array([0.0, 1.0]), shape=(2,))
+        >>> straighten(MLPVelocity(), sched, iters=2, num_pairs=4, grid=[0.0, 1.0], progress=False).training
+        False
     """
     return straighten_with_stats(**locals())[0]
 
@@ -838,6 +855,15 @@ def straighten_with_stats(
     The pieces, in order: validate (``_resolve_run``), draw the pairs' noise, copy the student (LoRA set-up
     with ``lora_rank``), generate the pairs (``straightening_pairs``), start or resume the train state (Adam,
     EMA, generator), train (``_train_step`` per step, checkpoints between), then the EMA weights, merged.
+
+    Example:
+        >>> import boss_fast as bf
+        >>> from boss_fast.models import load_bundled
+        >>> sched = bf.schedule_from_cost(np.triu(np.ones((5, 5)), 1), bf.uniform_grid(4), 2, shape=(2,))
+        >>> student, stats = straighten_with_stats(load_bundled("mlp2d"), sched, num_pairs=8, iters=3, grid=4,
+        ...                                        progress=False)
+        >>> stats.steps, len(stats.losses), student(torch.zeros(1, 2), torch.zeros(1)).shape
+        (3, 3, torch.Size([1, 2]))
     """
     run = _resolve_run(locals())
     noise = _pair_noise(model, run, noise, shape)

@@ -239,6 +239,11 @@ def seeded_noise(
 
     Returns:
         (stop - start, *shape) tensor of ``dtype`` (default: torch's default dtype) on ``device``.
+
+    Example:
+        >>> a, b = seeded_noise((2,), 0, 4, seed=1), seeded_noise((2,), 2, 4, seed=1)
+        >>> a.shape, torch.equal(a[2:], b)  # sample m depends only on (seed, m)
+        (torch.Size([4, 2]), True)
     """
     shape = tuple(check_int(s, "shape entry") for s in shape)
     start = check_int(start, "start", minimum=0)
@@ -279,6 +284,11 @@ def model_fingerprint(module: torch.nn.Module, length: int = 16) -> str:
     ``forward`` and of the functions it calls), globals, private (``_``-prefixed) attributes other than
     parameters and buffers, attributes of other types (dicts, objects, callables), the ``training`` flag,
     and the device. Reads every tensor to the host once (seconds for billions of parameters).
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> len(model_fingerprint(net)), model_fingerprint(net) == model_fingerprint(torch.nn.Linear(2, 2))
+        (16, False)
     """
     digest = hashlib.sha256()
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
