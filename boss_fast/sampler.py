@@ -61,7 +61,14 @@ from boss_fast._validation import (
 )
 from boss_fast.kernels.euler_step import euler_step_forward
 from boss_fast.kernels.linear_euler import linear_euler_forward
-from boss_fast.ode import FIXED_STEP_METHODS, FixedStepMethod, Trajectory, first_nonfinite_step, stage_times
+from boss_fast.ode import (
+    FIXED_STEP_METHODS,
+    FixedStepMethod,
+    Trajectory,
+    cfg_combine,
+    first_nonfinite_step,
+    stage_times,
+)
 from boss_fast.schedule import Schedule
 
 __all__ = ["SAMPLER_MODES", "SAMPLER_SOLVERS", "FusedHeadModel", "Sampler", "SamplerConfig", "resolve_config"]
@@ -346,7 +353,7 @@ class Sampler:
                 if g is None:
                     self._velocities[i].copy_(k1)
                 else:
-                    torch.lerp(k1[:b], k1[b:], g, out=self._velocities[i])
+                    self._velocities[i].copy_(cfg_combine(k1[:b], k1[b:], g))
             slopes = [k1]
             for s, c in enumerate(fractions, start=1):
                 stage = euler_step_forward(src, slopes[-1], c * h, g, backend, out=self._scratch)
