@@ -40,6 +40,7 @@ __all__ = [
     "read_json",
     "schedule_from_cost",
     "schedules_from_cost",
+    "set_digest",
     "snap_to_grid",
 ]
 
@@ -652,7 +653,7 @@ class ScheduleSet(Mapping[int, Schedule]):
         ]
         upper = None if self._table is None else self._table[np.triu_indices(len(self.grid), 1)].tolist()
         doc["cost_table_upper"] = upper
-        doc["sha256"] = _digest(doc)
+        doc["sha256"] = set_digest(doc)
         return doc
 
     def save(self, path: str | os.PathLike) -> None:
@@ -692,7 +693,7 @@ class ScheduleSet(Mapping[int, Schedule]):
         missing = [k for k in ("budgets", "grid", "cost_table_upper", "sha256", *_SHARED) if k not in doc]
         if missing:
             raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
-        if doc["sha256"] != _digest(doc):
+        if doc["sha256"] != set_digest(doc):
             raise ValueError(f"{source}: sha256 does not match the content (edited or corrupted)")
         budgets = doc["budgets"]
         if not isinstance(budgets, list) or not budgets or not all(isinstance(b, dict) for b in budgets):
@@ -730,7 +731,7 @@ class ScheduleSet(Mapping[int, Schedule]):
         return cls.from_dict(read_json(source, "schedule set"), source)
 
 
-def _digest(doc: dict[str, Any]) -> str:
+def set_digest(doc: dict[str, Any]) -> str:
     """SHA-256 of the document without its ``sha256`` key, over a canonical JSON text (sorted keys, no
     spaces; floats as Python's shortest round-trip repr, so a parsed document hashes like the written one)."""
     body = {k: v for k, v in doc.items() if k != "sha256"}
@@ -762,7 +763,7 @@ def snap_to_grid(grid: np.ndarray, targets: np.ndarray) -> np.ndarray:
     right = np.clip(np.searchsorted(grid, targets), 1, n - 1)
     idx = np.where(np.abs(grid[right - 1] - targets) <= np.abs(grid[right] - targets), right - 1, right)
     idx[0], idx[-1] = 0, n - 1
-    for j in range(1, k + 1):
+    for j in range(1, k):  # idx[k] stays N - 1
         idx[j] = max(idx[j], idx[j - 1] + 1)
     for j in range(k - 1, -1, -1):
         idx[j] = min(idx[j], idx[j + 1] - 1)
