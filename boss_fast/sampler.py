@@ -230,7 +230,10 @@ class Sampler:
             evaluations per step, the stages of :func:`boss_fast.ode.ode_step`).
         guidance: classifier-free guidance weight w, or None. The model is then called on a doubled batch
             (2B, ...) = [x; x] with t (2B,), and must return [v_uncond; v_cond] (it owns the conditioning,
-            unconditional half first as in diffusers); the kernel combines v_u + w (v_c - v_u).
+            unconditional half first as in diffusers); the kernel combines v_u + w (v_c - v_u)
+            (:func:`boss_fast.ode.cfg_combine`). ``boss_fast.ode.cfg_pair(v_cond, v_uncond)`` builds such a
+            model from two velocity callables; ``guided_velocity(v_cond, v_uncond, w)`` is the same field
+            as one velocity (the one to search a schedule on): with Euler they step bit for bit alike.
         record: None, "states" or "all": keep every state (and with "all" the combined Euler slope at each
             state, as :class:`~boss_fast.ode.Trajectory` defines it) in static buffers; read them
             with :meth:`trajectory`. Costs (K + 1) (or 2K + 1) states of memory.
