@@ -289,7 +289,7 @@ def _sigmas_schedule(path: str, steps: int | None) -> bf.Schedule:
         return sset[steps]
     if kind != SCHEDULE_FORMAT:
         raise UsageError(f"{path}: neither a schedule nor a schedule set (format {kind!r})")
-    sched = bf.Schedule.load(path)
+    sched = bf.Schedule.from_dict(doc, path)
     if steps is not None and steps != sched.steps:
         raise UsageError(f"--steps {steps}: {path} is a {sched.steps}-step schedule")
     return sched
