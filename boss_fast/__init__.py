@@ -23,10 +23,16 @@ from boss_fast._backends import dp_backends
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
 from boss_fast.cost import trajectory_cost, trajectory_cost_sums
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
-from boss_fast.ode import Trajectory, euler_update, ode_step, sample
+from boss_fast.ode import Trajectory, cfg_combine, cfg_pair, euler_update, guided_velocity, ode_step, sample
 from boss_fast.own_state import OwnStateTable, own_state_paths, own_state_table
 from boss_fast.sampler import Sampler
-from boss_fast.schedule import Schedule, schedule_from_cost, schedules_from_cost
+from boss_fast.schedule import (
+    Schedule,
+    ScheduleSet,
+    interpolate_schedule,
+    schedule_from_cost,
+    schedules_from_cost,
+)
 from boss_fast.search import cost_matrix, optimal_schedule, optimal_schedules
 from boss_fast.straighten import (
     StraighteningPairs,
@@ -50,15 +56,20 @@ __all__ = [
     "OwnStateTable",
     "Sampler",
     "Schedule",
+    "ScheduleSet",
     "StraightenStats",
     "StraighteningPairs",
     "Trajectory",
     "bellman_path",
     "bellman_paths",
+    "cfg_combine",
+    "cfg_pair",
     "cost_matrix",
     "dp_backends",
     "edm_grid",
     "euler_update",
+    "guided_velocity",
+    "interpolate_schedule",
     "merge_lora",
     "model_fingerprint",
     "ode_step",

@@ -1,4 +1,4 @@
-"""``boss-fast``: the command line. Subcommands: demo, schedule, straighten, sample, dp-example.
+"""``boss-fast``: the command line. Subcommands: demo, schedule, sigmas, straighten, sample, dp-example.
 
 Only argument parsing and I/O live here; the work is in the library functions each subcommand calls. Every
 path, device and optional dependency a command needs is checked before its computation starts, and a user
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import tempfile
@@ -24,8 +25,10 @@ from torch import nn
 import boss_fast as bf
 from boss_fast._validation import atomic_write
 from boss_fast.demo import DemoConfig, run_demo
+from boss_fast.integrations.sigmas import diffusers_sigmas
 from boss_fast.models import WeightsFileError, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
+from boss_fast.schedule import SCHEDULE_FORMAT, SET_FORMAT, read_json
 
 # The shape of one sample of each bundled velocity model (the classifier is not a velocity model).
 BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,), "gmm2d_narrow": (2,)}
@@ -245,10 +248,11 @@ def _cmd_schedule(args) -> None:
     velocity, default_shape = _load_velocity(args.model)
     shape = _shape(args.shape, default_shape)
     _probe(velocity, args.model, shape, device)
-    sched = bf.optimal_schedule(
+    search = bf.optimal_schedules if args.max_steps is not None else bf.optimal_schedule
+    found = search(
         velocity,
         shape,
-        args.steps,
+        args.max_steps if args.max_steps is not None else args.steps,
         grid=args.grid,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
@@ -261,10 +265,65 @@ def _cmd_schedule(args) -> None:
         progress=not args.no_progress,
         checkpoint=args.checkpoint,
     )
-    sched.save(args.out)
-    times = np.array2string(sched.times, precision=4)
-    print(f"{sched.steps}-step {sched.objective} schedule (cost {sched.cost:.6g}): {times}")
+    found.save(args.out)
+    for sched in found.values() if isinstance(found, bf.ScheduleSet) else [found]:
+        times = np.array2string(sched.times, precision=4)
+        print(f"{sched.steps}-step {sched.objective} schedule (cost {sched.cost:.6g}): {times}")
     print(f"written to {args.out}")
+
+
+def _sigmas_schedule(path: str, steps: int | None) -> bf.Schedule:
+    """The schedule ``boss-fast sigmas`` prints: ``path`` holds one Schedule or a ScheduleSet."""
+    _check_input_file(path, "PATH")
+    doc = read_json(path, "schedule")
+    kind = doc.get("format") if isinstance(doc, dict) else None
+    if kind == SET_FORMAT:
+        sset = bf.ScheduleSet.from_dict(doc, path)
+        if steps is None:
+            raise UsageError(f"{path} holds a schedule set (K = 1..{sset.max_steps}): give --steps K")
+        if steps not in sset:
+            raise UsageError(
+                f"--steps {steps}: {path} holds K = 1..{sset.max_steps} (for another budget: "
+                "ScheduleSet.load(path).resample(K) in Python, then save it)"
+            )
+        return sset[steps]
+    if kind != SCHEDULE_FORMAT:
+        raise UsageError(f"{path}: neither a schedule nor a schedule set (format {kind!r})")
+    sched = bf.Schedule.from_dict(doc, path)
+    if steps is not None and steps != sched.steps:
+        raise UsageError(f"--steps {steps}: {path} is a {sched.steps}-step schedule")
+    return sched
+
+
+def _scheduler_config(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    _check_input_file(path, "--config")
+    config = read_json(path, "scheduler config")
+    if not isinstance(config, dict):
+        raise UsageError(f"--config {path}: not a scheduler config (a JSON object)")
+    return config
+
+
+def _cmd_sigmas(args) -> None:
+    if args.format != "diffusers" and (args.config, args.shift, args.mu) != (None, None, None):
+        raise UsageError("--config, --shift and --mu apply to --format diffusers only")
+    config = _scheduler_config(args.config)
+    sched = _sigmas_schedule(args.path, args.steps)
+    sigmas = sched.sigmas().tolist()
+    if args.format == "diffusers":  # K values: the stock scheduler appends its own terminal 0
+        values = diffusers_sigmas(sched, args.shift, args.mu, config=config)
+        print("[" + ", ".join(repr(v) for v in values) + "]")
+    elif args.format == "comfyui":  # SIGMAS: 1 - times, descending, ending in 0 (a comma-separated string)
+        print(", ".join(repr(v) for v in sigmas))
+    elif args.format == "json":
+        print(json.dumps({"steps": sched.steps, "sigmas": sigmas, "times": sched.times.tolist()}))
+    elif args.format == "csv":
+        print("step,time,sigma")
+        for i, (t, sg) in enumerate(zip(sched.times.tolist(), sigmas, strict=True)):
+            print(f"{i},{t!r},{sg!r}")
+    else:
+        print("\n".join(repr(v) for v in sigmas))
 
 
 def _cmd_straighten(args) -> None:
@@ -396,7 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     sched = sub.add_parser("schedule", help="the Bellman-optimal schedule of a velocity model, as JSON")
     sched.add_argument("--model", required=True, help=_MODEL_HELP)
     sched.add_argument("--shape", help="one sample's shape, e.g. 3,32,32 (bundled models know theirs)")
-    sched.add_argument("--steps", type=int, required=True)
+    budget = sched.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="K: write one schedule")
+    budget.add_argument(
+        "--max-steps", type=int, help="write a schedule set: every K = 1..max from one search"
+    )
     sched.add_argument("--grid", type=int, default=100)
     sched.add_argument("--num-samples", type=int, default=256)
     sched.add_argument("--batch-size", type=int, default=256)
@@ -420,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--no-progress", action="store_true")
     sched.add_argument("--out", required=True, help="schedule JSON to write")
     sched.set_defaults(func=_cmd_schedule)
+    _add_sigmas_parser(sub)
     _add_straighten_parser(sub)
     _add_sample_parser(sub)
 
@@ -428,6 +492,30 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-steps", type=int, default=10)
     ex.set_defaults(func=_cmd_dp_example)
     return parser
+
+
+def _add_sigmas_parser(sub) -> None:
+    sg = sub.add_parser(
+        "sigmas",
+        help="a schedule's sigmas (1 - t) for other tools: text, json, csv, comfyui, diffusers",
+        description="Print a schedule's sigmas = 1 - times (K + 1 values, descending, ending in 0 for a "
+        "schedule that ends at t = 1). --format diffusers prints the K values to pass as pipe(sigmas=...) "
+        "to the stock FlowMatchEulerDiscreteScheduler: the inverse of its shift (or mu), so that after "
+        "its own shift it steps at the schedule.",
+    )
+    sg.add_argument("path", metavar="PATH", help="a schedule JSON, or a schedule set JSON (then --steps)")
+    sg.add_argument("--steps", type=int, default=None, help="K: required for a set; checked for a schedule")
+    sg.add_argument(
+        "--format",
+        default="text",
+        choices=("text", "json", "csv", "comfyui", "diffusers"),
+        help="text: one sigma per line; json: {steps, sigmas, times}; csv: step,time,sigma; comfyui: one "
+        "comma-separated line (SIGMAS); diffusers: the K values for sigmas= (a Python/JSON list)",
+    )
+    sg.add_argument("--config", default=None, help="diffusers: the scheduler_config.json to invert")
+    sg.add_argument("--shift", type=float, default=None, help="diffusers: the static shift (or --config)")
+    sg.add_argument("--mu", type=float, default=None, help="diffusers: the dynamic shift a pipeline passes")
+    sg.set_defaults(func=_cmd_sigmas)
 
 
 def _add_straighten_parser(sub) -> None:

@@ -61,7 +61,14 @@ from boss_fast._validation import (
 )
 from boss_fast.kernels.euler_step import euler_step_forward
 from boss_fast.kernels.linear_euler import linear_euler_forward
-from boss_fast.ode import FIXED_STEP_METHODS, FixedStepMethod, Trajectory, first_nonfinite_step, stage_times
+from boss_fast.ode import (
+    FIXED_STEP_METHODS,
+    FixedStepMethod,
+    Trajectory,
+    cfg_combine,
+    first_nonfinite_step,
+    stage_times,
+)
 from boss_fast.schedule import Schedule
 
 __all__ = ["SAMPLER_MODES", "SAMPLER_SOLVERS", "FusedHeadModel", "Sampler", "SamplerConfig", "resolve_config"]
@@ -223,7 +230,10 @@ class Sampler:
             evaluations per step, the stages of :func:`boss_fast.ode.ode_step`).
         guidance: classifier-free guidance weight w, or None. The model is then called on a doubled batch
             (2B, ...) = [x; x] with t (2B,), and must return [v_uncond; v_cond] (it owns the conditioning,
-            unconditional half first as in diffusers); the kernel combines v_u + w (v_c - v_u).
+            unconditional half first as in diffusers); the kernel combines v_u + w (v_c - v_u)
+            (:func:`boss_fast.ode.cfg_combine`). ``boss_fast.ode.cfg_pair(v_cond, v_uncond)`` builds such a
+            model from two velocity callables; ``guided_velocity(v_cond, v_uncond, w)`` is the same field
+            as one velocity (the one to search a schedule on): with Euler they step bit for bit alike.
         record: None, "states" or "all": keep every state (and with "all" the combined Euler slope at each
             state, as :class:`~boss_fast.ode.Trajectory` defines it) in static buffers; read them
             with :meth:`trajectory`. Costs (K + 1) (or 2K + 1) states of memory.
@@ -346,7 +356,7 @@ class Sampler:
                 if g is None:
                     self._velocities[i].copy_(k1)
                 else:
-                    torch.lerp(k1[:b], k1[b:], g, out=self._velocities[i])
+                    self._velocities[i].copy_(cfg_combine(k1[:b], k1[b:], g))
             slopes = [k1]
             for s, c in enumerate(fractions, start=1):
                 stage = euler_step_forward(src, slopes[-1], c * h, g, backend, out=self._scratch)

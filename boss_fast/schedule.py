@@ -9,9 +9,11 @@ A schedule's ``times`` are flow times (t = 0 noise, t = 1 data), a subset of the
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,18 @@ from boss_fast._validation import (
 )
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
 
-__all__ = ["OBJECTIVES", "Schedule", "schedule_from_cost", "schedules_from_cost"]
+__all__ = [
+    "OBJECTIVES",
+    "Schedule",
+    "ScheduleSet",
+    "interpolate_schedule",
+    "loglinear_times",
+    "read_json",
+    "schedule_from_cost",
+    "schedules_from_cost",
+    "set_digest",
+    "snap_to_grid",
+]
 
 # "global": the DP over the sampler's own states (boss_fast.own_state, the error at t = 1); "local": BOSS's
 # sum of one-step errors from the teacher's states (boss_fast.cost + boss_fast.bellman).
@@ -66,6 +79,9 @@ class Schedule:
         objective: "local" (BOSS: the sum of one-step errors from the teacher's states; ``cost`` is that sum)
             or "global" (the DP over the sampler's own states; ``cost`` is the error at t = 1 against the
             teacher). Files written before this field existed load as "local".
+        resampled_from: None for a searched schedule; for one interpolated from another budget
+            (:func:`interpolate_schedule`, ``ScheduleSet.resample`` on a set without a cost table) that
+            budget K. No model ran for it, so its ``cost`` is unknown: NaN here, ``null`` in JSON.
 
     The arrays are read-only copies; construction validates everything (ValueError naming the problem).
 
@@ -87,6 +103,7 @@ class Schedule:
     discount: float = 1.0
     shape: tuple[int, ...] | None = None
     objective: str = "local"
+    resampled_from: int | None = None
 
     def __post_init__(self) -> None:
         grid = as_times(self.grid, "grid")
@@ -111,7 +128,7 @@ class Schedule:
             raise ValueError(
                 f"times[{m}] = {times[m].item()!r} but grid[indices[{m}]] = {grid[indices[m]].item()!r}"
             )
-        cost = check_float(self.cost, "cost")
+        cost = _check_cost(self.cost, self.resampled_from)
         discount = check_float(self.discount, "discount")
         if discount <= 0.0:
             raise ValueError(f"discount must be > 0, got {discount}")
@@ -163,24 +180,26 @@ class Schedule:
             np.array_equal(self.times, other.times)
             and np.array_equal(self.indices, other.indices)
             and np.array_equal(self.grid, other.grid)
-            and (self.cost, self.metric, self.solver, self.num_samples, self.fingerprint, self.discount)
-            == (other.cost, other.metric, other.solver, other.num_samples, other.fingerprint, other.discount)
+            and (self.metric, self.solver, self.num_samples, self.fingerprint, self.discount)
+            == (other.metric, other.solver, other.num_samples, other.fingerprint, other.discount)
             and self.shape == other.shape
             and self.objective == other.objective
+            and self.resampled_from == other.resampled_from
+            and (self.cost == other.cost or (math.isnan(self.cost) and math.isnan(other.cost)))
         )
 
     __hash__ = None  # type: ignore[assignment]  # holds arrays
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document: a format marker and version, then every field (floats round-trip exactly)."""
-        return {
+        doc = {
             "format": SCHEDULE_FORMAT,
             "version": SCHEDULE_VERSION,
             "steps": self.steps,
             "times": self.times.tolist(),
             "indices": self.indices.tolist(),
             "grid": self.grid.tolist(),
-            "cost": self.cost,
+            "cost": None if self.resampled_from is not None else self.cost,
             "metric": self.metric,
             "solver": self.solver,
             "num_samples": self.num_samples,
@@ -189,6 +208,9 @@ class Schedule:
             "shape": None if self.shape is None else list(self.shape),
             "objective": self.objective,
         }
+        if self.resampled_from is not None:  # only then: files of searched schedules stay as they were
+            doc["resampled_from"] = self.resampled_from
+        return doc
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the schedule as versioned JSON, atomically (temp file beside it, fsync, rename)."""
@@ -214,8 +236,13 @@ class Schedule:
         times = _expect_numbers(doc["times"], "times", source)
         grid = _expect_numbers(doc["grid"], "grid", source)
         indices = _expect_numbers(doc["indices"], "indices", source, integers=True)
+        resampled_from = doc.get("resampled_from")
+        if resampled_from is not None and (
+            not isinstance(resampled_from, int) or isinstance(resampled_from, bool)
+        ):
+            raise ValueError(f"{source}: resampled_from has the wrong type ({type(resampled_from).__name__})")
         for key, kinds in (
-            ("cost", (int, float)),
+            ("cost", (int, float) if resampled_from is None else (type(None),)),
             ("discount", (int, float)),
             ("metric", (str,)),
             ("solver", (str,)),
@@ -229,7 +256,7 @@ class Schedule:
                 raise ValueError(f"{source}: {key} has the wrong type ({type(doc[key]).__name__})")
         if "steps" in doc and doc["steps"] != len(doc["times"]) - 1:
             raise ValueError(f"{source}: steps = {doc['steps']} but times holds {len(doc['times'])} points")
-        cost = _number(doc["cost"], "cost", source)
+        cost = math.nan if resampled_from is not None else _number(doc["cost"], "cost", source)
         discount = _number(doc.get("discount", 1.0), "discount", source)
         num_samples = doc.get("num_samples")
         if num_samples is not None and not 1 <= num_samples <= _MAX_NUM_SAMPLES:
@@ -253,6 +280,7 @@ class Schedule:
                 discount=discount,
                 shape=shape,
                 objective=doc.get("objective", "local"),
+                resampled_from=resampled_from,
             )
         except (TypeError, ValueError, OverflowError) as err:
             raise ValueError(f"{source}: inconsistent schedule: {err}") from None
@@ -265,21 +293,39 @@ class Schedule:
         raises ValueError naming the file and the field; a missing file or a directory raises OSError.
         """
         source = os.fspath(path)
-        with open(source, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            raw = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows while being read
-        if max(size, len(raw)) > MAX_FILE_BYTES:
-            raise ValueError(
-                f"{source}: {max(size, len(raw))} bytes, larger than any schedule "
-                f"({MAX_FILE_BYTES // 2**20} MiB at most): not a schedule file"
-            )
-        try:
-            doc = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-        except RecursionError:
-            raise ValueError(f"{source}: JSON nested too deeply: not a schedule file") from None
-        except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, over-long integers
-            raise ValueError(f"{source}: not valid JSON (corrupted or truncated?): {err}") from None
-        return cls.from_dict(doc, source)
+        return cls.from_dict(read_json(source, "schedule"), source)
+
+
+def read_json(source: str, what: str) -> object:
+    """The JSON document in file ``source``, read with the schedule files' limits.
+
+    Larger than ``MAX_FILE_BYTES`` (checked before reading, and bounded while reading), not UTF-8, not JSON,
+    NaN/Infinity, or nested too deeply: ValueError naming the file (``what``: "schedule", ...).
+    """
+    with open(source, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        raw = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows while being read
+    if max(size, len(raw)) > MAX_FILE_BYTES:
+        raise ValueError(
+            f"{source}: {max(size, len(raw))} bytes, larger than any {what} "
+            f"({MAX_FILE_BYTES // 2**20} MiB at most): not a {what} file"
+        )
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply: not a {what} file") from None
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, over-long integers
+        raise ValueError(f"{source}: not valid JSON (corrupted or truncated?): {err}") from None
+
+
+def _check_cost(cost: object, resampled_from: object) -> float:
+    """A searched schedule's finite cost; NaN (unknown) exactly when it was resampled."""
+    if resampled_from is None:
+        return check_float(cost, "cost")
+    check_int(resampled_from, "resampled_from")
+    if not isinstance(cost, float) or not math.isnan(cost):
+        raise ValueError(f"a resampled schedule's cost is unknown (NaN), got {cost!r}")
+    return cost
 
 
 def _refuse_constant(name: str) -> float:
@@ -437,3 +483,329 @@ def schedules_from_cost(
         )
         for p in paths
     ]
+
+
+# ------------------------------------------------------------------------------------ every budget at once
+
+SET_FORMAT = "boss_fast.schedule_set"
+SET_VERSION = 1
+# Fields every budget of a set shares (one search): checked at construction, stored once in the file.
+_SHARED = ("metric", "solver", "num_samples", "fingerprint", "discount", "shape", "objective")
+
+
+class ScheduleSet(Mapping[int, Schedule]):
+    """Every budget K = 1 .. ``max_steps`` from one search, as a read-only mapping ``{K: Schedule}``.
+
+    ``sset[K]``, ``len(sset)``, ``sset.items()`` work as on a dict. All budgets share one grid and one
+    search's fields (metric, solver, num_samples, fingerprint, discount, shape, objective).
+
+    Args:
+        schedules: the budgets 1 .. max_steps, each once, in any order (none of them resampled).
+        cost_table: the local objective's (N, N) cost matrix the budgets were solved on, or None. Only its
+            strict upper triangle is kept (the DP reads nothing else; the rest is stored as 0). When given,
+            every budget must be the Bellman DP's answer on it (checked: a table and schedules that disagree
+            are refused), and :meth:`resample` re-solves it for budgets outside the set. The global
+            objective has no such matrix (its DP runs over the sampler's own states): None.
+
+    Example:
+        >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)
+        >>> sset = ScheduleSet(schedules_from_cost(c, np.linspace(0, 1, 5), 2), cost_table=c)
+        >>> sorted(sset), sset.resample(3).times.tolist()
+        ([1, 2], [0.0, 0.25, 0.5, 1.0])
+    """
+
+    def __init__(self, schedules: Iterable[Schedule], cost_table: np.ndarray | None = None) -> None:
+        scheds = sorted(schedules, key=lambda s: s.steps if isinstance(s, Schedule) else 0)
+        if not scheds or not all(isinstance(s, Schedule) for s in scheds):
+            raise TypeError("a ScheduleSet needs one or more Schedule objects")
+        budgets = [s.steps for s in scheds]
+        if budgets != list(range(1, len(scheds) + 1)):
+            raise ValueError(f"a ScheduleSet holds the budgets 1 .. max_steps once each, got {budgets}")
+        first = scheds[0]
+        for s in scheds:
+            if s.resampled_from is not None:
+                raise ValueError(f"budget {s.steps} was resampled; a ScheduleSet holds searched budgets only")
+            if not np.array_equal(s.grid, first.grid):
+                raise ValueError(f"budget {s.steps} is on another grid than budget 1 (one search, one grid)")
+            for name in _SHARED:
+                if getattr(s, name) != getattr(first, name):
+                    raise ValueError(
+                        f"budget {s.steps} has {name} = {getattr(s, name)!r} but budget 1 has "
+                        f"{getattr(first, name)!r} (a set comes from one search)"
+                    )
+        self._scheds = {s.steps: s for s in scheds}
+        self._table = None if cost_table is None else self._check_table(cost_table)
+
+    def _check_table(self, cost_table: object) -> np.ndarray:
+        first = self._scheds[1]
+        if first.objective != "local":
+            raise ValueError(
+                "cost_table is the local objective's cost matrix; a global set has none (its DP runs over "
+                "the sampler's own states)"
+            )
+        matrix, _ = _check_cost_and_grid(cost_table, first.grid)
+        table = np.triu(np.asarray(matrix, dtype=np.float64), 1)
+        if not np.all(np.isfinite(table)):
+            raise ValueError("cost_table holds non-finite values above the diagonal")
+        solved = schedules_from_cost(table, first.grid, len(self._scheds), discount=first.discount)
+        for s, fresh in zip(self._scheds.values(), solved, strict=True):
+            if not np.array_equal(s.indices, fresh.indices) or not math.isclose(
+                s.cost, fresh.cost, rel_tol=1e-12, abs_tol=0.0
+            ):
+                raise ValueError(
+                    f"budget {s.steps} is not the Bellman DP's answer on cost_table (indices "
+                    f"{s.indices.tolist()}, cost {s.cost!r}; the table gives {fresh.indices.tolist()}, "
+                    f"{fresh.cost!r})"
+                )
+        table.setflags(write=False)
+        return table
+
+    # -- the mapping --------------------------------------------------------------------------------------
+
+    def __getitem__(self, steps: int) -> Schedule:
+        try:
+            return self._scheds[steps]
+        except (KeyError, TypeError):
+            raise KeyError(
+                f"no {steps!r}-step schedule in this set (it holds K = 1 .. {self.max_steps}); "
+                "resample(K) gives another budget"
+            ) from None
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._scheds)
+
+    def __len__(self) -> int:
+        return len(self._scheds)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ScheduleSet):
+            return NotImplemented
+        tables = (self._table is None and other._table is None) or (
+            self._table is not None and other._table is not None and np.array_equal(self._table, other._table)
+        )
+        return tables and list(self.values()) == list(other.values())
+
+    __hash__ = None  # type: ignore[assignment]  # holds arrays
+
+    def __repr__(self) -> str:
+        table = "with" if self._table is not None else "without"
+        return (
+            f"ScheduleSet(K = 1..{self.max_steps}, {self.objective} objective, grid of {len(self.grid)} "
+            f"points, {table} cost table)"
+        )
+
+    @property
+    def max_steps(self) -> int:
+        return len(self._scheds)
+
+    @property
+    def grid(self) -> np.ndarray:
+        return self._scheds[1].grid
+
+    @property
+    def objective(self) -> str:
+        return self._scheds[1].objective
+
+    @property
+    def cost_table(self) -> np.ndarray | None:
+        """The local objective's cost matrix (strict upper triangle, read-only), or None."""
+        return self._table
+
+    # -- budgets outside the set --------------------------------------------------------------------------
+
+    def resample(self, steps: int) -> Schedule:
+        """A ``steps``-step schedule for any budget 1 <= K <= N - 1, in the set or not.
+
+        - K in the set: ``self[K]``.
+        - A set with a cost table (the local objective): the Bellman DP on that table, exactly what a fresh
+          search with the same noises would return (same table, same DP).
+        - Otherwise (the global objective; a local set saved without its table): no model is run, so the
+          nearest budget's times are interpolated, :func:`interpolate_schedule` (log-linear in sigma over a
+          normalised index, as Align-Your-Steps does, snapped to the grid); the result's
+          ``resampled_from`` names that budget and its cost is NaN. README "Schedule sets" measures how far
+          this is from a fresh search.
+        """
+        steps = check_int(steps, "steps")
+        if steps in self._scheds:
+            return self._scheds[steps]
+        first = self._scheds[1]
+        if steps >= len(self.grid):
+            raise ValueError(
+                f"steps must be < the grid's {len(self.grid)} points (at most {len(self.grid) - 1}), "
+                f"got {steps}"
+            )
+        if self._table is not None:
+            kwargs = {
+                name: getattr(first, name) for name in ("metric", "solver", "num_samples", "fingerprint")
+            }
+            return schedule_from_cost(
+                self._table, self.grid, steps, discount=first.discount, shape=first.shape, **kwargs
+            )
+        sources = [k for k in self._scheds if k >= 2]
+        if not sources:
+            raise ValueError(
+                "this set holds only the 1-step schedule and no cost table: there is nothing to interpolate "
+                "(search with max_steps >= 2)"
+            )
+        nearest = min(sources, key=lambda k: (abs(k - steps), -k))  # ties: the larger budget
+        return interpolate_schedule(self._scheds[nearest], steps)
+
+    # -- the file -----------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document: format, version, the shared fields and grid once, every budget's indices and
+        cost, the cost table's strict upper triangle (row-major) or null, and a SHA-256 of the rest."""
+        first = self._scheds[1]
+        doc: dict[str, Any] = {"format": SET_FORMAT, "version": SET_VERSION, "max_steps": self.max_steps}
+        doc.update({name: getattr(first, name) for name in _SHARED})
+        doc["shape"] = None if first.shape is None else list(first.shape)
+        doc["grid"] = self.grid.tolist()
+        doc["budgets"] = [
+            {"steps": s.steps, "indices": s.indices.tolist(), "cost": s.cost} for s in self.values()
+        ]
+        upper = None if self._table is None else self._table[np.triu_indices(len(self.grid), 1)].tolist()
+        doc["cost_table_upper"] = upper
+        doc["sha256"] = set_digest(doc)
+        return doc
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the set as versioned JSON, atomically (temp file beside it, fsync, rename).
+
+        The size is about 24 bytes per cost-table entry, N (N - 1) / 2 of them: 0.12 MB for the default
+        grid (N = 101), 12 MB for N = 1001. A set whose file would exceed the readers' 64 MiB limit is
+        refused here (ValueError) rather than written unreadable: save ``ScheduleSet(sset.values())``
+        (no table; resample then interpolates) or search on a coarser grid.
+        """
+        text = json.dumps(self.to_dict(), indent=None, allow_nan=False) + "\n"
+        data = text.encode("utf-8")
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(
+                f"this schedule set would take {len(data) / 2**20:.1f} MiB (a cost table on a grid of "
+                f"{len(self.grid)} points), over the {MAX_FILE_BYTES // 2**20} MiB any reader accepts; "
+                "save ScheduleSet(sset.values()) without the table, or search on a coarser grid"
+            )
+        atomic_write(path, lambda f: f.write(data))
+
+    @classmethod
+    def from_dict(cls, doc: object, source: str = "schedule set") -> ScheduleSet:
+        """Rebuild a set from ``to_dict``'s document; anything else (a foreign, edited or inconsistent
+        document: format, version, checksum, keys, types, a budget that is not the DP's answer on the
+        table) is refused with a ValueError naming the field."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(doc).__name__}")
+        if doc.get("format") != SET_FORMAT:
+            hint = " (a single schedule: use Schedule.load)" if doc.get("format") == SCHEDULE_FORMAT else ""
+            raise ValueError(
+                f"{source}: not a boss_fast schedule set (format {doc.get('format')!r}, expected "
+                f"{SET_FORMAT!r}){hint}"
+            )
+        version = doc.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SET_VERSION:
+            raise ValueError(f"{source}: unsupported schedule set version {version!r} (this reader knows 1)")
+        missing = [k for k in ("budgets", "grid", "cost_table_upper", "sha256", *_SHARED) if k not in doc]
+        if missing:
+            raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
+        if doc["sha256"] != set_digest(doc):
+            raise ValueError(f"{source}: sha256 does not match the content (edited or corrupted)")
+        budgets = doc["budgets"]
+        if not isinstance(budgets, list) or not budgets or not all(isinstance(b, dict) for b in budgets):
+            raise ValueError(f"{source}: budgets must be a non-empty list of objects")
+        grid = _expect_numbers(doc["grid"], "grid", source)
+        shared = {k: doc[k] for k in _SHARED}
+        scheds = []
+        for b in budgets:
+            indices = _expect_numbers(b.get("indices"), "budgets[].indices", source, integers=True)
+            if np.any(indices < 0) or np.any(indices >= len(grid)):
+                raise ValueError(f"{source}: budgets[].indices outside the grid's {len(grid)} points")
+            one = dict(shared, format=SCHEDULE_FORMAT, version=SCHEDULE_VERSION, steps=b.get("steps"))
+            one.update(
+                times=grid[indices].tolist(), indices=indices.tolist(), grid=doc["grid"], cost=b.get("cost")
+            )
+            scheds.append(Schedule.from_dict(one, f"{source}: budget {b.get('steps')!r}"))
+        table = None
+        if doc["cost_table_upper"] is not None:
+            upper = _expect_numbers(doc["cost_table_upper"], "cost_table_upper", source)
+            n = len(grid)
+            if len(upper) != n * (n - 1) // 2:
+                raise ValueError(f"{source}: cost_table_upper holds {len(upper)} numbers, not N (N - 1) / 2")
+            table = np.zeros((n, n))
+            table[np.triu_indices(n, 1)] = upper
+        try:
+            return cls(scheds, cost_table=table)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: inconsistent schedule set: {err}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ScheduleSet:
+        """Read a set written by ``save``, with ``Schedule.load``'s limits (64 MiB checked before reading,
+        nesting, finite numbers) and ``from_dict``'s checks; a missing file or a directory raises OSError."""
+        source = os.fspath(path)
+        return cls.from_dict(read_json(source, "schedule set"), source)
+
+
+def set_digest(doc: dict[str, Any]) -> str:
+    """SHA-256 of the document without its ``sha256`` key, over a canonical JSON text (sorted keys, no
+    spaces; floats as Python's shortest round-trip repr, so a parsed document hashes like the written one)."""
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def loglinear_times(times: np.ndarray, steps: int) -> np.ndarray:
+    """``steps`` + 1 times interpolated from a schedule's ``times`` (K + 1 >= 3 of them), log-linear in sigma.
+
+    As Align-Your-Steps resamples its tables: sigma_i = 1 - times[i], i = 0 .. K - 1 (all > 0) placed at
+    i / (K - 1); log sigma interpolated linearly at j / (steps - 1), j = 0 .. steps - 1; the last time
+    (sigma 0 when the schedule ends at t = 1, where log sigma is -inf) is appended as it is. The first and
+    last times are kept exactly. Not snapped to any grid.
+    """
+    sigmas = 1.0 - np.asarray(times, dtype=np.float64)
+    k = len(sigmas) - 1
+    log_s = np.log(sigmas[:-1])
+    new = np.exp(np.interp(np.linspace(0.0, 1.0, steps), np.linspace(0.0, 1.0, k), log_s))
+    out = np.concatenate([1.0 - new, times[-1:]])
+    out[0] = times[0]
+    return out
+
+
+def snap_to_grid(grid: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Indices of the grid points nearest to ``targets`` (K + 1 times), made strictly increasing from 0 to
+    N - 1: each index is pushed up past its predecessor, then down below its successor (K <= N - 1)."""
+    n, k = len(grid), len(targets) - 1
+    right = np.clip(np.searchsorted(grid, targets), 1, n - 1)
+    idx = np.where(np.abs(grid[right - 1] - targets) <= np.abs(grid[right] - targets), right - 1, right)
+    idx[0], idx[-1] = 0, n - 1
+    for j in range(1, k):  # idx[k] stays N - 1
+        idx[j] = max(idx[j], idx[j - 1] + 1)
+    for j in range(k - 1, -1, -1):
+        idx[j] = min(idx[j], idx[j + 1] - 1)
+    return idx.astype(np.int64)
+
+
+def interpolate_schedule(sched: Schedule, steps: int) -> Schedule:
+    """A ``steps``-step schedule interpolated from ``sched`` (no model run): :func:`loglinear_times`, then
+    snapped to ``sched.grid`` (:func:`snap_to_grid`) so it stays a subset of the grid like every Schedule.
+
+    The result has ``resampled_from = sched.steps`` and cost NaN (unknown). ``sched`` needs K >= 2 and
+    ``steps`` must be in [2, N - 1].
+    """
+    steps = check_int(steps, "steps")
+    if sched.steps < 2:
+        raise ValueError("interpolation needs a schedule of at least 2 steps (a 1-step one has no shape)")
+    if not 2 <= steps <= len(sched.grid) - 1:
+        raise ValueError(f"steps must be in [2, {len(sched.grid) - 1}] on this grid, got {steps}")
+    indices = snap_to_grid(sched.grid, loglinear_times(sched.times, steps))
+    return Schedule(
+        times=sched.grid[indices],
+        indices=indices,
+        cost=math.nan,
+        grid=sched.grid,
+        metric=sched.metric,
+        solver=sched.solver,
+        num_samples=sched.num_samples,
+        fingerprint=sched.fingerprint,
+        discount=sched.discount,
+        shape=sched.shape,
+        objective=sched.objective,
+        resampled_from=sched.steps,
+    )

@@ -39,7 +39,7 @@ from boss_fast.cost import trajectory_cost_sums
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn
 from boss_fast.own_state import accumulate_own_state, own_state_paths
-from boss_fast.schedule import OBJECTIVES, Schedule, schedules_from_cost
+from boss_fast.schedule import OBJECTIVES, Schedule, ScheduleSet, schedules_from_cost
 from boss_fast.trajectories import TeacherRunner, model_fingerprint, seeded_noise
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "cost_matrix", "optimal_schedule", "optimal_schedules"]
@@ -343,7 +343,7 @@ def _global_schedules(
     progress: bool,
     checkpoint: str | os.PathLike | None,
     mode: str | None,
-) -> dict[int, Schedule]:
+) -> ScheduleSet:
     table = accumulate_own_state(
         velocity,
         search.batch,
@@ -359,8 +359,8 @@ def _global_schedules(
         identity=search.identity(),
         mode=mode,
     )
-    return {
-        path.steps: Schedule(
+    return ScheduleSet(
+        Schedule(
             times=search.times[path.indices],
             indices=path.indices,
             cost=path.cost,
@@ -373,7 +373,7 @@ def _global_schedules(
             objective="global",
         )
         for path in own_state_paths(table)
-    }
+    )
 
 
 def optimal_schedule(
@@ -463,12 +463,14 @@ def optimal_schedules(
     checkpoint: str | os.PathLike | None = None,
     mode: str | None = None,
     checkpoint_key: str | None = None,
-) -> dict[int, Schedule]:
-    """The optimal schedule of every budget K = 1 .. ``max_steps`` from ONE search: ``{K: Schedule}``.
+) -> ScheduleSet:
+    """The optimal schedule of every budget K = 1 .. ``max_steps`` from ONE search, as a ``ScheduleSet``
+    (a read-only mapping ``{K: Schedule}``; ``sset.save(path)``, ``ScheduleSet.load(path)``).
 
     Arguments as ``optimal_schedule`` (``max_steps`` in place of ``steps``). ``result[K]`` equals
     ``optimal_schedule(..., steps=K)`` with the same arguments: the global DP's levels and the local
-    Bellman table do not depend on the largest budget asked for.
+    Bellman table do not depend on the largest budget asked for. A local set keeps its cost matrix, so
+    ``resample(K)`` for K > max_steps re-solves it exactly; a global set interpolates (``ScheduleSet``).
 
     Example:
         >>> scheds = optimal_schedules(lambda x, t: -x, (2,), 3, grid=10, num_samples=8)
@@ -483,7 +485,7 @@ def optimal_schedules(
 def _schedules(
     velocity, shape, steps, grid, num_samples, batch_size, seed, solver, metric, device, dtype, backend, *,
     objective, discount, progress, checkpoint, mode, checkpoint_key, steps_name,
-) -> dict[int, Schedule]:  # fmt: skip
+) -> ScheduleSet:  # fmt: skip
     """Both public searches: every budget 1 .. ``steps`` from one search (arguments validated here)."""
     search, steps, discount = _validate_search(
         velocity, shape, steps, steps_name, grid, num_samples, batch_size, seed, objective, solver, metric,
@@ -505,4 +507,4 @@ def _schedules(
         fingerprint=search.fingerprint,
         shape=search.shape,
     )
-    return {s.steps: s for s in scheds}
+    return ScheduleSet(scheds, cost_table=cost)

@@ -4,6 +4,7 @@ User errors and Ctrl-C run the real command in a subprocess: exit code, ONE line
 nothing left behind.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import boss_fast
 from boss_fast import Schedule
 from boss_fast.cli import main
 from boss_fast.grids import uniform_grid
+from boss_fast.models import load_bundled
 
 # The subprocess imports the same boss_fast as this test run.
 PACKAGE_PARENT = str(Path(boss_fast.__file__).resolve().parents[1])
@@ -399,3 +401,109 @@ def test_ctrl_c_exits_130_in_one_line_with_no_output_and_a_loadable_checkpoint(t
     assert listing(tmp_path / "ckpt") == ["straighten.pt"]  # no temporary left beside it
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert int(state["step"]) >= 200 and int(state["step"]) % 200 == 0
+
+
+# ------------------------------------------------------------------------------------------ sigmas
+
+
+@pytest.fixture(scope="module")
+def sigma_files(tmp_path_factory):
+    """A local schedule set (K = 1..4) of gmm2d on a 20-point grid, and its 3-step schedule alone."""
+    root = tmp_path_factory.mktemp("sigmas")
+    sset = boss_fast.optimal_schedules(
+        load_bundled("gmm2d"), (2,), 4, objective="local", grid=20, num_samples=16
+    )
+    sset.save(root / "set.json")
+    sset[3].save(root / "k3.json")
+    return root, sset
+
+
+def _printed(capsys, argv):
+    assert main(["sigmas", *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_sigmas_formats(sigma_files, capsys):
+    root, sset = sigma_files
+    want = (1.0 - sset[3].times).tolist()
+    text = _printed(capsys, [str(root / "set.json"), "--steps", "3"])
+    assert [float(v) for v in text.split()] == want and want[-1] == 0.0 and want == sorted(want)[::-1]
+    assert _printed(capsys, [str(root / "k3.json")]) == text  # a single schedule prints the same
+    comfy = _printed(capsys, [str(root / "k3.json"), "--format", "comfyui"])
+    assert [float(v) for v in comfy.split(",")] == want
+    doc = json.loads(_printed(capsys, [str(root / "set.json"), "--steps", "3", "--format", "json"]))
+    assert doc == {"steps": 3, "sigmas": want, "times": sset[3].times.tolist()}
+    rows = _printed(capsys, [str(root / "set.json"), "--steps", "3", "--format", "csv"]).splitlines()
+    assert rows[0] == "step,time,sigma" and [float(r.split(",")[2]) for r in rows[1:]] == want
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["shift3", "mu"])
+def test_sigmas_for_diffusers_step_the_stock_scheduler_at_the_schedule(
+    sigma_files, capsys, tmp_path, dynamic
+):
+    """What `--format diffusers --config` prints, given to diffusers' own scheduler with that config."""
+    pytest.importorskip("diffusers")
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    root, sset = sigma_files
+    stock = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=dynamic)
+    stock.save_config(tmp_path)  # scheduler_config.json, as a pipeline folder holds it
+    config = str(tmp_path / "scheduler_config.json")
+    extra = ["--mu", "0.8"] if dynamic else []
+    out = _printed(
+        capsys, [str(root / "set.json"), "--steps", "4", "--format", "diffusers", "--config", config, *extra]
+    )
+    sigmas = json.loads(out)
+    assert len(sigmas) == 4
+    stock.set_timesteps(sigmas=sigmas, mu=0.8 if dynamic else None)
+    want = 1.0 - sset[4].times
+    eps = np.finfo(np.float32).eps
+    np.testing.assert_allclose(stock.sigmas.double().numpy(), want, rtol=0, atol=4 * eps)
+    np.testing.assert_allclose(stock.timesteps.double().numpy(), want[:-1] * 1000, rtol=0, atol=4000 * eps)
+    # Negative control: the plain sigmas (1 - t) are shifted elsewhere by that scheduler.
+    stock.set_timesteps(sigmas=want[:-1].tolist(), mu=0.8 if dynamic else None)
+    assert np.abs(stock.sigmas.double().numpy() - want).max() > 0.05
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["set.json"], "holds a schedule set (K = 1..4): give --steps K"),
+        (["set.json", "--steps", "7"], "--steps 7: set.json holds K = 1..4"),
+        (["k3.json", "--steps", "4"], "--steps 4: k3.json is a 3-step schedule"),
+        (["k3.json", "--format", "comfyui", "--shift", "3"], "apply to --format diffusers only"),
+        (["k3.json", "--format", "diffusers", "--config", "karras.json"], "use_karras_sigmas=True"),
+        (["k3.json", "--format", "diffusers", "--config", "stoch.json"], "stochastic_sampling=True"),
+        (["k3.json", "--format", "diffusers", "--config", "dynamic.json"], "pass the pipeline's mu"),
+        (
+            ["k3.json", "--format", "diffusers", "--config", "nothere.json"],
+            "--config nothere.json: no such file",
+        ),
+        (["other.json"], "neither a schedule nor a schedule set"),
+        (["tampered.json", "--steps", "2"], "sha256 does not match"),
+    ],
+)
+def test_sigmas_refuses_by_name(sigma_files, tmp_path, argv, message):
+    root, _ = sigma_files
+    for name in ("set.json", "k3.json"):
+        (tmp_path / name).write_bytes((root / name).read_bytes())
+    for name, config in (
+        ("karras", {"use_karras_sigmas": True}),
+        ("stoch", {"stochastic_sampling": True}),
+        ("dynamic", {"use_dynamic_shifting": True, "shift": 3.0}),
+    ):
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+    (tmp_path / "other.json").write_text('{"format": "something"}')
+    doc = json.loads((root / "set.json").read_text())
+    doc["grid"][1] += 1e-9
+    (tmp_path / "tampered.json").write_text(json.dumps(doc))
+    assert_one_line_error(run_cli(["sigmas", *argv], tmp_path), message)
+
+
+def test_schedule_max_steps_writes_a_set(tmp_path, capsys):
+    out = tmp_path / "set.json"
+    argv = ["schedule", "--model", "gmm2d", "--max-steps", "3", "--grid", "12", "--num-samples", "8"]
+    assert main([*argv, "--no-progress", "--out", str(out)]) == 0
+    sset = boss_fast.ScheduleSet.load(out)
+    assert list(sset) == [1, 2, 3] and sset.objective == "global"
+    assert capsys.readouterr().out.count("-step global schedule") == 3

@@ -322,3 +322,62 @@ def test_optimal_schedule_and_straighten_on_a_transformer(tiny):
     assert all(torch.equal(v, before[k]) for k, v in velocity.state_dict().items())  # the teacher was not
     x = bf.sample(student, torch.randn(2, 4, 8, 8), sched)
     assert x.shape == (2, 4, 8, 8) and torch.isfinite(x).all()
+
+
+# -- classifier-free guidance as SD3 pipelines run it ------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_guided_adapter_equals_the_sd3_pipeline_with_cfg(tiny):
+    """StableDiffusion3Pipeline at guidance_scale 4.5 with negative embeddings, through BossScheduler, is
+    bf.sample of the guided adapter; Sampler(guidance=) on the doubled-batch adapter steps the same field."""
+    net, cond = tiny
+    neg = {"encoder_hidden_states": torch.randn(1, 5, 16), "pooled_projections": torch.randn(1, 8)}
+    w = 4.5
+    guided = DiffusersVelocity(net, negative=neg, guidance_scale=w, **cond)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    want = bf.sample(guided, latents, SCHED)
+    pipe = StableDiffusion3Pipeline(
+        transformer=net,
+        scheduler=BossScheduler.from_schedule(SCHED, FlowMatchEulerDiscreteScheduler(shift=3.0).config),
+        vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+        text_encoder_3=None, tokenizer_3=None,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    side = 8 * pipe.vae_scale_factor
+    out = pipe(
+        prompt_embeds=cond["encoder_hidden_states"].expand(2, -1, -1),
+        pooled_prompt_embeds=cond["pooled_projections"].expand(2, -1),
+        negative_prompt_embeds=neg["encoder_hidden_states"].expand(2, -1, -1),
+        negative_pooled_prompt_embeds=neg["pooled_projections"].expand(2, -1),
+        guidance_scale=w,
+        num_inference_steps=4,
+        height=side,
+        width=side,
+        latents=latents,
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)  # as in test_sd3_pipeline_end_to_end
+    # The Sampler's protocol: the same transformer batch [x; x] with [negative; conditioning], same bits.
+    doubled = DiffusersVelocity(net, negative=neg, **cond)
+    got = bf.Sampler(doubled, SCHED, mode="eager", backend="torch", guidance=w)(latents)
+    assert torch.equal(got, want)
+    # And the two-callable form: the conditional and unconditional adapters, combined.
+    alike = bf.guided_velocity(DiffusersVelocity(net, **cond), DiffusersVelocity(net, **neg), w)
+    torch.testing.assert_close(bf.sample(alike, latents, SCHED), want, rtol=1e-5, atol=1e-5)
+    unguided = bf.sample(DiffusersVelocity(net, **cond), latents, SCHED)
+    assert (unguided - want).abs().max() > 1e-2  # guidance changes the result
+
+
+def test_guided_adapter_errors(tiny):
+    net, cond = tiny
+    with pytest.raises(ValueError, match="guidance_scale needs negative="):
+        DiffusersVelocity(net, guidance_scale=2.0, **cond)
+    with pytest.raises(ValueError, match=r"negative must give every tensor conditioning key: got \['pooled"):
+        DiffusersVelocity(net, negative={"pooled_projections": torch.randn(1, 8)}, **cond)
+    bad = {"encoder_hidden_states": torch.randn(1, 6, 16), "pooled_projections": torch.randn(1, 8)}
+    with pytest.raises(ValueError, match="negative 'encoder_hidden_states' must be a tensor shaped like"):
+        DiffusersVelocity(net, negative=bad, **cond)
+    doubled = DiffusersVelocity(net, negative=dict(cond), **cond)
+    with pytest.raises(ValueError, match="takes a doubled batch"):
+        doubled(torch.randn(3, 4, 8, 8), torch.zeros(3))

@@ -435,3 +435,24 @@ def test_bundled_files_are_small() -> None:
     for name in ("digits_dit", "digits_classifier", "mlp2d"):
         size = bm.weights_path(name).stat().st_size
         assert size < 1_000_000, (name, size)
+
+
+def test_gmm_subset_is_the_class_conditional_flow() -> None:
+    """A class = a set of components: its flow is the mixture of those alone, and the classes' flows
+    average, weighted by their posterior at (x, t), to the unconditional one (Bayes)."""
+    flow = eight_gaussians(std=NARROW_STD)
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(0.05, 0.95, 6, dtype=torch.float64)
+    one = flow.subset([3])
+    single = GaussianMixtureFlow(flow.means[3:4], flow.stds[3:4])
+    assert torch.equal(one(x, t), single(x, t))
+    classes = [[0, 1], [2, 3], [4, 5, 6, 7]]
+    log_lik = torch.stack([flow.subset(c).marginal_log_prob(x, t) for c in classes], 1)
+    prior = torch.tensor([2.0, 2.0, 4.0], dtype=torch.float64) / 8
+    post = torch.softmax(log_lik + torch.log(prior), dim=1)
+    mixed = sum(post[:, i, None] * flow.subset(c)(x, t) for i, c in enumerate(classes))
+    torch.testing.assert_close(mixed, flow(x, t), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(flow.subset([0, 1])(x, t), flow(x, t))
+    for bad in ([], [0, 0], [8], [-1]):
+        with pytest.raises(ValueError, match="distinct indices in"):
+            flow.subset(bad)

@@ -10,6 +10,7 @@ from torch import nn
 
 import boss_fast as bf
 from boss_fast._backends import kernel_backends
+from boss_fast.kernels.euler_step import euler_step_reference
 from boss_fast.models import load_bundled
 from boss_fast.models.dit import DiT
 from boss_fast.ode import sample
@@ -355,3 +356,59 @@ def test_straightening_pairs_on_the_sampler(digits_dit):
     eager = bf.straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2, mode="eager")
     for name in ("start", "end", "t_start", "t_end"):
         assert torch.equal(getattr(eager, name), getattr(plain, name)), name
+
+
+# -- guided_velocity: the same field Sampler(guidance=) steps from a doubled batch ---------------------------
+
+
+def _cond_pair(dtype):
+    gen = torch.Generator().manual_seed(5)
+    w1, w2 = torch.randn(5, 5, generator=gen, dtype=dtype), torch.randn(5, 5, generator=gen, dtype=dtype)
+
+    def v_cond(x, t):
+        return torch.tanh(x @ w1) * (1.0 + t[:, None])
+
+    def v_uncond(x, t):
+        return torch.sin(x @ w2) - t[:, None]
+
+    return v_cond, v_uncond
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_guided_velocity_is_what_the_guided_sampler_steps(dtype):
+    """Bit for bit (torch backend, Euler): the Sampler's doubled-batch combine and Euler update are
+    cfg_combine and euler_update, the same operations sample() runs on guided_velocity."""
+    v_cond, v_uncond = _cond_pair(dtype)
+    w, noise = 4.5, torch.randn(3, 5, dtype=dtype, generator=torch.Generator().manual_seed(6))
+    guided = bf.guided_velocity(v_cond, v_uncond, w)
+    want = sample(guided, noise, SCHED)
+    pair = bf.cfg_pair(v_cond, v_uncond)
+    sampler = Sampler(pair, SCHED, mode="eager", guidance=w, backend="torch", dtype=dtype, record="all")
+    traj = sampler.trajectory(noise)
+    assert torch.equal(traj.states[-1], want)
+    for i, t in enumerate(SCHED[:-1]):  # the recorded slope is the guided velocity at the recorded state
+        tt = torch.full((3,), t, dtype=dtype)
+        assert torch.equal(traj.velocities[i], guided(traj.states[i], tt))
+    # The doubled batch [x; x] -> [v_u; v_c], combined by the kernel's reference, is guided_velocity's step.
+    x, tt = noise, torch.full((3,), 0.25, dtype=dtype)
+    doubled = pair(torch.cat([x, x]), torch.cat([tt, tt]))
+    assert torch.equal(euler_step_reference(x, doubled, 0.35, w), bf.euler_update(x, guided(x, tt), 0.35))
+    # Negative controls: w = 0 is the unconditional field, w = 1 the conditional; w matters.
+    assert torch.equal(bf.guided_velocity(v_cond, v_uncond, 0.0)(x, tt), v_uncond(x, tt))
+    # (w = 1 up to one rounding of v_u + (v_c - v_u))
+    torch.testing.assert_close(bf.guided_velocity(v_cond, v_uncond, 1.0)(x, tt), v_cond(x, tt))
+    assert not torch.allclose(want, sample(bf.guided_velocity(v_cond, v_uncond, 1.5), noise, SCHED))
+
+
+def test_guided_velocity_errors_and_identity():
+    v_cond, v_uncond = _cond_pair(torch.float32)
+    with pytest.raises(ValueError, match="scale must be a finite"):
+        bf.guided_velocity(v_cond, v_uncond, float("inf"))
+    with pytest.raises(TypeError, match="v_uncond must be callable"):
+        bf.guided_velocity(v_cond, None, 2.0)
+    with pytest.raises(ValueError, match="doubled batch"):
+        bf.cfg_pair(v_cond, v_uncond)(torch.randn(3, 5), torch.zeros(3))
+    # A module's guided field is fingerprinted with its scale (a schedule records which field it was for).
+    net = TinyVelocity()
+    fps = {bf.model_fingerprint(bf.guided_velocity(net, net, w)) for w in (2.0, 3.0)}
+    assert len(fps) == 2

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from boss_fast import schedule as schedule_module
 from boss_fast.grids import uniform_grid
-from boss_fast.schedule import Schedule, schedule_from_cost, schedules_from_cost
-from boss_fast.search import cost_matrix, optimal_schedule
+from boss_fast.schedule import (
+    Schedule,
+    ScheduleSet,
+    interpolate_schedule,
+    loglinear_times,
+    schedule_from_cost,
+    schedules_from_cost,
+    set_digest,
+    snap_to_grid,
+)
+from boss_fast.search import cost_matrix, optimal_schedule, optimal_schedules
 from boss_fast.trajectories import model_fingerprint, seeded_noise
 
 
@@ -307,3 +318,160 @@ def test_optimal_schedule_bad_input(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         optimal_schedule(GrowingFlow(), **args)
+
+
+# ------------------------------------------------------------------------------------------ ScheduleSet
+
+
+def wavy(x, t):
+    return torch.sin(3.0 * x) * (1.0 + t.view(-1, 1))
+
+
+SEARCH = {"grid": 16, "num_samples": 8, "dtype": torch.float64}
+
+
+@pytest.fixture(scope="module")
+def local_set():
+    return optimal_schedules(wavy, (3,), 4, objective="local", **SEARCH)
+
+
+@pytest.fixture(scope="module")
+def global_set():
+    return optimal_schedules(wavy, (3,), 4, **SEARCH)
+
+
+@pytest.mark.parametrize("objective", ["local", "global"])
+def test_every_budget_of_a_set_is_the_search_for_that_budget(objective, local_set, global_set):
+    sset = local_set if objective == "local" else global_set
+    assert isinstance(sset, ScheduleSet) and len(sset) == 4 and list(sset) == [1, 2, 3, 4]
+    for k, sched in sset.items():
+        assert sched == optimal_schedule(wavy, (3,), k, objective=objective, **SEARCH)
+    assert (sset.cost_table is not None) == (objective == "local")
+    with pytest.raises(KeyError, match="K = 1 .. 4"):
+        sset[5]
+
+
+def test_a_local_set_resamples_exactly_as_a_fresh_search(local_set):
+    for k in (5, 9):
+        got = local_set.resample(k)
+        assert got == optimal_schedule(wavy, (3,), k, objective="local", **SEARCH)
+        assert got.resampled_from is None
+    assert local_set.resample(3) is local_set[3]
+    with pytest.raises(ValueError, match="steps must be < the grid's 17 points"):
+        local_set.resample(17)
+
+
+def test_a_global_set_interpolates_and_says_so(global_set, tmp_path):
+    got = global_set.resample(7)
+    assert got.resampled_from == 4 and np.isnan(got.cost) and got.steps == 7
+    assert got.objective == "global" and np.array_equal(got.grid, global_set.grid)
+    np.testing.assert_array_equal(
+        got.indices, snap_to_grid(got.grid, loglinear_times(global_set[4].times, 7))
+    )
+    got.save(tmp_path / "r.json")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["cost"] is None and doc["resampled_from"] == 4
+    assert Schedule.load(tmp_path / "r.json") == got
+    with pytest.raises(ValueError, match="resampled schedule's cost is unknown"):
+        Schedule(times=got.times, indices=got.indices, grid=got.grid, cost=0.0, resampled_from=4)
+    with pytest.raises(ValueError, match="cost must be finite"):
+        Schedule(times=got.times, indices=got.indices, grid=got.grid, cost=float("nan"))
+
+
+def test_loglinear_interpolation_and_snapping():
+    # Geometric sigmas stay geometric (log-linear is exact on them); the endpoints are kept exactly.
+    times = np.concatenate([1.0 - 0.5 ** np.arange(5), [1.0]])  # sigmas 1, 1/2, ..., 1/16, 0
+    got = loglinear_times(times, 9)
+    np.testing.assert_allclose(1.0 - got[:-1], 0.5 ** (np.arange(9) / 2), rtol=1e-12)
+    assert got[0] == 0.0 and got[-1] == 1.0
+    assert np.array_equal(loglinear_times(times, 5), times) or np.allclose(loglinear_times(times, 5), times)
+    # Snapping: nearest points, then made strictly increasing from 0 to N - 1 (crowded targets spread out).
+    grid = uniform_grid(10)
+    np.testing.assert_array_equal(snap_to_grid(grid, np.array([0.0, 0.31, 0.68, 1.0])), [0, 3, 7, 10])
+    np.testing.assert_array_equal(snap_to_grid(grid, np.array([0.0, 0.99, 0.995, 1.0])), [0, 8, 9, 10])
+    np.testing.assert_array_equal(snap_to_grid(grid, np.linspace(0, 1, 11) ** 8), np.arange(11))
+    # A schedule interpolated to its own budget is itself.
+    sset = ScheduleSet(schedules_from_cost(quadratic_cost(uniform_grid(20)), uniform_grid(20), 6))
+    for k in range(2, 7):
+        np.testing.assert_array_equal(interpolate_schedule(sset[k], k).indices, sset[k].indices)
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        interpolate_schedule(sset[1], 3)
+
+
+@pytest.mark.parametrize("objective", ["local", "global"])
+def test_a_saved_set_round_trips(objective, local_set, global_set, tmp_path):
+    sset = local_set if objective == "local" else global_set
+    sset.save(tmp_path / "s.json")
+    back = ScheduleSet.load(tmp_path / "s.json")
+    assert back == sset and back[3] == sset[3]
+    if objective == "local":  # float64 exact: the table re-solves to the same schedules
+        assert np.array_equal(back.cost_table, sset.cost_table)
+        assert back.resample(8) == sset.resample(8)
+    assert os.listdir(tmp_path) == ["s.json"]  # written through a temporary file, renamed
+
+
+def _edit(path, change, rehash=False):
+    doc = json.loads(path.read_text())
+    change(doc)
+    if rehash:
+        doc["sha256"] = set_digest(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("change", "rehash", "message"),
+    [
+        (
+            lambda d: d["budgets"][1].update(cost=d["budgets"][1]["cost"] * 1.001),
+            False,
+            "sha256 does not match",
+        ),
+        (lambda d: d["grid"].__setitem__(3, 0.19), False, "sha256 does not match"),
+        (lambda d: d["cost_table_upper"].__setitem__(7, 99.0), False, "sha256 does not match"),
+        (lambda d: d.__setitem__("version", 7), False, "unsupported schedule set version 7"),
+        (lambda d: d.__setitem__("format", "boss_fast.schedule"), False, "use Schedule.load"),
+        (lambda d: d.pop("cost_table_upper"), False, "missing key(s) cost_table_upper"),
+        # Edited and re-hashed: the content itself is checked (the DP on the table, the grid, the budgets).
+        (lambda d: d["budgets"][2].update(indices=[0, 3, 9, 16]), True, "budget 3 is not the Bellman DP's"),
+        # cost[0, 16] = 0: the 1-step jump becomes free
+        (lambda d: d["cost_table_upper"].__setitem__(15, 0.0), True, "budget 1 is not the Bellman DP's"),
+        (lambda d: d["budgets"].pop(1), True, "budgets 1 .. max_steps once each"),
+        (lambda d: d["budgets"][0].update(indices=[0, 99]), True, "outside the grid"),
+        (lambda d: d.__setitem__("solver", "magic"), True, "unknown solver"),
+    ],
+)
+def test_a_tampered_set_is_refused_by_name(local_set, tmp_path, change, rehash, message):
+    path = tmp_path / "s.json"
+    local_set.save(path)
+    _edit(path, change, rehash)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ScheduleSet.load(path)
+
+
+def test_set_files_refused_before_reading_and_at_save(local_set, tmp_path, monkeypatch):
+    path = tmp_path / "s.json"
+    local_set.save(path)
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ScheduleSet.load(path)
+    monkeypatch.setattr(schedule_module, "MAX_FILE_BYTES", 50_000)
+    with pytest.raises(ValueError, match=r"would take .* MiB \(a cost table on a grid of 81 points\)"):
+        optimal_schedules(wavy, (3,), 2, objective="local", grid=80, num_samples=2).save(
+            tmp_path / "big.json"
+        )
+    assert not (tmp_path / "big.json").exists()
+    ScheduleSet(local_set.values()).save(tmp_path / "small.json")  # without the table it fits
+    assert ScheduleSet.load(tmp_path / "small.json").cost_table is None
+
+
+def test_set_construction_errors(local_set, global_set):
+    with pytest.raises(TypeError, match="one or more Schedule"):
+        ScheduleSet([])
+    with pytest.raises(ValueError, match="budgets 1 .. max_steps once each"):
+        ScheduleSet([local_set[1], local_set[3]])
+    with pytest.raises(ValueError, match="budget 2 has solver = 'heun'"):
+        ScheduleSet([local_set[1], global_set[2]])
+    with pytest.raises(ValueError, match="a global set has none"):
+        ScheduleSet(global_set.values(), cost_table=local_set.cost_table)
+    with pytest.raises(ValueError, match="was resampled"):
+        ScheduleSet([global_set[1], interpolate_schedule(global_set[3], 2)])

@@ -25,6 +25,7 @@ from torch import nn
 from boss_fast._validation import as_times, check_choice, check_float
 from boss_fast.integrations._imports import missing
 from boss_fast.integrations.sigmas import diffusers_sigmas, refuse_stepping_keys
+from boss_fast.ode import cfg_combine
 from boss_fast.schedule import Schedule
 
 try:
@@ -362,6 +363,15 @@ class DiffusersVelocity(nn.Module):
             Non-tensor values (e.g. ``joint_attention_kwargs``) are passed unchanged.
         fixed: keyword arguments passed unchanged whatever the batch, e.g. Flux's ``txt_ids`` (T, 3) and
             ``img_ids`` (N, 3), which have no batch dimension (tensors are buffers too).
+        negative: classifier-free guidance as SD3 pipelines run it: the unconditional (negative-prompt)
+            value of every tensor conditioning key (same keys, same shapes but the batch), e.g.
+            ``{"encoder_hidden_states": neg_embeds, "pooled_projections": neg_pooled}``. The transformer then
+            runs on one doubled batch ``[x; x]`` with conditioning ``[negative; conditioning]``.
+        guidance_scale: with ``negative``, the CFG weight w: ``velocity(x, t)`` is then the guided velocity
+            ``v_u + w (v_c - v_u)`` (:func:`boss_fast.ode.cfg_combine`; the pipeline's combine of the model
+            outputs, negated), a plain velocity to search a schedule on or to sample. Without it (None),
+            the module follows ``Sampler(guidance=w)``'s protocol instead: called on a doubled batch
+            (2B, ...) it returns [v_uncond; v_cond]; both step bit for bit alike.
 
     The transformer's parameters are this module's (``transformer.*``), so ``bf.straighten`` fine-tunes them
     (LoRA through peft targets its Linear layers).
@@ -373,6 +383,8 @@ class DiffusersVelocity(nn.Module):
         timestep_scale: float = 1000.0,
         *,
         fixed: Mapping[str, Any] | None = None,
+        negative: Mapping[str, torch.Tensor] | None = None,
+        guidance_scale: float | None = None,
         **conditioning: Any,
     ) -> None:
         super().__init__()
@@ -399,13 +411,42 @@ class DiffusersVelocity(nn.Module):
                 self._tensor_keys.append(key)
             else:
                 self._other[key] = value
+        self.guidance_scale = (
+            None if guidance_scale is None else check_float(guidance_scale, "guidance_scale")
+        )
+        self.guided = negative is not None
+        if negative is None and guidance_scale is not None:
+            raise ValueError("guidance_scale needs negative= (the unconditional conditioning to guide from)")
+        if negative is not None:
+            self._register_negative(negative)
 
-    def conditioning(self, batch: int) -> dict[str, Any]:
-        """The keyword arguments for a batch of ``batch`` states (batch-1 tensors expanded)."""
+    def _register_negative(self, negative: Mapping[str, torch.Tensor]) -> None:
+        if set(negative) != set(self._tensor_keys):
+            raise ValueError(
+                f"negative must give every tensor conditioning key: got {sorted(negative)}, the conditioning "
+                f"has {sorted(self._tensor_keys)}"
+            )
+        for key, value in negative.items():
+            cond = getattr(self, f"cond_{key}")
+            if (
+                not isinstance(value, torch.Tensor)
+                or value.ndim != cond.ndim
+                or value.shape[1:] != cond.shape[1:]
+            ):
+                what = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"negative {key!r} must be a tensor shaped like the conditioning's {tuple(cond.shape)} "
+                    f"but for the batch, got {what}"
+                )
+            self.register_buffer(f"neg_{key}", value, persistent=False)
+
+    def conditioning(self, batch: int, prefix: str = "cond") -> dict[str, Any]:
+        """The keyword arguments for a batch of ``batch`` states (batch-1 tensors expanded); ``prefix="neg"``
+        gives the negative conditioning's."""
         out = dict(self._other)
         out.update({key: getattr(self, f"fixed_{key}") for key in self._fixed_keys})
         for key in self._tensor_keys:
-            value = getattr(self, f"cond_{key}")
+            value = getattr(self, f"{prefix}_{key}")
             if value.shape[0] == 1 and batch != 1:
                 value = value.expand(batch, *value.shape[1:])
             elif value.shape[0] != batch:
@@ -416,9 +457,27 @@ class DiffusersVelocity(nn.Module):
             out[key] = value
         return out
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _doubled_conditioning(self, batch: int) -> dict[str, Any]:
+        """[negative; conditioning] for a doubled batch of 2 x ``batch`` states (the pipeline's order)."""
+        pos, neg = self.conditioning(batch), self.conditioning(batch, "neg")
+        return {k: torch.cat([neg[k], pos[k]]) if k in self._tensor_keys else v for k, v in pos.items()}
+
+    def _run(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         timestep = (1.0 - t) * self.timestep_scale
-        cond = self.conditioning(len(x))
         out = self.transformer(hidden_states=x, timestep=timestep, return_dict=False, **cond)
         out = out[0] if isinstance(out, tuple | list) else out
         return (-out).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not self.guided:
+            return self._run(x, t, self.conditioning(len(x)))
+        if self.guidance_scale is None:  # Sampler(guidance=)'s protocol: x is already [x; x]
+            if len(x) % 2:
+                raise ValueError(
+                    "with negative= and no guidance_scale this takes a doubled batch [x; x], got batch "
+                    f"{len(x)}"
+                )
+            return self._run(x, t, self._doubled_conditioning(len(x) // 2))
+        b = len(x)
+        v = self._run(torch.cat([x, x]), torch.cat([t, t]), self._doubled_conditioning(b))
+        return cfg_combine(v[:b], v[b:], self.guidance_scale).to(x.dtype)

@@ -23,7 +23,7 @@ import torch
 
 from boss_fast._backends import kernel_backend
 from boss_fast._validation import check_float
-from boss_fast.ode import euler_update
+from boss_fast.ode import cfg_combine, euler_update
 
 try:  # optional: the `triton` extra; without it only the torch backend exists
     import triton
@@ -77,14 +77,16 @@ def euler_step_reference(
     """The spec: ``x + h * v`` (v combined from the doubled batch when ``guidance`` is given) in x's dtype.
 
     Without guidance this is :func:`boss_fast.ode.euler_update` (``torch.add(x, v, alpha=h)``, which
-    computes reduced-precision storage in float32 and rounds once, as the kernel does).
+    computes reduced-precision storage in float32 and rounds once, as the kernel does). With guidance the
+    slope is :func:`boss_fast.ode.cfg_combine` (float32 arithmetic; float64 input stays float64) and the
+    update ``euler_update`` in that dtype, rounded once to x's: in float32 and float64 exactly what
+    ``euler_update`` does with ``guided_velocity``'s output.
     """
     if guidance is None:
         return euler_update(x, v, h, out=out)
     b = x.shape[0]
-    vu = v[:b].float()
-    combined = vu + guidance * (v[b:].float() - vu)
-    result = (x.float() + h * combined).to(x.dtype)
+    combined = cfg_combine(v[:b], v[b:], guidance)  # float32 arithmetic (float64 stays float64)
+    result = euler_update(x.to(combined.dtype), combined, h).to(x.dtype)  # one rounding to x's dtype
     if out is None:
         return result
     return out.copy_(result)

@@ -19,6 +19,7 @@ dx/dt = v is solved in closed form by x_t = t mu + sqrt(v(t)) x0, so it carries 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -127,6 +128,18 @@ class GaussianMixtureFlow(nn.Module):
         cond = mu[None] + coef[:, :, None] * diff  # (B, K, D): E[u | x, k]
         v = torch.einsum("bk,bkd->bd", resp, cond)
         return v.reshape(x.shape).to(x.dtype)
+
+    def subset(self, components: Sequence[int]) -> GaussianMixtureFlow:
+        """The exact flow of the data restricted to ``components`` (indices, weights renormalised): with a
+        class = a set of components, ``flow.subset(cls)`` is the class-conditional velocity and ``flow``
+        itself the unconditional one (the class prior is the components' weight), e.g. for classifier-free
+        guidance, ``guided_velocity(flow.subset([0, 1]), flow, scale)``."""
+        idx = [int(k) for k in components]
+        if not idx or len(set(idx)) != len(idx) or not all(0 <= k < self.means.shape[0] for k in idx):
+            raise ValueError(
+                f"components must be distinct indices in [0, {self.means.shape[0]}), got {list(components)}"
+            )
+        return GaussianMixtureFlow(self.means[idx], self.stds[idx], self.log_weights[idx].exp())
 
     def sample_data(
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
