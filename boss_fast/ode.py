@@ -174,6 +174,10 @@ def cfg_combine(v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float) -> t
     compute dtype. The one combine in the package: :func:`guided_velocity`, the Euler kernel's reference
     (``boss_fast.kernels.euler_step_reference`` with ``guidance``) and ``Sampler(guidance=)``'s recorded
     slopes all call it, so they agree bit for bit.
+
+    Example:
+        >>> cfg_combine(torch.zeros(2), torch.ones(2), 4.5)
+        tensor([4.5000, 4.5000])
     """
     dtype = torch.promote_types(v_uncond.dtype, torch.float32)
     vu = v_uncond.to(dtype)
@@ -230,7 +234,13 @@ class CFGPair(nn.Module):
 
 
 def cfg_pair(v_cond: VelocityFn, v_uncond: VelocityFn) -> CFGPair:
-    """The doubled-batch model ``Sampler(model, sched, guidance=w)`` takes, from two velocity callables."""
+    """The doubled-batch model ``Sampler(model, sched, guidance=w)`` takes, from two velocity callables.
+
+    Example:
+        >>> pair = cfg_pair(lambda x, t: torch.ones_like(x), lambda x, t: torch.zeros_like(x))
+        >>> pair(torch.zeros(4, 1), torch.zeros(4)).flatten()  # [x; x] -> [v_uncond; v_cond]
+        tensor([0., 0., 1., 1.])
+    """
     return CFGPair(v_cond, v_uncond)
 
 

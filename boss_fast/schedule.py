@@ -788,6 +788,13 @@ def interpolate_schedule(sched: Schedule, steps: int) -> Schedule:
 
     The result has ``resampled_from = sched.steps`` and cost NaN (unknown). ``sched`` needs K >= 2 and
     ``steps`` must be in [2, N - 1].
+
+    Example:
+        >>> grid = np.linspace(0.0, 1.0, 11)
+        >>> sched = Schedule(times=grid[[0, 5, 8, 10]], indices=np.array([0, 5, 8, 10]), cost=0.1, grid=grid)
+        >>> k4 = interpolate_schedule(sched, 4)
+        >>> k4.indices.tolist(), k4.resampled_from
+        ([0, 4, 6, 8, 10], 3)
     """
     steps = check_int(steps, "steps")
     if sched.steps < 2:
