@@ -439,7 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--oracle", action="store_true", help="add coordinate-descent oracle rows (slower)")
     demo.add_argument("--grid", type=int, default=100)
-    demo.add_argument("--num-samples", type=int, default=256, help="noises for the schedule searches")
+    demo.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="noises for the schedule searches (default: digits_dit 128, gmm2d_narrow 256)",
+    )
     demo.add_argument("--max-nfe", type=int, default=10)
     demo.add_argument("--eval-samples", type=int, default=1000)
     demo.add_argument("--seed", type=int, default=0)

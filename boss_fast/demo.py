@@ -72,17 +72,24 @@ REFERENCE_VERSION = "1"
 
 @dataclass(frozen=True)
 class DemoModel:
-    """A model the demo runs: its sample shape, the dtype it is sampled in, and whether FD applies."""
+    """A model the demo runs: its sample shape, the dtype it is sampled in, whether FD applies, and how many
+    noises its searches use unless ``DemoConfig.num_samples`` says otherwise."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
     digits: bool
+    num_samples: int
 
 
+# Search sizes, measured (benchmarks/results/search_samples.md, schedules judged on 1000 other noises): on
+# the digits DiT 128 noises give the global schedule's gain over uniform within 0.1% of 256's on three
+# seeds (geomean over K = 2..10: 0.969), at half the search time; the narrow mixture, whose few mode-
+# switching samples dominate its error, needs 256 for a stable answer (128: 3% worse), and its search costs
+# 3 s either way.
 DEMO_MODELS: dict[str, DemoModel] = {
-    "digits_dit": DemoModel((1, 8, 8), torch.float32, digits=True),
+    "digits_dit": DemoModel((1, 8, 8), torch.float32, digits=True, num_samples=128),
     # The analytic mixture is exact in float64; its narrow modes make float32 round-off visible near t = 1.
-    "gmm2d_narrow": DemoModel((2,), torch.float64, digits=False),
+    "gmm2d_narrow": DemoModel((2,), torch.float64, digits=False, num_samples=256),
 }
 
 
@@ -91,7 +98,7 @@ class DemoConfig:
     out: str = "report"
     models: tuple[str, ...] = ("digits_dit", "gmm2d_narrow")
     grid: int = 100
-    num_samples: int = 256
+    num_samples: int | None = None  # None: each model's own (DemoModel.num_samples)
     max_nfe: int = 10
     eval_samples: int = 1000
     seed: int = 0
@@ -187,16 +194,21 @@ def _oracle_search() -> Callable:
         ) from err
 
 
+def _search_samples(cfg: DemoConfig, spec: DemoModel) -> int:
+    return spec.num_samples if cfg.num_samples is None else cfg.num_samples
+
+
 def _searched(
     cfg: DemoConfig, name: str, model, spec: DemoModel, clock: _Clock
 ) -> dict[str, dict[int, Schedule]]:
     """{label: {K: Schedule}} of the local and the global search, one search each for every budget."""
     found = {}
+    n = _search_samples(cfg, spec)
     for objective, label in (("local", LOCAL), ("global", GLOBAL)):
         t0 = time.perf_counter()
         found[label] = optimal_schedules(
-            model, spec.shape, cfg.max_nfe, objective=objective, grid=cfg.grid, num_samples=cfg.num_samples,
-            batch_size=cfg.num_samples, seed=cfg.seed, dtype=spec.dtype, progress=cfg.progress,
+            model, spec.shape, cfg.max_nfe, objective=objective, grid=cfg.grid, num_samples=n,
+            batch_size=n, seed=cfg.seed, dtype=spec.dtype, progress=cfg.progress,
         )  # fmt: skip
         clock.phase(f"{name}: {objective} search, every budget", t0)
         for sched in found[label].values():
@@ -210,7 +222,7 @@ def _oracle_rows(cfg, name, model, spec, init: Mapping[int, Schedule], clock) ->
     K = 2 .. oracle_max_nfe (K = 1 has nothing to move)."""
     search = _oracle_search()
     t0 = time.perf_counter()
-    fit = seeded_noise(spec.shape, 0, cfg.num_samples, seed=cfg.seed, dtype=spec.dtype)
+    fit = seeded_noise(spec.shape, 0, _search_samples(cfg, spec), seed=cfg.seed, dtype=spec.dtype)
     fit_ref, _ = cached_reference(
         model, fit, os.path.join(cfg.out, f"reference_{name}_fit.safetensors"),
         fingerprint=model_fingerprint(model), rtol=cfg.rtol, atol=cfg.atol,
@@ -353,8 +365,8 @@ def _run_model(cfg: DemoConfig, name: str, clock: _Clock) -> dict:
             "fd": reference_fd,
         },
         "search": {
-            label: {"solver": per[cfg.max_nfe].solver, "num_samples": cfg.num_samples, "grid": cfg.grid}
-            for label, per in searched.items()
+            label: {"solver": s.solver, "num_samples": s.num_samples, "grid": cfg.grid}
+            for label, s in ((label, per[cfg.max_nfe]) for label, per in searched.items())
         },
         "results": results,
         "schedules": schedules,
@@ -480,10 +492,14 @@ def _write_figures(cfg: DemoConfig, runs: dict, nfes: list[int]) -> None:
             )
 
 
+def _sizes(cfg: DemoConfig) -> str:
+    return ", ".join(f"{name} {_search_samples(cfg, DEMO_MODELS[name])}" for name in cfg.models)
+
+
 def _markdown(cfg: DemoConfig, runs: dict, nfes: list[int], wall: dict, straightened: dict) -> str:
     parts = [
         "# boss_fast demo: step schedules against a converged reference\n",
-        f"Searches: uniform grid of {cfg.grid} steps, {cfg.num_samples} noises (seed {cfg.seed}), one search "
+        f"Searches: uniform grid of {cfg.grid} steps, {_sizes(cfg)} noises (seed {cfg.seed}), one search "
         "per objective for every budget. Judged on "
         f"{cfg.eval_samples} other noises (seed {cfg.seed + 1}): endpoint RMSE against dopri5 (rtol "
         f"{cfg.rtol:g}, atol {cfg.atol:g}) from the same noises, and for the digits FD to held-out digits. "
