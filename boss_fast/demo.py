@@ -264,24 +264,38 @@ class _SharedFirstVelocity(torch.nn.Module):
         return self.first.clone()
 
 
+# Evaluation batch: 250 samples' DiT activations stay in cache where 1000's do not; on this 2-core CPU the
+# same sampling ran about 15-25% faster in chunks of 250 than as one batch of 1000 (single-thread A/B runs).
+EVAL_CHUNK = 250
+
+
 def _evaluate(cfg, model, spec, noise, reference, schedules, keep: set[int], clock, name) -> dict:
-    """Run every (schedule, K) through one eager ``Sampler`` on the whole evaluation batch; identical
-    schedules (every K = 1, say) run once, and the first velocity, shared by all, is computed once."""
+    """Run every (schedule, K) through eager ``Sampler`` s over the evaluation noises (in chunks of
+    ``EVAL_CHUNK``); identical schedules (every K = 1, say) run once, and the first velocity, shared by all,
+    is computed once per chunk."""
     t0 = time.perf_counter()
-    model = _SharedFirstVelocity(model, noise)
-    done: dict[tuple[float, ...], _Evaluated] = {}
-    out: dict[str, dict[int, _Evaluated]] = {label: {} for label in schedules}
-    jobs = [(label, k) for label, per in schedules.items() for k in per]
+    distinct: dict[tuple[float, ...], list[int]] = {}  # times -> the budgets that asked for them
+    for per in schedules.values():
+        for k in per:
+            distinct.setdefault(tuple(float(t) for t in per[k]), []).append(k)
+    samples: dict[tuple[float, ...], list[torch.Tensor]] = {times: [] for times in distinct}
+    chunks = list(range(0, len(noise), EVAL_CHUNK))
+    for start in tqdm(chunks, desc=f"evaluate {name}", disable=not cfg.progress):
+        part = noise[start : start + EVAL_CHUNK]
+        shared = _SharedFirstVelocity(model, part)
+        for times in distinct:
+            samples[times].append(
+                Sampler(shared, times, mode="eager", batch_size=len(part), dtype=spec.dtype)(part)
+            )
     ref = reference.double().reshape(len(reference), -1)
-    for label, k in tqdm(jobs, desc=f"evaluate {name}", disable=not cfg.progress):
-        times = tuple(float(t) for t in schedules[label][k])
-        if times not in done:
-            x = Sampler(model, times, mode="eager", batch_size=len(noise), dtype=spec.dtype)(noise)
-            sq_err = (x.double().reshape(len(x), -1) - ref).square().mean(dim=1).numpy()
-            features = digits_features(x) if spec.digits else None
-            shown = x[:16].numpy() if spec.digits else x.numpy()
-            done[times] = _Evaluated(sq_err, features, shown if k in keep else None)
-        out[label][k] = done[times]
+    done: dict[tuple[float, ...], _Evaluated] = {}
+    for times, parts in samples.items():
+        x = torch.cat(parts)
+        sq_err = (x.double().reshape(len(x), -1) - ref).square().mean(dim=1).numpy()
+        features = digits_features(x) if spec.digits else None
+        shown = x[:16].numpy() if spec.digits else x.numpy()
+        done[times] = _Evaluated(sq_err, features, shown if keep.intersection(distinct[times]) else None)
+    out = {label: {k: done[tuple(float(t) for t in per[k])] for k in per} for label, per in schedules.items()}
     clock.phase(f"{name}: evaluation ({len(done)} distinct schedules x {len(noise)} noises)", t0)
     return out
 

@@ -246,3 +246,28 @@ def test_shared_first_velocity_is_exact_and_computed_once() -> None:
         torch.testing.assert_close(shared(noise + 1, torch.zeros(6)), model(noise + 1, torch.zeros(6)))
     # Full-batch calls: the first velocity once, then the 1 + 2 later steps; the rest are one-row checks.
     assert [c for c in calls if c == 6] == [6] * 6
+
+
+def test_evaluation_in_chunks_matches_one_batch(monkeypatch) -> None:
+    # The demo evaluates in chunks of EVAL_CHUNK with the first velocity shared per chunk: the per-sample
+    # errors must be those of one batch (up to the float32 rounding a different batch size may bring).
+    model = load_bundled("digits_dit")
+    spec = demo.DEMO_MODELS["digits_dit"]
+    noise = seeded_noise((1, 8, 8), 0, 10, seed=1)
+    reference = torch.zeros_like(noise)
+    schedules = {
+        "a": {1: np.array([0.0, 1.0]), 2: np.array([0.0, 0.5, 1.0])},
+        "b": {2: np.array([0.0, 0.3, 1.0])},
+    }
+    cfg = DemoConfig(progress=False)
+    clock = demo._Clock(False)
+    with torch.no_grad():
+        whole = demo._evaluate(cfg, model, spec, noise, reference, schedules, {2}, clock, "x")
+        monkeypatch.setattr(demo, "EVAL_CHUNK", 3)
+        chunked = demo._evaluate(cfg, model, spec, noise, reference, schedules, {2}, clock, "x")
+    for label, per in schedules.items():
+        for k in per:
+            np.testing.assert_allclose(chunked[label][k].sq_err, whole[label][k].sq_err, rtol=1e-5)
+            assert chunked[label][k].sq_err.shape == (10,)
+            assert (chunked[label][k].shown is None) == (k != 2)
+    assert not np.allclose(chunked["a"][2].sq_err, chunked["b"][2].sq_err)
