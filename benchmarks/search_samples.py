@@ -139,7 +139,7 @@ def _write(out: str, doc: dict, stem: str) -> None:
             f"[{r['geomean_min']:.4f}, {r['geomean_max']:.4f}] | {r['worst_k_ratio']:.4f} | "
             f"{r['losses']} / {r['cases']} | {np.mean(r['search_seconds']):.1f} |"
         )
-    lines += ["", "Search seconds are wall time on whatever else the machine was running: compare them within a run."]
+    lines += ["", "Search seconds are wall time on whatever else the machine was running."]
     text = "\n".join(lines) + "\n"
     atomic_write(os.path.join(out, f"{stem}.md"), lambda f: f.write(text.encode()))
     print(text)
