@@ -143,6 +143,15 @@ def test_reference_cache_reused_only_when_it_matches(tmp_path, monkeypatch: pyte
     path.write_bytes(b"not a safetensors file")
     _, reused = cached_reference(narrow, noise[:7], path, fingerprint=model_fingerprint(narrow), rtol=1e-6)
     assert not reused and len(calls) == 4
+    # Another chunking: recomputed, one dopri5 solve per chunk, and the same endpoints to the tolerance.
+    chunked, reused = cached_reference(
+        narrow, noise[:7], path, fingerprint=model_fingerprint(narrow), rtol=1e-6, chunk=3
+    )
+    assert not reused and len(calls) == 4 + 3
+    whole = reference_solution(narrow, noise[:7], rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match="chunk must be an integer >= 1"):
+        cached_reference(narrow, noise, path, fingerprint=model_fingerprint(narrow), chunk=0)
 
 
 # ---------------------------------------------------------------------------------------------- small run
