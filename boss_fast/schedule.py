@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -220,16 +220,7 @@ class Schedule:
     @classmethod
     def from_dict(cls, doc: object, source: str = "schedule") -> Schedule:
         """Rebuild a schedule from ``to_dict``'s document, refusing anything else with a ValueError."""
-        if not isinstance(doc, dict):
-            raise ValueError(f"{source}: expected a JSON object, got {type(doc).__name__}")
-        if doc.get("format") != SCHEDULE_FORMAT:
-            raise ValueError(
-                f"{source}: not a boss_fast schedule (format {doc.get('format')!r}, "
-                f"expected {SCHEDULE_FORMAT!r})"
-            )
-        version = doc.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEDULE_VERSION:
-            raise ValueError(f"{source}: unsupported schedule version {version!r} (this reader knows 1)")
+        _check_header(doc, source, "schedule", SCHEDULE_FORMAT, SCHEDULE_VERSION)
         missing = [key for key in _REQUIRED if key not in doc]
         if missing:
             raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
@@ -326,6 +317,23 @@ def _check_cost(cost: object, resampled_from: object) -> float:
     if not isinstance(cost, float) or not math.isnan(cost):
         raise ValueError(f"a resampled schedule's cost is unknown (NaN), got {cost!r}")
     return cost
+
+
+def _format_of(doc: object) -> object:
+    return doc.get("format") if isinstance(doc, dict) else None
+
+
+def _check_header(doc: object, source: str, what: str, fmt: str, newest: int, hint: str = "") -> None:
+    """A JSON object whose ``format`` is ``fmt`` and whose integer ``version`` this reader knows."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(doc).__name__}")
+    if doc.get("format") != fmt:
+        raise ValueError(
+            f"{source}: not a boss_fast {what} (format {doc.get('format')!r}, expected {fmt!r}){hint}"
+        )
+    version = doc.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= newest:
+        raise ValueError(f"{source}: unsupported {what} version {version!r} (this reader knows 1..{newest})")
 
 
 def _refuse_constant(name: str) -> float:
@@ -691,17 +699,8 @@ class ScheduleSet(Mapping[int, Schedule]):
         """Rebuild a set from ``to_dict``'s document; anything else (a foreign, edited or inconsistent
         document: format, version, checksum, keys, types, a budget that is not the DP's answer on the
         table) is refused with a ValueError naming the field."""
-        if not isinstance(doc, dict):
-            raise ValueError(f"{source}: expected a JSON object, got {type(doc).__name__}")
-        if doc.get("format") != SET_FORMAT:
-            hint = " (a single schedule: use Schedule.load)" if doc.get("format") == SCHEDULE_FORMAT else ""
-            raise ValueError(
-                f"{source}: not a boss_fast schedule set (format {doc.get('format')!r}, expected "
-                f"{SET_FORMAT!r}){hint}"
-            )
-        version = doc.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SET_VERSION:
-            raise ValueError(f"{source}: unsupported schedule set version {version!r} (this reader knows 1)")
+        hint = " (a single schedule: use Schedule.load)" if _format_of(doc) == SCHEDULE_FORMAT else ""
+        _check_header(doc, source, "schedule set", SET_FORMAT, SET_VERSION, hint)
         missing = [k for k in ("budgets", "grid", "cost_table_upper", "sha256", *_SHARED) if k not in doc]
         if missing:
             raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
@@ -802,17 +801,6 @@ def interpolate_schedule(sched: Schedule, steps: int) -> Schedule:
     if not 2 <= steps <= len(sched.grid) - 1:
         raise ValueError(f"steps must be in [2, {len(sched.grid) - 1}] on this grid, got {steps}")
     indices = snap_to_grid(sched.grid, loglinear_times(sched.times, steps))
-    return Schedule(
-        times=sched.grid[indices],
-        indices=indices,
-        cost=math.nan,
-        grid=sched.grid,
-        metric=sched.metric,
-        solver=sched.solver,
-        num_samples=sched.num_samples,
-        fingerprint=sched.fingerprint,
-        discount=sched.discount,
-        shape=sched.shape,
-        objective=sched.objective,
-        resampled_from=sched.steps,
+    return replace(
+        sched, times=sched.grid[indices], indices=indices, cost=math.nan, resampled_from=sched.steps
     )
