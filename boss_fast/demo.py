@@ -407,6 +407,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise ValueError(
             f"models must be a non-empty subset of {sorted(DEMO_MODELS)}, got {list(cfg.models)}"
         )
+    if cfg.num_samples is not None and (isinstance(cfg.num_samples, bool) or cfg.num_samples < 1):
+        raise ValueError(f"num_samples must be None (each model's own) or >= 1, got {cfg.num_samples!r}")
     os.makedirs(os.path.join(cfg.out, "schedules"), exist_ok=True)
     clock = _Clock(cfg.progress)
     start = time.perf_counter()

@@ -280,3 +280,9 @@ def test_evaluation_in_chunks_matches_one_batch(monkeypatch) -> None:
             assert chunked[label][k].sq_err.shape == (10,)
             assert (chunked[label][k].shown is None) == (k != 2)
     assert not np.allclose(chunked["a"][2].sq_err, chunked["b"][2].sq_err)
+
+
+def test_demo_refuses_a_bad_search_size_before_any_work(tmp_path) -> None:
+    with pytest.raises(ValueError, match="num_samples must be None"):
+        run_demo(DemoConfig(out=str(tmp_path / "rep"), num_samples=0, progress=False))
+    assert not (tmp_path / "rep").exists()
