@@ -41,6 +41,7 @@ __all__ = [
     "euler_update",
     "evaluate",
     "first_nonfinite_step",
+    "for_rows",
     "guided_velocity",
     "ode_step",
     "sample",
@@ -132,6 +133,24 @@ def evaluate(velocity: VelocityFn, x: torch.Tensor, t: float) -> torch.Tensor:
     """Call the model at host time ``t`` (broadcast to a (B,) tensor) and check its output's metadata."""
     tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
     return check_velocity_output(velocity(x, tt), x, t)
+
+
+def for_rows(velocity: VelocityFn, rows: torch.Tensor) -> VelocityFn:
+    """The velocity that noise rows ``rows`` see: the seam for a bank of conditionings (prompts).
+
+    A velocity with a ``for_rows(rows)`` method holds a bank of P conditionings and pairs noise row m (its
+    index in the whole set of noises a search or straightening draws, not in a batch) with conditioning
+    m mod P; ``rows`` is an int64 (B,) tensor of those indices for a batch of B states, and the method returns
+    a plain ``velocity(x, t)`` for that batch. The pairing depends on the row only, so any batching, any rank
+    count and any call width give every noise the same conditioning. Any other velocity is returned as is.
+
+    Example:
+        >>> v = lambda x, t: -x
+        >>> for_rows(v, torch.arange(3)) is v
+        True
+    """
+    pick = getattr(velocity, "for_rows", None)
+    return velocity if pick is None else pick(rows)
 
 
 def ode_step(

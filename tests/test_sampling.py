@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from boss_fast.grids import uniform_grid
-from boss_fast.ode import sample
+from boss_fast.ode import for_rows, sample
 from boss_fast.schedule import schedule_from_cost
 from boss_fast.trajectories import teacher_trajectory
 
@@ -128,3 +128,20 @@ def test_non_finite_velocity_names_the_step():
     # the check can be turned off (then nothing syncs at all)
     out = sample(velocity, torch.ones(2, 2), [0.0, 0.25, 0.5, 0.75, 1.0], check_finite=False)
     assert not torch.isfinite(out).any()
+
+
+def test_for_rows_hands_each_row_set_to_a_bank_and_leaves_plain_velocities_alone():
+    class Bank:
+        def for_rows(self, rows):
+            return lambda x, t: x + (rows % 3).to(x.dtype)[:, None]
+
+    rows = torch.tensor([4, 5, 6])
+    v = for_rows(Bank(), rows)
+    torch.testing.assert_close(
+        v(torch.zeros(3, 2), torch.zeros(3)), torch.tensor([[1.0] * 2, [2.0] * 2, [0.0] * 2])
+    )
+
+    def plain(x, t):
+        return -x
+
+    assert for_rows(plain, rows) is plain
