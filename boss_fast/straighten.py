@@ -25,7 +25,9 @@ one process up to float rounding).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -59,13 +61,14 @@ from boss_fast._validation import (
     check_teacher,
 )
 from boss_fast.grids import resolve_grid
-from boss_fast.ode import VelocityFn
+from boss_fast.ode import Trajectory, VelocityFn, for_rows
 from boss_fast.schedule import Schedule
 from boss_fast.trajectories import TeacherRunner, model_fingerprint, seeded_noise
 
 __all__ = [
     "LOSSES",
     "StraighteningPairs",
+    "StraightenMemory",
     "StraightenStats",
     "add_lora",
     "default_lora_targets",
@@ -143,9 +146,27 @@ def _cache_key(teacher: VelocityFn, sched: Schedule, noise: torch.Tensor, solver
     return digest.hexdigest()[:20]
 
 
-def _teacher_states(teacher: TeacherRunner, noise: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
-    """(B, K + 1, ...) teacher states at the schedule's grid ``indices``; memory: one batch's trajectory."""
-    traj = teacher(noise)
+class _RowsTeacher:
+    """The teacher for noise rows ``rows`` (global indices, :func:`boss_fast.ode.for_rows`): one
+    ``TeacherRunner`` for a plain velocity; a bank's velocity for those rows gets a runner per batch."""
+
+    def __init__(self, velocity: VelocityFn, times: np.ndarray, solver: str, mode: str | None) -> None:
+        self.velocity, self.times, self.solver, self.mode = velocity, times, solver, mode
+        self.runner = TeacherRunner(velocity, times, solver, mode, keep="states")
+
+    def __call__(self, noise: torch.Tensor, rows: torch.Tensor) -> Trajectory:
+        banked = for_rows(self.velocity, rows)
+        if banked is self.velocity:
+            return self.runner(noise)
+        return TeacherRunner(banked, self.times, self.solver, self.mode, keep="states")(noise)
+
+
+def _teacher_states(
+    teacher: _RowsTeacher, noise: torch.Tensor, indices: np.ndarray, rows: torch.Tensor
+) -> torch.Tensor:
+    """(B, K + 1, ...) teacher states at the schedule's grid ``indices`` for noise ``rows``; memory: one
+    batch's trajectory."""
+    traj = teacher(noise, rows)
     index = torch.tensor(indices.tolist(), device=traj.states.device)
     return traj.states.index_select(0, index).transpose(0, 1).contiguous()
 
@@ -159,7 +180,7 @@ def _load_shard(path: str, expected: tuple[int, ...]) -> torch.Tensor | None:
 
 
 def _shard_states(
-    teacher: TeacherRunner,
+    teacher: _RowsTeacher,
     noise: torch.Tensor,
     sched: Schedule,
     batch_size: int,
@@ -186,7 +207,8 @@ def _shard_states(
             if path is not None and os.path.exists(path):
                 states = _load_shard(path, (stop - start, k1, *noise.shape[1:]))
             if states is None:
-                states = _teacher_states(teacher, noise[start:stop].to(device), sched.indices).cpu()
+                rows = torch.arange(start, stop, device=device)  # global rows: a bank pairs m with m mod P
+                states = _teacher_states(teacher, noise[start:stop].to(device), sched.indices, rows).cpu()
                 if path is not None:
                     blob = save({"states": states.contiguous()})
                     atomic_write(path, lambda f, b=blob: f.write(b))
@@ -228,7 +250,9 @@ def straightening_pairs(
     ``sched.indices``; with an Euler teacher they equal a direct teacher run bit for bit.
 
     Args:
-        teacher: ``velocity(x, t)``; t = 0 noise, t = 1 data.
+        teacher: ``velocity(x, t)``; t = 0 noise, t = 1 data. A bank of P conditionings (a ``for_rows``
+            method, :func:`boss_fast.ode.for_rows`) runs noise m with conditioning m mod P, whatever
+            ``batch_size``.
         sched: a ``Schedule`` chosen on ``grid`` with ``solver``; anything else raises.
         noise: (M, ...) floating tensor, the states at t = sched.grid[0].
         grid: an int n (``uniform_grid(n)``) or explicit times; must equal ``sched.grid``.
@@ -268,7 +292,7 @@ def straightening_pairs(
     if cache_dir is not None:
         folder = os.path.join(os.fspath(cache_dir), _cache_key(teacher, sched, noise, solver, batch_size))
         os.makedirs(folder, exist_ok=True)
-    runner = TeacherRunner(teacher, sched.grid, solver, mode, keep="states")
+    runner = _RowsTeacher(teacher, sched.grid, solver, mode)
     states = _shard_states(runner, noise, sched, batch_size, device, folder, progress)
     return _flatten_pairs(states, sched.times)
 
@@ -336,6 +360,15 @@ class _LoraHost(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model(x, t)
 
+    @property
+    def for_rows(self) -> Callable[[torch.Tensor], VelocityFn]:
+        """The held network's bank (:func:`boss_fast.ode.for_rows`); AttributeError when it has none, so a
+        plain network stays plain through peft's attribute forwarding."""
+        pick = getattr(self.model, "for_rows", None)
+        if pick is None:
+            raise AttributeError(f"{type(self.model).__name__} holds no bank of conditionings")
+        return pick
+
 
 def add_lora(
     model: nn.Module, rank: int, targets: str | Sequence[str] | None = None, alpha: float | None = None
@@ -397,6 +430,48 @@ class StraightenStats:
     def trained_share(self) -> float:
         """Trained parameters / the base model's parameters (LoRA rank 4 on the digits DiT: about 5%)."""
         return self.trained_params / self.total_params
+
+
+AUTOCAST_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class StraightenMemory:
+    """How a straightening run holds a large model (``straighten(..., memory=StraightenMemory(...))``).
+
+    Whatever these are, the teacher of the pairs is the student's base before any training (the pairs are
+    made before the first step, and with LoRA before the adapters exist), so no frozen copy is kept.
+
+    Attributes:
+        in_place: train ``model`` itself instead of a copy: LoRA adapters are added to it (``merge`` then
+            folds them into its weights) and full fine-tuning updates its weights; it is the returned
+            module's base afterwards. Default False: the student is one copy of ``model``.
+        gradient_checkpointing: recompute each block's activations in the backward pass instead of keeping
+            them: diffusers models through their ``enable_gradient_checkpointing()``, other modules by
+            checkpointing every item of their outermost ``nn.ModuleList``s (the transformer blocks); a
+            module with neither is refused. Switched off again when training ends.
+        autocast: None, ``torch.bfloat16`` or ``torch.float16``: the student's forward pass in training runs
+            under ``torch.autocast`` in that dtype (CPU and CUDA); weights, gradients, Adam, EMA and the
+            pairs stay in the model's dtype. Stored in checkpoints: a run resumes only with the same value.
+
+    Example:
+        >>> StraightenMemory(gradient_checkpointing=True, autocast=torch.bfloat16).in_place
+        False
+    """
+
+    in_place: bool = False
+    gradient_checkpointing: bool = False
+    autocast: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("in_place", "gradient_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"StraightenMemory.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(
+                "StraightenMemory.autocast must be None, torch.bfloat16 or torch.float16, got "
+                f"{self.autocast!r}"
+            )
 
 
 def _infer_shape(model: nn.Module) -> tuple[int, ...]:
@@ -462,6 +537,8 @@ class _Run:
     merge: bool
     device: torch.device
     dtype: torch.dtype
+    memory: StraightenMemory
+    banked: bool  # the model holds a bank of conditionings (for_rows): pair row r uses noise r // K's
 
     def config(self, num_pairs: int, world: int) -> dict:
         targets = self.lora_targets
@@ -485,6 +562,8 @@ class _Run:
             )
         )
         config.pop("iters")  # a run may be extended: resuming with more iterations is allowed
+        if self.memory.autocast is not None:  # only when set: checkpoints from before the option still fit
+            config["autocast"] = str(self.memory.autocast)
         return config
 
 
@@ -512,10 +591,14 @@ def _resolve_run(args: dict) -> _Run:
     device = args["device"]
     device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
     dtype = model_dtype or torch.get_default_dtype()
+    memory = StraightenMemory() if args["memory"] is None else args["memory"]
+    if not isinstance(memory, StraightenMemory):
+        raise TypeError(f"memory must be a StraightenMemory or None, got {type(memory).__name__}")
+    banked = callable(getattr(model, "for_rows", None))
     return _Run(
         sched, solver, ints["iters"], ints["num_pairs"], ints["batch_size"], warmup, checkpoint_every, seed,
         lr, ema, bool(args["ema_warmup"]), loss, bool(args["normalize"]), lora_rank, args["lora_targets"],
-        args["lora_alpha"], bool(args["merge"]), device, dtype,
+        args["lora_alpha"], bool(args["merge"]), device, dtype, memory, banked,
     )  # fmt: skip
 
 
@@ -527,20 +610,75 @@ def _pair_noise(model: nn.Module, run: _Run, noise: torch.Tensor | None, shape) 
     return check_noise(noise).to(dtype=run.dtype)
 
 
-def _students(model: nn.Module, run: _Run, noise: torch.Tensor, teacher: VelocityFn | None):
-    """The student (a copy of ``model``, LoRA-wrapped or fully trainable, in train mode), its trained
-    parameters and the teacher (default: a frozen copy of ``model``)."""
-    student = copy.deepcopy(model).to(run.device)
+def _student_base(model: nn.Module, run: _Run, noise: torch.Tensor) -> nn.Module:
+    """The student before training: ``model`` itself (``memory.in_place``) or one copy of it, on run.device,
+    in eval mode with gradients off, as the teacher of the pairs sees it."""
+    student = model if run.memory.in_place else copy.deepcopy(model)
+    student = student.to(run.device).eval().requires_grad_(False)
     _check_output_shape(student, noise[:2].to(run.device))
-    if teacher is None:
-        teacher = copy.deepcopy(model).to(run.device).eval().requires_grad_(False)
+    return student
+
+
+def _trainable(student: nn.Module, run: _Run) -> tuple[nn.Module, list[torch.Tensor]]:
+    """The student LoRA-wrapped (adapters only trainable) or fully trainable, in train mode, and its trained
+    parameters."""
     if run.lora_rank is not None:
-        student.requires_grad_(False)
         student = add_lora(student, run.lora_rank, run.lora_targets, run.lora_alpha)
     else:
         student.requires_grad_(True)
     student.train()
-    return student, [p for p in student.parameters() if p.requires_grad], teacher
+    return student, [p for p in student.parameters() if p.requires_grad]
+
+
+class _Banked(nn.Module):
+    """The student over a bank of conditionings: ``forward(x, t, rows)`` with the pairs' global rows (row
+    m * K + k is noise m's) runs ``for_rows(student, rows // K)``; a module, so DDP can wrap it."""
+
+    def __init__(self, student: nn.Module, steps: int) -> None:
+        super().__init__()
+        self.student, self.steps = student, steps
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return for_rows(self.student, torch.div(rows, self.steps, rounding_mode="floor"))(x, t)
+
+
+def _checkpointed_blocks(module: nn.Module) -> list[nn.Module]:
+    """The items of ``module``'s outermost ``nn.ModuleList``s (a list inside a chosen item is skipped)."""
+    prefixes: list[str] = []
+    blocks: list[nn.Module] = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.ModuleList) and not any(name.startswith(p + ".") for p in prefixes):
+            prefixes.append(name)
+            blocks.extend(sub)
+    return blocks
+
+
+@contextlib.contextmanager
+def _gradient_checkpointing(student: nn.Module, enabled: bool):
+    """Gradient checkpointing on ``student`` while the block runs (see ``StraightenMemory``)."""
+    if not enabled:
+        yield
+        return
+    native = [m for m in student.modules() if getattr(m, "_supports_gradient_checkpointing", False)]
+    blocks = [] if native else _checkpointed_blocks(student)
+    if not native and not blocks:
+        raise ValueError(
+            f"gradient_checkpointing: {type(student).__name__} has no enable_gradient_checkpointing() and no "
+            "nn.ModuleList of blocks to checkpoint"
+        )
+    for module in native:
+        module.enable_gradient_checkpointing()
+    for block in blocks:  # non-reentrant: gradients reach adapters inside even when the input needs none
+        block.forward = functools.partial(
+            torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False
+        )
+    try:
+        yield
+    finally:
+        for module in native:
+            module.disable_gradient_checkpointing()
+        for block in blocks:
+            del block.forward  # back to the class's forward
 
 
 def _velocity_targets(pairs: StraighteningPairs) -> torch.Tensor:
@@ -552,14 +690,19 @@ def _velocity_targets(pairs: StraighteningPairs) -> torch.Tensor:
 # ------------------------------------------------------------------------------ train state, checkpoint
 
 
-def _header(model_fp: str, sched: Schedule, config: dict, teacher: VelocityFn, noise: torch.Tensor) -> dict:
+def _identity(teacher: VelocityFn) -> str:
+    """A teacher's identity in a checkpoint header: its fingerprint when it is a module, else ""."""
+    return model_fingerprint(teacher) if isinstance(teacher, nn.Module) else ""
+
+
+def _header(model_fp: str, sched: Schedule, config: dict, teacher_id: str, noise: torch.Tensor) -> dict:
     return checkpoint_header(
         CHECKPOINT_FORMAT,
         CHECKPOINT_VERSION,
         model_fingerprint=model_fp,
         schedule=sched.to_dict(),
         config=config,
-        teacher=model_fingerprint(teacher) if isinstance(teacher, nn.Module) else "",
+        teacher=teacher_id,
         noise=noise_digest(noise),
     )
 
@@ -689,6 +832,13 @@ class _TrainState:
 # ---------------------------------------------------------------------------------------------- training
 
 
+def _autocast(run: _Run) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` in ``run.memory.autocast`` on run.device, or nothing (the default's exact bits)."""
+    if run.memory.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(run.device.type, dtype=run.memory.autocast)
+
+
 def _train_step(
     state: _TrainState, trainer: nn.Module, pairs: StraighteningPairs, target: torch.Tensor, run: _Run
 ) -> float:
@@ -700,8 +850,14 @@ def _train_step(
     rows = rows[rank * local : (rank + 1) * local].to(run.device)
     for group in state.optimizer.param_groups:
         group["lr"] = run.lr * min(1.0, (state.step + 1) / run.warmup) if run.warmup else run.lr
-    pred = trainer(pairs.start[rows], pairs.t_start[rows])
-    per = pair_loss(pred, target[rows], run.loss, normalize=run.normalize)
+    inputs = (
+        (pairs.start[rows], pairs.t_start[rows], rows)
+        if run.banked
+        else (pairs.start[rows], pairs.t_start[rows])
+    )
+    with _autocast(run):
+        pred = trainer(*inputs)
+    per = pair_loss(pred.to(target.dtype), target[rows], run.loss, normalize=run.normalize)
     # sum / global batch, times world: DDP averages the ranks' gradients, giving the global mean.
     value = per.sum() * (world / run.batch_size)
     state.optimizer.zero_grad(set_to_none=True)
@@ -721,11 +877,13 @@ def _train_step(
 def _train(state, student, pairs, target, run: _Run, checkpoint: tuple | None, callback, progress) -> None:
     """Steps until ``run.iters``; rank 0 writes ``checkpoint`` = (path, header) every ``checkpoint_every``."""
     rank, world = rank_world()
-    trainer = nn.parallel.DistributedDataParallel(student, broadcast_buffers=False) if world > 1 else student
+    trainer = _Banked(student, run.sched.steps) if run.banked else student
+    trainer = nn.parallel.DistributedDataParallel(trainer, broadcast_buffers=False) if world > 1 else trainer
     bar = tqdm(
         total=run.iters, initial=min(state.step, run.iters), desc="straighten", disable=not progress or rank
     )
-    with torch.enable_grad():  # callers may hold no_grad (the demo does)
+    checkpointing = _gradient_checkpointing(student, run.memory.gradient_checkpointing)
+    with torch.enable_grad(), checkpointing:  # callers may hold no_grad (the demo does)
         while state.step < run.iters:
             reported = _train_step(state, trainer, pairs, target, run)
             bar.update(1)
@@ -768,6 +926,7 @@ def straighten(
     cache_dir: str | os.PathLike | None = None,
     callback: Callable[[int, float], None] | None = None,
     teacher_mode: str | None = None,
+    memory: StraightenMemory | None = None,
 ) -> nn.Module:
     """BOSS stage 2: fine-tune ``model`` so that Euler steps on ``sched`` follow the teacher.
 
@@ -779,9 +938,11 @@ def straighten(
     ``ema``, warmed up, see ``ema_warmup``; 0 keeps the last weights) is what is returned.
 
     Args:
-        model: the ``nn.Module`` velocity network ``model(x, t)``; it is not modified (the student is a copy).
+        model: the ``nn.Module`` velocity network ``model(x, t)``; it is not modified (the student is a copy)
+            unless ``memory.in_place``.
         sched: the ``Schedule`` to straighten for, chosen on ``grid`` with ``solver``.
-        teacher: ``velocity(x, t)`` producing the pairs; default a frozen copy of ``model``.
+        teacher: ``velocity(x, t)`` producing the pairs; default ``model``'s weights as they are (the
+            student before training: the pairs are made first, so no frozen copy is kept).
         num_pairs: noises M (pairs = M * K).
         shape: one sample's shape for the noises; default the schedule's ``shape`` (where it was searched),
             else the bundled DiT's. A schedule from another model (its ``fingerprint``) is warned about.
@@ -802,6 +963,10 @@ def straighten(
         teacher_mode: the teacher's ``mode`` for the pairs (``straightening_pairs``), e.g. "cuda_graph".
         device: where to train; default the model's device.
         callback: ``callback(step, loss)`` after each step (step counts from 1), e.g. for logging.
+        memory: a :class:`StraightenMemory` for large models (train in place, gradient checkpointing,
+            autocast); default None: a copy, no checkpointing, no autocast. A ``model`` with a bank of
+            conditionings (``for_rows``, e.g. ``DiffusersVelocity`` over several prompts) pairs noise m with
+            conditioning m mod P, for the pairs and for the student's steps alike.
 
     Returns:
         The straightened module in eval mode with gradients off, called like ``model``.
@@ -849,12 +1014,14 @@ def straighten_with_stats(
     cache_dir: str | os.PathLike | None = None,
     callback: Callable[[int, float], None] | None = None,
     teacher_mode: str | None = None,
+    memory: StraightenMemory | None = None,
 ) -> tuple[nn.Module, StraightenStats]:
     """:func:`straighten`, also returning what the run did: ``(module, StraightenStats)``.
 
-    The pieces, in order: validate (``_resolve_run``), draw the pairs' noise, copy the student (LoRA set-up
-    with ``lora_rank``), generate the pairs (``straightening_pairs``), start or resume the train state (Adam,
-    EMA, generator), train (``_train_step`` per step, checkpoints between), then the EMA weights, merged.
+    The pieces, in order: validate (``_resolve_run``), draw the pairs' noise, copy the student (or take the
+    model, ``memory.in_place``), generate the pairs with it as the teacher (``straightening_pairs``), make it
+    trainable (LoRA set-up with ``lora_rank``), start or resume the train state (Adam, EMA, generator), train
+    (``_train_step`` per step, checkpoints between), then the EMA weights, merged.
 
     Example:
         >>> import boss_fast as bf
@@ -867,12 +1034,16 @@ def straighten_with_stats(
     """
     run = _resolve_run(locals())
     noise = _pair_noise(model, run, noise, shape)
-    student, params, teacher = _students(model, run, noise, teacher)
+    total = sum(p.numel() for p in model.parameters())
+    model_fp = model_fingerprint(model)  # before in_place training or adapters change it
+    student = _student_base(model, run, noise)
     pairs = straightening_pairs(
-        teacher, run.sched, noise, grid=run.sched.grid, solver=run.solver, batch_size=pair_batch_size,
-        cache_dir=cache_dir, device=run.device, progress=progress, mode=teacher_mode,
+        student if teacher is None else teacher, run.sched, noise, grid=run.sched.grid, solver=run.solver,
+        batch_size=pair_batch_size, cache_dir=cache_dir, device=run.device, progress=progress,
+        mode=teacher_mode,
     )  # fmt: skip
-    model_fp = model_fingerprint(model)
+    teacher_id = model_fp if teacher is None else _identity(teacher)
+    student, params = _trainable(student, run)
     if run.sched.fingerprint is not None and run.sched.fingerprint != model_fp:
         warnings.warn(
             f"the schedule was searched on another model (fingerprint {run.sched.fingerprint}, this model's "
@@ -880,7 +1051,7 @@ def straighten_with_stats(
             UserWarning,
             stacklevel=3,
         )
-    header = _header(model_fp, run.sched, run.config(noise.shape[0], rank_world()[1]), teacher, noise)
+    header = _header(model_fp, run.sched, run.config(noise.shape[0], rank_world()[1]), teacher_id, noise)
     state = _TrainState.start(params, run.lr, run.seed)
     path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
     if path is not None and os.path.exists(path):
@@ -890,6 +1061,5 @@ def straighten_with_stats(
     state.use_ema()
     result = merge_lora(student) if (run.lora_rank is not None and run.merge) else student
     result.eval().requires_grad_(False)
-    total = sum(p.numel() for p in model.parameters())
     stats = StraightenStats(sum(p.numel() for p in params), total, state.step, tuple(state.losses))
     return result, stats
