@@ -62,7 +62,7 @@ from boss_fast._validation import (
 )
 from boss_fast.bellman import BellmanPath
 from boss_fast.cost import trajectory_cost_sums
-from boss_fast.ode import VelocityFn, euler_update, evaluate
+from boss_fast.ode import VelocityFn, euler_update, evaluate, for_rows
 from boss_fast.trajectories import model_fingerprint, teacher_trajectory
 
 __all__ = ["OwnStateTable", "accumulate_own_state", "own_state_paths", "own_state_table"]
@@ -119,9 +119,11 @@ def own_state_paths(table: OwnStateTable) -> list[BellmanPath]:
 
 
 class _Batch:
-    """One noise batch's stored rows: teacher states, the current level's states and their velocities."""
+    """One noise batch's stored rows: teacher states, the current level's states and their velocities, and
+    the velocity these rows see (``for_rows``: a bank of conditionings pairs noise m with entry m mod P)."""
 
-    def __init__(self, teacher: torch.Tensor, noise: torch.Tensor) -> None:
+    def __init__(self, teacher: torch.Tensor, noise: torch.Tensor, velocity: VelocityFn) -> None:
+        self.velocity = velocity
         self.teacher = teacher  # (N, B, ...)
         self.states = torch.empty_like(teacher)  # rows reachable at the current level are valid
         self.states[0].copy_(noise)
@@ -135,11 +137,11 @@ class _Batch:
             euler_update(self.states[i], self.velocities[i], hosts[j] - hosts[i], out=new[j])
         self.states = new
 
-    def evaluate(self, velocity: VelocityFn, level: int, hosts: list[float]) -> None:
+    def evaluate(self, level: int, hosts: list[float]) -> None:
         """Velocities at the sources of level + 1: grid point 0 at level 0, else level .. N - 2."""
         sources = range(1) if level == 0 else range(level, len(hosts) - 1)
         for i in sources:
-            self.velocities[i].copy_(evaluate(velocity, self.states[i], hosts[i]))
+            self.velocities[i].copy_(evaluate(self.velocity, self.states[i], hosts[i]))
         bad = ~torch.isfinite(self.velocities[sources.start : sources.stop]).all()
         if bool(bad):
             raise ValueError(
@@ -254,7 +256,6 @@ def _resume(
 
 
 def _level_sums(
-    velocity: VelocityFn,
     batches: dict[int, _Batch],
     level: int,
     pointers: np.ndarray,
@@ -270,7 +271,7 @@ def _level_sums(
     for batch in batches.values():
         if level >= 2:
             batch.advance(pointers[level - 1], level - 1, hosts)
-        batch.evaluate(velocity, level - 1, hosts)
+        batch.evaluate(level - 1, hosts)
         if measure:
             part, m, lo = batch.error_sums(level - 1, times, metric)
             sums = part if sums is None else sums + part
@@ -314,19 +315,19 @@ def accumulate_own_state(
         return OwnStateTable(costs=costs, pointers=pointers, times=times, num_samples=num_samples)
     batches: dict[int, _Batch] = {}
     for b in mine:
-        noise = make_batch(b * batch_size, min((b + 1) * batch_size, num_samples))
+        start, stop = b * batch_size, min((b + 1) * batch_size, num_samples)
+        noise = make_batch(start, stop)
         if device is not None:
             noise = noise.to(device)
+        rows_velocity = for_rows(velocity, torch.arange(start, stop))  # a bank: noise m, entry m mod P
         with torch.no_grad():
-            teacher = teacher_trajectory(velocity, noise, times, solver, keep="states", mode=mode)
-        batches[b] = _Batch(teacher.states, noise)
+            teacher = teacher_trajectory(rows_velocity, noise, times, solver, keep="states", mode=mode)
+        batches[b] = _Batch(teacher.states, noise, rows_velocity)
     bar = tqdm(total=max_steps * len(mine), initial=done * len(mine), disable=not progress or rank != 0,
                desc="own-state DP", unit="batch")  # fmt: skip
     with bar, torch.no_grad():
         for level in range(1, max_steps + 1):
-            sums, count, lo = _level_sums(
-                velocity, batches, level, pointers, hosts, times, metric, level > done, bar
-            )
+            sums, count, lo = _level_sums(batches, level, pointers, hosts, times, metric, level > done, bar)
             if level <= done:
                 continue
             if sums is None:  # a rank with no batch (more ranks than batches) adds zeros

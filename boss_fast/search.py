@@ -140,10 +140,11 @@ def _accumulate_cost(
     )
     with bar:
         for b in mine[done:]:
-            noise = make_batch(b * batch_size, min((b + 1) * batch_size, num_samples))
+            start, stop = b * batch_size, min((b + 1) * batch_size, num_samples)
+            noise = make_batch(start, stop)
             if device is not None:
                 noise = noise.to(device)
-            traj = teacher(noise)
+            traj = teacher(noise, torch.arange(start, stop))  # rows: a bank pairs noise m with entry m mod P
             batch_sums, batch_count = trajectory_cost_sums(traj.states, traj.velocities, traj.times, metric)
             sums, count, done = sums + batch_sums, count + batch_count, done + 1
             del traj  # free this batch's trajectory before the next one is allocated

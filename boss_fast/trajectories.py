@@ -28,7 +28,7 @@ from boss_fast._validation import (
     check_teacher,
     check_velocity_output,
 )
-from boss_fast.ode import Trajectory, VelocityFn, evaluate, first_nonfinite_step, ode_step
+from boss_fast.ode import Trajectory, VelocityFn, evaluate, first_nonfinite_step, for_rows, ode_step
 from boss_fast.sampler import Sampler
 
 __all__ = [
@@ -58,9 +58,18 @@ class TeacherRunner:
         self.velocity, self.times, self.solver, self.mode, self.keep = velocity, times, solver, mode, keep
         self._samplers: dict[tuple, Sampler] = {}
 
-    def __call__(self, noise: torch.Tensor) -> Trajectory:
+    def __call__(self, noise: torch.Tensor, rows: torch.Tensor | None = None) -> Trajectory:
+        """The trajectory of ``noise`` (B, ...); ``rows`` (B,): the noises' global indices, for a velocity
+        over a bank of conditionings (:func:`boss_fast.ode.for_rows`)."""
+        velocity = self.velocity if rows is None else for_rows(self.velocity, rows)
         if self.mode is None:
-            return teacher_trajectory(self.velocity, noise, self.times, self.solver, keep=self.keep)
+            return teacher_trajectory(velocity, noise, self.times, self.solver, keep=self.keep)
+        if velocity is not self.velocity:  # a bank: this batch's conditionings, so a Sampler of its own
+            b, dtype, dev = noise.shape[0], noise.dtype, noise.device
+            runner = Sampler(
+                velocity, self.times, self.mode, b, dtype, dev, solver=self.solver, record=self.keep
+            )
+            return runner.trajectory(noise, check_finite=True)
         key = (tuple(noise.shape), noise.dtype, noise.device)
         if key not in self._samplers:
             b, dtype, dev = noise.shape[0], noise.dtype, noise.device

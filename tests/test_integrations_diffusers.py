@@ -8,14 +8,15 @@ import pytest
 import torch
 
 import boss_fast as bf
+from boss_fast import ode
 
 pytest.importorskip("diffusers")
 
+from _tiny_flux import tiny_flux_transformer  # noqa: E402
 from _tiny_sd3 import tiny_sd3_transformer  # noqa: E402
 from diffusers import (  # noqa: E402
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
-    FluxTransformer2DModel,
     StableDiffusion3Pipeline,
 )
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps  # noqa: E402
@@ -165,19 +166,7 @@ def test_sd3_pipeline_end_to_end(tiny, dynamic):
 def test_flux_pipeline_end_to_end():
     """FluxPipeline (dynamic shifting, its own linspace sigmas and mu on every call, timestep / 1000, packed
     latents, guidance embedding) with prompt embeddings given; the adapter with timestep_scale=1."""
-    torch.manual_seed(0)
-    net = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        pooled_projection_dim=8,
-        guidance_embeds=True,
-        axes_dims_rope=(2, 2, 4),
-    ).eval()
+    net = tiny_flux_transformer()
     stock = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0)
     pipe = FluxPipeline(
         transformer=net,
@@ -298,9 +287,10 @@ def test_adapter_conventions(tiny):
     pair = DiffusersVelocity(
         net, encoder_hidden_states=torch.randn(2, 5, 16), pooled_projections=torch.randn(2, 8)
     )
-    assert pair(x, t).shape == x.shape
-    with pytest.raises(ValueError, match="has batch 2 but x has batch 3"):
-        pair(torch.randn(3, 4, 8, 8), torch.zeros(3))
+    assert pair(x, t).shape == x.shape and pair.bank_size == 2
+    # A plain call on 3 samples is for_rows(arange(3)): a bank of 2 gives entries 0, 1, 0.
+    x3, t3 = torch.randn(3, 4, 8, 8), torch.rand(3)
+    torch.testing.assert_close(pair(x3, t3), pair.for_rows(torch.arange(3))(x3, t3), rtol=0, atol=0)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         DiffusersVelocity(lambda x: x)
 
@@ -381,3 +371,133 @@ def test_guided_adapter_errors(tiny):
     doubled = DiffusersVelocity(net, negative=dict(cond), **cond)
     with pytest.raises(ValueError, match="takes a doubled batch"):
         doubled(torch.randn(3, 4, 8, 8), torch.zeros(3))
+
+
+# -- a bank of conditionings: noise row m uses conditioning m mod P ------------------------------------------
+
+SPLITS = ([7], [3, 4], [2, 2, 2, 1], [1] * 7)  # batchings of the same 7 noise rows
+
+
+def rowwise(velocity, x, t, split, rows=None):
+    """``velocity`` on x (M, ...) in batches of ``split``, each through ``ode.for_rows`` with global rows."""
+    rows = torch.arange(len(x)) if rows is None else rows
+    out, start = [], 0
+    for b in split:
+        stop = start + b
+        out.append(ode.for_rows(velocity, rows[start:stop])(x[start:stop], t[start:stop]))
+        start = stop
+    return torch.cat(out)
+
+
+def sd3_bank(p: int, guided: bool):
+    g = torch.Generator().manual_seed(11)
+    cond = {"encoder_hidden_states": torch.randn(p, 5, 16, generator=g),
+            "pooled_projections": torch.randn(p, 8, generator=g)}  # fmt: skip
+    neg = {"encoder_hidden_states": torch.randn(p, 5, 16, generator=g),
+           "pooled_projections": torch.randn(p, 8, generator=g)}  # fmt: skip
+    return cond, (neg if guided else None)
+
+
+@pytest.mark.parametrize("guided", [False, True], ids=["plain", "cfg"])
+def test_bank_pairs_row_m_with_conditioning_m_mod_p_sd3(tiny, guided):
+    """Row m of 7 noises against a bank of P = 3 (with per-prompt negatives and CFG 4.5): equal to the
+    one-prompt adapter of prompt m mod 3 on that row alone, whatever the batching."""
+    net, _ = tiny
+    cond, neg = sd3_bank(3, guided)
+    kw = {"negative": neg, "guidance_scale": 4.5} if guided else {}
+    bank = DiffusersVelocity(net, **kw, **cond)
+    assert bank.bank_size == 3
+    x = torch.randn(7, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    t = torch.rand(7, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want = []
+        for m in range(7):
+            one = {k: v[m % 3 : m % 3 + 1] for k, v in cond.items()}
+            one_kw = {}
+            if guided:
+                one_kw = {
+                    "negative": {k: v[m % 3 : m % 3 + 1] for k, v in neg.items()},
+                    "guidance_scale": 4.5,
+                }
+            single = DiffusersVelocity(net, **one_kw, **one)
+            want.append(single(x[m : m + 1], t[m : m + 1]))
+        want = torch.cat(want)
+        for split in SPLITS:  # batch composition moves the transformer's float32 sums by a few ulps at most
+            torch.testing.assert_close(rowwise(bank, x, t, split), want, rtol=1e-5, atol=1e-5)
+        # Global rows, not batch positions: rows 10..16 are entries 1, 2, 0, ... (10 mod 3 = 1).
+        shifted = rowwise(bank, x, t, [3, 4], rows=torch.arange(10, 17))
+        torch.testing.assert_close(shifted[:6], rowwise(bank, x[:6], t[:6], [6], torch.arange(1, 7)))
+        assert (shifted - want).abs().max() > 1e-3  # another pairing gives another velocity
+
+
+def test_bank_on_a_flux_transformer():
+    """The same pairing on the tiny Flux transformer: a bank of P = 2 prompts, batch-1 guidance, batch-free
+    ids (fixed=); rows 0..4 in any batching equal each row alone with its prompt."""
+    net = tiny_flux_transformer()
+    g = torch.Generator().manual_seed(2)
+    embeds, pooled = torch.randn(2, 5, 16, generator=g), torch.randn(2, 8, generator=g)
+    ids = {"txt_ids": torch.zeros(5, 3),
+           "img_ids": FluxPipeline._prepare_latent_image_ids(1, 2, 2, "cpu", torch.float32)}  # fmt: skip
+    common = {"timestep_scale": 1.0, "fixed": ids, "guidance": torch.full((1,), 3.5)}
+    bank = DiffusersVelocity(net, encoder_hidden_states=embeds, pooled_projections=pooled, **common)
+    x = torch.randn(5, 4, 16, generator=g)
+    t = torch.rand(5, generator=g)
+    with torch.no_grad():
+        singles = [
+            DiffusersVelocity(
+                net, encoder_hidden_states=embeds[p : p + 1], pooled_projections=pooled[p : p + 1], **common
+            )
+            for p in range(2)
+        ]  # fmt: skip
+        want = torch.cat([singles[m % 2](x[m : m + 1], t[m : m + 1]) for m in range(5)])
+        for split in ([5], [2, 3], [1] * 5):
+            torch.testing.assert_close(rowwise(bank, x, t, split), want, rtol=1e-5, atol=1e-5)
+
+
+def test_search_pairs_by_global_row(tiny):
+    """optimal_schedules on a bank: the same schedules at batch size 2 and 8 (each noise keeps its prompt),
+    both objectives; a plain batch-position pairing would differ (checked through the costs)."""
+    net, _ = tiny
+    cond, _ = sd3_bank(3, False)
+    bank = DiffusersVelocity(net, **cond)
+    for objective in ("global", "local"):
+        kw = {"grid": 6, "num_samples": 8, "objective": objective}
+        a = bf.optimal_schedules(bank, (4, 8, 8), 3, batch_size=8, **kw)
+        b = bf.optimal_schedules(bank, (4, 8, 8), 3, batch_size=2, **kw)
+        for k in a:
+            assert np.array_equal(a[k].indices, b[k].indices)
+            assert a[k].cost == pytest.approx(b[k].cost, rel=1e-5)
+        pos = bf.optimal_schedules(_BatchPositions(bank), (4, 8, 8), 3, batch_size=2, **kw)
+        assert pos[1].cost != pytest.approx(a[1].cost, rel=1e-5)  # the control: pairing by batch position
+
+
+class _BatchPositions(torch.nn.Module):
+    """The bank without its for_rows: every batch pairs its own positions 0, 1, ... (the wrong pairing)."""
+
+    def __init__(self, bank):
+        super().__init__()
+        self.bank = bank
+
+    def forward(self, x, t):
+        return self.bank(x, t)
+
+
+def test_bank_errors(tiny):
+    net, _ = tiny
+    with pytest.raises(ValueError, match="batch 1 or one common bank size P"):
+        DiffusersVelocity(
+            net, encoder_hidden_states=torch.randn(3, 5, 16), pooled_projections=torch.randn(2, 8)
+        )
+    cond, neg = sd3_bank(3, True)
+    two = {k: v[:2] for k, v in neg.items()}
+    with pytest.raises(ValueError, match="negative has a bank of 2 entries but the conditioning has 3"):
+        DiffusersVelocity(net, negative=two, **cond)
+    bank = DiffusersVelocity(net, **cond)
+    for rows, match in ((torch.zeros(2), "1-D integer tensor"), (torch.tensor([[0]]), "1-D integer"),
+                        (torch.tensor([0, -1]), ">= 0"), ([0, 1], "1-D integer")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            bank.for_rows(rows)
+    with pytest.raises(ValueError, match="given 2 rows but x has batch 3"):
+        bank.for_rows(torch.arange(2))(torch.randn(3, 4, 8, 8), torch.zeros(3))
+    single = DiffusersVelocity(net, **{k: v[:1] for k, v in cond.items()})
+    assert single.for_rows(torch.arange(4)) is single and ode.for_rows(single, torch.arange(4)) is single

@@ -15,6 +15,7 @@ model predicts ``noise - x0``, minus our velocity, and a step is ``x + (sigma_ne
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from torch import nn
 from boss_fast._validation import as_times, check_choice, check_float
 from boss_fast.integrations._imports import missing
 from boss_fast.integrations.sigmas import diffusers_sigmas, refuse_stepping_keys
-from boss_fast.ode import cfg_combine
+from boss_fast.ode import VelocityFn, cfg_combine
 from boss_fast.schedule import Schedule
 
 try:
@@ -355,16 +356,20 @@ class DiffusersVelocity(nn.Module):
         timestep_scale: 1000 for SD3 (``scheduler.timesteps``); Flux's pipeline divides by 1000 before the
             transformer, so 1.0 there.
         **conditioning: keyword tensors for the transformer (``encoder_hidden_states``,
-            ``pooled_projections``, Flux's ``guidance``/``img_ids``/``txt_ids``, ...). A tensor with batch 1
-            is broadcast to the batch of x (so schedule search and straightening, which draw batches of any
-            size, work with one prompt); a tensor with batch B is used as is for batches of exactly B. Tensors
-            are
+            ``pooled_projections``, Flux's ``guidance``, ...), each with a batch dimension of 1 or P (one
+            common P, the bank size). A tensor with batch 1 is broadcast to the batch of x (one prompt for
+            every sample); tensors with batch P > 1 are a **bank of P conditionings**: noise row m uses
+            conditioning m mod P. The rows are given by :meth:`for_rows` (``boss_fast.ode.for_rows``; the
+            search and straightening pass each sample's global noise index, so the pairing does not depend on
+            batching or ranks); a plain call ``velocity(x, t)`` on B samples is ``for_rows(arange(B))``
+            (sample b uses conditioning b mod P; a batch of exactly P gets the bank in order). Tensors are
             registered as non-persistent buffers, so ``.to(device)`` and ``copy.deepcopy`` carry them.
             Non-tensor values (e.g. ``joint_attention_kwargs``) are passed unchanged.
         fixed: keyword arguments passed unchanged whatever the batch, e.g. Flux's ``txt_ids`` (T, 3) and
             ``img_ids`` (N, 3), which have no batch dimension (tensors are buffers too).
         negative: classifier-free guidance as SD3 pipelines run it: the unconditional (negative-prompt)
-            value of every tensor conditioning key (same keys, same shapes but the batch), e.g.
+            value of every tensor conditioning key (same keys, same shapes but the batch: 1, or P to pair
+            each bank entry with its own negative), e.g.
             ``{"encoder_hidden_states": neg_embeds, "pooled_projections": neg_pooled}``. The transformer then
             runs on one doubled batch ``[x; x]`` with conditioning ``[negative; conditioning]``.
         guidance_scale: with ``negative``, the CFG weight w: ``velocity(x, t)`` is then the guided velocity
@@ -375,6 +380,16 @@ class DiffusersVelocity(nn.Module):
 
     The transformer's parameters are this module's (``transformer.*``), so ``bf.straighten`` fine-tunes them
     (LoRA through peft targets its Linear layers).
+
+    Example:
+        >>> class Echo(nn.Module):  # stands for a transformer: returns its conditioning as the output
+        ...     def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
+        ...         return (encoder_hidden_states.expand_as(hidden_states),)
+        >>> bank = DiffusersVelocity(Echo(), encoder_hidden_states=torch.tensor([[1.0], [2.0], [3.0]]))
+        >>> bank.bank_size
+        3
+        >>> bank.for_rows(torch.tensor([4, 5]))(torch.zeros(2, 1), torch.zeros(2)).flatten().tolist()
+        [-2.0, -3.0]
     """
 
     def __init__(
@@ -411,6 +426,9 @@ class DiffusersVelocity(nn.Module):
                 self._tensor_keys.append(key)
             else:
                 self._other[key] = value
+        self.bank_size = _bank_size(
+            {k: getattr(self, f"cond_{k}") for k in self._tensor_keys}, "conditioning"
+        )
         self.guidance_scale = (
             None if guidance_scale is None else check_float(guidance_scale, "guidance_scale")
         )
@@ -439,27 +457,64 @@ class DiffusersVelocity(nn.Module):
                     f"but for the batch, got {what}"
                 )
             self.register_buffer(f"neg_{key}", value, persistent=False)
+        negatives = {k: getattr(self, f"neg_{k}") for k in self._tensor_keys}
+        p = _bank_size(negatives, "negative")
+        if p not in (1, self.bank_size):
+            raise ValueError(
+                f"negative has a bank of {p} entries but the conditioning has {self.bank_size}: give batch-1 "
+                "negatives (one for every prompt) or one per prompt"
+            )
 
-    def conditioning(self, batch: int, prefix: str = "cond") -> dict[str, Any]:
-        """The keyword arguments for a batch of ``batch`` states (batch-1 tensors expanded); ``prefix="neg"``
+    def for_rows(self, rows: torch.Tensor) -> VelocityFn:
+        """The velocity for a batch of noise rows ``rows`` (int64 (B,), the noises' global indices, >= 0):
+        sample b uses bank entry ``rows[b] mod P``. This is the seam ``boss_fast.ode.for_rows`` calls; with
+        one conditioning (P = 1) it is this module itself.
+
+        Raises:
+            ValueError: ``rows`` is not a 1-D integer tensor of non-negative indices.
+        """
+        if (
+            not isinstance(rows, torch.Tensor)
+            or rows.ndim != 1
+            or rows.is_floating_point()
+            or rows.is_complex()
+        ):
+            what = (
+                f"shape {tuple(rows.shape)}, {rows.dtype}" if isinstance(rows, torch.Tensor) else type(rows)
+            )
+            raise ValueError(f"rows must be a 1-D integer tensor of noise indices, got {what}")
+        if len(rows) and int(rows.min()) < 0:
+            raise ValueError(f"rows must be >= 0 (global noise indices), got {int(rows.min())}")
+        if self.bank_size == 1:
+            return self
+        device = getattr(self, f"cond_{self._tensor_keys[0]}").device
+        return functools.partial(self._velocity, entries=(rows % self.bank_size).to(device))
+
+    def conditioning(
+        self, batch: int, prefix: str = "cond", entries: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """The keyword arguments for a batch of ``batch`` states: batch-1 tensors expanded, a bank's tensors
+        indexed by ``entries`` ((batch,) bank indices; default ``arange(batch) mod P``). ``prefix="neg"``
         gives the negative conditioning's."""
+        if entries is not None and len(entries) != batch:
+            raise ValueError(f"for_rows was given {len(entries)} rows but x has batch {batch}")
         out = dict(self._other)
         out.update({key: getattr(self, f"fixed_{key}") for key in self._fixed_keys})
         for key in self._tensor_keys:
             value = getattr(self, f"{prefix}_{key}")
-            if value.shape[0] == 1 and batch != 1:
-                value = value.expand(batch, *value.shape[1:])
-            elif value.shape[0] != batch:
-                raise ValueError(
-                    f"conditioning {key!r} has batch {value.shape[0]} but x has batch {batch}: give batch-1 "
-                    "conditioning (broadcast to any batch) or call with batches of that size"
-                )
+            p = value.shape[0]
+            if p == 1:
+                value = value.expand(batch, *value.shape[1:]) if batch != 1 else value
+            elif entries is not None:
+                value = value.index_select(0, entries.to(value.device))
+            elif batch != p:  # a plain call: rows 0 .. batch - 1
+                value = value.index_select(0, torch.arange(batch, device=value.device) % p)
             out[key] = value
         return out
 
-    def _doubled_conditioning(self, batch: int) -> dict[str, Any]:
+    def _doubled_conditioning(self, batch: int, entries: torch.Tensor | None = None) -> dict[str, Any]:
         """[negative; conditioning] for a doubled batch of 2 x ``batch`` states (the pipeline's order)."""
-        pos, neg = self.conditioning(batch), self.conditioning(batch, "neg")
+        pos, neg = self.conditioning(batch, entries=entries), self.conditioning(batch, "neg", entries)
         return {k: torch.cat([neg[k], pos[k]]) if k in self._tensor_keys else v for k, v in pos.items()}
 
     def _run(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
@@ -469,15 +524,31 @@ class DiffusersVelocity(nn.Module):
         return (-out).to(x.dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity at x (B, ...) and t (B,); a bank pairs sample b with entry b mod P (as
+        ``for_rows(arange(B))``)."""
+        return self._velocity(x, t)
+
+    def _velocity(
+        self, x: torch.Tensor, t: torch.Tensor, entries: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if not self.guided:
-            return self._run(x, t, self.conditioning(len(x)))
+            return self._run(x, t, self.conditioning(len(x), entries=entries))
         if self.guidance_scale is None:  # Sampler(guidance=)'s protocol: x is already [x; x]
             if len(x) % 2:
                 raise ValueError(
                     "with negative= and no guidance_scale this takes a doubled batch [x; x], got batch "
                     f"{len(x)}"
                 )
-            return self._run(x, t, self._doubled_conditioning(len(x) // 2))
+            return self._run(x, t, self._doubled_conditioning(len(x) // 2, entries))
         b = len(x)
-        v = self._run(torch.cat([x, x]), torch.cat([t, t]), self._doubled_conditioning(b))
+        v = self._run(torch.cat([x, x]), torch.cat([t, t]), self._doubled_conditioning(b, entries))
         return cfg_combine(v[:b], v[b:], self.guidance_scale).to(x.dtype)
+
+
+def _bank_size(tensors: Mapping[str, torch.Tensor], what: str) -> int:
+    """P: the one batch > 1 of ``tensors`` (1 when every batch is 1); ValueError for two different ones."""
+    batches = {key: value.shape[0] for key, value in tensors.items() if value.shape[0] != 1}
+    sizes = set(batches.values())
+    if len(sizes) > 1:
+        raise ValueError(f"{what} tensors must have batch 1 or one common bank size P, got batches {batches}")
+    return sizes.pop() if sizes else 1
