@@ -61,7 +61,7 @@ from boss_fast._validation import (
     check_teacher,
 )
 from boss_fast.grids import resolve_grid
-from boss_fast.ode import Trajectory, VelocityFn, for_rows
+from boss_fast.ode import VelocityFn, for_rows
 from boss_fast.schedule import Schedule
 from boss_fast.trajectories import TeacherRunner, model_fingerprint, seeded_noise
 
@@ -146,23 +146,8 @@ def _cache_key(teacher: VelocityFn, sched: Schedule, noise: torch.Tensor, solver
     return digest.hexdigest()[:20]
 
 
-class _RowsTeacher:
-    """The teacher for noise rows ``rows`` (global indices, :func:`boss_fast.ode.for_rows`): one
-    ``TeacherRunner`` for a plain velocity; a bank's velocity for those rows gets a runner per batch."""
-
-    def __init__(self, velocity: VelocityFn, times: np.ndarray, solver: str, mode: str | None) -> None:
-        self.velocity, self.times, self.solver, self.mode = velocity, times, solver, mode
-        self.runner = TeacherRunner(velocity, times, solver, mode, keep="states")
-
-    def __call__(self, noise: torch.Tensor, rows: torch.Tensor) -> Trajectory:
-        banked = for_rows(self.velocity, rows)
-        if banked is self.velocity:
-            return self.runner(noise)
-        return TeacherRunner(banked, self.times, self.solver, self.mode, keep="states")(noise)
-
-
 def _teacher_states(
-    teacher: _RowsTeacher, noise: torch.Tensor, indices: np.ndarray, rows: torch.Tensor
+    teacher: TeacherRunner, noise: torch.Tensor, indices: np.ndarray, rows: torch.Tensor
 ) -> torch.Tensor:
     """(B, K + 1, ...) teacher states at the schedule's grid ``indices`` for noise ``rows``; memory: one
     batch's trajectory."""
@@ -180,7 +165,7 @@ def _load_shard(path: str, expected: tuple[int, ...]) -> torch.Tensor | None:
 
 
 def _shard_states(
-    teacher: _RowsTeacher,
+    teacher: TeacherRunner,
     noise: torch.Tensor,
     sched: Schedule,
     batch_size: int,
@@ -292,7 +277,7 @@ def straightening_pairs(
     if cache_dir is not None:
         folder = os.path.join(os.fspath(cache_dir), _cache_key(teacher, sched, noise, solver, batch_size))
         os.makedirs(folder, exist_ok=True)
-    runner = _RowsTeacher(teacher, sched.grid, solver, mode)
+    runner = TeacherRunner(teacher, sched.grid, solver, mode, keep="states")
     states = _shard_states(runner, noise, sched, batch_size, device, folder, progress)
     return _flatten_pairs(states, sched.times)
 

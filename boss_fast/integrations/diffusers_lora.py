@@ -1,0 +1,148 @@
+"""A straightened LoRA as diffusers (and ComfyUI) load it: ``pipe.load_lora_weights(DIR)`` and
+``BossScheduler.from_pretrained(DIR, subfolder="scheduler")``.
+
+``straighten(DiffusersVelocity(pipe.transformer, ...), sched, lora_rank=r, merge=False)`` returns a peft model
+whose adapter keys read ``base_model.model.model.transformer.<module>.lora_A.weight``: diffusers'
+``load_lora_weights`` finds no module under those names (``NoMatchingPeftModuleError``). Written here through
+the pipeline class's own ``save_lora_weights`` with the wrapper prefix removed, the keys are
+``transformer.<module>.lora_{A,B}.weight``, diffusers' format for SD3, Flux and the other transformer
+pipelines, with the adapter's config as ``transformer`` metadata.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+from torch import nn
+
+from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity
+from boss_fast.schedule import Schedule
+
+try:
+    from peft import get_peft_model_state_dict
+except ImportError as err:  # the optional extra
+    raise ImportError(
+        "boss_fast.integrations.diffusers_lora needs the 'peft' package: pip install 'boss_fast[lora]' (with "
+        "your torch pin, e.g. torch==2.13.0)"
+    ) from err
+
+__all__ = ["LORA_WEIGHT_NAME", "save_diffusers_lora", "transformer_lora_layers"]
+
+LORA_WEIGHT_NAME = (
+    "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(DIR) finds it
+)
+
+
+def _velocity_of(student: nn.Module) -> DiffusersVelocity:
+    """The one ``DiffusersVelocity`` inside the LoRA student."""
+    found = [m for m in student.modules() if isinstance(m, DiffusersVelocity)]
+    if len(found) != 1:
+        raise TypeError(
+            "student must be a straightened DiffusersVelocity with LoRA adapters "
+            f"(straighten(DiffusersVelocity(...), ..., lora_rank=r, merge=False)); found {len(found)} "
+            "DiffusersVelocity modules in it"
+        )
+    return found[0]
+
+
+def transformer_lora_layers(student: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The adapters of ``student`` (peft, unmerged) as diffusers' ``transformer_lora_layers``: keys relative
+    to the transformer (``transformer_blocks.0.attn.to_q.lora_A.weight``), and the adapter metadata (peft's
+    ``LoraConfig`` as a dict, its targets an exact regex of the adapted modules).
+
+    The scale ``lora_alpha / r`` is folded into ``lora_B`` and the metadata says ``lora_alpha = r``: loaders
+    that ignore the metadata (ComfyUI applies a scale of 1 without an ``.alpha`` key) then compute the same.
+    """
+    config = getattr(student, "peft_config", {}).get("default")
+    if config is None:
+        raise TypeError(
+            "student has no LoRA adapters (peft): straighten with lora_rank=r and merge=False, then save"
+        )
+    if config.rank_pattern or config.alpha_pattern or config.use_rslora or config.use_dora:
+        raise ValueError(
+            "only plain LoRA with one rank and alpha can be written (no rank/alpha patterns, rsLoRA, DoRA)"
+        )
+    transformer = _velocity_of(student).transformer
+    prefix = next(name for name, module in student.named_modules() if module is transformer) + "."
+    scale = float(config.lora_alpha) / float(config.r)
+    layers: dict[str, torch.Tensor] = {}
+    for key, value in get_peft_model_state_dict(student).items():
+        if not key.startswith(prefix):
+            raise ValueError(
+                f"adapter {key!r} is outside the transformer ({prefix[:-1]}): diffusers cannot load it"
+            )
+        value = value.detach().to("cpu", copy=True).contiguous()
+        layers[key[len(prefix) :]] = value * scale if ".lora_B." in key and scale != 1.0 else value
+    modules = sorted({k.rsplit(".lora_", 1)[0] for k in layers})
+    metadata = config.to_dict()
+    metadata.update(
+        target_modules="(" + "|".join(re.escape(m) for m in modules) + ")",  # exact names, no suffix matches
+        lora_alpha=float(config.r),
+        peft_type=str(getattr(config.peft_type, "value", config.peft_type)),
+        task_type=None,
+        base_model_name_or_path=None,
+    )
+    return layers, metadata
+
+
+def save_diffusers_lora(
+    student: nn.Module,
+    pipeline: Any,
+    out_dir: str | os.PathLike,
+    sched: Schedule,
+) -> str:
+    """Write a straightened LoRA and its schedule where diffusers looks for them.
+
+    ``out_dir/pytorch_lora_weights.safetensors`` by the pipeline class's ``save_lora_weights``
+    (``transformer_lora_layers`` and ``transformer_lora_adapter_metadata``, see
+    :func:`transformer_lora_layers`), and ``out_dir/scheduler/`` by ``BossScheduler.save_pretrained`` (the
+    schedule's times and the stock scheduler's config keys when ``pipeline`` is an instance). Each file is
+    written under a temporary folder beside ``out_dir`` and moved into place.
+
+    Then ``pipe.load_lora_weights(out_dir)`` and ``pipe.scheduler = BossScheduler.from_pretrained(out_dir,
+    subfolder="scheduler")`` sample as the student does (``pipe(..., num_inference_steps=sched.steps)``).
+
+    Args:
+        student: ``straighten(DiffusersVelocity(...), sched, lora_rank=r, merge=False)``'s result.
+        pipeline: the pipeline (or its class), e.g. ``StableDiffusion3Pipeline`` or ``FluxPipeline``, whose
+            ``save_lora_weights`` takes ``transformer_lora_layers``.
+        out_dir: the folder (created if missing).
+        sched: the schedule the student was straightened for.
+
+    Returns:
+        The path of the LoRA file.
+    """
+    if not isinstance(sched, Schedule):
+        raise TypeError(f"sched must be a boss_fast.Schedule, got {type(sched).__name__}")
+    cls = pipeline if isinstance(pipeline, type) else type(pipeline)
+    save = getattr(cls, "save_lora_weights", None)
+    if save is None or "transformer_lora_layers" not in inspect.signature(save).parameters:
+        raise TypeError(
+            f"pipeline {cls.__name__} has no save_lora_weights(transformer_lora_layers=...): pass a "
+            "transformer pipeline (StableDiffusion3Pipeline, FluxPipeline, ...) or its class"
+        )
+    layers, metadata = transformer_lora_layers(student)
+    config = (
+        None if isinstance(pipeline, type) else getattr(getattr(pipeline, "scheduler", None), "config", None)
+    )
+    scheduler = BossScheduler.from_schedule(sched, config)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".boss-lora-", dir=os.path.dirname(os.path.abspath(out_dir)))
+    try:
+        save(tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata,
+             weight_name=LORA_WEIGHT_NAME)  # fmt: skip
+        scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+        os.makedirs(os.path.join(out_dir, "scheduler"), exist_ok=True)
+        for name in sorted(os.listdir(os.path.join(tmp, "scheduler"))):
+            os.replace(os.path.join(tmp, "scheduler", name), os.path.join(out_dir, "scheduler", name))
+        os.replace(os.path.join(tmp, LORA_WEIGHT_NAME), os.path.join(out_dir, LORA_WEIGHT_NAME))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return os.path.join(out_dir, LORA_WEIGHT_NAME)
