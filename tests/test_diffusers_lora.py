@@ -1,0 +1,114 @@
+"""A straightened LoRA written for diffusers: the real ``load_lora_weights`` and
+``BossScheduler.from_pretrained`` on tiny random SD3 and Flux pipelines (saved with ``save_pretrained``,
+loaded back; no text stack: prompt embeddings are given) sample as the student does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import boss_fast as bf
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+from _tiny_flux import tiny_flux_transformer  # noqa: E402
+from _tiny_sd3 import tiny_sd3_transformer  # noqa: E402
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+
+from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity  # noqa: E402
+from boss_fast.integrations.diffusers_lora import LORA_WEIGHT_NAME, save_diffusers_lora  # noqa: E402
+from boss_fast.ode import for_rows  # noqa: E402
+from boss_fast.straighten import StraightenMemory  # noqa: E402
+
+GRID = np.linspace(0.0, 1.0, 5)
+SCHED = bf.Schedule(times=GRID[[0, 2, 4]], indices=np.array([0, 2, 4]), cost=0.0, grid=GRID)
+PROMPTS = 2  # a bank: noise m trains with prompt m mod 2
+# Each case: pipeline class, transformer, one sample's latent shape, the pipeline's pixel side, velocity
+# arguments beyond the bank (Flux: timestep / 1000, batch-free ids, the guidance embedding).
+CASES = {
+    "sd3": (StableDiffusion3Pipeline, tiny_sd3_transformer, (4, 8, 8), 64, {}),
+    "flux": (FluxPipeline, tiny_flux_transformer, (4, 16), 32, {
+        "timestep_scale": 1.0,
+        "fixed": {"txt_ids": torch.zeros(5, 3),
+                  "img_ids": FluxPipeline._prepare_latent_image_ids(1, 2, 2, "cpu", torch.float32)},
+        "guidance": torch.full((1,), 3.5),
+    }),
+}  # fmt: skip
+
+
+def _absent(cls) -> dict[str, None]:
+    """The components left out (text stacks, VAE; Flux's image encoder), passed as None both ways."""
+    names = ["vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
+    names += ["text_encoder_3", "tokenizer_3"] if cls is StableDiffusion3Pipeline else []
+    names += ["image_encoder", "feature_extractor"] if cls is FluxPipeline else []
+    return dict.fromkeys(names)
+
+
+def _load(cls, path):
+    pipe = cls.from_pretrained(path, **_absent(cls))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_load_lora_weights_and_the_saved_scheduler_reproduce_the_student(tmp_path, case):
+    cls, make, shape, side, extra = CASES[case]
+    cls(transformer=make(), scheduler=FlowMatchEulerDiscreteScheduler(), **_absent(cls)).save_pretrained(
+        tmp_path / "base"
+    )
+    pipe = _load(cls, tmp_path / "base")
+    gen = torch.Generator().manual_seed(0)
+    embeds, pooled = torch.randn(PROMPTS, 5, 16, generator=gen), torch.randn(PROMPTS, 8, generator=gen)
+    velocity = DiffusersVelocity(pipe.transformer, encoder_hidden_states=embeds, pooled_projections=pooled,
+                                 **extra)  # fmt: skip
+    student, _ = bf.straighten_with_stats(
+        velocity, SCHED, num_pairs=4, grid=GRID, iters=3, batch_size=4, lr=1e-2, warmup=0, ema=0.0,
+        lora_rank=2, lora_alpha=4.0, merge=False, shape=shape, progress=False,
+        memory=StraightenMemory(in_place=True),
+    )  # fmt: skip
+    out = tmp_path / "lora"
+    assert save_diffusers_lora(student, pipe, out, SCHED) == str(out / LORA_WEIGHT_NAME)
+    with safe_open(str(out / LORA_WEIGHT_NAME), "pt") as f:
+        assert all(k.startswith("transformer.") and ".lora_" in k for k in f.keys())  # noqa: SIM118
+
+    loaded = _load(cls, tmp_path / "base")  # the base weights, untouched by the in-place training
+    loaded.load_lora_weights(out)
+    loaded.scheduler = BossScheduler.from_pretrained(out, subfolder="scheduler")
+    noise = torch.randn(2, *shape, generator=gen)
+    call = dict(guidance_scale=1.0 if case == "sd3" else 3.5, num_inference_steps=SCHED.steps, height=side,
+                width=side, output_type="latent")  # fmt: skip
+    for p in range(PROMPTS):
+        got = loaded(
+            prompt_embeds=embeds[p : p + 1].expand(2, -1, -1),
+            pooled_prompt_embeds=pooled[p : p + 1].expand(2, -1),
+            latents=noise.clone(),
+            **call,
+        ).images
+        with torch.no_grad():
+            want = bf.sample(for_rows(student, torch.full((2,), p)), noise, SCHED)
+            base = bf.sample(for_rows(DiffusersVelocity(make(), encoder_hidden_states=embeds,
+                                                        pooled_projections=pooled, **extra),
+                                      torch.full((2,), p)), noise, SCHED)  # fmt: skip
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        assert float((base - want).abs().max()) > 1e-3  # the adapters changed the samples: a real check
+    loaded.fuse_lora()
+    fused = loaded(prompt_embeds=embeds[:1].expand(2, -1, -1), pooled_prompt_embeds=pooled[:1].expand(2, -1),
+                   latents=noise.clone(), **call).images  # fmt: skip
+    with torch.no_grad():
+        want = bf.sample(for_rows(student, torch.zeros(2, dtype=torch.long)), noise, SCHED)
+    torch.testing.assert_close(fused, want, rtol=0, atol=1e-5)
+
+
+def test_a_merged_or_plain_student_is_refused(tmp_path):
+    velocity = DiffusersVelocity(tiny_sd3_transformer(), encoder_hidden_states=torch.randn(1, 5, 16),
+                                 pooled_projections=torch.randn(1, 8))  # fmt: skip
+    with pytest.raises(TypeError, match="no LoRA adapters"):
+        save_diffusers_lora(velocity, StableDiffusion3Pipeline, tmp_path, SCHED)
+    with pytest.raises(TypeError, match="save_lora_weights"):
+        save_diffusers_lora(velocity, object(), tmp_path, SCHED)
+    with pytest.raises(TypeError, match="Schedule"):
+        save_diffusers_lora(velocity, StableDiffusion3Pipeline, tmp_path, SCHED.times)
