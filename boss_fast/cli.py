@@ -25,7 +25,7 @@ from torch import nn
 import boss_fast as bf
 from boss_fast._validation import atomic_write
 from boss_fast.demo import DemoConfig, run_demo
-from boss_fast.integrations.sigmas import diffusers_sigmas
+from boss_fast.integrations.sigmas import comfyui_text, diffusers_sigmas
 from boss_fast.models import WeightsFileError, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
 from boss_fast.schedule import SCHEDULE_FORMAT, SET_FORMAT, read_json
@@ -314,8 +314,8 @@ def _cmd_sigmas(args) -> None:
     if args.format == "diffusers":  # K values: the stock scheduler appends its own terminal 0
         values = diffusers_sigmas(sched, args.shift, args.mu, config=config)
         print("[" + ", ".join(repr(v) for v in values) + "]")
-    elif args.format == "comfyui":  # SIGMAS: 1 - times, descending, ending in 0 (a comma-separated string)
-        print(", ".join(repr(v) for v in sigmas))
+    elif args.format == "comfyui":  # SIGMAS: 1 - times, descending, ending in 0; plain float32 decimals
+        print(comfyui_text(sigmas))
     elif args.format == "json":
         print(json.dumps({"steps": sched.steps, "sigmas": sigmas, "times": sched.times.tolist()}))
     elif args.format == "csv":

@@ -79,6 +79,9 @@ class Schedule:
         objective: "local" (BOSS: the sum of one-step errors from the teacher's states; ``cost`` is that sum)
             or "global" (the DP over the sampler's own states; ``cost`` is the error at t = 1 against the
             teacher). Files written before this field existed load as "local".
+        mu: the dynamic shift (diffusers' ``mu``) the pipeline passes at the resolution the schedule was
+            searched at (Flux; SD3 under dynamic shifting), None otherwise: ``BossScheduler`` warns when a
+            pipeline passes another (another resolution). Written to the file only when set.
         resampled_from: None for a searched schedule; for one interpolated from another budget
             (:func:`interpolate_schedule`, ``ScheduleSet.resample`` on a set without a cost table) that
             budget K. No model ran for it, so its ``cost`` is unknown: NaN here, ``null`` in JSON.
@@ -104,6 +107,7 @@ class Schedule:
     shape: tuple[int, ...] | None = None
     objective: str = "local"
     resampled_from: int | None = None
+    mu: float | None = None
 
     def __post_init__(self) -> None:
         grid = as_times(self.grid, "grid")
@@ -139,6 +143,7 @@ class Schedule:
         if num_samples is not None and num_samples > _MAX_NUM_SAMPLES:
             raise ValueError(f"num_samples must be <= 2^53, got {num_samples}")
         shape = None if self.shape is None else _check_shape(self.shape)
+        mu = None if self.mu is None else check_float(self.mu, "mu")
         if self.fingerprint is not None and not isinstance(self.fingerprint, str):
             raise TypeError(f"fingerprint must be a str or None, got {type(self.fingerprint).__name__}")
         for array in (grid, times, indices):
@@ -151,6 +156,7 @@ class Schedule:
             ("discount", discount),
             ("num_samples", num_samples),
             ("shape", shape),
+            ("mu", mu),
         ):
             object.__setattr__(self, name, value)
 
@@ -185,6 +191,7 @@ class Schedule:
             and self.shape == other.shape
             and self.objective == other.objective
             and self.resampled_from == other.resampled_from
+            and self.mu == other.mu
             and (self.cost == other.cost or (math.isnan(self.cost) and math.isnan(other.cost)))
         )
 
@@ -210,6 +217,8 @@ class Schedule:
         }
         if self.resampled_from is not None:  # only then: files of searched schedules stay as they were
             doc["resampled_from"] = self.resampled_from
+        if self.mu is not None:  # likewise
+            doc["mu"] = self.mu
         return doc
 
     def save(self, path: str | os.PathLike) -> None:
@@ -242,6 +251,7 @@ class Schedule:
             ("objective", (str,)),
             ("steps", (int,)),
             ("shape", (list, type(None))),
+            ("mu", (int, float, type(None))),
         ):
             if key in doc and (not isinstance(doc[key], kinds) or isinstance(doc[key], bool)):
                 raise ValueError(f"{source}: {key} has the wrong type ({type(doc[key]).__name__})")
@@ -272,6 +282,7 @@ class Schedule:
                 shape=shape,
                 objective=doc.get("objective", "local"),
                 resampled_from=resampled_from,
+                mu=doc.get("mu"),
             )
         except (TypeError, ValueError, OverflowError) as err:
             raise ValueError(f"{source}: inconsistent schedule: {err}") from None
@@ -499,6 +510,8 @@ SET_FORMAT = "boss_fast.schedule_set"
 SET_VERSION = 1
 # Fields every budget of a set shares (one search): checked at construction, stored once in the file.
 _SHARED = ("metric", "solver", "num_samples", "fingerprint", "discount", "shape", "objective")
+# Shared too, but written only when set (files without them stay as they were).
+_OPTIONAL_SHARED = ("mu",)
 
 
 class ScheduleSet(Mapping[int, Schedule]):
@@ -535,7 +548,7 @@ class ScheduleSet(Mapping[int, Schedule]):
                 raise ValueError(f"budget {s.steps} was resampled; a ScheduleSet holds searched budgets only")
             if not np.array_equal(s.grid, first.grid):
                 raise ValueError(f"budget {s.steps} is on another grid than budget 1 (one search, one grid)")
-            for name in _SHARED:
+            for name in (*_SHARED, *_OPTIONAL_SHARED):
                 if getattr(s, name) != getattr(first, name):
                     raise ValueError(
                         f"budget {s.steps} has {name} = {getattr(s, name)!r} but budget 1 has "
@@ -646,9 +659,10 @@ class ScheduleSet(Mapping[int, Schedule]):
             kwargs = {
                 name: getattr(first, name) for name in ("metric", "solver", "num_samples", "fingerprint")
             }
-            return schedule_from_cost(
+            fresh = schedule_from_cost(
                 self._table, self.grid, steps, discount=first.discount, shape=first.shape, **kwargs
             )
+            return replace(fresh, mu=first.mu)
         sources = [k for k in self._scheds if k >= 2]
         if not sources:
             raise ValueError(
@@ -667,6 +681,9 @@ class ScheduleSet(Mapping[int, Schedule]):
         doc: dict[str, Any] = {"format": SET_FORMAT, "version": SET_VERSION, "max_steps": self.max_steps}
         doc.update({name: getattr(first, name) for name in _SHARED})
         doc["shape"] = None if first.shape is None else list(first.shape)
+        doc.update(
+            {name: getattr(first, name) for name in _OPTIONAL_SHARED if getattr(first, name) is not None}
+        )
         doc["grid"] = self.grid.tolist()
         doc["budgets"] = [
             {"steps": s.steps, "indices": s.indices.tolist(), "cost": s.cost} for s in self.values()
@@ -711,6 +728,7 @@ class ScheduleSet(Mapping[int, Schedule]):
             raise ValueError(f"{source}: budgets must be a non-empty list of objects")
         grid = _expect_numbers(doc["grid"], "grid", source)
         shared = {k: doc[k] for k in _SHARED}
+        shared.update({k: doc[k] for k in _OPTIONAL_SHARED if k in doc})
         scheds = []
         for b in budgets:
             indices = _expect_numbers(b.get("indices"), "budgets[].indices", source, integers=True)

@@ -3,14 +3,17 @@ with diffusers' own scheduler is in test_integrations_diffusers.py)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 import boss_fast as bf
 from boss_fast.integrations import diffusers_sigmas
+from boss_fast.integrations.sigmas import comfyui_text
 
 TIMES = np.array([0.0, 0.25, 0.5, 1.0])
 
@@ -45,3 +48,52 @@ def test_works_without_diffusers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[1.0, 0.25]"
+
+
+# -- the comfyui text: what ComfyUI's sigma-text nodes read back ---------------------------------------------
+
+
+def manual_sigmas(text: str) -> torch.Tensor:
+    """ComfyUI's stock ``ManualSigmas`` node (comfy_extras/nodes_custom_sampler.py, ComfyUI PR 11499):
+    ``re.findall(r"[-+]?(?:\\d*\\.*\\d+)", sigmas)``, each match through ``float``, then
+    ``torch.FloatTensor``. Every character outside those runs separates values: "5e-05" gives 5.0 and -5.0."""
+    return torch.FloatTensor([float(v) for v in re.findall(r"[-+]?(?:\d*\.*\d+)", text)])
+
+
+def custom_sigmas(text: str, interpolate_to_steps: int) -> torch.Tensor:
+    """KJNodes' ``CustomSigmas`` node (ComfyUI-KJNodes, nodes/curve_nodes.py): ``sigmas_string.split(', ')``,
+    ``float`` each, ``torch.FloatTensor``; when ``len != interpolate_to_steps + 1`` it resamples log-linearly
+    (so interpolate_to_steps must be K, one less than the number of values: not modelled here, refused);
+    then ``sigmas[-1] = 0``."""
+    values = torch.FloatTensor([float(v) for v in text.split(", ")])
+    if len(values) != interpolate_to_steps + 1:
+        raise AssertionError("CustomSigmas would resample this list")
+    values[-1] = 0
+    return values
+
+
+# Sigmas down to 1e-6, with values whose shortest float64 repr has an exponent (5e-05, 1e-06) or 17 digits.
+TINY = np.array([1.0, 0.7, 0.31999999999999995, 1e-2, 4.999999999999449e-05, 3e-6, 1e-6, 0.0])
+
+
+@pytest.mark.parametrize("sigmas", [TINY, 1.0 - np.r_[0.0, np.sort(np.random.default_rng(0).random(9)), 1.0]],
+                         ids=["tiny", "random"])  # fmt: skip
+def test_comfyui_text_parses_back_exactly(sigmas):
+    text = comfyui_text(sigmas)
+    want = torch.tensor(sigmas.tolist(), dtype=torch.float32)  # what a SIGMAS tensor holds
+    assert "e" not in text.lower() and "inf" not in text and "nan" not in text.lower()
+    assert torch.equal(manual_sigmas(text), want)
+    assert torch.equal(custom_sigmas(text, len(sigmas) - 1), want)
+
+
+def test_the_old_repr_text_fails_manual_sigmas():
+    """The control: shortest float64 repr (what `--format comfyui` printed before) breaks ManualSigmas."""
+    text = ", ".join(repr(v) for v in TINY.tolist())
+    assert len(manual_sigmas(text)) > len(TINY)  # "4.999...e-05" became two values
+
+
+def test_comfyui_text_digits():
+    assert comfyui_text([1.0, 0.5, 0.0]) == "1, 0.5, 0"
+    assert comfyui_text([1e-6]) == "0.000001"
+    with pytest.raises(ValueError, match="finite"):
+        comfyui_text([1.0, float("nan")])

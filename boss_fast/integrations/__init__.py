@@ -3,6 +3,8 @@
 - :mod:`boss_fast.integrations.diffusers`: ``BossScheduler`` (a diffusers scheduler stepping exactly at a
   schedule's sigmas) and ``DiffusersVelocity`` (a diffusers transformer as ``velocity(x, t)``).
   ``pip install 'boss_fast[diffusers]'``.
+- :mod:`boss_fast.integrations.pipelines`: an SD3 or Flux pipeline as a search target (load, encode a prompt
+  bank, latent shape and ``mu`` at a resolution); ``boss-fast schedule --pipeline``. Needs diffusers too.
 - :func:`diffusers_sigmas` (:mod:`boss_fast.integrations.sigmas`, no diffusers needed): sigmas for diffusers'
   *stock* flow-match scheduler that step at a schedule's times after its shift.
 - :mod:`boss_fast.integrations.flow_matching`: Meta's ``flow_matching`` ``ModelWrapper`` both ways and the
@@ -19,8 +21,8 @@ from types import ModuleType
 
 from boss_fast.integrations.sigmas import diffusers_sigmas
 
-__all__ = ["diffusers", "diffusers_sigmas", "flow_matching"]
-_MODULES = ("diffusers", "flow_matching")
+__all__ = ["diffusers", "diffusers_sigmas", "flow_matching", "pipelines"]
+_MODULES = ("diffusers", "flow_matching", "pipelines")
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -20,7 +20,7 @@ import numpy as np
 from boss_fast._validation import as_times, check_choice, check_float
 from boss_fast.schedule import Schedule
 
-__all__ = ["REMAPPING_KEYS", "STEPPING_KEYS", "diffusers_sigmas", "refuse_stepping_keys"]
+__all__ = ["REMAPPING_KEYS", "STEPPING_KEYS", "comfyui_text", "diffusers_sigmas", "refuse_stepping_keys"]
 
 # Config keys of the stock scheduler that change the step itself, not just which sigmas it visits:
 # ``invert_sigmas`` (Mochi) steps from sigma 0 up to 1, ``stochastic_sampling`` re-noises at every step. A
@@ -123,3 +123,23 @@ def _invert_static_shift(target: np.ndarray, shift: float) -> np.ndarray:
         raise ValueError(f"shift must be > 0, got {shift}")
     # sigma' = s sigma / (1 + (s - 1) sigma)  <=>  sigma = sigma' / (s - (s - 1) sigma')
     return target / (shift - (shift - 1.0) * target)
+
+
+def comfyui_text(sigmas: Sequence[float] | np.ndarray) -> str:
+    """Sigmas as one line every ComfyUI sigma-text node reads back exactly: ``", "``-separated plain decimals.
+
+    Each value is the shortest positional decimal (no exponent, no trailing point) that rounds to the same
+    float32, the dtype of ComfyUI's ``SIGMAS``: 1e-6 is ``0.000001``, 1.0 is ``1``. So ComfyUI's stock
+    ``ManualSigmas`` (which extracts ``[-+]?\\d*\\.*\\d+`` runs, splitting ``5e-05`` into 5 and -5) and
+    KJNodes' ``CustomSigmas`` (which splits on ``", "``) both parse the float32 sigmas exactly.
+
+    Example:
+        >>> comfyui_text([1.0, 0.31999999999999995, 4.999999999999449e-05, 0.0])
+        '1, 0.32, 0.00005, 0'
+    """
+    values = np.asarray(sigmas, dtype=np.float64)
+    if values.ndim != 1 or not np.all(np.isfinite(values)):
+        raise ValueError("sigmas must be a 1-D sequence of finite numbers")
+    return ", ".join(
+        np.format_float_positional(np.float32(v), unique=True, trim="-") for v in values.tolist()
+    )

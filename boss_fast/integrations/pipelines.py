@@ -1,0 +1,294 @@
+"""A diffusers pipeline as a schedule-search target: load it, encode a bank of prompts, the latent shape and
+Flux's ``mu`` at a resolution, and the velocity the pipeline's sampler steps (``boss-fast schedule
+--pipeline``; the straightening of a pipeline builds on the same pieces).
+
+Supported: ``StableDiffusion3Pipeline`` (CFG as it runs it: ``guidance_scale > 1`` doubles the batch with the
+negative prompt's embeddings) and ``FluxPipeline`` (distilled guidance: the scale goes into the transformer's
+guidance embedding). The conditioning is a dict under the pipelines' own call-argument names
+(``prompt_embeds``, ``pooled_prompt_embeds``, ``negative_prompt_embeds``, ``negative_pooled_prompt_embeds``),
+P prompts a batch: the bank of :class:`~boss_fast.integrations.diffusers.DiffusersVelocity` (noise m is paired
+with prompt m mod P).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from boss_fast._validation import check_float, check_int
+from boss_fast.integrations._imports import missing
+from boss_fast.integrations.diffusers import DiffusersVelocity
+from boss_fast.schedule import ScheduleSet
+from boss_fast.search import optimal_schedules
+
+try:
+    from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+    from safetensors.torch import load_file  # a dependency of diffusers
+except ImportError as err:  # the optional extra
+    raise missing("diffusers", "diffusers") from err
+
+__all__ = [
+    "EMBEDDING_KEYS",
+    "PipelineTarget",
+    "encode_prompts",
+    "latent_shape",
+    "load_pipeline",
+    "pipeline_kind",
+    "pipeline_mu",
+    "pipeline_schedules",
+    "pipeline_target",
+    "read_embeddings",
+    "read_prompts",
+]
+
+# The keys of a prompt-embeddings file and of the conditioning dicts here: the pipelines' own argument names.
+EMBEDDING_KEYS = (
+    "prompt_embeds",
+    "pooled_prompt_embeds",
+    "negative_prompt_embeds",
+    "negative_pooled_prompt_embeds",
+)
+# The guidance scale each pipeline's __call__ defaults to (diffusers 0.42): SD3 7.0, Flux 3.5.
+DEFAULT_GUIDANCE = {"sd3": 7.0, "flux": 3.5}
+# calculate_shift's defaults where a scheduler config lacks a key (each pipeline's own get(..., default)).
+_SHIFT_DEFAULTS = {
+    "sd3": {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.16},
+    "flux": {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15},
+}
+
+
+@dataclass(frozen=True)
+class PipelineTarget:
+    """What a schedule search on a pipeline needs.
+
+    Attributes:
+        velocity: the transformer with the prompt bank, as the pipeline's sampler steps it.
+        shape: one latent's shape at the resolution: SD3 (C, H / 8, W / 8); Flux packed (tokens, 4 C).
+        mu: the dynamic shift the pipeline passes at that resolution (Flux always; SD3 under
+            ``use_dynamic_shifting``), else None.
+        kind: "sd3" or "flux".
+        guidance: the guidance scale the velocity runs at (None: no guidance).
+    """
+
+    velocity: DiffusersVelocity
+    shape: tuple[int, ...]
+    mu: float | None
+    kind: str
+    guidance: float | None
+
+
+def load_pipeline(
+    path_or_id: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> DiffusionPipeline:
+    """A pipeline folder or hub id through diffusers' own ``DiffusionPipeline.from_pretrained`` (the class in
+    its ``model_index.json``), in ``dtype``, moved to ``device``.
+
+    Raises:
+        ValueError: the pipeline is neither SD3 nor Flux (:func:`pipeline_kind`).
+    """
+    pipe = DiffusionPipeline.from_pretrained(os.fspath(path_or_id), torch_dtype=dtype)
+    pipeline_kind(pipe)
+    if device is not None:
+        pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipeline_kind(pipe: object) -> str:
+    """ "sd3" for a ``StableDiffusion3Pipeline``, "flux" for a ``FluxPipeline`` (subclasses included).
+
+    Raises:
+        ValueError: any other pipeline, named.
+    """
+    if isinstance(pipe, StableDiffusion3Pipeline):
+        return "sd3"
+    if isinstance(pipe, FluxPipeline):
+        return "flux"
+    raise ValueError(
+        f"{type(pipe).__name__} is not supported: boss_fast searches StableDiffusion3Pipeline and "
+        "FluxPipeline (build a DiffusersVelocity yourself for another transformer)"
+    )
+
+
+def _resolution(pipe: DiffusionPipeline, height: int | None, width: int | None) -> tuple[int, int]:
+    side = pipe.default_sample_size * pipe.vae_scale_factor
+    h = side if height is None else check_int(height, "height")
+    w = side if width is None else check_int(width, "width")
+    multiple = pipe.vae_scale_factor * (2 if pipeline_kind(pipe) == "flux" else 1)
+    for name, value in (("height", h), ("width", w)):
+        if value < multiple or value % multiple:
+            raise ValueError(
+                f"{name} must be a positive multiple of {multiple} for this pipeline, got {value}"
+            )
+    return h, w
+
+
+def latent_shape(
+    pipe: DiffusionPipeline, height: int | None = None, width: int | None = None
+) -> tuple[int, ...]:
+    """One latent's shape at ``height`` x ``width`` pixels (default: the pipeline's default size), as the
+    pipeline's ``prepare_latents`` makes it: SD3 (C, H / f, W / f); Flux packed into 2 x 2 patches,
+    (H / 2f x W / 2f tokens, 4 C), with f the VAE scale factor."""
+    h, w = _resolution(pipe, height, width)
+    f = pipe.vae_scale_factor
+    if pipeline_kind(pipe) == "flux":
+        channels = pipe.transformer.config.in_channels // 4
+        return ((h // (2 * f)) * (w // (2 * f)), 4 * channels)
+    return (pipe.transformer.config.in_channels, h // f, w // f)
+
+
+def pipeline_mu(pipe: DiffusionPipeline, shape: Sequence[int]) -> float | None:
+    """The ``mu`` the pipeline passes to its scheduler for latents of ``shape`` (``calculate_shift`` of the
+    image sequence length and the scheduler config): Flux always, SD3 under ``use_dynamic_shifting``; else
+    None."""
+    kind = pipeline_kind(pipe)
+    config = pipe.scheduler.config
+    if kind == "flux":
+        seq_len = shape[0]
+    elif config.get("use_dynamic_shifting", False):
+        patch = pipe.transformer.config.patch_size
+        seq_len = (shape[1] // patch) * (shape[2] // patch)
+    else:
+        return None
+    args = {key: config.get(key, default) for key, default in _SHIFT_DEFAULTS[kind].items()}
+    return float(calculate_shift(seq_len, *args.values()))
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """The prompts in a text file, one a line (blank lines skipped).
+
+    Raises:
+        ValueError: the file holds no prompt.
+    """
+    with open(path, encoding="utf-8") as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"{os.fspath(path)}: no prompt (one prompt a line)")
+    return prompts
+
+
+def read_embeddings(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Prompt embeddings from a safetensors file with the keys of :data:`EMBEDDING_KEYS` (``prompt_embeds``
+    (P, T, D) and ``pooled_prompt_embeds`` (P, D') required; the negative pair optional, for CFG).
+
+    Raises:
+        ValueError: a missing required key or an unknown one.
+    """
+    from_file = load_file(os.fspath(path))
+    unknown = sorted(set(from_file) - set(EMBEDDING_KEYS))
+    if unknown:
+        raise ValueError(f"{os.fspath(path)}: unknown key(s) {unknown}; the keys are {list(EMBEDDING_KEYS)}")
+    for key in EMBEDDING_KEYS[:2]:
+        if key not in from_file:
+            raise ValueError(f"{os.fspath(path)}: missing {key!r} (the keys are {list(EMBEDDING_KEYS)})")
+    return from_file
+
+
+def encode_prompts(
+    pipe: DiffusionPipeline, prompts: Sequence[str], guidance: float | None = None, negative_prompt: str = ""
+) -> dict[str, torch.Tensor]:
+    """The bank of ``prompts`` through the pipeline's own ``encode_prompt``: a dict under
+    :data:`EMBEDDING_KEYS` with P = len(prompts) rows. SD3 adds the negative prompt's embeddings when the
+    guidance (default: the pipeline's 7.0) is above 1, as the pipeline's CFG does."""
+    kind = pipeline_kind(pipe)
+    prompts = list(prompts)
+    with torch.no_grad():
+        if kind == "flux":
+            embeds, pooled, _ = pipe.encode_prompt(prompts, None)
+            return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+        cfg = _guidance(kind, guidance) > 1.0
+        negatives = [negative_prompt] * len(prompts) if cfg else None
+        out = pipe.encode_prompt(
+            prompts, None, None, do_classifier_free_guidance=cfg, negative_prompt=negatives
+        )
+    return {key: value for key, value in zip(EMBEDDING_KEYS, out, strict=True) if value is not None}
+
+
+def _guidance(kind: str, guidance: float | None) -> float:
+    return DEFAULT_GUIDANCE[kind] if guidance is None else check_float(guidance, "guidance")
+
+
+def pipeline_target(
+    pipe: DiffusionPipeline,
+    conditioning: Mapping[str, torch.Tensor],
+    guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> PipelineTarget:
+    """The velocity the pipeline's sampler steps for the prompt bank ``conditioning`` (from
+    :func:`encode_prompts` or :func:`read_embeddings`), with the latent shape and ``mu`` at the resolution.
+
+    SD3: timestep = sigma x 1000; with ``guidance`` (default 7.0) above 1, CFG on a doubled batch with the
+    negative embeddings (required then). Flux: timestep = sigma; the guidance (default 3.5) as the guidance
+    embedding when the transformer has one (FLUX.1-dev), refused when it has none (schnell) and a guidance
+    is given; the batch-free text and image ids as the pipeline makes them.
+
+    Raises:
+        ValueError: missing embeddings, embeddings of the wrong width for the transformer, guidance given to
+            a Flux transformer without guidance embedding.
+    """
+    kind = pipeline_kind(pipe)
+    shape = latent_shape(pipe, height, width)
+    transformer = pipe.transformer
+    param = next(transformer.parameters())
+    cond = {k: v.to(param.device, param.dtype) for k, v in conditioning.items()}
+    for key in EMBEDDING_KEYS[:2]:
+        if key not in cond:
+            raise ValueError(f"the conditioning needs {key!r}")
+    pos = {"encoder_hidden_states": cond["prompt_embeds"], "pooled_projections": cond["pooled_prompt_embeds"]}
+    if kind == "flux":
+        velocity, scale = _flux_velocity(pipe, pos, guidance, _resolution(pipe, height, width))
+    else:
+        velocity, scale = _sd3_velocity(transformer, pos, cond, _guidance(kind, guidance))
+    return PipelineTarget(
+        velocity=velocity, shape=shape, mu=pipeline_mu(pipe, shape), kind=kind, guidance=scale
+    )
+
+
+def _sd3_velocity(
+    transformer: torch.nn.Module, pos: dict, cond: Mapping[str, torch.Tensor], scale: float
+) -> tuple[DiffusersVelocity, float]:
+    if scale <= 1.0:  # the pipeline runs no CFG at guidance_scale <= 1
+        return DiffusersVelocity(transformer, 1000.0, **pos), scale
+    if "negative_prompt_embeds" not in cond or "negative_pooled_prompt_embeds" not in cond:
+        raise ValueError(
+            f"guidance {scale} > 1 runs classifier-free guidance: the conditioning needs "
+            "negative_prompt_embeds and negative_pooled_prompt_embeds (or pass guidance 1)"
+        )
+    negative = {
+        "encoder_hidden_states": cond["negative_prompt_embeds"],
+        "pooled_projections": cond["negative_pooled_prompt_embeds"],
+    }
+    return DiffusersVelocity(transformer, 1000.0, negative=negative, guidance_scale=scale, **pos), scale
+
+
+def _flux_velocity(
+    pipe: DiffusionPipeline, pos: dict, guidance: float | None, pixels: tuple[int, int]
+) -> tuple[DiffusersVelocity, float | None]:
+    transformer = pipe.transformer
+    param = next(transformer.parameters())
+    scale = None
+    if transformer.config.guidance_embeds:
+        scale = _guidance("flux", guidance)
+        pos = dict(pos, guidance=torch.full((1,), scale, device=param.device, dtype=torch.float32))
+    elif guidance is not None:
+        raise ValueError(
+            "this Flux transformer has no guidance embedding (e.g. schnell): guidance does not apply"
+        )
+    f2 = 2 * pipe.vae_scale_factor  # one token per 2 x 2 latent pixels
+    ids = pipe._prepare_latent_image_ids(1, pixels[0] // f2, pixels[1] // f2, param.device, param.dtype)
+    text_ids = torch.zeros(pos["encoder_hidden_states"].shape[1], 3, device=param.device, dtype=param.dtype)
+    return DiffusersVelocity(transformer, 1.0, fixed={"txt_ids": text_ids, "img_ids": ids}, **pos), scale
+
+
+def pipeline_schedules(target: PipelineTarget, max_steps: int, **search: Any) -> ScheduleSet:
+    """Every budget K = 1 .. ``max_steps`` for a pipeline: :func:`boss_fast.optimal_schedules` on the target's
+    velocity (its prompt bank) and latent shape, each budget recording the target's ``mu``. ``search``: the
+    Python API's search options (``grid``, ``num_samples``, ``batch_size``, ``seed``, ``objective``, ...)."""
+    sset = optimal_schedules(target.velocity, target.shape, max_steps, **search)
+    return ScheduleSet((replace(s, mu=target.mu) for s in sset.values()), cost_table=sset.cost_table)
