@@ -14,12 +14,18 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from _tiny_flux import tiny_flux_transformer  # noqa: E402
+from _tiny_pipelines import save_tiny_sd3  # noqa: E402
 from _tiny_sd3 import tiny_sd3_transformer  # noqa: E402
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity  # noqa: E402
-from boss_fast.integrations.diffusers_lora import LORA_WEIGHT_NAME, save_diffusers_lora  # noqa: E402
+from boss_fast.integrations.diffusers_lora import (  # noqa: E402
+    LORA_WEIGHT_NAME,
+    save_diffusers_lora,
+    straighten_pipeline,
+)
+from boss_fast.integrations.pipelines import encode_prompts, load_pipeline  # noqa: E402
 from boss_fast.ode import for_rows  # noqa: E402
 from boss_fast.straighten import StraightenMemory  # noqa: E402
 
@@ -112,3 +118,26 @@ def test_a_merged_or_plain_student_is_refused(tmp_path):
         save_diffusers_lora(velocity, object(), tmp_path, SCHED)
     with pytest.raises(TypeError, match="Schedule"):
         save_diffusers_lora(velocity, StableDiffusion3Pipeline, tmp_path, SCHED.times)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_straighten_pipeline_writes_a_loadable_folder_and_gives_the_pipeline_back(tmp_path):
+    """The Python call under ``boss-fast straighten --pipeline``, on the tiny SD3 pipeline with its text stack
+    (prompts encoded by its own encode_prompt, CFG at 2): the folder loads, its LoRA changes the samples, and
+    the pipeline it trained in place is the base again afterwards."""
+    path = save_tiny_sd3(str(tmp_path))
+    pipe = load_pipeline(path)
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    cond = encode_prompts(pipe, ["a cat", "a dog"], guidance=2.0)
+    train = dict(num_pairs=4, grid=GRID, iters=3, batch_size=4, lr=1e-2, warmup=0, ema=0.0, progress=False)
+    stats = straighten_pipeline(pipe, SCHED, cond, tmp_path / "out", 2, guidance=2.0, **train)
+    assert stats.steps == 3 and stats.trained_share < 1
+    after = pipe.transformer.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    call = dict(prompt="a cat", guidance_scale=2.0, num_inference_steps=SCHED.steps, output_type="latent")
+    pipe.scheduler = BossScheduler.from_pretrained(tmp_path / "out", subfolder="scheduler")
+    base = pipe(latents=noise.clone(), **call).images
+    pipe.load_lora_weights(tmp_path / "out")
+    adapted = pipe(latents=noise.clone(), **call).images
+    assert torch.isfinite(adapted).all() and float((adapted - base).abs().max()) > 1e-3

@@ -16,13 +16,17 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity
+from boss_fast.integrations.pipelines import pipeline_target
 from boss_fast.schedule import Schedule
+from boss_fast.straighten import StraightenMemory, StraightenStats, straighten_with_stats
 
 try:
     from peft import get_peft_model_state_dict
@@ -32,7 +36,7 @@ except ImportError as err:  # the optional extra
         "your torch pin, e.g. torch==2.13.0)"
     ) from err
 
-__all__ = ["LORA_WEIGHT_NAME", "save_diffusers_lora", "transformer_lora_layers"]
+__all__ = ["LORA_WEIGHT_NAME", "save_diffusers_lora", "straighten_pipeline", "transformer_lora_layers"]
 
 LORA_WEIGHT_NAME = (
     "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(DIR) finds it
@@ -146,3 +150,55 @@ def save_diffusers_lora(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return os.path.join(out_dir, LORA_WEIGHT_NAME)
+
+
+def straighten_pipeline(
+    pipe: Any,
+    sched: Schedule,
+    conditioning: Mapping[str, torch.Tensor],
+    out_dir: str | os.PathLike,
+    lora_rank: int,
+    *,
+    guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    memory: StraightenMemory | None = None,
+    **options: Any,
+) -> StraightenStats:
+    """Straighten an SD3 or Flux pipeline's transformer for ``sched`` with rank-``lora_rank`` LoRA and write
+    ``out_dir`` for ``pipe.load_lora_weights(out_dir)`` and ``BossScheduler.from_pretrained(out_dir,
+    subfolder="scheduler")`` (:func:`save_diffusers_lora`): ``boss-fast straighten --pipeline``.
+
+    The velocity is the one the pipeline's sampler steps (:func:`boss_fast.integrations.pipelines.
+    pipeline_target`: the prompt bank ``conditioning``, CFG or Flux's guidance embedding at ``guidance``, the
+    latent shape at ``height`` x ``width``); noise m trains with prompt m mod P. The adapters are trained on
+    ``pipe.transformer`` itself (``memory.in_place`` is forced: no copy of the weights) and removed from it
+    afterwards (peft ``unload``), so ``pipe`` is the base pipeline again when this returns.
+
+    Args:
+        pipe: a ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (e.g. ``pipelines.load_pipeline``).
+        sched: the schedule, searched at this latent shape (a schedule that records another shape is refused).
+        conditioning: ``pipelines.encode_prompts`` or ``pipelines.read_embeddings``'s dict.
+        memory: gradient checkpointing and autocast (``StraightenMemory``).
+        options: :func:`boss_fast.straighten`'s training options (``num_pairs``, ``iters``, ``lr``, ...).
+
+    Returns:
+        The run's ``StraightenStats``.
+    """
+    target = pipeline_target(pipe, conditioning, guidance, height, width)
+    if sched.shape is not None and tuple(sched.shape) != tuple(target.shape):
+        raise ValueError(
+            f"the schedule was searched on latents of shape {tuple(sched.shape)} but this resolution gives "
+            f"{target.shape}: pass the search's height and width"
+        )
+    for name in ("lora_rank", "merge", "shape", "model", "sched", "memory"):
+        if name in options:
+            raise TypeError(f"straighten_pipeline sets {name!r} itself")
+    memory = replace(memory or StraightenMemory(), in_place=True)
+    student, stats = straighten_with_stats(target.velocity, sched, lora_rank=lora_rank, merge=False,
+                                           shape=target.shape, memory=memory, **options)  # fmt: skip
+    try:
+        save_diffusers_lora(student, pipe, out_dir, sched)
+    finally:
+        student.unload()  # the pipeline's own transformer modules back, without the adapters
+    return stats
