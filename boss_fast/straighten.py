@@ -666,6 +666,16 @@ def _gradient_checkpointing(student: nn.Module, enabled: bool):
             del block.forward  # back to the class's forward
 
 
+def _warn_other_model(sched: Schedule, model_fp: str) -> None:
+    if sched.fingerprint is not None and sched.fingerprint != model_fp:
+        warnings.warn(
+            f"the schedule was searched on another model (fingerprint {sched.fingerprint}, this model's "
+            f"is {model_fp}): its steps may not suit this one",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def _velocity_targets(pairs: StraighteningPairs) -> torch.Tensor:
     """(x_{k+1} - x_k) / (tau_{k+1} - tau_k) per pair: the velocity one Euler step must have."""
     dt = (pairs.t_end - pairs.t_start).view(-1, *[1] * (pairs.start.ndim - 1))
@@ -923,11 +933,9 @@ def straighten(
     ``ema``, warmed up, see ``ema_warmup``; 0 keeps the last weights) is what is returned.
 
     Args:
-        model: the ``nn.Module`` velocity network ``model(x, t)``; it is not modified (the student is a copy)
-            unless ``memory.in_place``.
+        model: the ``nn.Module`` ``model(x, t)``; not modified (the student is a copy) unless memory.in_place.
         sched: the ``Schedule`` to straighten for, chosen on ``grid`` with ``solver``.
-        teacher: ``velocity(x, t)`` producing the pairs; default ``model``'s weights as they are (the
-            student before training: the pairs are made first, so no frozen copy is kept).
+        teacher: ``velocity(x, t)`` producing the pairs; default the student before training (no copy).
         num_pairs: noises M (pairs = M * K).
         shape: one sample's shape for the noises; default the schedule's ``shape`` (where it was searched),
             else the bundled DiT's. A schedule from another model (its ``fingerprint``) is warned about.
@@ -942,16 +950,11 @@ def straighten(
             steps and at the end (student, EMA, optimiser, step, RNG states, and a header with the schedule,
             the model's and the teacher's fingerprints, the noise's digest, the settings and a SHA-256 of the
             rest); a run finding one resumes from it, and refuses one from another model, teacher, noise,
-            schedule or settings, or one failing its checksum. Resuming is bit-identical to an
-            uninterrupted run.
-        cache_dir: pair cache (see ``straightening_pairs``).
-        teacher_mode: the teacher's ``mode`` for the pairs (``straightening_pairs``), e.g. "cuda_graph".
-        device: where to train; default the model's device.
-        callback: ``callback(step, loss)`` after each step (step counts from 1), e.g. for logging.
-        memory: a :class:`StraightenMemory` for large models (train in place, gradient checkpointing,
-            autocast); default None: a copy, no checkpointing, no autocast. A ``model`` with a bank of
-            conditionings (``for_rows``, e.g. ``DiffusersVelocity`` over several prompts) pairs noise m with
-            conditioning m mod P, for the pairs and for the student's steps alike.
+            schedule or settings, or one failing its checksum. Resuming is bit-identical.
+        cache_dir, teacher_mode: the pair cache and the teacher's ``mode`` (``straightening_pairs``).
+        device: where to train (default the model's); callback: ``callback(step, loss)`` after each step.
+        memory: :class:`StraightenMemory` (in place, gradient checkpointing, autocast); None: the default.
+            A ``model`` with a bank (``for_rows``) pairs noise m with conditioning m mod P, pairs and steps.
 
     Returns:
         The straightened module in eval mode with gradients off, called like ``model``.
@@ -1029,13 +1032,7 @@ def straighten_with_stats(
     )  # fmt: skip
     teacher_id = model_fp if teacher is None else _identity(teacher)
     student, params = _trainable(student, run)
-    if run.sched.fingerprint is not None and run.sched.fingerprint != model_fp:
-        warnings.warn(
-            f"the schedule was searched on another model (fingerprint {run.sched.fingerprint}, this model's "
-            f"is {model_fp}): its steps may not suit this one",
-            UserWarning,
-            stacklevel=3,
-        )
+    _warn_other_model(run.sched, model_fp)
     header = _header(model_fp, run.sched, run.config(noise.shape[0], rank_world()[1]), teacher_id, noise)
     state = _TrainState.start(params, run.lr, run.seed)
     path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None

@@ -74,8 +74,8 @@ def test_pairs_pair_noise_m_with_conditioning_m_mod_p_whatever_the_batching():
     k = sched.steps
     for m in range(7):  # each noise alone, with its own conditioning m mod 3
         states = teacher_trajectory(bank.for_rows(torch.tensor([m])), noise[m : m + 1], sched.grid).states
-        torch.testing.assert_close(by2.start[m * k : (m + 1) * k], states[sched.indices[:-1].tolist(), 0], atol=1e-12,
-                                   rtol=0)  # fmt: skip
+        want = states[sched.indices[:-1].tolist(), 0]
+        torch.testing.assert_close(by2.start[m * k : (m + 1) * k], want, atol=1e-12, rtol=0)
     # Negative control: a plain call (batch position, not noise index) would pair noise 2 with entry 0.
     shifted = teacher_trajectory(bank.for_rows(torch.tensor([0])), noise[2:3], sched.grid).states
     assert not torch.allclose(by2.start[2 * k + 1], shifted[int(sched.indices[1]), 0])
