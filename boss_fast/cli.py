@@ -240,6 +240,12 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_schedule(args) -> None:
+    if args.pipeline is not None:
+        _cmd_schedule_pipeline(args)
+        return
+    given = [flag for flag, value in _pipeline_only(args) if value is not None]
+    if given:
+        raise UsageError(f"{given[0]} applies to --pipeline only")
     _check_output_file(args.out, "--out")
     _check_output_file(args.checkpoint, "--checkpoint")
     device = _check_device(args.device)
@@ -270,6 +276,88 @@ def _cmd_schedule(args) -> None:
         times = np.array2string(sched.times, precision=4)
         print(f"{sched.steps}-step {sched.objective} schedule (cost {sched.cost:.6g}): {times}")
     print(f"written to {args.out}")
+
+
+# ------------------------------------------------------------------------------ schedule --pipeline
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _pipeline_only(args) -> list[tuple[str, object]]:
+    flags = ("prompts", "embeddings", "guidance", "height", "width", "dtype", "max_sequence_length")
+    return [("--" + name.replace("_", "-"), getattr(args, name)) for name in flags]
+
+
+def _pipelines_module():
+    """boss_fast.integrations.pipelines, or a one-line error naming the extra when diffusers is missing."""
+    try:
+        return importlib.import_module("boss_fast.integrations.pipelines")
+    except ImportError as err:
+        raise UsageError(f"--pipeline: {_one_line(err)}") from None
+
+
+def _pipeline_conditioning(args, pipelines, pipe) -> dict:
+    if (args.prompts is None) == (args.embeddings is None):
+        raise UsageError("--pipeline needs one of --prompts FILE (one prompt a line) or --embeddings FILE")
+    if args.prompts is not None:
+        _check_input_file(args.prompts, "--prompts")
+        prompts = pipelines.read_prompts(args.prompts)
+        return pipelines.encode_prompts(
+            pipe, prompts, args.guidance, max_sequence_length=args.max_sequence_length
+        )
+    _check_input_file(args.embeddings, "--embeddings")
+    return pipelines.read_embeddings(args.embeddings)
+
+
+def _cmd_schedule_pipeline(args) -> None:
+    """``boss-fast schedule --pipeline``: the prompt bank's schedule(s) of an SD3 or Flux pipeline."""
+    if args.shape is not None:
+        raise UsageError("--shape: with --pipeline the latent shape follows from --height and --width")
+    _check_output_file(args.out, "--out")
+    _check_output_file(args.checkpoint, "--checkpoint")
+    device = _check_device(args.device)
+    if args.solver == "dopri5":
+        _check_extra("dopri5", "--solver dopri5")
+    pipelines = _pipelines_module()
+    pipe = pipelines.load_pipeline(args.pipeline, _DTYPES.get(args.dtype), device)
+    cond = _pipeline_conditioning(args, pipelines, pipe)
+    target = pipelines.pipeline_target(pipe, cond, args.guidance, args.height, args.width)
+    sset = pipelines.pipeline_schedules(
+        target,
+        args.max_steps if args.max_steps is not None else args.steps,
+        grid=args.grid,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        solver=args.solver,
+        metric=args.metric,
+        device=device,
+        backend=args.backend,
+        objective=args.objective,
+        progress=not args.no_progress,
+        checkpoint=args.checkpoint,
+    )
+    found = sset if args.max_steps is not None else sset[args.steps]
+    found.save(args.out)
+    bank = target.velocity.bank_size
+    mu = "" if target.mu is None else f", mu {target.mu:.6g}"
+    print(f"{target.kind} pipeline, latent {target.shape}{mu}, {bank} prompt(s), guidance {target.guidance}")
+    for sched in sset.values() if args.max_steps is not None else [found]:
+        print(f"K = {sched.steps}:")
+        print(f"  diffusers: {_diffusers_line(sched, pipe.scheduler.config, target.mu)}")
+        print(f"  comfyui:   {comfyui_text(sched.sigmas())}")
+    print(f"written to {args.out}")
+
+
+def _diffusers_line(sched: bf.Schedule, config, mu: float | None) -> str:
+    """``num_inference_steps=K, sigmas=[...]`` for the pipeline's own scheduler, or why not."""
+    dynamic = bool(config.get("use_dynamic_shifting", False))
+    try:
+        values = diffusers_sigmas(sched, mu=mu if dynamic else None, config=config)
+    except ValueError as err:
+        swap = "pipe.scheduler = BossScheduler.from_schedule(sched, pipe.scheduler.config)"
+        return f"({_one_line(err)}) -> {swap}"
+    return f"num_inference_steps={sched.steps}, sigmas=[{', '.join(repr(v) for v in values)}]"
 
 
 def _sigmas_schedule(path: str, steps: int | None) -> bf.Schedule:
@@ -458,7 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     sched = sub.add_parser("schedule", help="the Bellman-optimal schedule of a velocity model, as JSON")
-    sched.add_argument("--model", required=True, help=_MODEL_HELP)
+    source = sched.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help=_MODEL_HELP)
+    source.add_argument(
+        "--pipeline",
+        help="a diffusers SD3 or Flux pipeline folder or hub id (its own from_pretrained; runs no user code)",
+    )
+    _add_pipeline_options(sched)
     sched.add_argument("--shape", help="one sample's shape, e.g. 3,32,32 (bundled models know theirs)")
     budget = sched.add_mutually_exclusive_group(required=True)
     budget.add_argument("--steps", type=int, help="K: write one schedule")
@@ -497,6 +591,31 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-steps", type=int, default=10)
     ex.set_defaults(func=_cmd_dp_example)
     return parser
+
+
+def _add_pipeline_options(sched) -> None:
+    """The options of ``schedule --pipeline``: the conditioning bank, guidance, resolution, dtype."""
+    sched.add_argument("--prompts", help="--pipeline: a text file, one prompt a line (the bank, m mod P)")
+    sched.add_argument(
+        "--embeddings",
+        help="--pipeline: a safetensors file of prompt_embeds, pooled_prompt_embeds (P rows) and, for CFG, "
+        "negative_prompt_embeds, negative_pooled_prompt_embeds",
+    )
+    sched.add_argument(
+        "--guidance",
+        type=float,
+        help="--pipeline: the guidance scale the pipeline runs (default SD3 7, Flux 3.5)",
+    )
+    sched.add_argument(
+        "--height", type=int, help="--pipeline: image height in pixels (default the pipeline's)"
+    )
+    sched.add_argument("--width", type=int, help="--pipeline: image width in pixels (default the pipeline's)")
+    sched.add_argument("--dtype", choices=tuple(_DTYPES), help="--pipeline: torch_dtype to load it in")
+    sched.add_argument(
+        "--max-sequence-length",
+        type=int,
+        help="--prompts: the T5 token length, as your pipeline call's (default SD3 256, Flux 512)",
+    )
 
 
 def _add_sigmas_parser(sub) -> None:

@@ -40,7 +40,9 @@ def clip_tokenizer(folder: str) -> CLIPTokenizer:
     with open(os.path.join(folder, "merges.txt"), "w") as f:
         f.write("#version: 0.2\n")
     return CLIPTokenizer(
-        os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), pad_token="<|endoftext|>",
+        os.path.join(folder, "vocab.json"),
+        os.path.join(folder, "merges.txt"),
+        pad_token="<|endoftext|>",
         model_max_length=77,
     )
 

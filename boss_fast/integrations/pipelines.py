@@ -190,23 +190,37 @@ def read_embeddings(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def encode_prompts(
-    pipe: DiffusionPipeline, prompts: Sequence[str], guidance: float | None = None, negative_prompt: str = ""
+    pipe: DiffusionPipeline,
+    prompts: Sequence[str],
+    guidance: float | None = None,
+    negative_prompt: str = "",
+    max_sequence_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The bank of ``prompts`` through the pipeline's own ``encode_prompt``: a dict under
     :data:`EMBEDDING_KEYS` with P = len(prompts) rows. SD3 adds the negative prompt's embeddings when the
-    guidance (default: the pipeline's 7.0) is above 1, as the pipeline's CFG does."""
+    guidance (default: the pipeline's 7.0) is above 1, as the pipeline's CFG does. ``max_sequence_length``:
+    the T5 length, as the pipeline call's (default its own: SD3 256, Flux 512); sample with the same."""
     kind = pipeline_kind(pipe)
     prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a non-empty list of strings")
+    length = {}
+    if max_sequence_length is not None:
+        length["max_sequence_length"] = check_int(max_sequence_length, "max_sequence_length")
     with torch.no_grad():
         if kind == "flux":
-            embeds, pooled, _ = pipe.encode_prompt(prompts, None)
+            embeds, pooled, _ = pipe.encode_prompt(prompts, None, **length)
             return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
         cfg = _guidance(kind, guidance) > 1.0
         negatives = [negative_prompt] * len(prompts) if cfg else None
         out = pipe.encode_prompt(
-            prompts, None, None, do_classifier_free_guidance=cfg, negative_prompt=negatives
+            prompts, None, None, do_classifier_free_guidance=cfg, negative_prompt=negatives, **length
         )
-    return {key: value for key, value in zip(EMBEDDING_KEYS, out, strict=True) if value is not None}
+    embeds, negative, pooled, negative_pooled = out  # SD3's encode_prompt order
+    found = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    if cfg:
+        found.update(negative_prompt_embeds=negative, negative_pooled_prompt_embeds=negative_pooled)
+    return found
 
 
 def _guidance(kind: str, guidance: float | None) -> float:
