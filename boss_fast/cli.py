@@ -29,6 +29,7 @@ from boss_fast.integrations.sigmas import comfyui_text, diffusers_sigmas
 from boss_fast.models import WeightsFileError, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
 from boss_fast.schedule import SCHEDULE_FORMAT, SET_FORMAT, read_json
+from boss_fast.straighten import StraightenMemory
 
 # The shape of one sample of each bundled velocity model (the classifier is not a velocity model).
 BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,), "gmm2d_narrow": (2,)}
@@ -414,7 +415,53 @@ def _cmd_sigmas(args) -> None:
         print("\n".join(repr(v) for v in sigmas))
 
 
+def _memory(args) -> StraightenMemory:
+    return StraightenMemory(
+        gradient_checkpointing=args.gradient_checkpointing, autocast=_DTYPES.get(args.autocast)
+    )
+
+
+def _cmd_straighten_pipeline(args) -> None:
+    """``boss-fast straighten --pipeline``: LoRA on an SD3 or Flux pipeline's transformer over the prompt
+    bank, written as a folder that ``pipe.load_lora_weights`` and ``BossScheduler.from_pretrained`` read."""
+    for flag, value in (("--shape", args.shape), ("--grid", args.grid)):
+        if value is not None:
+            raise UsageError(f"{flag}: with --pipeline it follows from the schedule and --height/--width")
+    if args.lora_rank is None:
+        raise UsageError("--pipeline writes a LoRA for diffusers: give --lora-rank r")
+    _check_extra("lora", "--lora-rank")
+    for flag, path in (("--out", args.out), ("--checkpoint-dir", args.checkpoint_dir),
+                       ("--cache-dir", args.cache_dir)):  # fmt: skip
+        _check_output_dir(path, flag)
+    device = _check_device(args.device)
+    _check_input_file(args.schedule, "--schedule")
+    sched = _sigmas_schedule(args.schedule, args.steps)
+    pipelines = _pipelines_module()
+    lora = importlib.import_module("boss_fast.integrations.diffusers_lora")
+    pipe = pipelines.load_pipeline(args.pipeline, _DTYPES.get(args.dtype), device)
+    cond = _pipeline_conditioning(args, pipelines, pipe)
+    stats = lora.straighten_pipeline(
+        pipe, sched, cond, args.out, args.lora_rank, guidance=args.guidance, height=args.height,
+        width=args.width, memory=_memory(args), num_pairs=args.num_pairs, grid=sched.grid,
+        solver=sched.solver, iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        ema=args.ema, loss=args.loss, normalize=args.normalize, checkpoint_dir=args.checkpoint_dir,
+        seed=args.seed, device=device, progress=not args.no_progress, cache_dir=args.cache_dir,
+    )  # fmt: skip
+    print(
+        f"straightened for {sched.steps} steps (LoRA rank {args.lora_rank}, {stats.trained_share:.1%} of the "
+        f"transformer's parameters, last loss {stats.losses[-1]:.4g}); written to {args.out}: "
+        f"pipe.load_lora_weights({args.out!r}); pipe.scheduler = BossScheduler.from_pretrained({args.out!r}, "
+        f'subfolder="scheduler"); pipe(..., num_inference_steps={sched.steps})'
+    )
+
+
 def _cmd_straighten(args) -> None:
+    if args.pipeline is not None:
+        _cmd_straighten_pipeline(args)
+        return
+    given = [flag for flag, value in [*_pipeline_only(args), ("--steps", args.steps)] if value is not None]
+    if given:
+        raise UsageError(f"{given[0]} applies to --pipeline only")
     _check_output_file(args.out, "--out")
     _check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     _check_output_dir(args.cache_dir, "--cache-dir")
@@ -449,6 +496,7 @@ def _cmd_straighten(args) -> None:
         progress=not args.no_progress,
         shape=shape,
         cache_dir=args.cache_dir,
+        memory=_memory(args),
     )
     config = student.config() if callable(getattr(student, "config", None)) else {}
     name = args.model if ":" not in args.model else args.model.replace(":", ".")
@@ -644,8 +692,20 @@ def _add_sigmas_parser(sub) -> None:
 
 def _add_straighten_parser(sub) -> None:
     st = sub.add_parser("straighten", help="fine-tune a model for a schedule's steps (BOSS stage 2)")
-    st.add_argument("--model", required=True, help=_MODEL_HELP)
+    source = st.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help=_MODEL_HELP)
+    source.add_argument(
+        "--pipeline",
+        help="a diffusers SD3 or Flux pipeline folder or hub id: LoRA on its transformer (--lora-rank), "
+        "--out a folder for pipe.load_lora_weights",
+    )
+    _add_pipeline_options(st)
     st.add_argument("--schedule", required=True, help="schedule JSON (boss-fast schedule)")
+    st.add_argument("--steps", type=int, help="--pipeline: K, when --schedule holds a schedule set")
+    st.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute block activations (less memory)"
+    )
+    st.add_argument("--autocast", choices=("bfloat16", "float16"), help="the training forward in this dtype")
     st.add_argument("--shape", help="one sample's shape, e.g. 3,32,32 (default: the schedule's)")
     st.add_argument(
         "--grid", type=int, default=None, help="uniform grid size to check (default: the schedule's)"
@@ -664,7 +724,12 @@ def _add_straighten_parser(sub) -> None:
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--device", default=None)
     st.add_argument("--no-progress", action="store_true")
-    st.add_argument("--out", required=True, help="straightened weights (.safetensors)")
+    st.add_argument(
+        "--out",
+        required=True,
+        help="straightened weights (.safetensors); with --pipeline a folder "
+        "(pytorch_lora_weights.safetensors, scheduler/)",
+    )
     st.set_defaults(func=_cmd_straighten)
 
 

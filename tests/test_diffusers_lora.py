@@ -14,11 +14,12 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from _tiny_flux import tiny_flux_transformer  # noqa: E402
-from _tiny_pipelines import save_tiny_sd3  # noqa: E402
+from _tiny_pipelines import save_tiny_flux, save_tiny_sd3  # noqa: E402
 from _tiny_sd3 import tiny_sd3_transformer  # noqa: E402
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
+from boss_fast.cli import main  # noqa: E402
 from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity  # noqa: E402
 from boss_fast.integrations.diffusers_lora import (  # noqa: E402
     LORA_WEIGHT_NAME,
@@ -121,23 +122,65 @@ def test_a_merged_or_plain_student_is_refused(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_straighten_pipeline_writes_a_loadable_folder_and_gives_the_pipeline_back(tmp_path):
-    """The Python call under ``boss-fast straighten --pipeline``, on the tiny SD3 pipeline with its text stack
-    (prompts encoded by its own encode_prompt, CFG at 2): the folder loads, its LoRA changes the samples, and
-    the pipeline it trained in place is the base again afterwards."""
-    path = save_tiny_sd3(str(tmp_path))
+@pytest.mark.parametrize("kind", ["sd3", pytest.param("flux", marks=pytest.mark.slow)])
+def test_cli_straighten_pipeline_writes_a_folder_the_pipeline_loads(tmp_path, capsys, kind):
+    """``boss-fast schedule --pipeline`` then ``straighten --pipeline`` on a tiny pipeline saved with its text
+    stack (prompts encoded by its own encode_prompt; SD3 with CFG at 2): the folder loads into the pipeline,
+    its scheduler steps at the schedule, its LoRA changes the samples, and the pipeline the CLI trained in
+    place would be the base again (``straighten_pipeline`` unloads the adapters)."""
+    path = (save_tiny_sd3 if kind == "sd3" else save_tiny_flux)(str(tmp_path))
+    side, guidance = ("64", "2.0") if kind == "sd3" else ("32", "3.5")
+    (tmp_path / "prompts.txt").write_text("a red cat\nthe sea\n")
+    common = ["--pipeline", path, "--prompts", str(tmp_path / "prompts.txt"), "--guidance", guidance,
+              "--height", side, "--width", side, "--max-sequence-length", "8", "--no-progress"]  # fmt: skip
+    sets = str(tmp_path / "k.json")
+    search = ["--max-steps", "2", "--grid", "4", "--num-samples", "2", "--batch-size", "2"]
+    assert main(["schedule", *common, *search, "--out", sets]) == 0, capsys.readouterr().err
+    out = tmp_path / "lora"
+    train = ["--lora-rank", "2", "--num-pairs", "4", "--iters", "3", "--batch-size", "4", "--lr", "1e-2",
+             "--warmup", "0", "--ema", "0", "--gradient-checkpointing"]  # fmt: skip
+    argv = ["straighten", *common, "--schedule", sets, "--steps", "2", *train, "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "load_lora_weights" in capsys.readouterr().out
+    sched = bf.ScheduleSet.load(sets)[2]
     pipe = load_pipeline(path)
-    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
-    cond = encode_prompts(pipe, ["a cat", "a dog"], guidance=2.0)
-    train = dict(num_pairs=4, grid=GRID, iters=3, batch_size=4, lr=1e-2, warmup=0, ema=0.0, progress=False)
-    stats = straighten_pipeline(pipe, SCHED, cond, tmp_path / "out", 2, guidance=2.0, **train)
-    assert stats.steps == 3 and stats.trained_share < 1
-    after = pipe.transformer.state_dict()
-    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    call = dict(prompt="a cat", guidance_scale=2.0, num_inference_steps=SCHED.steps, output_type="latent")
-    pipe.scheduler = BossScheduler.from_pretrained(tmp_path / "out", subfolder="scheduler")
+    pipe.scheduler = BossScheduler.from_pretrained(out, subfolder="scheduler")
+    assert pipe.scheduler.config.times == sched.times.tolist()
+    shape = (1, 4, 8, 8) if kind == "sd3" else (1, 4, 16)
+    noise = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    call = dict(prompt="a red cat", guidance_scale=float(guidance), num_inference_steps=2, height=int(side),
+                width=int(side), output_type="latent", max_sequence_length=8)  # fmt: skip
     base = pipe(latents=noise.clone(), **call).images
-    pipe.load_lora_weights(tmp_path / "out")
+    pipe.load_lora_weights(out)
     adapted = pipe(latents=noise.clone(), **call).images
     assert torch.isfinite(adapted).all() and float((adapted - base).abs().max()) > 1e-3
+
+
+def test_straighten_pipeline_gives_the_pipeline_back_and_refuses_another_resolution(tmp_path):
+    pipe = load_pipeline(save_tiny_sd3(str(tmp_path)))
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    cond = encode_prompts(pipe, ["a cat"], guidance=1.0, max_sequence_length=8)
+    train = dict(num_pairs=2, grid=GRID, iters=2, batch_size=2, lr=1e-2, warmup=0, progress=False)
+    straighten_pipeline(pipe, SCHED, cond, tmp_path / "out", 2, guidance=1.0, **train)
+    after = pipe.transformer.state_dict()  # the adapters were trained in place, then unloaded
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    searched_elsewhere = bf.Schedule(SCHED.times, SCHED.indices, 0.0, GRID, shape=(4, 16, 16))
+    with pytest.raises(ValueError, match=r"shape \(4, 16, 16\).*\(4, 8, 8\)"):
+        straighten_pipeline(pipe, searched_elsewhere, cond, tmp_path / "x", 2, guidance=1.0, **train)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--pipeline", "p", "--schedule", "k.json", "--out", "o"], "give --lora-rank r"),
+        (["--pipeline", "p", "--schedule", "k.json", "--out", "o", "--lora-rank", "2", "--shape", "4,8,8"],
+         "--shape: with --pipeline"),
+        (["--model", "mlp2d", "--schedule", "k.json", "--out", "o.safetensors", "--steps", "2"],
+         "--steps applies to --pipeline only"),
+        (["--model", "mlp2d", "--schedule", "k.json", "--out", "o.safetensors", "--prompts", "p.txt"],
+         "--prompts applies to --pipeline only"),
+    ],
+)  # fmt: skip
+def test_cli_straighten_refuses_flags_that_do_not_apply(capsys, argv, message):
+    assert main(["straighten", *argv]) != 0
+    assert message in capsys.readouterr().err
