@@ -546,13 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     sched = sub.add_parser("schedule", help="the Bellman-optimal schedule of a velocity model, as JSON")
-    source = sched.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help=_MODEL_HELP)
-    source.add_argument(
-        "--pipeline",
-        help="a diffusers SD3 or Flux pipeline folder or hub id (its own from_pretrained; runs no user code)",
-    )
-    _add_pipeline_options(sched)
+    _add_schedule_source(sched)
     sched.add_argument("--shape", help="one sample's shape, e.g. 3,32,32 (bundled models know theirs)")
     budget = sched.add_mutually_exclusive_group(required=True)
     budget.add_argument("--steps", type=int, help="K: write one schedule")
@@ -591,6 +585,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-steps", type=int, default=10)
     ex.set_defaults(func=_cmd_dp_example)
     return parser
+
+
+def _add_schedule_source(sched) -> None:
+    """``schedule``'s model: ``--model`` or ``--pipeline`` (with the pipeline's options)."""
+    source = sched.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help=_MODEL_HELP)
+    source.add_argument(
+        "--pipeline",
+        help="a diffusers SD3 or Flux pipeline folder or hub id (its own from_pretrained; runs no user code)",
+    )
+    _add_pipeline_options(sched)
 
 
 def _add_pipeline_options(sched) -> None:

@@ -19,6 +19,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from boss_fast.cli import main  # noqa: E402
 from boss_fast.integrations import pipelines  # noqa: E402
+from boss_fast.integrations.sigmas import comfyui_text  # noqa: E402
 
 # 3 noises in batches of 2 over a bank of 3 prompts: the pairing crosses a batch boundary.
 SEARCH = ["--max-steps", "2", "--grid", "5", "--num-samples", "3", "--batch-size", "2", "--no-progress"]
@@ -82,8 +83,6 @@ def test_schedule_pipeline_end_to_end(saved, capsys, kind):
 
 
 def bf_comfy(sched):
-    from boss_fast.integrations.sigmas import comfyui_text  # noqa: PLC0415
-
     return comfyui_text(sched.sigmas())
 
 
