@@ -121,6 +121,15 @@ def test_pipeline_errors(saved, capsys, tmp_path):
         last = err.strip().splitlines()[-1]  # (diffusers' own loading bars come before it on stderr)
         assert last.startswith("boss-fast schedule: error:") and message in last, err
     assert not (tmp_path / "x.json").exists()
+    pipe = pipelines.load_pipeline(sd3)
+    plain = {"prompt_embeds": torch.zeros(2, 85, 16), "pooled_prompt_embeds": torch.zeros(2, 8)}
+    with pytest.raises(ValueError, match="guidance 7.0 > 1 runs classifier-free guidance: .* needs negative"):
+        pipelines.pipeline_target(pipe, plain, None, 64, 64)  # SD3's default guidance is CFG
+    assert pipelines.pipeline_target(pipe, plain, 1.0, 64, 64).velocity.guided is False
+    flux_pipe = pipelines.load_pipeline(flux)
+    negatives = dict(plain, negative_prompt_embeds=plain["prompt_embeds"])
+    with pytest.raises(ValueError, match="true CFG .* not supported"):
+        pipelines.pipeline_target(flux_pipe, negatives, None, 32, 32)
     with pytest.raises(
         ValueError, match="guidance does not apply"
     ):  # a schnell-like Flux: no guidance embedding

@@ -256,6 +256,11 @@ def pipeline_target(
             raise ValueError(f"the conditioning needs {key!r}")
     pos = {"encoder_hidden_states": cond["prompt_embeds"], "pooled_projections": cond["pooled_prompt_embeds"]}
     if kind == "flux":
+        if any(key.startswith("negative_") for key in cond):
+            raise ValueError(
+                "negative embeddings given for Flux: its guidance is the distilled guidance embedding; true "
+                "CFG (FluxPipeline's true_cfg_scale) is not supported here, drop the negative_* keys"
+            )
         velocity, scale = _flux_velocity(pipe, pos, guidance, _resolution(pipe, height, width))
     else:
         velocity, scale = _sd3_velocity(transformer, pos, cond, _guidance(kind, guidance))
