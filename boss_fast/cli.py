@@ -639,7 +639,8 @@ def _add_sigmas_parser(sub) -> None:
         default="text",
         choices=("text", "json", "csv", "comfyui", "diffusers"),
         help="text: one sigma per line; json: {steps, sigmas, times}; csv: step,time,sigma; comfyui: one "
-        "comma-separated line (SIGMAS); diffusers: the K values for sigmas= (a Python/JSON list)",
+        "', '-separated line of plain float32 decimals (ComfyUI's ManualSigmas text); diffusers: the K "
+        "values for sigmas= (a Python/JSON list)",
     )
     sg.add_argument("--config", default=None, help="diffusers: the scheduler_config.json to invert")
     sg.add_argument("--shift", type=float, default=None, help="diffusers: the static shift (or --config)")
