@@ -126,6 +126,8 @@ def test_pipeline_errors(saved, capsys, tmp_path):
     with pytest.raises(ValueError, match="guidance 7.0 > 1 runs classifier-free guidance: .* needs negative"):
         pipelines.pipeline_target(pipe, plain, None, 64, 64)  # SD3's default guidance is CFG
     assert pipelines.pipeline_target(pipe, plain, 1.0, 64, 64).velocity.guided is False
+    with pytest.raises(ValueError, match=r"pooled_prompt_embeds has shape \(2, 9\); .* width 8"):
+        pipelines.pipeline_target(pipe, dict(plain, pooled_prompt_embeds=torch.zeros(2, 9)), 1.0, 64, 64)
     flux_pipe = pipelines.load_pipeline(flux)
     negatives = dict(plain, negative_prompt_embeds=plain["prompt_embeds"])
     with pytest.raises(ValueError, match="true CFG .* not supported"):
