@@ -594,13 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     sched = sub.add_parser("schedule", help="the Bellman-optimal schedule of a velocity model, as JSON")
-    source = sched.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help=_MODEL_HELP)
-    source.add_argument(
-        "--pipeline",
-        help="a diffusers SD3 or Flux pipeline folder or hub id (its own from_pretrained; runs no user code)",
-    )
-    _add_pipeline_options(sched)
+    _add_schedule_source(sched)
     sched.add_argument("--shape", help="one sample's shape, e.g. 3,32,32 (bundled models know theirs)")
     budget = sched.add_mutually_exclusive_group(required=True)
     budget.add_argument("--steps", type=int, help="K: write one schedule")
@@ -639,6 +633,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-steps", type=int, default=10)
     ex.set_defaults(func=_cmd_dp_example)
     return parser
+
+
+def _add_schedule_source(sched) -> None:
+    """``schedule``'s model: ``--model`` or ``--pipeline`` (with the pipeline's options)."""
+    source = sched.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help=_MODEL_HELP)
+    source.add_argument(
+        "--pipeline",
+        help="a diffusers SD3 or Flux pipeline folder or hub id (its own from_pretrained; runs no user code)",
+    )
+    _add_pipeline_options(sched)
 
 
 def _add_pipeline_options(sched) -> None:
@@ -682,7 +687,8 @@ def _add_sigmas_parser(sub) -> None:
         default="text",
         choices=("text", "json", "csv", "comfyui", "diffusers"),
         help="text: one sigma per line; json: {steps, sigmas, times}; csv: step,time,sigma; comfyui: one "
-        "comma-separated line (SIGMAS); diffusers: the K values for sigmas= (a Python/JSON list)",
+        "', '-separated line of plain float32 decimals (ComfyUI's ManualSigmas text); diffusers: the K "
+        "values for sigmas= (a Python/JSON list)",
     )
     sg.add_argument("--config", default=None, help="diffusers: the scheduler_config.json to invert")
     sg.add_argument("--shift", type=float, default=None, help="diffusers: the static shift (or --config)")

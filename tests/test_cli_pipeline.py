@@ -19,6 +19,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from boss_fast.cli import main  # noqa: E402
 from boss_fast.integrations import pipelines  # noqa: E402
+from boss_fast.integrations.sigmas import comfyui_text  # noqa: E402
 
 # 3 noises in batches of 2 over a bank of 3 prompts: the pairing crosses a batch boundary.
 SEARCH = ["--max-steps", "2", "--grid", "5", "--num-samples", "3", "--batch-size", "2", "--no-progress"]
@@ -82,8 +83,6 @@ def test_schedule_pipeline_end_to_end(saved, capsys, kind):
 
 
 def bf_comfy(sched):
-    from boss_fast.integrations.sigmas import comfyui_text  # noqa: PLC0415
-
     return comfyui_text(sched.sigmas())
 
 
@@ -122,6 +121,17 @@ def test_pipeline_errors(saved, capsys, tmp_path):
         last = err.strip().splitlines()[-1]  # (diffusers' own loading bars come before it on stderr)
         assert last.startswith("boss-fast schedule: error:") and message in last, err
     assert not (tmp_path / "x.json").exists()
+    pipe = pipelines.load_pipeline(sd3)
+    plain = {"prompt_embeds": torch.zeros(2, 85, 16), "pooled_prompt_embeds": torch.zeros(2, 8)}
+    with pytest.raises(ValueError, match="guidance 7.0 > 1 runs classifier-free guidance: .* needs negative"):
+        pipelines.pipeline_target(pipe, plain, None, 64, 64)  # SD3's default guidance is CFG
+    assert pipelines.pipeline_target(pipe, plain, 1.0, 64, 64).velocity.guided is False
+    with pytest.raises(ValueError, match=r"pooled_prompt_embeds has shape \(2, 9\); .* width 8"):
+        pipelines.pipeline_target(pipe, dict(plain, pooled_prompt_embeds=torch.zeros(2, 9)), 1.0, 64, 64)
+    flux_pipe = pipelines.load_pipeline(flux)
+    negatives = dict(plain, negative_prompt_embeds=plain["prompt_embeds"])
+    with pytest.raises(ValueError, match="true CFG .* not supported"):
+        pipelines.pipeline_target(flux_pipe, negatives, None, 32, 32)
     with pytest.raises(
         ValueError, match="guidance does not apply"
     ):  # a schnell-like Flux: no guidance embedding

@@ -22,6 +22,7 @@ from diffusers import (  # noqa: E402
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps  # noqa: E402
 
 from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity, diffusers_sigmas  # noqa: E402
+from boss_fast.integrations.pipelines import pipeline_mu  # noqa: E402
 
 TIMES = np.array([0.0, 0.08, 0.3, 0.65, 1.0])  # K = 4, uneven, like a Bellman schedule
 SCHED = bf.Schedule(times=TIMES, indices=np.arange(5), cost=0.0, grid=TIMES)
@@ -501,3 +502,50 @@ def test_bank_errors(tiny):
         bank.for_rows(torch.arange(2))(torch.randn(3, 4, 8, 8), torch.zeros(3))
     single = DiffusersVelocity(net, **{k: v[:1] for k, v in cond.items()})
     assert single.for_rows(torch.arange(4)) is single and ode.for_rows(single, torch.arange(4)) is single
+
+
+# -- the schedule's resolution -------------------------------------------------------------------------------
+
+
+def test_scheduler_warns_once_at_another_resolution(tmp_path):
+    sched = bf.Schedule(times=TIMES, indices=np.arange(5), cost=0.0, grid=TIMES, shape=(4, 8, 8), mu=0.7)
+    scheduler = BossScheduler.from_schedule(
+        sched, FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config
+    )
+    scheduler.set_timesteps(4, mu=0.7)  # the searched mu and shape: silent (warnings are errors here)
+    x = torch.zeros(1, 4, 8, 8)
+    scheduler.step(x, scheduler.timesteps[0], x)
+    with pytest.warns(UserWarning, match=r"passes mu = 1\.1 but this schedule was searched at mu = 0\.7"):
+        scheduler.set_timesteps(4, mu=1.1)
+    scheduler.set_timesteps(4, mu=1.1)  # once
+    big = torch.zeros(1, 4, 16, 16)
+    with pytest.warns(UserWarning, match=r"latents of shape \(4, 16, 16\) but .* searched at \(4, 8, 8\)"):
+        scheduler.step(big, scheduler.timesteps[0], big)
+    scheduler.step(big, scheduler.timesteps[1], big)  # once
+    scheduler.save_pretrained(tmp_path)
+    again = BossScheduler.from_pretrained(tmp_path)
+    assert again.config.searched_shape == [4, 8, 8] and again.config.searched_mu == 0.7
+    with pytest.warns(UserWarning, match="mu = 1.1"):
+        again.set_timesteps(4, mu=1.1)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_flux_pipeline_at_another_resolution_warns():
+    """A schedule searched at 32 x 32 px (4 tokens, the pipeline's mu there) run by FluxPipeline at 32 x 32:
+    silent; at 64 x 64: one warning for mu and one for the latent shape."""
+    net = tiny_flux_transformer()
+    stock = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    pipe = FluxPipeline(transformer=net, scheduler=stock, vae=None, text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None)  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    searched = bf.Schedule(times=TIMES, indices=np.arange(5), cost=0.0, grid=TIMES, shape=(4, 16),
+                           mu=pipeline_mu(pipe, (4, 16)))  # fmt: skip
+    pipe.scheduler = BossScheduler.from_schedule(searched, pipe.scheduler.config)
+    embeds = {"prompt_embeds": torch.randn(1, 5, 16), "pooled_prompt_embeds": torch.randn(1, 8)}
+    pipe(**embeds, num_inference_steps=4, height=32, width=32, output_type="latent")
+    with pytest.warns(UserWarning) as record:
+        pipe(**embeds, num_inference_steps=4, height=64, width=64, output_type="latent")
+    messages = [str(w.message) for w in record]
+    assert (
+        len(messages) == 2 and "mu" in messages[0] and "(16, 16)" in messages[1] and "(4, 16)" in messages[1]
+    )

@@ -149,6 +149,30 @@ def test_shape_round_trips_and_old_files_without_it_still_load(tmp_path):
     assert Schedule.load(old).shape is None
 
 
+def test_mu_round_trips_in_schedules_and_sets_and_is_written_only_when_set(tmp_path):
+    sched = make_schedule(mu=0.75)
+    sched.save(tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text())["mu"] == 0.75
+    assert Schedule.load(tmp_path / "s.json") == sched and sched != make_schedule()
+    make_schedule().save(tmp_path / "plain.json")
+    assert "mu" not in json.loads((tmp_path / "plain.json").read_text())  # files without mu stay as they were
+    grid = np.linspace(0.0, 1.0, 6)
+    cost = np.triu(np.square(np.subtract.outer(grid, grid)), 1)
+    sset = ScheduleSet([s.__class__(**{**vars(s), "mu": 1.25}) for s in schedules_from_cost(cost, grid, 3)],
+                       cost_table=cost)  # fmt: skip
+    sset.save(tmp_path / "set.json")
+    again = ScheduleSet.load(tmp_path / "set.json")
+    assert again == sset and again[2].mu == 1.25 and again.resample(4).mu == 1.25
+    ScheduleSet(schedules_from_cost(cost, grid, 3)).save(tmp_path / "plain_set.json")
+    assert "mu" not in json.loads((tmp_path / "plain_set.json").read_text())
+    with pytest.raises(ValueError, match="budget 2 has mu"):
+        ScheduleSet([schedules_from_cost(cost, grid, 1)[0], make_like(schedules_from_cost(cost, grid, 2)[1])])
+
+
+def make_like(sched: Schedule) -> Schedule:
+    return Schedule(**{**vars(sched), "mu": 0.5})
+
+
 def test_load_refuses_deep_huge_and_directory_paths(tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError inside json before

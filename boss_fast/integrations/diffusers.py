@@ -16,6 +16,8 @@ model predicts ``noise - x0``, minus our velocity, and a step is ``x + (sigma_ne
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -90,6 +92,11 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
     ``step`` reads the step's sigmas from the host, so after the first step (or from the first with
     ``set_begin_index(0)``, as Flux does) it never synchronises with the device.
 
+    A schedule is searched at one resolution: :meth:`from_schedule` records its latent shape and ``mu``
+    (``Schedule.shape``, ``Schedule.mu``; config keys ``searched_shape``, ``searched_mu``), and a pipeline
+    that passes another ``mu`` to ``set_timesteps`` or steps latents of another shape gets one UserWarning
+    of each kind, naming both values. The steps stay the schedule's.
+
     Example:
         >>> sched = Schedule(times=np.array([0.0, 0.5, 1.0]), indices=np.array([0, 1, 2]), cost=0.0,
         ...                  grid=np.array([0.0, 0.5, 1.0]))
@@ -122,6 +129,8 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         use_beta_sigmas: bool = False,
         time_shift_type: str = "exponential",
         stochastic_sampling: bool = False,
+        searched_shape: Sequence[int] | None = None,
+        searched_mu: float | None = None,
     ) -> None:
         if times is None:
             raise ValueError(
@@ -150,6 +159,11 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         self._set_tensors(None)
         self.init_noise_sigma = 1.0
         self._shift = shift
+        # The resolution the schedule was searched at (Schedule.shape, Schedule.mu): a pipeline run at another
+        # gets one warning per kind (a schedule is resolution-specific; the steps stay the schedule's).
+        self._searched_shape = None if searched_shape is None else tuple(int(n) for n in searched_shape)
+        self._searched_mu = None if searched_mu is None else check_float(searched_mu, "searched_mu")
+        self._warned: set[str] = set()
 
     def _set_tensors(self, device: torch.device | str | None) -> None:
         self.sigmas = torch.tensor(self._sigmas_host, dtype=torch.float32, device=device)
@@ -170,7 +184,16 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         """
         times = sched.times if isinstance(sched, Schedule) else as_times(sched, "times")
         carried = {k: config[k] for k in _CARRIED if config is not None and k in config}
+        # The schedule's resolution (None for bare times), warned about when a pipeline runs at another.
+        shape = sched.shape if isinstance(sched, Schedule) else None
+        carried["searched_shape"] = None if shape is None else list(shape)
+        carried["searched_mu"] = sched.mu if isinstance(sched, Schedule) else None
         return cls(times=[float(t) for t in times], **carried)
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(message, UserWarning, stacklevel=3)
 
     # -- what the pipelines call ------------------------------------------------------------------------
 
@@ -223,6 +246,12 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
                     f"this BossScheduler steps at its schedule's {k} steps; got {name} for {n} steps "
                     f"(call the pipeline with num_inference_steps={k})"
                 )
+        if mu is not None and self._searched_mu is not None and not math.isclose(mu, self._searched_mu):
+            self._warn_once(
+                "mu",
+                f"the pipeline passes mu = {float(mu):.6g} but this schedule was searched at mu = "
+                f"{self._searched_mu:.6g} (another resolution): search one at this resolution",
+            )
         self.num_inference_steps = k
         self._set_tensors(device)
         self._step_index = None
@@ -288,6 +317,12 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 "integer timesteps (e.g. an index from enumerate(timesteps)) are not supported: pass one of "
                 "scheduler.timesteps as the timestep"
+            )
+        if self._searched_shape is not None and tuple(sample.shape[1:]) != self._searched_shape:
+            self._warn_once(
+                "shape",
+                f"the pipeline steps latents of shape {tuple(sample.shape[1:])} but this schedule was "
+                f"searched at {self._searched_shape} (another resolution): search one at this resolution",
             )
         if self._step_index is None:
             begin = self._begin_index

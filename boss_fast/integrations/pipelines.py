@@ -100,7 +100,7 @@ def load_pipeline(
 
 
 def pipeline_kind(pipe: object) -> str:
-    """ "sd3" for a ``StableDiffusion3Pipeline``, "flux" for a ``FluxPipeline`` (subclasses included).
+    """The pipeline's kind: "sd3" for a ``StableDiffusion3Pipeline``, "flux" for a ``FluxPipeline``.
 
     Raises:
         ValueError: any other pipeline, named.
@@ -251,17 +251,40 @@ def pipeline_target(
     transformer = pipe.transformer
     param = next(transformer.parameters())
     cond = {k: v.to(param.device, param.dtype) for k, v in conditioning.items()}
-    for key in EMBEDDING_KEYS[:2]:
-        if key not in cond:
-            raise ValueError(f"the conditioning needs {key!r}")
+    _check_embeddings(transformer.config, cond)
     pos = {"encoder_hidden_states": cond["prompt_embeds"], "pooled_projections": cond["pooled_prompt_embeds"]}
     if kind == "flux":
+        if any(key.startswith("negative_") for key in cond):
+            raise ValueError(
+                "negative embeddings given for Flux: its guidance is the distilled guidance embedding; true "
+                "CFG (FluxPipeline's true_cfg_scale) is not supported here, drop the negative_* keys"
+            )
         velocity, scale = _flux_velocity(pipe, pos, guidance, _resolution(pipe, height, width))
     else:
         velocity, scale = _sd3_velocity(transformer, pos, cond, _guidance(kind, guidance))
     return PipelineTarget(
         velocity=velocity, shape=shape, mu=pipeline_mu(pipe, shape), kind=kind, guidance=scale
     )
+
+
+def _check_embeddings(config: Mapping[str, Any], cond: Mapping[str, torch.Tensor]) -> None:
+    """(P, T, joint_attention_dim) text and (P, pooled_projection_dim) pooled embeddings, or ValueError."""
+    for key in EMBEDDING_KEYS[:2]:
+        if key not in cond:
+            raise ValueError(f"the conditioning needs {key!r}")
+    widths = {"prompt_embeds": (3, config["joint_attention_dim"]),
+              "negative_prompt_embeds": (3, config["joint_attention_dim"]),
+              "pooled_prompt_embeds": (2, config["pooled_projection_dim"]),
+              "negative_pooled_prompt_embeds": (2, config["pooled_projection_dim"])}  # fmt: skip
+    for key, value in cond.items():
+        if key not in widths:
+            raise ValueError(f"unknown conditioning key {key!r}; the keys are {list(EMBEDDING_KEYS)}")
+        ndim, width = widths[key]
+        if value.ndim != ndim or value.shape[-1] != width:
+            raise ValueError(
+                f"{key} has shape {tuple(value.shape)}; this transformer takes {ndim}-D embeddings of width "
+                f"{width} (P prompts first)"
+            )
 
 
 def _sd3_velocity(
