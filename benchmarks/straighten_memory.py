@@ -122,6 +122,10 @@ def markdown(rows: list[dict]) -> str:
         "noises, 5-point grid, K = 2, one Adam step at batch 8. One fresh process per row, "
         "MALLOC_MMAP_THRESHOLD_ = 1 MiB; MiB.",
         "",
+        "    git worktree add /tmp/boss-before 95fc4ac && cp boss_fast/_C*.so /tmp/boss-before/boss_fast/",
+        "    PYTHONPATH=. python benchmarks/straighten_memory.py --before /tmp/boss-before \\",
+        "        --out benchmarks/results",
+        "",
         "| case | training | RSS with the model | peak RSS | peak - model | vs before |",
         "|---|---|---|---|---|---|",
     ]
