@@ -59,23 +59,21 @@ class TeacherRunner:
         self._samplers: dict[tuple, Sampler] = {}
 
     def __call__(self, noise: torch.Tensor, rows: torch.Tensor | None = None) -> Trajectory:
-        """The trajectory of ``noise`` (B, ...); ``rows`` (B,): the noises' global indices, for a velocity
-        over a bank of conditionings (:func:`boss_fast.ode.for_rows`)."""
-        velocity = self.velocity if rows is None else for_rows(self.velocity, rows)
+        """The trajectory of ``noise``; ``rows`` (B,) int64 are its global noise rows, which a bank of
+        conditionings pairs with (``boss_fast.ode.for_rows``; a bank's sampler is built per batch)."""
+        banked = rows is not None and hasattr(self.velocity, "for_rows")
+        velocity = for_rows(self.velocity, rows) if banked else self.velocity
         if self.mode is None:
             return teacher_trajectory(velocity, noise, self.times, self.solver, keep=self.keep)
-        if velocity is not self.velocity:  # a bank: this batch's conditionings, so a Sampler of its own
+        key = (tuple(noise.shape), noise.dtype, noise.device)
+        if banked or key not in self._samplers:
             b, dtype, dev = noise.shape[0], noise.dtype, noise.device
-            runner = Sampler(
+            sampler = Sampler(
                 velocity, self.times, self.mode, b, dtype, dev, solver=self.solver, record=self.keep
             )
-            return runner.trajectory(noise, check_finite=True)
-        key = (tuple(noise.shape), noise.dtype, noise.device)
-        if key not in self._samplers:
-            b, dtype, dev = noise.shape[0], noise.dtype, noise.device
-            self._samplers[key] = Sampler(
-                self.velocity, self.times, self.mode, b, dtype, dev, solver=self.solver, record=self.keep
-            )
+            if banked:
+                return sampler.trajectory(noise, check_finite=True)
+            self._samplers[key] = sampler
         return self._samplers[key].trajectory(noise, check_finite=True)
 
 
