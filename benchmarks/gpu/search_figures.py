@@ -6,8 +6,9 @@
 Model: ``DiT(input_size=32, patch_size=2, in_channels=16, hidden=384, depth=4, heads=6)`` with random weights
 (std 0.02, so every op does work), float32: a 16x32x32 latent (the size issue 20's targets name). Search:
 ``optimal_schedules(objective="global")``, M = 64 noises, grid ``uniform_grid(100)``, every K <= 10,
-batch_size 64. For each store the installed ``boss_fast.optimal_schedules`` accepts (``store=``, detected in
-its signature; "device", "host", "disk" are tried, the ones it lacks or refuses are recorded with the reason):
+batch_size 256 (calls of M = 64 samples without wide calls, up to 256 with them). For each store the installed
+``boss_fast.optimal_schedules`` accepts (``store=``, detected in its signature; "device", "host", "disk" are
+tried, the ones it lacks or refuses are recorded with the reason):
 
 - ``peak_device_bytes``: ``torch.cuda.max_memory_allocated`` during the search, above what was allocated
   before (the weights); None without CUDA;
@@ -42,9 +43,9 @@ from boss_fast.models.dit import DiT
 
 STORES = ("device", "host", "disk")
 FULL = {"size": 32, "channels": 16, "hidden": 384, "depth": 4, "heads": 6, "samples": 64, "grid": 100,
-        "steps": 10, "batch_size": 64}  # fmt: skip
+        "steps": 10, "batch_size": 256}  # fmt: skip
 QUICK = {"size": 8, "channels": 4, "hidden": 32, "depth": 1, "heads": 2, "samples": 4, "grid": 10,
-         "steps": 3, "batch_size": 4}  # fmt: skip
+         "steps": 3, "batch_size": 8}  # fmt: skip
 
 
 def latent_dit(cfg: dict, device: str) -> DiT:
