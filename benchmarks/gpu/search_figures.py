@@ -14,8 +14,8 @@ tried, the ones it lacks or refuses are recorded with the reason):
   before (the weights); None without CUDA;
 - ``calls``, ``samples``, ``widths``: the model calls the search made and how many samples each carried;
 - ``seconds`` and ``floor_seconds``: the search's wall time, and the same calls (same widths, same count) as
-  plain forward passes of the model: the median of 3 timed calls per width, times the number of calls of that
-  width. ``seconds / floor_seconds`` is the search's overhead over its model evaluations;
+  plain forward passes of the model: the fastest of 5 timed calls per width, times the number of calls of
+  that width. ``seconds / floor_seconds`` is the search's overhead over its model evaluations;
 - ``indices``: the schedule of every K (the same for every store, or ``same_schedules`` says otherwise).
 
 One untimed search of 2 noises runs first (Numba's compile of the DP, cuBLAS start-up).
@@ -30,7 +30,6 @@ import inspect
 import json
 import platform
 import resource
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -72,8 +71,8 @@ def counted(net: torch.nn.Module, widths: list[int]) -> Callable:
     return velocity
 
 
-def floor_seconds(net: DiT, widths: list[int], device: str, reps: int = 3) -> float:
-    """The same calls as plain forward passes: per width, the median of ``reps`` timed calls (after one
+def floor_seconds(net: DiT, widths: list[int], device: str, reps: int = 5) -> float:
+    """The same calls as plain forward passes: per width, the fastest of ``reps`` timed calls (after one
     warm-up) times its number of calls."""
     total = 0.0
     with torch.no_grad():
@@ -88,7 +87,7 @@ def floor_seconds(net: DiT, widths: list[int], device: str, reps: int = 3) -> fl
                 net(x, t)
                 _sync(device)
                 times.append(time.perf_counter() - start)
-            total += statistics.median(times) * count
+            total += min(times) * count
     return total
 
 
@@ -196,12 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     stores, unavailable = available_stores()
     # Warm-up: the DP's Numba compile, cuBLAS handles and the allocator stay out of the first store's time.
     search_once(net, {**cfg, "samples": 2, "batch_size": 2}, device, None)
-    runs = []
+    runs: list[dict] = []
     for store in stores:
         try:
             runs.append(search_once(net, cfg, device, store))
         except (TypeError, ValueError, NotImplementedError) as err:  # a store this build refuses
             unavailable[store] = f"{type(err).__name__}: {err}"
+        text = save(args, cfg, device, runs, unavailable)  # after each store: a crash keeps what ran
+    print(text)
+    return 0 if runs else 1
+
+
+def save(args: argparse.Namespace, cfg: dict, device: str, runs: list[dict], unavailable: dict) -> str:
+    """Write the JSON and the markdown of the runs so far; return the markdown."""
     doc = {
         "config": cfg, "quick": args.quick, "env": environment(device), "runs": runs,
         "unavailable": unavailable,
@@ -211,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(doc)
     if args.markdown:
         _write(args.markdown, text)
-    print(text)
-    return 0 if runs else 1
+    return text
 
 
 if __name__ == "__main__":
