@@ -11,7 +11,7 @@ compile time (reported apart from the steady state timed here), and on CUDA the 
 - fused head (group "fused head"): ``floor_s`` = its bytes / the device's measured copy bandwidth.
 
 On a CPU the latent DiT at batch 64 (about a second per step) is marked slow: run it with ``-m slow``.
-``benchmarks/gpu/run.sh`` runs this file on a GPU and checks the targets.
+``benchmarks/gpu/run.sh figures`` runs this file on a GPU and checks the targets.
 """
 
 from __future__ import annotations

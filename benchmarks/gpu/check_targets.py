@@ -1,10 +1,13 @@
-"""Check issue 5's GPU targets in a pytest-benchmark JSON from ``benchmarks/test_bench_sampler.py``.
+"""Check issue 5's GPU targets in pytest-benchmark JSONs from ``benchmarks/test_bench_sampler.py``.
 
-    python benchmarks/gpu/check_targets.py bench_sampler.json env.txt > targets.md
+    python benchmarks/gpu/check_targets.py env.txt bench.json [more.json ...] > targets.md
+    python benchmarks/gpu/check_targets.py --merge merged.json a.json b.json   # one JSON of all their cases
 
 Targets (NVIDIA H100): cuda_graph >= 3x eager at batch 1 and within 1.3x of the sum of its kernels' device
 times; the fused head + update >= 1.2x the unfused GEMM + update at batch 64 and within 1.5x of its bytes'
-bandwidth floor. Prints a markdown report; exits 1 when a target is missed or a figure is absent.
+bandwidth floor. Prints a markdown report; exits 1 when a target is missed or a figure is absent. A missing
+or unreadable JSON (a step cut short) is reported as a miss, as is every target without its figures (no CUDA
+device).
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ def _check(rows: list[str], ok: bool, text: str) -> bool:
     return ok
 
 
-def report(bench: dict, env: str) -> tuple[str, bool]:
-    """The markdown report and whether every target was met."""
+def report(bench: dict, env: str, problems: list[str] | tuple[str, ...] = ()) -> tuple[str, bool]:
+    """The markdown report and whether every target was met; each of ``problems`` (an input that could not
+    be read) is a miss."""
     data = _medians(bench)
     rows = ["| result | target and figures |", "|---|---|"]
-    all_ok = True
+    all_ok = not problems
+    for problem in problems:
+        _check(rows, False, problem)
     groups = sorted({g for g, _ in data})
     for group in groups:
         cases = {name: v for (g, name), v in data.items() if g == group}
@@ -66,8 +72,11 @@ def report(bench: dict, env: str) -> tuple[str, bool]:
                 f"{group}: fused {fused['median'] * 1e6:.1f} us = {ratio:.2f}x the bandwidth floor "
                 f"{floor * 1e6:.1f} us of {fused['extra']['bytes']} bytes (<= 1.5x)",
             )
-    if len(rows) == 2:
-        all_ok = _check(rows, False, "no GPU figures in this file (was it run on a CUDA machine?)")
+    why = "no GPU figures" + (": no CUDA device" if "NO CUDA DEVICE" in env else " in the input")
+    if not any("test_cuda_graph" in row for row in rows):
+        all_ok &= _check(rows, False, f"cuda_graph at batch 1: >= 3x eager, <= 1.3x its kernels: {why}")
+    if not any("fused head" in row for row in rows):
+        all_ok &= _check(rows, False, f"fused head at batch 64: >= 1.2x unfused, <= 1.5x its floor: {why}")
     table = "\n".join(rows)
     medians = "\n".join(
         f"| {g} | {n} | {v['median'] * 1e3:.3f} | {v['extra'].get('compile_s') or ''} |"
@@ -80,12 +89,45 @@ def report(bench: dict, env: str) -> tuple[str, bool]:
     return text, all_ok
 
 
+def load(paths: list[str]) -> tuple[dict, list[str]]:
+    """Every case of the pytest-benchmark JSONs ``paths`` in one dict (the first readable file's machine and
+    commit info), and one problem line per file that is missing or unreadable."""
+    merged: dict = {"benchmarks": []}
+    problems = []
+    for path in paths:
+        try:
+            bench = json.loads(Path(path).read_text())
+            cases = bench["benchmarks"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            problems.append(f"{path}: no figures ({type(err).__name__}: {err}); was its step cut short?")
+            continue
+        if len(merged) == 1:
+            merged.update({k: v for k, v in bench.items() if k != "benchmarks"})
+        merged["benchmarks"].extend(cases)
+    return merged, problems
+
+
+def merge(out: str, paths: list[str]) -> None:
+    """Write the merged cases of ``paths`` to ``out`` through a temporary name (a reader never sees half)."""
+    merged, problems = load(paths)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    tmp = Path(f"{out}.tmp")
+    tmp.write_text(json.dumps(merged, indent=1))
+    tmp.replace(out)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
+    if len(argv) >= 3 and argv[1] == "--merge":
+        merge(argv[2], argv[3:])
+        return 0
+    if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
-    bench = json.loads(Path(argv[1]).read_text())
-    text, ok = report(bench, Path(argv[2]).read_text())
+    env_path = Path(argv[1])
+    env = env_path.read_text() if env_path.is_file() else f"{env_path}: missing"
+    bench, problems = load(argv[2:])
+    text, ok = report(bench, env, problems)
     print(text)
     return 0 if ok else 1
 

@@ -1,60 +1,180 @@
 #!/usr/bin/env bash
-# Issue 5 on a GPU, in one call: build, run the GPU tests, benchmark the sampler, check the targets.
+# boss_fast on a CUDA machine, in two calls of at most 5 minutes each (benchmarks/gpu/README.md):
 #
-#   OUT=/some/dir bash benchmarks/gpu/run.sh        # from the repository root (or anywhere: it cds there)
+#   OUT=/some/dir timeout 300 bash benchmarks/gpu/run.sh correctness   # build, GPU tests, kernels + sampler on CUDA
+#   OUT=/some/dir timeout 300 bash benchmarks/gpu/run.sh figures       # sampler benchmarks, targets, the search
+#   bash benchmarks/gpu/run.sh collect        # only collect every pytest step with the device's options
 #
-# Writes under $OUT (default benchmarks/results/gpu): env.txt (device name, torch / triton / CUDA versions),
-# pip.log, tests_gpu.txt, tests_kernels.txt, bench_sampler.txt and .json (pytest-benchmark), targets.md (issue
-# 5's targets, pass/fail, with the versions), bench_compile.txt and .json (compile vs eager, compile times). Needs torch (CUDA build), triton, pytest, pytest-benchmark and
-# the build requirements (setuptools, pybind11, cmake) already installed: the device machines are offline.
-# Exits non-zero when a step fails or a target is missed; every step still runs and leaves its log.
+# --quick (or QUICK=1) runs every step on a small selection: the stand-in (benchmarks/gpu/simulate.sh) uses it
+# on CPU. Needs what the device machine has (no registry there): torch, triton, numba, pybind11, cmake, ninja,
+# pytest, pytest-benchmark, pytest-timeout; NOT pytest-markdown-docs or diffusers: pytest runs with the
+# project's configuration minus the README plugin (see DEVICE_PYTEST below) on the files that hold GPU tests.
+#
+# Each call writes at most 8 files under $OUT (default benchmarks/results/gpu/<call>): summary.txt (one line
+# per step), env.txt, log.txt (build and benchmark output), and per call tests_gpu.txt, tests_kernels.txt
+# (correctness) or bench.json (every benchmark JSON merged, rewritten after each step), targets.md,
+# search.json, search.md (figures). Steps run under one budget (BUDGET_S, default 280 s): a step that would
+# not fit is skipped and says so; each benchmark invocation is small and leaves its own JSON, so a step cut
+# short loses only its own case. Exits non-zero when a step fails or a target is missed; every step still runs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT="${OUT:-benchmarks/results/gpu}"
-mkdir -p "$OUT"
+CALL=${1:-}
+QUICK=${QUICK:-0}
+[[ ${2:-} == --quick ]] && QUICK=1
+case $CALL in correctness | figures | collect) ;; *)
+    echo "usage: run.sh correctness|figures|collect [--quick]" >&2
+    exit 2
+    ;;
+esac
+OUT="${OUT:-benchmarks/results/gpu/$CALL}"
+BUDGET_S=${BUDGET_S:-280}
+[[ $CALL != collect ]] && mkdir -p "$OUT"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/boss_fast_gpu.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+DEADLINE=$((SECONDS + BUDGET_S))
 status=0
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}  # the device's Python with torch is python3 (it may have no plain "python")
 
-step() {  # step NAME LOGFILE COMMAND...: run, log, remember a failure, go on
-    local name=$1 log=$2
-    shift 2
-    echo "== $name" | tee -a "$OUT/summary.txt"
-    if "$@" >"$OUT/$log" 2>&1; then
-        echo "   ok ($log)" | tee -a "$OUT/summary.txt"
+# The project's pytest configuration (pyproject.toml) minus what the device cannot load: addopts without
+# --markdown-docs / --doctest-modules (the README and the docstrings are not collected here) and no required
+# plugin. Markers, strict markers and filterwarnings = error stay. Inductor warns about TF32 on Hopper only;
+# that hint must not fail a correctness test, and no warning fails a benchmark (-W default: shown, not raised).
+DEVICE_PYTEST=("$PY" -m pytest -p no:cacheprovider -o "addopts=-ra --strict-markers" -o required_plugins=
+    -W "ignore:TensorFloat32 tensor cores:UserWarning")
+if "$PY" -c "import pytest_timeout" 2>/dev/null; then
+    DEVICE_PYTEST+=(--timeout "${TEST_TIMEOUT_S:-240}")  # a hung CUDA test fails alone, not the whole call
+fi
+BENCH=("${DEVICE_PYTEST[@]}" -W default benchmarks/test_bench_sampler.py --benchmark-only -m "not slow or slow")
+# The test files holding GPU tests (marked gpu), found rather than listed so that a new one is never missed.
+mapfile -t GPU_FILES < <(grep -l -E "pytest\.mark\.gpu|mark\.gpu\b" tests/test_*.py)
+
+step() {  # step NAME MIN_S LOG COMMAND...: run under the remaining budget, log, remember a failure, go on
+    local name=$1 min_s=$2 log=$3 left=$((DEADLINE - SECONDS)) t0=$SECONDS rc
+    shift 3
+    if ((left < min_s)); then
+        echo "SKIP  $name: ${left} s of the budget left, needs ${min_s} s" | tee -a "$OUT/summary.txt"
+        return 0
+    fi
+    [[ $log == log.txt ]] && echo "== $name" >>"$OUT/$log"
+    local TIMEFORMAT="%U %S" cpu
+    # The wall time and the CPU time (user + system, the step's processes): the projections' inputs.
+    {
+        if declare -F "$1" >/dev/null; then  # a function of this script (quick): timeout cannot run it
+            time "$@" >>"$OUT/$log" 2>&1
+        else
+            time timeout --kill-after=5 "$left" "$@" >>"$OUT/$log" 2>&1
+        fi
+    } 2>"$WORK/cpu"
+    rc=$?
+    cpu=$(awk '{printf "%.1f", $1 + $2}' "$WORK/cpu" 2>/dev/null)
+    if ((rc == 0)); then
+        echo "ok    $name ($((SECONDS - t0)) s, cpu ${cpu} s, $log)" | tee -a "$OUT/summary.txt"
     else
-        echo "   FAILED rc=$? ($log)" | tee -a "$OUT/summary.txt"
+        ((rc == 124 || rc == 137)) && name="$name: cut at the budget"
+        echo "FAIL  $name (rc=$rc, $((SECONDS - t0)) s, cpu ${cpu} s, $log)" | tee -a "$OUT/summary.txt"
         status=1
     fi
 }
 
-step "build (editable, no deps)" pip.log python -m pip install --no-build-isolation --no-deps -e .
-step "environment" env.txt python - <<'PY'
+bench() {  # bench NAME MIN_S PYTEST_ARGS...: one small benchmark invocation with its own JSON, then merge
+    local name=$1 min_s=$2 json="$WORK/bench-$((++BENCH_N)).json"
+    shift 2
+    step "bench $name" "$min_s" log.txt "${BENCH[@]}" --benchmark-json="$json" "$@"
+    "$PY" benchmarks/gpu/check_targets.py --merge "$OUT/bench.json" "$WORK"/bench-*.json >>"$OUT/log.txt" 2>&1
+}
+BENCH_N=0
+
+environment() {
+    "$PY" - <<'PY'
 import platform
+
 import torch
+
+import boss_fast
+
 print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA DEVICE")
 print("torch:", torch.__version__, "cuda:", torch.version.cuda)
 try:
     import triton
+
     print("triton:", triton.__version__)
 except ImportError as err:
     print("triton: not installed", err)
 print("python:", platform.python_version())
+print("boss_fast:", boss_fast.__version__ if hasattr(boss_fast, "__version__") else "", boss_fast.__file__)
+print("dp backends:", boss_fast.dp_backends())
 PY
-cat "$OUT/env.txt"
-# The GPU-only tests (compiled Triton kernels, cuda_graph sampler), then the kernel and sampler suites on CUDA.
-step "GPU tests" tests_gpu.txt python -m pytest -q -m gpu tests -p no:cacheprovider
-step "kernel + sampler tests" tests_kernels.txt python -m pytest -q -p no:cacheprovider \
-    tests/test_kernels_euler_step.py tests/test_kernels_linear_euler.py tests/test_sampler.py
-# The targets' figures first (eager baseline, cuda_graph unfused and fused, the fused head): minutes at most.
-step "benchmarks: eager, cuda_graph, fused head" bench_sampler.txt python -m pytest \
-    benchmarks/test_bench_sampler.py --benchmark-only -p no:cacheprovider -m "not slow or slow" \
-    -k "not test_compile" --benchmark-json="$OUT/bench_sampler.json"
-tail -n 60 "$OUT/bench_sampler.txt"
-step "targets" targets.md python benchmarks/gpu/check_targets.py "$OUT/bench_sampler.json" "$OUT/env.txt"
-cat "$OUT/targets.md"
-# torch.compile last, beside its eager baseline, under a budget (a device call is limited to 10 minutes and
-# Inductor compiles each of the 16 cases afresh): what finishes is in bench_compile.json / .txt.
-step "benchmarks: compile vs eager" bench_compile.txt timeout "${COMPILE_BUDGET_S:-300}" python -m pytest \
-    benchmarks/test_bench_sampler.py --benchmark-only -p no:cacheprovider -m "not slow or slow" \
-    -k "test_compile or test_baseline_eager" --benchmark-json="$OUT/bench_compile.json"
-tail -n 40 "$OUT/bench_compile.txt"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+    git log -1 --format='commit: %H %s' 2>/dev/null || true
+}
+
+# Built here already: the C++ extension that imports is this tree's (not an older editable install's).
+BUILT='import os, boss_fast._C as c; assert c.__file__.startswith(os.getcwd() + "/")'
+
+build_and_env() {
+    : >"$OUT/summary.txt"
+    if "$PY" -c "$BUILT" 2>/dev/null; then  # a warm machine: the first call built this tree already
+        echo "ok    build: already built from this tree" | tee -a "$OUT/summary.txt"
+    else
+        step "build (editable, no deps)" 10 log.txt "$PY" -m pip install --no-build-isolation --no-deps -e .
+    fi
+    step "environment" 5 env.txt environment
+    cat "$OUT/env.txt"
+}
+
+correctness() {
+    build_and_env
+    local pick=()
+    ((QUICK)) && pick=(-k "test_errors or test_matches_exact or test_dit_head_fused_equals_forward_plus_step or test_eager_equals_sample_bitwise")
+    # The GPU tests first (Triton kernels compiled for CUDA, cuda_graph), then the rest of those files on CUDA.
+    step "GPU tests (${GPU_FILES[*]})" 20 tests_gpu.txt "${DEVICE_PYTEST[@]}" -v -m gpu "${GPU_FILES[@]}"
+    step "kernel + sampler tests" 30 tests_kernels.txt "${DEVICE_PYTEST[@]}" -v -m "not gpu and not slow" \
+        "${pick[@]}" "${GPU_FILES[@]}"
+    tail -n 5 "$OUT/tests_gpu.txt" "$OUT/tests_kernels.txt"
+}
+
+# torch.compile cases, each beside its eager baseline (each compiles afresh; the unrolled K-step loop grows
+# with K): K = 1 of both models at batch 1 and 64 first, then K = 4, as the budget allows (README: about four
+# fit); quick: the digits DiT at batch 1, K = 1.
+COMPILE_CASES=${COMPILE_CASES:-"digits_dit-B1-K1 latent_dit-B1-K1 digits_dit-B64-K1 latent_dit-B64-K1 digits_dit-B1-K4 latent_dit-B1-K4 digits_dit-B64-K4 latent_dit-B64-K4"}
+
+figures() {
+    build_and_env
+    local b1="B1-" compile=($COMPILE_CASES) search=()
+    if ((QUICK)); then
+        b1="digits_dit-B1-K1]"
+        compile=("${compile[0]}")
+        search=(--quick)
+    fi
+    # cuda_graph (unfused, fused) against eager at batch 1 beside the teacher's graph, then the fused head at
+    # batch 64 against the unfused GEMM + update: issue 5's targets.
+    bench "cuda_graph vs eager, batch 1" 30 \
+        -k "(test_baseline_eager or test_cuda_graph) and $b1 or teacher"
+    bench "fused head, batch 64" 15 -k "head"
+    step "targets" 5 targets.md "$PY" benchmarks/gpu/check_targets.py "$OUT/env.txt" "$OUT/bench.json"
+    cat "$OUT/targets.md"
+    # The global search on a latent-sized random DiT: peak device memory per store, call widths, time against
+    # the same calls as plain forward passes.
+    step "search on a random latent DiT" 30 log.txt "$PY" benchmarks/gpu/search_figures.py \
+        --out "$OUT/search.json" --markdown "$OUT/search.md" "${search[@]}"
+    cat "$OUT/search.md" 2>/dev/null
+    # torch.compile last, one case per invocation (a cut-off case loses only itself), until the budget ends.
+    local case
+    for case in "${compile[@]}"; do
+        bench "compile $case" 60 -k "(test_compile or test_baseline_eager) and $case]"
+    done
+}
+
+collect() {  # every file the pytest steps run, collected with their options (tests/test_gpu_device_script.py)
+    "${BENCH[@]}" --collect-only -q "${GPU_FILES[@]}"
+}
+
+"$CALL"
+rc=$?
+((rc)) && status=$rc
+if [[ $CALL != collect ]]; then
+    grep -q "^FAIL" "$OUT/summary.txt" && status=1
+    echo "== $CALL: $((SECONDS)) s; files under $OUT: $(ls "$OUT" | tr '\n' ' ')"
+fi
 exit $status
