@@ -79,9 +79,9 @@ def check_scale(value: object, name: str = "guidance scale") -> float:
     """Return a classifier-free guidance weight as a finite Python float: the package's one guidance check.
 
     Every public function that takes a guidance scale calls it (``cfg_combine``, ``guided_velocity``,
-    ``Sampler(guidance=)``, ``euler_step(guidance=)``, ``DiffusersVelocity(guidance_scale=)``). A scale is one
-    host number: a tensor (even 0-d: it would be a per-element scale or need a device read), a bool, a string or
-    None is a TypeError; NaN or an infinity a ValueError (either makes every guided value NaN or infinite).
+    ``Sampler(guidance=)``, ``euler_step(guidance=)``, ``DiffusersVelocity(guidance_scale=)``). A scale is
+    one host number: a tensor (even 0-d: it would be a per-element scale or need a device read), a bool, a
+    string or None is a TypeError; NaN or an infinity a ValueError (every guided value would be NaN or inf).
     """
     if isinstance(value, torch.Tensor):
         raise TypeError(
@@ -92,7 +92,7 @@ def check_scale(value: object, name: str = "guidance scale") -> float:
 
 
 def check_dtype(value: object, name: str = "dtype") -> torch.dtype | None:
-    """Return ``value`` if it is None or a floating ``torch.dtype`` (a string such as "float64" is a TypeError)."""
+    """Return ``value`` if it is None or a floating ``torch.dtype`` ("float64", a string, is a TypeError)."""
     if value is None:
         return None
     if not isinstance(value, torch.dtype):
@@ -155,8 +155,8 @@ def check_noise(noise: object, name: str = "noise") -> torch.Tensor:
         raise ValueError(f"{name} must hold at least one sample, got shape {tuple(noise.shape)}")
     if noise.numel() == 0:
         raise ValueError(
-            f"{name} must hold at least one value per sample, got shape {tuple(noise.shape)} (a 0 in the sample "
-            "shape)"
+            f"{name} must hold at least one value per sample, got shape {tuple(noise.shape)} "
+            "(a 0 in the sample shape)"
         )
     return noise
 

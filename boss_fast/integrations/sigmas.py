@@ -90,8 +90,8 @@ def check_flow_match_config(config: object) -> Mapping[str, Any]:
     foreign = sorted(k for k in config if not str(k).startswith("_") and k not in FLOW_MATCH_KEYS)
     if foreign:
         raise ValueError(
-            f"the scheduler config has key(s) {', '.join(map(repr, foreign[:3]))} that no flow-match scheduler "
-            "has: not a FlowMatchEulerDiscreteScheduler config"
+            f"the scheduler config has key(s) {', '.join(map(repr, foreign[:3]))} that no flow-match "
+            "scheduler has: not a FlowMatchEulerDiscreteScheduler config"
         )
     return config
 
@@ -125,10 +125,11 @@ def diffusers_sigmas(
     Raises:
         ValueError: the schedule does not end at t = 1 (the scheduler always ends at sigma 0), both or neither
             of shift and mu for a dynamic config, a non-positive shift or linear mu, a shift or mu so extreme
-            that the sigmas are not finite, strictly decreasing and in (0, 1] (e.g. shift 1e308, 1e-320, mu
-            709: float64 cannot hold the pre-images), another scheduler's config (:func:`check_flow_match_config`),
-            a null shift in the config, or a config with ``shift_terminal``, Karras / exponential / beta sigmas,
-            ``invert_sigmas`` or ``stochastic_sampling``.
+            that the sigmas (or the scheduler's float32 view of them) are not finite, strictly decreasing and
+            in (0, 1] (shift 1e308 or 1e-320, mu 709), another scheduler's config
+            (:func:`check_flow_match_config`), a null shift in the config, or a config with
+            ``shift_terminal``, Karras / exponential / beta sigmas, ``invert_sigmas`` or
+            ``stochastic_sampling``.
 
     Example:
         >>> diffusers_sigmas([0.0, 0.5, 1.0], shift=3.0)
@@ -195,10 +196,10 @@ def _dynamic_scale(mu: float, time_shift_type: str) -> float:
     return scale
 
 
-# How far (relative) the sigmas the stock scheduler steps at may be from the schedule's: its float32 arithmetic
-# puts sane shifts within ~1 ulp (measured 1.2e-7 at shifts 3 .. 1e9, mu 0.8 .. 80 on a 101-point grid); 1e-4
-# (~840 float32 ulps) leaves room for any honest rounding and refuses shifts where float32 breaks down
-# (shift 1e-6: two sigmas merge; mu 87 exponential: e^mu overflows float32).
+# How far (relative) the sigmas the stock scheduler steps at may be from the schedule's: its float32
+# arithmetic puts sane shifts within ~1 ulp (measured 1.2e-7 at shifts 3 .. 1e9, mu 0.8 .. 80 on a 101-point
+# grid); 1e-4 (~840 float32 ulps) leaves room for any honest rounding and refuses shifts where float32 breaks
+# down (shift 1e-6: two sigmas merge; mu 87 exponential: e^mu overflows float32).
 _STEP_RTOL = 1e-4
 
 
