@@ -1,8 +1,8 @@
 """Nothing silently wrong (command-line side): an exception inside the user's model, a non-finite or misshapen
 sample, an extreme sigma shift, a foreign scheduler config, a size the machine cannot hold, a bad flag or an
 empty output path each end in ONE stderr line, exit 2, no traceback (unless BOSS_FAST_DEBUG=1) and nothing
-left behind. Each runs the real command in a subprocess (tests/test_cli.py's run_cli), or through main() in this
-process where the refusal comes before any model is imported (IN_PROCESS)."""
+left behind. Each runs the real command in a subprocess (tests/test_cli.py's run_cli), or through main() in
+this process where the refusal comes before any model is imported (IN_PROCESS)."""
 
 from __future__ import annotations
 
