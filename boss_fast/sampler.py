@@ -35,7 +35,7 @@ checks every call; under ``torch.compile`` and CUDA-graph capture shapes and dty
 made when the loop is traced or captured holds for every replay of it, and a retrace checks again), and the
 result's finiteness once per call (one reduction and one host read after the loop; on failure an eager
 step-by-step rerun names the step). ``check_finite=False`` skips that final read (benchmarks/results/
-sampler_finite_check.md measures its cost).
+sampler_checks_cpu.md measures its cost).
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ class Sampler:
             with :meth:`trajectory`. Costs (K + 1) (or 2K + 1) states of memory.
         check_finite: check the result for NaN/inf after every call (one reduction, one host read; a
             ValueError names the step where they first appeared). False skips it, for a hot path that
-            checks elsewhere (benchmarks/results/sampler_finite_check.md measures the cost).
+            checks elsewhere (benchmarks/results/sampler_checks_cpu.md measures the cost).
 
     Attributes:
         mode: the mode asked for; ``resolved_mode`` is the one running (known once the buffers exist).
