@@ -548,7 +548,8 @@ class Sampler:
         """Run the K steps from ``noise`` and return every state (and with record="all" every slope).
 
         Needs a sampler built with ``record``; returns copies (N = K + 1 states, (K, B, ...) velocities or
-        None), which later calls do not overwrite. ``check_finite=True`` checks the values as
+        None), which later calls do not overwrite. The call checks the last state
+        (``Sampler(check_finite=)``); ``check_finite=True`` here checks every recorded state and slope as
         :func:`boss_fast.trajectories.teacher_trajectory` does (one host read after the loop; ValueError
         naming the grid time where non-finite values first appear).
         """

@@ -70,6 +70,17 @@ def test_the_compiled_sampler_checks_when_it_traces(case):
         sampler(torch.randn(4, 3))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuda_graph needs a CUDA device")
+@pytest.mark.parametrize("case", ["broadcastable (B, 1)", "float64"])
+def test_the_cuda_graph_sampler_checks_when_it_captures(case):
+    """A captured graph replays the same kernels on the same buffers: the shapes and dtypes checked in the
+    warm-up runs and the capture (Python runs then) are the ones every replay produces."""
+    bad, error, fragment = BAD_OUTPUTS[case]
+    sampler = bf.Sampler(LaterStep(bad), TIMES, mode="cuda_graph", device="cuda")
+    with pytest.raises(error, match=re.escape(fragment) + r".*\(step 0\)"):
+        sampler(torch.randn(4, 3, device="cuda"))
+
+
 def test_a_later_step_and_the_stages_are_named():
     def narrows(x, t):  # right at t < 0.3, (B, 1) after: the issue's silently broadcast model
         return -x if float(t[0]) < 0.3 else -x[:, :1]

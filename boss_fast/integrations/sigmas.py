@@ -161,15 +161,21 @@ def diffusers_sigmas(
         raise ValueError("pass shift (static shifting) or mu (dynamic shifting), not both")
     target = 1.0 - times[:-1]  # the sigmas the scheduler must step at, > 0
     if mu is not None:
-        mu = check_float(mu, "mu")
-        check_choice(time_shift_type, ("exponential", "linear"), "time_shift_type")
-        scale = _dynamic_scale(mu, time_shift_type)
-        with np.errstate(all="ignore"):  # extreme values are checked below, by name
-            pre = 1.0 / (1.0 + scale * (1.0 / target - 1.0))
-            # sigma' = scale / (scale + (1 / sigma - 1)), as the stock scheduler computes it: in float32
-            stepped = np.float32(scale) / (np.float32(scale) + (1.0 / pre.astype(np.float32) - 1.0))
-        return _check_sigmas(pre, stepped, target, f"mu = {mu!r} ({time_shift_type} time shift)")
-    shift = 1.0 if shift is None else check_float(shift, "shift")
+        return _invert_dynamic(target, check_float(mu, "mu"), time_shift_type)
+    return _invert_static(target, 1.0 if shift is None else check_float(shift, "shift"))
+
+
+def _invert_dynamic(target: np.ndarray, mu: float, time_shift_type: str) -> list[float]:
+    check_choice(time_shift_type, ("exponential", "linear"), "time_shift_type")
+    scale = _dynamic_scale(mu, time_shift_type)
+    with np.errstate(all="ignore"):  # extreme values are checked below, by name
+        pre = 1.0 / (1.0 + scale * (1.0 / target - 1.0))
+        # sigma' = scale / (scale + (1 / sigma - 1)), as the stock scheduler computes it: in float32
+        stepped = np.float32(scale) / (np.float32(scale) + (1.0 / pre.astype(np.float32) - 1.0))
+    return _check_sigmas(pre, stepped, target, f"mu = {mu!r} ({time_shift_type} time shift)")
+
+
+def _invert_static(target: np.ndarray, shift: float) -> list[float]:
     if shift <= 0:
         raise ValueError(f"shift must be > 0, got {shift}")
     with np.errstate(all="ignore"):
