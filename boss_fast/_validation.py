@@ -98,7 +98,7 @@ def check_dtype(value: object, name: str = "dtype") -> torch.dtype | None:
     if not isinstance(value, torch.dtype):
         raise TypeError(f"{name} must be a torch.dtype such as torch.float64, got {value!r}")
     if not value.is_floating_point:
-        raise TypeError(f"{name} must be a floating torch.dtype, got {value}")
+        raise TypeError(f"{name} must be a floating dtype (torch.float16 .. float64), got {value}")
     return value
 
 
