@@ -75,6 +75,33 @@ def check_float(value: object, name: str) -> float:
     return f
 
 
+def check_scale(value: object, name: str = "guidance scale") -> float:
+    """Return a classifier-free guidance weight as a finite Python float: the package's one guidance check.
+
+    Every public function that takes a guidance scale calls it (``cfg_combine``, ``guided_velocity``,
+    ``Sampler(guidance=)``, ``euler_step(guidance=)``, ``DiffusersVelocity(guidance_scale=)``). A scale is
+    one host number: a tensor (even 0-d: it would be a per-element scale or need a device read), a bool, a
+    string or None is a TypeError; NaN or an infinity a ValueError (every guided value would be NaN or inf).
+    """
+    if isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a real number (a host float), got a tensor of shape {tuple(value.shape)}; "
+            "pass float(w) for one scale"
+        )
+    return check_float(value, name)
+
+
+def check_dtype(value: object, name: str = "dtype") -> torch.dtype | None:
+    """Return ``value`` if it is None or a floating ``torch.dtype`` ("float64", a string, is a TypeError)."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype such as torch.float64, got {value!r}")
+    if not value.is_floating_point:
+        raise TypeError(f"{name} must be a floating dtype (torch.float16 .. float64), got {value}")
+    return value
+
+
 def as_times(times: object, name: str = "times") -> np.ndarray:
     """Validate a time grid and return it as a float64 numpy copy.
 
@@ -126,21 +153,32 @@ def check_noise(noise: object, name: str = "noise") -> torch.Tensor:
         raise ValueError(f"{name} must have a batch dimension (B, ...), got a 0-d tensor")
     if noise.shape[0] < 1:
         raise ValueError(f"{name} must hold at least one sample, got shape {tuple(noise.shape)}")
+    if noise.numel() == 0:
+        raise ValueError(
+            f"{name} must hold at least one value per sample, got shape {tuple(noise.shape)} "
+            "(a 0 in the sample shape)"
+        )
     return noise
 
 
-def check_velocity_output(v: object, x: torch.Tensor, t: float) -> torch.Tensor:
-    """Check a velocity model's output against its input ``x`` at time ``t``: metadata only, no sync."""
+def check_velocity_output(v: object, x: torch.Tensor, t: float, step: int | None = None) -> torch.Tensor:
+    """Check a velocity model's output against its input ``x`` at time ``t``: metadata only, no sync.
+
+    Type, shape, dtype and device must match ``x`` (a meta tensor is on another device). ``step``, when given,
+    is named in the message beside the time (the sampler's step index). Under ``torch.compile`` these
+    comparisons are static: they are evaluated once, when the loop is traced.
+    """
+    at = f"t = {t!r}" if step is None else f"t = {t!r} (step {step})"
     if not isinstance(v, torch.Tensor):
-        raise TypeError(f"velocity returned {type(v).__name__} at t = {t!r}, expected a torch.Tensor")
+        raise TypeError(f"velocity returned {type(v).__name__} at {at}, expected a torch.Tensor")
     if v.shape != x.shape:
         raise ValueError(
-            f"velocity returned shape {tuple(v.shape)} at t = {t!r}, expected the input's {tuple(x.shape)}"
+            f"velocity returned shape {tuple(v.shape)} at {at}, expected the input's {tuple(x.shape)}"
         )
     if v.dtype != x.dtype:
-        raise ValueError(f"velocity returned dtype {v.dtype} at t = {t!r}, expected the input's {x.dtype}")
+        raise ValueError(f"velocity returned dtype {v.dtype} at {at}, expected the input's {x.dtype}")
     if v.device != x.device:
-        raise ValueError(f"velocity returned a tensor on {v.device} at t = {t!r}, expected {x.device}")
+        raise ValueError(f"velocity returned a tensor on {v.device} at {at}, expected {x.device}")
     return v
 
 

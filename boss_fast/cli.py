@@ -3,7 +3,9 @@
 Only argument parsing and I/O live here; the work is in the library functions each subcommand calls. Every
 path, device and optional dependency a command needs is checked before its computation starts, and a user
 error or Ctrl-C ends with one line on stderr (exit 2, or 130 for Ctrl-C), never a traceback; files are
-written atomically, so an interrupted command leaves no partial output.
+written atomically, so an interrupted command leaves no partial output. An exception raised inside the user's
+``--model module:attr`` is a user error too: one line naming the model and the call (time, batch shape).
+``BOSS_FAST_DEBUG=1`` prints the traceback of any reported error as well.
 """
 
 from __future__ import annotations
@@ -37,9 +39,15 @@ BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,), "gmm2d_
 _NEEDS = {"dopri5": ("torchdiffeq", "reference"), "lora": ("peft", "lora")}
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
-# What a user's input can cause: bad values, files, devices, missing extras, unreadable weights. Anything
-# else (a RuntimeError from inside a computation, a KeyError, ...) is a bug and keeps its traceback.
-_USER_ERRORS = (ValueError, TypeError, OSError, ImportError, WeightsFileError)
+# What a user's input can cause: bad values, files, devices, missing extras, unreadable weights, numbers or
+# sizes beyond what the machine holds. An exception raised inside the user's model is reported as one line too
+# (_model_call); anything else (a RuntimeError from inside boss_fast's own computation, a KeyError, ...) is a
+# bug and keeps its traceback.
+_USER_ERRORS = (ValueError, TypeError, OSError, ImportError, WeightsFileError, OverflowError, MemoryError)
+# Set to 1 to see the traceback of an error the CLI reports in one line.
+DEBUG_ENV = "BOSS_FAST_DEBUG"
+# The user's models imported in this process (--model module:attr), to recognise their exceptions.
+_IMPORTED_MODELS: dict[int, tuple[object, str]] = {}
 
 
 class UsageError(Exception):
@@ -50,6 +58,8 @@ class UsageError(Exception):
 
 
 def _check_input_file(path: str, flag: str) -> None:
+    if not path:
+        raise UsageError(f"{flag}: an empty path")
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path}: is a directory, not a file")
     if not os.path.exists(path):
@@ -76,6 +86,8 @@ def _check_output_file(path: str | None, flag: str) -> None:
     """A file the command will write: not a directory, in an existing, writable directory."""
     if path is None:
         return
+    if not path:
+        raise UsageError(f"{flag}: an empty path; give a file path")
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path}: is a directory; give a file path")
     parent = os.path.dirname(os.path.abspath(path))
@@ -91,11 +103,39 @@ def _check_output_dir(path: str | None, flag: str) -> None:
     """A directory the command will create if needed and write in."""
     if path is None:
         return
+    if not path:
+        raise UsageError(f"{flag}: an empty path; give a directory")
     existing = _nearest_existing(path)
     if not os.path.isdir(existing):
         what = "is a file" if existing == os.path.abspath(path) else f"is under {existing}, a file"
         raise UsageError(f"{flag} {path}: {what}, not a directory")
     _check_writable_dir(existing, flag, path)
+
+
+def _check_counts(args: argparse.Namespace, minimums: dict[str, int]) -> None:
+    """Each integer flag ``name`` (when given) is at least its minimum: refused by flag before any work."""
+    for name, minimum in minimums.items():
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be >= {minimum}")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return None
+
+
+def _check_fits(nbytes: float, what: str) -> None:
+    """Refuse up front when ``nbytes``, a lower bound on what the command would allocate, exceeds the
+    machine's physical memory (rather than failing in an allocation after minutes of work)."""
+    total = _physical_memory()
+    if total is not None and nbytes > total:
+        raise UsageError(
+            f"{what} would need at least {nbytes / 2**30:.1f} GiB, more than this machine's "
+            f"{total / 2**30:.1f} GiB of memory"
+        )
 
 
 def _check_device(text: str | None, flag: str = "--device") -> torch.device | None:
@@ -164,6 +204,7 @@ def _import_model(spec: str) -> object:
         raise UsageError(f"--model {spec}: {module_name} has no attribute {attr!r}") from None
     if not callable(obj):
         raise UsageError(f"--model {spec}: not callable as velocity(x, t)")
+    _IMPORTED_MODELS[id(obj)] = (obj, spec)
     return obj
 
 
@@ -220,6 +261,8 @@ def _probe(velocity: object, spec: str, shape: tuple[int, ...], device: torch.de
 
 def _cmd_demo(args) -> None:
     _check_output_dir(args.out, "--out")
+    _check_counts(args, {"grid": 2, "max_nfe": 1, "num_samples": 1, "eval_samples": 2, "seed": 0})
+    _check_counts(args, {"straighten_iters": 1})
     run_demo(
         DemoConfig(
             out=args.out,
@@ -249,11 +292,17 @@ def _cmd_schedule(args) -> None:
         raise UsageError(f"{given[0]} applies to --pipeline only")
     _check_output_file(args.out, "--out")
     _check_output_file(args.checkpoint, "--checkpoint")
+    _check_counts(args, {"steps": 1, "max_steps": 1, "grid": 1, "num_samples": 1, "batch_size": 1, "seed": 0})
     device = _check_device(args.device)
     if args.solver == "dopri5":
         _check_extra("dopri5", "--solver dopri5")
     velocity, default_shape = _load_velocity(args.model)
     shape = _shape(args.shape, default_shape)
+    # Lower bounds: one batch of N recorded float32 teacher states, and for the local objective the (N, N)
+    # float64 cost sums (100001^2 of them: 74.5 GiB).
+    n, batch = args.grid + 1, min(args.batch_size, args.num_samples)
+    sums = 8.0 * n * n if args.objective == "local" else 0.0
+    _check_fits(sums + 4.0 * n * batch * float(np.prod(shape)), f"--grid {args.grid} (batch {batch})")
     _probe(velocity, args.model, shape, device)
     search = bf.optimal_schedules if args.max_steps is not None else bf.optimal_schedule
     found = search(
@@ -395,6 +444,7 @@ def _scheduler_config(path: str | None) -> dict | None:
 
 
 def _cmd_sigmas(args) -> None:
+    _check_counts(args, {"steps": 1})
     if args.format != "diffusers" and (args.config, args.shift, args.mu) != (None, None, None):
         raise UsageError("--config, --shift and --mu apply to --format diffusers only")
     config = _scheduler_config(args.config)
@@ -463,6 +513,8 @@ def _cmd_straighten(args) -> None:
     if given:
         raise UsageError(f"{given[0]} applies to --pipeline only")
     _check_output_file(args.out, "--out")
+    _check_counts(args, {"num_pairs": 1, "iters": 1, "batch_size": 1, "warmup": 0, "seed": 0})
+    _check_counts(args, {"grid": 1, "lora_rank": 1})
     _check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     _check_output_dir(args.cache_dir, "--cache-dir")
     device = _check_device(args.device)
@@ -511,6 +563,7 @@ def _cmd_straighten(args) -> None:
 def _cmd_sample(args) -> None:
     _check_output_file(args.out, "--out")
     _check_output_file(args.png, "--png")
+    _check_counts(args, {"num": 1, "seed": 0})
     if args.mode == "cuda_graph" and not torch.cuda.is_available():
         raise UsageError("--mode cuda_graph: needs CUDA, which is not available on this machine")
     device = _check_device(args.device) or (torch.device("cuda") if args.mode == "cuda_graph" else None)
@@ -524,6 +577,8 @@ def _cmd_sample(args) -> None:
         velocity, default_shape = _load_velocity(args.model)
         _warn_if_other_model(sched, velocity)  # a straightened student differs from its schedule's teacher
     shape = _shape(args.shape, sched.shape, default_shape)
+    # The noise, the sampler's state and the result: three float32 copies of the samples at least.
+    _check_fits(3 * 4.0 * args.num * float(np.prod(shape)), f"--num {args.num} samples of shape {shape}")
     if args.png and len(shape) != 3:
         raise UsageError(f"--png needs image samples (C, H, W); these have shape {shape}")
     _probe(velocity, args.model, shape, device)
@@ -540,7 +595,14 @@ def _cmd_sample(args) -> None:
 
 
 def _cmd_dp_example(args) -> None:
-    t = np.linspace(0.0, 1.0, args.grid + 1)
+    _check_counts(args, {"grid": 1, "max_steps": 1})
+    if args.max_steps > args.grid:
+        raise UsageError(f"--max-steps {args.max_steps}: at most --grid ({args.grid}) steps on this grid")
+    n = args.grid + 1
+    # The example holds two (N, N) float64 matrices at once (the outer difference and its square; then the
+    # square and its upper triangle).
+    _check_fits(2 * 8.0 * n * n, f"--grid {args.grid}: the example's {n} x {n} cost matrices")
+    t = np.linspace(0.0, 1.0, n)
     # A cost with BOSS's typical shape: jumps are cheap in the middle of the trajectory, dear at both ends.
     curvature = 1.0 / (t * (1 - t) + 0.02)
     density = np.cumsum(np.r_[0.0, 0.5 * (curvature[1:] + curvature[:-1]) * np.diff(t)])
@@ -766,6 +828,37 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _model_call(err: BaseException) -> str | None:
+    """If ``err`` was raised inside a user's ``--model module:attr``: one line naming the model and the call
+    (time, batch shape), read from the outermost frame of the traceback that runs the model; else None."""
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        local = frame.f_locals
+        for obj, spec in _IMPORTED_MODELS.values():
+            if local.get("self") is obj or getattr(obj, "__code__", None) is frame.f_code:
+                return f"--model {spec} raised {type(err).__name__} {_call_of(frame)}: {_one_line(err)}"
+        tb = tb.tb_next
+    return None
+
+
+def _call_of(frame) -> str:
+    """'at t = .. on a batch of shape ..' from a model frame's (x, t) arguments, as far as they are known."""
+    local = frame.f_locals
+    args = local.get("args")
+    if not (isinstance(args, tuple) and len(args) >= 2):
+        names = [n for n in frame.f_code.co_varnames[: frame.f_code.co_argcount] if n != "self"]
+        args = tuple(local.get(n) for n in names[:2])
+    if len(args) < 2 or not all(isinstance(a, torch.Tensor) for a in args[:2]):
+        return "(called with something other than (x, t) tensors)"
+    x, t = args[:2]
+    try:
+        time_text = f"t = {float(t.reshape(-1)[0])!r}" if t.numel() else "t = (empty)"
+    except Exception:  # a device in an error state cannot be read: name the shape only
+        time_text = f"t of shape {tuple(t.shape)}"
+    return f"at {time_text} on a batch of shape {tuple(x.shape)}"
+
+
 def _interrupted(args) -> str:
     resume = getattr(args, "checkpoint_dir", None) or getattr(args, "checkpoint", None)
     note = f"; rerun the same command to resume from {resume}" if resume else ""
@@ -779,6 +872,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"{prefix}: warning: {_one_line(message)}", file=sys.stderr)
 
+    _IMPORTED_MODELS.clear()
+    debug = os.environ.get(DEBUG_ENV) == "1"
     try:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
@@ -789,8 +884,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `boss-fast dp-example | head -1`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own exit flush stays quiet
         return 0
-    except (UsageError, *_USER_ERRORS) as err:
-        print(f"{prefix}: error: {_one_line(err)}", file=sys.stderr)
+    except Exception as err:
+        message = _model_call(err)
+        if message is None and not isinstance(err, (UsageError, *_USER_ERRORS)):
+            raise  # a bug in boss_fast: keep the traceback
+        if debug:
+            traceback.print_exc()
+        print(f"{prefix}: error: {message or _one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
 

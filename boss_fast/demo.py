@@ -35,7 +35,7 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from boss_fast import report
-from boss_fast._validation import atomic_write
+from boss_fast._validation import atomic_write, check_float, check_int
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
 from boss_fast.metrics import (
     PairedDifference,
@@ -125,6 +125,32 @@ class DemoConfig:
     straighten_iters: int = 800
     straighten_pairs: int = 2000
     straighten_nfes: tuple[int, ...] = field(default=(2, 4))
+
+    def __post_init__(self) -> None:
+        """Every field checked at construction, so ``boss-fast demo`` refuses a bad flag before any work."""
+        if not isinstance(self.out, str | os.PathLike) or not os.fspath(self.out):
+            raise ValueError(f"out must be a non-empty path, got {self.out!r}")
+        unknown = [m for m in self.models if m not in DEMO_MODELS]
+        if unknown or not self.models:
+            raise ValueError(
+                f"models must be a non-empty subset of {sorted(DEMO_MODELS)}, got {list(self.models)}"
+            )
+        grid = check_int(self.grid, "grid", minimum=2)
+        check_int(self.max_nfe, "max_nfe", minimum=1, maximum=grid - 1)
+        if self.num_samples is not None:
+            check_int(self.num_samples, "num_samples")
+        check_int(self.eval_samples, "eval_samples", minimum=2)  # a spread (RMSE interval, FD) needs two
+        check_int(self.seed, "seed", minimum=0)
+        for name in ("bootstrap", "fd_bootstrap", "oracle_max_nfe", "oracle_sweeps"):
+            check_int(getattr(self, name), name)
+        for name in ("straighten_iters", "straighten_pairs"):
+            check_int(getattr(self, name), name)
+        for name in ("grid_nfes", "scatter_nfes", "straighten_nfes"):
+            for k in getattr(self, name):
+                check_int(k, f"{name} entry")
+        for name in ("rtol", "atol"):
+            if check_float(getattr(self, name), name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 def _digest(noise: torch.Tensor) -> str:
@@ -399,16 +425,9 @@ def _run_model(cfg: DemoConfig, name: str, clock: _Clock) -> dict:
 
 @torch.no_grad()
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run the demo and write its report to ``cfg.out``; returns the results dictionary it saved."""
-    if cfg.max_nfe < 1 or cfg.max_nfe >= cfg.grid:
-        raise ValueError(f"max_nfe must be in [1, grid - 1 = {cfg.grid - 1}], got {cfg.max_nfe}")
-    unknown = [m for m in cfg.models if m not in DEMO_MODELS]
-    if unknown or not cfg.models:
-        raise ValueError(
-            f"models must be a non-empty subset of {sorted(DEMO_MODELS)}, got {list(cfg.models)}"
-        )
-    if cfg.num_samples is not None and (isinstance(cfg.num_samples, bool) or cfg.num_samples < 1):
-        raise ValueError(f"num_samples must be None (each model's own) or >= 1, got {cfg.num_samples!r}")
+    """Run the demo and write its report to ``cfg.out``; returns the results dictionary it saved.
+
+    ``cfg`` was checked when it was built (:class:`DemoConfig` refuses a bad field before any work)."""
     os.makedirs(os.path.join(cfg.out, "schedules"), exist_ok=True)
     clock = _Clock(cfg.progress)
     start = time.perf_counter()

@@ -25,6 +25,7 @@ from boss_fast._validation import (
     STEP_SOLVERS,
     check_choice,
     check_noise,
+    check_scale,
     check_velocity_output,
     schedule_times,
 )
@@ -192,12 +193,14 @@ def cfg_combine(v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float) -> t
     Arithmetic in float32 for reduced-precision inputs (float64 stays float64); the result is in that
     compute dtype. The one combine in the package: :func:`guided_velocity`, the Euler kernel's reference
     (``boss_fast.kernels.euler_step_reference`` with ``guidance``) and ``Sampler(guidance=)``'s recorded
-    slopes all call it, so they agree bit for bit.
+    slopes all call it, so they agree bit for bit. ``scale`` is one finite host number (a tensor, a bool, NaN
+    or an infinity is refused: :func:`boss_fast._validation.check_scale`, the package's one guidance check).
 
     Example:
         >>> cfg_combine(torch.zeros(2), torch.ones(2), 4.5)
         tensor([4.5000, 4.5000])
     """
+    scale = check_scale(scale, "scale")
     dtype = torch.promote_types(v_uncond.dtype, torch.float32)
     vu = v_uncond.to(dtype)
     return vu + scale * (v_cond.to(dtype) - vu)
@@ -213,9 +216,7 @@ class GuidedVelocity(nn.Module):
         for name, fn in (("v_cond", v_cond), ("v_uncond", v_uncond)):
             if not callable(fn):
                 raise TypeError(f"{name} must be callable as velocity(x, t), got {type(fn).__name__}")
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not np.isfinite(scale):
-            raise ValueError(f"scale must be a finite real number, got {scale!r}")
-        self.v_cond, self.v_uncond, self.scale = v_cond, v_uncond, float(scale)
+        self.v_cond, self.v_uncond, self.scale = v_cond, v_uncond, check_scale(scale, "scale")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return cfg_combine(self.v_uncond(x, t), self.v_cond(x, t), self.scale).to(x.dtype)

@@ -29,8 +29,13 @@ Models that opt in to the fused-head protocol (:class:`FusedHeadModel`, e.g. the
 ``trunk`` + one :func:`boss_fast.kernels.linear_euler` per step, the head's GEMM with the Euler update in its
 epilogue; every other ``velocity(x, t)`` runs as the model then :func:`boss_fast.kernels.euler_step`.
 
-Unlike ``sample``, the sampler does not check the states for non-finite values (that would need a host read
-inside the captured loop); check the result if the model may diverge.
+Checks, as ``sample`` makes them, without a host read inside the loop: every model output's type, shape,
+dtype and device at every step (metadata only, :func:`boss_fast._validation.check_velocity_output`; eager
+checks every call; under ``torch.compile`` and CUDA-graph capture shapes and dtypes are static, so the check
+made when the loop is traced or captured holds for every replay of it, and a retrace checks again), and the
+result's finiteness once per call (one reduction and one host read after the loop; on failure an eager
+step-by-step rerun names the step). ``check_finite=False`` skips that final read (benchmarks/results/
+sampler_checks_cpu.md measures its cost).
 """
 
 from __future__ import annotations
@@ -53,9 +58,9 @@ from boss_fast._runtime import module_placement
 from boss_fast._validation import (
     STEP_SOLVERS,
     check_choice,
-    check_float,
     check_int,
     check_noise,
+    check_scale,
     check_velocity_output,
     schedule_times,
 )
@@ -137,6 +142,7 @@ class SamplerConfig:
     backend: str
     head: _Head | None  # the model's fused-head pieces when it opts in, used or not
     fused: bool
+    check_finite: bool = True
 
     @property
     def method(self) -> FixedStepMethod:
@@ -193,6 +199,7 @@ def resolve_config(
     solver: str = "euler",
     guidance: float | None = None,
     record: str | None = None,
+    check_finite: bool = True,
 ) -> SamplerConfig:
     """Check :class:`Sampler`'s arguments and fill in every default, in one place (same signature)."""
     if not callable(model):
@@ -200,7 +207,7 @@ def resolve_config(
     times = schedule_times(sched)
     mode = check_choice(mode, SAMPLER_MODES, "mode")
     solver = check_choice(solver, SAMPLER_SOLVERS, "solver")
-    guidance = None if guidance is None else check_float(guidance, "guidance")
+    guidance = None if guidance is None else check_scale(guidance, "guidance")
     if record not in _RECORD:
         raise ValueError(f"unknown record {record!r}; expected None, 'states' or 'all'")
     device, dtype = _placement(model, dtype, device, mode)
@@ -208,7 +215,11 @@ def resolve_config(
     backend = kernel_backend(backend, device, dtype)
     head = _fused_head(model)
     use = _use_fused(model, head, fused, backend, solver, guidance, record)
-    return SamplerConfig(times, mode, solver, guidance, record, device, dtype, batch_size, backend, head, use)
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
+    return SamplerConfig(
+        times, mode, solver, guidance, record, device, dtype, batch_size, backend, head, use, check_finite
+    )
 
 
 class Sampler:
@@ -237,6 +248,9 @@ class Sampler:
         record: None, "states" or "all": keep every state (and with "all" the combined Euler slope at each
             state, as :class:`~boss_fast.ode.Trajectory` defines it) in static buffers; read them
             with :meth:`trajectory`. Costs (K + 1) (or 2K + 1) states of memory.
+        check_finite: check the result for NaN/inf after every call (one reduction, one host read; a
+            ValueError names the step where they first appeared). False skips it, for a hot path that
+            checks elsewhere (benchmarks/results/sampler_checks_cpu.md measures the cost).
 
     Attributes:
         mode: the mode asked for; ``resolved_mode`` is the one running (known once the buffers exist).
@@ -248,7 +262,8 @@ class Sampler:
         ValueError / TypeError: unknown mode, solver or record, cuda_graph without a CUDA device, bad
             schedule, batch size, dtype or guidance, fused=True for a model without the protocol or with
             another solver, guidance or record="all"; at call time, noise whose shape, dtype or device differ
-            from the sampler's.
+            from the sampler's, a model output of another type, shape, dtype or device at any step, or a
+            non-finite result (each naming the step and its time).
 
     Example:
         >>> sampler = Sampler(lambda x, t: torch.ones_like(x), [0.0, 0.5, 1.0], mode="eager")
@@ -271,6 +286,7 @@ class Sampler:
         solver: str = "euler",
         guidance: float | None = None,
         record: str | None = None,
+        check_finite: bool = True,
     ) -> None:
         config = resolve_config(
             model,
@@ -284,6 +300,7 @@ class Sampler:
             solver=solver,
             guidance=guidance,
             record=record,
+            check_finite=check_finite,
         )
         self.model = model
         self.config = config
@@ -295,6 +312,7 @@ class Sampler:
             config.dtype,
         )
         self.batch_size, self.backend, self.fused = config.batch_size, config.backend, config.fused
+        self.check_finite = config.check_finite
         hosts = self.times.tolist()  # Python floats, baked into every launch
         self._t_hosts: list[float] = hosts[:-1]
         self._step_sizes: list[float] = [t1 - t0 for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True)]
@@ -312,6 +330,7 @@ class Sampler:
         self._src: list[torch.Tensor] = []
         self._dst: list[torch.Tensor] = []
         self._stage_t: list[tuple[torch.Tensor, ...]] = []
+        self._stage_hosts: list[tuple[float, ...]] = []  # the same times as host floats, for the messages
         self._states: torch.Tensor | None = None
         self._velocities: torch.Tensor | None = None
         self._doubled: torch.Tensor | None = None
@@ -326,14 +345,36 @@ class Sampler:
 
     # -- the hot loop -------------------------------------------------------------------------------------
 
-    def _velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The model at (x, t); with guidance on the static doubled batch [x; x], returning (2B, ...)."""
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, step: int, t_host: float) -> torch.Tensor:
+        """The model at (x, t), checked (metadata only); with guidance on the static doubled batch [x; x],
+        returning (2B, ...)."""
         if self._doubled is None:
-            return self.model(x, t)
+            return check_velocity_output(self.model(x, t), x, t_host, step)
         b = x.shape[0]
         self._doubled[:b].copy_(x)
         self._doubled[b:].copy_(x)
-        return self.model(self._doubled, t)
+        return check_velocity_output(self.model(self._doubled, t), self._doubled, t_host, step)
+
+    def _step(self, i: int) -> None:
+        """Step i on the static buffers: src[i] -> dst[i], stage for stage :func:`boss_fast.ode.ode_step`."""
+        head, backend, g, b = self._head, self.backend, self.guidance, self.batch_size
+        h, src, dst, ts = self._step_sizes[i], self._src[i], self._dst[i], self._stage_t[i]
+        hosts = self._stage_hosts[i]
+        if head is not None:
+            features = head.trunk(src, ts[0])
+            linear_euler_forward(features, head.weight, head.bias, src, h, head.patch_size, backend, out=dst)
+            return
+        k1 = self._velocity(src, ts[0], i, hosts[0])
+        if self._velocities is not None:  # the combined slope at the state, as Trajectory defines it
+            if g is None:
+                self._velocities[i].copy_(k1)
+            else:
+                self._velocities[i].copy_(cfg_combine(k1[:b], k1[b:], g))
+        slopes = [k1]
+        for s, c in enumerate(self._method.fractions, start=1):
+            stage = euler_step_forward(src, slopes[-1], c * h, g, backend, out=self._scratch)
+            slopes.append(self._velocity(stage, ts[s], i, hosts[s]))
+        euler_step_forward(src, self._method.combine(slopes), h, g, backend, out=dst)
 
     def _loop(self, x: torch.Tensor) -> torch.Tensor:
         """K steps on the static buffers (``x`` is the state, or the recorded states): host floats only, no
@@ -341,28 +382,34 @@ class Sampler:
 
         Stage for stage :func:`boss_fast.ode.ode_step` (the same table entry), so eager on the torch backend
         reproduces the teacher bit for bit."""
-        head, backend, g, b = self._head, self.backend, self.guidance, self.batch_size
-        fractions, combine = self._method.fractions, self._method.combine
-        for i, h in enumerate(self._step_sizes):
-            src, dst, ts = self._src[i], self._dst[i], self._stage_t[i]
-            if head is not None:
-                features = head.trunk(src, ts[0])
-                linear_euler_forward(
-                    features, head.weight, head.bias, src, h, head.patch_size, backend, out=dst
-                )
-                continue
-            k1 = self._velocity(src, ts[0])
-            if self._velocities is not None:  # the combined slope at the state, as Trajectory defines it
-                if g is None:
-                    self._velocities[i].copy_(k1)
-                else:
-                    self._velocities[i].copy_(cfg_combine(k1[:b], k1[b:], g))
-            slopes = [k1]
-            for s, c in enumerate(fractions, start=1):
-                stage = euler_step_forward(src, slopes[-1], c * h, g, backend, out=self._scratch)
-                slopes.append(self._velocity(stage, ts[s]))
-            euler_step_forward(src, combine(slopes), h, g, backend, out=dst)
+        for i in range(len(self._step_sizes)):
+            self._step(i)
         return x
+
+    def _first_nonfinite(self, noise: torch.Tensor) -> str:
+        """Where a non-finite result came from: an eager rerun from ``noise``, one host read per step (only
+        after the final check failed, so the hot path keeps its one read); a recording sampler reads its
+        own recorded states instead."""
+        if self._states is not None:
+            problem = first_nonfinite_step(self._states, self._velocities, self.times)
+            if problem is not None:
+                return problem
+        if not bool(torch.isfinite(noise).all()):
+            return "noise contains non-finite values"
+        self._x.copy_(noise)
+        hosts = self.times.tolist()
+        with torch.no_grad():
+            for i in range(self.num_steps):
+                self._step(i)
+                if not bool(torch.isfinite(self._dst[i]).all()):
+                    return (
+                        f"velocity returned non-finite values in step {i}, from t = {hosts[i]!r} to "
+                        f"t = {hosts[i + 1]!r}"
+                    )
+        return (
+            f"the {self.resolved_mode} run's result holds non-finite values that an eager rerun from the "
+            "same noise does not reproduce"
+        )
 
     # -- building -----------------------------------------------------------------------------------------
 
@@ -396,17 +443,18 @@ class Sampler:
             return cache[t]
 
         hosts = self.times.tolist()
-        for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True):  # ode_step's stage times, the same floats
-            self._stage_t.append(tuple(at(t) for t in stage_times(self._method, t0, t1)))
+        pairs = zip(hosts[:-1], hosts[1:], strict=True)
+        self._stage_hosts = [stage_times(self._method, t0, t1) for t0, t1 in pairs]
+        for stages in self._stage_hosts:  # ode_step's stage times, the same floats
+            self._stage_t.append(tuple(at(t) for t in stages))
         # One checked evaluation: a wrong model fails here, with sample's message. Without guidance on one
         # row, so building a sampler does not cost a full-batch model evaluation.
         with torch.no_grad():
             if self._doubled is None:
                 x1 = self._x[:1]
-                check_velocity_output(self.model(x1, self._stage_t[0][0][:1]), x1, self._t_hosts[0])
+                check_velocity_output(self.model(x1, self._stage_t[0][0][:1]), x1, self._t_hosts[0], 0)
             else:
-                out = self._velocity(self._x, self._stage_t[0][0])
-                check_velocity_output(out, self._doubled, self._t_hosts[0])
+                self._velocity(self._x, self._stage_t[0][0], 0, self._t_hosts[0])
         self._start()
 
     def _start(self) -> None:
@@ -491,13 +539,17 @@ class Sampler:
             self._build(noise)
         self._x.copy_(noise)
         self._run()
-        return self._dst[-1].clone()
+        out = self._dst[-1].clone()
+        if self.check_finite and not bool(torch.isfinite(out).all()):  # one reduction, one host read
+            raise ValueError(f"Sampler: {self._first_nonfinite(noise)}")
+        return out
 
     def trajectory(self, noise: torch.Tensor, *, check_finite: bool = False) -> Trajectory:
         """Run the K steps from ``noise`` and return every state (and with record="all" every slope).
 
         Needs a sampler built with ``record``; returns copies (N = K + 1 states, (K, B, ...) velocities or
-        None), which later calls do not overwrite. ``check_finite=True`` checks the values as
+        None), which later calls do not overwrite. The call checks the last state
+        (``Sampler(check_finite=)``); ``check_finite=True`` here checks every recorded state and slope as
         :func:`boss_fast.trajectories.teacher_trajectory` does (one host read after the loop; ValueError
         naming the grid time where non-finite values first appear).
         """
@@ -533,7 +585,14 @@ def _compiled_runner(sampler: Sampler) -> Callable[[], None]:
 
     def run() -> None:
         with torch.no_grad():
-            compiled(sampler._x)
+            try:
+                compiled(sampler._x)
+            except Exception:
+                # A check that fails while dynamo traces (shapes and dtypes are static, so trace time is when
+                # the model's output is checked) surfaces as dynamo's "Observed exception"; the eager loop
+                # raises the check's own message (step, time, what was wrong). Any other failure re-raises.
+                sampler._loop(sampler._x)
+                raise
 
     return run
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -312,12 +312,46 @@ def read_json(source: str, what: str) -> object:
             f"{source}: {max(size, len(raw))} bytes, larger than any {what} "
             f"({MAX_FILE_BYTES // 2**20} MiB at most): not a {what} file"
         )
+    overflowed: list[str] = []
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        doc = json.loads(
+            raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_float_noting(overflowed)
+        )
     except RecursionError:
         raise ValueError(f"{source}: JSON nested too deeply: not a {what} file") from None
     except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, over-long integers
         raise ValueError(f"{source}: not valid JSON (corrupted or truncated?): {err}") from None
+    if overflowed:  # e.g. 1e999: JSON allows it, float64 reads it as inf
+        raise ValueError(
+            f"{source}: {_first_nonfinite_field(doc)} = {overflowed[0]} is beyond float64's range: not a "
+            f"{what} file"
+        )
+    return doc
+
+
+def _float_noting(overflowed: list[str]) -> Callable[[str], float]:
+    """A JSON ``parse_float`` that records the texts of numbers float64 cannot hold (they parse to inf)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            overflowed.append(text)
+        return value
+
+    return parse
+
+
+def _first_nonfinite_field(doc: object, path: str = "") -> str:
+    """The JSON path (``grid[3]``, ``budgets[0].cost``) of the first non-finite float in ``doc``."""
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, value in items:
+        where = f"{path}.{key}".lstrip(".") if isinstance(doc, dict) else f"{path}[{key}]"
+        if isinstance(value, float) and not math.isfinite(value):
+            return where
+        found = _first_nonfinite_field(value, where) if isinstance(value, dict | list) else ""
+        if found:
+            return found
+    return "" if path else "a number"
 
 
 def _check_cost(cost: object, resampled_from: object) -> float:
@@ -524,9 +558,19 @@ class ScheduleSet(Mapping[int, Schedule]):
         schedules: the budgets 1 .. max_steps, each once, in any order (none of them resampled).
         cost_table: the local objective's (N, N) cost matrix the budgets were solved on, or None. Only its
             strict upper triangle is kept (the DP reads nothing else; the rest is stored as 0). When given,
-            every budget must be the Bellman DP's answer on it (checked: a table and schedules that disagree
-            are refused), and :meth:`resample` re-solves it for budgets outside the set. The global
-            objective has no such matrix (its DP runs over the sampler's own states): None.
+            its entries must be finite and >= 0 (errors) and every budget must be the Bellman DP's answer on
+            it (checked: a table and schedules that disagree are refused), and :meth:`resample` re-solves it
+            for budgets outside the set. The global objective has no such matrix (its DP runs over the
+            sampler's own states): None.
+
+    What a loaded file is checked for, exactly (:meth:`from_dict`): its SHA-256 is of the content alone, with
+    no key, so it detects corruption and edits that were not re-hashed, never a deliberate edit re-hashed.
+    With a cost table the DP check then refuses any re-hashed edit that changes a saved budget: its indices,
+    its cost, an entry on its path, or an entry lowered enough to make another path cheaper for it. It
+    cannot refuse an edit that keeps every saved budget optimal at the same cost (raising an entry that only
+    larger budgets use, e.g. 0 -> 3 times 1000 in a set of K = 1..5 whose K = 6 answer uses it): such a file
+    loads, and ``resample(K)`` for K > max_steps answers on the edited table. A global set (no table) has
+    the SHA-256 and the consistency of each schedule only.
 
     Example:
         >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)
@@ -568,6 +612,11 @@ class ScheduleSet(Mapping[int, Schedule]):
         table = np.triu(np.asarray(matrix, dtype=np.float64), 1)
         if not np.all(np.isfinite(table)):
             raise ValueError("cost_table holds non-finite values above the diagonal")
+        if np.any(table < 0.0):  # errors (l2sq, l2) are >= 0; a negative one is an edit or another objective
+            i, j = (int(a[0]) for a in np.nonzero(table < 0.0))
+            raise ValueError(
+                f"cost_table[{i}, {j}] = {float(table[i, j])!r} is negative; costs are errors, >= 0"
+            )
         solved = schedules_from_cost(table, first.grid, len(self._scheds), discount=first.discount)
         for s, fresh in zip(self._scheds.values(), solved, strict=True):
             if not np.array_equal(s.indices, fresh.indices) or not math.isclose(
@@ -713,9 +762,10 @@ class ScheduleSet(Mapping[int, Schedule]):
 
     @classmethod
     def from_dict(cls, doc: object, source: str = "schedule set") -> ScheduleSet:
-        """Rebuild a set from ``to_dict``'s document; anything else (a foreign, edited or inconsistent
-        document: format, version, checksum, keys, types, a budget that is not the DP's answer on the
-        table) is refused with a ValueError naming the field."""
+        """Rebuild a set from ``to_dict``'s document; anything else (a foreign, corrupted or inconsistent
+        document: format, version, checksum, keys, types, a negative or non-finite table entry, a budget
+        that is not the DP's answer on the table) is refused with a ValueError naming the field. A re-hashed
+        edit that keeps every saved budget optimal cannot be told from a search (class docstring)."""
         hint = " (a single schedule: use Schedule.load)" if _format_of(doc) == SCHEDULE_FORMAT else ""
         _check_header(doc, source, "schedule set", SET_FORMAT, SET_VERSION, hint)
         missing = [k for k in ("budgets", "grid", "cost_table_upper", "sha256", *_SHARED) if k not in doc]
@@ -813,6 +863,10 @@ def interpolate_schedule(sched: Schedule, steps: int) -> Schedule:
         >>> k4.indices.tolist(), k4.resampled_from
         ([0, 4, 6, 8, 10], 3)
     """
+    if not isinstance(sched, Schedule):
+        raise TypeError(
+            f"sched must be a Schedule (the result is snapped to its grid), got {type(sched).__name__}"
+        )
     steps = check_int(steps, "steps")
     if sched.steps < 2:
         raise ValueError("interpolation needs a schedule of at least 2 steps (a 1-step one has no shape)")

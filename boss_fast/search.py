@@ -23,6 +23,7 @@ from boss_fast._validation import (
     METRICS,
     as_times,
     check_choice,
+    check_dtype,
     check_float,
     check_int,
     check_noise,
@@ -273,9 +274,7 @@ def _validate_search(
         )
     model_device, model_dtype = module_placement(velocity)
     device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
-    dtype = dtype or model_dtype or torch.get_default_dtype()
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    dtype = check_dtype(dtype) or model_dtype or torch.get_default_dtype()
     fingerprint = model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else None
     search = _Search(
         times, shape, num_samples, batch_size, seed, objective, solver, metric, device, dtype, fingerprint

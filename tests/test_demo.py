@@ -283,6 +283,6 @@ def test_evaluation_in_chunks_matches_one_batch(monkeypatch) -> None:
 
 
 def test_demo_refuses_a_bad_search_size_before_any_work(tmp_path) -> None:
-    with pytest.raises(ValueError, match="num_samples must be None"):
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
         run_demo(DemoConfig(out=str(tmp_path / "rep"), num_samples=0, progress=False))
     assert not (tmp_path / "rep").exists()

@@ -405,7 +405,7 @@ def test_guided_velocity_is_what_the_guided_sampler_steps(dtype):
 
 def test_guided_velocity_errors_and_identity():
     v_cond, v_uncond = _cond_pair(torch.float32)
-    with pytest.raises(ValueError, match="scale must be a finite"):
+    with pytest.raises(ValueError, match="scale must be finite"):
         bf.guided_velocity(v_cond, v_uncond, float("inf"))
     with pytest.raises(TypeError, match="v_uncond must be callable"):
         bf.guided_velocity(v_cond, None, 2.0)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from boss_fast._validation import as_times, check_choice, check_float
+from boss_fast._validation import as_times, check_choice, check_float, check_scale
 from boss_fast.integrations._imports import missing
 from boss_fast.integrations.sigmas import diffusers_sigmas, refuse_stepping_keys
 from boss_fast.ode import VelocityFn, cfg_combine
@@ -465,7 +465,7 @@ class DiffusersVelocity(nn.Module):
             {k: getattr(self, f"cond_{k}") for k in self._tensor_keys}, "conditioning"
         )
         self.guidance_scale = (
-            None if guidance_scale is None else check_float(guidance_scale, "guidance_scale")
+            None if guidance_scale is None else check_scale(guidance_scale, "guidance_scale")
         )
         self.guided = negative is not None
         if negative is None and guidance_scale is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from boss_fast._backends import kernel_backend
-from boss_fast._validation import check_float
+from boss_fast._validation import check_float, check_scale
 from boss_fast.ode import cfg_combine, euler_update
 
 try:  # optional: the `triton` extra; without it only the torch backend exists
@@ -181,7 +181,7 @@ def euler_step(
     _check_args(x, v, guidance, out)
     h = check_float(h, "h")
     if guidance is not None:
-        guidance = check_float(guidance, "guidance")
+        guidance = check_scale(guidance, "guidance")
     name = kernel_backend(backend, x.device, x.dtype)
     if name == "triton":
         for label, tensor in (("x", x), ("v", v), ("out", out)):

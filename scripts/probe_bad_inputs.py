@@ -1,0 +1,235 @@
+"""Run the bad-input probes of "nothing silently wrong, round two" and print one line per probe.
+
+    PYTHONPATH=. python scripts/probe_bad_inputs.py
+
+Library probes print the exception each raises (a probe that returns is flagged RETURNED: silently wrong
+unless the line says it is the documented limit). CLI probes run ``python -m boss_fast.cli`` in a scratch
+folder and print the exit code, the number of stderr lines, whether a traceback appeared and which files the
+command left behind. The last line counts the probes that misbehaved; the exit code is 1 if any did.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import boss_fast as bf
+from boss_fast.schedule import interpolate_schedule, set_digest
+
+TIMES = [0.0, 0.2, 0.5, 0.8, 1.0]
+MODELS = """
+import torch
+calls = {"n": 0}
+def _later(bad):
+    def velocity(x, t):
+        calls["n"] += 1
+        return -x if calls["n"] <= 1 else bad(x)
+    return velocity
+raises_runtime = _later(lambda x: (_ for _ in ()).throw(RuntimeError("boom")))
+raises_key = _later(lambda x: {}["missing"])
+raises_index = _later(lambda x: x[:, [99]])
+def nan_later(x, t):
+    return torch.where(t[:, None] > 0.3, torch.full_like(x, float("nan")), -x)
+def narrows_later(x, t):
+    return -x if float(t[0]) < 0.3 else -x[:, :1]
+"""
+
+
+def _later(bad: Callable) -> Callable:
+    state = {"n": 0}
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> object:
+        state["n"] += 1
+        return -x if state["n"] <= 1 else bad(x)
+
+    return velocity
+
+
+def _library_probes() -> dict[str, Callable[[], object]]:
+    z, o = torch.zeros(2), torch.ones(2)
+    probes = {
+        f"Sampler {mode}: {name} at a later step": (
+            lambda m=mode, b=bad: bf.Sampler(_later(b), TIMES, mode=m)(torch.randn(4, 3))
+        )
+        for mode in ("eager", "compile")
+        for name, bad in {
+            "(B, 1)": lambda x: -x[:, :1],
+            "NaN": lambda x: x * math.nan,
+            "float64": lambda x: (-x).double(),
+            "float16": lambda x: (-x).half(),
+            "int64": lambda x: (-x).long(),
+            "None": lambda x: None,
+            "ndarray": lambda x: (-x).numpy(),
+            "meta tensor": lambda x: torch.empty_like(x, device="meta"),
+            "wrong batch": lambda x: -x[:1],
+        }.items()
+    }
+    probes.update(
+        {
+            "cfg_combine tensor([2, 3])": lambda: bf.cfg_combine(z, o, torch.tensor([2.0, 3.0])),
+            "cfg_combine True": lambda: bf.cfg_combine(z, o, True),
+            "cfg_combine NaN": lambda: bf.cfg_combine(z, o, math.nan),
+            "cfg_combine inf": lambda: bf.cfg_combine(z, o, math.inf),
+            "interpolate_schedule(list, 4)": lambda: interpolate_schedule([0.0, 0.5, 1.0], 4),
+            'optimal_schedules(dtype="float64")': lambda: bf.optimal_schedules(
+                lambda x, t: -x, (2,), 2, grid=10, num_samples=4, dtype="float64"
+            ),
+            "cost_matrix(noise (4, 0))": lambda: bf.cost_matrix(
+                lambda x, t: -x, torch.randn(4, 0), [0.0, 0.5, 1.0], progress=False
+            ),
+            "ScheduleSet: edited table, budgets kept optimal (documented limit)": _edited_set,
+        }
+    )
+    return probes
+
+
+def _edited_set() -> object:
+    n = 21
+    i = np.arange(n, dtype=np.float64)
+    weight = 1.0 + 0.3 * np.sin(i)
+    cost = np.triu(np.square(np.subtract.outer(i, i)) * np.add.outer(weight, weight), 1)
+    sset = bf.ScheduleSet(bf.schedules_from_cost(cost, np.linspace(0, 1, n), 5), cost_table=cost)
+    six = sset.resample(6).indices
+    used = {(a, b) for s in sset.values() for a, b in zip(s.indices[:-1], s.indices[1:], strict=True)}
+    edge = next((a, b) for a, b in zip(six[:-1], six[1:], strict=True) if (a, b) not in used)
+    k = int(np.flatnonzero((np.triu_indices(n, 1)[0] == edge[0]) & (np.triu_indices(n, 1)[1] == edge[1]))[0])
+    doc = sset.to_dict()
+    doc["cost_table_upper"][k] *= 1000
+    doc["sha256"] = set_digest(doc)
+    edited = bf.ScheduleSet.from_dict(doc, "edited.json").resample(6).indices.tolist()
+    return f"loads; resample(6) {six.tolist()} -> {edited}"
+
+
+def _cli_probes() -> dict[str, list[str]]:
+    schedule = [
+        "schedule",
+        "--shape",
+        "2",
+        "--steps",
+        "2",
+        "--grid",
+        "10",
+        "--num-samples",
+        "4",
+        "--no-progress",
+    ]
+    sample = ["sample", "--shape", "2", "--schedule", "k3.json", "--num", "4", "--out", "x.npy"]
+    diffusers = ["sigmas", "k3.json", "--format", "diffusers"]
+    probes = {
+        f"schedule {objective}, model raises {kind}": [
+            *schedule,
+            "--objective",
+            objective,
+            "--model",
+            f"models:raises_{kind}",
+            "--out",
+            "s.json",
+        ]
+        for objective in ("global", "local")
+        for kind in ("runtime", "key", "index")
+    }
+    probes.update(
+        {
+            f"sample, model raises {kind}": [*sample, "--model", f"models:raises_{kind}"]
+            for kind in ("runtime", "key", "index")
+        }
+    )
+    probes.update(
+        {
+            "sample, NaN after the first step": [*sample, "--model", "models:nan_later"],
+            "sample --mode compile, NaN after the first step": [
+                *sample,
+                "--mode",
+                "compile",
+                "--model",
+                "models:nan_later",
+            ],
+            "sample, (B, 1) after t = 0.3": [*sample, "--model", "models:narrows_later"],
+            "sigmas --shift 1e308": [*diffusers, "--shift", "1e308"],
+            "sigmas --shift 1e-320": [*diffusers, "--shift", "1e-320"],
+            "sigmas linear --mu 1e-320": [*diffusers, "--config", "linear.json", "--mu", "1e-320"],
+            "sigmas --mu 709": [*diffusers, "--mu", "709"],
+            "sigmas --mu 710": [*diffusers, "--mu", "710"],
+            "sigmas --mu 1e308": [*diffusers, "--mu", "1e308"],
+            "sigmas linear --mu 1e308": [*diffusers, "--config", "linear.json", "--mu", "1e308"],
+            "sigmas --mu -800": [*diffusers, "--mu", "-800"],
+            "sigmas --config EulerDiscreteScheduler": [*diffusers, "--config", "euler.json"],
+            'sigmas --config {"shift": null}': [*diffusers, "--config", "null.json"],
+            "sigmas set with 1e999 in its grid": ["sigmas", "huge.json", "--steps", "2"],
+            "dp-example --grid 100000 --max-steps 2": ["dp-example", "--grid", "100000", "--max-steps", "2"],
+            "demo --eval-samples 0": ["demo", "--eval-samples", "0", "--out", "report"],
+            'schedule --out ""': [*schedule, "--model", "gmm2d", "--out", ""],
+        }
+    )
+    return probes
+
+
+def _folder(root: Path) -> None:
+    (root / "models.py").write_text(MODELS)
+    grid = np.linspace(0.0, 1.0, 11)
+    idx = np.array([0, 4, 10])
+    bf.Schedule(times=grid[idx], indices=idx, cost=0.0, grid=grid).save(root / "k3.json")
+    cost = np.triu(np.square(np.subtract.outer(np.arange(11.0), np.arange(11.0))), 1)
+    bf.ScheduleSet(bf.schedules_from_cost(cost, grid, 3), cost_table=cost).save(root / "set.json")
+    doc = json.loads((root / "set.json").read_text())
+    (root / "huge.json").write_text(json.dumps(doc).replace(json.dumps(doc["grid"][1]), "1e999", 1))
+    (root / "euler.json").write_text(json.dumps({"_class_name": "EulerDiscreteScheduler", "shift": 3.0}))
+    (root / "null.json").write_text(json.dumps({"shift": None}))
+    linear = {"use_dynamic_shifting": True, "time_shift_type": "linear"}
+    (root / "linear.json").write_text(
+        json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler", **linear})
+    )
+
+
+def _run_cli(argv: list[str], root: Path) -> tuple[bool, str]:
+    before = {p for p in root.rglob("*") if "__pycache__" not in p.parts}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(bf.__file__).parents[1]), str(root)])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "boss_fast.cli", *argv], cwd=root, env=env, capture_output=True, text=True
+    )
+    left = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if "__pycache__" not in p.parts and p not in before
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    traceback = "Traceback" in proc.stderr
+    ok = proc.returncode == 2 and len(lines) == 1 and not traceback and not left
+    last = lines[-1] if lines else proc.stdout.strip()[:120]
+    return (
+        ok,
+        f"exit {proc.returncode}, {len(lines)} stderr line(s), traceback {traceback}, left {left}: {last}",
+    )
+
+
+def main() -> int:
+    bad = 0
+    for name, probe in _library_probes().items():
+        try:
+            result = probe()
+        except Exception as err:  # the expected outcome: a named error
+            print(f"[ok ] {name}: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
+            continue
+        documented = "documented limit" in name
+        bad += not documented
+        print(f"[{'doc' if documented else 'BAD'}] {name}: RETURNED {str(result)[:160]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _folder(root)
+        for name, argv in _cli_probes().items():
+            ok, line = _run_cli(argv, root)
+            bad += not ok
+            print(f"[{'ok ' if ok else 'BAD'}] boss-fast {name}: {line}")
+    print(f"{bad} probe(s) misbehaved")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
