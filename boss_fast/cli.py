@@ -835,8 +835,11 @@ def _model_call(err: BaseException) -> str | None:
     while tb is not None:
         frame = tb.tb_frame
         local = frame.f_locals
+        this = local.get("self")
         for obj, spec in _IMPORTED_MODELS.values():
-            if local.get("self") is obj or getattr(obj, "__code__", None) is frame.f_code:
+            # The object itself, a copy of a module (straighten trains one), or a plain function's frame.
+            same = this is obj or (isinstance(obj, nn.Module) and type(this) is type(obj))
+            if same or getattr(obj, "__code__", None) is frame.f_code:
                 return f"--model {spec} raised {type(err).__name__} {_call_of(frame)}: {_one_line(err)}"
         tb = tb.tb_next
     return None

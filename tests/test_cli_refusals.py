@@ -74,6 +74,21 @@ CASES = {
         [*SCHEDULE, "--objective", "local", "--model", "models:indexes", "--out", "s.json"],
         "--model models:indexes raised IndexError at t = 0.0 on a batch of shape (4, 2)",
     ),
+    "straighten, IndexError in the copy it trains": (
+        [
+            "straighten",
+            "--model",
+            "models:indexes",
+            "--schedule",
+            "k3.json",
+            "--shape",
+            "2",
+            "--num-pairs",
+            "8",
+        ]
+        + ["--iters", "2", "--batch-size", "4", "--warmup", "1", "--no-progress", "--out", "w.safetensors"],
+        "--model models:indexes raised IndexError at t = ",
+    ),
     "sample, RuntimeError": ([*SAMPLE, "--model", "models:raises_runtime"], "raised RuntimeError at t = 0.0"),
     # the sampler's checks: a NaN after the first step, a (B, 1) output broadcast into the state
     "sample, NaN later": (
