@@ -43,15 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from boss_fast._checkpoint import (
-    checkpoint_model_key,
-    noise_identity,
-    read_npz_checkpoint,
-    write_npz_checkpoint,
-)
-from boss_fast._runtime import all_reduce_sums, rank_path, rank_world
+from boss_fast._checkpoint import checkpoint_model_key, noise_identity
 from boss_fast._validation import (
     METRICS,
     as_times,
@@ -62,8 +55,17 @@ from boss_fast._validation import (
 )
 from boss_fast.bellman import BellmanPath
 from boss_fast.cost import trajectory_cost_sums
-from boss_fast.ode import VelocityFn, euler_update, evaluate
-from boss_fast.trajectories import model_fingerprint, teacher_trajectory
+from boss_fast.engine import (
+    STORES,
+    Checkpoint,
+    RowStore,
+    Shard,
+    WideEvaluator,
+    progress_bar,
+    resolve_wide_mode,
+)
+from boss_fast.ode import VelocityFn, euler_update
+from boss_fast.trajectories import TeacherRunner, model_fingerprint
 
 __all__ = ["OwnStateTable", "accumulate_own_state", "own_state_paths", "own_state_table"]
 
@@ -117,166 +119,223 @@ def own_state_paths(table: OwnStateTable) -> list[BellmanPath]:
 
 # ------------------------------------------------------------------------------------------ one level
 
-
-class _Batch:
-    """One noise batch's stored rows: teacher states, the current level's states and their velocities."""
-
-    def __init__(self, teacher: torch.Tensor, noise: torch.Tensor) -> None:
-        self.teacher = teacher  # (N, B, ...)
-        self.states = torch.empty_like(teacher)  # rows reachable at the current level are valid
-        self.states[0].copy_(noise)
-        self.velocities = torch.empty_like(teacher[:-1])
-
-    def advance(self, pointers: np.ndarray, level: int, hosts: list[float]) -> None:
-        """States of ``level`` from the previous level's states, velocities and ``pointers`` (P[level])."""
-        new = torch.empty_like(self.states)
-        for j in range(level, len(hosts)):
-            i = int(pointers[j])
-            euler_update(self.states[i], self.velocities[i], hosts[j] - hosts[i], out=new[j])
-        self.states = new
-
-    def evaluate(self, velocity: VelocityFn, level: int, hosts: list[float]) -> None:
-        """Velocities at the sources of level + 1: grid point 0 at level 0, else level .. N - 2."""
-        sources = range(1) if level == 0 else range(level, len(hosts) - 1)
-        for i in sources:
-            self.velocities[i].copy_(evaluate(velocity, self.states[i], hosts[i]))
-        bad = ~torch.isfinite(self.velocities[sources.start : sources.stop]).all()
-        if bool(bad):
-            raise ValueError(
-                f"velocity returned non-finite values at the sampler's own {level}-step states "
-                f"(grid times {hosts[sources.start]!r} .. {hosts[sources.stop - 1]!r})"
-            )
-
-    def error_sums(self, level: int, times: np.ndarray, metric: str) -> tuple[np.ndarray, int, int]:
-        """(sums, count, lo): errors of every jump of level + 1 on the sub-grid ``times[lo:]``."""
-        n = len(times)
-        if level == 0:
-            # One source, the noise: its slope on every row makes row 0 the jump 0 -> j (rows > 0 unused).
-            velocities = self.velocities[:1].expand(n - 1, *self.velocities.shape[1:])
-            starts = torch.cat([self.states[:1], self.teacher[1:-1]])
-            lo = 0
-        else:
-            lo = level
-            velocities, starts = self.velocities[lo:], self.states[lo:-1]
-        sums, count = trajectory_cost_sums(self.teacher[lo:], velocities, times[lo:], metric, starts=starts)
-        return sums, count, lo
+_LAYOUT = ("teacher", "states", "velocities")
 
 
-def _decide(sums: np.ndarray, count: int, lo: int, level: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row ``level`` of the table (costs (N,), pointers (N,)) from the reduced sums of its jumps."""
+def _sources(level: int, n: int, restrict: np.ndarray | None, reachable: np.ndarray) -> np.ndarray:
+    """The sorted grid indices allowed as sources of ``level``'s jumps (ValueError for a bad restriction).
+
+    Default: every point reached in level - 1 steps below N - 1 (only 0 at level 1)."""
+    default = np.array([0]) if level == 1 else np.flatnonzero(reachable[: n - 1])
+    if restrict is None:
+        return default
+    src = np.asarray(restrict)
+    if src.ndim != 1 or src.size == 0 or src.dtype.kind not in "iu" or np.any(np.diff(src) <= 0):
+        raise ValueError(f"sources of level {level} must be a non-empty sorted int array, got {restrict!r}")
+    if not np.all(np.isin(src, default)):
+        raise ValueError(
+            f"sources of level {level} must be grid points reached in {level - 1} steps below N - 1 = "
+            f"{n - 1}; {sorted(set(src.tolist()) - set(default.tolist()))} are not"
+        )
+    return src.astype(np.int64)
+
+
+def _runs(src: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive runs [a, b) of a sorted index array."""
+    cuts = np.flatnonzero(np.diff(src) != 1) + 1
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(src, cuts)]
+
+
+@dataclass
+class _Level:
+    """What one batch's level step needs besides its rows (host floats: no device reads in the loops)."""
+
+    level: int
+    sources: np.ndarray
+    pointers: np.ndarray  # P[level - 1] (unused at level 1)
+    hosts: list[float]
+    times: np.ndarray
+    metric: str
+
+
+def _advance(states: torch.Tensor, velocities: torch.Tensor, step: _Level) -> None:
+    """States of level - 1 at the sources, from level - 2's states, velocities and P[level - 1], in place.
+
+    Descending j: S[j] reads S[i] with i = P[j] < j, which a later (smaller) j overwrites only after."""
+    hosts = step.hosts
+    for j in step.sources[::-1].tolist():
+        i = int(step.pointers[j])
+        euler_update(states[i], velocities[i], hosts[j] - hosts[i], out=states[j])
+
+
+def _evaluate(evaluator: WideEvaluator, states, velocities, rows: torch.Tensor, step: _Level) -> None:
+    """Velocities at the sources, in wide calls over the flattened (source, sample) rows."""
+    b = states.shape[1]
+    flat_x = states.reshape(-1, *states.shape[2:])
+    flat_v = velocities.reshape(-1, *states.shape[2:])
+    for lo, hi in _runs(step.sources):
+        t = torch.tensor(step.hosts[lo:hi], dtype=states.dtype).repeat_interleave(b).to(states.device)
+        evaluator(flat_x[lo * b : hi * b], t, rows.repeat(hi - lo), flat_v[lo * b : hi * b])
+    picked = velocities[torch.as_tensor(step.sources, device=velocities.device)]
+    if not bool(torch.isfinite(picked).all()):
+        raise ValueError(
+            f"velocity returned non-finite values at the sampler's own {step.level - 1}-step states "
+            f"(grid times {step.hosts[step.sources[0]]!r} .. {step.hosts[step.sources[-1]]!r})"
+        )
+
+
+def _error_sums(teacher, states, velocities, step: _Level) -> tuple[np.ndarray, int, int]:
+    """(sums, count, lo): errors of every jump of the level on the sub-grid ``times[lo:]``.
+
+    At level 1 the one source is the noise, in states[0]; rows 1 .. N - 2 of the states hold the teacher's
+    states there (copied when the batch was set up), so row 0 of the result is the jump 0 -> j."""
+    n = len(step.times)
+    if step.level == 1:
+        lo, vel = 0, velocities[:1].expand(n - 1, *velocities.shape[1:])
+    else:
+        lo = int(step.sources[0])
+        vel = velocities[lo:]
+    sums, count = trajectory_cost_sums(teacher[lo:], vel, step.times[lo:], step.metric, starts=states[lo:-1])
+    return sums, count, lo
+
+
+def _decide(
+    sums: np.ndarray, count: int, lo: int, level: int, n: int, sources: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row ``level`` of the table (costs (N,), pointers (N,)) from the reduced sums of its jumps.
+
+    ``sources``: the grid indices allowed as sources (default: 0 at level 1, every row from lo after);
+    points no allowed source reaches keep cost +inf and pointer -1."""
     mean = sums / count
     sub = n - lo
     allowed = np.triu(np.ones((sub, sub), dtype=bool), 1)
-    if level == 1:
+    if sources is not None:
+        allowed[~np.isin(np.arange(lo, n), sources)] = False
+    elif level == 1:
         allowed[1:] = False  # only grid point 0 is reached in 0 steps
     masked = np.where(allowed, mean, np.inf)
     best = np.argmin(masked, axis=0)  # the smallest i on ties
+    col = masked[best, np.arange(sub)]
+    ok = np.isfinite(col)
     costs = np.full(n, np.inf)
     pointers = np.full(n, -1, dtype=np.int64)
-    costs[level:] = masked[best, np.arange(sub)][level - lo :]
-    pointers[level:] = (best + lo)[level - lo :]
+    costs[lo:][ok] = col[ok]
+    pointers[lo:][ok] = best[ok] + lo
     return costs, pointers
 
 
 # ---------------------------------------------------------------------------------- streaming driver
 
 
-def _save_checkpoint(
-    path: str, header: dict[str, object], table: np.ndarray, ptrs: np.ndarray, done: int
-) -> None:
-    write_npz_checkpoint(path, header, costs=table, pointers=ptrs, levels_done=np.int64(done))
-
-
-def _load_checkpoint(path: str, header: dict[str, object], shape: tuple[int, int]):
-    """Read a checkpoint written by ``_save_checkpoint`` and check it belongs to this run."""
-    stored = read_npz_checkpoint(path, header, "own-state checkpoint")
-    costs, pointers = stored["costs"], stored["pointers"]
-    if costs.shape != shape or pointers.shape != shape or costs.dtype != np.float64:
-        raise ValueError(f"own-state checkpoint {path} holds a table of shape {costs.shape}, not {shape}")
-    return costs.copy(), pointers.astype(np.int64), int(stored["levels_done"])
-
-
 def _check_table(path: str, costs: np.ndarray, pointers: np.ndarray, done: int) -> None:
     """Refuse (ValueError naming ``path`` and the field) a table this run could not have written.
 
-    Levels 1 .. ``done`` reach every grid point j >= level: its cost is finite and >= 0 and its pointer i
-    satisfies level - 1 <= i < j.
-    """
+    At levels 1 .. ``done`` a reached point j (finite cost) has a cost >= 0 and a pointer i with
+    level - 1 <= i < j; a point not reached has +inf and -1; the last grid point is reached."""
     if not 0 <= done <= costs.shape[0] - 1:
         raise ValueError(
             f"own-state checkpoint {path}: levels_done = {done} is outside 0 .. {costs.shape[0] - 1}"
         )
+    cols = np.arange(costs.shape[1])
     for level in range(1, done + 1):
-        reach = costs[level, level:]
-        if not np.all(np.isfinite(reach)) or np.any(reach < 0):
+        row, ptrs = costs[level], pointers[level]
+        reached = np.isfinite(row)
+        bad_cost = np.any(row[reached] < 0) or np.any(np.isnan(row)) or np.any(ptrs[~reached] != -1)
+        if bad_cost or not reached[-1] or np.any(reached[:level]):
             raise ValueError(
                 f"own-state checkpoint {path}: costs of level {level} hold non-finite or negative values"
             )
-        ptrs, cols = pointers[level, level:], np.arange(level, costs.shape[1])
-        if np.any(ptrs < level - 1) or np.any(ptrs >= cols):
+        if np.any(ptrs[reached] < level - 1) or np.any(ptrs[reached] >= cols[reached]):
             raise ValueError(f"own-state checkpoint {path}: pointers of level {level} are out of range")
 
 
-def _min_over_ranks(value: int) -> int:
-    dist = torch.distributed
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    packed = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(packed, op=dist.ReduceOp.MIN)
-    return int(packed.item())
-
-
 def _resume(
-    checkpoint: str | os.PathLike | None,
-    run: dict[str, object],
-    shape: tuple[int, int],
-) -> tuple[str | None, dict[str, object], np.ndarray, np.ndarray, int]:
-    """(path, header, costs, pointers, levels done): a fresh table, or what this run's checkpoint holds."""
-    rank, world = rank_world()
+    checkpoint: str | os.PathLike | None, run: dict[str, object], shape: tuple[int, int], shard: Shard
+) -> tuple[Checkpoint | None, np.ndarray, np.ndarray, int]:
+    """(checkpoint, costs, pointers, levels done): a fresh table, or what this run's checkpoint holds."""
     costs = np.full(shape, np.inf)
     pointers = np.full(shape, -1, dtype=np.int64)
-    if checkpoint is None:
-        return None, {}, costs, pointers, 0
-    path = rank_path(os.fspath(checkpoint), rank, world)
-    header = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        **run,
-        "rank": rank,
-        "world_size": world,
-    }
+    ckpt = Checkpoint.open(checkpoint, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, run, "own-state checkpoint")
+    stored = None if ckpt is None else ckpt.load()
     done = 0
-    if os.path.exists(path):
-        costs, pointers, done = _load_checkpoint(path, header, shape)
-        _check_table(path, costs, pointers, done)
-    if world > 1:  # a job stopped between two ranks' writes resumes from the level all of them finished
-        done = _min_over_ranks(done)
-    return path, header, costs, pointers, done
+    if stored is not None:
+        costs, pointers = stored["costs"], stored["pointers"]
+        if costs.shape != shape or pointers.shape != shape or costs.dtype != np.float64:
+            raise ValueError(
+                f"own-state checkpoint {ckpt.path} holds a table of shape {costs.shape}, not {shape}"
+            )
+        costs, pointers, done = costs.copy(), pointers.astype(np.int64), int(stored["levels_done"])
+        _check_table(ckpt.path, costs, pointers, done)
+    return ckpt, costs, pointers, shard.min_over_ranks(done)
 
 
-def _level_sums(
-    velocity: VelocityFn,
-    batches: dict[int, _Batch],
-    level: int,
-    pointers: np.ndarray,
-    hosts: list[float],
-    times: np.ndarray,
-    metric: str,
-    measure: bool,
-    bar: tqdm,
-) -> tuple[np.ndarray | None, int, int]:
-    """Advance every batch to ``level - 1``'s states, evaluate their velocities, and (when ``measure``) sum
-    the errors of every jump of ``level``: (sums or None, count, lo)."""
-    sums, count, lo = None, 0, 0
-    for batch in batches.values():
-        if level >= 2:
-            batch.advance(pointers[level - 1], level - 1, hosts)
-        batch.evaluate(velocity, level - 1, hosts)
-        if measure:
-            part, m, lo = batch.error_sums(level - 1, times, metric)
-            sums = part if sums is None else sums + part
-            count += m
-            bar.update(1)
-    return sums, count, lo
+# A per-level restriction of the sources: restrict(level, costs, pointers) -> sorted int array or None (all).
+Restrict = Callable[[int, np.ndarray, np.ndarray], "np.ndarray | None"]
+
+
+class GlobalLevels:
+    """The global objective's passes over this rank's noise batches: the teacher once, then one level step
+    per call, the rows kept in a :class:`boss_fast.engine.RowStore` between steps.
+
+    ``step(level, pointers, sources=None, measure=True)`` advances every batch to the states of level - 1
+    (``pointers`` = P[level - 1], unused at level 1), evaluates the velocities at the level's sources in
+    wide calls, and with ``measure`` returns that level's table row (costs (N,), pointers (N,)), reduced
+    over the ranks (every rank decides alike); without it (replaying a resumed run's finished levels)
+    returns None. ``sources``: a sorted int array of grid indices allowed as sources at that level, a subset
+    of the points reached in level - 1 steps below N - 1 (default: all of them; ValueError otherwise);
+    only those are evaluated, and points no source reaches keep +inf / -1.
+
+    Call widths: up to ``batch_size`` (state, time) rows per model call, whatever the number of noises.
+    Memory on the device: one batch's teacher, states and velocities (3 (N) min(batch_size, M) D values)
+    with store "host" / "disk", all of this rank's with "device" (see the module docstring).
+    """
+
+    def __init__(self, velocity: VelocityFn, make_batch: Callable[[int, int], torch.Tensor], shard: Shard,
+                 times: np.ndarray, *, solver: str, metric: str, device: torch.device | str | None,
+                 store: str = "device", store_dir: str | os.PathLike | None = None,
+                 mode: str | None = None) -> None:  # fmt: skip
+        self.shard, self.times, self.metric, self.hosts = shard, times, metric, times.tolist()
+        first = make_batch(*shard.span(0))  # one sample's shape and dtype
+        dev = torch.device(device) if device is not None else first.device
+        self.evaluator = WideEvaluator(velocity, shard.batch_size, resolve_wide_mode(mode, dev))
+        n = len(times)
+        layout = dict(zip(_LAYOUT, (n, n, n - 1), strict=True))
+        self.store = RowStore(store, layout, first.shape[1:], shard.sizes, first.dtype, dev, store_dir)
+        self._rows = [torch.arange(*shard.span(b), device=dev) for b in shard.mine]
+        runner = TeacherRunner(velocity, times, solver, mode, keep="states")
+        for i, b in enumerate(shard.mine):
+            noise = make_batch(*shard.span(b)).to(dev)
+            teacher = runner(noise, self._rows[i]).states
+            self.store.save("teacher", i, teacher)
+            self.store.save("states", i, teacher)  # row 0 is the noise; rows 1 .. N - 2 serve level 1
+            del teacher
+
+    def step(self, level: int, pointers: np.ndarray, sources: np.ndarray | None = None,
+             measure: bool = True) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+        n = len(self.times)
+        reachable = np.isfinite(np.zeros(n)) if level == 1 else pointers >= 0
+        src = _sources(level, n, sources, reachable)
+        work = _Level(level, src, pointers, self.hosts, self.times, self.metric)
+        sums, count, lo = None, 0, (0 if level == 1 else int(src[0]))
+        for i in range(len(self.shard.mine)):
+            teacher, states, vel = (self.store.load(name, i) for name in _LAYOUT)
+            if level >= 2:
+                _advance(states, vel, work)
+            _evaluate(self.evaluator, states, vel, self._rows[i], work)
+            self.store.save("states", i, states)
+            self.store.save("velocities", i, vel)
+            if measure:
+                part, m, lo = _error_sums(teacher, states, vel, work)
+                sums, count = (part if sums is None else sums + part), count + m
+        if not measure:
+            return None
+        if sums is None:  # a rank with no batch (more ranks than batches) adds zeros
+            sums = np.zeros((n - lo, n - lo))
+        sums, count = self.shard.reduce(sums, count)
+        return _decide(sums, count, lo, level, n, None if sources is None else src)
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def accumulate_own_state(
@@ -294,6 +353,9 @@ def accumulate_own_state(
     checkpoint: str | os.PathLike | None,
     identity: dict[str, str],
     mode: str | None = None,
+    store: str = "device",
+    store_dir: str | os.PathLike | None = None,
+    restrict: Restrict | None = None,
 ) -> OwnStateTable:
     """Run the own-state DP over ``num_samples`` noises, level-major (see the module docstring).
 
@@ -302,41 +364,36 @@ def accumulate_own_state(
     r, r + W, ... and all-reduces each level's (sum, count). With ``checkpoint``, the table so far is written
     atomically after every level (``<root>.rank{r}-of-{W}<ext>`` per rank); a rerun replays the finished
     levels' model evaluations to rebuild its stored states (same batches, same bits) and goes on.
+    ``store``, ``store_dir``: where the rows live (:class:`GlobalLevels`); ``store_dir`` defaults to the
+    checkpoint's folder. ``restrict(level, costs, pointers)``: the sources allowed at each level given the
+    table so far (None: all); a restricted run must record what restricts it in ``identity``.
     """
-    rank, world = rank_world()
+    shard = Shard.of_this_process(num_samples, batch_size)
     n = len(times)
-    hosts = times.tolist()  # Python floats: no device reads in the loops
-    mine = list(range(rank, -(-num_samples // batch_size), world))
     run = {"times": times, "max_steps": max_steps, "metric": metric, "solver": solver,
            "num_samples": num_samples, "batch_size": batch_size, **identity}  # fmt: skip
-    path, header, costs, pointers, done = _resume(checkpoint, run, (max_steps + 1, n))
+    ckpt, costs, pointers, done = _resume(checkpoint, run, (max_steps + 1, n), shard)
     if done == max_steps:
         return OwnStateTable(costs=costs, pointers=pointers, times=times, num_samples=num_samples)
-    batches: dict[int, _Batch] = {}
-    for b in mine:
-        noise = make_batch(b * batch_size, min((b + 1) * batch_size, num_samples))
-        if device is not None:
-            noise = noise.to(device)
-        with torch.no_grad():
-            teacher = teacher_trajectory(velocity, noise, times, solver, keep="states", mode=mode)
-        batches[b] = _Batch(teacher.states, noise)
-    bar = tqdm(total=max_steps * len(mine), initial=done * len(mine), disable=not progress or rank != 0,
-               desc="own-state DP", unit="batch")  # fmt: skip
-    with bar, torch.no_grad():
-        for level in range(1, max_steps + 1):
-            sums, count, lo = _level_sums(
-                velocity, batches, level, pointers, hosts, times, metric, level > done, bar
-            )
-            if level <= done:
-                continue
-            if sums is None:  # a rank with no batch (more ranks than batches) adds zeros
-                lo = 0 if level == 1 else level - 1
-                sums = np.zeros((n - lo, n - lo))
-            if world > 1:
-                sums, count = all_reduce_sums(sums, count)
-            costs[level], pointers[level] = _decide(sums, count, lo, level, n)
-            if path is not None:
-                _save_checkpoint(path, header, costs, pointers, level)
+    if store_dir is None and checkpoint is not None:
+        store_dir = os.path.dirname(os.path.abspath(checkpoint))
+    with torch.no_grad():
+        levels = GlobalLevels(velocity, make_batch, shard, times, solver=solver, metric=metric, device=device,
+                              store=store, store_dir=store_dir, mode=mode)  # fmt: skip
+    bar = progress_bar(max_steps, done, progress, "own-state DP", unit="level")
+    try:
+        with bar, torch.no_grad():
+            for level in range(1, max_steps + 1):
+                sources = None if restrict is None else restrict(level, costs, pointers)
+                row = levels.step(level, pointers[level - 1], sources, measure=level > done)
+                if row is None:
+                    continue
+                costs[level], pointers[level] = row
+                if ckpt is not None:
+                    ckpt.save(costs=costs, pointers=pointers, levels_done=np.int64(level))
+                bar.update(1)
+    finally:
+        levels.close()
     return OwnStateTable(costs=costs, pointers=pointers, times=times, num_samples=num_samples)
 
 
@@ -354,6 +411,8 @@ def own_state_table(
     *,
     mode: str | None = None,
     checkpoint_key: str | None = None,
+    store: str = "device",
+    store_dir: str | os.PathLike | None = None,
 ) -> OwnStateTable:
     """The own-state DP of a velocity model over ``noise`` for every budget 1 .. ``max_steps``.
 
@@ -373,6 +432,8 @@ def own_state_table(
             level, and ``mode`` runs the teacher on a recording ``Sampler``).
         checkpoint_key: as ``cost_matrix``: required with ``checkpoint`` when ``velocity`` is not an
             ``nn.Module``.
+        store, store_dir: where the per-sample rows live, "device", "host" or "disk" (as
+            ``optimal_schedule``); the table does not depend on it.
 
     Example:
         >>> grid = np.linspace(0, 1, 11)
@@ -404,4 +465,6 @@ def own_state_table(
         checkpoint=checkpoint,
         identity=identity,
         mode=mode,
+        store=check_choice(store, STORES, "store"),
+        store_dir=store_dir,
     )

@@ -16,16 +16,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from boss_fast._checkpoint import (
-    checkpoint_header,
-    checkpoint_model_key,
-    noise_identity,
-    read_npz_checkpoint,
-    write_npz_checkpoint,
-)
-from boss_fast._runtime import all_reduce_sums, module_placement, rank_path, rank_world
+from boss_fast._checkpoint import checkpoint_model_key, noise_identity
+from boss_fast._runtime import module_placement
 from boss_fast._validation import (
     METRICS,
     as_times,
@@ -36,6 +29,7 @@ from boss_fast._validation import (
     check_teacher,
 )
 from boss_fast.cost import trajectory_cost_sums
+from boss_fast.engine import STORES, Checkpoint, Shard, progress_bar
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn
 from boss_fast.own_state import accumulate_own_state, own_state_paths
@@ -59,27 +53,17 @@ CHECKPOINT_VERSION = 2  # 2: the wider model fingerprint, checkpoint_key, checks
 # ---------------------------------------------------------------------------- distribution, checkpoint
 
 
-def _checkpoint_header(
-    times: np.ndarray, run: dict[str, object], identity: dict[str, str]
-) -> dict[str, object]:
-    return checkpoint_header(CHECKPOINT_FORMAT, CHECKPOINT_VERSION, times=times, **run, **identity)
-
-
-def _save_checkpoint(path: str, header: dict[str, object], sums: np.ndarray, count: int, done: int) -> None:
-    write_npz_checkpoint(path, header, sums=sums, count=np.int64(count), batches_done=np.int64(done))
-
-
-def _load_checkpoint(path: str, header: dict[str, object]) -> tuple[np.ndarray, int, int]:
-    """Read a checkpoint written by ``_save_checkpoint`` and check it belongs to this run."""
-    stored = read_npz_checkpoint(path, header, "cost checkpoint")
+def _load_counters(ckpt: Checkpoint, n: int, sizes: list[int]) -> tuple[np.ndarray, int, int]:
+    """(sums, count, batches done) of a fresh run, or what this run's checkpoint holds (checked)."""
+    stored = ckpt.load() if ckpt is not None else None
+    if stored is None:
+        return np.zeros((n, n)), 0, 0
     sums = stored["sums"]
-    if sums.shape != (len(header["times"]),) * 2 or sums.dtype != np.float64:  # type: ignore[arg-type]
-        raise ValueError(f"cost checkpoint {path} holds sums of shape {sums.shape}, dtype {sums.dtype}")
-    return sums.copy(), int(stored["count"]), int(stored["batches_done"])
-
-
-def _batch_len(b: int, batch_size: int, num_samples: int) -> int:
-    return min((b + 1) * batch_size, num_samples) - b * batch_size
+    if sums.shape != (n, n) or sums.dtype != np.float64:
+        raise ValueError(f"cost checkpoint {ckpt.path} holds sums of shape {sums.shape}, dtype {sums.dtype}")
+    sums, count, done = sums.copy(), int(stored["count"]), int(stored["batches_done"])
+    _check_counters(ckpt.path, sums, count, done, sizes)
+    return sums, count, done
 
 
 def _check_counters(path: str, sums: np.ndarray, count: int, done: int, sizes: list[int]) -> None:
@@ -117,41 +101,30 @@ def _accumulate_cost(
 ) -> np.ndarray:
     """Stream ``num_samples`` noises through the teacher in batches and reduce the cost (sum, count).
 
-    ``make_batch(start, stop)`` returns noises start .. stop - 1. Under torch.distributed, rank r of W runs
-    batches r, r + W, ...; each rank checkpoints its own share to ``<root>.rank{r}-of-{W}<ext>``. Assumes
-    validated arguments. ``identity`` (noise digest, dtype, ...) goes into the checkpoint header.
+    ``make_batch(start, stop)`` returns noises start .. stop - 1. The engine's ``Shard``: rank r of W runs
+    batches r, r + W, ...; each rank checkpoints its own share (``Checkpoint``). Assumes validated arguments.
+    ``identity`` (noise digest, dtype, ...) goes into the checkpoint header.
     """
-    rank, world = rank_world()
-    num_batches = -(-num_samples // batch_size)
-    mine = list(range(rank, num_batches, world))
-    n = len(teacher.times)
-    sums, count, done = np.zeros((n, n)), 0, 0
-    path, header = None, {}
-    if checkpoint is not None:
-        path = rank_path(os.fspath(checkpoint), rank, world)
-        run = {"metric": metric, "solver": teacher.solver, "num_samples": num_samples}
-        run.update(batch_size=batch_size, rank=rank, world_size=world)
-        header = _checkpoint_header(teacher.times, run, identity)
-        if os.path.exists(path):
-            sums, count, done = _load_checkpoint(path, header)
-            _check_counters(path, sums, count, done, [_batch_len(b, batch_size, num_samples) for b in mine])
-    bar = tqdm(
-        total=len(mine), initial=done, disable=not progress or rank != 0, desc="cost matrix", unit="batch"
-    )
-    with bar:
+    shard = Shard.of_this_process(num_samples, batch_size)
+    mine = shard.mine
+    run = {"times": teacher.times, "metric": metric, "solver": teacher.solver, "num_samples": num_samples,
+           "batch_size": batch_size, **identity}  # fmt: skip
+    ckpt = Checkpoint.open(checkpoint, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, run, "cost checkpoint")
+    sums, count, done = _load_counters(ckpt, len(teacher.times), shard.sizes)
+    with progress_bar(len(mine), done, progress, "cost matrix") as bar:
         for b in mine[done:]:
-            noise = make_batch(b * batch_size, min((b + 1) * batch_size, num_samples))
+            start, stop = shard.span(b)
+            noise = make_batch(start, stop)
             if device is not None:
                 noise = noise.to(device)
-            traj = teacher(noise)
+            traj = teacher(noise, torch.arange(start, stop, device=noise.device))
             batch_sums, batch_count = trajectory_cost_sums(traj.states, traj.velocities, traj.times, metric)
             sums, count, done = sums + batch_sums, count + batch_count, done + 1
             del traj  # free this batch's trajectory before the next one is allocated
-            if path is not None:
-                _save_checkpoint(path, header, sums, count, done)
+            if ckpt is not None:
+                ckpt.save(sums=sums, count=np.int64(count), batches_done=np.int64(done))
             bar.update(1)
-    if world > 1:
-        sums, count = all_reduce_sums(sums, count)
+    sums, count = shard.reduce(sums, count)
     return sums / count
 
 
@@ -343,7 +316,9 @@ def _global_schedules(
     progress: bool,
     checkpoint: str | os.PathLike | None,
     mode: str | None,
+    rows: tuple[str, str | os.PathLike | None] = ("device", None),
 ) -> ScheduleSet:
+    """The global objective's ``ScheduleSet``; ``rows``: (store, store_dir) of ``accumulate_own_state``."""
     table = accumulate_own_state(
         velocity,
         search.batch,
@@ -358,6 +333,8 @@ def _global_schedules(
         checkpoint=checkpoint,
         identity=search.identity(),
         mode=mode,
+        store=rows[0],
+        store_dir=rows[1],
     )
     return ScheduleSet(
         Schedule(
@@ -396,6 +373,8 @@ def optimal_schedule(
     checkpoint: str | os.PathLike | None = None,
     mode: str | None = None,
     checkpoint_key: str | None = None,
+    store: str = "device",
+    store_dir: str | os.PathLike | None = None,
 ) -> Schedule:
     """The optimal ``steps``-step schedule of a velocity model, end to end.
 
@@ -405,8 +384,8 @@ def optimal_schedule(
 
     - "global" (default): the DP over the sampler's own states (``boss_fast.own_state``; Pei et al. 2025):
       the schedule whose Euler sampler ends closest to the teacher at t = 1, on average over the noises.
-      About ``steps`` x N model evaluations per sample beside the teacher's; memory 3 x num_samples x N
-      sample-sized states.
+      About ``steps`` x N model evaluations per sample beside the teacher's, in calls of up to
+      ``batch_size`` (state, time) rows; memory: see ``store`` and docs/search_memory.md.
     - "local": BOSS as published: the cost matrix of one-step errors from the teacher's states
       (``boss_fast.cost``, memory one batch's trajectory) and the exact Bellman DP (``boss_fast.bellman``).
 
@@ -431,6 +410,14 @@ def optimal_schedule(
             ``Sampler``, e.g. "cuda_graph"); the global objective checkpoints after every DP level
             (``boss_fast.own_state``), with the same resume and refusal rules.
         checkpoint_key: as in ``cost_matrix`` (required with ``checkpoint`` for a non-module velocity).
+        store: where the global objective keeps its per-sample rows (teacher states, current states,
+            velocities: about 3 x num_samples x N sample-sized values) between levels: "device" (default,
+            all on ``device``), "host" (host memory, pinned for CUDA) or "disk" (memory-mapped files in a
+            temporary folder under ``store_dir``, deleted at the end); with "host" and "disk" the device holds
+            one batch's rows. The schedule does not depend on it (same bits). The local objective keeps one
+            batch's trajectory whatever the store.
+        store_dir: the folder of "disk"'s temporary files; default the checkpoint's folder, else the
+            system's temporary directory.
 
     Returns:
         A ``Schedule`` with ``objective`` set and ``fingerprint`` ``model_fingerprint(velocity)`` (or None).
@@ -463,6 +450,8 @@ def optimal_schedules(
     checkpoint: str | os.PathLike | None = None,
     mode: str | None = None,
     checkpoint_key: str | None = None,
+    store: str = "device",
+    store_dir: str | os.PathLike | None = None,
 ) -> ScheduleSet:
     """The optimal schedule of every budget K = 1 .. ``max_steps`` from ONE search, as a ``ScheduleSet``
     (a read-only mapping ``{K: Schedule}``; ``sset.save(path)``, ``ScheduleSet.load(path)``).
@@ -484,7 +473,7 @@ def optimal_schedules(
 
 def _schedules(
     velocity, shape, steps, grid, num_samples, batch_size, seed, solver, metric, device, dtype, backend, *,
-    objective, discount, progress, checkpoint, mode, checkpoint_key, steps_name,
+    objective, discount, progress, checkpoint, mode, checkpoint_key, store, store_dir, steps_name,
 ) -> ScheduleSet:  # fmt: skip
     """Both public searches: every budget 1 .. ``steps`` from one search (arguments validated here)."""
     search, steps, discount = _validate_search(
@@ -492,8 +481,10 @@ def _schedules(
         device, dtype, backend, discount, mode,
     )  # fmt: skip
     search = _keyed(search, velocity, checkpoint, checkpoint_key)
+    store = check_choice(store, STORES, "store")
     if search.objective == "global":
-        return _global_schedules(velocity, search, steps, progress, checkpoint, mode)
+        rows = (store, store_dir)
+        return _global_schedules(velocity, search, steps, progress, checkpoint, mode, rows)
     cost = _local_cost(velocity, search, progress, checkpoint, mode)
     scheds = schedules_from_cost(
         cost,

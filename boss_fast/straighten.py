@@ -39,7 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -58,6 +59,7 @@ from boss_fast._validation import (
     check_noise,
     check_teacher,
 )
+from boss_fast.engine import Shard, progress_bar
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn
 from boss_fast.schedule import Schedule
@@ -143,19 +145,44 @@ def _cache_key(teacher: VelocityFn, sched: Schedule, noise: torch.Tensor, solver
     return digest.hexdigest()[:20]
 
 
-def _teacher_states(teacher: TeacherRunner, noise: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
-    """(B, K + 1, ...) teacher states at the schedule's grid ``indices``; memory: one batch's trajectory."""
-    traj = teacher(noise)
+def _teacher_states(
+    teacher: TeacherRunner, noise: torch.Tensor, indices: np.ndarray, rows: torch.Tensor
+) -> torch.Tensor:
+    """(B, K + 1, ...) teacher states at the schedule's grid ``indices``; memory: one batch's trajectory.
+    ``rows``: the batch's global noise rows (a bank of conditionings pairs with them)."""
+    traj = teacher(noise, rows)
     index = torch.tensor(indices.tolist(), device=traj.states.device)
     return traj.states.index_select(0, index).transpose(0, 1).contiguous()
 
 
-def _load_shard(path: str, expected: tuple[int, ...]) -> torch.Tensor | None:
+SHARD_FORMAT = "boss_fast.pair_shard"
+SHARD_VERSION = 1
+
+
+def _shard_header(key: str, start: int, stop: int, shape: tuple[int, ...]) -> dict[str, str]:
+    """The common checkpoint header of one pair-cache shard (safetensors metadata: strings)."""
+    header = checkpoint_header(SHARD_FORMAT, SHARD_VERSION, key=key, start=start, stop=stop, shape=shape)
+    return {name: str(value) for name, value in header.items()}
+
+
+def _load_shard(path: str, header: dict[str, str], expected: tuple[int, ...]) -> torch.Tensor | None:
+    """A finished shard's states, None when absent or unreadable (recompute); a shard of another run is
+    refused by name (ValueError)."""
+    if not os.path.exists(path):
+        return None
     try:
-        states = load_file(path)["states"]
-    except (OSError, KeyError, RuntimeError, ValueError):
-        return None  # unreadable or foreign: recompute (the write is atomic, so this is rare)
-    return states if tuple(states.shape) == expected else None
+        with safe_open(path, framework="pt") as f:
+            stored = f.metadata() or {}
+            states = f.get_tensor("states")
+    except (OSError, KeyError, RuntimeError, ValueError, SafetensorError):
+        return None  # unreadable (the write is atomic, so this is rare): recompute
+    check_checkpoint_format(stored.get("format"), SHARD_FORMAT, path, "pair-cache shard")
+    key = first_difference(stored, header, lambda a, b: a == b)
+    if key is not None or tuple(states.shape) != expected:
+        raise ValueError(
+            f"pair-cache shard {path} was written for a different run ({key or 'shape'} differs); delete it"
+        )
+    return states
 
 
 def _shard_states(
@@ -167,33 +194,43 @@ def _shard_states(
     folder: str | None,
     progress: bool,
 ) -> torch.Tensor:
-    """(M, K + 1, ...) states, batch by batch; each batch is a cache shard under ``folder`` when set.
+    """(M, K + 1, ...) states, batch by batch (the engine's ``Shard``); each batch is a cache shard under
+    ``folder`` when set, with the common header (format, version, the folder's key, its rows and shape).
 
     Under torch.distributed, rank r computes shards r, r + W, ... and broadcasts them, so the teacher's cost
     is split across ranks and every rank ends with the same tensor.
     """
-    rank, world = rank_world()
     m, k1 = noise.shape[0], len(sched.indices)
+    shard = Shard.of_this_process(m, batch_size)
     out = noise.new_empty((m, k1, *noise.shape[1:]), device=device)
-    starts = list(range(0, m, batch_size))
-    bar = tqdm(starts, desc="straightening pairs", disable=not progress or rank != 0, leave=False)
-    for s, start in enumerate(bar):
-        stop = min(start + batch_size, m)
-        owner = s % world
-        if owner == rank:
-            states = None
-            path = os.path.join(folder, f"shard{start:09d}-{stop:09d}.safetensors") if folder else None
-            if path is not None and os.path.exists(path):
-                states = _load_shard(path, (stop - start, k1, *noise.shape[1:]))
-            if states is None:
-                states = _teacher_states(teacher, noise[start:stop].to(device), sched.indices).cpu()
-                if path is not None:
-                    blob = save({"states": states.contiguous()})
-                    atomic_write(path, lambda f, b=blob: f.write(b))
-            out[start:stop] = states.to(device=device, dtype=noise.dtype)
-        if world > 1:
-            torch.distributed.broadcast(out[start:stop], src=owner)
+    with progress_bar(shard.num_batches, 0, progress, "straightening pairs") as bar:
+        for b in range(shard.num_batches):
+            start, stop = shard.span(b)
+            owner = b % shard.world
+            if owner == shard.rank:
+                out[start:stop] = _one_shard(teacher, noise, sched, (start, stop), device, folder)
+            if shard.world > 1:
+                torch.distributed.broadcast(out[start:stop], src=owner)
+            bar.update(1)
     return out
+
+
+def _one_shard(teacher, noise, sched, span: tuple[int, int], device, folder: str | None) -> torch.Tensor:
+    """One batch's (B, K + 1, ...) states at the schedule's indices: from its cache shard, or computed."""
+    start, stop = span
+    shape = (stop - start, len(sched.indices), *noise.shape[1:])
+    path = header = states = None
+    if folder is not None:
+        path = os.path.join(folder, f"shard{start:09d}-{stop:09d}.safetensors")
+        header = _shard_header(os.path.basename(folder), start, stop, shape)
+        states = _load_shard(path, header, shape)
+    if states is None:
+        rows = torch.arange(start, stop, device=device)
+        states = _teacher_states(teacher, noise[start:stop].to(device), sched.indices, rows).cpu()
+        if path is not None:
+            blob = save({"states": states.contiguous()}, metadata=header)
+            atomic_write(path, lambda f, b=blob: f.write(b))
+    return states.to(device=device, dtype=noise.dtype)
 
 
 def _flatten_pairs(states: torch.Tensor, times: np.ndarray) -> StraighteningPairs:

@@ -28,7 +28,7 @@ from boss_fast._validation import (
     check_teacher,
     check_velocity_output,
 )
-from boss_fast.ode import Trajectory, VelocityFn, evaluate, first_nonfinite_step, ode_step
+from boss_fast.ode import Trajectory, VelocityFn, evaluate, first_nonfinite_step, for_rows, ode_step
 from boss_fast.sampler import Sampler
 
 __all__ = [
@@ -58,15 +58,22 @@ class TeacherRunner:
         self.velocity, self.times, self.solver, self.mode, self.keep = velocity, times, solver, mode, keep
         self._samplers: dict[tuple, Sampler] = {}
 
-    def __call__(self, noise: torch.Tensor) -> Trajectory:
+    def __call__(self, noise: torch.Tensor, rows: torch.Tensor | None = None) -> Trajectory:
+        """The trajectory of ``noise``; ``rows`` (B,) int64 are its global noise rows, which a bank of
+        conditionings pairs with (``boss_fast.ode.for_rows``; a bank's sampler is built per batch)."""
+        banked = rows is not None and hasattr(self.velocity, "for_rows")
+        velocity = for_rows(self.velocity, rows) if banked else self.velocity
         if self.mode is None:
-            return teacher_trajectory(self.velocity, noise, self.times, self.solver, keep=self.keep)
+            return teacher_trajectory(velocity, noise, self.times, self.solver, keep=self.keep)
         key = (tuple(noise.shape), noise.dtype, noise.device)
-        if key not in self._samplers:
+        if banked or key not in self._samplers:
             b, dtype, dev = noise.shape[0], noise.dtype, noise.device
-            self._samplers[key] = Sampler(
-                self.velocity, self.times, self.mode, b, dtype, dev, solver=self.solver, record=self.keep
+            sampler = Sampler(
+                velocity, self.times, self.mode, b, dtype, dev, solver=self.solver, record=self.keep
             )
+            if banked:
+                return sampler.trajectory(noise, check_finite=True)
+            self._samplers[key] = sampler
         return self._samplers[key].trajectory(noise, check_finite=True)
 
 
