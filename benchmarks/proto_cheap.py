@@ -146,8 +146,8 @@ def main():
             c, pt = restricted_dp(model, noise, teach, fine, kmax, full)
             sched = {k: fine[v] for k, v in paths(c, pt).items()}
             cache["full_idx"] = paths(c, pt)
-        elif name.startswith(("h", "q")):  # Hermite teacher (Heun stride 2 or 4), then the variant's DP
-            teach = teacher_hermite(model, noise, fine, 2 if name[0] == "h" else 4)
+        elif name.startswith(("h", "q", "w")):  # Hermite teacher (Heun stride 2 or 4), then the variant's DP
+            teach = teacher_hermite(model, noise, fine, 4 if name[0] == "q" else 2)
             cache["teach"] = teach
             sub_name = name[1:]
             if sub_name == "full":
@@ -157,7 +157,8 @@ def main():
                 s, r = (int(x) for x in body.split("r"))
                 mc = len(noise) // int(div or 1)
                 sub = np.arange(0, 101, s)
-                c, pt = restricted_dp(model, noise[:mc], teach[sub, :mc], fine[sub], kmax, full)
+                tc = teacher(model, noise[:mc], fine[sub]) if name[0] == "w" else teach[sub, :mc]
+                c, pt = restricted_dp(model, noise[:mc], tc, fine[sub], kmax, full)
                 knots = {k: sub[v] for k, v in paths(c, pt).items()}
                 c, pt = restricted_dp(model, noise, teach, fine, kmax, windows_from(knots, r, len(fine), kmax))
             elif sub_name.startswith("pilot"):

@@ -11,6 +11,7 @@ torch.distributed (rank r of W runs batches r, r + W, ...; the float64 (sum, cou
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -33,6 +34,7 @@ from boss_fast.engine import STORES, Checkpoint, Shard, progress_bar
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn
 from boss_fast.own_state import accumulate_own_state, own_state_paths
+from boss_fast.refine import DPS, CoarseToFine, coarse_to_fine_table
 from boss_fast.schedule import OBJECTIVES, Schedule, ScheduleSet, schedules_from_cost
 from boss_fast.trajectories import TeacherRunner, model_fingerprint, seeded_noise
 
@@ -45,6 +47,13 @@ DEFAULT_OBJECTIVE = "global"
 # evaluations per sample vs 100, 10.6x; RK4 would make it 12.6x). On the bundled 2-D mixtures (std 0.2 and
 # 0.05) Heun and RK4 teachers gave the same global schedules at every K = 2..10.
 _DEFAULT_SOLVER = {"local": "euler", "global": "heun"}
+
+# num_samples="auto": rounds of AUTO_START, 2 x, 4 x ... noises (nested: noise m is the same in every round),
+# up to max_samples (default AUTO_CAP); the search stops after the first round in which no knot of any budget
+# moved by more than AUTO_TOLERANCE grid points from the previous round's (benchmarks/results/auto_samples.md)
+AUTO_START = 32
+AUTO_CAP = 1024
+AUTO_TOLERANCE = 1
 
 CHECKPOINT_FORMAT = "boss_fast.cost_checkpoint"
 CHECKPOINT_VERSION = 2  # 2: the wider model fingerprint, checkpoint_key, checksums and run identity
@@ -317,25 +326,20 @@ def _global_schedules(
     checkpoint: str | os.PathLike | None,
     mode: str | None,
     rows: tuple[str, str | os.PathLike | None] = ("device", None),
+    dp: str = "full",
 ) -> ScheduleSet:
-    """The global objective's ``ScheduleSet``; ``rows``: (store, store_dir) of ``accumulate_own_state``."""
-    table = accumulate_own_state(
-        velocity,
-        search.batch,
-        search.num_samples,
-        search.times,
-        max_steps,
-        batch_size=search.batch_size,
-        solver=search.solver,
-        metric=search.metric,
-        device=search.device,
-        progress=progress,
-        checkpoint=checkpoint,
-        identity=search.identity(),
-        mode=mode,
-        store=rows[0],
-        store_dir=rows[1],
-    )
+    """The global objective's ``ScheduleSet``; ``rows``: (store, store_dir) of ``accumulate_own_state``;
+    ``dp``: "full" (every source) or "coarse" (``boss_fast.refine``)."""
+    engine = {"batch_size": search.batch_size, "solver": search.solver, "metric": search.metric,
+              "device": search.device, "progress": progress, "mode": mode, "store": rows[0],
+              "store_dir": rows[1]}  # fmt: skip
+    args = (velocity, search.batch, search.num_samples, search.times, max_steps)
+    if dp == "coarse":
+        table = coarse_to_fine_table(
+            *args, plan=CoarseToFine(), checkpoint=checkpoint, identity=search.identity(), **engine
+        )
+    else:
+        table = accumulate_own_state(*args, checkpoint=checkpoint, identity=search.identity(), **engine)
     return ScheduleSet(
         Schedule(
             times=search.times[path.indices],
@@ -358,7 +362,7 @@ def optimal_schedule(
     shape: Sequence[int],
     steps: int,
     grid: int | Sequence[float] | np.ndarray = 100,
-    num_samples: int = 256,
+    num_samples: int | str = 256,
     batch_size: int = 256,
     seed: int = 0,
     solver: str | None = None,
@@ -375,6 +379,8 @@ def optimal_schedule(
     checkpoint_key: str | None = None,
     store: str = "device",
     store_dir: str | os.PathLike | None = None,
+    dp: str = "full",
+    max_samples: int | None = None,
 ) -> Schedule:
     """The optimal ``steps``-step schedule of a velocity model, end to end.
 
@@ -397,6 +403,12 @@ def optimal_schedule(
         steps: the budget K, 1 <= K <= N - 1 (an int).
         grid: an int n for ``uniform_grid(n)``, or explicit grid times (N,) in [0, 1].
         num_samples, batch_size: noises in total and per teacher batch (reference: 100 noises).
+            ``num_samples="auto"``: as many as the answer needs, in rounds of 32, 64, 128, ... noises
+            (noise m is the same in every round) up to ``max_samples``; the search stops after the first
+            round in which no knot of any budget 1 .. K moved by more than one grid point from the previous
+            round's, and returns that round's schedules, whose ``num_samples`` is the number it used (a
+            ``UserWarning`` when the cap stops it first). Every round is a full search: the evaluations are
+            the rounds' sum, about twice the last round's. Deterministic for a seed; no ``checkpoint``.
         seed: seed of the noise stream (>= 0).
         solver: teacher solver; None: "heun" for the global objective (its targets; the most accurate
             fixed-step teacher within 12x the local search's evaluations at K = 10), "euler" for the local
@@ -418,6 +430,11 @@ def optimal_schedule(
             batch's trajectory whatever the store.
         store_dir: the folder of "disk"'s temporary files; default the checkpoint's folder, else the
             system's temporary directory.
+        dp: the global objective's DP: "full" (default; every source at every level, 1056 evaluations per
+            noise for K <= 10 on a 100-step grid with Heun) or "coarse": a coarse pass then windows around
+            its knots (``boss_fast.refine``; about 390, measured within 1% of "full"'s held-out RMSE on the
+            digits DiT, benchmarks/results/global_dp_cost.md).
+        max_samples: the cap of ``num_samples="auto"`` (default 1024, at least 32); only with "auto".
 
     Returns:
         A ``Schedule`` with ``objective`` set and ``fingerprint`` ``model_fingerprint(velocity)`` (or None).
@@ -435,7 +452,7 @@ def optimal_schedules(
     shape: Sequence[int],
     max_steps: int,
     grid: int | Sequence[float] | np.ndarray = 100,
-    num_samples: int = 256,
+    num_samples: int | str = 256,
     batch_size: int = 256,
     seed: int = 0,
     solver: str | None = None,
@@ -452,6 +469,8 @@ def optimal_schedules(
     checkpoint_key: str | None = None,
     store: str = "device",
     store_dir: str | os.PathLike | None = None,
+    dp: str = "full",
+    max_samples: int | None = None,
 ) -> ScheduleSet:
     """The optimal schedule of every budget K = 1 .. ``max_steps`` from ONE search, as a ``ScheduleSet``
     (a read-only mapping ``{K: Schedule}``; ``sset.save(path)``, ``ScheduleSet.load(path)``).
@@ -471,11 +490,62 @@ def optimal_schedules(
     return _schedules(**args, steps_name="max_steps")
 
 
-def _schedules(
+def _schedules(num_samples, max_samples, checkpoint, objective, dp, **args) -> ScheduleSet:
+    """Both public searches: the sample budget (fixed or "auto") and the DP checked, then ``_search``."""
+    dp = check_choice(dp, DPS, "dp")
+    if dp != "full" and objective != "global":
+        raise ValueError(f"dp={dp!r} is a route to objective='global'; objective={objective!r} takes 'full'")
+    common = {"checkpoint": checkpoint, "objective": objective, "dp": dp, **args}
+    if not isinstance(num_samples, str):
+        if max_samples is not None:
+            raise ValueError(f"max_samples caps num_samples='auto', got num_samples={num_samples!r}")
+        return _search(num_samples=num_samples, **common)
+    if num_samples != "auto":
+        raise ValueError(f"num_samples must be an integer >= 1 or 'auto', got {num_samples!r}")
+    cap = AUTO_CAP if max_samples is None else check_int(max_samples, "max_samples", minimum=AUTO_START)
+    if checkpoint is not None:
+        raise ValueError("num_samples='auto' runs several searches and takes checkpoint=None")
+    return auto_rounds(lambda n: _search(num_samples=n, **common), cap)
+
+
+def _moved(a: ScheduleSet, b: ScheduleSet) -> int:
+    """The largest move of any knot of any budget between two sets of the same budgets, in grid points."""
+    return max(int(np.abs(a[k].indices - b[k].indices).max()) for k in a)
+
+
+def auto_rounds(search: Callable[[int], ScheduleSet], cap: int) -> ScheduleSet:
+    """``num_samples="auto"``'s rule over ``search(n)`` (the schedules from the first n noises).
+
+    Rounds of AUTO_START, 2 AUTO_START, ... noises (the last one ``cap``); stops after the first round whose
+    knots moved by at most AUTO_TOLERANCE grid points from the previous round's, or at the cap (a warning).
+
+    Example:
+        >>> found = auto_rounds(lambda n: optimal_schedules(lambda x, t: -x, (2,), 2, grid=10,
+        ...     num_samples=n), 1024)
+        >>> found[2].num_samples  # 32 and 64 noises agree on this flow
+        64
+    """
+    n, previous = min(AUTO_START, cap), None
+    while True:
+        found = search(n)
+        if previous is not None and _moved(previous, found) <= AUTO_TOLERANCE:
+            return found
+        if n >= cap:
+            warnings.warn(
+                f"num_samples='auto' reached max_samples={cap} before the schedules settled (knots still "
+                f"moved by more than {AUTO_TOLERANCE} grid point between the last two rounds)",
+                UserWarning,
+                stacklevel=3,
+            )
+            return found
+        previous, n = found, min(2 * n, cap)
+
+
+def _search(
     velocity, shape, steps, grid, num_samples, batch_size, seed, solver, metric, device, dtype, backend, *,
-    objective, discount, progress, checkpoint, mode, checkpoint_key, store, store_dir, steps_name,
+    objective, discount, progress, checkpoint, mode, checkpoint_key, store, store_dir, steps_name, dp,
 ) -> ScheduleSet:  # fmt: skip
-    """Both public searches: every budget 1 .. ``steps`` from one search (arguments validated here)."""
+    """One search: every budget 1 .. ``steps`` (arguments validated here)."""
     search, steps, discount = _validate_search(
         velocity, shape, steps, steps_name, grid, num_samples, batch_size, seed, objective, solver, metric,
         device, dtype, backend, discount, mode,
@@ -484,7 +554,7 @@ def _schedules(
     store = check_choice(store, STORES, "store")
     if search.objective == "global":
         rows = (store, store_dir)
-        return _global_schedules(velocity, search, steps, progress, checkpoint, mode, rows)
+        return _global_schedules(velocity, search, steps, progress, checkpoint, mode, rows, dp)
     cost = _local_cost(velocity, search, progress, checkpoint, mode)
     scheds = schedules_from_cost(
         cost,
