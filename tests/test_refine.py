@@ -144,14 +144,14 @@ def test_auto_is_deterministic_and_records_the_noises_it_used(tmp_path):
 
 
 def test_auto_rule_stops_at_the_first_settled_round():
-    """A search whose K = 2 knot moves 5, 2, 1, 0 grid points between rounds stops after the move of 1."""
-    knots = {32: 10, 64: 15, 128: 17, 256: 18, 512: 18}
+    """A search whose K = 2 knot moves 5, 3, 2, 0 grid points between rounds stops after the move of 2."""
+    knots = {32: 10, 64: 15, 128: 18, 256: 20, 512: 20}
     seen = []
 
     def search(n):
         seen.append(n)
         grid = bf.uniform_grid(30)
-        paths = [np.array([0, 30]), np.array([0, knots.get(n, 18), 30])]
+        paths = [np.array([0, 30]), np.array([0, knots.get(n, 20), 30])]
         return bf.ScheduleSet(bf.Schedule(times=grid[p], indices=p, cost=0.0, grid=grid, metric="l2sq",
                                           solver="heun", num_samples=n) for p in paths)  # fmt: skip
 
