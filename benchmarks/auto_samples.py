@@ -80,10 +80,16 @@ def _rows(name: str, args) -> dict:
         used = found[1].num_samples
         with torch.no_grad():
             rmse = {k: endpoint_rmse(bf.sample(base, noise, s.times), ref) for k, s in found.items()}
-        out[label] = {"noises_used": used, "evaluations": model.rows, "evaluations_per_noise_used":
-                      model.rows / used, "seconds": secs, "rmse": {str(k): r for k, r in rmse.items()},
-                      "indices": {str(k): s.indices.tolist() for k, s in found.items()},
-                      "cap_reached": any("before the schedules settled" in str(w.message) for w in caught)}  # fmt: skip
+        capped = any("before the schedules settled" in str(w.message) for w in caught)
+        out[label] = {
+            "noises_used": used,
+            "evaluations": model.rows,
+            "evaluations_per_noise_used": model.rows / used,
+            "seconds": secs,
+            "rmse": {str(k): r for k, r in rmse.items()},
+            "indices": {str(k): s.indices.tolist() for k, s in found.items()},
+            "cap_reached": capped,
+        }
         print(f"{name} {label}: {used} noises, {model.rows} evaluations, {secs:.1f} s", flush=True)
     for row in out.values():
         row["rmse_vs_256"] = {k: row["rmse"][k] / out["256"]["rmse"][k] for k in row["rmse"]}
@@ -108,8 +114,8 @@ def _markdown(setup, results, command) -> str:
             per_k = ", ".join(f"{row['rmse_vs_256'][str(k)]:.4f}" for k in range(1, MAX_STEPS + 1))
             cap = " (cap)" if row["cap_reached"] else ""
             lines.append(
-                f"| {name} | {label} | {row['noises_used']}{cap} | {row['evaluations']:,} | {row['seconds']:.1f} | "
-                f"{row['worst_rmse_vs_256']:.4f} | {per_k} |"
+                f"| {name} | {label} | {row['noises_used']}{cap} | {row['evaluations']:,} | "
+                f"{row['seconds']:.1f} | {row['worst_rmse_vs_256']:.4f} | {per_k} |"
             )
     lines += ["", "Times: wall clock while other jobs shared the 2-core machine; they do not compare across "
               "models.", ""]  # fmt: skip

@@ -67,8 +67,16 @@ def _run(model: Counted, spec, m: int, name: str) -> tuple[dict[int, np.ndarray]
         times = _plan_times(model, spec, m, plan)
     else:
         objective, dp = ("local", "full") if name == "local" else ("global", name)
-        found = bf.optimal_schedules(model, spec.shape, MAX_STEPS, grid=100, num_samples=m, objective=objective,
-                                     dp=dp, dtype=spec.dtype)  # fmt: skip
+        found = bf.optimal_schedules(
+            model,
+            spec.shape,
+            MAX_STEPS,
+            grid=100,
+            num_samples=m,
+            objective=objective,
+            dp=dp,
+            dtype=spec.dtype,
+        )
         times = {k: s.times for k, s in found.items()}
     return times, time.perf_counter() - start, model.rows / m
 
@@ -86,7 +94,7 @@ def _model_rows(name: str, args) -> dict:
     noise = bf.seeded_noise(spec.shape, 0, args.eval_samples, seed=1, dtype=spec.dtype)
     with torch.no_grad():
         ref = torch.cat([bf.reference_solution(model.model, c) for c in noise.split(250)])
-        for v, row in found.items():
+        for row in found.values():
             row["rmse"] = {k: endpoint_rmse(bf.sample(model.model, noise, t), ref)
                            for k, t in row["times"].items()}  # fmt: skip
     full = found["full"]
@@ -154,8 +162,8 @@ def main() -> None:
         f"--{k.replace('_', '-')} '{v}'" for k, v in vars(args).items() if k not in ("out",)
     )
     os.makedirs(args.out, exist_ok=True)
-    doc = {"setup": setup, "command": command, "results": results}
-    atomic_write(os.path.join(args.out, f"{args.tag}.json"), lambda f: f.write(json.dumps(doc, indent=1).encode()))
+    doc = json.dumps({"setup": setup, "command": command, "results": results}, indent=1)
+    atomic_write(os.path.join(args.out, f"{args.tag}.json"), lambda f: f.write(doc.encode()))
     text = _markdown(setup, results, command)
     atomic_write(os.path.join(args.out, f"{args.tag}.md"), lambda f: f.write(text.encode()))
     print(text)
