@@ -69,13 +69,13 @@ def test_windows_covering_every_source_give_the_full_dp_bit_for_bit():
 
 
 # Measured (endpoint error of the path against the fine Heun teacher, on the search's 96 noises, grid 40
-# (a coarse grid of 9 points), K = 2..6): coarse / full DP 1.0 in 8 of 15 cases, 0.998 once (wavy, K = 4:
-# the full DP is greedy too), and above 1 in the cases below (the limits are those figures, rounded up).
-# On a 100-step grid (64 noises, K = 2..8) the ratios were 0.995-1.008 for eight_gaussians and wavy, and
-# 0.73-1.84 for two_gaussians (std 0.1: both DPs' paths there swing with the noises; the held-out figures
-# of the bundled models are in benchmarks/results/global_dp_cost.md).
-FACTOR = {("eight_gaussians", 4): 1.009, ("eight_gaussians", 5): 1.004, ("eight_gaussians", 6): 1.029,
-          ("two_gaussians", 3): 1.042, ("two_gaussians", 5): 1.112, ("wavy", 6): 1.043}  # fmt: skip
+# (a coarse grid of 11 points), K = 2..6): coarse / full DP 1.0 in 8 of 15 cases, 0.994 once (eight
+# Gaussians, K = 5: the full DP is greedy too), above 1 in the cases below (the limits are those figures,
+# rounded up): up to 20% worse on the two unequal modes, where both DPs' paths swing with the noises (with
+# stride 5 on a 100-step grid, 64 noises, K = 2..8, the coarse / full ratios were 0.73-1.84 there and
+# 0.995-1.008 on eight Gaussians and wavy). Held-out figures: benchmarks/results/global_dp_cost.md.
+FACTOR = {("eight_gaussians", 4): 1.004, ("two_gaussians", 3): 1.106, ("two_gaussians", 5): 1.112,
+          ("two_gaussians", 6): 1.197, ("wavy", 4): 1.016, ("wavy", 6): 1.052}  # fmt: skip
 
 
 @pytest.mark.parametrize("flow", sorted(FLOWS))
