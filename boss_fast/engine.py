@@ -278,8 +278,9 @@ class WideEvaluator:
 
     ``evaluator(x, t, rows, out)``: x (R, ...) states, t (R,) times in x's dtype, rows (R,) int64 global noise
     rows (each call goes through ``for_rows(velocity, rows)``), out (R, ...) receives the velocities. Modes:
-    "eager"; "compile" (one compiled call per width); "cuda_graph" (one graph of a fixed width, captured on
-    first use; the last call of a pass is padded with the buffer's previous rows, whose outputs are dropped).
+    "eager"; "compile" (compiled once) and "cuda_graph" (one graph, captured on first use), both on static
+    buffers of exactly ``width`` rows: a shorter call is padded with the buffer's previous rows (zeros at
+    first), whose outputs are dropped.
     ``calls`` and ``rows_evaluated`` count the model calls and the rows they carried (padding excluded).
 
     Example:
@@ -295,6 +296,7 @@ class WideEvaluator:
         self.calls = self.rows_evaluated = 0
         self._compiled: Callable[..., torch.Tensor] | None = None
         self._graph: tuple | None = None
+        self._buffers: tuple[torch.Tensor, ...] | None = None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> None:
         for s in range(0, x.shape[0], self.width):
@@ -305,25 +307,38 @@ class WideEvaluator:
 
     def _one(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if self.mode == "eager":
-            v = _banked_call(self.velocity, x, t, rows)
-        elif self.mode == "compile":
-            if self._compiled is None:
-                self._compiled = _compiled_call(self.velocity)
-            v = self._compiled(x, t, rows)
-        else:
-            return self._replay(x, t, rows)
-        return _checked(v, x, t)
+            return _checked(_banked_call(self.velocity, x, t, rows), x, t)
+        if self.mode == "compile":
+            return self._compiled_padded(x, t, rows)
+        return self._replay(x, t, rows)
 
-    def _replay(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        if self._graph is None:
-            self._graph = _capture(self.velocity, x, t, rows, self.width)
-        graph, bx, bt, brows, bout = self._graph
+    def _static(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Static (width, ...) input buffers holding this call's rows first (later rows: earlier calls')."""
+        if self._buffers is None:
+            self._buffers = (x.new_zeros((self.width, *x.shape[1:])), t.new_zeros((self.width,)),
+                             rows.new_zeros((self.width,)))  # fmt: skip
+        bx, bt, brows = self._buffers
         r = x.shape[0]
         bx[:r].copy_(x)
         bt[:r].copy_(t)
         brows[:r].copy_(rows)
+        return bx, bt, brows
+
+    def _compiled_padded(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        # One shape for every call: a compiled call per distinct width would hit dynamo's recompile limit (8)
+        # within a few levels (the last call of each level has its own width).
+        bx, bt, brows = self._static(x, t, rows)
+        if self._compiled is None:
+            self._compiled = _compiled_call(self.velocity)
+        return _checked(self._compiled(bx, bt, brows), bx, bt)[: x.shape[0]]
+
+    def _replay(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        bx, bt, brows = self._static(x, t, rows)
+        if self._graph is None:
+            self._graph = _capture(self.velocity, bx, bt, brows)
+        graph, bout = self._graph
         graph.replay()
-        return bout[:r]
+        return bout[: x.shape[0]]
 
 
 def _checked(v: object, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -333,20 +348,15 @@ def _checked(v: object, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return check_velocity_output(v, x, float(t[0]))
 
 
-def _capture(velocity: VelocityFn, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, width: int) -> tuple:
-    """A CUDA graph of one call of ``width`` rows on static buffers (two warm-up calls on a side stream)."""
-    bx = x.new_zeros((width, *x.shape[1:]))
-    bt = t.new_zeros((width,))
-    brows = rows.new_zeros((width,))
-    bx[: x.shape[0]].copy_(x)
-    bt[: x.shape[0]].copy_(t)
-    stream = torch.cuda.Stream(x.device)
-    stream.wait_stream(torch.cuda.current_stream(x.device))
+def _capture(velocity: VelocityFn, bx: torch.Tensor, bt: torch.Tensor, brows: torch.Tensor) -> tuple:
+    """A CUDA graph of one call on the static buffers (two warm-up calls on a side stream first)."""
+    stream = torch.cuda.Stream(bx.device)
+    stream.wait_stream(torch.cuda.current_stream(bx.device))
     with torch.cuda.stream(stream), torch.no_grad():
         for _ in range(2):
             _checked(_banked_call(velocity, bx, bt, brows), bx, bt)
-    torch.cuda.current_stream(x.device).wait_stream(stream)
+    torch.cuda.current_stream(bx.device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), torch.no_grad():
         bout = _banked_call(velocity, bx, bt, brows)
-    return graph, bx, bt, brows, bout
+    return graph, bout

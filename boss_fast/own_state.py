@@ -25,14 +25,26 @@ per level: measured on a loaded 2-core machine, 2 ms per level at N = 101 and 75
 same level evaluates the model N - k times per batch (one digits DiT evaluation of 256 samples: 1-2 s there),
 so a compiled kernel would not show (benchmarks/test_bench_own_state.py).
 
-Streaming. The argmin of level k needs the sums over ALL samples, so the loop is level-major: per level, a
-pass over this process's noise batches accumulates float64 (sum, count) of the candidates' errors, then one
-argmin; the next level's pass first advances each batch's states through the pointers. Stored per batch,
-for the whole search: the teacher states (N, B, ...), the current level's states (N, B, ...) and their
-velocities (N - 1, B, ...), in the noise's dtype on the search device: 3 x num_samples x N x (sample size)
-values in all (digits 8 x 8, 256 samples, N = 101: 20 MB in float32). Under torch.distributed rank r of W
-keeps batches r, r + W, ... and the (sum, count) of each level are all-reduced, as ``cost_matrix`` does: every
-rank takes the same decisions. The result depends on the batching only through float64 summation order.
+Streaming (``boss_fast.engine``). The argmin of level k needs the sums over ALL samples, so the loop is
+level-major: per level, a pass over this process's noise batches advances each batch's states through the
+previous level's pointers (in place, descending j: no second block), evaluates the velocities at the
+level's sources in wide calls of up to ``batch_size`` (state, time) rows whatever the number of noises, and
+accumulates float64 (sum, count) of the candidates' errors; then one argmin. Kept per noise for the whole
+search: the teacher's states (N rows), the current level's states (N) and their velocities (N - 1), in
+the compute dtype, where ``store`` says: "device" (all on the search device), "host" (host memory, pinned
+for CUDA) or "disk" (memory-mapped files, deleted at the end); with "host" and "disk" the device holds one
+batch's three blocks. The memory law, with B = min(batch_size, this rank's noises), s bytes per value,
+D values per sample, M_r this rank's noises (docs/search_memory.md measures it)::
+
+    store    search device                       host (anonymous)      disk
+    device   (3N - 1) M_r D s + N B D s          -                     -
+    host     3 N B D s                           (3N - 1) M_r D s      -
+    disk     3 N B D s                           -                     (3N - 1) M_r D s
+
+plus one model call of ``batch_size`` rows and the pairwise kernel's float64 tiles (about 32 MiB). Under
+torch.distributed rank r of W keeps batches r, r + W, ... and the (sum, count) of each level are
+all-reduced, as ``cost_matrix`` does: every rank takes the same decisions. The result depends on the
+batching only through float64 summation order, and not at all on the store.
 """
 
 from __future__ import annotations
@@ -176,8 +188,9 @@ def _evaluate(evaluator: WideEvaluator, states, velocities, rows: torch.Tensor, 
     for lo, hi in _runs(step.sources):
         t = torch.tensor(step.hosts[lo:hi], dtype=states.dtype).repeat_interleave(b).to(states.device)
         evaluator(flat_x[lo * b : hi * b], t, rows.repeat(hi - lo), flat_v[lo * b : hi * b])
-    picked = velocities[torch.as_tensor(step.sources, device=velocities.device)]
-    if not bool(torch.isfinite(picked).all()):
+    # One flag per source row (a gather of every source row would be a transient block), one host read.
+    finite = torch.stack([torch.isfinite(velocities[i]).all() for i in step.sources.tolist()])
+    if not bool(finite.all()):
         raise ValueError(
             f"velocity returned non-finite values at the sampler's own {step.level - 1}-step states "
             f"(grid times {step.hosts[step.sources[0]]!r} .. {step.hosts[step.sources[-1]]!r})"
@@ -435,7 +448,8 @@ def own_state_table(
             100-step grid), "rk4" (4), "euler" (1), or "dopri5" (mode=None only).
         metric: "l2sq" (mean squared L2 error) or "l2" (mean L2 norm).
         device, progress, checkpoint, mode: as ``cost_matrix`` (the checkpoint is rewritten after every
-            level, and ``mode`` runs the teacher on a recording ``Sampler``).
+            level; ``mode`` runs the teacher on a recording ``Sampler`` and the DP's own wide calls eager,
+            compiled or from a CUDA graph, ``boss_fast.engine.WideEvaluator``).
         checkpoint_key: as ``cost_matrix``: required with ``checkpoint`` when ``velocity`` is not an
             ``nn.Module``.
         store, store_dir: where the per-sample rows live, "device", "host" or "disk" (as

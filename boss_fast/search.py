@@ -422,8 +422,10 @@ def optimal_schedule(
         objective: "global" or "local", see above.
         discount: the local DP's discount on later steps (GITS); 1.0 is BOSS.
         progress, checkpoint, mode: as in ``boss_fast.cost.cost_matrix`` (mode: the teacher on a recording
-            ``Sampler``, e.g. "cuda_graph"); the global objective checkpoints after every DP level
-            (``boss_fast.own_state``), with the same resume and refusal rules.
+            ``Sampler``, e.g. "cuda_graph"; the global objective's own wide calls run in the same mode, "auto"
+            being cuda_graph on CUDA and eager elsewhere, ``boss_fast.engine.resolve_wide_mode``); the global
+            objective checkpoints after every DP level (``boss_fast.own_state``), with the same resume and
+            refusal rules.
         checkpoint_key: as in ``cost_matrix`` (required with ``checkpoint`` for a non-module velocity).
         store: where the global objective keeps its per-sample rows (teacher states, current states,
             velocities: about 3 x num_samples x N sample-sized values) between levels: "device" (default,
