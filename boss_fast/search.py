@@ -436,9 +436,10 @@ def optimal_schedule(
         store_dir: the folder of "disk"'s temporary files; default the checkpoint's folder, else the
             system's temporary directory.
         dp: the global objective's DP: "full" (default; every source at every level, 1056 evaluations per
-            noise for K <= 10 on a 100-step grid with Heun) or "coarse": a coarse pass then windows around
-            its knots (``boss_fast.refine``; about 390, measured within 1% of "full"'s held-out RMSE on the
-            digits DiT, benchmarks/results/global_dp_cost.md).
+            noise for K <= 10 on a 100-step grid with Heun) or "coarse": a coarse pass, then the fine DP with
+            each level's sources in windows around the coarse knots (``boss_fast.refine``; measured 370 / 396
+            evaluations per noise on the digits DiT / ``gmm2d_narrow``, held-out RMSE at most +1.002% / +1.4%
+            from "full"'s at every K <= 10, benchmarks/results/global_dp_cost.md).
         max_samples: the cap of ``num_samples="auto"`` (default 1024, at least 32); only with "auto".
 
     Returns:

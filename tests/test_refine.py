@@ -69,13 +69,14 @@ def test_windows_covering_every_source_give_the_full_dp_bit_for_bit():
 
 
 # Measured (endpoint error of the path against the fine Heun teacher, on the search's 96 noises, grid 40
-# (a coarse grid of 11 points), K = 2..6): coarse / full DP 1.0 in 8 of 15 cases, 0.994 once (eight
+# (a coarse grid of 11 points), K = 2..6): coarse / full DP 1.0 in 7 of 15 cases, 0.994 once (eight
 # Gaussians, K = 5: the full DP is greedy too), above 1 in the cases below (the limits are those figures,
 # rounded up): up to 20% worse on the two unequal modes, where both DPs' paths swing with the noises (with
 # stride 5 on a 100-step grid, 64 noises, K = 2..8, the coarse / full ratios were 0.73-1.84 there and
 # 0.995-1.008 on eight Gaussians and wavy). Held-out figures: benchmarks/results/global_dp_cost.md.
-FACTOR = {("eight_gaussians", 4): 1.004, ("two_gaussians", 3): 1.106, ("two_gaussians", 5): 1.112,
-          ("two_gaussians", 6): 1.197, ("wavy", 4): 1.016, ("wavy", 6): 1.052}  # fmt: skip
+FACTOR = {("eight_gaussians", 4): 1.004, ("eight_gaussians", 6): 1.034, ("two_gaussians", 3): 1.106,
+          ("two_gaussians", 5): 1.112, ("two_gaussians", 6): 1.197, ("wavy", 4): 1.016,
+          ("wavy", 6): 1.052}  # fmt: skip
 
 
 @pytest.mark.parametrize("flow", sorted(FLOWS))
@@ -101,7 +102,7 @@ def test_evaluations_are_the_coarse_pass_plus_the_windows():
     velocity = Counted(two_gaussians())
     table = _table(velocity, noise, times, steps, plan)
     sub = np.arange(0, 41, 4)
-    mc, nc = 15, len(sub)
+    mc, nc = 11, len(sub)  # ceil(0.35 x 30)
     coarse = own_state_table(two_gaussians(), noise[:mc], times[sub], steps, progress=False)
     coarse_sources = 1 + sum(nc - k for k in range(2, steps + 1))
     windows = window_sources([sub[p.indices] for p in own_state_paths(coarse)], plan.radius, 41)
