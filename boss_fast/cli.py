@@ -249,6 +249,23 @@ def _samples(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
+def _add_search_cost_args(sched: argparse.ArgumentParser) -> None:
+    """--num-samples (an integer or auto), --max-samples, --dp of the schedule subcommand."""
+    sched.add_argument(
+        "--num-samples",
+        type=_samples,
+        default=256,
+        help="noises, or 'auto': rounds of 32, 64, ... until no knot moves by more than 2 grid points",
+    )
+    sched.add_argument("--max-samples", type=int, default=None, help="the cap of --num-samples auto (1024)")
+    sched.add_argument(
+        "--dp",
+        default="full",
+        choices=("full", "coarse"),
+        help="global objective's DP: full, or coarse (a coarse pass, then windows: ~3x fewer evaluations)",
+    )
+
+
 def _cmd_schedule(args) -> None:
     _check_output_file(args.out, "--out")
     _check_output_file(args.checkpoint, "--checkpoint")
@@ -478,19 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, help="write a schedule set: every K = 1..max from one search"
     )
     sched.add_argument("--grid", type=int, default=100)
-    sched.add_argument(
-        "--num-samples",
-        type=_samples,
-        default=256,
-        help="noises, or 'auto': rounds of 32, 64, ... until no knot moves by more than 2 grid points",
-    )
-    sched.add_argument("--max-samples", type=int, default=None, help="the cap of --num-samples auto (1024)")
-    sched.add_argument(
-        "--dp",
-        default="full",
-        choices=("full", "coarse"),
-        help="global objective's DP: full, or coarse (a coarse pass, then windows: ~3x fewer evaluations)",
-    )
+    _add_search_cost_args(sched)
     sched.add_argument("--batch-size", type=int, default=256)
     sched.add_argument("--seed", type=int, default=0)
     sched.add_argument(

@@ -17,10 +17,10 @@ Every budget's schedule still comes out of one DP table whose costs are errors a
 teacher; only the set of sources is smaller. It is a heuristic: where the coarse knots are off by more than
 the window the result can be worse than the full DP. Measured with the defaults on a 100-step grid, every
 K <= 10 (benchmarks/results/global_dp_cost.md, held-out RMSE against dopri5 on 1000 noises): digits DiT
-(128 noises) 370 model evaluations per noise (3.7x the local search, 0.35x the full DP), RMSE within +1.002% of
-the full DP's at K = 9 and no worse at the other K (-0.1% at K = 10); ``gmm2d_narrow`` (256 noises) 396 (3.96x), within
-+1.4% at every K (-2.6% at K = 10). No setting tried (strides 3-5, radius 1-3) kept digits within 1% at
-every K, so ``dp="full"`` stays the default.
+(128 noises) 370 model evaluations per noise (3.7x the local search, 0.35x the full DP), RMSE +1.002% from
+the full DP's at K = 9 and no worse at the other K (-0.1% at K = 10); ``gmm2d_narrow`` (256 noises) 396
+(3.96x), within +1.4% at every K (-2.6% at K = 10). No setting tried (strides 3-5, radius 1-3) kept digits
+within 1% at every K, so ``dp="full"`` stays the default.
 """
 
 from __future__ import annotations

@@ -404,22 +404,15 @@ def optimal_schedule(
         velocity: ``velocity(x, t)``, t = 0 noise, t = 1 data.
         shape: the shape of ONE sample, without the batch dimension, e.g. (3, 32, 32).
         steps: the budget K, 1 <= K <= N - 1 (an int).
-        grid: an int n for ``uniform_grid(n)``, or explicit grid times (N,) in [0, 1].
-        num_samples, batch_size: noises in total and per teacher batch (reference: 100 noises).
-            ``num_samples="auto"``: as many as the answer needs, in rounds of 32, 64, 128, ... noises
-            (noise m is the same in every round) up to ``max_samples``; the search stops after the first
-            round in which no knot of any budget 1 .. K moved by more than two grid points from the previous
-            round's, and returns that round's schedules, whose ``num_samples`` is the number it used (a
-            ``UserWarning`` when the cap stops it first). Every round is a full search: the evaluations are
-            the rounds' sum, about twice the last round's. Deterministic for a seed; no ``checkpoint``.
-        seed: seed of the noise stream (>= 0).
+        grid: an int n for ``uniform_grid(n)`` or grid times (N,) in [0, 1]. seed: of the noise (>= 0).
+        num_samples, batch_size: noises in total and per teacher batch (reference: 100 noises);
+            "auto" (capped by ``max_samples``, default 1024): ``boss_fast.search.auto_rounds``.
         solver: teacher solver; None: "heun" for the global objective (its targets; the most accurate
             fixed-step teacher within 12x the local search's evaluations at K = 10), "euler" for the local
             one (BOSS's reference). metric: "l2sq" (BOSS) or "l2" (GITS).
         device, dtype: where and in what dtype the teacher runs; default: the model's first floating
             parameter's device and dtype when it is an ``nn.Module``, else CPU and torch's default dtype.
-        backend: the local objective's DP backend, see ``boss_fast.bellman``.
-        objective: "global" or "local", see above.
+        backend: the local DP's backend (``boss_fast.bellman``). objective: "global" or "local", see above.
         discount: the local DP's discount on later steps (GITS); 1.0 is BOSS.
         progress, checkpoint, mode: as in ``boss_fast.cost.cost_matrix`` (mode: the teacher on a recording
             ``Sampler``, e.g. "cuda_graph"; the global objective's own wide calls run in the same mode, "auto"
@@ -435,12 +428,7 @@ def optimal_schedule(
             batch's trajectory whatever the store.
         store_dir: the folder of "disk"'s temporary files; default the checkpoint's folder, else the
             system's temporary directory.
-        dp: the global objective's DP: "full" (default; every source at every level, 1056 evaluations per
-            noise for K <= 10 on a 100-step grid with Heun) or "coarse": a coarse pass, then the fine DP with
-            each level's sources in windows around the coarse knots (``boss_fast.refine``; measured 370 / 396
-            evaluations per noise on the digits DiT / ``gmm2d_narrow``, held-out RMSE at most +1.002% / +1.4%
-            from "full"'s at every K <= 10, benchmarks/results/global_dp_cost.md).
-        max_samples: the cap of ``num_samples="auto"`` (default 1024, at least 32); only with "auto".
+        dp: the global DP, "full" (default) or "coarse" (``boss_fast.refine``: 0.35-0.38x the evaluations).
 
     Returns:
         A ``Schedule`` with ``objective`` set and ``fingerprint`` ``model_fingerprint(velocity)`` (or None).
@@ -522,8 +510,11 @@ def _moved(a: ScheduleSet, b: ScheduleSet) -> int:
 def auto_rounds(search: Callable[[int], ScheduleSet], cap: int) -> ScheduleSet:
     """``num_samples="auto"``'s rule over ``search(n)`` (the schedules from the first n noises).
 
-    Rounds of AUTO_START, 2 AUTO_START, ... noises (the last one ``cap``); stops after the first round whose
-    knots moved by at most AUTO_TOLERANCE grid points from the previous round's, or at the cap (a warning).
+    Rounds of 32, 64, 128, ... noises (noise m is the same in every round; the last round ``cap``); stops
+    after the first round in which no knot of any budget moved by more than two grid points from the
+    previous round's, and returns that round's schedules, whose ``num_samples`` is the number it used (a
+    ``UserWarning`` when the cap stops it first). Every round is a whole search: the evaluations are the
+    rounds' sum, about twice the last round's. Deterministic for a seed.
 
     Example:
         >>> found = auto_rounds(lambda n: optimal_schedules(lambda x, t: -x, (2,), 2, grid=10,
