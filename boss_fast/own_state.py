@@ -388,8 +388,9 @@ def accumulate_own_state(
     n = len(times)
     run = {"times": times, "max_steps": max_steps, "metric": metric, "solver": solver,
            "num_samples": num_samples, "batch_size": batch_size, **identity}  # fmt: skip
-    if teacher_stride != 1:  # a stride-1 run's header stays what it was
-        run["teacher_stride"] = teacher_stride
+    # Always in the header: a reader ignores keys it does not ask for, so a stride-2 file must be refused by a
+    # stride-1 run through this key being asked for.
+    run["teacher_stride"] = teacher_stride
     ckpt, costs, pointers, done = _resume(checkpoint, run, (max_steps + 1, n), shard)
     if done == max_steps:
         return OwnStateTable(costs=costs, pointers=pointers, times=times, num_samples=num_samples)

@@ -153,7 +153,7 @@ def coarse_to_fine_table(
         coarse_ckpt = f"{root}.coarse{ext}"
     coarse = accumulate_own_state(
         velocity, make_batch, coarse_samples, times[sub], coarse_steps,
-        checkpoint=coarse_ckpt, identity=identity, **engine,  # type: ignore[arg-type]
+        checkpoint=coarse_ckpt, identity={**identity, "dp": "coarse pass"}, **engine,  # type: ignore[arg-type]
     )  # fmt: skip
     knots = [sub[path.indices] for path in own_state_paths(coarse)]
     windows = window_sources(knots, plan.radius, n)

@@ -337,12 +337,14 @@ def _global_schedules(
               "device": search.device, "progress": progress, "mode": mode, "store": rows[0],
               "store_dir": rows[1]}  # fmt: skip
     args = (velocity, search.batch, search.num_samples, search.times, max_steps)
+    # "dp" in every header: a checkpoint reader checks the keys this run asks for, so each route names itself
+    identity = {**search.identity(), "dp": dp}
     if dp == "coarse":
         table = coarse_to_fine_table(
-            *args, plan=CoarseToFine(), checkpoint=checkpoint, identity=search.identity(), **engine
+            *args, plan=CoarseToFine(), checkpoint=checkpoint, identity=identity, **engine
         )
     else:
-        table = accumulate_own_state(*args, checkpoint=checkpoint, identity=search.identity(), **engine)
+        table = accumulate_own_state(*args, checkpoint=checkpoint, identity=identity, **engine)
     return ScheduleSet(
         Schedule(
             times=search.times[path.indices],

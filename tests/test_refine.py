@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -176,3 +177,15 @@ def test_auto_rule_stops_at_the_first_settled_round():
 def test_auto_bad_values(kwargs, error, match):
     with pytest.raises(error, match=match):
         optimal_schedules(wavy, (3,), 2, grid=10, **kwargs)
+
+
+def test_coarse_checkpoints_resume_and_refuse_a_full_dp_checkpoint(tmp_path):
+    path = str(tmp_path / "own.npz")
+    kwargs = {"grid": 24, "num_samples": 20, "dtype": torch.float64, "checkpoint": path, "checkpoint_key": "w"}
+    first = optimal_schedules(wavy, (3,), 4, dp="coarse", **kwargs)
+    assert os.path.exists(path) and os.path.exists(str(tmp_path / "own.coarse.npz"))
+    again = optimal_schedules(wavy, (3,), 4, dp="coarse", **kwargs)  # both passes read back, finished
+    assert all(np.array_equal(first[k].indices, again[k].indices) for k in first)
+    assert all(first[k].cost == again[k].cost for k in first)
+    with pytest.raises(ValueError, match="own.npz"):  # the fine pass's header names the coarse plan
+        optimal_schedules(wavy, (3,), 4, dp="full", **kwargs)
