@@ -299,10 +299,11 @@ class GlobalLevels:
     only those are evaluated, and points no source reaches keep +inf / -1.
 
     Call widths: up to ``batch_size`` (state, time) rows per model call, whatever the number of noises.
-    Memory on the device: one batch's teacher, states and velocities (3 (N) min(batch_size, M) D values)
+    Memory on the device: one batch's teacher, states and velocities (3 N min(batch_size, M_r) D values)
     with store "host" / "disk", all of this rank's with "device" (see the module docstring).
     """
 
+    @torch.no_grad()
     def __init__(self, velocity: VelocityFn, make_batch: Callable[[int, int], torch.Tensor], shard: Shard,
                  times: np.ndarray, *, solver: str, metric: str, device: torch.device | str | None,
                  store: str = "device", store_dir: str | os.PathLike | None = None,
@@ -323,6 +324,7 @@ class GlobalLevels:
             self.store.save("states", i, teacher)  # row 0 is the noise; rows 1 .. N - 2 serve level 1
             del teacher
 
+    @torch.no_grad()
     def step(self, level: int, pointers: np.ndarray, sources: np.ndarray | None = None,
              measure: bool = True) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
         n = len(self.times)
