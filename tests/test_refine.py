@@ -181,7 +181,8 @@ def test_auto_bad_values(kwargs, error, match):
 
 def test_coarse_checkpoints_resume_and_refuse_a_full_dp_checkpoint(tmp_path):
     path = str(tmp_path / "own.npz")
-    kwargs = {"grid": 24, "num_samples": 20, "dtype": torch.float64, "checkpoint": path, "checkpoint_key": "w"}
+    kwargs = {"grid": 24, "num_samples": 20, "dtype": torch.float64, "checkpoint": path}
+    kwargs["checkpoint_key"] = "w"
     first = optimal_schedules(wavy, (3,), 4, dp="coarse", **kwargs)
     assert os.path.exists(path) and os.path.exists(str(tmp_path / "own.coarse.npz"))
     again = optimal_schedules(wavy, (3,), 4, dp="coarse", **kwargs)  # both passes read back, finished
