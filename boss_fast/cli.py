@@ -283,6 +283,33 @@ def _cmd_demo(args) -> None:
     print(f"report written to {args.out}/")
 
 
+def _samples(text: str) -> int | str:
+    """--num-samples: an integer or "auto" (the library checks the value)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+def _add_search_cost_args(sched: argparse.ArgumentParser) -> None:
+    """--num-samples (an integer or auto), --max-samples, --dp of the schedule subcommand."""
+    sched.add_argument(
+        "--num-samples",
+        type=_samples,
+        default=256,
+        help="noises, or 'auto': rounds of 32, 64, ... until no knot moves by more than 2 grid points",
+    )
+    sched.add_argument("--max-samples", type=int, default=None, help="the cap of --num-samples auto (1024)")
+    sched.add_argument(
+        "--dp",
+        default="full",
+        choices=("full", "coarse"),
+        help="global objective's DP: full, or coarse (a coarse pass, then windows: ~3x fewer evaluations)",
+    )
+
+
 def _cmd_schedule(args) -> None:
     if args.pipeline is not None:
         _cmd_schedule_pipeline(args)
@@ -311,6 +338,8 @@ def _cmd_schedule(args) -> None:
         args.max_steps if args.max_steps is not None else args.steps,
         grid=args.grid,
         num_samples=args.num_samples,
+        max_samples=args.max_samples,
+        dp=args.dp,
         batch_size=args.batch_size,
         seed=args.seed,
         solver=args.solver,
@@ -664,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, help="write a schedule set: every K = 1..max from one search"
     )
     sched.add_argument("--grid", type=int, default=100)
-    sched.add_argument("--num-samples", type=int, default=256)
+    _add_search_cost_args(sched)
     sched.add_argument("--batch-size", type=int, default=256)
     sched.add_argument("--seed", type=int, default=0)
     sched.add_argument(

@@ -77,7 +77,7 @@ from boss_fast.engine import (
     resolve_wide_mode,
 )
 from boss_fast.ode import VelocityFn, euler_update
-from boss_fast.trajectories import TeacherRunner, model_fingerprint
+from boss_fast.trajectories import DenseTeacher, model_fingerprint
 
 __all__ = ["OwnStateTable", "accumulate_own_state", "own_state_paths", "own_state_table"]
 
@@ -307,7 +307,7 @@ class GlobalLevels:
     def __init__(self, velocity: VelocityFn, make_batch: Callable[[int, int], torch.Tensor], shard: Shard,
                  times: np.ndarray, *, solver: str, metric: str, device: torch.device | str | None,
                  store: str = "device", store_dir: str | os.PathLike | None = None,
-                 mode: str | None = None) -> None:  # fmt: skip
+                 mode: str | None = None, teacher_stride: int = 1) -> None:  # fmt: skip
         self.shard, self.times, self.metric, self.hosts = shard, times, metric, times.tolist()
         first = make_batch(*shard.span(0))  # one sample's shape and dtype
         dev = torch.device(device) if device is not None else first.device
@@ -316,10 +316,10 @@ class GlobalLevels:
         layout = dict(zip(_LAYOUT, (n, n, n - 1), strict=True))
         self.store = RowStore(store, layout, first.shape[1:], shard.sizes, first.dtype, dev, store_dir)
         self._rows = [torch.arange(*shard.span(b), device=dev) for b in shard.mine]
-        runner = TeacherRunner(velocity, times, solver, mode, keep="states")
+        runner = DenseTeacher(velocity, times, solver, mode, teacher_stride)
         for i, b in enumerate(shard.mine):
             noise = make_batch(*shard.span(b)).to(dev)
-            teacher = runner(noise, self._rows[i]).states
+            teacher = runner(noise, self._rows[i])
             self.store.save("teacher", i, teacher)
             self.store.save("states", i, teacher)  # row 0 is the noise; rows 1 .. N - 2 serve level 1
             del teacher
@@ -371,6 +371,7 @@ def accumulate_own_state(
     store: str = "device",
     store_dir: str | os.PathLike | None = None,
     restrict: Restrict | None = None,
+    teacher_stride: int = 1,
 ) -> OwnStateTable:
     """Run the own-state DP over ``num_samples`` noises, level-major (see the module docstring).
 
@@ -382,11 +383,16 @@ def accumulate_own_state(
     ``store``, ``store_dir``: where the rows live (:class:`GlobalLevels`); ``store_dir`` defaults to the
     checkpoint's folder. ``restrict(level, costs, pointers)``: the sources allowed at each level given the
     table so far (None: all); a restricted run must record what restricts it in ``identity``.
+    ``teacher_stride``: the teacher's solver runs on every stride-th grid point, the rest interpolated
+    (:class:`boss_fast.trajectories.DenseTeacher`; 1: every point, as before).
     """
     shard = Shard.of_this_process(num_samples, batch_size)
     n = len(times)
     run = {"times": times, "max_steps": max_steps, "metric": metric, "solver": solver,
            "num_samples": num_samples, "batch_size": batch_size, **identity}  # fmt: skip
+    # Always in the header: a reader ignores keys it does not ask for, so a stride-2 file must be refused by a
+    # stride-1 run through this key being asked for.
+    run["teacher_stride"] = teacher_stride
     ckpt, costs, pointers, done = _resume(checkpoint, run, (max_steps + 1, n), shard)
     if done == max_steps:
         return OwnStateTable(costs=costs, pointers=pointers, times=times, num_samples=num_samples)
@@ -394,7 +400,8 @@ def accumulate_own_state(
         store_dir = os.path.dirname(os.path.abspath(checkpoint))
     with torch.no_grad():
         levels = GlobalLevels(velocity, make_batch, shard, times, solver=solver, metric=metric, device=device,
-                              store=store, store_dir=store_dir, mode=mode)  # fmt: skip
+                              store=store, store_dir=store_dir, mode=mode,
+                              teacher_stride=teacher_stride)  # fmt: skip
     bar = progress_bar(max_steps, done, progress, "own-state DP", unit="level")
     try:
         with bar, torch.no_grad():

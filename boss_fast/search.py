@@ -11,6 +11,7 @@ torch.distributed (rank r of W runs batches r, r + W, ...; the float64 (sum, cou
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -34,6 +35,7 @@ from boss_fast.engine import STORES, Checkpoint, Shard, progress_bar
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn
 from boss_fast.own_state import accumulate_own_state, own_state_paths
+from boss_fast.refine import DPS, CoarseToFine, coarse_to_fine_table
 from boss_fast.schedule import OBJECTIVES, Schedule, ScheduleSet, schedules_from_cost
 from boss_fast.trajectories import TeacherRunner, model_fingerprint, seeded_noise
 
@@ -46,6 +48,16 @@ DEFAULT_OBJECTIVE = "global"
 # evaluations per sample vs 100, 10.6x; RK4 would make it 12.6x). On the bundled 2-D mixtures (std 0.2 and
 # 0.05) Heun and RK4 teachers gave the same global schedules at every K = 2..10.
 _DEFAULT_SOLVER = {"local": "euler", "global": "heun"}
+
+# num_samples="auto": rounds of AUTO_START, 2 x, 4 x ... noises (nested: noise m is the same in every round),
+# up to max_samples (default AUTO_CAP); the search stops after the first round in which no knot of any budget
+# moved by more than AUTO_TOLERANCE grid points from the previous round's. Two, not zero or one: on the 2-D
+# mixtures of std 0.05-0.1 the full DP's knots still moved 1-3 grid points between 512 and 1024 noises; the
+# moves that cost are far larger (17-21 points from 128 to 256 noises on five Gaussians, where 128 noises'
+# schedule has +18% held-out RMSE at K = 7 against 256's) (benchmarks/results/auto_samples.md).
+AUTO_START = 32
+AUTO_CAP = 1024
+AUTO_TOLERANCE = 2
 
 CHECKPOINT_FORMAT = "boss_fast.cost_checkpoint"
 CHECKPOINT_VERSION = 2  # 2: the wider model fingerprint, checkpoint_key, checksums and run identity
@@ -316,25 +328,22 @@ def _global_schedules(
     checkpoint: str | os.PathLike | None,
     mode: str | None,
     rows: tuple[str, str | os.PathLike | None] = ("device", None),
+    dp: str = "full",
 ) -> ScheduleSet:
-    """The global objective's ``ScheduleSet``; ``rows``: (store, store_dir) of ``accumulate_own_state``."""
-    table = accumulate_own_state(
-        velocity,
-        search.batch,
-        search.num_samples,
-        search.times,
-        max_steps,
-        batch_size=search.batch_size,
-        solver=search.solver,
-        metric=search.metric,
-        device=search.device,
-        progress=progress,
-        checkpoint=checkpoint,
-        identity=search.identity(),
-        mode=mode,
-        store=rows[0],
-        store_dir=rows[1],
-    )
+    """The global objective's ``ScheduleSet``; ``rows``: (store, store_dir) of ``accumulate_own_state``;
+    ``dp``: "full" (every source) or "coarse" (``boss_fast.refine``)."""
+    engine = {"batch_size": search.batch_size, "solver": search.solver, "metric": search.metric,
+              "device": search.device, "progress": progress, "mode": mode, "store": rows[0],
+              "store_dir": rows[1]}  # fmt: skip
+    args = (velocity, search.batch, search.num_samples, search.times, max_steps)
+    # "dp" in every header: a checkpoint reader checks the keys this run asks for, so each route names itself
+    identity = {**search.identity(), "dp": dp}
+    if dp == "coarse":
+        table = coarse_to_fine_table(
+            *args, plan=CoarseToFine(), checkpoint=checkpoint, identity=identity, **engine
+        )
+    else:
+        table = accumulate_own_state(*args, checkpoint=checkpoint, identity=identity, **engine)
     return ScheduleSet(
         Schedule(
             times=search.times[path.indices],
@@ -357,7 +366,7 @@ def optimal_schedule(
     shape: Sequence[int],
     steps: int,
     grid: int | Sequence[float] | np.ndarray = 100,
-    num_samples: int = 256,
+    num_samples: int | str = 256,
     batch_size: int = 256,
     seed: int = 0,
     solver: str | None = None,
@@ -374,6 +383,8 @@ def optimal_schedule(
     checkpoint_key: str | None = None,
     store: str = "device",
     store_dir: str | os.PathLike | None = None,
+    dp: str = "full",
+    max_samples: int | None = None,
 ) -> Schedule:
     """The optimal ``steps``-step schedule of a velocity model, end to end.
 
@@ -394,16 +405,15 @@ def optimal_schedule(
         velocity: ``velocity(x, t)``, t = 0 noise, t = 1 data.
         shape: the shape of ONE sample, without the batch dimension, e.g. (3, 32, 32).
         steps: the budget K, 1 <= K <= N - 1 (an int).
-        grid: an int n for ``uniform_grid(n)``, or explicit grid times (N,) in [0, 1].
-        num_samples, batch_size: noises in total and per teacher batch (reference: 100 noises).
-        seed: seed of the noise stream (>= 0).
+        grid: an int n for ``uniform_grid(n)`` or grid times (N,) in [0, 1]. seed: of the noise (>= 0).
+        num_samples, batch_size: noises in total and per teacher batch (reference: 100 noises);
+            "auto" (capped by ``max_samples``, default 1024): ``boss_fast.search.auto_rounds``.
         solver: teacher solver; None: "heun" for the global objective (its targets; the most accurate
             fixed-step teacher within 12x the local search's evaluations at K = 10), "euler" for the local
             one (BOSS's reference). metric: "l2sq" (BOSS) or "l2" (GITS).
         device, dtype: where and in what dtype the teacher runs; default: the model's first floating
             parameter's device and dtype when it is an ``nn.Module``, else CPU and torch's default dtype.
-        backend: the local objective's DP backend, see ``boss_fast.bellman``.
-        objective: "global" or "local", see above.
+        backend: the local DP's backend (``boss_fast.bellman``). objective: "global" or "local", see above.
         discount: the local DP's discount on later steps (GITS); 1.0 is BOSS.
         progress, checkpoint, mode: as in ``boss_fast.cost.cost_matrix`` (mode: the teacher on a recording
             ``Sampler``, e.g. "cuda_graph"; the global objective's own wide calls run in the same mode, "auto"
@@ -419,6 +429,7 @@ def optimal_schedule(
             batch's trajectory whatever the store.
         store_dir: the folder of "disk"'s temporary files; default the checkpoint's folder, else the
             system's temporary directory.
+        dp: the global DP, "full" (default) or "coarse" (``boss_fast.refine``: 0.35-0.38x the evaluations).
 
     Returns:
         A ``Schedule`` with ``objective`` set and ``fingerprint`` ``model_fingerprint(velocity)`` (or None).
@@ -436,7 +447,7 @@ def optimal_schedules(
     shape: Sequence[int],
     max_steps: int,
     grid: int | Sequence[float] | np.ndarray = 100,
-    num_samples: int = 256,
+    num_samples: int | str = 256,
     batch_size: int = 256,
     seed: int = 0,
     solver: str | None = None,
@@ -453,6 +464,8 @@ def optimal_schedules(
     checkpoint_key: str | None = None,
     store: str = "device",
     store_dir: str | os.PathLike | None = None,
+    dp: str = "full",
+    max_samples: int | None = None,
 ) -> ScheduleSet:
     """The optimal schedule of every budget K = 1 .. ``max_steps`` from ONE search, as a ``ScheduleSet``
     (a read-only mapping ``{K: Schedule}``; ``sset.save(path)``, ``ScheduleSet.load(path)``).
@@ -472,11 +485,65 @@ def optimal_schedules(
     return _schedules(**args, steps_name="max_steps")
 
 
-def _schedules(
+def _schedules(num_samples, max_samples, checkpoint, objective, dp, **args) -> ScheduleSet:
+    """Both public searches: the sample budget (fixed or "auto") and the DP checked, then ``_search``."""
+    dp = check_choice(dp, DPS, "dp")
+    if dp != "full" and objective != "global":
+        raise ValueError(f"dp={dp!r} is a route to objective='global'; objective={objective!r} takes 'full'")
+    common = {"checkpoint": checkpoint, "objective": objective, "dp": dp, **args}
+    if not isinstance(num_samples, str):
+        if max_samples is not None:
+            raise ValueError(f"max_samples caps num_samples='auto', got num_samples={num_samples!r}")
+        return _search(num_samples=num_samples, **common)
+    if num_samples != "auto":
+        raise ValueError(f"num_samples must be an integer >= 1 or 'auto', got {num_samples!r}")
+    cap = AUTO_CAP if max_samples is None else check_int(max_samples, "max_samples", minimum=AUTO_START)
+    if checkpoint is not None:
+        raise ValueError("num_samples='auto' runs several searches and takes checkpoint=None")
+    return auto_rounds(lambda n: _search(num_samples=n, **common), cap)
+
+
+def _moved(a: ScheduleSet, b: ScheduleSet) -> int:
+    """The largest move of any knot of any budget between two sets of the same budgets, in grid points."""
+    return max(int(np.abs(a[k].indices - b[k].indices).max()) for k in a)
+
+
+def auto_rounds(search: Callable[[int], ScheduleSet], cap: int) -> ScheduleSet:
+    """``num_samples="auto"``'s rule over ``search(n)`` (the schedules from the first n noises).
+
+    Rounds of 32, 64, 128, ... noises (noise m is the same in every round; the last round ``cap``); stops
+    after the first round in which no knot of any budget moved by more than two grid points from the
+    previous round's, and returns that round's schedules, whose ``num_samples`` is the number it used (a
+    ``UserWarning`` when the cap stops it first). Every round is a whole search: the evaluations are the
+    rounds' sum, about twice the last round's. Deterministic for a seed.
+
+    Example:
+        >>> found = auto_rounds(lambda n: optimal_schedules(lambda x, t: -x, (2,), 2, grid=10,
+        ...     num_samples=n), 1024)
+        >>> found[2].num_samples  # 32 and 64 noises agree on this flow
+        64
+    """
+    n, previous = min(AUTO_START, cap), None
+    while True:
+        found = search(n)
+        if previous is not None and _moved(previous, found) <= AUTO_TOLERANCE:
+            return found
+        if n >= cap:
+            warnings.warn(
+                f"num_samples='auto' reached max_samples={cap} before the schedules settled (knots still "
+                f"moved by more than {AUTO_TOLERANCE} grid points between the last two rounds)",
+                UserWarning,
+                stacklevel=3,
+            )
+            return found
+        previous, n = found, min(2 * n, cap)
+
+
+def _search(
     velocity, shape, steps, grid, num_samples, batch_size, seed, solver, metric, device, dtype, backend, *,
-    objective, discount, progress, checkpoint, mode, checkpoint_key, store, store_dir, steps_name,
+    objective, discount, progress, checkpoint, mode, checkpoint_key, store, store_dir, steps_name, dp,
 ) -> ScheduleSet:  # fmt: skip
-    """Both public searches: every budget 1 .. ``steps`` from one search (arguments validated here)."""
+    """One search: every budget 1 .. ``steps`` (arguments validated here)."""
     search, steps, discount = _validate_search(
         velocity, shape, steps, steps_name, grid, num_samples, batch_size, seed, objective, solver, metric,
         device, dtype, backend, discount, mode,
@@ -485,7 +552,7 @@ def _schedules(
     store = check_choice(store, STORES, "store")
     if search.objective == "global":
         rows = (store, store_dir)
-        return _global_schedules(velocity, search, steps, progress, checkpoint, mode, rows)
+        return _global_schedules(velocity, search, steps, progress, checkpoint, mode, rows, dp)
     cost = _local_cost(velocity, search, progress, checkpoint, mode)
     scheds = schedules_from_cost(
         cost,

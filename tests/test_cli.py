@@ -512,3 +512,14 @@ def test_schedule_max_steps_writes_a_set(tmp_path, capsys):
     sset = boss_fast.ScheduleSet.load(out)
     assert list(sset) == [1, 2, 3] and sset.objective == "global"
     assert capsys.readouterr().out.count("-step global schedule") == 3
+
+
+def test_schedule_auto_samples_and_coarse_dp(tmp_path, capsys):
+    out = tmp_path / "set.json"
+    argv = ["schedule", "--model", "gmm2d", "--max-steps", "3", "--grid", "20", "--num-samples", "auto"]
+    assert main([*argv, "--dp", "coarse", "--no-progress", "--out", str(out)]) == 0
+    sset = boss_fast.ScheduleSet.load(out)
+    assert sset[3].num_samples == 64 and list(sset) == [1, 2, 3]  # 32 and 64 noises agree here
+    with pytest.raises(SystemExit):
+        main([*argv[:-1], "many", "--out", str(tmp_path / "x.json")])
+    assert "expected an integer or 'auto'" in capsys.readouterr().err
