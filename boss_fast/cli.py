@@ -27,6 +27,7 @@ from torch import nn
 import boss_fast as bf
 from boss_fast._validation import atomic_write
 from boss_fast.demo import DemoConfig, run_demo
+from boss_fast.engine import STORES
 from boss_fast.integrations.sigmas import comfyui_text, diffusers_sigmas
 from boss_fast.models import WeightsFileError, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
@@ -116,7 +117,7 @@ def _check_counts(args: argparse.Namespace, minimums: dict[str, int]) -> None:
     """Each integer flag ``name`` (when given) is at least its minimum: refused by flag before any work."""
     for name, minimum in minimums.items():
         value = getattr(args, name)
-        if value is not None and value < minimum:
+        if isinstance(value, int) and value < minimum:  # "auto" (--num-samples) is checked by the search
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be >= {minimum}")
 
 
@@ -308,6 +309,13 @@ def _add_search_cost_args(sched: argparse.ArgumentParser) -> None:
         choices=("full", "coarse"),
         help="global objective's DP: full, or coarse (a coarse pass, then windows: ~3x fewer evaluations)",
     )
+    sched.add_argument(
+        "--store",
+        default="device",
+        choices=STORES,
+        help="where the global search keeps its per-sample rows: device, host memory, or a memory-mapped "
+        "file (docs/search_memory.md); the schedule does not depend on it",
+    )
 
 
 def _cmd_schedule(args) -> None:
@@ -327,7 +335,8 @@ def _cmd_schedule(args) -> None:
     shape = _shape(args.shape, default_shape)
     # Lower bounds: one batch of N recorded float32 teacher states, and for the local objective the (N, N)
     # float64 cost sums (100001^2 of them: 74.5 GiB).
-    n, batch = args.grid + 1, min(args.batch_size, args.num_samples)
+    n = args.grid + 1
+    batch = args.batch_size if args.num_samples == "auto" else min(args.batch_size, args.num_samples)
     sums = 8.0 * n * n if args.objective == "local" else 0.0
     _check_fits(sums + 4.0 * n * batch * float(np.prod(shape)), f"--grid {args.grid} (batch {batch})")
     _probe(velocity, args.model, shape, device)
@@ -340,6 +349,7 @@ def _cmd_schedule(args) -> None:
         num_samples=args.num_samples,
         max_samples=args.max_samples,
         dp=args.dp,
+        store=args.store,
         batch_size=args.batch_size,
         seed=args.seed,
         solver=args.solver,
@@ -406,6 +416,9 @@ def _cmd_schedule_pipeline(args) -> None:
         args.max_steps if args.max_steps is not None else args.steps,
         grid=args.grid,
         num_samples=args.num_samples,
+        max_samples=args.max_samples,
+        dp=args.dp,
+        store=args.store,
         batch_size=args.batch_size,
         seed=args.seed,
         solver=args.solver,
