@@ -318,6 +318,13 @@ def _add_search_cost_args(sched: argparse.ArgumentParser) -> None:
     )
 
 
+def _search_options(args: argparse.Namespace) -> dict[str, object]:
+    """The search options `schedule` passes to the Python API, with --model and with --pipeline alike."""
+    names = ("grid", "num_samples", "max_samples", "dp", "store", "batch_size", "seed", "solver", "metric")
+    names += ("backend", "objective", "checkpoint")
+    return {name: getattr(args, name) for name in names} | {"progress": not args.no_progress}
+
+
 def _cmd_schedule(args) -> None:
     if args.pipeline is not None:
         _cmd_schedule_pipeline(args)
@@ -345,20 +352,8 @@ def _cmd_schedule(args) -> None:
         velocity,
         shape,
         args.max_steps if args.max_steps is not None else args.steps,
-        grid=args.grid,
-        num_samples=args.num_samples,
-        max_samples=args.max_samples,
-        dp=args.dp,
-        store=args.store,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        solver=args.solver,
-        metric=args.metric,
         device=device,
-        backend=args.backend,
-        objective=args.objective,
-        progress=not args.no_progress,
-        checkpoint=args.checkpoint,
+        **_search_options(args),
     )
     found.save(args.out)
     for sched in found.values() if isinstance(found, bf.ScheduleSet) else [found]:
@@ -414,20 +409,8 @@ def _cmd_schedule_pipeline(args) -> None:
     sset = pipelines.pipeline_schedules(
         target,
         args.max_steps if args.max_steps is not None else args.steps,
-        grid=args.grid,
-        num_samples=args.num_samples,
-        max_samples=args.max_samples,
-        dp=args.dp,
-        store=args.store,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        solver=args.solver,
-        metric=args.metric,
         device=device,
-        backend=args.backend,
-        objective=args.objective,
-        progress=not args.no_progress,
-        checkpoint=args.checkpoint,
+        **_search_options(args),
     )
     found = sset if args.max_steps is not None else sset[args.steps]
     found.save(args.out)
