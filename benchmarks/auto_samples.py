@@ -27,25 +27,13 @@ import warnings
 import torch
 
 import boss_fast as bf
+from benchmarks.quality_global import Counted
 from boss_fast._validation import atomic_write
 from boss_fast.demo import DEMO_MODELS
 from boss_fast.metrics import endpoint_rmse
 from boss_fast.models import GaussianMixtureFlow, load_bundled
 
 MAX_STEPS = 10
-
-
-class Counted(torch.nn.Module):
-    """A velocity model that counts the samples it evaluates (rows of x over all calls)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.rows = 0
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        return self.model(x, t)
 
 
 def five_gaussians() -> GaussianMixtureFlow:

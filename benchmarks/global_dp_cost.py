@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import boss_fast as bf
+from benchmarks.quality_global import Counted
 from boss_fast._validation import atomic_write
 from boss_fast.demo import DEMO_MODELS
 from boss_fast.metrics import endpoint_rmse
@@ -33,19 +34,6 @@ from boss_fast.own_state import own_state_paths
 from boss_fast.refine import CoarseToFine, coarse_to_fine_table
 
 MAX_STEPS = 10
-
-
-class Counted(torch.nn.Module):
-    """A velocity model that counts the samples it evaluates (rows of x over all calls)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.rows = 0
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        return self.model(x, t)
 
 
 def _plan_times(model, spec, m, plan: CoarseToFine) -> dict[int, np.ndarray]:
