@@ -47,7 +47,7 @@ import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -89,7 +89,6 @@ _loop_ids = itertools.count()
 _AUTO_REPS = 3
 
 
-@runtime_checkable
 class FusedHeadModel(Protocol):
     """The opt-in protocol for the fused head + Euler kernel.
 
@@ -118,13 +117,16 @@ class _Head:
 
 def _fused_head(model: object) -> _Head | None:
     """The fused-head pieces of ``model`` when it opts in (see :class:`FusedHeadModel`), else None."""
-    if getattr(model, "fused_head", False) is not True or not isinstance(model, FusedHeadModel):
+    # Plain getattr, not isinstance(model, FusedHeadModel): from Python 3.12 a runtime protocol looks members
+    # up with inspect.getattr_static, which cannot see an nn.Module's submodules (head lives in _modules), so
+    # the isinstance check refused every DiT there (seen on the GPU machine's Python 3.12).
+    if getattr(model, "fused_head", False) is not True:
         return None
-    if not isinstance(model.head, nn.Linear):
+    head, trunk = getattr(model, "head", None), getattr(model, "trunk", None)
+    patch_size, sample_shape = getattr(model, "patch_size", None), getattr(model, "sample_shape", None)
+    if not isinstance(head, nn.Linear) or not callable(trunk) or patch_size is None or sample_shape is None:
         return None
-    return _Head(
-        model.trunk, model.head.weight, model.head.bias, int(model.patch_size), tuple(model.sample_shape)
-    )
+    return _Head(trunk, head.weight, head.bias, int(patch_size), tuple(sample_shape))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from boss_fast.kernels.euler_step import euler_step_reference
 from boss_fast.models import load_bundled
 from boss_fast.models.dit import DiT
 from boss_fast.ode import sample
-from boss_fast.sampler import FusedHeadModel, Sampler
+from boss_fast.sampler import Sampler
 from boss_fast.trajectories import teacher_trajectory
 
 COMPILE_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"  # inductor's import
@@ -128,7 +128,6 @@ def test_auto_measures_on_cpu():
 @pytest.mark.parametrize("batch", [1, 3])
 def test_fused_head_equals_sample(backend, batch):
     net = tiny_dit()
-    assert isinstance(net, FusedHeadModel)
     noise = torch.randn(batch, 3, 4, 4)
     sampler = Sampler(net, SCHED, mode="eager", batch_size=batch, fused=True, backend=backend)
     assert (
@@ -136,6 +135,33 @@ def test_fused_head_equals_sample(backend, batch):
     )  # built at construction: the DiT knows its shape
     # One float32 GEMM over K = 16 reassociated per step, three steps: well inside 1e-5 at |x| ~ 1.
     torch.testing.assert_close(sampler(noise), sample(net, noise, SCHED), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_head_found_through_getattr():
+    """The head is found by plain attribute lookup, which reaches an nn.Module's submodules; a runtime
+    Protocol's isinstance() does not from Python 3.12 on (inspect.getattr_static), and refused every DiT on
+    the GPU machine's 3.12. The protocol is documentation only: isinstance on it is a TypeError, so it
+    cannot creep back."""
+    from boss_fast.sampler import FusedHeadModel
+
+    class Wrapped(nn.Module):  # head, trunk, patch_size and sample_shape reached only through __getattr__
+        fused_head = True
+
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny_dit()
+
+        def __getattr__(self, name):
+            if name in ("head", "trunk", "patch_size", "sample_shape"):
+                return getattr(self._modules["inner"], name)
+            return super().__getattr__(name)
+
+        def forward(self, x, t):
+            return self.inner(x, t)
+
+    assert Sampler(Wrapped(), SCHED, mode="eager", backend="torch", fused=True).fused
+    with pytest.raises(TypeError):
+        isinstance(tiny_dit(), FusedHeadModel)
 
 
 def test_fused_default_follows_the_backend(digits_dit):

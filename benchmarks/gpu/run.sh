@@ -13,9 +13,10 @@
 # Each call writes at most 8 files under $OUT (default benchmarks/results/gpu/<call>): summary.txt (one line
 # per step), env.txt, log.txt (build and benchmark output), and per call tests_gpu.txt, tests_kernels.txt
 # (correctness) or bench.json (every benchmark JSON merged, rewritten after each step), targets.md,
-# search.json, search.md (figures). Steps run under one budget (BUDGET_S, default 280 s): a step that would
-# not fit is skipped and says so; each benchmark invocation is small and leaves its own JSON, so a step cut
-# short loses only its own case. Exits non-zero when a step fails or a target is missed; every step still runs.
+# tune_head.md, search.json, search.md (figures). Steps run under one budget (BUDGET_S, default 280 s): a
+# step that would not fit is skipped and says so; each benchmark invocation is small and leaves its own JSON,
+# so a step cut short loses only its own case. SEARCH=0 leaves the search out, COMPILE_CASES="" the compiles.
+# Exits non-zero when a step fails or a target is missed; every step still runs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 CALL=${1:-}
@@ -141,11 +142,12 @@ COMPILE_CASES=${COMPILE_CASES:-"digits_dit-B1-K1 latent_dit-B1-K1 digits_dit-B64
 
 figures() {
     build_and_env
-    local b1="B1-" compile=($COMPILE_CASES) search=()
+    local b1="B1-" compile=($COMPILE_CASES) search=() tune=()
     if ((QUICK)); then
         b1="digits_dit-B1-K1]"
         compile=("${compile[0]}")
         search=(--quick)
+        tune=(--quick)
     fi
     # cuda_graph (unfused, fused) against eager at batch 1 beside the teacher's graph, then the fused head at
     # batch 64 against the unfused GEMM + update: issue 5's targets.
@@ -154,9 +156,14 @@ figures() {
     bench "fused head, batch 64" 15 -k "head"
     step "targets" 5 targets.md "$PY" benchmarks/gpu/check_targets.py "$OUT/env.txt" "$OUT/bench.json"
     cat "$OUT/targets.md"
+    # The fused head's tiles swept inside CUDA graphs (device time, no launch overhead) against the unfused
+    # GEMM + update and the bandwidth floor; the JSON stays behind (8 files at most come back).
+    step "fused head tile sweep" 20 log.txt "$PY" benchmarks/gpu/tune_head.py --out "$WORK/tune_head.json" \
+        --markdown "$OUT/tune_head.md" --budget "${TUNE_S:-60}" "${tune[@]}"
+    cat "$OUT/tune_head.md" 2>/dev/null
     # The global search on a latent-sized random DiT: peak device memory per store, call widths, time against
     # the same calls as plain forward passes.
-    step "search on a random latent DiT" 30 log.txt "$PY" benchmarks/gpu/search_figures.py \
+    ((${SEARCH:-1})) && step "search on a random latent DiT" 30 log.txt "$PY" benchmarks/gpu/search_figures.py \
         --out "$OUT/search.json" --markdown "$OUT/search.md" "${search[@]}"
     cat "$OUT/search.md" 2>/dev/null
     # torch.compile last, one case per invocation (a cut-off case loses only itself), until the budget ends.

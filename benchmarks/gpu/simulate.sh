@@ -15,6 +15,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
+# The device's Python is 3.12.3; this one is this machine's python3 (3.11 here: the only CPU build of torch
+# 2.13.0 this machine's registry holds is cp311, and a cp312 torch from elsewhere is the CUDA build). 3.11 hid a
+# bug the device showed at once: from 3.12 a runtime Protocol's isinstance() cannot see an nn.Module's
+# submodules, and it refused every DiT's fused head (tests/test_sampler.py::test_fused_head_found_through_getattr).
 PYTHON=${PYTHON:-python3}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/boss_fast_standin.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

@@ -77,6 +77,8 @@ def check_figures(out: Path) -> list[str]:
     names = {b["name"].split("[")[0] for b in bench}
     if not {"test_baseline_eager", "test_compile"} <= names:
         problems.append(f"bench.json holds {sorted(names)}: eager and compile expected on CPU")
+    if "no CUDA device" not in (out / "tune_head.md").read_text():
+        problems.append("tune_head.md does not say no CUDA device")
     search = json.loads((out / "search.json").read_text())
     if not search["runs"] or not all(r["calls"] > 0 and r["floor_seconds"] > 0 for r in search["runs"]):
         problems.append(f"search.json: runs {search['runs']}")

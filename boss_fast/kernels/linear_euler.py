@@ -22,6 +22,8 @@ backend "triton" (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``) and the ref
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -36,11 +38,24 @@ except ImportError:  # pragma: no cover - exercised where no triton wheel exists
 
 __all__ = ["linear_euler", "linear_euler_forward", "linear_euler_reference", "unpatchify"]
 
-# Tiles: 64 rows (tokens) x up to 64 head outputs x 32 of K. The latent DiT head is N = p*p*C = 16 wide, so
-# one N tile covers it and the features are read exactly once; K = 384 is 12 K-steps.
-_BLOCK_M = 64
-_BLOCK_K = 32
+# Tiles: BLOCK_M rows (tokens) x up to 64 head outputs x BLOCK_K of K. The latent DiT head is N = p*p*C = 16
+# wide, so one N tile covers it and the features are read exactly once.
 _MAX_BLOCK_N = 64
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """The fused head kernel's tiles and launch: rows per program, K per step, warps, pipeline stages."""
+
+    block_m: int = 64
+    block_k: int = 32
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def launch_config(m: int, n: int, k: int) -> LaunchConfig:
+    """The tiles the fused head launches with for an (m, k) x (k, n) head."""
+    return LaunchConfig()
 
 
 if triton is not None:
@@ -156,8 +171,11 @@ def _linear_euler_triton(
     h: float,
     patch_size: int | None,
     out: torch.Tensor,
+    *,
+    config: LaunchConfig | None = None,
 ) -> None:
-    """Launch ``_linear_euler_kernel``: features (.., K) any strides, x and out contiguous."""
+    """Launch ``_linear_euler_kernel``: features (.., K) any strides, x and out contiguous; ``config``
+    replaces the tiles of :func:`launch_config` (benchmarks/gpu/tune_head.py sweeps them)."""
     f2 = features.reshape(-1, features.shape[-1])  # a view for the contiguous trunk output
     m, k = f2.shape
     n = weight.shape[0]
@@ -167,8 +185,9 @@ def _linear_euler_triton(
     # entries, measured); there the tiles are upcast to float32 first. That is exact for bf16/fp16 inputs
     # (products of 8- or 11-bit mantissas fit float32's 24), i.e. what the GPU's MMA computes.
     interpreting = triton_interpreting() and x.device.type != "cuda"
+    cfg = config or launch_config(m, n, k)
     block_n = min(_MAX_BLOCK_N, max(16, triton.next_power_of_2(n)))
-    grid = (triton.cdiv(m, _BLOCK_M), triton.cdiv(n, block_n))
+    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, block_n))
     if patch_size is None:
         p, t, gw, c, hw, w = 1, 1, 1, 1, 1, 1
     else:
@@ -198,9 +217,11 @@ def _linear_euler_triton(
         PATCH=patch_size is not None,
         PRECISION="ieee" if features.dtype == torch.float32 or interpreting else "tf32",
         UPCAST=interpreting,
-        BLOCK_M=_BLOCK_M,
+        BLOCK_M=cfg.block_m,
         BLOCK_N=block_n,
-        BLOCK_K=_BLOCK_K,
+        BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
 
 
