@@ -1,15 +1,16 @@
-"""What the README's examples and the docstring examples run in (collected by plain ``python -m pytest``).
+"""What the documents' examples and the docstring examples run in (collected by plain ``python -m pytest``).
 
-pytest-markdown-docs runs every ```python block of README.md (``--markdown-docs``) and pytest's doctest runs
-every ``>>>`` example in ``boss_fast/`` (``--doctest-modules``); both are in ``addopts`` in pyproject.toml.
-Each README block runs in a fresh temporary folder (blocks write files such as ``digits_k4.json``), and a
-block whose first line reads ``# extra: NAME`` is skipped when a distribution of that extra is not installed.
+pytest-markdown-docs runs every ```python block of README.md and docs/*.md (``--markdown-docs``) and pytest's
+doctest runs every ``>>>`` example in ``boss_fast/`` (``--doctest-modules``); both are in ``addopts`` in
+pyproject.toml. Each document's block runs in a fresh temporary folder (blocks write files such as
+``digits.schedules.json``), and a block whose first line reads ``# extra: NAME`` is skipped when a
+distribution of that extra is not installed.
 
-Size switch (documented in the README): by default the README's blocks, and its CLI lines run by
+Size switch (documented in docs/development.md): by default the documents' blocks, and their CLI lines run by
 tests/test_readme.py (fixture ``readme_size``), run the calls in ``README_CAPS`` smaller (grids, noises,
 training steps, the reference's tolerances, no compile in ``Sampler(mode="auto")``), so they take seconds
 instead of minutes on a 2-core CI machine; ``BOSS_FAST_README_FULL=1`` runs them with the arguments as
-written. The code is the README's in both cases: the caps wrap the ``boss_fast`` functions it calls, for the
+written. The code is the document's in both cases: the caps wrap the ``boss_fast`` functions it calls, for the
 duration of one test (monkeypatch undoes them).
 """
 

@@ -1,10 +1,11 @@
-"""The README matches the code: its API table, its CLI section, its shell blocks, and the collector set-up.
+"""The README and docs/ match the code: the API table (docs/api.md), the CLI page (docs/cli.md), every shell
+block and quoted command, and the collector set-up.
 
-The README's ```python blocks themselves run as tests through pytest-markdown-docs (``--markdown-docs`` in
-pyproject's ``addopts``) and the docstrings' ``>>>`` examples through pytest's doctest
-(``--doctest-modules``); this file checks what those tools do not: names and subcommands, the ```bash blocks
-(the collector runs only Python), that a block left out says why, and that a broken example makes the run
-fail.
+The ```python blocks of README.md and docs/*.md themselves run as tests through pytest-markdown-docs
+(``--markdown-docs`` in pyproject's ``addopts``; ``testpaths`` names README.md and docs) and the docstrings'
+``>>>`` examples through pytest's doctest (``--doctest-modules``); this file checks what those tools do not:
+names and subcommands, the ```bash blocks (the collector runs only Python), that a block left out says why,
+that the documents are collected, and that a broken example makes the run fail.
 """
 
 from __future__ import annotations
@@ -24,21 +25,29 @@ import boss_fast as bf
 from boss_fast import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The documents whose examples run as tests: the README and every page of docs/.
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+API = ROOT / "docs" / "api.md"
+CLI_PAGE = ROOT / "docs" / "cli.md"
 SHELL = ("bash", "sh", "shell", "console")
 # Result containers: their example is the call that returns them (see its docstring).
 RESULT_TYPES = {"BellmanPath", "OwnStateTable", "StraightenStats", "StraighteningPairs", "Trajectory"}
 
 
-def _section(title: str) -> str:
-    """The README's ``## title`` section, up to the next ``## `` heading."""
-    text = README.split(f"\n## {title}\n", 1)[1]
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def _section(path: Path, title: str) -> str:
+    """The ``## title`` section of the document at ``path``, up to the next ``## `` heading."""
+    text = _read(path).split(f"\n## {title}\n", 1)[1]
     return text.split("\n## ", 1)[0]
 
 
-def _fences() -> list[tuple[list[str], str, str]]:
-    """(info words, content, the text just above) of every fenced block, parsed as the collector parses."""
-    tokens = MarkdownIt("commonmark").parse(README)
+def _fences(path: Path) -> list[tuple[list[str], str, str]]:
+    """(info words, content, the text just above) of every fenced block of one document, parsed as the
+    collector parses."""
+    tokens = MarkdownIt("commonmark").parse(_read(path))
     found, above = [], ""
     for token in tokens:
         if token.type == "inline":
@@ -46,6 +55,10 @@ def _fences() -> list[tuple[list[str], str, str]]:
         elif token.type == "fence":
             found.append((token.info.split(), token.content, above))
     return found
+
+
+def _all_fences() -> list[tuple[Path, list[str], str, str]]:
+    return [(path, *fence) for path in DOCUMENTS for fence in _fences(path)]
 
 
 def _says_why(content: str, above: str) -> bool:
@@ -64,16 +77,19 @@ def _help(capsys, *argv: str) -> str:
 # ------------------------------------------------------------------------------------------ API table
 
 
+def _api_table() -> str:
+    return "\n".join(line for line in _section(API, "The public names").splitlines() if line.startswith("|"))
+
+
 def test_api_table_lists_exactly_the_public_names():
-    table = "\n".join(line for line in _section("API").splitlines() if line.startswith("|"))
-    listed = set(re.findall(r"\bbf\.([A-Za-z_]\w*)", table))
+    listed = set(re.findall(r"\bbf\.([A-Za-z_]\w*)", _api_table()))
     public = set(bf.__all__)
-    assert not public - listed, f"in boss_fast.__all__ but not in the README's API table: {public - listed}"
-    assert not listed - public, f"in the README's API table but not in boss_fast.__all__: {listed - public}"
+    assert not public - listed, f"in boss_fast.__all__ but not in docs/api.md's table: {public - listed}"
+    assert not listed - public, f"in docs/api.md's table but not in boss_fast.__all__: {listed - public}"
 
 
 def test_api_table_submodule_names_exist():
-    table = "\n".join(line for line in _section("API").splitlines() if line.startswith("|"))
+    table = _api_table()
     dotted = re.findall(r"`boss_fast\.((?:[a-z_]+\.)+)([A-Za-z_]\w*)", table)
     assert dotted, "the API table names no boss_fast.<module>.<name>: the pattern no longer matches it"
     for module, name in dotted:
@@ -96,51 +112,51 @@ def _cli_mentions(text: str) -> list[list[str]]:
     return [line.split() for line in lines]
 
 
-def test_cli_section_lists_exactly_the_subcommands(capsys):
-    mentioned = {words[1] for words in _cli_mentions(_section("CLI"))}
+def test_cli_page_lists_exactly_the_subcommands(capsys):
+    mentioned = {words[1] for words in _cli_mentions(_read(CLI_PAGE))}
     real = _subcommands(capsys)
-    assert not real - mentioned, (
-        f"boss-fast --help's subcommands missing from the CLI section: {real - mentioned}"
-    )
-    assert not mentioned - real, f"the CLI section names subcommands boss-fast lacks: {mentioned - real}"
+    assert not real - mentioned, f"boss-fast --help's subcommands not in docs/cli.md: {real - mentioned}"
+    assert not mentioned - real, f"docs/cli.md names subcommands boss-fast lacks: {mentioned - real}"
 
 
-def test_every_boss_fast_command_in_the_readme_has_its_subcommand_and_flags(capsys):
+def test_every_boss_fast_command_in_the_documents_has_its_subcommand_and_flags(capsys):
     real = _subcommands(capsys)
     flags = {sub: set(re.findall(r"(--[\w-]+)", _help(capsys, sub))) for sub in real}
-    for words in _cli_mentions(README):
-        sub = words[1]
-        if sub.startswith("-"):  # `boss-fast --help` itself
-            continue
-        assert sub in real, f"README: `{' '.join(words)}`: boss-fast has no subcommand {sub!r}"
-        unknown = {w.strip("[]") for w in words if w.strip("[]").startswith("--")} - flags[sub]
-        assert not unknown, f"README: `{' '.join(words)}`: boss-fast {sub} has no {unknown}"
+    for path in DOCUMENTS:
+        for words in _cli_mentions(_read(path)):
+            sub = words[1]
+            if sub.startswith("-"):  # `boss-fast --help` itself
+                continue
+            where = f"{path.relative_to(ROOT)}: `{' '.join(words)}`"
+            assert sub in real, f"{where}: boss-fast has no subcommand {sub!r}"
+            unknown = {w.strip("[]") for w in words if w.strip("[]").startswith("--")} - flags[sub]
+            assert not unknown, f"{where}: boss-fast {sub} has no {unknown}"
 
 
 # ------------------------------------------------------------------------------------------ blocks
 
 
 def test_every_block_left_out_says_why():
-    for info, content, above in _fences():
+    for path, info, content, above in _all_fences():
         if info[:1] and info[0] in ("python", *SHELL) and "notest" in info[1:]:
-            assert _says_why(content, above), f"a `notest` block does not say why it is not run:\n{content}"
+            assert _says_why(content, above), f"{path.name}: a `notest` block does not say why:\n{content}"
 
 
 def test_python_blocks_left_out_name_the_test_that_runs_their_calls():
-    for info, content, above in _fences():
+    for path, info, content, above in _all_fences():
         if info[:1] == ["python"] and "notest" in info[1:]:
             named = re.findall(r"tests/test_\w+\.py", above)
-            assert named, f"a `python notest` block names no test running the same calls:\n{content}"
-            for path in named:
-                assert (ROOT / path).is_file(), f"the README names {path}, which does not exist"
+            assert named, f"{path.name}: a `python notest` block names no test running its calls:\n{content}"
+            for test_file in named:
+                assert (ROOT / test_file).is_file(), f"{path.name} names {test_file}, which does not exist"
 
 
-def test_shell_blocks_run_as_written(tmp_path, monkeypatch, readme_size, capsys):
-    """Every line of a ```bash block not marked `notest` runs, in order, in one folder: `boss-fast` lines
-    through the CLI's own ``main`` (in this process, so the README size switch applies)."""
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: path.name)
+def test_shell_blocks_run_as_written(path, tmp_path, monkeypatch, readme_size, capsys):
+    """Every line of a document's ```bash blocks not marked `notest` runs, in order, in one folder per
+    document: `boss-fast` lines through the CLI's own ``main`` (in this process: the size switch applies)."""
     monkeypatch.chdir(tmp_path)
-    ran = 0
-    for info, content, _ in _fences():
+    for info, content, _ in _fences(path):
         if not info or info[0] not in SHELL or "notest" in info[1:]:
             continue
         for line in content.splitlines():
@@ -152,8 +168,27 @@ def test_shell_blocks_run_as_written(tmp_path, monkeypatch, readme_size, capsys)
             for flag in ("--out", "--png"):
                 if flag in words:
                     assert (tmp_path / words[words.index(flag) + 1]).is_file(), f"`{line}` wrote no {flag}"
-            ran += 1
-    assert ran >= 3, f"only {ran} shell lines of the README ran"
+
+
+def test_shell_lines_run_where_expected():
+    """The README's sigmas quickstart and the CLI page run their lines (a block marked `notest` by mistake
+    would silently run nothing)."""
+    for path, least in ((ROOT / "README.md", 3), (CLI_PAGE, 6)):
+        lines = [
+            line
+            for info, content, _ in _fences(path)
+            if info and info[0] in SHELL and "notest" not in info[1:]
+            for line in content.splitlines()
+            if shlex.split(line, comments=True)
+        ]
+        assert len(lines) >= least, f"only {len(lines)} shell lines of {path.name} run"
+
+
+def test_every_document_is_collected(pytestconfig):
+    """pyproject's testpaths collect README.md and docs/, so every page's ```python blocks run."""
+    testpaths = pytestconfig.getini("testpaths")
+    assert {"README.md", "docs"} <= set(testpaths), testpaths
+    assert "--markdown-docs" in pytestconfig.getini("addopts"), pytestconfig.getini("addopts")
 
 
 # ------------------------------------------------------------------------------------------ docstrings
