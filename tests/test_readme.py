@@ -191,6 +191,30 @@ def test_every_document_is_collected(pytestconfig):
     assert "--markdown-docs" in pytestconfig.getini("addopts"), pytestconfig.getini("addopts")
 
 
+# ------------------------------------------------------------------------------------------ links
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_relative_links_reach_a_file_and_a_heading():
+    """Every relative link of the README and docs/ names a file that exists, and its #anchor one of its
+    headings."""
+    for path in DOCUMENTS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", _read(path)):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file_part, _, fragment = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            assert linked.exists(), f"{path.name} links {target}: no such file"
+            if fragment:
+                headings = re.findall(r"^#+ (.+)$", _read(linked), re.M)
+                anchors = {_anchor(heading) for heading in headings}
+                assert fragment in anchors, f"{path.name} links {target}: no such heading in {linked.name}"
+
+
 # ------------------------------------------------------------------------------------------ docstrings
 
 
