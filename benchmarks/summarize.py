@@ -1,4 +1,4 @@
-"""Render a pytest-benchmark JSON file as the Markdown table the README shows.
+"""Render a pytest-benchmark JSON file as the Markdown table docs/results.md shows.
 
     python benchmarks/summarize.py benchmarks/results/cpu_stage1.json
 

@@ -198,9 +198,9 @@ def test_a_set_file_refuses_negative_and_budget_changing_table_edits():
 
 
 def test_the_documented_limit_an_edit_that_keeps_every_saved_budget_optimal_loads():
-    """What the checks cannot see (ScheduleSet's docstring, README "What each file is checked for"): raising
-    an entry that only a larger budget uses keeps budgets 1..5 optimal at the same cost, so the re-hashed
-    file loads and resample(6) answers on the edited table. This pins the documentation to the code."""
+    """What the checks cannot see (ScheduleSet's docstring; docs/api.md, "Errors and what each file is checked
+    for"): raising an entry that only a larger budget uses keeps budgets 1..5 optimal at the same cost, so the
+    re-hashed file loads and resample(6) answers on the edited table. This pins the docs to the code."""
     sset = _local_set()
     n = len(sset.grid)
     six = sset.resample(6).indices
