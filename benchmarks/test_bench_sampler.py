@@ -25,7 +25,7 @@ from boss_fast._backends import kernel_backends
 from boss_fast.kernels import euler_step_forward, linear_euler_forward, unpatchify
 from boss_fast.models import load_bundled
 from boss_fast.models.dit import DiT
-from boss_fast.sampler import Sampler
+from boss_fast.sampler import Sampler, TeacherRecorder
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -230,11 +230,11 @@ def test_teacher_cuda_graph(benchmark):
     benchmark.group = "teacher digits_dit grid 100 B=256"
     noise = _teacher_noise()
     start = time.perf_counter()
-    sampler = Sampler(_model("digits_dit"), TEACHER_GRID, mode="cuda_graph", batch_size=256, record="all")
+    teacher = TeacherRecorder(_model("digits_dit"), TEACHER_GRID, mode="cuda_graph", batch_size=256)
     benchmark.extra_info.update(_versions(), build_s=time.perf_counter() - start)
 
     def run():
-        out = sampler.trajectory(noise)
+        out = teacher(noise)
         torch.cuda.synchronize()
         return out
 

@@ -34,14 +34,14 @@ def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
 def check_teacher(solver: object, mode: object, mode_name: str = "mode") -> str:
     """Return the teacher's ``solver`` (one of SOLVERS) after checking that it can run in ``mode``.
 
-    Modes other than None run the fixed-step solvers on a ``Sampler``; adaptive dopri5 runs in torchdiffeq
-    only, so ``solver="dopri5"`` with a mode raises a ValueError saying so.
+    Modes other than None run the fixed-step solvers on a ``TeacherRecorder``; adaptive dopri5 runs in
+    torchdiffeq only, so ``solver="dopri5"`` with a mode raises a ValueError saying so.
     """
     solver = check_choice(solver, SOLVERS, "solver")
     if solver == "dopri5" and mode is not None:
         raise ValueError(
             f"solver='dopri5' runs in torchdiffeq and takes {mode_name}=None, got {mode_name}={mode!r}: a "
-            f"mode runs the fixed-step solvers ({', '.join(map(repr, STEP_SOLVERS))}) on a Sampler"
+            f"mode runs the fixed-step solvers ({', '.join(map(repr, STEP_SOLVERS))}) on a TeacherRecorder"
         )
     return solver
 

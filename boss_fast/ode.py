@@ -60,7 +60,7 @@ class Trajectory:
         states: (N, B, ...) in the noise's dtype and device; ``states[i]`` is the state at ``times[i]``,
             ``states[0]`` the noise.
         velocities: (N - 1, B, ...) with ``velocities[i] = velocity(states[i], times[i])``, the slope of an
-            Euler jump from grid point i whatever solver produced the states; None with ``keep="states"``.
+            Euler jump from grid point i whatever solver produced the states; None with ``record="states"``.
             There is none for the last time: no jump starts there, and skipping it saves one evaluation.
         times: (N,) float64 grid.
     """
@@ -192,9 +192,10 @@ def cfg_combine(v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float) -> t
 
     Arithmetic in float32 for reduced-precision inputs (float64 stays float64); the result is in that
     compute dtype. The one combine in the package: :func:`guided_velocity`, the Euler kernel's reference
-    (``boss_fast.kernels.euler_step_reference`` with ``guidance``) and ``Sampler(guidance=)``'s recorded
-    slopes all call it, so they agree bit for bit. ``scale`` is one finite host number (a tensor, a bool, NaN
-    or an infinity is refused: :func:`boss_fast._validation.check_scale`, the package's one guidance check).
+    (``boss_fast.kernels.euler_step_reference`` with ``guidance``) and ``TeacherRecorder(guidance=)``'s
+    recorded slopes all call it, so they agree bit for bit. ``scale`` is one finite host number (a tensor, a
+    bool, NaN or an infinity is refused: :func:`boss_fast._validation.check_scale`, the package's one
+    guidance check).
 
     Example:
         >>> cfg_combine(torch.zeros(2), torch.ones(2), 4.5)

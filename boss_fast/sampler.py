@@ -1,4 +1,6 @@
-"""``Sampler``: the low-latency K-step Euler sampler (static buffers, baked schedule, compile, CUDA graphs).
+"""The low-latency K-step samplers: ``Sampler`` (the few-step Euler sampler) and ``TeacherRecorder`` (the
+recording teacher), two small front ends over one runner (static buffers, baked schedule, compile, CUDA
+graphs).
 
 ``Sampler(model, schedule)(noise)`` equals ``boss_fast.ode.sample(model, noise, schedule)`` up to the
 storage dtype's rounding, but is built for latency:
@@ -13,29 +15,32 @@ storage dtype's rounding, but is built for latency:
   K-step loop once as one CUDA graph and replays it; ``"auto"`` is cuda_graph on CUDA and, elsewhere, the
   faster of compile and eager *measured* when the buffers are built (``timings`` keeps the figures).
 
-The same machinery integrates teacher trajectories: ``solver`` "heun" or "rk4" runs those fixed-step methods
-(the stages of :data:`boss_fast.ode.FIXED_STEP_METHODS`, on preallocated time tensors), and
-``record="states"`` or ``"all"`` keeps every state (and Euler slope) in static (K + 1, B, ...) buffers that
-:meth:`Sampler.trajectory` returns; :func:`boss_fast.trajectories.teacher_trajectory` takes ``mode=`` and
-runs on a recording sampler. ``guidance=w`` evaluates the model on a doubled batch (unconditional half first,
-diffusers' order) and combines ``v_u + w (v_c - v_u)`` inside the Euler kernel.
+``guidance=w`` evaluates the model on a doubled batch (unconditional half first, diffusers' order) and
+combines ``v_u + w (v_c - v_u)`` inside the Euler kernel. Models that opt in to the fused-head protocol
+(:class:`FusedHeadModel`, e.g. the bundled DiT) run as ``trunk`` + one :func:`boss_fast.kernels.linear_euler`
+per step, the head's GEMM with the Euler update in its epilogue; every other ``velocity(x, t)`` runs as the
+model then :func:`boss_fast.kernels.euler_step`.
 
-The pieces: :func:`resolve_config` turns the constructor's arguments into one frozen :class:`SamplerConfig`
-(every check and default in one place); ``_build`` allocates the static buffers; ``_loop`` is the hot
-function; the eager, compiled and CUDA-graph runners (``_eager_runner``, ``_compiled_runner``,
-``_cuda_graph_runner``) each wrap it, and "auto" measures between them (``_auto_mode``).
+``TeacherRecorder(model, grid, solver=, record=)(noise)`` integrates a teacher trajectory on the same runner:
+``solver`` "euler", "heun" or "rk4" runs the stages of :data:`boss_fast.ode.FIXED_STEP_METHODS` on
+preallocated time tensors, and ``record`` "states" or "all" keeps every state (and the combined Euler slope)
+in static (K + 1, B, ...) buffers; the call returns a :class:`~boss_fast.ode.Trajectory`.
+:func:`boss_fast.trajectories.teacher_trajectory` takes ``mode=`` and runs on one.
 
-Models that opt in to the fused-head protocol (:class:`FusedHeadModel`, e.g. the bundled DiT) run as
-``trunk`` + one :func:`boss_fast.kernels.linear_euler` per step, the head's GEMM with the Euler update in its
-epilogue; every other ``velocity(x, t)`` runs as the model then :func:`boss_fast.kernels.euler_step`.
+The pieces: ``_Runner`` checks the shared arguments (each once, into its attribute), allocates the time
+tensors and the doubled batch, runs the model check, resolves the mode and holds the final check; each front
+end allocates its state buffers and defines ``_step``, chosen or written so that the hot ``_loop`` (K calls
+of ``_step``) has no branch on the head, guidance or recording. The eager, compiled and CUDA-graph runners
+(``_eager_runner``, ``_compiled_runner``, ``_cuda_graph_runner``) each wrap ``_loop``, and "auto" measures
+between them (``_Runner._auto_mode``).
 
 Checks, as ``sample`` makes them, without a host read inside the loop: every model output's type, shape,
 dtype and device at every step (metadata only, :func:`boss_fast._validation.check_velocity_output`; eager
 checks every call; under ``torch.compile`` and CUDA-graph capture shapes and dtypes are static, so the check
 made when the loop is traced or captured holds for every replay of it, and a retrace checks again), and the
-result's finiteness once per call (one reduction and one host read after the loop; on failure an eager
-step-by-step rerun names the step). ``check_finite=False`` skips that final read (benchmarks/results/
-sampler_checks_cpu.md measures its cost).
+result's finiteness once per call (one reduction and one host read after the loop; on failure the sampler
+reruns eagerly step by step to name the step, the recorder reads its recorded states). ``check_finite=False``
+skips that final read (benchmarks/results/sampler_checks_cpu.md measures its cost).
 """
 
 from __future__ import annotations
@@ -68,7 +73,6 @@ from boss_fast.kernels.euler_step import euler_step_forward
 from boss_fast.kernels.linear_euler import linear_euler_forward
 from boss_fast.ode import (
     FIXED_STEP_METHODS,
-    FixedStepMethod,
     Trajectory,
     cfg_combine,
     first_nonfinite_step,
@@ -76,12 +80,13 @@ from boss_fast.ode import (
 )
 from boss_fast.schedule import Schedule
 
-__all__ = ["SAMPLER_MODES", "SAMPLER_SOLVERS", "FusedHeadModel", "Sampler", "SamplerConfig", "resolve_config"]
+__all__ = ["RECORDS", "SAMPLER_MODES", "SAMPLER_SOLVERS", "FusedHeadModel", "Sampler", "TeacherRecorder"]
 
 SAMPLER_MODES: tuple[str, ...] = ("auto", "eager", "compile", "cuda_graph")
 # The fixed-step methods of boss_fast.ode.FIXED_STEP_METHODS, stage for stage.
 SAMPLER_SOLVERS: tuple[str, ...] = STEP_SOLVERS
-_RECORD = (None, "states", "all")
+# What a TeacherRecorder keeps: every state, or every state and the combined Euler slope at it.
+RECORDS: tuple[str, ...] = ("states", "all")
 
 _loop_ids = itertools.count()
 
@@ -129,28 +134,6 @@ def _fused_head(model: object) -> _Head | None:
     return _Head(trunk, head.weight, head.bias, int(patch_size), tuple(sample_shape))
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    """A sampler's resolved configuration (see :class:`Sampler` for the meaning of each field)."""
-
-    times: np.ndarray
-    mode: str
-    solver: str
-    guidance: float | None
-    record: str | None
-    device: torch.device
-    dtype: torch.dtype
-    batch_size: int | None
-    backend: str
-    head: _Head | None  # the model's fused-head pieces when it opts in, used or not
-    fused: bool
-    check_finite: bool = True
-
-    @property
-    def method(self) -> FixedStepMethod:
-        return FIXED_STEP_METHODS[self.solver]
-
-
 def _placement(
     model: object, dtype: torch.dtype | None, device: torch.device | str | None, mode: str
 ) -> tuple[torch.device, torch.dtype]:
@@ -167,162 +150,59 @@ def _placement(
     return device, dtype
 
 
-def _use_fused(
-    model: object, head: _Head | None, fused: bool | None, backend: str, solver: str, guidance, record
-) -> bool:
-    # The fused kernel is one Euler step from the head's output: no stages, no doubled batch, and the
-    # velocity it never materialises cannot be recorded.
-    plain = solver == "euler" and guidance is None and record != "all"
+def _use_fused(model: object, head: _Head | None, fused: bool | None, backend: str, guidance) -> bool:
+    # The fused kernel is one Euler step from the head's output: no doubled batch to combine.
     if fused is None:
-        return head is not None and plain and backend == "triton"
+        return head is not None and guidance is None and backend == "triton"
     if fused and head is None:
         raise ValueError(
             "fused=True needs a model with the fused-head protocol (fused_head = True, trunk(x, t), a "
             f"Linear head, patch_size, sample_shape; see FusedHeadModel); {type(model).__name__} has not"
         )
-    if fused and not plain:
+    if fused and guidance is not None:
         raise ValueError(
-            "fused=True runs one Euler step from the head's output: it takes solver='euler', no guidance "
-            f"and record other than 'all' (got solver={solver!r}, guidance={guidance!r}, record={record!r})"
+            "fused=True runs one Euler step from the head's output: it takes no guidance "
+            f"(got guidance={guidance!r})"
         )
     return bool(fused)
 
 
-def resolve_config(
-    model: object,
-    sched: Schedule | Sequence[float] | np.ndarray | torch.Tensor,
-    mode: str = "auto",
-    batch_size: int | None = None,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-    *,
-    fused: bool | None = None,
-    backend: str = "auto",
-    solver: str = "euler",
-    guidance: float | None = None,
-    record: str | None = None,
-    check_finite: bool = True,
-) -> SamplerConfig:
-    """Check :class:`Sampler`'s arguments and fill in every default, in one place (same signature)."""
-    if not callable(model):
-        raise TypeError(f"model must be callable as velocity(x, t), got {type(model).__name__}")
-    times = schedule_times(sched)
-    mode = check_choice(mode, SAMPLER_MODES, "mode")
-    solver = check_choice(solver, SAMPLER_SOLVERS, "solver")
-    guidance = None if guidance is None else check_scale(guidance, "guidance")
-    if record not in _RECORD:
-        raise ValueError(f"unknown record {record!r}; expected None, 'states' or 'all'")
-    device, dtype = _placement(model, dtype, device, mode)
-    batch_size = None if batch_size is None else check_int(batch_size, "batch_size")
-    backend = kernel_backend(backend, device, dtype)
-    head = _fused_head(model)
-    use = _use_fused(model, head, fused, backend, solver, guidance, record)
-    if not isinstance(check_finite, bool):
-        raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
-    return SamplerConfig(
-        times, mode, solver, guidance, record, device, dtype, batch_size, backend, head, use, check_finite
-    )
+class _Runner:
+    """What both front ends share: the checked arguments, the time tensors, the doubled batch for guidance,
+    the build-time model check, the mode (eager, compile, cuda_graph, auto's measurement) and the call.
 
-
-class Sampler:
-    """A K-step Euler sampler over a fixed schedule, batch size, dtype and device.
-
-    Args:
-        model: ``velocity(x, t)`` (x (B, ...), t (B,) in x's dtype; t = 0 noise, t = 1 data).
-        sched: a :class:`~boss_fast.schedule.Schedule` or its times (strictly increasing in [0, 1]).
-        mode: "auto", "eager", "compile" or "cuda_graph" (module docstring).
-        batch_size: B; None takes it from the first noise.
-        dtype: the state's dtype; default the model's parameter dtype (float32 without parameters).
-        device: the state's device; default the model's parameter device (CPU without parameters).
-        fused: use the fused head + Euler kernel; None (default) uses it when the model opts in and the kernel
-            backend is Triton (on the torch backend fusing buys nothing); True on a model that does not
-            opt in raises.
-        backend: kernel backend for the Euler update, "auto", "triton" or "torch"
-            (:func:`boss_fast._backends.kernel_backend`).
-        solver: "euler" (the few-step sampler), "heun" or "rk4" (teacher trajectories; 2 and 4 model
-            evaluations per step, the stages of :func:`boss_fast.ode.ode_step`).
-        guidance: classifier-free guidance weight w, or None. The model is then called on a doubled batch
-            (2B, ...) = [x; x] with t (2B,), and must return [v_uncond; v_cond] (it owns the conditioning,
-            unconditional half first as in diffusers); the kernel combines v_u + w (v_c - v_u)
-            (:func:`boss_fast.ode.cfg_combine`). ``boss_fast.ode.cfg_pair(v_cond, v_uncond)`` builds such a
-            model from two velocity callables; ``guided_velocity(v_cond, v_uncond, w)`` is the same field
-            as one velocity (the one to search a schedule on): with Euler they step bit for bit alike.
-        record: None, "states" or "all": keep every state (and with "all" the combined Euler slope at each
-            state, as :class:`~boss_fast.ode.Trajectory` defines it) in static buffers; read them
-            with :meth:`trajectory`. Costs (K + 1) (or 2K + 1) states of memory.
-        check_finite: check the result for NaN/inf after every call (one reduction, one host read; a
-            ValueError names the step where they first appeared). False skips it, for a hot path that
-            checks elsewhere (benchmarks/results/sampler_checks_cpu.md measures the cost).
-
-    Attributes:
-        mode: the mode asked for; ``resolved_mode`` is the one running (known once the buffers exist).
-        times: (K + 1,) float64 schedule times.
-        compile_seconds: wall time of the compiling first call ("compile", or "auto" when it measured).
-        timings: {"eager": s, "compile": s} medians measured by "auto" on CPU.
-
-    Raises:
-        ValueError / TypeError: unknown mode, solver or record, cuda_graph without a CUDA device, bad
-            schedule, batch size, dtype or guidance, fused=True for a model without the protocol or with
-            another solver, guidance or record="all"; at call time, noise whose shape, dtype or device differ
-            from the sampler's, a model output of another type, shape, dtype or device at any step, or a
-            non-finite result (each naming the step and its time).
-
-    Example:
-        >>> sampler = Sampler(lambda x, t: torch.ones_like(x), [0.0, 0.5, 1.0], mode="eager")
-        >>> sampler(torch.zeros(2, 3))
-        tensor([[1., 1., 1.],
-                [1., 1., 1.]])
+    A front end sets ``_method`` (its fixed-step method) and ``sample_shape`` (when the model knows it)
+    before :meth:`_ready`, allocates its state buffers in ``_allocate`` (``_x`` the state the noise is
+    copied into, ``_src[i]`` / ``_dst[i]`` step i's source and destination) and defines ``_step(i)``.
     """
 
     def __init__(
         self,
         model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         sched: Schedule | Sequence[float] | np.ndarray | torch.Tensor,
-        mode: str = "auto",
-        batch_size: int | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-        *,
-        fused: bool | None = None,
-        backend: str = "auto",
-        solver: str = "euler",
-        guidance: float | None = None,
-        record: str | None = None,
-        check_finite: bool = True,
+        mode: str,
+        batch_size: int | None,
+        dtype: torch.dtype | None,
+        device: torch.device | str | None,
+        backend: str,
+        guidance: float | None,
+        check_finite: bool,
     ) -> None:
-        config = resolve_config(
-            model,
-            sched,
-            mode,
-            batch_size,
-            dtype,
-            device,
-            fused=fused,
-            backend=backend,
-            solver=solver,
-            guidance=guidance,
-            record=record,
-            check_finite=check_finite,
-        )
-        self.model = model
-        self.config = config
-        self.times, self.mode, self.solver = config.times, config.mode, config.solver
-        self.guidance, self.record, self.device, self.dtype = (
-            config.guidance,
-            config.record,
-            config.device,
-            config.dtype,
-        )
-        self.batch_size, self.backend, self.fused = config.batch_size, config.backend, config.fused
-        self.check_finite = config.check_finite
+        if not callable(model):
+            raise TypeError(f"model must be callable as velocity(x, t), got {type(model).__name__}")
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
+        self.model, self.check_finite = model, check_finite
+        self.times: np.ndarray = schedule_times(sched)
+        self.mode: str = check_choice(mode, SAMPLER_MODES, "mode")
+        self.guidance: float | None = None if guidance is None else check_scale(guidance, "guidance")
+        self.device, self.dtype = _placement(model, dtype, device, self.mode)
+        self.batch_size: int | None = None if batch_size is None else check_int(batch_size, "batch_size")
+        self.backend: str = kernel_backend(backend, self.device, self.dtype)
         hosts = self.times.tolist()  # Python floats, baked into every launch
-        self._t_hosts: list[float] = hosts[:-1]
         self._step_sizes: list[float] = [t1 - t0 for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True)]
-        self._method = config.method
-        self._head = config.head if config.fused else None
-        self.sample_shape: tuple[int, ...] | None = (
-            config.head.sample_shape if config.head is not None else None
-        )
+        self._method = FIXED_STEP_METHODS["euler"]
+        self.sample_shape: tuple[int, ...] | None = None
         self.resolved_mode: str | None = None
         self.compile_seconds: float | None = None
         self.timings: dict[str, float] = {}
@@ -333,107 +213,54 @@ class Sampler:
         self._dst: list[torch.Tensor] = []
         self._stage_t: list[tuple[torch.Tensor, ...]] = []
         self._stage_hosts: list[tuple[float, ...]] = []  # the same times as host floats, for the messages
-        self._states: torch.Tensor | None = None
-        self._velocities: torch.Tensor | None = None
         self._doubled: torch.Tensor | None = None
-        self._scratch: torch.Tensor | None = None
-        if self.batch_size is not None and self.sample_shape is not None:
-            self._build(None)
+        self._velocity = self._plain_velocity if self.guidance is None else self._doubled_velocity
 
     @property
     def num_steps(self) -> int:
-        """K, the number of Euler steps (= model evaluations) per call."""
+        """K, the number of steps per call (Euler: = model evaluations)."""
         return len(self._step_sizes)
+
+    def _ready(self) -> None:
+        """Build now when the batch size and sample shape are known, else at the first call."""
+        if self.batch_size is not None and self.sample_shape is not None:
+            self._build(None)
 
     # -- the hot loop -------------------------------------------------------------------------------------
 
-    def _velocity(self, x: torch.Tensor, t: torch.Tensor, step: int, t_host: float) -> torch.Tensor:
-        """The model at (x, t), checked (metadata only); with guidance on the static doubled batch [x; x],
-        returning (2B, ...)."""
-        if self._doubled is None:
-            return check_velocity_output(self.model(x, t), x, t_host, step)
+    def _plain_velocity(self, x: torch.Tensor, t: torch.Tensor, step: int, t_host: float) -> torch.Tensor:
+        """The model at (x, t), checked (metadata only)."""
+        return check_velocity_output(self.model(x, t), x, t_host, step)
+
+    def _doubled_velocity(self, x: torch.Tensor, t: torch.Tensor, step: int, t_host: float) -> torch.Tensor:
+        """The model on the static doubled batch [x; x] (guidance), checked, returning (2B, ...)."""
         b = x.shape[0]
         self._doubled[:b].copy_(x)
         self._doubled[b:].copy_(x)
         return check_velocity_output(self.model(self._doubled, t), self._doubled, t_host, step)
 
     def _step(self, i: int) -> None:
-        """Step i on the static buffers: src[i] -> dst[i], stage for stage :func:`boss_fast.ode.ode_step`."""
-        head, backend, g, b = self._head, self.backend, self.guidance, self.batch_size
-        h, src, dst, ts = self._step_sizes[i], self._src[i], self._dst[i], self._stage_t[i]
-        hosts = self._stage_hosts[i]
-        if head is not None:
-            features = head.trunk(src, ts[0])
-            linear_euler_forward(features, head.weight, head.bias, src, h, head.patch_size, backend, out=dst)
-            return
-        k1 = self._velocity(src, ts[0], i, hosts[0])
-        if self._velocities is not None:  # the combined slope at the state, as Trajectory defines it
-            if g is None:
-                self._velocities[i].copy_(k1)
-            else:
-                self._velocities[i].copy_(cfg_combine(k1[:b], k1[b:], g))
-        slopes = [k1]
-        for s, c in enumerate(self._method.fractions, start=1):
-            stage = euler_step_forward(src, slopes[-1], c * h, g, backend, out=self._scratch)
-            slopes.append(self._velocity(stage, ts[s], i, hosts[s]))
-        euler_step_forward(src, self._method.combine(slopes), h, g, backend, out=dst)
+        raise NotImplementedError  # each front end defines its own step
 
     def _loop(self, x: torch.Tensor) -> torch.Tensor:
-        """K steps on the static buffers (``x`` is the state, or the recorded states): host floats only, no
-        sync, and no tensor created here beyond the stages' arithmetic (the model's activations aside).
-
-        Stage for stage :func:`boss_fast.ode.ode_step` (the same table entry), so eager on the torch backend
-        reproduces the teacher bit for bit."""
+        """K steps on the static buffers (``x`` is the state buffer): host floats only, no sync, and no
+        tensor created here beyond the step's arithmetic (the model's activations aside)."""
         for i in range(len(self._step_sizes)):
             self._step(i)
         return x
 
-    def _first_nonfinite(self, noise: torch.Tensor) -> str:
-        """Where a non-finite result came from: an eager rerun from ``noise``, one host read per step (only
-        after the final check failed, so the hot path keeps its one read); a recording sampler reads its
-        own recorded states instead."""
-        if self._states is not None:
-            problem = first_nonfinite_step(self._states, self._velocities, self.times)
-            if problem is not None:
-                return problem
-        if not bool(torch.isfinite(noise).all()):
-            return "noise contains non-finite values"
-        self._x.copy_(noise)
-        hosts = self.times.tolist()
-        with torch.no_grad():
-            for i in range(self.num_steps):
-                self._step(i)
-                if not bool(torch.isfinite(self._dst[i]).all()):
-                    return (
-                        f"velocity returned non-finite values in step {i}, from t = {hosts[i]!r} to "
-                        f"t = {hosts[i + 1]!r}"
-                    )
-        return (
-            f"the {self.resolved_mode} run's result holds non-finite values that an eager rerun from the "
-            "same noise does not reproduce"
-        )
-
     # -- building -----------------------------------------------------------------------------------------
+
+    def _allocate(self, shape: tuple[int, ...], new: dict) -> None:
+        raise NotImplementedError  # each front end allocates its own state buffers
 
     def _build(self, noise: torch.Tensor | None) -> None:
         """Allocate the static buffers, check the model once, and set up the resolved mode."""
         shape = (self.batch_size, *self.sample_shape)
         new = dict(dtype=self.dtype, device=self.device)
-        self._stage_t = []
-        k = self.num_steps
-        if self.record is None:
-            self._x = torch.zeros(shape, **new)
-            self._src = self._dst = [self._x] * k
-        else:  # the loop advances row i into row i + 1 of the recorded states; _x is the first row
-            self._states = torch.zeros((k + 1, *shape), **new)
-            self._x = self._states[0]
-            self._src, self._dst = list(self._states[:-1]), list(self._states[1:])
-            if self.record == "all":
-                self._velocities = torch.zeros((k, *shape), **new)
+        self._allocate(shape, new)
         if noise is not None:
             self._x.copy_(noise)
-        if self.solver != "euler":
-            self._scratch = torch.zeros(shape, **new)
         rows = shape[0] if self.guidance is None else 2 * shape[0]
         if self.guidance is not None:
             self._doubled = torch.zeros((rows, *shape[1:]), **new)
@@ -447,16 +274,16 @@ class Sampler:
         hosts = self.times.tolist()
         pairs = zip(hosts[:-1], hosts[1:], strict=True)
         self._stage_hosts = [stage_times(self._method, t0, t1) for t0, t1 in pairs]
-        for stages in self._stage_hosts:  # ode_step's stage times, the same floats
-            self._stage_t.append(tuple(at(t) for t in stages))
+        # ode_step's stage times, the same floats
+        self._stage_t = [tuple(at(t) for t in stages) for stages in self._stage_hosts]
         # One checked evaluation: a wrong model fails here, with sample's message. Without guidance on one
         # row, so building a sampler does not cost a full-batch model evaluation.
         with torch.no_grad():
             if self._doubled is None:
                 x1 = self._x[:1]
-                check_velocity_output(self.model(x1, self._stage_t[0][0][:1]), x1, self._t_hosts[0], 0)
+                check_velocity_output(self.model(x1, self._stage_t[0][0][:1]), x1, hosts[0], 0)
             else:
-                self._velocity(self._x, self._stage_t[0][0], 0, self._t_hosts[0])
+                self._velocity(self._x, self._stage_t[0][0], 0, hosts[0])
         self._start()
 
     def _start(self) -> None:
@@ -494,9 +321,10 @@ class Sampler:
             self.timings["compile"] = _median_seconds(compiled, self.device)
         except Exception as err:  # any compiler failure means: fall back to eager, loudly
             warnings.warn(
-                f"boss_fast.Sampler: torch.compile failed ({type(err).__name__}: {err}); using eager",
+                f"boss_fast.{type(self).__name__}: torch.compile failed ({type(err).__name__}: {err}); "
+                "using eager",
                 RuntimeWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
             self._x.copy_(saved)
             return "eager"
@@ -515,7 +343,7 @@ class Sampler:
         if self._x is not None and noise.shape != self._x.shape:
             raise ValueError(
                 f"noise has shape {tuple(noise.shape)}; this sampler's buffers are {tuple(self._x.shape)} "
-                "(build another Sampler for another batch size or sample shape)"
+                "(build another one for another batch size or sample shape)"
             )
         if self.batch_size is not None and noise.shape[0] != self.batch_size:
             raise ValueError(
@@ -527,13 +355,10 @@ class Sampler:
             )
         return noise
 
-    def __call__(self, noise: torch.Tensor) -> torch.Tensor:
-        """Run the K steps from ``noise`` (B, ...) at ``times[0]``; return the state at ``times[-1]``.
-
-        The first call builds the buffers if the construction could not (batch size or sample shape unknown
-        then), which includes compiling, capturing or "auto"'s measurement. Returns a new tensor (a copy of
-        the static state buffer, so later calls do not overwrite it).
-        """
+    def _run_from(self, noise: object) -> torch.Tensor:
+        """Check ``noise``, build on the first call if the construction could not (which includes
+        compiling, capturing or "auto"'s measurement), and run the K steps from it; returns the checked
+        noise."""
         noise = self._check_noise(noise)
         if self._x is None:
             self.batch_size = noise.shape[0]
@@ -541,35 +366,243 @@ class Sampler:
             self._build(noise)
         self._x.copy_(noise)
         self._run()
-        out = self._dst[-1].clone()
+        return noise
+
+
+class Sampler(_Runner):
+    """A K-step Euler sampler over a fixed schedule, batch size, dtype and device.
+
+    Args:
+        model: ``velocity(x, t)`` (x (B, ...), t (B,) in x's dtype; t = 0 noise, t = 1 data).
+        sched: a :class:`~boss_fast.schedule.Schedule` or its times (strictly increasing in [0, 1]).
+        mode: "auto", "eager", "compile" or "cuda_graph" (module docstring).
+        batch_size: B; None takes it from the first noise.
+        dtype: the state's dtype; default the model's parameter dtype (float32 without parameters).
+        device: the state's device; default the model's parameter device (CPU without parameters).
+        fused: use the fused head + Euler kernel; None (default) uses it when the model opts in, there is
+            no guidance and the kernel backend is Triton (on the torch backend fusing buys nothing); True
+            on a model that does not opt in, or with guidance, raises.
+        backend: kernel backend for the Euler update, "auto", "triton" or "torch"
+            (:func:`boss_fast._backends.kernel_backend`).
+        guidance: classifier-free guidance weight w, or None. The model is then called on a doubled batch
+            (2B, ...) = [x; x] with t (2B,), and must return [v_uncond; v_cond] (it owns the conditioning,
+            unconditional half first as in diffusers); the kernel combines v_u + w (v_c - v_u)
+            (:func:`boss_fast.ode.cfg_combine`). ``boss_fast.ode.cfg_pair(v_cond, v_uncond)`` builds such a
+            model from two velocity callables; ``guided_velocity(v_cond, v_uncond, w)`` is the same field
+            as one velocity (the one to search a schedule on): with Euler they step bit for bit alike.
+        check_finite: check the result for NaN/inf after every call (one reduction, one host read; a
+            ValueError names the step where they first appeared). False skips it, for a hot path that
+            checks elsewhere (benchmarks/results/sampler_checks_cpu.md measures the cost).
+
+    Attributes:
+        mode: the mode asked for; ``resolved_mode`` is the one running (known once the buffers exist).
+        times: (K + 1,) float64 schedule times.
+        fused: whether the fused head + Euler kernel runs.
+        compile_seconds: wall time of the compiling first call ("compile", or "auto" when it measured).
+        timings: {"eager": s, "compile": s} medians measured by "auto" on CPU.
+
+    Raises:
+        ValueError / TypeError: unknown mode, cuda_graph without a CUDA device, bad schedule, batch size,
+            dtype or guidance, fused=True for a model without the protocol or with guidance; at call time,
+            noise whose shape, dtype or device differ from the sampler's, a model output of another type,
+            shape, dtype or device at any step, or a non-finite result (each naming the step and its time).
+
+    Example:
+        >>> sampler = Sampler(lambda x, t: torch.ones_like(x), [0.0, 0.5, 1.0], mode="eager")
+        >>> sampler(torch.zeros(2, 3))
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        sched: Schedule | Sequence[float] | np.ndarray | torch.Tensor,
+        mode: str = "auto",
+        batch_size: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        *,
+        fused: bool | None = None,
+        backend: str = "auto",
+        guidance: float | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(model, sched, mode, batch_size, dtype, device, backend, guidance, check_finite)
+        head = _fused_head(model)
+        self.fused: bool = _use_fused(model, head, fused, self.backend, self.guidance)
+        self._head = head if self.fused else None
+        self.sample_shape = head.sample_shape if head is not None else None
+        self._step = self._fused_step if self.fused else self._euler_step  # chosen once: no branch in _loop
+        self._ready()
+
+    def _allocate(self, shape: tuple[int, ...], new: dict) -> None:
+        self._x = torch.zeros(shape, **new)
+        self._src = self._dst = [self._x] * self.num_steps  # every step updates the one state in place
+
+    def _euler_step(self, i: int) -> None:
+        """Step i: the model (on [x; x] with guidance, combined in the kernel), then the Euler update."""
+        v = self._velocity(self._x, self._stage_t[i][0], i, self._stage_hosts[i][0])
+        euler_step_forward(self._x, v, self._step_sizes[i], self.guidance, self.backend, out=self._x)
+
+    def _fused_step(self, i: int) -> None:
+        """Step i: the trunk, then the head's GEMM with the Euler update in its epilogue."""
+        head, x = self._head, self._x
+        features = head.trunk(x, self._stage_t[i][0])
+        h = self._step_sizes[i]
+        linear_euler_forward(features, head.weight, head.bias, x, h, head.patch_size, self.backend, out=x)
+
+    def _first_nonfinite(self, noise: torch.Tensor) -> str:
+        """Where a non-finite result came from: an eager rerun from ``noise``, one host read per step (only
+        after the final check failed, so the hot path keeps its one read)."""
+        if not bool(torch.isfinite(noise).all()):
+            return "noise contains non-finite values"
+        self._x.copy_(noise)
+        hosts = self.times.tolist()
+        with torch.no_grad():
+            for i in range(self.num_steps):
+                self._step(i)
+                if not bool(torch.isfinite(self._x).all()):
+                    return (
+                        f"velocity returned non-finite values in step {i}, from t = {hosts[i]!r} to "
+                        f"t = {hosts[i + 1]!r}"
+                    )
+        return (
+            f"the {self.resolved_mode} run's result holds non-finite values that an eager rerun from the "
+            "same noise does not reproduce"
+        )
+
+    def __call__(self, noise: torch.Tensor) -> torch.Tensor:
+        """Run the K steps from ``noise`` (B, ...) at ``times[0]``; return the state at ``times[-1]``.
+
+        The first call builds the buffers if the construction could not (batch size or sample shape unknown
+        then), which includes compiling, capturing or "auto"'s measurement. Returns a new tensor (a copy of
+        the static state buffer, so later calls do not overwrite it).
+        """
+        noise = self._run_from(noise)
+        out = self._x.clone()
         if self.check_finite and not bool(torch.isfinite(out).all()):  # one reduction, one host read
             raise ValueError(f"Sampler: {self._first_nonfinite(noise)}")
         return out
 
-    def trajectory(self, noise: torch.Tensor, *, check_finite: bool = False) -> Trajectory:
-        """Run the K steps from ``noise`` and return every state (and with record="all" every slope).
 
-        Needs a sampler built with ``record``; returns copies (N = K + 1 states, (K, B, ...) velocities or
-        None), which later calls do not overwrite. The call checks the last state
-        (``Sampler(check_finite=)``); ``check_finite=True`` here checks every recorded state and slope as
-        :func:`boss_fast.trajectories.teacher_trajectory` does (one host read after the loop; ValueError
-        naming the grid time where non-finite values first appear).
-        """
-        if self.record is None:
-            raise ValueError("trajectory() needs a sampler built with record='states' or record='all'")
-        self(noise)
+class TeacherRecorder(_Runner):
+    """A teacher trajectory on the sampler's runner: a fixed-step solver over a grid, every state recorded.
+
+    ``TeacherRecorder(model, grid, solver="heun")(noise)`` equals
+    ``boss_fast.teacher_trajectory(model, noise, grid, "heun")`` bit for bit in eager mode on the torch
+    kernel backend (stage for stage :func:`boss_fast.ode.ode_step`, the same table entry and time floats),
+    but reuses its static buffers, compiled loop or captured CUDA graph for every batch of the same shape.
+
+    Args:
+        model, sched, mode, batch_size, dtype, device, backend, guidance: as :class:`Sampler`'s (``sched``
+            is the teacher's grid, N = K + 1 points). With guidance the recorded slope is the combined one.
+        solver: "euler", "heun" or "rk4" (1, 2 and 4 model evaluations per step).
+        record: "all" (default: every state and the combined Euler slope at each state, as
+            :class:`~boss_fast.ode.Trajectory` defines it) or "states" (no slopes; half the memory). Costs
+            (K + 1) (or 2K + 1) states of memory in static buffers.
+        check_finite: check every recorded state and slope after every call (one host read; a ValueError
+            names the grid time where non-finite values first appear, as ``teacher_trajectory``).
+
+    Raises:
+        ValueError / TypeError: as :class:`Sampler`'s, and an unknown solver or record.
+
+    Example:
+        >>> teacher = TeacherRecorder(lambda x, t: 2 * t[:, None] * torch.ones_like(x), [0.0, 0.5, 1.0],
+        ...                           mode="eager", solver="heun")
+        >>> teacher(torch.zeros(1, 1)).states.flatten()  # x(t) = t^2, which Heun integrates exactly
+        tensor([0.0000, 0.2500, 1.0000])
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        sched: Schedule | Sequence[float] | np.ndarray | torch.Tensor,
+        mode: str = "auto",
+        batch_size: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        *,
+        solver: str = "euler",
+        record: str = "all",
+        backend: str = "auto",
+        guidance: float | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        self.solver: str = check_choice(solver, SAMPLER_SOLVERS, "solver")
+        self.record: str = check_choice(record, RECORDS, "record")
+        super().__init__(model, sched, mode, batch_size, dtype, device, backend, guidance, check_finite)
+        self._method = FIXED_STEP_METHODS[self.solver]
+        self._states: torch.Tensor | None = None
+        self._velocities: torch.Tensor | None = None
+        self._scratch: torch.Tensor | None = None
+        # Chosen once, so _step has no branch on the recording or the guidance.
+        if self.record == "states":
+            self._keep = self._keep_nothing
+        elif self.guidance is None:
+            self._keep = self._keep_slope
+        else:
+            self._keep = self._keep_combined_slope
+        self._ready()
+
+    def _allocate(self, shape: tuple[int, ...], new: dict) -> None:
+        # The loop advances row i into row i + 1 of the recorded states; _x is the first row.
+        k = self.num_steps
+        self._states = torch.zeros((k + 1, *shape), **new)
+        self._x = self._states[0]
+        self._src, self._dst = list(self._states[:-1]), list(self._states[1:])
+        if self.record == "all":
+            self._velocities = torch.zeros((k, *shape), **new)
+        if self.solver != "euler":
+            self._scratch = torch.zeros(shape, **new)
+
+    def _keep_nothing(self, i: int, k1: torch.Tensor) -> None:
+        pass
+
+    def _keep_slope(self, i: int, k1: torch.Tensor) -> None:
+        self._velocities[i].copy_(k1)
+
+    def _keep_combined_slope(self, i: int, k1: torch.Tensor) -> None:
+        b = self.batch_size  # k1 is the doubled batch's [v_u; v_c]: the slope the state moves along
+        self._velocities[i].copy_(cfg_combine(k1[:b], k1[b:], self.guidance))
+
+    def _step(self, i: int) -> None:
+        """Step i: row i -> row i + 1 of the recorded states, stage for stage
+        :func:`boss_fast.ode.ode_step`."""
+        g, backend = self.guidance, self.backend
+        h, src, dst, ts, hosts = (
+            self._step_sizes[i],
+            self._src[i],
+            self._dst[i],
+            self._stage_t[i],
+            self._stage_hosts[i],
+        )
+        k1 = self._velocity(src, ts[0], i, hosts[0])
+        self._keep(i, k1)
+        slopes = [k1]
+        for s, c in enumerate(self._method.fractions, start=1):
+            stage = euler_step_forward(src, slopes[-1], c * h, g, backend, out=self._scratch)
+            slopes.append(self._velocity(stage, ts[s], i, hosts[s]))
+        euler_step_forward(src, self._method.combine(slopes), h, g, backend, out=dst)
+
+    def __call__(self, noise: torch.Tensor) -> Trajectory:
+        """Run the K steps from ``noise`` (B, ...) at ``times[0]``; return every state (N = K + 1) and, with
+        record="all", every slope ((K, B, ...)), as copies that later calls do not overwrite."""
+        self._run_from(noise)
         velocities = None if self._velocities is None else self._velocities.clone()
         traj = Trajectory(states=self._states.clone(), velocities=velocities, times=self.times.copy())
-        problem = first_nonfinite_step(traj.states, traj.velocities, traj.times) if check_finite else None
+        problem = (
+            first_nonfinite_step(traj.states, traj.velocities, traj.times) if self.check_finite else None
+        )
         if problem is not None:
             raise ValueError(problem)
         return traj
 
 
-# -- the runners: each wraps the built sampler's ``_loop`` one way and returns a no-argument callable -------
+# -- the runners: each wraps a built front end's ``_loop`` one way and returns a no-argument callable -------
 
 
-def _eager_runner(sampler: Sampler) -> Callable[[], None]:
+def _eager_runner(sampler: _Runner) -> Callable[[], None]:
     def run() -> None:
         with torch.no_grad():
             sampler._loop(sampler._x)
@@ -577,12 +610,12 @@ def _eager_runner(sampler: Sampler) -> Callable[[], None]:
     return run
 
 
-def _compiled_runner(sampler: Sampler) -> Callable[[], None]:
+def _compiled_runner(sampler: _Runner) -> Callable[[], None]:
     # torch.compile caches graphs (and counts recompiles) per code object: with one shared ``_loop`` the
     # ninth Sampler in a process hit dynamo's recompile limit (8) and fullgraph=True failed hard
     # (FailOnRecompileLimitHit, measured). Each sampler therefore compiles its own copy of the code.
-    code = Sampler._loop.__code__.replace(co_name=f"_sampler_loop_{next(_loop_ids)}")
-    loop = types.FunctionType(code, Sampler._loop.__globals__, code.co_name)
+    code = _Runner._loop.__code__.replace(co_name=f"_sampler_loop_{next(_loop_ids)}")
+    loop = types.FunctionType(code, _Runner._loop.__globals__, code.co_name)
     compiled = torch.compile(types.MethodType(loop, sampler), fullgraph=True, dynamic=False)
 
     def run() -> None:
@@ -599,7 +632,7 @@ def _compiled_runner(sampler: Sampler) -> Callable[[], None]:
     return run
 
 
-def _cuda_graph_runner(sampler: Sampler) -> Callable[[], None]:
+def _cuda_graph_runner(sampler: _Runner) -> Callable[[], None]:
     """Capture the whole K-step loop once as one CUDA graph (after two warm-up runs); replay it per call."""
     x, device = sampler._x, sampler.device
     saved = x.clone()

@@ -310,7 +310,7 @@ def straightening_pairs(
     if cache_dir is not None:
         folder = os.path.join(os.fspath(cache_dir), _cache_key(teacher, sched, noise, solver, batch_size))
         os.makedirs(folder, exist_ok=True)
-    runner = TeacherRunner(teacher, sched.grid, solver, mode, keep="states")
+    runner = TeacherRunner(teacher, sched.grid, solver, mode, record="states")
     states = _shard_states(runner, noise, sched, batch_size, device, folder, progress)
     return _flatten_pairs(states, sched.times)
 

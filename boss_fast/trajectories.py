@@ -4,9 +4,9 @@ Conventions: t in [0, 1], t = 0 noise, t = 1 data, dx/dt = v(x, t); a velocity m
 ``velocity(x, t)`` (see :mod:`boss_fast.ode`).
 
 The teacher runs either as the plain loop over :func:`boss_fast.ode.ode_step` (``mode=None``) or on a
-recording :class:`boss_fast.sampler.Sampler`. :class:`TeacherRunner` is the one per-shape cache of such
-samplers that every caller (the cost streaming, straightening pairs, ``teacher_trajectory`` itself) shares:
-one sampler per (batch shape, dtype, device), built once and replayed. ``seeded_noise`` and
+recording :class:`boss_fast.sampler.TeacherRecorder`. :class:`TeacherRunner` is the one per-shape cache
+of such recorders that every caller (the cost streaming, straightening pairs, ``teacher_trajectory``
+itself) shares: one recorder per (batch shape, dtype, device), built once and replayed. ``seeded_noise`` and
 ``model_fingerprint`` identify the noise and the weights a result was computed from.
 """
 
@@ -29,7 +29,7 @@ from boss_fast._validation import (
     check_velocity_output,
 )
 from boss_fast.ode import Trajectory, VelocityFn, evaluate, first_nonfinite_step, for_rows, ode_step
-from boss_fast.sampler import Sampler
+from boss_fast.sampler import RECORDS, TeacherRecorder
 
 __all__ = [
     "DenseTeacher",
@@ -45,37 +45,38 @@ class TeacherRunner:
     """The teacher of one (velocity, grid, solver, mode), run batch after batch.
 
     ``runner(noise)`` returns the noise's :class:`~boss_fast.ode.Trajectory`. With ``mode=None`` it is
-    :func:`teacher_trajectory` (any solver, dopri5 included); with a mode, a recording ``Sampler`` per
-    (batch shape, dtype, device), built on first use and replayed for every later batch of that shape (one
-    captured graph on CUDA). Assumes validated arguments: the public entry points check them.
+    :func:`teacher_trajectory` (any solver, dopri5 included); with a mode, a
+    :class:`~boss_fast.sampler.TeacherRecorder` per (batch shape, dtype, device), built on first use and
+    replayed for every later batch of that shape (one captured graph on CUDA). Assumes validated
+    arguments: the public entry points check them.
 
     Args:
-        keep: "all" (states and Euler slopes) or "states".
+        record: "all" (states and Euler slopes) or "states".
     """
 
     def __init__(
-        self, velocity: VelocityFn, times: np.ndarray, solver: str, mode: str | None, keep: str = "all"
+        self, velocity: VelocityFn, times: np.ndarray, solver: str, mode: str | None, record: str = "all"
     ) -> None:
-        self.velocity, self.times, self.solver, self.mode, self.keep = velocity, times, solver, mode, keep
-        self._samplers: dict[tuple, Sampler] = {}
+        self.velocity, self.times, self.solver, self.mode, self.record = velocity, times, solver, mode, record
+        self._recorders: dict[tuple, TeacherRecorder] = {}
 
     def __call__(self, noise: torch.Tensor, rows: torch.Tensor | None = None) -> Trajectory:
         """The trajectory of ``noise``; ``rows`` (B,) int64 are its global noise rows, which a bank of
-        conditionings pairs with (``boss_fast.ode.for_rows``; a bank's sampler is built per batch)."""
+        conditionings pairs with (``boss_fast.ode.for_rows``; a bank's recorder is built per batch)."""
         banked = rows is not None and hasattr(self.velocity, "for_rows")
         velocity = for_rows(self.velocity, rows) if banked else self.velocity
         if self.mode is None:
-            return teacher_trajectory(velocity, noise, self.times, self.solver, keep=self.keep)
+            return teacher_trajectory(velocity, noise, self.times, self.solver, record=self.record)
         key = (tuple(noise.shape), noise.dtype, noise.device)
-        if banked or key not in self._samplers:
+        if banked or key not in self._recorders:
             b, dtype, dev = noise.shape[0], noise.dtype, noise.device
-            sampler = Sampler(
-                velocity, self.times, self.mode, b, dtype, dev, solver=self.solver, record=self.keep
+            recorder = TeacherRecorder(
+                velocity, self.times, self.mode, b, dtype, dev, solver=self.solver, record=self.record
             )
             if banked:
-                return sampler.trajectory(noise, check_finite=True)
-            self._samplers[key] = sampler
-        return self._samplers[key].trajectory(noise, check_finite=True)
+                return recorder(noise)
+            self._recorders[key] = recorder
+        return self._recorders[key](noise)
 
 
 class DenseTeacher:
@@ -104,8 +105,8 @@ class DenseTeacher:
         n = len(times)
         self.knots = np.unique(np.append(np.arange(0, n, stride), n - 1))
         self.velocity, self.times, self.stride = velocity, times, stride
-        keep = "states" if stride == 1 else "all"
-        self.runner = TeacherRunner(velocity, times[self.knots], solver, mode, keep=keep)
+        record = "states" if stride == 1 else "all"
+        self.runner = TeacherRunner(velocity, times[self.knots], solver, mode, record=record)
 
     def __call__(self, noise: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         trajectory = self.runner(noise, rows)
@@ -131,13 +132,13 @@ class DenseTeacher:
 
 
 def _plain_teacher(
-    velocity: VelocityFn, noise: torch.Tensor, times: np.ndarray, solver: str, keep: str
+    velocity: VelocityFn, noise: torch.Tensor, times: np.ndarray, solver: str, record: str
 ) -> Trajectory:
     """The teacher as a plain loop over ``ode_step`` (validated arguments), finiteness checked once."""
     n = len(times)
     hosts = times.tolist()  # Python floats: the loop never reads a device value
     states = noise.new_empty((n, *noise.shape))
-    velocities = noise.new_empty((n - 1, *noise.shape)) if keep == "all" else None
+    velocities = noise.new_empty((n - 1, *noise.shape)) if record == "all" else None
     with torch.no_grad():
         states[0].copy_(noise)
         for i in range(n - 1):
@@ -157,7 +158,7 @@ def teacher_trajectory(
     times: Sequence[float] | np.ndarray | torch.Tensor,
     solver: str = "euler",
     *,
-    keep: str = "all",
+    record: str = "all",
     mode: str | None = None,
     rtol: float | None = None,
     atol: float | None = None,
@@ -176,12 +177,12 @@ def teacher_trajectory(
             Dormand-Prince solver evaluated at every grid time, a reference solution (then the velocities
             are one extra batched evaluation per grid time).
         rtol, atol: dopri5's tolerances (default 1e-5 each); an error for the fixed-step solvers.
-        keep: "all" (states and velocities) or "states" (halves the memory; no cost matrix then).
+        record: "all" (states and velocities) or "states" (halves the memory; no cost matrix then).
         mode: None (default) runs the plain loop above; "eager", "compile", "cuda_graph" or "auto" runs a
-            recording :class:`boss_fast.sampler.Sampler` (static buffers, one CUDA graph for the whole grid
+            :class:`boss_fast.sampler.TeacherRecorder` (static buffers, one CUDA graph for the whole grid
             with "cuda_graph"). "eager" gives the same bits as None; "compile" unrolls the N - 1 steps into
-            one graph (its compile time grows with N). Build a ``Sampler(..., record=keep)`` yourself to
-            reuse one captured graph over many batches of the same shape.
+            one graph (its compile time grows with N). Build a ``TeacherRecorder(..., record=record)``
+            yourself to reuse one captured graph over many batches of the same shape.
 
     Raises:
         ValueError/TypeError on bad input, on a velocity output of the wrong shape, dtype or device, or on
@@ -196,14 +197,14 @@ def teacher_trajectory(
     t = as_times(times)
     noise = check_noise(noise)
     solver = check_teacher(solver, mode)
-    keep = check_choice(keep, ("all", "states"), "keep")
+    record = check_choice(record, RECORDS, "record")
     if solver != "dopri5" and (rtol is not None or atol is not None):
         raise ValueError(f"rtol and atol are dopri5's tolerances; solver {solver!r} takes fixed steps")
     if solver == "dopri5":
-        return _dopri5_trajectory(velocity, noise, t, keep, rtol, atol)
+        return _dopri5_trajectory(velocity, noise, t, record, rtol, atol)
     if mode is not None:
-        return TeacherRunner(velocity, t, solver, mode, keep)(noise)
-    return _plain_teacher(velocity, noise, t, solver, keep)
+        return TeacherRunner(velocity, t, solver, mode, record)(noise)
+    return _plain_teacher(velocity, noise, t, solver, record)
 
 
 def _odeint_dopri5(
@@ -237,13 +238,13 @@ def _dopri5_trajectory(
     velocity: VelocityFn,
     noise: torch.Tensor,
     times: np.ndarray,
-    keep: str,
+    record: str,
     rtol: float | None,
     atol: float | None,
 ) -> Trajectory:
     states = _odeint_dopri5(velocity, noise, times, rtol, atol)
     velocities = None
-    if keep == "all":
+    if record == "all":
         velocities = torch.empty_like(states[:-1])
         with torch.no_grad():
             for i, t in enumerate(times[:-1].tolist()):

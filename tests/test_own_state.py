@@ -35,7 +35,7 @@ def exact_one_gaussian(noise: torch.Tensor, t: float) -> torch.Tensor:
 
 def brute_force_recursion(velocity, noise, times, max_steps, solver="heun"):
     """The recursion of the module docstring, one (k, i, j) at a time in float64 (no pairwise kernel)."""
-    teacher = bf.teacher_trajectory(velocity, noise, times, solver, keep="states").states
+    teacher = bf.teacher_trajectory(velocity, noise, times, solver, record="states").states
     n = len(times)
     costs = np.full((max_steps + 1, n), np.inf)
     pointers = np.full((max_steps + 1, n), -1, dtype=np.int64)
@@ -102,7 +102,7 @@ def test_dp_path_against_brute_force_over_all_grid_paths(flow, steps, factor):
     noise = torch.randn(64, dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     times = bf.uniform_grid(15)
     table = own_state_table(velocity, noise, times, steps, progress=False)
-    target = bf.teacher_trajectory(velocity, noise, times, "heun", keep="states").states[-1]
+    target = bf.teacher_trajectory(velocity, noise, times, "heun", record="states").states[-1]
     dp = own_state_paths(table)[-1]
     best = min(
         _endpoint_error(velocity, noise, times[[0, *inner, len(times) - 1]], target)
@@ -171,7 +171,11 @@ def test_local_objective_is_unchanged(kwargs, indices, cost):
     kwargs = {"grid": 30, **kwargs}
     sched = optimal_schedule(wavy, (3,), 4, num_samples=23, batch_size=8, seed=5, dtype=torch.float64,
                              objective="local", **kwargs)  # fmt: skip
-    assert sched.indices.tolist() == indices and sched.cost == cost and sched.objective == "local"
+    # The indices are exact; the cost is a float64 mean over 23 samples whose summation order another torch
+    # build or thread count may change: n * eps ~ 23 * 2.2e-16 = 5e-15 relative, so 1e-12 allows for that
+    # and is still far below any change in the search (the three budgets' costs differ in the 2nd digit).
+    assert sched.indices.tolist() == indices and sched.objective == "local"
+    assert sched.cost == pytest.approx(cost, rel=1e-12, abs=0.0)
 
 
 def test_local_path_bits_and_the_generalised_kernel():

@@ -52,7 +52,7 @@ def test_dopri5_teacher(flow):
     for i in (0, 5):  # the velocities are the model at those states
         t = torch.full((16,), grid[i], dtype=torch.float64)
         torch.testing.assert_close(traj.velocities[i], flow(traj.states[i], t), rtol=0, atol=0)
-    assert bf.teacher_trajectory(flow, noise, grid, "dopri5", keep="states").velocities is None
+    assert bf.teacher_trajectory(flow, noise, grid, "dopri5", record="states").velocities is None
 
 
 def test_cost_matrix_and_schedule_with_a_dopri5_teacher(flow, tmp_path):
@@ -107,7 +107,7 @@ def test_straightening_pairs_with_a_dopri5_teacher(flow):
     grid = bf.uniform_grid(6)
     sched = bf.Schedule(times=grid[[0, 2, 6]], indices=[0, 2, 6], cost=0.0, grid=grid, solver="dopri5")
     pairs = bf.straightening_pairs(flow, sched, noise, grid=6, solver="dopri5", batch_size=8)
-    states = bf.teacher_trajectory(flow, noise, grid, "dopri5", keep="states").states  # the same one batch
+    states = bf.teacher_trajectory(flow, noise, grid, "dopri5", record="states").states  # the same one batch
     torch.testing.assert_close(pairs.end[1::2], states[6], rtol=0, atol=0)
     with pytest.raises(ValueError, match="'dopri5' runs in torchdiffeq and takes mode=None"):
         bf.straightening_pairs(flow, sched, noise, grid=6, solver="dopri5", mode="eager")

@@ -88,7 +88,7 @@ def test_coarse_against_the_full_dp_on_analytic_flows(flow):
     times = bf.uniform_grid(40)
     full = own_state_paths(own_state_table(velocity, noise, times, 6, progress=False))
     coarse = own_state_paths(_table(velocity, noise, times, 6, CoarseToFine()))
-    target = bf.teacher_trajectory(velocity, noise, times, "heun", keep="states").states[-1]
+    target = bf.teacher_trajectory(velocity, noise, times, "heun", record="states").states[-1]
     for k in range(2, 7):
         got = _endpoint(velocity, noise, times[coarse[k - 1].indices], target)
         best = _endpoint(velocity, noise, times[full[k - 1].indices], target)

@@ -17,6 +17,7 @@ from torch import nn
 import boss_fast as bf
 from boss_fast.integrations.sigmas import diffusers_sigmas
 from boss_fast.kernels import euler_step
+from boss_fast.sampler import TeacherRecorder
 from boss_fast.schedule import interpolate_schedule, set_digest
 
 COMPILE_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"  # inductor's import
@@ -89,7 +90,7 @@ def test_a_later_step_and_the_stages_are_named():
         bf.Sampler(narrows, TIMES, mode="eager")(torch.randn(4, 3))
     # Heun's second stage of step 1 runs at t1 = 0.5: the stage is checked too, under step 1.
     with pytest.raises(ValueError, match=r"shape \(4, 1\) at t = 0\.5 \(step 1\)"):
-        bf.Sampler(narrows, TIMES, mode="eager", solver="heun")(torch.randn(4, 3))
+        TeacherRecorder(narrows, TIMES, mode="eager", solver="heun")(torch.randn(4, 3))
     # With guidance the doubled batch is what the model must return.
     with pytest.raises(ValueError, match=r"shape \(8, 1\) at t = 0\.5 \(step 2\).*\(8, 3\)"):
         bf.Sampler(narrows, TIMES, mode="eager", guidance=2.0)(torch.randn(4, 3))
@@ -114,12 +115,16 @@ def test_a_non_finite_result_is_refused_with_its_step(mode):
     assert torch.equal(good, bf.sample(lambda x, t: -x * t[:, None], noise, TIMES))
 
 
-def test_a_recording_sampler_names_the_grid_time():
-    sampler = bf.Sampler(nan_after_the_first_step, TIMES, mode="eager", record="all")
+def test_a_recording_teacher_names_the_grid_time():
+    recorder = TeacherRecorder(nan_after_the_first_step, TIMES, mode="eager", record="all")
     with pytest.raises(ValueError, match=r"non-finite values at t = 0\.5 \(grid index 2\)"):
-        sampler(torch.randn(4, 3))
+        recorder(torch.randn(4, 3))
+    unchecked = TeacherRecorder(nan_after_the_first_step, TIMES, mode="eager", check_finite=False)
+    assert torch.isnan(unchecked(torch.randn(4, 3)).states[-1]).all()
     with pytest.raises(TypeError, match="check_finite must be True or False"):
         bf.Sampler(nan_after_the_first_step, TIMES, check_finite=1)
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        TeacherRecorder(nan_after_the_first_step, TIMES, check_finite=1)
 
 
 # ---------------------------------------------------------------------------------------- guidance scale

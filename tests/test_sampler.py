@@ -1,5 +1,5 @@
-"""Sampler: every mode against bf.sample at awkward batch sizes and dtypes, the fused head (torch reference
-and the Triton interpreter), auto's measurement, and the errors."""
+"""Sampler and TeacherRecorder: every mode against bf.sample / teacher_trajectory at awkward batch sizes and
+dtypes, the fused head (torch reference and the Triton interpreter), what auto runs, and the errors."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 import boss_fast as bf
+import boss_fast.sampler as sampler_module
 from boss_fast._backends import kernel_backends
 from boss_fast.kernels.euler_step import euler_step_reference
 from boss_fast.models import load_bundled
 from boss_fast.models.dit import DiT
 from boss_fast.ode import sample
-from boss_fast.sampler import Sampler
+from boss_fast.sampler import Sampler, TeacherRecorder
 from boss_fast.trajectories import teacher_trajectory
 
 COMPILE_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"  # inductor's import
@@ -38,6 +39,20 @@ class TinyVelocity(nn.Module):
 @pytest.fixture(scope="module")
 def digits_dit():
     return load_bundled("digits_dit")
+
+
+def head_calls(sampler: Sampler, head: nn.Linear, noise: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The sampler's result from ``noise`` and how many times a (steady-state) call ran the ``head`` module:
+    the fused kernel reads the head's weight itself (0 calls), the plain path calls the model, and so the
+    head, once per step. A first call builds the buffers (a checked model call) if construction did not."""
+    sampler(noise)
+    calls = []
+    handle = head.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        out = sampler(noise)
+    finally:
+        handle.remove()
+    return out, len(calls)
 
 
 def tiny_dit() -> DiT:
@@ -113,15 +128,58 @@ def test_compile_fused_triton_dit():
 
 
 @pytest.mark.filterwarnings(COMPILE_WARNING)
-def test_auto_measures_on_cpu():
-    model = TinyVelocity()
-    sampler = Sampler(model, SCHED, batch_size=3)  # sample shape unknown: built at the first call
-    noise = torch.randn(3, 5)
+@pytest.mark.parametrize("faster", ["eager", "compile"])
+def test_auto_runs_the_mode_measured_faster(monkeypatch, faster):
+    """Whichever candidate the clock favours is the one every later call runs. The clock is faked (the
+    real one cannot be steered); the runners are wrapped only to log which of them a call runs."""
+    ran: list[str] = []
+
+    def logged(make, mode):
+        def make_logged(built):
+            run = make(built)
+
+            def logged_run():
+                ran.append(mode)
+                run()
+
+            logged_run.mode = mode
+            return logged_run
+
+        return make_logged
+
+    def clock(run, device):  # the candidate named `faster` takes 1 s, the other 2 s
+        run()
+        return 1.0 if run.mode == faster else 2.0
+
+    monkeypatch.setattr(sampler_module, "_eager_runner", logged(sampler_module._eager_runner, "eager"))
+    monkeypatch.setattr(
+        sampler_module, "_compiled_runner", logged(sampler_module._compiled_runner, "compile")
+    )
+    monkeypatch.setattr(sampler_module, "_median_seconds", clock)
+    model, noise = TinyVelocity(), torch.randn(3, 5)
+    sampler = Sampler(
+        model, SCHED, batch_size=3
+    )  # sample shape unknown: built (and measured) at the first call
+    sampler(noise)
+    ran.clear()
     got = sampler(noise)
-    assert set(sampler.timings) == {"eager", "compile"}
-    faster = min(sampler.timings, key=sampler.timings.get)
-    assert sampler.resolved_mode == faster
+    assert ran == [faster] and sampler.resolved_mode == faster
+    slower = {"eager": "compile", "compile": "eager"}[faster]
+    assert sampler.timings == {faster: 1.0, slower: 2.0}
     torch.testing.assert_close(got, sample(model, noise, SCHED), rtol=16 * EPS32, atol=16 * EPS32)
+
+
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+def test_auto_falls_back_to_eager_when_compile_fails(monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model, noise = TinyVelocity(), torch.randn(3, 5)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no compiler here.*using eager"):
+        sampler = Sampler(model, SCHED, batch_size=3)
+        got = sampler(noise)
+    assert sampler.resolved_mode == "eager" and torch.equal(got, sample(model, noise, SCHED))
 
 
 @pytest.mark.parametrize("backend", kernel_backends("cpu"))
@@ -130,11 +188,12 @@ def test_fused_head_equals_sample(backend, batch):
     net = tiny_dit()
     noise = torch.randn(batch, 3, 4, 4)
     sampler = Sampler(net, SCHED, mode="eager", batch_size=batch, fused=True, backend=backend)
-    assert (
-        sampler.fused and sampler.resolved_mode == "eager"
-    )  # built at construction: the DiT knows its shape
+    got, calls = head_calls(sampler, net.head, noise)
+    assert calls == 0  # the fused kernel ran: the head module was never called
     # One float32 GEMM over K = 16 reassociated per step, three steps: well inside 1e-5 at |x| ~ 1.
-    torch.testing.assert_close(sampler(noise), sample(net, noise, SCHED), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, sample(net, noise, SCHED), rtol=1e-5, atol=1e-5)
+    plain = Sampler(net, SCHED, mode="eager", batch_size=batch, fused=False, backend=backend)
+    assert head_calls(plain, net.head, noise)[1] == len(SCHED) - 1  # negative control: once per step
 
 
 def test_fused_head_found_through_getattr():
@@ -159,14 +218,24 @@ def test_fused_head_found_through_getattr():
         def forward(self, x, t):
             return self.inner(x, t)
 
-    assert Sampler(Wrapped(), SCHED, mode="eager", backend="torch", fused=True).fused
+    wrapped, noise = Wrapped(), torch.randn(2, 3, 4, 4)
+    got, calls = head_calls(
+        Sampler(wrapped, SCHED, mode="eager", backend="torch", fused=True), wrapped.inner.head, noise
+    )
+    assert calls == 0
+    torch.testing.assert_close(got, sample(wrapped, noise, SCHED), rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError):
         isinstance(tiny_dit(), FusedHeadModel)
 
 
 def test_fused_default_follows_the_backend(digits_dit):
-    assert not Sampler(digits_dit, SCHED, mode="eager", backend="torch").fused  # nothing to gain on torch
-    assert Sampler(digits_dit, SCHED, mode="eager", fused=True).fused
+    """The default fuses only where it pays: not on the torch backend, not with guidance."""
+    noise = torch.randn(2, 1, 8, 8)
+    plain = Sampler(digits_dit, SCHED, mode="eager", backend="torch")  # nothing to gain on torch
+    assert head_calls(plain, digits_dit.head, noise)[1] == len(SCHED) - 1
+    if "triton" in kernel_backends("cpu"):  # the interpreter stands in for the GPU here
+        fused = Sampler(digits_dit, SCHED, mode="eager", backend="triton")
+        assert head_calls(fused, digits_dit.head, noise)[1] == 0
 
 
 def test_results_are_not_overwritten(digits_dit):
@@ -244,28 +313,28 @@ def test_record_equals_teacher_bitwise(digits_dit, solver):
     bit."""
     noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     grid = [0.0, 0.1, 0.35, 0.7, 1.0]
-    sampler = Sampler(digits_dit, grid, mode="eager", solver=solver, record="all")
-    got = sampler.trajectory(noise)
+    recorder = TeacherRecorder(digits_dit, grid, mode="eager", solver=solver, record="all")
+    got = recorder(noise)
     want = teacher_trajectory(digits_dit, noise, grid, solver)
     assert torch.equal(got.states, want.states) and torch.equal(got.velocities, want.velocities)
     np.testing.assert_array_equal(got.times, want.times)
-    assert torch.equal(sampler(noise), want.states[-1])  # __call__ returns the last recorded state
-    again = sampler.trajectory(2 * noise)  # static buffers reused; the earlier result is a copy
+    assert torch.equal(recorder(noise).states[-1], want.states[-1])  # a second call, the same bits
+    again = recorder(2 * noise)  # static buffers reused; the earlier result is a copy
     assert torch.equal(got.states, want.states) and not torch.equal(again.states, got.states)
 
 
 def test_record_states_keeps_no_velocities(digits_dit):
     noise = torch.randn(2, 1, 8, 8)
-    got = Sampler(digits_dit, SCHED, mode="eager", record="states").trajectory(noise)
+    got = TeacherRecorder(digits_dit, SCHED, mode="eager", record="states")(noise)
     assert got.velocities is None and got.states.shape == (4, 2, 1, 8, 8)
-    assert torch.equal(got.states, teacher_trajectory(digits_dit, noise, SCHED, keep="states").states)
+    assert torch.equal(got.states, teacher_trajectory(digits_dit, noise, SCHED, record="states").states)
 
 
 @pytest.mark.filterwarnings(COMPILE_WARNING)
 def test_compile_records_heun():
     model = TinyVelocity()
     noise = torch.randn(3, 5)
-    got = Sampler(model, SCHED, mode="compile", solver="heun", record="all").trajectory(noise)
+    got = TeacherRecorder(model, SCHED, mode="compile", solver="heun", record="all")(noise)
     want = teacher_trajectory(model, noise, SCHED, "heun")
     torch.testing.assert_close(got.states, want.states, rtol=16 * EPS32, atol=16 * EPS32)
     torch.testing.assert_close(got.velocities, want.velocities, rtol=16 * EPS32, atol=16 * EPS32)
@@ -311,7 +380,7 @@ def test_guidance_equals_sample_of_the_combined_velocity(backend, batch):
 def test_guidance_heun_records_the_combined_slope():
     model, w = DoubledVelocity(), 2.0
     noise = torch.randn(3, 5)
-    got = Sampler(model, SCHED, mode="eager", guidance=w, solver="heun", record="all").trajectory(noise)
+    got = TeacherRecorder(model, SCHED, mode="eager", guidance=w, solver="heun", record="all")(noise)
     want = teacher_trajectory(guided(model, w), noise, SCHED, "heun")
     torch.testing.assert_close(got.states, want.states, rtol=8 * EPS32, atol=8 * EPS32)
     torch.testing.assert_close(got.velocities, want.velocities, rtol=8 * EPS32, atol=8 * EPS32)
@@ -319,29 +388,32 @@ def test_guidance_heun_records_the_combined_slope():
 
 def test_machinery_errors(digits_dit):
     with pytest.raises(ValueError, match="unknown solver"):
-        Sampler(digits_dit, SCHED, solver="dopri5")
+        TeacherRecorder(digits_dit, SCHED, solver="dopri5")
     with pytest.raises(ValueError, match="unknown record"):
-        Sampler(digits_dit, SCHED, record="velocities")
+        TeacherRecorder(digits_dit, SCHED, record="velocities")
+    with pytest.raises(ValueError, match="unknown record"):
+        TeacherRecorder(digits_dit, SCHED, record=None)  # not recording is what Sampler is for
     with pytest.raises(ValueError, match="guidance must be finite"):
         Sampler(digits_dit, SCHED, guidance=float("nan"))
-    for kwargs in ({"solver": "heun"}, {"guidance": 2.0}, {"record": "all"}):
-        with pytest.raises(ValueError, match="fused=True runs one Euler step"):
-            Sampler(digits_dit, SCHED, fused=True, **kwargs)
-    with pytest.raises(ValueError, match="needs a sampler built with record"):
-        Sampler(digits_dit, SCHED, mode="eager").trajectory(torch.randn(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="fused=True runs one Euler step"):
+        Sampler(digits_dit, SCHED, fused=True, guidance=2.0)
+    recorder = TeacherRecorder(TinyVelocity(), SCHED, mode="eager")
+    recorder(torch.randn(3, 5))  # built at the first call
+    with pytest.raises(ValueError, match="buffers are \\(3, 5\\)"):
+        recorder(torch.randn(4, 5))
     with pytest.raises(ValueError, match=r"returned shape \(2, 5\).*expected the input's \(4, 5\)"):
         Sampler(lambda x, t: x[: len(x) // 2], SCHED, mode="eager", guidance=1.5)(torch.randn(2, 5))
 
 
-@pytest.mark.parametrize("keep", ["all", "states"])
-def test_teacher_trajectory_on_the_sampler(digits_dit, keep):
+@pytest.mark.parametrize("record", ["all", "states"])
+def test_teacher_trajectory_on_the_sampler(digits_dit, record):
     noise = torch.randn(3, 1, 8, 8)
     grid = [0.0, 0.2, 0.5, 1.0]
-    plain = teacher_trajectory(digits_dit, noise, grid, "heun", keep=keep)
-    eager = teacher_trajectory(digits_dit, noise, grid, "heun", keep=keep, mode="eager")
+    plain = teacher_trajectory(digits_dit, noise, grid, "heun", record=record)
+    eager = teacher_trajectory(digits_dit, noise, grid, "heun", record=record, mode="eager")
     assert torch.equal(eager.states, plain.states)
-    assert (eager.velocities is None) == (keep == "states")
-    if keep == "all":
+    assert (eager.velocities is None) == (record == "states")
+    if record == "all":
         assert torch.equal(eager.velocities, plain.velocities)
 
 
@@ -412,8 +484,10 @@ def test_guided_velocity_is_what_the_guided_sampler_steps(dtype):
     guided = bf.guided_velocity(v_cond, v_uncond, w)
     want = sample(guided, noise, SCHED)
     pair = bf.cfg_pair(v_cond, v_uncond)
-    sampler = Sampler(pair, SCHED, mode="eager", guidance=w, backend="torch", dtype=dtype, record="all")
-    traj = sampler.trajectory(noise)
+    recorder = TeacherRecorder(
+        pair, SCHED, mode="eager", guidance=w, backend="torch", dtype=dtype, record="all"
+    )
+    traj = recorder(noise)
     assert torch.equal(traj.states[-1], want)
     for i, t in enumerate(SCHED[:-1]):  # the recorded slope is the guided velocity at the recorded state
         tt = torch.full((3,), t, dtype=dtype)

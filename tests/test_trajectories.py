@@ -97,9 +97,9 @@ def test_evaluation_count_and_time_argument(solver, evaluations):
     assert all(c == (5, torch.float32, (5,), torch.device("cpu")) for c in counter.calls)
 
 
-def test_keep_states_drops_velocities():
+def test_record_states_drops_velocities():
     full = teacher_trajectory(nonlinear_velocity, torch.ones(2, 3), uniform_grid(4))
-    light = teacher_trajectory(nonlinear_velocity, torch.ones(2, 3), uniform_grid(4), keep="states")
+    light = teacher_trajectory(nonlinear_velocity, torch.ones(2, 3), uniform_grid(4), record="states")
     assert light.velocities is None
     torch.testing.assert_close(light.states, full.states, rtol=0, atol=0)
 
@@ -143,11 +143,11 @@ def test_ode_step_refuses_an_unknown_solver():
         ode_step(nonlinear_velocity, torch.ones(1, 1), 0.0, 1.0, "rk45")
 
 
-def test_unknown_solver_and_keep_raise():
+def test_unknown_solver_and_record_raise():
     with pytest.raises(ValueError, match="unknown solver 'dpm'"):
         teacher_trajectory(nonlinear_velocity, torch.ones(1, 1), [0.0, 1.0], solver="dpm")
-    with pytest.raises(ValueError, match="unknown keep"):
-        teacher_trajectory(nonlinear_velocity, torch.ones(1, 1), [0.0, 1.0], keep="none")
+    with pytest.raises(ValueError, match="unknown record"):
+        teacher_trajectory(nonlinear_velocity, torch.ones(1, 1), [0.0, 1.0], record="none")
 
 
 @pytest.mark.parametrize(
