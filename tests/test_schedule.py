@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from boss_fast import schedule as schedule_module
+from boss_fast._identity import content_digest, model_fingerprint
 from boss_fast.grids import uniform_grid
 from boss_fast.schedule import (
     Schedule,
@@ -19,11 +20,10 @@ from boss_fast.schedule import (
     loglinear_times,
     schedule_from_cost,
     schedules_from_cost,
-    set_digest,
     snap_to_grid,
 )
 from boss_fast.search import cost_matrix, optimal_schedule, optimal_schedules
-from boss_fast.trajectories import model_fingerprint, seeded_noise
+from boss_fast.trajectories import seeded_noise
 
 
 def quadratic_cost(times):
@@ -438,7 +438,7 @@ def _edit(path, change, rehash=False):
     doc = json.loads(path.read_text())
     change(doc)
     if rehash:
-        doc["sha256"] = set_digest(doc)
+        doc["sha256"] = content_digest(doc)
     path.write_text(json.dumps(doc))
 
 
