@@ -32,7 +32,7 @@ import torch
 
 import boss_fast as bf
 from boss_fast.metrics import endpoint_rmse
-from boss_fast.models import load_bundled
+from boss_fast.models import DIGITS_SHAPE, load_bundled
 from boss_fast.oracle import oracle
 
 
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--tag", default="digits", help="results file suffix")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shape = (1, 8, 8)
+    shape = DIGITS_SHAPE
     model = Counted(load_bundled("digits_dit").eval())
     grid = bf.uniform_grid(args.grid)
     kmax = args.max_steps

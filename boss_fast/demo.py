@@ -46,7 +46,7 @@ from boss_fast.metrics import (
     paired_difference,
     rmse_statistic,
 )
-from boss_fast.models import digits, load_bundled
+from boss_fast.models import BUNDLED, digits, load_bundled
 from boss_fast.oracle import oracle
 from boss_fast.sampler import Sampler
 from boss_fast.schedule import Schedule
@@ -92,9 +92,9 @@ class DemoModel:
 # switching samples dominate its error, needs 256 for a stable answer (128: 3% worse), and its search costs
 # 3 s either way.
 DEMO_MODELS: dict[str, DemoModel] = {
-    "digits_dit": DemoModel((1, 8, 8), torch.float32, digits=True, num_samples=128),
+    "digits_dit": DemoModel(BUNDLED["digits_dit"].shape, torch.float32, digits=True, num_samples=128),
     # The analytic mixture is exact in float64; its narrow modes make float32 round-off visible near t = 1.
-    "gmm2d_narrow": DemoModel((2,), torch.float64, digits=False, num_samples=256),
+    "gmm2d_narrow": DemoModel(BUNDLED["gmm2d_narrow"].shape, torch.float64, digits=False, num_samples=256),
 }
 
 

@@ -169,13 +169,16 @@ class Schedule:
         """diffusers' sigmas, ``1 - times`` (float64, decreasing from about 1 to about 0)."""
         return 1.0 - self.times
 
-    def to(
+    def as_tensor(
         self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64
     ) -> torch.Tensor:
-        """The times as a (K + 1,) tensor on ``device`` (float64 by default, the exact times).
+        """The times as a (K + 1,) tensor on ``device`` (float64 by default, the exact times), e.g. as
+        flow_matching's ``ODESolver.sample(x, step_size=None, time_grid=sched.as_tensor())``, which then steps
+        exactly at them.
 
-        Named like ``Tensor.to`` so a Schedule goes wherever a time grid is moved with ``.to(device)``: e.g.
-        flow_matching's ``ODESolver.sample(x, step_size=None, time_grid=sched)`` steps exactly at its times.
+        Example:
+            >>> Schedule(times=[0.0, 0.5, 1.0], indices=[0, 1, 2], cost=0.0, grid=[0.0, 0.5, 1.0]).as_tensor()
+            tensor([0.0000, 0.5000, 1.0000], dtype=torch.float64)
         """
         return torch.tensor(self.times.tolist(), dtype=dtype, device=device)
 

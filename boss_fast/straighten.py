@@ -740,7 +740,7 @@ def _check_header(header: object, expected: dict, path: str) -> None:
     )
 
 
-def _mismatch(header: dict, expected: dict, path: str, key: str) -> str | None:
+def _mismatch(header: dict, expected: dict, path: str, key: str) -> str:
     if key == "model_fingerprint":
         return (
             f"{path} was written for model {header.get('model_fingerprint')!r}, not this model "
@@ -754,7 +754,7 @@ def _mismatch(header: dict, expected: dict, path: str, key: str) -> str | None:
             k: (stored_config.get(k), v) for k, v in expected["config"].items() if stored_config.get(k) != v
         }
         return f"{path} was written with other settings (stored, requested): {diff}"
-    return None
+    return f"{path} has another {key} ({header.get(key)!r}); use another checkpoint_dir"
 
 
 @dataclass

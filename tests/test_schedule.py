@@ -499,3 +499,13 @@ def test_set_construction_errors(local_set, global_set):
         ScheduleSet(global_set.values(), cost_table=local_set.cost_table)
     with pytest.raises(ValueError, match="was resampled"):
         ScheduleSet([global_set[1], interpolate_schedule(global_set[3], 2)])
+
+
+def test_as_tensor_is_the_exact_times_on_a_device_and_dtype():
+    sched = make_schedule()
+    times = sched.as_tensor()
+    assert times.dtype == torch.float64 and times.tolist() == sched.times.tolist()  # exact, not rounded
+    narrow = sched.as_tensor(device="cpu", dtype=torch.float32)
+    assert narrow.dtype == torch.float32 and narrow.device.type == "cpu"
+    assert narrow.tolist() == torch.tensor(sched.times, dtype=torch.float32).tolist()
+    assert not hasattr(sched, "to")  # a Schedule is not a tensor: .to() would promise a Schedule back
