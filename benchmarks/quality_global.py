@@ -4,7 +4,7 @@ oracle, on the bundled digits DiT, and the search cost of both objectives.
 Setup: grid ``uniform_grid(100)``; both searches on the same 256 seeded noises (seed 0), each objective with
 its default teacher (global: Heun, local: Euler, BOSS's reference); judged on 1000 held-out noises (seed 1)
 against a converged dopri5 reference (``reference_solution``, rtol = atol = 1e-5); the oracle is coordinate
-descent on the endpoint error (``benchmarks/oracle.py``) fitted on 256 other noises (seed 2), run from uniform
+descent on the endpoint error (``boss_fast/oracle.py``) fitted on 256 other noises (seed 2), run from uniform
 steps and, apart, from the global schedule; the oracle row is whichever of the two ends lower on the fit
 noises (both are kept in the JSON). Model evaluations are counted exactly by a wrapper; times are wall clock
 on whatever machine runs it.
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 import boss_fast as bf
-from benchmarks.oracle import oracle
 from boss_fast.metrics import endpoint_rmse
-from boss_fast.models import load_bundled
+from boss_fast.models import DIGITS_SHAPE, load_bundled
+from boss_fast.oracle import oracle
 
 
 class Counted(torch.nn.Module):
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--tag", default="digits", help="results file suffix")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shape = (1, 8, 8)
+    shape = DIGITS_SHAPE
     model = Counted(load_bundled("digits_dit").eval())
     grid = bf.uniform_grid(args.grid)
     kmax = args.max_steps

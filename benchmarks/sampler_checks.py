@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from boss_fast._validation import check_velocity_output
-from boss_fast.models import load_bundled
+from boss_fast.models import DIGITS_SHAPE, load_bundled
 from boss_fast.sampler import Sampler
 
 SCHED = [0.0, 0.25, 0.5, 0.75, 1.0]  # K = 4
@@ -97,7 +97,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    models = {"digits_dit": (load_bundled("digits_dit", device=device), (1, 8, 8)), "negate": (_negate, (2,))}
+    digits_dit = load_bundled("digits_dit", device=device)
+    models = {"digits_dit": (digits_dit, DIGITS_SHAPE), "negate": (_negate, (2,))}
     rows = []
     for name, (model, shape) in models.items():
         for batch in (1, 64):

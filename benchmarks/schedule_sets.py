@@ -32,9 +32,12 @@ import torch
 
 import boss_fast as bf
 from boss_fast.metrics import bootstrap_weights, paired_bootstrap, rmse_statistic
-from boss_fast.models import load_bundled
+from boss_fast.models import BUNDLED, load_bundled
 
-MODELS = {"digits_dit": ((1, 8, 8), torch.float32), "gmm2d_narrow": ((2,), torch.float64)}
+MODELS = {
+    "digits_dit": (BUNDLED["digits_dit"].shape, torch.float32),
+    "gmm2d_narrow": (BUNDLED["gmm2d_narrow"].shape, torch.float64),
+}
 
 
 def _squared_errors(velocity, noise: torch.Tensor, ref: torch.Tensor, times) -> np.ndarray:

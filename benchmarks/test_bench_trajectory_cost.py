@@ -21,7 +21,7 @@ import torch
 from benchmarks.baselines_cost import published_pair_loop_cost
 from boss_fast.cost import trajectory_cost
 from boss_fast.grids import uniform_grid
-from boss_fast.models import load_bundled
+from boss_fast.models import DIGITS_SHAPE, load_bundled
 from boss_fast.search import optimal_schedule
 from boss_fast.trajectories import seeded_noise, teacher_trajectory
 
@@ -77,7 +77,7 @@ def test_floor_one_read_and_summary(benchmark, trajectory, capsys):
 
 @pytest.fixture(scope="module")
 def velocity_model():
-    return load_bundled("digits_dit"), "digits_dit", (1, 8, 8)
+    return load_bundled("digits_dit"), "digits_dit", DIGITS_SHAPE
 
 
 E2E = {"grid": 100, "num_samples": 256, "batch_size": 256, "steps": 8}

@@ -13,13 +13,15 @@ torch.compile, CUDA graphs, fused Triton kernels), which also runs the teacher (
 ``teacher_trajectory`` and ``cost_matrix``). Adapters: ``boss_fast.integrations``.
 
 Modules are layered (each imports only from its own layer or below; checked by import-linter, see
-pyproject.toml): 0 ``_validation``, ``_backends``, ``_runtime``, ``_checkpoint``, ``grids``, ``bellman``;
+pyproject.toml): 0 ``_validation``, ``_backends``, ``_runtime``, ``_identity``, ``_header``, ``_checkpoint``,
+``grids``, ``bellman``;
 1 ``ode``; 2 ``kernels``, ``schedule``; 3 ``sampler``; 4 ``trajectories``; 5 ``cost``, ``own_state``,
 ``search``, ``straighten``; then the edge: ``integrations``, ``models``, ``metrics``, ``report``, ``demo``,
 ``cli``.
 """
 
 from boss_fast._backends import dp_backends
+from boss_fast._identity import model_fingerprint
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
 from boss_fast.cost import trajectory_cost, trajectory_cost_sums
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
@@ -43,7 +45,6 @@ from boss_fast.straighten import (
     straightening_pairs,
 )
 from boss_fast.trajectories import (
-    model_fingerprint,
     reference_solution,
     seeded_noise,
     teacher_trajectory,

@@ -1,18 +1,17 @@
 """Where a computation runs: the torch.distributed rank and world size, the float64 all-reduce of (sum,
-count), each rank's checkpoint path, a noise tensor's digest, a module's device and dtype.
+count), each rank's checkpoint path, a module's device and dtype.
 
 Used by the streaming searches (search, own_state), straightening and the sampler, so each asks the same way.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 import torch
 
-__all__ = ["all_reduce_sums", "module_placement", "noise_digest", "rank_path", "rank_world"]
+__all__ = ["all_reduce_sums", "module_placement", "rank_path", "rank_world"]
 
 
 def rank_world() -> tuple[int, int]:
@@ -51,9 +50,3 @@ def rank_path(path: str, rank: int, world: int) -> str:
         return path
     root, ext = os.path.splitext(path)
     return f"{root}.rank{rank}-of-{world}{ext}"
-
-
-def noise_digest(noise: torch.Tensor) -> str:
-    """A short SHA-256 of a noise tensor's bytes, identifying it in checkpoint headers."""
-    data = noise.detach().contiguous().reshape(-1).cpu().view(torch.uint8).numpy()
-    return "sha256:" + hashlib.sha256(data.tobytes()).hexdigest()[:16]

@@ -29,13 +29,13 @@ from boss_fast._validation import atomic_write
 from boss_fast.demo import DemoConfig, run_demo
 from boss_fast.engine import STORES
 from boss_fast.integrations.sigmas import comfyui_text, diffusers_sigmas
-from boss_fast.models import WeightsFileError, load_bundled, save_weights
+from boss_fast.models import WeightsFileError, bundled_velocities, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
 from boss_fast.schedule import SCHEDULE_FORMAT, SET_FORMAT, read_json
 from boss_fast.straighten import StraightenMemory
 
-# The shape of one sample of each bundled velocity model (the classifier is not a velocity model).
-BUNDLED_SHAPES = {"digits_dit": (1, 8, 8), "mlp2d": (2,), "gmm2d": (2,), "gmm2d_narrow": (2,)}
+# The shape of one sample of each bundled velocity model (the classifier is not one), from boss_fast.models.
+BUNDLED_SHAPES = bundled_velocities()
 # Optional dependencies a flag needs: (module, extra to install).
 _NEEDS = {"dopri5": ("torchdiffeq", "reference"), "lora": ("peft", "lora")}
 EXIT_USER_ERROR = 2

@@ -5,7 +5,7 @@ uniform steps are far from the best few-step schedule) and every budget K = 1 ..
 steps, the SD3-style shifted schedule, the EDM (rho = 7) schedule, the published Bellman schedule
 (``objective="local"``: BOSS's sum of one-step errors) and the global one (``objective="global"``: the DP over
 the sampler's own states), each found by ONE search for every budget, on ``num_samples`` noises (seed
-``seed``). Optionally (``oracle=True``, from a source checkout) an oracle row: coordinate descent on the
+``seed``). Optionally (``oracle=True``) an oracle row (:mod:`boss_fast.oracle`): coordinate descent on the
 endpoint error over grid schedules, fitted on those same search noises.
 
 Everything is judged on ``eval_samples`` OTHER noises (seed ``seed + 1``): endpoint RMSE against a converged
@@ -20,8 +20,6 @@ NFE 2 and 4 schedules (BOSS stage 2) and reports those rows apart.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import os
 import time
@@ -35,7 +33,9 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from boss_fast import report
-from boss_fast._validation import atomic_write, check_float, check_int
+from boss_fast._header import check_header, make_header, write_file
+from boss_fast._identity import model_fingerprint, noise_digest
+from boss_fast._validation import check_float, check_int
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
 from boss_fast.metrics import (
     PairedDifference,
@@ -46,12 +46,13 @@ from boss_fast.metrics import (
     paired_difference,
     rmse_statistic,
 )
-from boss_fast.models import digits, load_bundled
+from boss_fast.models import BUNDLED, digits, load_bundled
+from boss_fast.oracle import oracle
 from boss_fast.sampler import Sampler
 from boss_fast.schedule import Schedule
 from boss_fast.search import optimal_schedules
 from boss_fast.straighten import straighten
-from boss_fast.trajectories import model_fingerprint, reference_solution, seeded_noise
+from boss_fast.trajectories import reference_solution, seeded_noise
 
 __all__ = ["DemoConfig", "DemoModel", "cached_reference", "run_demo", "DEMO_MODELS", "SCHEDULE_NAMES"]
 
@@ -91,9 +92,9 @@ class DemoModel:
 # switching samples dominate its error, needs 256 for a stable answer (128: 3% worse), and its search costs
 # 3 s either way.
 DEMO_MODELS: dict[str, DemoModel] = {
-    "digits_dit": DemoModel((1, 8, 8), torch.float32, digits=True, num_samples=128),
+    "digits_dit": DemoModel(BUNDLED["digits_dit"].shape, torch.float32, digits=True, num_samples=128),
     # The analytic mixture is exact in float64; its narrow modes make float32 round-off visible near t = 1.
-    "gmm2d_narrow": DemoModel((2,), torch.float64, digits=False, num_samples=256),
+    "gmm2d_narrow": DemoModel(BUNDLED["gmm2d_narrow"].shape, torch.float64, digits=False, num_samples=256),
 }
 
 
@@ -153,11 +154,6 @@ class DemoConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
-def _digest(noise: torch.Tensor) -> str:
-    data = noise.detach().contiguous().reshape(-1).cpu().view(torch.uint8).numpy()
-    return "sha256:" + hashlib.sha256(data.tobytes()).hexdigest()[:32]
-
-
 def cached_reference(
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     noise: torch.Tensor,
@@ -182,29 +178,29 @@ def cached_reference(
     """
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
-    header = {
-        "format": REFERENCE_FORMAT,
-        "version": REFERENCE_VERSION,
-        "solver": "dopri5",
-        "fingerprint": fingerprint,
-        "noise": _digest(noise),
-        "shape": json.dumps(list(noise.shape)),
-        "dtype": str(noise.dtype),
-        "rtol": repr(float(rtol)),
-        "atol": repr(float(atol)),
-        "chunk": str(int(chunk)),
-    }
+    header = make_header(
+        REFERENCE_FORMAT,
+        REFERENCE_VERSION,
+        solver="dopri5",
+        fingerprint=fingerprint,
+        noise=noise_digest(noise, length=32),
+        shape=json.dumps(list(noise.shape)),
+        dtype=str(noise.dtype),
+        rtol=repr(float(rtol)),
+        atol=repr(float(atol)),
+        chunk=str(int(chunk)),
+    )
     if os.path.isfile(path):
         try:
             with safe_open(path, framework="pt") as handle:
-                if dict(handle.metadata() or {}) == header:
-                    return handle.get_tensor("reference"), True
+                check_header(handle.metadata() or {}, header, os.fspath(path), "reference cache")
+                return handle.get_tensor("reference"), True
         except (SafetensorError, OSError, ValueError):
-            pass  # unreadable: recompute below and overwrite it
+            pass  # unreadable, or another model, noise or tolerances: recompute below and overwrite it
     parts = [reference_solution(model, part, rtol=rtol, atol=atol) for part in noise.split(chunk)]
     reference = torch.cat(parts)
     blob = save_safetensors({"reference": reference.contiguous()}, metadata=header)
-    atomic_write(path, lambda f: f.write(blob))
+    write_file(path, lambda f: f.write(blob))
     return reference, False
 
 
@@ -219,16 +215,6 @@ class _Clock:
         self.wall[name] = time.perf_counter() - start
         if self.progress:
             print(f"[demo] {name}: {self.wall[name]:.1f} s", flush=True)
-
-
-def _oracle_search() -> Callable:
-    # The oracle is a benchmark tool, not part of the installed package: it lives in the source checkout.
-    try:
-        return importlib.import_module("benchmarks.oracle").oracle
-    except ImportError as err:
-        raise RuntimeError(
-            "the oracle rows use benchmarks/oracle.py: run the demo from a boss_fast source checkout"
-        ) from err
 
 
 def _search_samples(cfg: DemoConfig, spec: DemoModel) -> int:
@@ -257,7 +243,6 @@ def _oracle_rows(cfg, name, model, spec, init: Mapping[int, Schedule], clock) ->
     """Coordinate descent on the endpoint error over grid schedules, fitted on the search noises, run from
     uniform steps and from the global schedule (the lower on the fit noises is kept): {K: times} for
     K = 2 .. oracle_max_nfe (K = 1 has nothing to move)."""
-    search = _oracle_search()
     t0 = time.perf_counter()
     fit = seeded_noise(spec.shape, 0, _search_samples(cfg, spec), seed=cfg.seed, dtype=spec.dtype)
     fit_ref, _ = cached_reference(
@@ -268,7 +253,7 @@ def _oracle_rows(cfg, name, model, spec, init: Mapping[int, Schedule], clock) ->
     rows = {}
     for k in range(2, min(cfg.oracle_max_nfe, cfg.max_nfe) + 1):
         starts = {"uniform": None, "global": init[k].indices}
-        runs, chosen = search(model, fit, fit_ref, grid, k, starts, max_sweeps=cfg.oracle_sweeps)
+        runs, chosen = oracle(model, fit, fit_ref, grid, k, starts, max_sweeps=cfg.oracle_sweeps)
         rows[k] = grid[runs[chosen].indices]
     clock.phase(f"{name}: oracle (coordinate descent, K = 2..{cfg.oracle_max_nfe})", t0)
     return rows

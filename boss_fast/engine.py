@@ -19,7 +19,7 @@ cache (``straighten``). What they share lives here:
   eager, compiled (``torch.compile``) or replayed from a CUDA graph (a fixed width: the last call is padded).
 
 Layer: 4 (beside ``cost``, above ``trajectories``; below ``own_state``, ``search`` and ``straighten``). It
-imports ``_checkpoint``, ``_runtime``, ``_validation`` and ``ode`` only.
+imports ``_checkpoint``, ``_header``, ``_runtime``, ``_validation`` and ``ode`` only.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from boss_fast._checkpoint import checkpoint_header, read_npz_checkpoint, write_npz_checkpoint
+from boss_fast._checkpoint import read_npz_checkpoint, write_npz_checkpoint
+from boss_fast._header import make_header
 from boss_fast._runtime import all_reduce_sums, rank_path, rank_world
 from boss_fast._validation import check_choice, check_velocity_output
 from boss_fast.ode import VelocityFn, for_rows
@@ -117,7 +118,7 @@ def progress_bar(total: int, initial: int, progress: bool, desc: str, unit: str 
 class Checkpoint:
     """One rank's ``.npz`` checkpoint of a pass: the common header, atomic rewrites, refusal by name.
 
-    The header is ``checkpoint_header(fmt, version, **run, rank=r, world_size=W)``; ``load`` returns the
+    The header is ``_header.make_header(fmt, version, **run, rank=r, world_size=W)``; ``load`` returns the
     stored arrays (after checking the header, ValueError naming the path and the first field that differs)
     or None when no file exists yet. Under torch.distributed each rank writes ``<root>.rank{r}-of-{W}<ext>``.
     """
@@ -133,7 +134,7 @@ class Checkpoint:
         if checkpoint is None:
             return None
         rank, world = rank_world()
-        header = checkpoint_header(fmt, version, **run, rank=rank, world_size=world)
+        header = make_header(fmt, version, **run, rank=rank, world_size=world)
         return cls(rank_path(os.fspath(checkpoint), rank, world), header, what)
 
     def load(self) -> dict[str, np.ndarray] | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from boss_fast.models import digits, load_bundled
+from boss_fast.models import DIGITS_SHAPE, digits, load_bundled
 
 __all__ = [
     "PairedDifference",
@@ -159,7 +159,7 @@ def digits_features(images: ArrayLike) -> np.ndarray:
         raise ValueError("images contains non-finite values (NaN or inf)")
     if x.dim() == 3:
         x = x[:, None]
-    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 8, 8):
+    if x.dim() != 4 or tuple(x.shape[1:]) != DIGITS_SHAPE:
         raise ValueError(f"digits images must have shape (N, 1, 8, 8) or (N, 8, 8), got {tuple(x.shape)}")
     x = x.detach().to("cpu", torch.float32).clamp(-1.0, 1.0)
     net = _classifier()

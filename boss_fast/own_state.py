@@ -56,7 +56,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from boss_fast._checkpoint import checkpoint_model_key, noise_identity
+from boss_fast._checkpoint import noise_identity
+from boss_fast._identity import checkpoint_model_key
 from boss_fast._validation import (
     METRICS,
     as_times,
@@ -77,7 +78,7 @@ from boss_fast.engine import (
     resolve_wide_mode,
 )
 from boss_fast.ode import VelocityFn, euler_update
-from boss_fast.trajectories import DenseTeacher, model_fingerprint
+from boss_fast.trajectories import DenseTeacher
 
 __all__ = ["OwnStateTable", "accumulate_own_state", "own_state_paths", "own_state_table"]
 
@@ -472,7 +473,7 @@ def own_state_table(
     batch_size = check_int(batch_size, "batch_size")
     solver = check_teacher(solver, mode)
     metric = check_choice(metric, METRICS, "metric")
-    model = checkpoint_model_key(velocity, checkpoint, checkpoint_key, model_fingerprint)
+    model = checkpoint_model_key(velocity, checkpoint, checkpoint_key)
     identity = {} if checkpoint is None else noise_identity(noise, model)
     return accumulate_own_state(
         velocity,

@@ -9,7 +9,6 @@ A schedule's ``times`` are flow times (t = 0 noise, t = 1 data), a subset of the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from boss_fast._header import check_header, make_header
+from boss_fast._identity import content_digest
 from boss_fast._validation import (
     METRICS,
     SOLVERS,
@@ -40,7 +41,6 @@ __all__ = [
     "read_json",
     "schedule_from_cost",
     "schedules_from_cost",
-    "set_digest",
     "snap_to_grid",
 ]
 
@@ -169,13 +169,16 @@ class Schedule:
         """diffusers' sigmas, ``1 - times`` (float64, decreasing from about 1 to about 0)."""
         return 1.0 - self.times
 
-    def to(
+    def as_tensor(
         self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64
     ) -> torch.Tensor:
-        """The times as a (K + 1,) tensor on ``device`` (float64 by default, the exact times).
+        """The times as a (K + 1,) tensor on ``device`` (float64 by default, the exact times), e.g. as
+        flow_matching's ``ODESolver.sample(x, step_size=None, time_grid=sched.as_tensor())``, which then steps
+        exactly at them.
 
-        Named like ``Tensor.to`` so a Schedule goes wherever a time grid is moved with ``.to(device)``: e.g.
-        flow_matching's ``ODESolver.sample(x, step_size=None, time_grid=sched)`` steps exactly at its times.
+        Example:
+            >>> Schedule(times=[0.0, 0.5, 1.0], indices=[0, 1, 2], cost=0.0, grid=[0.0, 0.5, 1.0]).as_tensor()
+            tensor([0.0000, 0.5000, 1.0000], dtype=torch.float64)
         """
         return torch.tensor(self.times.tolist(), dtype=dtype, device=device)
 
@@ -199,22 +202,22 @@ class Schedule:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document: a format marker and version, then every field (floats round-trip exactly)."""
-        doc = {
-            "format": SCHEDULE_FORMAT,
-            "version": SCHEDULE_VERSION,
-            "steps": self.steps,
-            "times": self.times.tolist(),
-            "indices": self.indices.tolist(),
-            "grid": self.grid.tolist(),
-            "cost": None if self.resampled_from is not None else self.cost,
-            "metric": self.metric,
-            "solver": self.solver,
-            "num_samples": self.num_samples,
-            "fingerprint": self.fingerprint,
-            "discount": self.discount,
-            "shape": None if self.shape is None else list(self.shape),
-            "objective": self.objective,
-        }
+        doc = make_header(
+            SCHEDULE_FORMAT,
+            SCHEDULE_VERSION,
+            steps=self.steps,
+            times=self.times.tolist(),
+            indices=self.indices.tolist(),
+            grid=self.grid.tolist(),
+            cost=None if self.resampled_from is not None else self.cost,
+            metric=self.metric,
+            solver=self.solver,
+            num_samples=self.num_samples,
+            fingerprint=self.fingerprint,
+            discount=self.discount,
+            shape=None if self.shape is None else list(self.shape),
+            objective=self.objective,
+        )
         if self.resampled_from is not None:  # only then: files of searched schedules stay as they were
             doc["resampled_from"] = self.resampled_from
         if self.mu is not None:  # likewise
@@ -229,7 +232,7 @@ class Schedule:
     @classmethod
     def from_dict(cls, doc: object, source: str = "schedule") -> Schedule:
         """Rebuild a schedule from ``to_dict``'s document, refusing anything else with a ValueError."""
-        _check_header(doc, source, "schedule", SCHEDULE_FORMAT, SCHEDULE_VERSION)
+        check_header(doc, make_header(SCHEDULE_FORMAT, SCHEDULE_VERSION), source, "schedule", oldest=1)
         missing = [key for key in _REQUIRED if key not in doc]
         if missing:
             raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
@@ -366,19 +369,6 @@ def _check_cost(cost: object, resampled_from: object) -> float:
 
 def _format_of(doc: object) -> object:
     return doc.get("format") if isinstance(doc, dict) else None
-
-
-def _check_header(doc: object, source: str, what: str, fmt: str, newest: int, hint: str = "") -> None:
-    """A JSON object whose ``format`` is ``fmt`` and whose integer ``version`` this reader knows."""
-    if not isinstance(doc, dict):
-        raise ValueError(f"{source}: expected a JSON object, got {type(doc).__name__}")
-    if doc.get("format") != fmt:
-        raise ValueError(
-            f"{source}: not a boss_fast {what} (format {doc.get('format')!r}, expected {fmt!r}){hint}"
-        )
-    version = doc.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= newest:
-        raise ValueError(f"{source}: unsupported {what} version {version!r} (this reader knows 1..{newest})")
 
 
 def _refuse_constant(name: str) -> float:
@@ -727,7 +717,7 @@ class ScheduleSet(Mapping[int, Schedule]):
         """The JSON document: format, version, the shared fields and grid once, every budget's indices and
         cost, the cost table's strict upper triangle (row-major) or null, and a SHA-256 of the rest."""
         first = self._scheds[1]
-        doc: dict[str, Any] = {"format": SET_FORMAT, "version": SET_VERSION, "max_steps": self.max_steps}
+        doc: dict[str, Any] = make_header(SET_FORMAT, SET_VERSION, max_steps=self.max_steps)
         doc.update({name: getattr(first, name) for name in _SHARED})
         doc["shape"] = None if first.shape is None else list(first.shape)
         doc.update(
@@ -739,7 +729,7 @@ class ScheduleSet(Mapping[int, Schedule]):
         ]
         upper = None if self._table is None else self._table[np.triu_indices(len(self.grid), 1)].tolist()
         doc["cost_table_upper"] = upper
-        doc["sha256"] = set_digest(doc)
+        doc["sha256"] = content_digest(doc)
         return doc
 
     def save(self, path: str | os.PathLike) -> None:
@@ -767,11 +757,11 @@ class ScheduleSet(Mapping[int, Schedule]):
         that is not the DP's answer on the table) is refused with a ValueError naming the field. A re-hashed
         edit that keeps every saved budget optimal cannot be told from a search (class docstring)."""
         hint = " (a single schedule: use Schedule.load)" if _format_of(doc) == SCHEDULE_FORMAT else ""
-        _check_header(doc, source, "schedule set", SET_FORMAT, SET_VERSION, hint)
+        check_header(doc, make_header(SET_FORMAT, SET_VERSION), source, "schedule set", oldest=1, hint=hint)
         missing = [k for k in ("budgets", "grid", "cost_table_upper", "sha256", *_SHARED) if k not in doc]
         if missing:
             raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
-        if doc["sha256"] != set_digest(doc):
+        if doc["sha256"] != content_digest(doc):
             raise ValueError(f"{source}: sha256 does not match the content (edited or corrupted)")
         budgets = doc["budgets"]
         if not isinstance(budgets, list) or not budgets or not all(isinstance(b, dict) for b in budgets):
@@ -808,14 +798,6 @@ class ScheduleSet(Mapping[int, Schedule]):
         nesting, finite numbers) and ``from_dict``'s checks; a missing file or a directory raises OSError."""
         source = os.fspath(path)
         return cls.from_dict(read_json(source, "schedule set"), source)
-
-
-def set_digest(doc: dict[str, Any]) -> str:
-    """SHA-256 of the document without its ``sha256`` key, over a canonical JSON text (sorted keys, no
-    spaces; floats as Python's shortest round-trip repr, so a parsed document hashes like the written one)."""
-    body = {k: v for k, v in doc.items() if k != "sha256"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def loglinear_times(times: np.ndarray, steps: int) -> np.ndarray:

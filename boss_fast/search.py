@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from boss_fast._checkpoint import checkpoint_model_key, noise_identity
+from boss_fast._checkpoint import noise_identity
+from boss_fast._identity import checkpoint_model_key, model_fingerprint
 from boss_fast._runtime import module_placement
 from boss_fast._validation import (
     METRICS,
@@ -37,7 +38,7 @@ from boss_fast.ode import VelocityFn
 from boss_fast.own_state import accumulate_own_state, own_state_paths
 from boss_fast.refine import DPS, CoarseToFine, coarse_to_fine_table
 from boss_fast.schedule import OBJECTIVES, Schedule, ScheduleSet, schedules_from_cost
-from boss_fast.trajectories import TeacherRunner, model_fingerprint, seeded_noise
+from boss_fast.trajectories import TeacherRunner, seeded_noise
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "cost_matrix", "optimal_schedule", "optimal_schedules"]
 
@@ -199,7 +200,7 @@ def cost_matrix(
     batch_size = check_int(batch_size, "batch_size")
     solver = check_teacher(solver, mode)
     metric = check_choice(metric, METRICS, "metric")
-    model = checkpoint_model_key(velocity, checkpoint, checkpoint_key, model_fingerprint)
+    model = checkpoint_model_key(velocity, checkpoint, checkpoint_key)
     identity = {} if checkpoint is None else noise_identity(noise, model)
     return _accumulate_cost(
         TeacherRunner(velocity, t, solver, mode),
@@ -296,7 +297,7 @@ def _validate_search(
 
 def _keyed(search: _Search, velocity: VelocityFn, checkpoint: object, key: str | None) -> _Search:
     """``search`` with the checkpoint header's model identity (``checkpoint_model_key``)."""
-    return replace(search, model=checkpoint_model_key(velocity, checkpoint, key, model_fingerprint))
+    return replace(search, model=checkpoint_model_key(velocity, checkpoint, key))
 
 
 def _local_cost(

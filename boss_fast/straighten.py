@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
 import json
 import math
 import os
@@ -46,15 +45,10 @@ from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
-from boss_fast._checkpoint import (
-    check_checkpoint_format,
-    checkpoint_header,
-    first_difference,
-    write_checkpoint,
-)
-from boss_fast._runtime import module_placement, noise_digest, rank_world
+from boss_fast._header import check_header, header_strings, make_header, write_file
+from boss_fast._identity import cache_key, model_fingerprint, noise_digest, value_digest
+from boss_fast._runtime import module_placement, rank_world
 from boss_fast._validation import (
-    atomic_write,
     check_choice,
     check_float,
     check_int,
@@ -65,7 +59,7 @@ from boss_fast.engine import Shard, progress_bar
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn, for_rows
 from boss_fast.schedule import Schedule
-from boss_fast.trajectories import TeacherRunner, model_fingerprint, seeded_noise
+from boss_fast.trajectories import TeacherRunner, seeded_noise
 
 __all__ = [
     "LOSSES",
@@ -138,14 +132,10 @@ def _describe(grid: object) -> str:
 
 def _cache_key(teacher: VelocityFn, sched: Schedule, noise: torch.Tensor, solver: str, shard: int) -> str:
     """Identity of a pair cache: teacher weights, grid, indices, solver, noise bytes and shard size."""
-    digest = hashlib.sha256()
     ident = (
         model_fingerprint(teacher) if isinstance(teacher, nn.Module) else getattr(teacher, "__qualname__", "")
     )
-    digest.update(json.dumps([ident, sched.grid.tolist(), sched.indices.tolist(), solver, shard]).encode())
-    digest.update(f"{noise.dtype}:{tuple(noise.shape)}".encode())
-    digest.update(noise.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:20]
+    return cache_key([ident, sched.grid.tolist(), sched.indices.tolist(), solver, shard], noise)
 
 
 def _teacher_states(
@@ -164,8 +154,8 @@ SHARD_VERSION = 1
 
 def _shard_header(key: str, start: int, stop: int, shape: tuple[int, ...]) -> dict[str, str]:
     """The common checkpoint header of one pair-cache shard (safetensors metadata: strings)."""
-    header = checkpoint_header(SHARD_FORMAT, SHARD_VERSION, key=key, start=start, stop=stop, shape=shape)
-    return {name: str(value) for name, value in header.items()}
+    header = make_header(SHARD_FORMAT, SHARD_VERSION, key=key, start=start, stop=stop, shape=shape)
+    return header_strings(header)
 
 
 def _load_shard(path: str, header: dict[str, str], expected: tuple[int, ...]) -> torch.Tensor | None:
@@ -179,12 +169,9 @@ def _load_shard(path: str, header: dict[str, str], expected: tuple[int, ...]) ->
             states = f.get_tensor("states")
     except (OSError, KeyError, RuntimeError, ValueError, SafetensorError):
         return None  # unreadable (the write is atomic, so this is rare): recompute
-    check_checkpoint_format(stored.get("format"), SHARD_FORMAT, path, "pair-cache shard")
-    key = first_difference(stored, header, lambda a, b: a == b)
-    if key is not None or tuple(states.shape) != expected:
-        raise ValueError(
-            f"pair-cache shard {path} was written for a different run ({key or 'shape'} differs); delete it"
-        )
+    check_header(stored, header, path, "pair-cache shard", remedy="delete it")
+    if tuple(states.shape) != expected:
+        raise ValueError(f"pair-cache shard {path} was written for another shape; delete it")
     return states
 
 
@@ -232,7 +219,7 @@ def _one_shard(teacher, noise, sched, span: tuple[int, int], device, folder: str
         states = _teacher_states(teacher, noise[start:stop].to(device), sched.indices, rows).cpu()
         if path is not None:
             blob = save({"states": states.contiguous()}, metadata=header)
-            atomic_write(path, lambda f, b=blob: f.write(b))
+            write_file(path, lambda f, b=blob: f.write(b))
     return states.to(device=device, dtype=noise.dtype)
 
 
@@ -724,7 +711,7 @@ def _identity(teacher: VelocityFn) -> str:
 
 
 def _header(model_fp: str, sched: Schedule, config: dict, teacher_id: str, noise: torch.Tensor) -> dict:
-    return checkpoint_header(
+    return make_header(
         CHECKPOINT_FORMAT,
         CHECKPOINT_VERSION,
         model_fingerprint=model_fp,
@@ -735,51 +722,39 @@ def _header(model_fp: str, sched: Schedule, config: dict, teacher_id: str, noise
     )
 
 
-def _digest_into(digest, value: object) -> None:
-    """Feed ``value`` (tensors, dicts, lists, tuples, scalars, nested) into a hashlib ``digest``."""
-    if isinstance(value, torch.Tensor):
-        data = value.detach().contiguous().reshape(-1).cpu()
-        digest.update(f"T{data.dtype}{tuple(value.shape)};".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes())
-    elif isinstance(value, dict):
-        digest.update(f"D{len(value)};".encode())
-        for key in sorted(value, key=repr):
-            digest.update(f"{key!r}:".encode())
-            _digest_into(digest, value[key])
-    elif isinstance(value, (list, tuple)):
-        digest.update(f"L{len(value)};".encode())
-        for item in value:
-            _digest_into(digest, item)
-    else:
-        digest.update(f"{value!r};".encode())
-
-
 def _payload_sha256(state: dict) -> str:
     """SHA-256 of everything a straightening checkpoint holds beside its header."""
-    digest = hashlib.sha256()
-    _digest_into(digest, {key: value for key, value in state.items() if key != "header"})
-    return digest.hexdigest()
+    return value_digest({key: value for key, value in state.items() if key != "header"})
 
 
 def _check_header(header: object, expected: dict, path: str) -> None:
-    stored = header.get("format") if isinstance(header, dict) else None
-    check_checkpoint_format(stored, CHECKPOINT_FORMAT, path, "straightening checkpoint")
-    key = first_difference(header, expected, lambda a, b: a == b)
+    """Refuse a checkpoint of another format, version or run (``_header.check_header``), naming the model,
+    the schedule or the settings that differ."""
+    check_header(
+        header,
+        expected,
+        path,
+        "straightening checkpoint",
+        remedy="use another checkpoint_dir",
+        explain=lambda key: _mismatch(header, expected, path, key),
+    )
+
+
+def _mismatch(header: dict, expected: dict, path: str, key: str) -> str:
     if key == "model_fingerprint":
-        raise ValueError(
+        return (
             f"{path} was written for model {header.get('model_fingerprint')!r}, not this model "
             f"({expected['model_fingerprint']!r}); use another checkpoint_dir"
         )
     if key == "schedule":
-        raise ValueError(f"{path} was written for a different schedule; use another checkpoint_dir")
+        return f"{path} was written for a different schedule; use another checkpoint_dir"
     if key == "config":
         stored_config = header.get("config") or {}
         diff = {
             k: (stored_config.get(k), v) for k, v in expected["config"].items() if stored_config.get(k) != v
         }
-        raise ValueError(f"{path} was written with other settings (stored, requested): {diff}")
-    if key is not None:
-        raise ValueError(f"{path} has another {key} ({header.get(key)!r}); use another checkpoint_dir")
+        return f"{path} was written with other settings (stored, requested): {diff}"
+    return f"{path} has another {key} ({header.get(key)!r}); use another checkpoint_dir"
 
 
 @dataclass
@@ -820,7 +795,7 @@ class _TrainState:
             "losses": torch.tensor(self.losses, dtype=torch.float64),
         }
         state["header"] = json.dumps({**header, "sha256": _payload_sha256(state)})
-        write_checkpoint(path, lambda f: torch.save(state, f))
+        write_file(path, lambda f: torch.save(state, f))
 
     def resume(self, path: str, header: dict, device: torch.device) -> None:
         """Load a checkpoint written by ``save`` after checking that it belongs to this run."""

@@ -4,17 +4,22 @@ Conventions: t in [0, 1], t = 0 noise, t = 1 data, dx/dt = v(x, t); a velocity m
 ``velocity(x, t)`` (see :mod:`boss_fast.ode`).
 
 The teacher runs either as the plain loop over :func:`boss_fast.ode.ode_step` (``mode=None``) or on a
+<<<<<<< HEAD
 recording :class:`boss_fast.sampler.TeacherRecorder`. :class:`TeacherRunner` is the one per-shape cache
 of such recorders that every caller (the cost streaming, straightening pairs, ``teacher_trajectory``
 itself) shares: one recorder per (batch shape, dtype, device), built once and replayed. ``seeded_noise`` and
 ``model_fingerprint`` identify the noise and the weights a result was computed from.
+=======
+recording :class:`boss_fast.sampler.Sampler`. :class:`TeacherRunner` is the one per-shape cache of such
+samplers that every caller (the cost streaming, straightening pairs, ``teacher_trajectory`` itself) shares:
+one sampler per (batch shape, dtype, device), built once and replayed. ``seeded_noise`` draws
+the noise a result was computed from (``boss_fast._identity`` fingerprints it and the weights).
+>>>>>>> wt-c
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +39,6 @@ from boss_fast.sampler import RECORDS, TeacherRecorder
 __all__ = [
     "DenseTeacher",
     "TeacherRunner",
-    "model_fingerprint",
     "reference_solution",
     "seeded_noise",
     "teacher_trajectory",
@@ -318,49 +322,3 @@ def seeded_noise(
         generator = torch.Generator().manual_seed(key)
         out[m - start] = torch.randn(shape, generator=generator, dtype=draw)
     return out.to(device=device, dtype=dtype)
-
-
-_PLAIN = (bool, int, float, str, type(None))
-
-
-def _plain(value: object) -> bool:
-    """A number, string, bool or None, or a tuple/list of them (nested)."""
-    if isinstance(value, (tuple, list)):
-        return all(_plain(v) for v in value)
-    return isinstance(value, _PLAIN)
-
-
-def _hash_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
-    data = tensor.detach().contiguous().reshape(-1).cpu()
-    digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
-    digest.update(data.view(torch.uint8).numpy().tobytes())
-
-
-def model_fingerprint(module: torch.nn.Module, length: int = 16) -> str:
-    """A short hex SHA-256 identifying a module's weights and configuration.
-
-    Covers: every parameter and buffer (name, dtype, shape and bytes); for every submodule, its class name and
-    its public plain attributes (numbers, strings, bools, None and tuples/lists of them, by name and repr) and
-    the tensors it holds as public plain attributes (as parameters). Cannot see: code (the bodies of
-    ``forward`` and of the functions it calls), globals, private (``_``-prefixed) attributes other than
-    parameters and buffers, attributes of other types (dicts, objects, callables), the ``training`` flag,
-    and the device. Reads every tensor to the host once (seconds for billions of parameters).
-
-    Example:
-        >>> net = torch.nn.Linear(2, 2)
-        >>> len(model_fingerprint(net)), model_fingerprint(net) == model_fingerprint(torch.nn.Linear(2, 2))
-        (16, False)
-    """
-    digest = hashlib.sha256()
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        _hash_tensor(digest, name, tensor)
-    for prefix, sub in module.named_modules():
-        digest.update(f"module {prefix}:{type(sub).__module__}.{type(sub).__qualname__};".encode())
-        for key, value in sorted(vars(sub).items()):
-            if key.startswith("_") or key == "training":
-                continue
-            if isinstance(value, torch.Tensor):
-                _hash_tensor(digest, f"{prefix}.{key}", value)
-            elif _plain(value):
-                digest.update(f"{key}={value!r};".encode())
-    return digest.hexdigest()[:length]

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 import boss_fast as bf
-from boss_fast.schedule import interpolate_schedule, set_digest
+from boss_fast._identity import content_digest
+from boss_fast.schedule import interpolate_schedule
 
 TIMES = [0.0, 0.2, 0.5, 0.8, 1.0]
 MODELS = """
@@ -104,7 +105,7 @@ def _edited_set() -> object:
     k = int(np.flatnonzero((np.triu_indices(n, 1)[0] == edge[0]) & (np.triu_indices(n, 1)[1] == edge[1]))[0])
     doc = sset.to_dict()
     doc["cost_table_upper"][k] *= 1000
-    doc["sha256"] = set_digest(doc)
+    doc["sha256"] = content_digest(doc)
     edited = bf.ScheduleSet.from_dict(doc, "edited.json").resample(6).indices.tolist()
     return f"loads; resample(6) {six.tolist()} -> {edited}"
 

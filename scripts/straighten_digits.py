@@ -23,9 +23,9 @@ import torch
 import boss_fast as bf
 from boss_fast._validation import atomic_write
 from boss_fast.metrics import digits_fd
-from boss_fast.models import load_bundled
+from boss_fast.models import DIGITS_SHAPE, load_bundled
 
-SHAPE = (1, 8, 8)
+SHAPE = DIGITS_SHAPE
 
 
 def _uniform_schedule(grid: np.ndarray, k: int) -> bf.Schedule:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from boss_fast import demo
+from boss_fast._identity import model_fingerprint
 from boss_fast.demo import DemoConfig, cached_reference, run_demo
 from boss_fast.metrics import (
     bootstrap_statistics,
@@ -22,7 +23,7 @@ from boss_fast.metrics import (
 from boss_fast.models import load_bundled
 from boss_fast.report import markdown_table
 from boss_fast.schedule import Schedule
-from boss_fast.trajectories import model_fingerprint, reference_solution, seeded_noise
+from boss_fast.trajectories import reference_solution, seeded_noise
 
 # ------------------------------------------------------------------------------------------ paired bootstrap
 

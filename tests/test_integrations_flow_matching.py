@@ -35,10 +35,14 @@ def digits_dit():
     return load_bundled("digits_dit")
 
 
-@pytest.mark.parametrize("grid", ["schedule", "time_grid", "float32"])
+@pytest.mark.parametrize("grid", ["as_tensor", "time_grid", "float32"])
 def test_ode_solver_on_a_schedule_equals_sample(digits_dit, grid):
     noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    tg = {"schedule": SCHED, "time_grid": time_grid(SCHED), "float32": SCHED.to(dtype=torch.float32)}[grid]
+    tg = {
+        "as_tensor": SCHED.as_tensor(),
+        "time_grid": time_grid(SCHED),
+        "float32": SCHED.as_tensor(dtype=torch.float32),
+    }[grid]
     solver = ODESolver(velocity_model=as_model_wrapper(digits_dit))
     got = solver.sample(x_init=noise, step_size=None, method="euler", time_grid=tg)
     want = bf.sample(digits_dit, noise, SCHED)
@@ -51,7 +55,7 @@ def test_intermediates_are_the_schedule_states():
     flow = load_bundled("gmm2d")
     noise = torch.randn(16, 2, dtype=torch.float64)
     states = ODESolver(velocity_model=as_model_wrapper(flow)).sample(
-        x_init=noise, step_size=None, time_grid=SCHED, return_intermediates=True
+        x_init=noise, step_size=None, time_grid=time_grid(SCHED), return_intermediates=True
     )
     assert states.shape == (5, 16, 2)
     torch.testing.assert_close(states[-1], bf.sample(flow, noise, SCHED), rtol=1e-12, atol=1e-12)

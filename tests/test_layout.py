@@ -48,6 +48,25 @@ def test_no_private_name_is_imported_across_modules():
     assert not found, found
 
 
+def test_the_package_imports_nothing_from_benchmarks_or_scripts():
+    """An installed boss_fast has no benchmarks/ or scripts/ folder (they exist only in a clone), and the
+    layers contract cannot see a dynamic import: neither an import statement nor a string handed to
+    importlib may name them."""
+    outside = ("benchmarks", "scripts")
+    found = []
+    for path in sorted((ROOT / "boss_fast").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value] if node.value.split(".")[0] in outside and "." in node.value else []
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in outside]
+    assert not found, found
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("importlinter") is None, reason="needs import-linter (test extra)"
 )

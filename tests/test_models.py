@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import boss_fast.models as bm
+from boss_fast import cli
 from boss_fast.metrics import digits_fd
 from boss_fast.models import (
     NARROW_STD,
@@ -334,6 +335,27 @@ def test_bundled_names() -> None:
     assert set(bm.__all__) <= set(dir(bm))
     with pytest.raises(ValueError, match="unknown bundled model"):
         load_bundled("imagenet_dit")
+
+
+@pytest.mark.parametrize("name", bundled_models())
+def test_the_registry_shape_is_what_the_model_takes(name: str) -> None:
+    """BUNDLED[name].shape is the one place a bundled model's sample shape is written: a velocity maps
+    (B, *shape) to (B, *shape); the classifier takes (B, *shape) and refuses any other sample shape."""
+    entry, model = bm.BUNDLED[name], load_bundled(name)
+    x = torch.zeros(3, *entry.shape)
+    if entry.velocity:
+        assert model(x, torch.full((3,), 0.5)).shape == x.shape
+    else:
+        assert model(x).shape == (3, 10)
+        with pytest.raises(ValueError, match="expects x of shape"):
+            model(torch.zeros(3, 1, 8, 9))
+    assert entry.analytic == (name in ("gmm2d", "gmm2d_narrow"))
+
+
+def test_the_cli_reads_names_and_shapes_from_the_registry() -> None:
+    assert cli.BUNDLED_SHAPES == bm.bundled_velocities()
+    assert set(cli.BUNDLED_SHAPES) == {n for n in bundled_models() if bm.BUNDLED[n].velocity}
+    assert "digits_classifier" not in cli.BUNDLED_SHAPES  # not a velocity(x, t)
 
 
 @pytest.mark.parametrize("name", bundled_models())

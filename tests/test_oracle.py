@@ -1,5 +1,5 @@
-"""The benchmark-only oracle (benchmarks/oracle.py): coordinate descent on the endpoint error over grid
-schedules, checked against brute force over every grid schedule on an analytic flow."""
+"""boss_fast.oracle: coordinate descent on the endpoint error over grid schedules, checked against brute force
+over every grid schedule on an analytic flow, on held-out noises, and on bad input."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.oracle import coordinate_descent, endpoint_error, oracle, uniform_indices
 from boss_fast.grids import uniform_grid
 from boss_fast.models import load_bundled
+from boss_fast.oracle import coordinate_descent, endpoint_error, oracle, uniform_indices
 from boss_fast.trajectories import reference_solution, seeded_noise
 
 
@@ -65,3 +65,67 @@ def test_oracle_keeps_the_start_that_ends_lowest(problem) -> None:
     assert runs[chosen].error == min(run.error for run in runs.values())
     with pytest.raises(ValueError, match="init must be"):
         coordinate_descent(model, noise, reference, grid, 3, init=np.array([0, 5, 5, 11]))
+
+
+@pytest.mark.parametrize("steps", [2, 3, 4])
+def test_the_fitted_schedule_beats_its_start_on_held_out_noises(problem, steps) -> None:
+    # Fitted on 64 noises (seed 5), judged on 256 others (seed 6). Measured: the held-out error falls to
+    # 0.25x (K = 2), 0.12x (K = 3) and 0.115x (K = 4) of uniform steps'; 0.5x leaves room for a refit.
+    model, noise, reference, grid = problem
+    held = seeded_noise((2,), 0, 256, seed=6, dtype=torch.float64)
+    with torch.no_grad():
+        held_ref = reference_solution(model, held, rtol=1e-8, atol=1e-8)
+    start = uniform_indices(len(grid), steps)
+    best = coordinate_descent(model, noise, reference, grid, steps, init=start)
+    assert not np.array_equal(best.indices, start)
+    fitted = endpoint_error(model, held, held_ref, grid[best.indices])
+    assert fitted < 0.5 * endpoint_error(model, held, held_ref, grid[start])
+
+
+def test_an_optimal_start_is_kept(problem) -> None:
+    # Started at brute force's optimum, no move can help: the start comes back after one sweep.
+    model, noise, reference, grid = problem
+    errors = _brute_force(model, noise, reference, grid, 3)
+    optimum = min(errors, key=errors.get)
+    best = coordinate_descent(model, noise, reference, grid, 3, init=optimum)
+    assert tuple(best.indices) == optimum and best.sweeps == 1
+
+
+def test_a_window_limits_each_move(problem) -> None:
+    model, noise, reference, grid = problem
+    start = uniform_indices(len(grid), 3)
+    best = coordinate_descent(model, noise, reference, grid, 3, init=start, window=1, max_sweeps=1)
+    assert np.all(np.abs(best.indices - start) <= 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (
+            dict(reference=torch.zeros(64, 3, dtype=torch.float64)),
+            ValueError,
+            "reference must have noise's shape",
+        ),
+        (dict(noise=torch.zeros(64, 2, dtype=torch.int64)), TypeError, "noise must be a floating"),
+        (dict(grid=np.array([0.0, 0.5, 0.4, 1.0])), ValueError, "grid must be strictly increasing"),
+        (dict(steps=13), ValueError, "steps must be"),
+        (dict(steps=0), ValueError, "steps must be"),
+        (dict(init=[0, 5, 5, 12]), ValueError, "init must be"),
+        (dict(init=[0, 4, 8]), ValueError, "init must be"),
+        (dict(init=[0, 4.5, 8, 12]), ValueError, "init must be"),
+        (dict(max_sweeps=0), ValueError, "max_sweeps must be"),
+        (dict(window=0), ValueError, "window must be"),
+    ],
+)
+def test_bad_input_is_refused_by_name(problem, change, error, match) -> None:
+    model, noise, reference, grid = problem
+    args = dict(noise=noise, reference=reference, grid=grid, steps=3) | change
+    kwargs = {key: args.pop(key) for key in ("init", "max_sweeps", "window") if key in args}
+    with pytest.raises(error, match=match):
+        coordinate_descent(model, args["noise"], args["reference"], args["grid"], args["steps"], **kwargs)
+
+
+def test_oracle_needs_a_start(problem) -> None:
+    model, noise, reference, grid = problem
+    with pytest.raises(ValueError, match="starts must be a non-empty dict"):
+        oracle(model, noise, reference, grid, 3, {})

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 import boss_fast as bf
+from boss_fast._identity import content_digest
 from boss_fast.integrations.sigmas import diffusers_sigmas
 from boss_fast.kernels import euler_step
 from boss_fast.sampler import TeacherRecorder
-from boss_fast.schedule import interpolate_schedule, set_digest
+from boss_fast.schedule import interpolate_schedule
 
 COMPILE_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"  # inductor's import
 TIMES = [0.0, 0.2, 0.5, 0.8, 1.0]  # step 2 starts at t = 0.5
@@ -181,7 +182,7 @@ def _local_set(max_steps=5, n=21):
 
 
 def _rehashed(doc):
-    doc["sha256"] = set_digest(doc)
+    doc["sha256"] = content_digest(doc)
     return doc
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from boss_fast import schedule as schedule_module
+from boss_fast._identity import content_digest, model_fingerprint
 from boss_fast.grids import uniform_grid
 from boss_fast.schedule import (
     Schedule,
@@ -19,11 +20,10 @@ from boss_fast.schedule import (
     loglinear_times,
     schedule_from_cost,
     schedules_from_cost,
-    set_digest,
     snap_to_grid,
 )
 from boss_fast.search import cost_matrix, optimal_schedule, optimal_schedules
-from boss_fast.trajectories import model_fingerprint, seeded_noise
+from boss_fast.trajectories import seeded_noise
 
 
 def quadratic_cost(times):
@@ -438,7 +438,7 @@ def _edit(path, change, rehash=False):
     doc = json.loads(path.read_text())
     change(doc)
     if rehash:
-        doc["sha256"] = set_digest(doc)
+        doc["sha256"] = content_digest(doc)
     path.write_text(json.dumps(doc))
 
 
@@ -499,3 +499,13 @@ def test_set_construction_errors(local_set, global_set):
         ScheduleSet(global_set.values(), cost_table=local_set.cost_table)
     with pytest.raises(ValueError, match="was resampled"):
         ScheduleSet([global_set[1], interpolate_schedule(global_set[3], 2)])
+
+
+def test_as_tensor_is_the_exact_times_on_a_device_and_dtype():
+    sched = make_schedule()
+    times = sched.as_tensor()
+    assert times.dtype == torch.float64 and times.tolist() == sched.times.tolist()  # exact, not rounded
+    narrow = sched.as_tensor(device="cpu", dtype=torch.float32)
+    assert narrow.dtype == torch.float32 and narrow.device.type == "cpu"
+    assert narrow.tolist() == torch.tensor(sched.times, dtype=torch.float32).tolist()
+    assert not hasattr(sched, "to")  # a Schedule is not a tensor: .to() would promise a Schedule back

@@ -10,7 +10,7 @@ import torch
 
 from boss_fast.grids import uniform_grid
 from boss_fast.ode import Trajectory, euler_update, ode_step
-from boss_fast.trajectories import model_fingerprint, seeded_noise, teacher_trajectory
+from boss_fast.trajectories import seeded_noise, teacher_trajectory
 
 
 def cubic_velocity(x, t):
@@ -187,43 +187,3 @@ def test_seeded_noise_is_independent_of_batching():
     half = seeded_noise((2, 3), 0, 10, seed=7, dtype=torch.bfloat16)
     torch.testing.assert_close(half, whole.to(torch.bfloat16), rtol=0, atol=0)
     assert seeded_noise((2,), 3, 3).shape == (0, 2)
-
-
-def test_model_fingerprint_tracks_weights():
-    torch.manual_seed(0)
-    a = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    b = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    b.load_state_dict(a.state_dict())
-    fp = model_fingerprint(a)
-    assert len(fp) == 16 and int(fp, 16) >= 0
-    assert model_fingerprint(b) == fp
-    with torch.no_grad():
-        b[0].weight[0, 0] += 1e-6
-    assert model_fingerprint(b) != fp
-    assert model_fingerprint(a.to(torch.bfloat16)) != fp
-
-
-def test_model_fingerprint_covers_class_names_plain_and_tensor_attributes():
-    class Scaled(torch.nn.Module):
-        def __init__(self, scale, dims=(1, 2), table=None):
-            super().__init__()
-            self.lin = torch.nn.Linear(2, 2)
-            torch.nn.init.zeros_(self.lin.weight)
-            torch.nn.init.zeros_(self.lin.bias)
-            self.scale, self.dims = scale, dims
-            self.table = torch.zeros(3) if table is None else table
-            self._private = scale  # private attributes are not covered
-
-    class Renamed(Scaled):
-        pass
-
-    fp = model_fingerprint(Scaled(1.0))
-    assert model_fingerprint(Scaled(1.0)) == fp
-    assert model_fingerprint(Scaled(2.0)) != fp
-    assert model_fingerprint(Scaled(1.0, dims=(1, 3))) != fp
-    assert model_fingerprint(Scaled(1.0, table=torch.ones(3))) != fp
-    assert model_fingerprint(Renamed(1.0)) != fp
-    changed = Scaled(1.0)
-    changed._private = 5.0
-    assert model_fingerprint(changed) == fp
-    assert model_fingerprint(Scaled(1.0).eval()) == fp  # the training flag is not covered

@@ -3,9 +3,10 @@
 flow_matching shares boss_fast's conventions (t = 0 noise, t = 1 data, velocity = d x / d t); its
 ``ODESolver.sample(x_init, step_size=None, method="euler", time_grid=...)`` steps exactly on the grid, so
 
-    ODESolver(velocity_model=as_model_wrapper(velocity)).sample(noise, step_size=None, time_grid=sched)
+    solver = ODESolver(velocity_model=as_model_wrapper(velocity))
+    solver.sample(noise, step_size=None, time_grid=time_grid(sched))  # or sched.as_tensor()
 
-is ``bf.sample(velocity, noise, sched)`` (a Schedule moves to the device like a tensor: ``Schedule.to``).
+is ``bf.sample(velocity, noise, sched)``.
 The only difference is t: flow_matching passes one 0-d time for the batch, boss_fast a (B,) tensor in x's
 dtype; the wrappers convert. flow_matching is CC BY-NC 4.0 licensed (non-commercial): it is an optional
 extra (``pip install 'boss_fast[flow-matching]'``) and none of its code is copied here.
@@ -39,8 +40,9 @@ def time_grid(
 ) -> torch.Tensor:
     """The schedule's times as ``ODESolver``'s ``time_grid`` tensor (float64 by default: the exact times;
     torchdiffeq rounds each step to the state's dtype). Raises ValueError on times that are not a schedule."""
-    times = sched.times if isinstance(sched, Schedule) else as_times(sched, "times")
-    return torch.tensor(np.asarray(times).tolist(), dtype=dtype, device=device)
+    if isinstance(sched, Schedule):
+        return sched.as_tensor(device=device, dtype=dtype)
+    return torch.tensor(as_times(sched, "times").tolist(), dtype=dtype, device=device)
 
 
 class VelocityWrapper(ModelWrapper):

@@ -3,7 +3,8 @@
 Every velocity model is called as ``velocity(x, t)`` with x (B, ...) and t (B,) float times in [0, 1]
 (t = 0 is N(0, I) noise, t = 1 is data; rectified flow x_t = t x1 + (1 - t) x0, velocity x1 - x0).
 
-Bundled models (``load_bundled(name)``), and the script that recreates each weight file:
+Bundled models (``load_bundled(name)``; :data:`BUNDLED` holds each one's loader, sample shape, description
+and the script that recreates its weight file):
 
 - ``gmm2d``: exact velocity of 8 Gaussians on a circle (:func:`eight_gaussians`); analytic, no file.
 - ``mlp2d``: :class:`MLPVelocity` trained by flow matching on ``gmm2d`` samples
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,12 +30,15 @@ from torch import nn
 
 from boss_fast.models._io import WEIGHTS_DIR, WeightsFileError, read_weights, save_weights
 from boss_fast.models.classifier import DigitsClassifier
-from boss_fast.models.data import digits
+from boss_fast.models.data import DIGITS_SHAPE, digits
 from boss_fast.models.dit import DiT
 from boss_fast.models.gmm import NARROW_STD, GaussianMixtureFlow, eight_gaussians
 from boss_fast.models.mlp import MLPVelocity
 
 __all__ = [
+    "BUNDLED",
+    "DIGITS_SHAPE",
+    "BundledModel",
     "DiT",
     "DigitsClassifier",
     "GaussianMixtureFlow",
@@ -42,6 +47,7 @@ __all__ = [
     "WEIGHTS_DIR",
     "WeightsFileError",
     "bundled_models",
+    "bundled_velocities",
     "digits",
     "eight_gaussians",
     "load_bundled",
@@ -50,27 +56,69 @@ __all__ = [
     "weights_path",
 ]
 
-# name -> (module class built from the file's config, training script). The gmm2d flows are analytic.
-_TRAINED: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "mlp2d": (MLPVelocity, "scripts/train_mlp2d.py"),
-    "digits_dit": (DiT, "scripts/train_digits_dit.py"),
-    "digits_classifier": (DigitsClassifier, "scripts/train_digits_classifier.py"),
-}
-_ANALYTIC: dict[str, Callable[[], nn.Module]] = {
-    "gmm2d": eight_gaussians,
-    "gmm2d_narrow": lambda: eight_gaussians(std=NARROW_STD),
+
+@dataclass(frozen=True)
+class BundledModel:
+    """One bundled model: how it is built, what one sample looks like, and what it is.
+
+    build: the module class built from its weight file's config (``script`` recreates that file), or, for an
+    analytic model (``script`` None), a function returning the finished module. shape: one sample's shape,
+    the x of ``velocity(x, t)`` (a classifier's input) without the batch dimension. velocity: whether it is
+    called as ``velocity(x, t)`` (the classifier is not).
+    """
+
+    build: Callable[..., nn.Module]
+    shape: tuple[int, ...]
+    description: str
+    script: str | None = None
+    velocity: bool = True
+
+    @property
+    def analytic(self) -> bool:
+        """No weight file: the module is exact maths (the gmm2d flows)."""
+        return self.script is None
+
+
+# The one registry: the CLI, the demo and the benchmarks read names and shapes from here.
+BUNDLED: dict[str, BundledModel] = {
+    "gmm2d": BundledModel(eight_gaussians, (2,), "exact velocity of 8 Gaussians on a circle"),
+    "gmm2d_narrow": BundledModel(
+        lambda: eight_gaussians(std=NARROW_STD), (2,), "the 8 Gaussians with std 0.05: late, sharp turns"
+    ),
+    "mlp2d": BundledModel(MLPVelocity, (2,), "an MLP trained on gmm2d samples", "scripts/train_mlp2d.py"),
+    "digits_dit": BundledModel(
+        DiT, DIGITS_SHAPE, "a DiT for the 8x8 scikit-learn digits", "scripts/train_digits_dit.py"
+    ),
+    "digits_classifier": BundledModel(
+        DigitsClassifier,
+        DIGITS_SHAPE,
+        "the digits CNN whose features define metrics.digits_fd",
+        "scripts/train_digits_classifier.py",
+        velocity=False,
+    ),
 }
 
 
 def bundled_models() -> list[str]:
     """Names accepted by :func:`load_bundled`, sorted."""
-    return sorted([*_TRAINED, *_ANALYTIC])
+    return sorted(BUNDLED)
+
+
+def bundled_velocities() -> dict[str, tuple[int, ...]]:
+    """{name: one sample's shape} of the bundled velocity models (what ``--model`` accepts by name), sorted.
+
+    Example:
+        >>> bundled_velocities()["digits_dit"]
+        (1, 8, 8)
+    """
+    return {name: BUNDLED[name].shape for name in sorted(BUNDLED) if BUNDLED[name].velocity}
 
 
 def weights_path(name: str) -> Path:
     """Path of the shipped weight file of a trained bundled model (it may not exist yet)."""
-    if name not in _TRAINED:
-        raise ValueError(f"{name!r} has no weight file; trained bundled models: {sorted(_TRAINED)}")
+    if name not in BUNDLED or BUNDLED[name].analytic:
+        trained = sorted(n for n, m in BUNDLED.items() if not m.analytic)
+        raise ValueError(f"{name!r} has no weight file; trained bundled models: {trained}")
     return WEIGHTS_DIR / f"{name}.safetensors"
 
 
@@ -105,12 +153,14 @@ def load_bundled(
         >>> flow(torch.zeros(4, 2), torch.zeros(4)).shape
         torch.Size([4, 2])
     """
-    if name in _ANALYTIC:
+    if name not in BUNDLED:
+        raise ValueError(f"unknown bundled model {name!r}; available: {bundled_models()}")
+    if BUNDLED[name].analytic:
         if weights is not None:
             raise ValueError(f"{name!r} is analytic: it has no weights to load from {weights}")
-        model = _ANALYTIC[name]()
-    elif name in _TRAINED:
-        cls, script = _TRAINED[name]
+        model = BUNDLED[name].build()
+    else:
+        cls, script = BUNDLED[name].build, BUNDLED[name].script
         path = weights_path(name) if weights is None else Path(weights)
         if weights is not None:
             script = "boss-fast straighten"
@@ -138,8 +188,6 @@ def load_bundled(
                 f"weights file {path} does not match {cls.__name__} ({err}); recreate it with {how}"
             ) from err
         model = model.to(dtype=dtype or torch.float32)
-    else:
-        raise ValueError(f"unknown bundled model {name!r}; available: {bundled_models()}")
     model = model.to(device=device or "cpu").eval()
     for param in model.parameters():
         param.requires_grad_(False)

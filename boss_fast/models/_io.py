@@ -1,6 +1,8 @@
 """Reading and writing the shipped weight files: safetensors only (no pickle, no code from the file).
 
-A file holds the module's ``state_dict`` tensors and string metadata: ``boss_fast.model`` (the bundled
+A file holds the module's ``state_dict`` tensors and string metadata: the common header
+(``boss_fast._header``: ``format`` "boss_fast.weights", ``version`` "1"; files written before it, the shipped
+weights among them, have none and are read by their model name alone), ``boss_fast.model`` (the bundled
 name), ``boss_fast.config`` (JSON of the constructor's keyword arguments: ints, floats) and free-form
 provenance (``boss_fast.*``: seed, steps, wall time, metrics measured by the training script).
 """
@@ -16,13 +18,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from boss_fast._validation import atomic_write
+from boss_fast._header import check_header, header_strings, make_header, write_file
 
 __all__ = ["WEIGHTS_DIR", "WeightsFileError", "save_weights", "read_weights"]
 
 #: Directory of the weight files shipped as package data.
 WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights"
 
+WEIGHTS_FORMAT = "boss_fast.weights"
+WEIGHTS_VERSION = "1"  # a string: safetensors metadata holds strings
 _MODEL_KEY = "boss_fast.model"
 _CONFIG_KEY = "boss_fast.config"
 
@@ -61,12 +65,12 @@ def save_weights(
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         tensors[key] = value.contiguous()
-    meta = {_MODEL_KEY: name, _CONFIG_KEY: json.dumps(dict(config), sort_keys=True)}
+    meta = header_strings(make_header(WEIGHTS_FORMAT, WEIGHTS_VERSION))
+    meta.update({_MODEL_KEY: name, _CONFIG_KEY: json.dumps(dict(config), sort_keys=True)})
     for key, value in (metadata or {}).items():
         meta[f"boss_fast.{key}"] = str(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = save(tensors, metadata=meta)
-    atomic_write(path, lambda f: f.write(blob))
+    write_file(path, lambda f: f.write(blob))
     return path
 
 
@@ -102,6 +106,11 @@ def read_weights(
             metadata = dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsFileError(f"weights file {path} is corrupt or unreadable ({err}); {how}") from err
+    if "format" in metadata:  # files from before the header (the shipped weights) have none
+        try:
+            check_header(metadata, make_header(WEIGHTS_FORMAT, WEIGHTS_VERSION), str(path), "weights file")
+        except ValueError as err:
+            raise WeightsFileError(f"{err}; {how}") from None
     if metadata.get(_MODEL_KEY) != name or _CONFIG_KEY not in metadata:
         raise WeightsFileError(
             f"weights file {path} does not declare model {name!r} with a config "

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boss_fast.models.data import DIGITS_SHAPE
+
 __all__ = ["DigitsClassifier"]
 
 
@@ -42,7 +44,7 @@ class DigitsClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features: x (B, 1, 8, 8) -> (B, features) in the parameters' dtype."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != (1, 8, 8):
+        if x.dim() != 4 or tuple(x.shape[1:]) != DIGITS_SHAPE:
             raise ValueError(f"DigitsClassifier expects x of shape (B, 1, 8, 8), got {tuple(x.shape)}")
         h = x.to(self.conv1.weight.dtype)
         h = F.silu(self.conv1(h))

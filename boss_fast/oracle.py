@@ -1,19 +1,22 @@
 """An oracle for schedule searches: coordinate descent on the endpoint error over grid schedules.
 
-Not part of the package: benchmarks, tests and the demo's oracle rows use it to show how much any schedule on
-a grid could gain. The error of a K-step Euler schedule ``grid[indices]`` on noises with known reference
-endpoints is the mean over samples of ``||sample(velocity, noise, times) - reference||^2`` (summed over a
-sample's elements, float64). Coordinate descent moves one interior knot at a time to the grid point between
+It answers "how far is this schedule from the best one on its grid?": the demo's oracle rows and the
+benchmarks use it to show how much any schedule on a grid could gain.
+
+The error of a K-step Euler schedule ``grid[indices]`` on noises with known reference endpoints is the mean
+over samples of ``||sample(velocity, noise, times) - reference||^2`` (summed over a sample's elements,
+float64). Coordinate descent moves one interior knot at a time to the grid point between
 its neighbours that lowers that error most, sweeping until no move helps (a local optimum of the endpoint
 error over grid schedules; fit it on other noises than those it is judged on).
 
-    from benchmarks.oracle import coordinate_descent, endpoint_error, oracle
+    from boss_fast.oracle import coordinate_descent, endpoint_error, oracle
     best = coordinate_descent(model, fit_noise, fit_reference, grid, steps=4, init=sched.indices)
     best.indices, best.error, best.evaluations
     runs, chosen = oracle(model, fit_noise, fit_reference, grid, 4, {"uniform": None, "global": idx})
 
 Coordinate descent stops in a local optimum that depends on where it starts; :func:`oracle` runs it from each
-given start and keeps the one that ends lower on the fit noises.
+given start and keeps the one that ends lower on the fit noises. Each call costs about
+``sweeps * K * N`` K-step samplings of the fit noises (N grid points), so fit on tens to hundreds of noises.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from boss_fast._validation import as_times, check_int, check_noise
 from boss_fast.ode import VelocityFn, sample
 
 __all__ = ["OracleResult", "coordinate_descent", "endpoint_error", "oracle", "uniform_indices"]
@@ -43,14 +47,28 @@ class OracleResult:
 def endpoint_error(
     velocity: VelocityFn, noise: torch.Tensor, reference: torch.Tensor, times: Sequence[float] | np.ndarray
 ) -> float:
-    """Mean over samples of the squared L2 endpoint error of the Euler sampler on ``times`` (float64)."""
+    """Mean over samples of the squared L2 endpoint error of the Euler sampler on ``times`` (float64).
+
+    Example:
+        >>> flow = lambda x, t: torch.ones_like(x)  # x(1) = x(0) + 1 exactly, for any schedule
+        >>> noise = torch.zeros(3, 2, dtype=torch.float64)
+        >>> endpoint_error(flow, noise, noise + 1, [0.0, 0.3, 1.0])
+        0.0
+    """
+    _check_pair(noise, reference)
     x = sample(velocity, noise, np.asarray(times, dtype=np.float64))
     diff = (x.to(torch.float64) - reference.to(torch.float64)).reshape(x.shape[0], -1)
     return float(diff.square().sum(dim=1).mean())
 
 
 def uniform_indices(n: int, steps: int) -> np.ndarray:
-    """The grid indices closest to uniform steps on a grid of n points (strictly increasing)."""
+    """The grid indices closest to uniform steps on a grid of n points (strictly increasing).
+
+    Example:
+        >>> uniform_indices(11, 4).tolist()
+        [0, 2, 5, 8, 10]
+    """
+    n, steps = check_int(n, "n", minimum=2), check_int(steps, "steps")
     idx = np.round(np.linspace(0, n - 1, steps + 1)).astype(np.int64)
     if np.any(np.diff(idx) <= 0):
         raise ValueError(f"a grid of {n} points cannot hold {steps} distinct steps")
@@ -81,11 +99,25 @@ def coordinate_descent(
 
     The states before the knot being moved are computed once per move, so trying a position costs the
     remaining steps only; ``evaluations`` counts model evaluations per noise.
+
+    Raises:
+        TypeError / ValueError: naming the argument: noise or reference not a floating (M, ...) tensor or of
+        different shapes, a grid that is not increasing inside [0, 1], steps outside 1 .. N - 1, an init that
+        is not K + 1 increasing indices from 0 to N - 1, window or max_sweeps below 1.
+
+    Example:
+        >>> flow = lambda x, t: 3 * t.view(-1, 1) ** 2 * torch.ones_like(x)  # x(1) = x(0) + 1; Euler errs
+        >>> noise = torch.zeros(4, 1, dtype=torch.float64)
+        >>> best = coordinate_descent(flow, noise, noise + 1, [0.0, 0.25, 0.5, 0.75, 1.0], 2)
+        >>> best.indices.tolist(), best.error < endpoint_error(flow, noise, noise + 1, [0.0, 0.5, 1.0])
+        ([0, 3, 4], True)
     """
-    grid = np.asarray(grid, dtype=np.float64)
-    idx = uniform_indices(len(grid), steps) if init is None else np.array(init, dtype=np.int64)
-    if len(idx) != steps + 1 or idx[0] != 0 or idx[-1] != len(grid) - 1 or np.any(np.diff(idx) <= 0):
-        raise ValueError(f"init must be {steps + 1} increasing indices from 0 to {len(grid) - 1}, got {idx}")
+    grid = as_times(grid, "grid")
+    steps = check_int(steps, "steps", maximum=len(grid) - 1)
+    _check_pair(noise, reference)
+    window = None if window is None else check_int(window, "window")
+    max_sweeps = check_int(max_sweeps, "max_sweeps")
+    idx = _initial_indices(init, len(grid), steps)
     best = endpoint_error(velocity, noise, reference, grid[idx])
     evaluations = steps
     sweeps = 0
@@ -124,7 +156,17 @@ def oracle(
     max_sweeps: int = 20,
 ) -> tuple[dict[str, OracleResult], str]:
     """:func:`coordinate_descent` from each of ``starts`` ({name: init indices, None for uniform steps});
-    returns every run and the name of the one with the lowest error on the fit noises."""
+    returns every run and the name of the one with the lowest error on the fit noises.
+
+    Example:
+        >>> flow = lambda x, t: 3 * t.view(-1, 1) ** 2 * torch.ones_like(x)
+        >>> noise = torch.zeros(4, 1, dtype=torch.float64)
+        >>> runs, best = oracle(flow, noise, noise + 1, [0.0, 0.25, 0.5, 0.75, 1.0], 2, {"uniform": None})
+        >>> best, runs[best].indices.tolist()
+        ('uniform', [0, 3, 4])
+    """
+    if not isinstance(starts, dict) or not starts:
+        raise ValueError(f"starts must be a non-empty dict {{name: init indices or None}}, got {starts!r}")
     runs = {
         name: coordinate_descent(
             velocity, noise, reference, grid, steps, init=init, window=window, max_sweeps=max_sweeps
@@ -132,3 +174,33 @@ def oracle(
         for name, init in starts.items()
     }
     return runs, min(runs, key=lambda name: runs[name].error)
+
+
+def _check_pair(noise: object, reference: object) -> None:
+    """Noises and their reference endpoints: floating (M, ...) tensors of one shape."""
+    check_noise(noise, "noise")
+    check_noise(reference, "reference")
+    if reference.shape != noise.shape:
+        raise ValueError(
+            f"reference must have noise's shape {tuple(noise.shape)} (one endpoint per noise), "
+            f"got {tuple(reference.shape)}"
+        )
+
+
+def _initial_indices(init: object, n: int, steps: int) -> np.ndarray:
+    """``init`` (default: uniform steps) as K + 1 increasing int64 indices from 0 to n - 1, or ValueError."""
+    if init is None:
+        return uniform_indices(n, steps)
+    try:
+        idx = np.array(init, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(f"init must be a sequence of grid indices, got {init!r}") from None
+    if (
+        idx.shape != (steps + 1,)
+        or idx[0] != 0
+        or idx[-1] != n - 1
+        or np.any(np.diff(idx) <= 0)
+        or np.any(np.asarray(init, dtype=np.float64) != idx)
+    ):
+        raise ValueError(f"init must be {steps + 1} increasing indices from 0 to {n - 1}, got {init!r}")
+    return idx
