@@ -1,10 +1,10 @@
 """What the package's checkpoint writers share: the header that says what a file is, the check that a file
 found on disk is one of ours and belongs to this run, and the atomic write.
 
-The cost checkpoint (``search``) and the own-state DP's (``own_state``) are ``.npz`` files written and read
-by :func:`write_npz_checkpoint` / :func:`read_npz_checkpoint`; the straightening checkpoint (``straighten``)
-is a ``torch.save`` file. All start from :func:`checkpoint_header` and refuse a foreign or mismatched file by
-name (ValueError).
+The cost checkpoint (``search``) and the global objective's (``global_objective``) are ``.npz`` files
+written and read by :func:`write_npz_checkpoint` / :func:`read_npz_checkpoint`; the straightening checkpoint
+(``straighten``) is a ``torch.save`` file. All start from :func:`checkpoint_header` and refuse a foreign or
+mismatched file by name (ValueError).
 """
 
 from __future__ import annotations
