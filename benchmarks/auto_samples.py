@@ -62,8 +62,13 @@ def _rows(name: str, args) -> dict:
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            found = bf.optimal_schedules(model, shape, MAX_STEPS, grid=100, dtype=dtype, dp=args.dp,
-                                         num_samples=label if label == "auto" else int(label))  # fmt: skip
+            found = bf.optimal_schedules(
+                model,
+                shape,
+                MAX_STEPS,
+                bf.SearchSettings(grid=100, dp=args.dp, num_samples=label if label == "auto" else int(label)),
+                dtype=dtype,
+            )
         secs = time.perf_counter() - start
         used = found[1].num_samples
         with torch.no_grad():

@@ -59,10 +59,7 @@ def _run(model: Counted, spec, m: int, name: str) -> tuple[dict[int, np.ndarray]
             model,
             spec.shape,
             MAX_STEPS,
-            grid=100,
-            num_samples=m,
-            objective=objective,
-            dp=dp,
+            bf.SearchSettings(grid=100, num_samples=m, objective=objective, dp=dp),
             dtype=spec.dtype,
         )
         times = {k: s.times for k, s in found.items()}

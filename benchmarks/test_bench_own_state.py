@@ -28,7 +28,9 @@ GRID, SAMPLES, K = 100, 256, 10
 
 def _count(model: Counted, objective: str, solver: str | None) -> float:
     model.rows = 0
-    optimal_schedules(model, (2,), K, objective=objective, grid=GRID, num_samples=SAMPLES, solver=solver)
+    optimal_schedules(
+        model, (2,), K, SearchSettings(objective=objective, grid=GRID, num_samples=SAMPLES, solver=solver)
+    )
     return model.rows / SAMPLES
 
 

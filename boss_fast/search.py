@@ -233,6 +233,8 @@ def _check_grid(grid: object) -> int | tuple[float, ...]:
     if isinstance(grid, int | np.integer) and not isinstance(grid, bool | np.bool_):
         check_int(grid, "grid")
         return int(grid)
+    if isinstance(grid, str | bytes) or np.ndim(grid) == 0:
+        raise TypeError(f"grid must be an int n (uniform_grid(n)) or a 1-D sequence of times, got {grid!r}")
     return tuple(resolve_grid(grid).tolist())
 
 

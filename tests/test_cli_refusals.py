@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_cli import assert_one_line_error, listing, run_cli
 
-from boss_fast import Schedule, ScheduleSet, schedules_from_cost
+from boss_fast import Schedule, schedules_from_cost
 from boss_fast.cli import main
 from boss_fast.grids import uniform_grid
 
@@ -155,7 +155,7 @@ def _folder(tmp_path):
     linear = {"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True}
     (tmp_path / "linear.json").write_text(json.dumps({**linear, "time_shift_type": "linear"}))
     cost = np.triu(np.square(np.subtract.outer(np.arange(11.0), np.arange(11.0))), 1)
-    ScheduleSet(schedules_from_cost(cost, grid, 3), cost_table=cost).save(tmp_path / "set.json")
+    schedules_from_cost(cost, 3, grid=grid).save(tmp_path / "set.json")
     doc = json.loads((tmp_path / "set.json").read_text())
     (tmp_path / "huge.json").write_text(json.dumps(doc).replace(json.dumps(doc["grid"][1]), "1e999", 1))
 

@@ -399,9 +399,9 @@ def test_a_plain_function_needs_a_checkpoint_key_and_another_key_is_refused(setu
     with pytest.raises(ValueError, match="different run: model ="):
         cost_matrix(other, noise, times, progress=False, checkpoint=path, checkpoint_key="f2")
     with pytest.raises(ValueError, match="checkpoint_key="):
-        bf.optimal_schedule(other, (3,), 2, grid=8, num_samples=4, checkpoint=tmp_path / "s.npz")
-    with pytest.raises(ValueError, match="checkpoint_key="):
-        bf.optimal_schedules(other, (3,), 2, grid=8, num_samples=4, checkpoint=tmp_path / "s.npz")
+        bf.optimal_schedules(
+            other, (3,), 2, bf.SearchSettings(grid=8, num_samples=4), checkpoint=tmp_path / "s.npz"
+        )
 
 
 def test_a_module_configured_by_a_plain_attribute_gets_another_fingerprint(setup, tmp_path):

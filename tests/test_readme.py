@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SHELL = ("bash", "sh", "shell", "console")
 # Result containers: their example is the call that returns them (see its docstring).
-RESULT_TYPES = {"BellmanPath", "OwnStateTable", "StraightenStats", "StraighteningPairs", "Trajectory"}
+RESULT_TYPES = {"BellmanPath", "GlobalTable", "StraightenStats", "StraighteningPairs", "Trajectory"}
 
 
 def _section(title: str) -> str:
