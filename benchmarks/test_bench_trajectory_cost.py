@@ -8,8 +8,8 @@ Run: python -m pytest benchmarks/test_bench_trajectory_cost.py --benchmark-only
    of the reference's CIFAR-10 search) against ``baselines_cost.published_pair_loop_cost`` on the same data,
    in the same run, with the floor: the trajectory's bytes read once at the bandwidth of a plain sum over
    them. Target: >= 20x faster than the pair loop.
-2. ``optimal_schedules(...)[K]`` end to end (seeded noise, teacher, cost, DP) against the teacher trajectories alone
-   on the same noise: the search should cost at most ~1.2x the model evaluations it needs.
+2. ``optimal_schedules(...)[K]`` end to end (seeded noise, teacher, cost, DP) against the teacher trajectories
+   alone on the same noise: the search should cost at most ~1.2x the model evaluations it needs.
 """
 
 from __future__ import annotations

@@ -379,8 +379,7 @@ def test_demo_with_straighten_adds_rows(tmp_path):
 
     cfg = DemoConfig(
         out=str(tmp_path / "rep"),
-        grid=20,
-        num_samples=16,
+        search=bf.SearchSettings(grid=20, num_samples=16, batch_size=16),
         models=("digits_dit",),
         max_nfe=2,
         eval_samples=16,
