@@ -329,8 +329,12 @@ class SearchSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", _check_grid(self.grid))
         _check_samples(self.num_samples, self.max_samples)
-        check_int(self.batch_size, "batch_size")
-        check_int(self.seed, "seed", minimum=0)
+        if self.num_samples != "auto":
+            object.__setattr__(self, "num_samples", int(self.num_samples))
+        if self.max_samples is not None:
+            object.__setattr__(self, "max_samples", int(self.max_samples))
+        object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size"))
+        object.__setattr__(self, "seed", check_int(self.seed, "seed", minimum=0))
         check_choice(self.objective, OBJECTIVES, "objective")
         if self.mode is not None:
             check_choice(self.mode, WIDE_MODES, "mode")
