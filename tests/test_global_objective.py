@@ -394,7 +394,7 @@ def test_global_beats_uniform_and_local_on_eight_gaussians_at_two_steps():
         ("costs", lambda s: s["costs"].__setitem__((3, 6), np.inf)),
     ],
 )
-def test_an_own_state_checkpoint_with_edited_fields_is_refused(tmp_path, field, edit):
+def test_a_global_checkpoint_with_edited_fields_is_refused(tmp_path, field, edit):
     noise = torch.randn(9, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     times = bf.uniform_grid(12)
     path = tmp_path / "own.npz"
@@ -408,7 +408,7 @@ def test_an_own_state_checkpoint_with_edited_fields_is_refused(tmp_path, field, 
         global_table(wavy, noise, times, 4, GlobalPass(batch_size=4), **args)
 
 
-def test_own_state_needs_a_key_for_a_plain_function_and_refuses_another(tmp_path):
+def test_global_table_needs_a_key_for_a_plain_function_and_refuses_another(tmp_path):
     noise = torch.randn(9, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     times = bf.uniform_grid(12)
     path = tmp_path / "own.npz"
