@@ -2,7 +2,7 @@
 
 For each model: global searches for every K = 1..10 on ``uniform_grid(100)`` (Heun teacher, seed 0): "auto"
 (rounds of 32, 64, 128, ... noises up to the cap of 1024, stopping after the first round in which no knot of
-any budget moved by more than two grid points; see ``optimal_schedule``) and fixed 128 and 256 noises. Model
+any budget moved by more than two grid points; see ``auto_rounds``) and fixed 128 and 256 noises. Model
 evaluations counted exactly by a wrapper over every round. Judged on held-out noises (seed 1) by the endpoint
 RMSE against a converged dopri5 reference (rtol = atol = 1e-5).
 
@@ -62,8 +62,13 @@ def _rows(name: str, args) -> dict:
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            found = bf.optimal_schedules(model, shape, MAX_STEPS, grid=100, dtype=dtype, dp=args.dp,
-                                         num_samples=label if label == "auto" else int(label))  # fmt: skip
+            found = bf.optimal_schedules(
+                model,
+                shape,
+                MAX_STEPS,
+                bf.SearchSettings(grid=100, dp=args.dp, num_samples=label if label == "auto" else int(label)),
+                dtype=dtype,
+            )
         secs = time.perf_counter() - start
         used = found[1].num_samples
         with torch.no_grad():

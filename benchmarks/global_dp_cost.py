@@ -28,9 +28,9 @@ import boss_fast as bf
 from benchmarks.quality_global import Counted
 from boss_fast._validation import atomic_write
 from boss_fast.demo import DEMO_MODELS
+from boss_fast.global_objective import GlobalPass, global_paths
 from boss_fast.metrics import endpoint_rmse
 from boss_fast.models import load_bundled
-from boss_fast.own_state import own_state_paths
 from boss_fast.refine import CoarseToFine, coarse_to_fine_table
 
 MAX_STEPS = 10
@@ -40,10 +40,9 @@ def _plan_times(model, spec, m, plan: CoarseToFine) -> dict[int, np.ndarray]:
     grid = bf.uniform_grid(100)
     table = coarse_to_fine_table(
         model, lambda a, b: bf.seeded_noise(spec.shape, a, b, seed=0, dtype=spec.dtype), m, grid, MAX_STEPS,
-        plan=plan, checkpoint=None, identity={}, batch_size=256, solver="heun", metric="l2sq", device=None,
-        progress=False,
+        GlobalPass(batch_size=256), plan=plan, device=None, progress=False, checkpoint=None, identity={},
     )  # fmt: skip
-    return {k: grid[p.indices] for k, p in enumerate(own_state_paths(table), start=1)}
+    return {k: grid[p.indices] for k, p in enumerate(global_paths(table), start=1)}
 
 
 def _run(model: Counted, spec, m: int, name: str) -> tuple[dict[int, np.ndarray], float, float]:
@@ -59,10 +58,7 @@ def _run(model: Counted, spec, m: int, name: str) -> tuple[dict[int, np.ndarray]
             model,
             spec.shape,
             MAX_STEPS,
-            grid=100,
-            num_samples=m,
-            objective=objective,
-            dp=dp,
+            bf.SearchSettings(grid=100, num_samples=m, objective=objective, dp=dp),
             dtype=spec.dtype,
         )
         times = {k: s.times for k, s in found.items()}

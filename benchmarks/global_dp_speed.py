@@ -40,7 +40,9 @@ def main() -> None:
     for _ in range(args.repeats):
         for dp in seconds:
             start = time.perf_counter()
-            bf.optimal_schedules(model, spec.shape, 10, grid=100, num_samples=spec.num_samples, dp=dp)
+            bf.optimal_schedules(
+                model, spec.shape, 10, bf.SearchSettings(grid=100, num_samples=spec.num_samples, dp=dp)
+            )
             seconds[dp].append(time.perf_counter() - start)
             print(f"{dp}: {seconds[dp][-1]:.1f} s", flush=True)
     med = {dp: statistics.median(s) for dp, s in seconds.items()}

@@ -57,10 +57,7 @@ def _search(model: Counted, shape, max_steps, objective, args) -> tuple[dict, fl
         model,
         shape,
         max_steps,
-        objective=objective,
-        grid=args.grid,
-        num_samples=args.num_samples,
-        solver=solver,
+        bf.SearchSettings(objective=objective, grid=args.grid, num_samples=args.num_samples, solver=solver),
     )
     seconds = time.perf_counter() - start
     return scheds, seconds, model.rows / args.num_samples

@@ -65,13 +65,13 @@ def resample_rows(name: str, args) -> list[dict]:
     """Resampled (a) vs fresh (b) for both objectives at each target K; uniform steps for context."""
     model = load_bundled(name)
     shape, dtype = MODELS[name]
-    search = {"num_samples": args.num_samples, "dtype": dtype}
     noise, ref = _held_out(model, shape, dtype, args.eval_samples)
     weights = bootstrap_weights(args.eval_samples)
     rows = []
     for objective in ("local", "global"):
-        small = bf.optimal_schedules(model, shape, args.small, objective=objective, **search)
-        fresh = bf.optimal_schedules(model, shape, max(args.targets), objective=objective, **search)
+        search = bf.SearchSettings(num_samples=args.num_samples, objective=objective)
+        small = bf.optimal_schedules(model, shape, args.small, search, dtype=dtype)
+        fresh = bf.optimal_schedules(model, shape, max(args.targets), search, dtype=dtype)
         for k in args.targets:
             got, want = small.resample(k), fresh[k]
             a = _squared_errors(model, noise, ref, got)
@@ -92,15 +92,15 @@ def guided_rows(args) -> list[dict]:
     """Searched on the guided field (a) vs on the conditional velocity (b), both sampling the guided field."""
     flow = load_bundled("gmm2d_narrow")
     cond = flow.subset([0, 1])
-    search = {"num_samples": args.num_samples, "dtype": torch.float64}
     weights = bootstrap_weights(args.eval_samples)
     rows = []
     for w in args.scales:
         guided = bf.guided_velocity(cond, flow, w)
         noise, ref = _held_out(guided, (2,), torch.float64, args.eval_samples)
         for objective in ("global", "local"):
-            on_guided = bf.optimal_schedules(guided, (2,), 8, objective=objective, **search)
-            on_cond = bf.optimal_schedules(cond, (2,), 8, objective=objective, **search)
+            search = bf.SearchSettings(num_samples=args.num_samples, objective=objective)
+            on_guided = bf.optimal_schedules(guided, (2,), 8, search, dtype=torch.float64)
+            on_cond = bf.optimal_schedules(cond, (2,), 8, search, dtype=torch.float64)
             for k in range(2, 9):
                 a = _squared_errors(guided, noise, ref, on_guided[k])
                 b = _squared_errors(guided, noise, ref, on_cond[k])

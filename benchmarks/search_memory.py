@@ -26,7 +26,7 @@ import time
 import torch
 
 from boss_fast.models.dit import DiT
-from boss_fast.search import optimal_schedules
+from boss_fast.search import SearchSettings, optimal_schedules
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "search_memory.json")
 
@@ -67,10 +67,11 @@ def run_case(case: dict) -> dict:
     sampler = PeakSampler()
     sampler.start()
     start = time.perf_counter()
-    # store "before": a boss_fast without the engine's store= (run this file from such a checkout)
+    # store "before": a boss_fast without the engine's store (run this file from such a checkout)
     store = {} if case["store"] == "before" else {"store": case["store"]}
-    optimal_schedules(model, tuple(case["shape"]), case["K"], grid=case["N"], num_samples=case["M"],
-                      batch_size=case["batch"], objective=case["objective"], **store)  # fmt: skip
+    settings = SearchSettings(grid=case["N"], num_samples=case["M"], batch_size=case["batch"],
+                              objective=case["objective"], **store)  # fmt: skip
+    optimal_schedules(model, tuple(case["shape"]), case["K"], settings)
     seconds = time.perf_counter() - start
     sampler.stop.set()
     sampler.join()
@@ -130,13 +131,13 @@ def floor_case() -> dict:
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.02)
     model = Counted(net.eval().requires_grad_(False))
-    shape, kwargs = (4, 16, 16), {"grid": 30, "num_samples": 8, "batch_size": 8}
-    optimal_schedules(model, shape, 3, **kwargs)  # warm-up, and the calls' widths in order
+    shape, settings = (4, 16, 16), SearchSettings(grid=30, num_samples=8, batch_size=8)
+    optimal_schedules(model, shape, 3, settings)  # warm-up, and the calls' widths in order
     widths, out = list(model.widths), {}
     x, t = torch.randn(max(widths), *shape), torch.rand(max(widths))
     for rnd in range(2):
         start = time.perf_counter()
-        optimal_schedules(model.model, shape, 3, **kwargs)
+        optimal_schedules(model.model, shape, 3, settings)
         search = time.perf_counter() - start
         start = time.perf_counter()
         with torch.no_grad():
@@ -144,8 +145,8 @@ def floor_case() -> dict:
                 model.model(x[:w], t[:w])
         floor = time.perf_counter() - start
         out[f"round{rnd}"] = {"search_s": search, "floor_s": floor, "ratio": search / floor}
-    return {"config": {"shape": shape, "K": 3, **kwargs}, "calls": len(widths), "rows": sum(widths),
-            "rounds": out}  # fmt: skip
+    config = {"shape": shape, "K": 3, "grid": 30, "num_samples": 8, "batch_size": 8}
+    return {"config": config, "calls": len(widths), "rows": sum(widths), "rounds": out}
 
 
 def save(section: str, value: object) -> None:

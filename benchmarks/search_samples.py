@@ -104,9 +104,15 @@ def main() -> None:
                 for seed in seeds:
                     start = time.perf_counter()
                     found = bf.optimal_schedules(
-                        model, spec.shape, MAX_STEPS, objective=objective, grid=100, num_samples=n,
-                        batch_size=min(n, 512), seed=seed, dtype=spec.dtype, progress=False,
-                    )  # fmt: skip
+                        model,
+                        spec.shape,
+                        MAX_STEPS,
+                        bf.SearchSettings(
+                            objective=objective, grid=100, num_samples=n, batch_size=min(n, 512), seed=seed
+                        ),
+                        dtype=spec.dtype,
+                        progress=False,
+                    )
                     seconds.append(time.perf_counter() - start)
                     rmse = _rmse_per_k(model, noise, ref, {k: s.times for k, s in found.items()})
                     ratios.append({k: rmse[k] / uniform[k] for k in rmse})

@@ -6,7 +6,7 @@ Time runs from t = 0 (noise) to t = 1 (data); a velocity model is called as ``ve
 Stage 1 (Nguyen, Nguyen & Nguyen, ICLR 2024): teacher trajectories on a fine grid -> the cost of every
 one-step Euler jump -> the exact Bellman DP over it -> a K-step schedule (``objective="local"``); or the DP
 over the sampler's own states, which targets the error at t = 1 (Pei et al. 2025; ``objective="global"``,
-the default of ``optimal_schedule`` and ``optimal_schedules``).
+the default of ``optimal_schedules``, whose knobs live in one ``SearchSettings``).
 Stage 2: ``straighten`` fine-tunes the network for exactly those steps.
 Sampling: ``sample`` (the plain K-step loop, :mod:`boss_fast.ode`) and ``Sampler`` (static buffers,
 torch.compile, CUDA graphs, fused Triton kernels), which also runs the teacher (``mode=`` in
@@ -15,7 +15,7 @@ torch.compile, CUDA graphs, fused Triton kernels), which also runs the teacher (
 Modules are layered (each imports only from its own layer or below; checked by import-linter, see
 pyproject.toml): 0 ``_validation``, ``_backends``, ``_runtime``, ``_identity``, ``_header``, ``_checkpoint``,
 ``grids``, ``bellman``;
-1 ``ode``; 2 ``kernels``, ``schedule``; 3 ``sampler``; 4 ``trajectories``; 5 ``cost``, ``own_state``,
+1 ``ode``; 2 ``kernels``, ``schedule``; 3 ``sampler``; 4 ``trajectories``; 5 ``cost``, ``global_objective``,
 ``search``, ``straighten``; then the edge: ``integrations``, ``models``, ``metrics``, ``report``, ``demo``,
 ``cli``.
 """
@@ -24,18 +24,12 @@ from boss_fast._backends import dp_backends
 from boss_fast._identity import model_fingerprint
 from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
 from boss_fast.cost import trajectory_cost, trajectory_cost_sums
+from boss_fast.global_objective import GlobalTable, global_paths, global_table
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
 from boss_fast.ode import Trajectory, cfg_combine, cfg_pair, euler_update, guided_velocity, ode_step, sample
-from boss_fast.own_state import OwnStateTable, own_state_paths, own_state_table
 from boss_fast.sampler import Sampler
-from boss_fast.schedule import (
-    Schedule,
-    ScheduleSet,
-    interpolate_schedule,
-    schedule_from_cost,
-    schedules_from_cost,
-)
-from boss_fast.search import cost_matrix, optimal_schedule, optimal_schedules
+from boss_fast.schedule import Schedule, ScheduleSet, interpolate_schedule, schedules_from_cost
+from boss_fast.search import SearchSettings, cost_matrix, optimal_schedules
 from boss_fast.straighten import (
     StraighteningPairs,
     StraightenStats,
@@ -54,10 +48,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BellmanPath",
-    "OwnStateTable",
+    "GlobalTable",
     "Sampler",
     "Schedule",
     "ScheduleSet",
+    "SearchSettings",
     "StraightenStats",
     "StraighteningPairs",
     "Trajectory",
@@ -69,18 +64,16 @@ __all__ = [
     "dp_backends",
     "edm_grid",
     "euler_update",
+    "global_paths",
+    "global_table",
     "guided_velocity",
     "interpolate_schedule",
     "merge_lora",
     "model_fingerprint",
     "ode_step",
-    "optimal_schedule",
     "optimal_schedules",
-    "own_state_paths",
-    "own_state_table",
     "reference_solution",
     "sample",
-    "schedule_from_cost",
     "schedules_from_cost",
     "seeded_noise",
     "shifted_grid",

@@ -1,5 +1,5 @@
-"""The ``.npz`` checkpoints of the streaming passes (the cost's, ``search``; the own-state DP's,
-``own_state``; both through ``engine.Checkpoint``): written by :func:`write_npz_checkpoint` and read by
+"""The ``.npz`` checkpoints of the streaming passes (the cost's, ``search``; the global objective's DP,
+``global_objective``; both through ``engine.Checkpoint``): written by :func:`write_npz_checkpoint` and read by
 :func:`read_npz_checkpoint` with the common header (``boss_fast._header``), and what their header records of
 the run's noise (:func:`noise_identity`).
 """

@@ -1,7 +1,8 @@
 """Where a computation runs: the torch.distributed rank and world size, the float64 all-reduce of (sum,
 count), each rank's checkpoint path, a module's device and dtype.
 
-Used by the streaming searches (search, own_state), straightening and the sampler, so each asks the same way.
+Used by the streaming searches (search, global_objective), straightening and the sampler, so each asks the
+same way.
 """
 
 from __future__ import annotations

@@ -91,6 +91,19 @@ def check_scale(value: object, name: str = "guidance scale") -> float:
     return check_float(value, name)
 
 
+def check_store_dir(store_dir: object, store: str) -> None:
+    """Refuse a ``store_dir`` that is not None or a path, or one given with a store other than "disk" (the
+    only store that writes files: the folder would be ignored)."""
+    if store_dir is None:
+        return
+    if not isinstance(store_dir, str | os.PathLike) or not os.fspath(store_dir):
+        raise TypeError(f"store_dir must be None or a non-empty path, got {store_dir!r}")
+    if store != "disk":
+        raise ValueError(
+            f"store_dir is the folder of store='disk'; store={store!r} takes None, got {store_dir!r}"
+        )
+
+
 def check_dtype(value: object, name: str = "dtype") -> torch.dtype | None:
     """Return ``value`` if it is None or a floating ``torch.dtype`` ("float64", a string, is a TypeError)."""
     if value is None:

@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -269,11 +270,9 @@ def _cmd_demo(args) -> None:
             out=args.out,
             models=tuple(m for m in args.models.split(",") if m),
             oracle=args.oracle,
-            grid=args.grid,
-            num_samples=args.num_samples,
+            search=_demo_search(args),
             max_nfe=args.max_nfe,
             eval_samples=args.eval_samples,
-            seed=args.seed,
             progress=not args.no_progress,
             straighten=args.straighten,
             straighten_iters=args.straighten_iters,
@@ -282,6 +281,23 @@ def _cmd_demo(args) -> None:
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read())
     print(f"report written to {args.out}/")
+
+
+def _demo_search(args: argparse.Namespace) -> bf.SearchSettings | None:
+    """The demo's search settings from --grid, --num-samples, --seed (None: each model's measured ones)."""
+    given = {name: getattr(args, name) for name in ("grid", "num_samples", "seed")}
+    if all(value is None for value in given.values()):
+        return None
+    if args.num_samples is None:
+        flag = "--grid" if args.grid is not None else "--seed"
+        raise UsageError(
+            f"{flag} sets every model's search: give --num-samples too (without --grid, --num-samples and "
+            "--seed each model uses its measured number of noises, digits_dit 128, gmm2d_narrow 256)"
+        )
+    grid = 100 if args.grid is None else args.grid
+    seed = 0 if args.seed is None else args.seed
+    n = args.num_samples
+    return bf.SearchSettings(grid=grid, num_samples=n, batch_size=n, seed=seed)  # one batch: the demo's rule
 
 
 def _samples(text: str) -> int | str:
@@ -318,11 +334,37 @@ def _add_search_cost_args(sched: argparse.ArgumentParser) -> None:
     )
 
 
-def _search_options(args: argparse.Namespace) -> dict[str, object]:
-    """The search options `schedule` passes to the Python API, with --model and with --pipeline alike."""
-    names = ("grid", "num_samples", "max_samples", "dp", "store", "batch_size", "seed", "solver", "metric")
-    names += ("backend", "objective", "checkpoint")
-    return {name: getattr(args, name) for name in names} | {"progress": not args.no_progress}
+# The flags of `schedule` that are fields of SearchSettings (the rest of its flags are handles: --device,
+# --checkpoint, --no-progress).
+_SEARCH_FLAGS = (
+    "grid",
+    "num_samples",
+    "max_samples",
+    "dp",
+    "store",
+    "batch_size",
+    "seed",
+    "solver",
+    "metric",
+)
+_SEARCH_FLAGS += ("backend", "objective")
+
+
+def _search_settings(args: argparse.Namespace) -> bf.SearchSettings:
+    """The one place `schedule` (with --model and with --pipeline alike) builds its ``SearchSettings``; a bad
+    value is one line naming the flag of the field the library names first."""
+    try:
+        return bf.SearchSettings(**{name: getattr(args, name) for name in _SEARCH_FLAGS})
+    except (TypeError, ValueError) as err:
+        text = _one_line(err)
+        named = [(m.start(), name) for name in _SEARCH_FLAGS if (m := re.search(rf"\b{name}\b", text))]
+        flag = "--" + min(named)[1].replace("_", "-") if named else "schedule"
+        raise UsageError(f"{flag}: {text}") from None
+
+
+def _search_handles(args: argparse.Namespace, device: torch.device | None) -> dict[str, object]:
+    """``optimal_schedules``' operational arguments from the flags."""
+    return {"device": device, "progress": not args.no_progress, "checkpoint": args.checkpoint}
 
 
 def _cmd_schedule(args) -> None:
@@ -335,6 +377,7 @@ def _cmd_schedule(args) -> None:
     _check_output_file(args.out, "--out")
     _check_output_file(args.checkpoint, "--checkpoint")
     _check_counts(args, {"steps": 1, "max_steps": 1, "grid": 1, "num_samples": 1, "batch_size": 1, "seed": 0})
+    settings = _search_settings(args)
     device = _check_device(args.device)
     if args.solver == "dopri5":
         _check_extra("dopri5", "--solver dopri5")
@@ -347,16 +390,11 @@ def _cmd_schedule(args) -> None:
     sums = 8.0 * n * n if args.objective == "local" else 0.0
     _check_fits(sums + 4.0 * n * batch * float(np.prod(shape)), f"--grid {args.grid} (batch {batch})")
     _probe(velocity, args.model, shape, device)
-    search = bf.optimal_schedules if args.max_steps is not None else bf.optimal_schedule
-    found = search(
-        velocity,
-        shape,
-        args.max_steps if args.max_steps is not None else args.steps,
-        device=device,
-        **_search_options(args),
-    )
+    budget = args.max_steps if args.max_steps is not None else args.steps
+    sset = bf.optimal_schedules(velocity, shape, budget, settings, **_search_handles(args, device))
+    found = sset if args.max_steps is not None else sset[args.steps]  # one budget: the same search read at K
     found.save(args.out)
-    for sched in found.values() if isinstance(found, bf.ScheduleSet) else [found]:
+    for sched in sset.values() if args.max_steps is not None else [found]:
         times = np.array2string(sched.times, precision=4)
         print(f"{sched.steps}-step {sched.objective} schedule (cost {sched.cost:.6g}): {times}")
     print(f"written to {args.out}")
@@ -399,6 +437,7 @@ def _cmd_schedule_pipeline(args) -> None:
         raise UsageError("--shape: with --pipeline the latent shape follows from --height and --width")
     _check_output_file(args.out, "--out")
     _check_output_file(args.checkpoint, "--checkpoint")
+    settings = _search_settings(args)
     device = _check_device(args.device)
     if args.solver == "dopri5":
         _check_extra("dopri5", "--solver dopri5")
@@ -406,12 +445,8 @@ def _cmd_schedule_pipeline(args) -> None:
     pipe = pipelines.load_pipeline(args.pipeline, _DTYPES.get(args.dtype), device)
     cond = _pipeline_conditioning(args, pipelines, pipe)
     target = pipelines.pipeline_target(pipe, cond, args.guidance, args.height, args.width)
-    sset = pipelines.pipeline_schedules(
-        target,
-        args.max_steps if args.max_steps is not None else args.steps,
-        device=device,
-        **_search_options(args),
-    )
+    budget = args.max_steps if args.max_steps is not None else args.steps
+    sset = pipelines.pipeline_schedules(target, budget, settings, **_search_handles(args, device))
     found = sset if args.max_steps is not None else sset[args.steps]
     found.save(args.out)
     bank = target.velocity.bank_size
@@ -661,16 +696,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--models", default="digits_dit,gmm2d_narrow", help="bundled models to judge, comma-separated"
     )
     demo.add_argument("--oracle", action="store_true", help="add coordinate-descent oracle rows (slower)")
-    demo.add_argument("--grid", type=int, default=100)
+    demo.add_argument("--grid", type=int, default=None, help="the searches' uniform grid (default 100)")
     demo.add_argument(
         "--num-samples",
         type=int,
         default=None,
-        help="noises for the schedule searches (default: digits_dit 128, gmm2d_narrow 256)",
+        help="noises for the schedule searches (default: digits_dit 128, gmm2d_narrow 256); required with "
+        "--grid or --seed",
     )
     demo.add_argument("--max-nfe", type=int, default=10)
     demo.add_argument("--eval-samples", type=int, default=1000)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=None, help="of the search noises (default 0)")
     demo.add_argument("--no-progress", action="store_true")
     demo.add_argument(
         "--straighten",

@@ -4,14 +4,15 @@ For each model (default the bundled digits DiT and the narrow 8-Gaussian mixture
 uniform steps are far from the best few-step schedule) and every budget K = 1 .. max_nfe it compares uniform
 steps, the SD3-style shifted schedule, the EDM (rho = 7) schedule, the published Bellman schedule
 (``objective="local"``: BOSS's sum of one-step errors) and the global one (``objective="global"``: the DP over
-the sampler's own states), each found by ONE search for every budget, on ``num_samples`` noises (seed
-``seed``). Optionally (``oracle=True``) an oracle row (:mod:`boss_fast.oracle`): coordinate descent on the
-endpoint error over grid schedules, fitted on those same search noises.
+the sampler's own states), each found by ONE search for every budget with ``search`` (a ``SearchSettings``:
+grid, noises, seed, ...; None: each model's measured number of noises, seed 0). Optionally
+(``oracle=True``) an oracle row (:mod:`boss_fast.oracle`): coordinate descent on the endpoint error over grid
+schedules, fitted on those same search noises.
 
-Everything is judged on ``eval_samples`` OTHER noises (seed ``seed + 1``): endpoint RMSE against a converged
-dopri5 reference from the same noises (``reference_solution``; cached in the report folder, keyed by the
-model's fingerprint, the noise's digest and the tolerances, so a stale file is never reused), and for the
-digits FD to held-out digits (bundled classifier). Every difference to uniform steps carries a paired-
+Everything is judged on ``eval_samples`` OTHER noises (seed ``search.seed + 1``): endpoint RMSE against a
+converged dopri5 reference from the same noises (``reference_solution``; cached in the report folder, keyed
+by the model's fingerprint, the noise's digest and the tolerances, so a stale file is never reused), and for
+the digits FD to held-out digits (bundled classifier). Every difference to uniform steps carries a paired-
 bootstrap 95% interval (the same noises for both schedules, sample indices resampled jointly). Every
 schedule runs through ``Sampler`` (eager, one static batch of all evaluation noises). Writes a report
 folder (README, "The main job"). With ``straighten=True`` it also fine-tunes the DiT for the local Bellman
@@ -24,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -49,8 +50,8 @@ from boss_fast.metrics import (
 from boss_fast.models import BUNDLED, digits, load_bundled
 from boss_fast.oracle import oracle
 from boss_fast.sampler import Sampler
-from boss_fast.schedule import Schedule
-from boss_fast.search import optimal_schedules
+from boss_fast.schedule import OBJECTIVES, Schedule
+from boss_fast.search import SearchSettings, optimal_schedules
 from boss_fast.straighten import straighten
 from boss_fast.trajectories import reference_solution, seeded_noise
 
@@ -78,7 +79,7 @@ REFERENCE_VERSION = "2"
 @dataclass(frozen=True)
 class DemoModel:
     """A model the demo runs: its sample shape, the dtype it is sampled in, whether FD applies, and how many
-    noises its searches use unless ``DemoConfig.num_samples`` says otherwise."""
+    noises its searches use unless ``DemoConfig.search`` says otherwise."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
@@ -102,11 +103,12 @@ DEMO_MODELS: dict[str, DemoModel] = {
 class DemoConfig:
     out: str = "report"
     models: tuple[str, ...] = ("digits_dit", "gmm2d_narrow")
-    grid: int = 100
-    num_samples: int | None = None  # None: each model's own (DemoModel.num_samples)
+    # The searches' settings: the demo runs both objectives with them (objective replaced), on every model;
+    # grid (an int here: the report and the oracle use the uniform grid) and seed serve the whole demo. None:
+    # SearchSettings() with each model's measured number of noises, all in one batch (DemoModel.num_samples).
+    search: SearchSettings | None = None
     max_nfe: int = 10
     eval_samples: int = 1000
-    seed: int = 0
     progress: bool = True
     # dopri5 tolerances of the reference: at 1e-5 its own error is far below the 10-step errors reported.
     rtol: float = 1e-5
@@ -136,12 +138,9 @@ class DemoConfig:
             raise ValueError(
                 f"models must be a non-empty subset of {sorted(DEMO_MODELS)}, got {list(self.models)}"
             )
-        grid = check_int(self.grid, "grid", minimum=2)
-        check_int(self.max_nfe, "max_nfe", minimum=1, maximum=grid - 1)
-        if self.num_samples is not None:
-            check_int(self.num_samples, "num_samples")
+        _check_demo_search(self.search)
+        check_int(self.max_nfe, "max_nfe", minimum=1, maximum=self.grid - 1)
         check_int(self.eval_samples, "eval_samples", minimum=2)  # a spread (RMSE interval, FD) needs two
-        check_int(self.seed, "seed", minimum=0)
         for name in ("bootstrap", "fd_bootstrap", "oracle_max_nfe", "oracle_sweeps"):
             check_int(getattr(self, name), name)
         for name in ("straighten_iters", "straighten_pairs"):
@@ -152,6 +151,44 @@ class DemoConfig:
         for name in ("rtol", "atol"):
             if check_float(getattr(self, name), name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def grid(self) -> int:
+        """The searches' uniform grid (steps), shared by the oracle and straightening."""
+        return (self.search or SearchSettings()).grid
+
+    @property
+    def seed(self) -> int:
+        """The searches' seed; the evaluation noises use seed + 1, the bootstrap this seed."""
+        return (self.search or SearchSettings()).seed
+
+    def search_for(self, spec: DemoModel, objective: str) -> SearchSettings:
+        """The settings of ``spec``'s ``objective`` search."""
+        if self.search is None:
+            return SearchSettings(
+                num_samples=spec.num_samples, batch_size=spec.num_samples, objective=objective
+            )
+        return replace(self.search, objective=objective)
+
+
+def _check_demo_search(search: object) -> None:
+    """``DemoConfig.search``: None, or a SearchSettings with an int grid of >= 2 steps and an int number of
+    noises (the oracle fits on the search noises) that runs with either objective."""
+    if search is None:
+        return
+    if not isinstance(search, SearchSettings):
+        raise TypeError(f"search must be a SearchSettings or None, got {type(search).__name__}")
+    if not isinstance(search.grid, int) or search.grid < 2:
+        raise ValueError(f"search.grid must be an int >= 2 (the demo's uniform grid), got {search.grid!r}")
+    if search.num_samples == "auto":
+        raise ValueError("search.num_samples must be an integer here: the oracle fits on the search noises")
+    for objective in OBJECTIVES:
+        try:
+            replace(search, objective=objective)
+        except ValueError as err:
+            raise ValueError(
+                f"search: the demo runs both objectives; with objective={objective!r}: {err}"
+            ) from None
 
 
 def cached_reference(
@@ -218,7 +255,7 @@ class _Clock:
 
 
 def _search_samples(cfg: DemoConfig, spec: DemoModel) -> int:
-    return spec.num_samples if cfg.num_samples is None else cfg.num_samples
+    return spec.num_samples if cfg.search is None else cfg.search.num_samples
 
 
 def _searched(
@@ -226,13 +263,12 @@ def _searched(
 ) -> dict[str, dict[int, Schedule]]:
     """{label: {K: Schedule}} of the local and the global search, one search each for every budget."""
     found = {}
-    n = _search_samples(cfg, spec)
     for objective, label in (("local", LOCAL), ("global", GLOBAL)):
         t0 = time.perf_counter()
+        settings = cfg.search_for(spec, objective)
         found[label] = optimal_schedules(
-            model, spec.shape, cfg.max_nfe, objective=objective, grid=cfg.grid, num_samples=n,
-            batch_size=n, seed=cfg.seed, dtype=spec.dtype, progress=cfg.progress,
-        )  # fmt: skip
+            model, spec.shape, cfg.max_nfe, settings, dtype=spec.dtype, progress=cfg.progress
+        )
         clock.phase(f"{name}: {objective} search, every budget", t0)
         for sched in found[label].values():
             sched.save(os.path.join(cfg.out, "schedules", f"{name}_{objective}_nfe{sched.steps}.json"))

@@ -1,8 +1,8 @@
 """The streaming engine under every pass over noise batches: written once, used by each search.
 
 Its clients are small pieces over arrays: the local objective (``search``: per-batch cost sums, then the
-Bellman DP), the global objective (``own_state``: per-level sums, argmin, advance) and straightening's pair
-cache (``straighten``). What they share lives here:
+Bellman DP), the global objective (``global_objective``: per-level sums, argmin, advance) and
+straightening's pair cache (``straighten``). What they share lives here:
 
 - ``Shard``: which noise batches this rank runs (rank r of W runs batches r, r + W, ...; a batch is
   ``batch_size`` consecutive noises, so the batches do not depend on the rank count), the global noise rows
@@ -18,8 +18,8 @@ cache (``straighten``). What they share lives here:
   (B,)), every call through :func:`boss_fast.ode.for_rows` with the global noise rows of its samples; run
   eager, compiled (``torch.compile``) or replayed from a CUDA graph (a fixed width: the last call is padded).
 
-Layer: 4 (beside ``cost``, above ``trajectories``; below ``own_state``, ``search`` and ``straighten``). It
-imports ``_checkpoint``, ``_header``, ``_runtime``, ``_validation`` and ``ode`` only.
+Layer: 4 (beside ``cost``, above ``trajectories``; below ``global_objective``, ``search`` and
+``straighten``). It imports ``_checkpoint``, ``_header``, ``_runtime``, ``_validation`` and ``ode`` only.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ class GuidedVelocity(nn.Module):
 def guided_velocity(v_cond: VelocityFn, v_uncond: VelocityFn, scale: float) -> GuidedVelocity:
     """The classifier-free-guided velocity ``v_u + scale (v_c - v_u)`` as a plain ``velocity(x, t)``.
 
-    Search on it (``optimal_schedule(guided, shape, steps)``) for the schedule of the guided sampler, and
+    Search on it (``optimal_schedules(guided, shape, K)``) for the schedule of the guided sampler, and
     sample it with ``sample``/``Sampler``; ``Sampler(cfg_pair(v_cond, v_uncond), sched, guidance=scale)``
     steps the same field from one doubled batch (bit for bit with Euler in float32 and float64).
 

@@ -1,9 +1,9 @@
 """A cheaper route to the global objective's schedules: the own-state DP on a coarse grid, then on the fine
 grid with each level's sources restricted to windows around the coarse knots.
 
-The full own-state DP (``boss_fast.own_state``) evaluates the model at every point reached in k - 1 steps,
-N - k sources at level k: with a Heun teacher, 200 + 856 = 1056 evaluations per noise for every K <= 10 on
-a 100-step grid, 10.6x the local search's 100. ``dp="coarse"`` gets there in about a third:
+The full own-state DP (``boss_fast.global_objective``) evaluates the model at every point reached in
+k - 1 steps, N - k sources at level k: with a Heun teacher, 200 + 856 = 1056 evaluations per noise for
+every K <= 10 on a 100-step grid, 10.6x the local search's 100. ``dp="coarse"`` gets there in about a third:
 
 1. Coarse pass: the full DP on every ``stride``-th grid point (26 points at stride 4), over the first
    ``ceil(coarse_fraction x M)`` noises, its teacher the same solver on that coarse grid. Its K-step paths
@@ -28,14 +28,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from boss_fast._validation import check_float, check_int
+from boss_fast.global_objective import GlobalPass, GlobalTable, Restrict, accumulate_global, global_paths
 from boss_fast.ode import VelocityFn
-from boss_fast.own_state import OwnStateTable, Restrict, accumulate_own_state, own_state_paths
 
 __all__ = ["DPS", "CoarseToFine", "coarse_to_fine_table", "window_sources"]
 
@@ -104,7 +104,7 @@ def window_sources(knots: Sequence[np.ndarray], radius: int, n: int) -> dict[int
 
 
 def _restrict(windows: dict[int, np.ndarray]) -> Restrict:
-    """``restrict(level, costs, pointers)`` for ``accumulate_own_state``: the level's window, less the points
+    """``restrict(level, costs, pointers)`` for ``accumulate_global``: the level's window, less the points
     the previous level did not reach; every reachable source where no window applies."""
 
     def restrict(level: int, costs: np.ndarray, pointers: np.ndarray) -> np.ndarray | None:
@@ -121,29 +121,33 @@ def coarse_to_fine_table(
     velocity: VelocityFn,
     make_batch: Callable[[int, int], torch.Tensor],
     num_samples: int,
-    times: np.ndarray,
+    grid: np.ndarray,
     max_steps: int,
+    run: GlobalPass,
     *,
     plan: CoarseToFine,
+    device: torch.device | str | None,
+    progress: bool,
     checkpoint: str | os.PathLike | None,
     identity: dict[str, str],
-    **engine: object,
-) -> OwnStateTable:
-    """The coarse-to-fine DP's table on ``times`` (see the module docstring).
+) -> GlobalTable:
+    """The coarse-to-fine DP's table on ``grid`` (see the module docstring).
 
-    Arguments as ``accumulate_own_state`` (``engine``: batch_size, solver, metric, device, progress, mode,
-    store, store_dir). With ``checkpoint`` the coarse pass checkpoints beside it (``<root>.coarse<ext>``)
-    and the fine pass at ``checkpoint``, its header naming ``plan``.
+    Arguments as ``accumulate_global``. Both passes run with ``run``'s batch size, metric, mode and store and
+    its solver as the teacher; the coarse pass's teacher steps on every coarse point, the fine pass's on every
+    ``plan.teacher_stride``-th fine point (``run.teacher_stride`` is not used). With ``checkpoint`` the
+    coarse pass checkpoints beside it (``<root>.coarse<ext>``) and the fine pass at ``checkpoint``, its
+    header naming ``plan``.
 
     Example:
         >>> grid = np.linspace(0, 1, 21)
         >>> table = coarse_to_fine_table(lambda x, t: -x, lambda a, b: torch.ones(b - a, 2), 8, grid, 3,
-        ...     plan=CoarseToFine(), checkpoint=None, identity={}, batch_size=8, solver="heun",
-        ...     metric="l2sq", device=None, progress=False)
-        >>> [p.indices.tolist()[-1] for p in own_state_paths(table)]
+        ...     GlobalPass(batch_size=8), plan=CoarseToFine(), device=None, progress=False, checkpoint=None,
+        ...     identity={})
+        >>> [p.indices.tolist()[-1] for p in global_paths(table)]
         [20, 20, 20]
     """
-    n = len(times)
+    n = len(grid)
     sub = np.unique(np.append(np.arange(0, n, plan.stride), n - 1))
     coarse_steps = min(max_steps, len(sub) - 1)
     coarse_samples = max(1, math.ceil(plan.coarse_fraction * num_samples))
@@ -151,14 +155,15 @@ def coarse_to_fine_table(
     if checkpoint is not None:
         root, ext = os.path.splitext(os.fspath(checkpoint))
         coarse_ckpt = f"{root}.coarse{ext}"
-    coarse = accumulate_own_state(
-        velocity, make_batch, coarse_samples, times[sub], coarse_steps,
-        checkpoint=coarse_ckpt, identity={**identity, "dp": "coarse pass"}, **engine,  # type: ignore[arg-type]
+    handles = {"device": device, "progress": progress}
+    coarse = accumulate_global(
+        velocity, make_batch, coarse_samples, grid[sub], coarse_steps, replace(run, teacher_stride=1),
+        checkpoint=coarse_ckpt, identity={**identity, "dp": "coarse pass"}, **handles,
     )  # fmt: skip
-    knots = [sub[path.indices] for path in own_state_paths(coarse)]
+    knots = [sub[path.indices] for path in global_paths(coarse)]
     windows = window_sources(knots, plan.radius, n)
-    return accumulate_own_state(
-        velocity, make_batch, num_samples, times, max_steps, checkpoint=checkpoint,
-        identity={**identity, **plan.identity()}, restrict=_restrict(windows),
-        teacher_stride=plan.teacher_stride, **engine,  # type: ignore[arg-type]
+    return accumulate_global(
+        velocity, make_batch, num_samples, grid, max_steps, replace(run, teacher_stride=plan.teacher_stride),
+        checkpoint=checkpoint, identity={**identity, **plan.identity()}, restrict=_restrict(windows),
+        **handles,
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """Bellman-optimal schedules (BOSS stage 1, step 5): the ``Schedule`` object, its JSON file, and the schedule
-of a given cost matrix (``schedule_from_cost``, ``schedules_from_cost``). No model and no cost estimation
+of a given cost matrix, every budget at once (``schedules_from_cost``). No model and no cost estimation
 here: the pipeline from a velocity model (noise -> teacher -> cost matrix -> DP) is
-:func:`boss_fast.search.optimal_schedule`.
+:func:`boss_fast.search.optimal_schedules`.
 
 A schedule's ``times`` are flow times (t = 0 noise, t = 1 data), a subset of the base grid's points chosen by
 ``boss_fast.bellman``; ``sigmas()`` gives diffusers' sigma = 1 - t.
@@ -30,7 +30,7 @@ from boss_fast._validation import (
     check_float,
     check_int,
 )
-from boss_fast.bellman import BellmanPath, bellman_path, bellman_paths
+from boss_fast.bellman import BellmanPath, bellman_paths
 
 __all__ = [
     "OBJECTIVES",
@@ -39,13 +39,12 @@ __all__ = [
     "interpolate_schedule",
     "loglinear_times",
     "read_json",
-    "schedule_from_cost",
     "schedules_from_cost",
     "snap_to_grid",
 ]
 
-# "global": the DP over the sampler's own states (boss_fast.own_state, the error at t = 1); "local": BOSS's
-# sum of one-step errors from the teacher's states (boss_fast.cost + boss_fast.bellman).
+# "global": the DP over the sampler's own states (boss_fast.global_objective, the error at t = 1); "local":
+# BOSS's sum of one-step errors from the teacher's states (boss_fast.cost + boss_fast.bellman).
 OBJECTIVES: tuple[str, ...] = ("global", "local")
 
 SCHEDULE_FORMAT = "boss_fast.schedule"
@@ -436,63 +435,42 @@ def _from_path(
     )
 
 
-def _check_cost_and_grid(cost: object, times: object) -> tuple[np.ndarray, np.ndarray]:
-    grid = as_times(times, "times")
+def _check_cost_and_grid(cost: object, grid: object) -> tuple[np.ndarray, np.ndarray]:
+    times = as_times(grid, "grid")
     matrix = np.asarray(cost)
-    if matrix.shape != (len(grid), len(grid)):
+    if matrix.shape != (len(times), len(times)):
         raise ValueError(
-            f"cost must have shape ({len(grid)}, {len(grid)}) for {len(grid)} grid times, got {matrix.shape}"
+            f"cost must have shape ({len(times)}, {len(times)}) for {len(times)} grid times, "
+            f"got {matrix.shape}"
         )
-    return matrix, grid
+    return matrix, times
 
 
-def schedule_from_cost(
+def _solved(
     cost: np.ndarray,
-    times: Sequence[float] | np.ndarray,
-    steps: int,
-    *,
-    discount: float = 1.0,
-    backend: str = "auto",
-    metric: str = "l2sq",
-    solver: str = "euler",
-    num_samples: int | None = None,
-    fingerprint: str | None = None,
-    shape: Sequence[int] | None = None,
-) -> Schedule:
-    """The Bellman-optimal ``steps``-step schedule for a precomputed (N, N) cost matrix on grid ``times``.
-
-    No model needed. ``metric``, ``solver``, ``num_samples``, ``fingerprint`` and ``shape`` (one sample's)
-    only describe where the matrix came from and are stored in the schedule. ``steps`` must be in [1, N - 1].
-
-    Example:
-        >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)  # cost (j - i)^2
-        >>> schedule_from_cost(c, [0.0, 0.25, 0.5, 0.75, 1.0], 2).times
-        array([0. , 0.5, 1. ])
-    """
-    matrix, grid = _check_cost_and_grid(cost, times)
-    steps = check_int(steps, "steps")
-    if steps >= len(grid):
+    max_steps: int,
+    grid: Sequence[float] | np.ndarray,
+    discount: float,
+    backend: str,
+    described: dict[str, Any],
+) -> list[Schedule]:
+    """The Bellman DP's schedules of budgets 1 .. ``max_steps`` on ``cost`` (checked), in order;
+    ``described``: the fields that say where the matrix came from (metric, solver, num_samples, ...)."""
+    matrix, times = _check_cost_and_grid(cost, grid)
+    max_steps = check_int(max_steps, "max_steps")
+    if max_steps >= len(times):
         raise ValueError(
-            f"steps must be < len(times) = {len(grid)} (at most {len(grid) - 1} steps), got {steps}"
+            f"max_steps must be < len(grid) = {len(times)} (at most {len(times) - 1} steps), got {max_steps}"
         )
-    path = bellman_path(matrix, steps, discount=discount, backend=backend)
-    return _from_path(
-        path,
-        grid,
-        metric=metric,
-        solver=solver,
-        num_samples=num_samples,
-        fingerprint=fingerprint,
-        discount=discount,
-        shape=None if shape is None else tuple(shape),
-    )
+    paths = bellman_paths(matrix, max_steps, discount=discount, backend=backend)
+    return [_from_path(p, times, discount=discount, **described) for p in paths]
 
 
 def schedules_from_cost(
     cost: np.ndarray,
-    times: Sequence[float] | np.ndarray,
     max_steps: int,
     *,
+    grid: Sequence[float] | np.ndarray,
     discount: float = 1.0,
     backend: str = "auto",
     metric: str = "l2sq",
@@ -500,32 +478,25 @@ def schedules_from_cost(
     num_samples: int | None = None,
     fingerprint: str | None = None,
     shape: Sequence[int] | None = None,
-) -> list[Schedule]:
-    """Every budget from one DP table: ``result[k - 1]`` is the best k-step schedule, k = 1 .. max_steps.
+) -> ScheduleSet:
+    """The Bellman-optimal schedule of every budget K = 1 .. ``max_steps`` for a precomputed (N, N) cost
+    matrix on ``grid``, from one DP table, as a ``ScheduleSet`` holding the matrix (read one budget as
+    ``result[K]``: every budget up to K costs what K alone does).
+
+    No model needed. ``cost``: (N, N), finite and >= 0 above the diagonal (errors; nothing else is read).
+    ``grid``: the (N,) grid times the rows and columns stand for. ``max_steps`` in [1, N - 1].
+    ``metric``, ``solver``, ``num_samples``, ``fingerprint`` and ``shape`` (one sample's) only describe where
+    the matrix came from and are stored in the schedules (objective "local").
 
     Example:
         >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)  # cost (j - i)^2
-        >>> [s.times.tolist() for s in schedules_from_cost(c, [0.0, 0.25, 0.5, 0.75, 1.0], 2)]
-        [[0.0, 1.0], [0.0, 0.5, 1.0]]
+        >>> sset = schedules_from_cost(c, 2, grid=[0.0, 0.25, 0.5, 0.75, 1.0])
+        >>> sset[2].times.tolist(), [s.times.tolist() for s in sset.values()][0]
+        ([0.0, 0.5, 1.0], [0.0, 1.0])
     """
-    matrix, grid = _check_cost_and_grid(cost, times)
-    max_steps = check_int(max_steps, "max_steps")
-    if max_steps >= len(grid):
-        raise ValueError(f"max_steps must be < len(times) = {len(grid)}, got {max_steps}")
-    paths = bellman_paths(matrix, max_steps, discount=discount, backend=backend)
-    return [
-        _from_path(
-            p,
-            grid,
-            metric=metric,
-            solver=solver,
-            num_samples=num_samples,
-            fingerprint=fingerprint,
-            discount=discount,
-            shape=None if shape is None else tuple(shape),
-        )
-        for p in paths
-    ]
+    described = {"metric": metric, "solver": solver, "num_samples": num_samples, "fingerprint": fingerprint,
+                 "shape": None if shape is None else tuple(shape)}  # fmt: skip
+    return ScheduleSet(_solved(cost, max_steps, grid, discount, backend, described), cost_table=cost)
 
 
 # ------------------------------------------------------------------------------------ every budget at once
@@ -564,7 +535,7 @@ class ScheduleSet(Mapping[int, Schedule]):
 
     Example:
         >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)
-        >>> sset = ScheduleSet(schedules_from_cost(c, np.linspace(0, 1, 5), 2), cost_table=c)
+        >>> sset = schedules_from_cost(c, 2, grid=np.linspace(0, 1, 5))  # ScheduleSet(schedules, c)
         >>> sorted(sset), sset.resample(3).times.tolist()
         ([1, 2], [0.0, 0.25, 0.5, 1.0])
     """
@@ -607,7 +578,7 @@ class ScheduleSet(Mapping[int, Schedule]):
             raise ValueError(
                 f"cost_table[{i}, {j}] = {float(table[i, j])!r} is negative; costs are errors, >= 0"
             )
-        solved = schedules_from_cost(table, first.grid, len(self._scheds), discount=first.discount)
+        solved = _solved(table, len(self._scheds), first.grid, first.discount, "auto", _described(first))
         for s, fresh in zip(self._scheds.values(), solved, strict=True):
             if not np.array_equal(s.indices, fresh.indices) or not math.isclose(
                 s.cost, fresh.cost, rel_tol=1e-12, abs_tol=0.0
@@ -695,12 +666,7 @@ class ScheduleSet(Mapping[int, Schedule]):
                 f"got {steps}"
             )
         if self._table is not None:
-            kwargs = {
-                name: getattr(first, name) for name in ("metric", "solver", "num_samples", "fingerprint")
-            }
-            fresh = schedule_from_cost(
-                self._table, self.grid, steps, discount=first.discount, shape=first.shape, **kwargs
-            )
+            fresh = _solved(self._table, steps, self.grid, first.discount, "auto", _described(first))[-1]
             return replace(fresh, mu=first.mu)
         sources = [k for k in self._scheds if k >= 2]
         if not sources:
@@ -798,6 +764,13 @@ class ScheduleSet(Mapping[int, Schedule]):
         nesting, finite numbers) and ``from_dict``'s checks; a missing file or a directory raises OSError."""
         source = os.fspath(path)
         return cls.from_dict(read_json(source, "schedule set"), source)
+
+
+def _described(sched: Schedule) -> dict[str, Any]:
+    """The fields of ``sched`` that say where its cost matrix came from (``_solved``'s ``described``)."""
+    return {
+        name: getattr(sched, name) for name in ("metric", "solver", "num_samples", "fingerprint", "shape")
+    }
 
 
 def loglinear_times(times: np.ndarray, steps: int) -> np.ndarray:

@@ -5,7 +5,8 @@ teacher, reduce the cost matrix, solve the DP.
 the per-batch (sum, count) of :func:`boss_fast.cost.trajectory_cost_sums`; memory is one batch's trajectory.
 Around that pure loop: a checkpoint rewritten atomically after every batch (resume is bit-identical), and
 torch.distributed (rank r of W runs batches r, r + W, ...; the float64 (sum, count) are all-reduced).
-``optimal_schedule`` draws seeded noise, runs the same loop and returns the DP's ``Schedule``.
+``optimal_schedules`` draws seeded noise, runs the same loop (or the global objective's DP) and returns every
+budget's ``Schedule`` from one search; its knobs live in one frozen, validated ``SearchSettings``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from boss_fast._backends import DP_BACKENDS
 from boss_fast._checkpoint import noise_identity
 from boss_fast._identity import checkpoint_model_key, model_fingerprint
 from boss_fast._runtime import module_placement
@@ -29,18 +31,26 @@ from boss_fast._validation import (
     check_float,
     check_int,
     check_noise,
+    check_store_dir,
     check_teacher,
 )
 from boss_fast.cost import trajectory_cost_sums
-from boss_fast.engine import STORES, Checkpoint, Shard, progress_bar
+from boss_fast.engine import STORES, WIDE_MODES, Checkpoint, Shard, progress_bar
+from boss_fast.global_objective import GlobalPass, accumulate_global, global_paths
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn
-from boss_fast.own_state import accumulate_own_state, own_state_paths
 from boss_fast.refine import DPS, CoarseToFine, coarse_to_fine_table
 from boss_fast.schedule import OBJECTIVES, Schedule, ScheduleSet, schedules_from_cost
 from boss_fast.trajectories import TeacherRunner, seeded_noise
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "cost_matrix", "optimal_schedule", "optimal_schedules"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "SearchSettings",
+    "auto_rounds",
+    "cost_matrix",
+    "optimal_schedules",
+]
 
 DEFAULT_OBJECTIVE = "global"
 # The teacher each objective uses when none is given: BOSS's Euler (the published setting), and for the
@@ -145,7 +155,7 @@ def _accumulate_cost(
 def cost_matrix(
     velocity: VelocityFn,
     noise: torch.Tensor,
-    times: Sequence[float] | np.ndarray | torch.Tensor,
+    grid: Sequence[float] | np.ndarray | torch.Tensor,
     batch_size: int = 256,
     solver: str = "euler",
     metric: str = "l2sq",
@@ -158,14 +168,14 @@ def cost_matrix(
 ) -> np.ndarray:
     """The BOSS cost matrix of a velocity model, averaged over ``noise``, (N, N) float64 numpy.
 
-    Runs the teacher (``teacher_trajectory``) on ``times`` for batches of ``batch_size`` noises and reduces
+    Runs the teacher (``teacher_trajectory``) on ``grid`` for batches of ``batch_size`` noises and reduces
     per-batch sums (``trajectory_cost_sums``): memory is one batch's trajectory whatever the number of
     samples. The result depends on the batching only through float64 summation order.
 
     Args:
         velocity: ``velocity(x, t)`` (t = 0 noise, t = 1 data), already on ``device``.
         noise: (M, ...) floating tensor, the M teacher start points (reference: M = 100 Gaussian noises).
-        times: (N,) strictly increasing grid in [0, 1] (e.g. ``uniform_grid(100)``).
+        grid: (N,) strictly increasing grid times in [0, 1] (e.g. ``uniform_grid(100)``).
         batch_size: samples per teacher batch, >= 1.
         solver: teacher solver, "euler" (reference), "heun", "rk4" or "dopri5" (torchdiffeq at its default
             tolerances, ``teacher_trajectory``; mode=None only).
@@ -196,7 +206,7 @@ def cost_matrix(
         ((3, 3), 0.0)
     """
     noise = check_noise(noise)
-    t = as_times(times)
+    t = as_times(grid, "grid")
     batch_size = check_int(batch_size, "batch_size")
     solver = check_teacher(solver, mode)
     metric = check_choice(metric, METRICS, "metric")
@@ -215,29 +225,175 @@ def cost_matrix(
     )
 
 
+# ------------------------------------------------------------------------------------------- settings
+
+
+def _check_grid(grid: object) -> int | tuple[float, ...]:
+    """``grid`` as stored in the settings: an int n (``uniform_grid(n)``) or the grid times as a tuple of
+    floats (validated, exact: every float64 is a Python float)."""
+    if isinstance(grid, int | np.integer) and not isinstance(grid, bool | np.bool_):
+        check_int(grid, "grid")
+        return int(grid)
+    if isinstance(grid, str | bytes) or np.ndim(grid) == 0:
+        raise TypeError(f"grid must be an int n (uniform_grid(n)) or a 1-D sequence of times, got {grid!r}")
+    return tuple(resolve_grid(grid).tolist())
+
+
+def _check_samples(num_samples: object, max_samples: object) -> None:
+    """num_samples: an int >= 1 or "auto"; max_samples: None, or the cap (>= AUTO_START) of "auto"."""
+    if isinstance(num_samples, str):
+        if num_samples != "auto":
+            raise ValueError(f"num_samples must be an integer >= 1 or 'auto', got {num_samples!r}")
+        if max_samples is not None:
+            check_int(max_samples, "max_samples", minimum=AUTO_START)
+        return
+    check_int(num_samples, "num_samples")
+    if max_samples is not None:
+        raise ValueError(f"max_samples caps num_samples='auto', got num_samples={num_samples!r}")
+
+
+def _check_objective_knobs(settings: SearchSettings) -> None:
+    """The knobs that belong to one objective (discount, backend: local; dp: global), refused with another."""
+    if settings.objective == "global" and settings.discount != 1.0:
+        raise ValueError(
+            "discount weights the local objective's steps; objective='global' takes 1.0, got "
+            f"{settings.discount}"
+        )
+    if settings.objective == "global" and settings.backend != "auto":
+        raise ValueError(
+            "backend selects the Bellman DP's kernel of objective='local'; objective='global' runs its own "
+            f"DP in numpy, got backend={settings.backend!r}"
+        )
+    if settings.dp != "full" and settings.objective != "global":
+        raise ValueError(
+            f"dp={settings.dp!r} is a route to objective='global'; objective={settings.objective!r} takes "
+            "'full'"
+        )
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Every knob of a schedule search (``optimal_schedules``), validated at construction (a ValueError or
+    TypeError naming the field); frozen, so one object describes one search (``dataclasses.replace`` for
+    another). The Python API, ``boss-fast schedule`` and the demo build one.
+
+    Attributes:
+        grid: an int n for ``uniform_grid(n)`` (default 100) or the grid times (N,) in [0, 1], stored as a
+            tuple of floats.
+        num_samples: the noises (reference: 100), or "auto": rounds of 32, 64, ... noises until no knot of
+            any budget moves by more than 2 grid points (:func:`auto_rounds`), capped by ``max_samples``
+            (None: 1024; only with "auto").
+        batch_size: noises per teacher batch (and the global objective's rows per model call), >= 1.
+        seed: of the noise (``seeded_noise``: sample m depends only on (seed, m)), >= 0.
+        objective: "global" (default: the DP over the sampler's own states, the error at t = 1,
+            ``boss_fast.global_objective``) or "local" (BOSS: the sum of one-step errors from the teacher's
+            states, ``boss_fast.cost`` + ``boss_fast.bellman``).
+        solver: the teacher, "euler", "heun", "rk4" or "dopri5" (mode None only); None: "heun" for the
+            global objective (its targets; the most accurate fixed-step teacher within 12x the local
+            search's evaluations at K = 10), "euler" for the local one (BOSS's reference).
+        metric: "l2sq" (BOSS) or "l2" (GITS).
+        discount: the local DP's discount on later steps (GITS); 1.0 is BOSS (the global objective: 1.0).
+        dp: the global DP, "full" (default) or "coarse" (``boss_fast.refine``: 0.35-0.38x the
+            evaluations).
+        store: where the global objective keeps its per-sample rows between levels: "device" (default),
+            "host" (pinned for CUDA) or "disk" (memory-mapped files, deleted at the end); the schedule does
+            not depend on it (docs/search_memory.md). The local objective keeps one batch's trajectory.
+        store_dir: the folder of "disk"'s files (None: the checkpoint's folder, else the system's temporary
+            directory); only with store="disk".
+        mode: None runs the teacher's plain loop; "eager", "compile", "cuda_graph" or "auto" runs it on a
+            recording ``Sampler`` (and the global objective's wide calls alike; "auto": cuda_graph on CUDA,
+            eager elsewhere, ``boss_fast.engine.resolve_wide_mode``).
+        backend: the local DP's kernel, "auto" or one of ``boss_fast.bellman``'s (the global objective:
+            "auto").
+
+    Example:
+        >>> s = SearchSettings(grid=50, num_samples=64, objective="local")
+        >>> s.teacher, s.times().shape, SearchSettings().objective
+        ('euler', (51,), 'global')
+    """
+
+    grid: int | tuple[float, ...] = 100
+    num_samples: int | str = 256
+    max_samples: int | None = None
+    batch_size: int = 256
+    seed: int = 0
+    objective: str = DEFAULT_OBJECTIVE
+    solver: str | None = None
+    metric: str = "l2sq"
+    discount: float = 1.0
+    dp: str = "full"
+    store: str = "device"
+    store_dir: str | os.PathLike | None = None
+    mode: str | None = None
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", _check_grid(self.grid))
+        _check_samples(self.num_samples, self.max_samples)
+        if self.num_samples != "auto":
+            object.__setattr__(self, "num_samples", int(self.num_samples))
+        if self.max_samples is not None:
+            object.__setattr__(self, "max_samples", int(self.max_samples))
+        object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size"))
+        object.__setattr__(self, "seed", check_int(self.seed, "seed", minimum=0))
+        check_choice(self.objective, OBJECTIVES, "objective")
+        if self.mode is not None:
+            check_choice(self.mode, WIDE_MODES, "mode")
+        if self.solver is not None:
+            check_teacher(self.solver, self.mode)
+        check_choice(self.metric, METRICS, "metric")
+        object.__setattr__(self, "discount", check_float(self.discount, "discount"))
+        if self.discount <= 0:
+            raise ValueError(f"discount must be > 0, got {self.discount}")
+        check_choice(self.dp, DPS, "dp")
+        check_choice(self.store, STORES, "store")
+        check_store_dir(self.store_dir, self.store)
+        check_choice(self.backend, ("auto", *DP_BACKENDS), "backend")
+        _check_objective_knobs(self)
+
+    @property
+    def teacher(self) -> str:
+        """The teacher's solver this search runs: ``solver``, or the objective's default."""
+        return _DEFAULT_SOLVER[self.objective] if self.solver is None else self.solver
+
+    def times(self) -> np.ndarray:
+        """The grid times, (N,) float64 (a new array each call)."""
+        return resolve_grid(self.grid)
+
+
+# ------------------------------------------------------------------------------------------- the search
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The operational handles of one search (not part of what is searched): where and how it runs."""
+
+    device: torch.device | str | None
+    dtype: torch.dtype | None
+    progress: bool
+    checkpoint: str | os.PathLike | None
+    checkpoint_key: str | None
+
+
 @dataclass(frozen=True)
 class _Search:
-    """Validated arguments of a search from a velocity model (shared by both objectives)."""
+    """One validated search with a fixed number of noises (both objectives)."""
 
+    settings: SearchSettings
     times: np.ndarray
     shape: tuple[int, ...]
     num_samples: int
-    batch_size: int
-    seed: int
-    objective: str
-    solver: str
-    metric: str
     device: torch.device
     dtype: torch.dtype
     fingerprint: str | None
     model: str = ""
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
-        return seeded_noise(self.shape, start, stop, seed=self.seed, dtype=self.dtype)
+        return seeded_noise(self.shape, start, stop, seed=self.settings.seed, dtype=self.dtype)
 
     def identity(self) -> dict[str, str]:
         return {
-            "noise": f"seeded_noise(seed={self.seed})",
+            "noise": f"seeded_noise(seed={self.settings.seed})",
             "sample_shape": str(self.shape),
             "dtype": str(self.dtype),
             "model": self.model,
@@ -245,263 +401,160 @@ class _Search:
 
 
 def _validate_search(
-    velocity: VelocityFn,
-    shape: Sequence[int],
-    steps: int,
-    steps_name: str,
-    grid: int | Sequence[float] | np.ndarray,
-    num_samples: int,
-    batch_size: int,
-    seed: int,
-    objective: str,
-    solver: str | None,
-    metric: str,
-    device: torch.device | str | None,
-    dtype: torch.dtype | None,
-    backend: str,
-    discount: float,
-    mode: str | None,
-) -> tuple[_Search, int, float]:
+    velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings: SearchSettings, run: _Run
+) -> tuple[_Search, int]:
+    """(the search, max_steps): the checks that need the model or the shape; ``settings`` checked itself."""
     shape = tuple(check_int(s, "shape entry") for s in shape)
-    steps = check_int(steps, steps_name)
-    times = resolve_grid(grid)
-    if steps >= len(times):
+    max_steps = check_int(max_steps, "max_steps")
+    times = settings.times()
+    if max_steps >= len(times):
         raise ValueError(
-            f"{steps_name} must be < the grid's {len(times)} points (at most {len(times) - 1}), got {steps}"
-        )
-    num_samples = check_int(num_samples, "num_samples")
-    batch_size = check_int(batch_size, "batch_size")
-    seed = check_int(seed, "seed", minimum=0)
-    objective = check_choice(objective, OBJECTIVES, "objective")
-    solver = check_teacher(_DEFAULT_SOLVER[objective] if solver is None else solver, mode)
-    metric = check_choice(metric, METRICS, "metric")
-    discount = check_float(discount, "discount")
-    if objective == "global" and discount != 1.0:
-        raise ValueError(
-            f"discount weights the local objective's steps; objective='global' takes 1.0, got {discount}"
-        )
-    if objective == "global" and backend != "auto":
-        raise ValueError(
-            "backend selects the Bellman DP's kernel of objective='local'; objective='global' runs its own "
-            f"DP in numpy, got backend={backend!r}"
+            f"max_steps must be < the grid's {len(times)} points (at most {len(times) - 1}), got {max_steps}"
         )
     model_device, model_dtype = module_placement(velocity)
-    device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
-    dtype = check_dtype(dtype) or model_dtype or torch.get_default_dtype()
+    device = torch.device(run.device) if run.device is not None else (model_device or torch.device("cpu"))
+    dtype = check_dtype(run.dtype) or model_dtype or torch.get_default_dtype()
     fingerprint = model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else None
-    search = _Search(
-        times, shape, num_samples, batch_size, seed, objective, solver, metric, device, dtype, fingerprint
-    )
-    return search, steps, discount
+    model = checkpoint_model_key(velocity, run.checkpoint, run.checkpoint_key)
+    search = _Search(settings, times, shape, settings.num_samples, device, dtype, fingerprint, model)
+    return search, max_steps
 
 
-def _keyed(search: _Search, velocity: VelocityFn, checkpoint: object, key: str | None) -> _Search:
-    """``search`` with the checkpoint header's model identity (``checkpoint_model_key``)."""
-    return replace(search, model=checkpoint_model_key(velocity, checkpoint, key))
-
-
-def _local_cost(
-    velocity: VelocityFn,
-    search: _Search,
-    progress: bool,
-    checkpoint: str | os.PathLike | None,
-    mode: str | None,
-) -> np.ndarray:
+def _local_cost(velocity: VelocityFn, search: _Search, run: _Run) -> np.ndarray:
     """The local objective's cost matrix over the search's seeded noises."""
+    s = search.settings
     return _accumulate_cost(
-        TeacherRunner(velocity, search.times, search.solver, mode),
+        TeacherRunner(velocity, search.times, s.teacher, s.mode),
         search.batch,
         search.num_samples,
-        batch_size=search.batch_size,
-        metric=search.metric,
+        batch_size=s.batch_size,
+        metric=s.metric,
         device=search.device,
-        progress=progress,
-        checkpoint=checkpoint,
+        progress=run.progress,
+        checkpoint=run.checkpoint,
         identity=search.identity(),
     )
 
 
-def _global_schedules(
-    velocity: VelocityFn,
-    search: _Search,
-    max_steps: int,
-    progress: bool,
-    checkpoint: str | os.PathLike | None,
-    mode: str | None,
-    rows: tuple[str, str | os.PathLike | None] = ("device", None),
-    dp: str = "full",
-) -> ScheduleSet:
-    """The global objective's ``ScheduleSet``; ``rows``: (store, store_dir) of ``accumulate_own_state``;
-    ``dp``: "full" (every source) or "coarse" (``boss_fast.refine``)."""
-    engine = {"batch_size": search.batch_size, "solver": search.solver, "metric": search.metric,
-              "device": search.device, "progress": progress, "mode": mode, "store": rows[0],
-              "store_dir": rows[1]}  # fmt: skip
-    args = (velocity, search.batch, search.num_samples, search.times, max_steps)
+def _global_schedules(velocity: VelocityFn, search: _Search, max_steps: int, run: _Run) -> ScheduleSet:
+    """The global objective's ``ScheduleSet`` (``settings.dp``: "full", every source, or "coarse",
+    ``boss_fast.refine``)."""
+    s = search.settings
+    passes = GlobalPass(batch_size=s.batch_size, solver=s.teacher, metric=s.metric, mode=s.mode,
+                        store=s.store, store_dir=s.store_dir)  # fmt: skip
+    args = (velocity, search.batch, search.num_samples, search.times, max_steps, passes)
     # "dp" in every header: a checkpoint reader checks the keys this run asks for, so each route names itself
-    identity = {**search.identity(), "dp": dp}
-    if dp == "coarse":
-        table = coarse_to_fine_table(
-            *args, plan=CoarseToFine(), checkpoint=checkpoint, identity=identity, **engine
-        )
+    handles = {"device": search.device, "progress": run.progress, "checkpoint": run.checkpoint,
+               "identity": {**search.identity(), "dp": s.dp}}  # fmt: skip
+    if s.dp == "coarse":
+        table = coarse_to_fine_table(*args, plan=CoarseToFine(), **handles)
     else:
-        table = accumulate_own_state(*args, checkpoint=checkpoint, identity=identity, **engine)
+        table = accumulate_global(*args, **handles)
     return ScheduleSet(
         Schedule(
             times=search.times[path.indices],
             indices=path.indices,
             cost=path.cost,
             grid=search.times,
-            metric=search.metric,
-            solver=search.solver,
+            metric=s.metric,
+            solver=s.teacher,
             num_samples=search.num_samples,
             fingerprint=search.fingerprint,
             shape=search.shape,
             objective="global",
         )
-        for path in own_state_paths(table)
+        for path in global_paths(table)
     )
 
 
-def optimal_schedule(
-    velocity: VelocityFn,
-    shape: Sequence[int],
-    steps: int,
-    grid: int | Sequence[float] | np.ndarray = 100,
-    num_samples: int | str = 256,
-    batch_size: int = 256,
-    seed: int = 0,
-    solver: str | None = None,
-    metric: str = "l2sq",
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    backend: str = "auto",
-    *,
-    objective: str = DEFAULT_OBJECTIVE,
-    discount: float = 1.0,
-    progress: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    mode: str | None = None,
-    checkpoint_key: str | None = None,
-    store: str = "device",
-    store_dir: str | os.PathLike | None = None,
-    dp: str = "full",
-    max_samples: int | None = None,
-) -> Schedule:
-    """The optimal ``steps``-step schedule of a velocity model, end to end.
-
-    Draws ``num_samples`` Gaussian noises (``seeded_noise``: sample m depends only on (seed, m), so the draw
-    does not depend on ``batch_size``, the device or the number of processes) and runs the teacher on the grid
-    in batches. Then, by ``objective``:
-
-    - "global" (default): the DP over the sampler's own states (``boss_fast.own_state``; Pei et al. 2025):
-      the schedule whose Euler sampler ends closest to the teacher at t = 1, on average over the noises.
-      About ``steps`` x N model evaluations per sample beside the teacher's, in calls of up to
-      ``batch_size`` (state, time) rows; memory: see ``store`` and docs/search_memory.md.
-    - "local": BOSS as published: the cost matrix of one-step errors from the teacher's states
-      (``boss_fast.cost``, memory one batch's trajectory) and the exact Bellman DP (``boss_fast.bellman``).
-
-    ``optimal_schedules`` returns every budget up to K from the same search.
-
-    Args:
-        velocity: ``velocity(x, t)``, t = 0 noise, t = 1 data.
-        shape: the shape of ONE sample, without the batch dimension, e.g. (3, 32, 32).
-        steps: the budget K, 1 <= K <= N - 1 (an int).
-        grid: an int n for ``uniform_grid(n)`` or grid times (N,) in [0, 1]. seed: of the noise (>= 0).
-        num_samples, batch_size: noises in total and per teacher batch (reference: 100 noises);
-            "auto" (capped by ``max_samples``, default 1024): ``boss_fast.search.auto_rounds``.
-        solver: teacher solver; None: "heun" for the global objective (its targets; the most accurate
-            fixed-step teacher within 12x the local search's evaluations at K = 10), "euler" for the local
-            one (BOSS's reference). metric: "l2sq" (BOSS) or "l2" (GITS).
-        device, dtype: where and in what dtype the teacher runs; default: the model's first floating
-            parameter's device and dtype when it is an ``nn.Module``, else CPU and torch's default dtype.
-        backend: the local DP's backend (``boss_fast.bellman``). objective: "global" or "local", see above.
-        discount: the local DP's discount on later steps (GITS); 1.0 is BOSS.
-        progress, checkpoint, mode: as in ``boss_fast.cost.cost_matrix`` (mode: the teacher on a recording
-            ``Sampler``, e.g. "cuda_graph"; the global objective's own wide calls run in the same mode, "auto"
-            being cuda_graph on CUDA and eager elsewhere, ``boss_fast.engine.resolve_wide_mode``); the global
-            objective checkpoints after every DP level (``boss_fast.own_state``), with the same resume and
-            refusal rules.
-        checkpoint_key: as in ``cost_matrix`` (required with ``checkpoint`` for a non-module velocity).
-        store: where the global objective keeps its per-sample rows (teacher states, current states,
-            velocities: about 3 x num_samples x N sample-sized values) between levels: "device" (default,
-            all on ``device``), "host" (host memory, pinned for CUDA) or "disk" (memory-mapped files in a
-            temporary folder under ``store_dir``, deleted at the end); with "host" and "disk" the device holds
-            one batch's rows. The schedule does not depend on it (same bits). The local objective keeps one
-            batch's trajectory whatever the store.
-        store_dir: the folder of "disk"'s temporary files; default the checkpoint's folder, else the
-            system's temporary directory.
-        dp: the global DP, "full" (default) or "coarse" (``boss_fast.refine``: 0.35-0.38x the evaluations).
-
-    Returns:
-        A ``Schedule`` with ``objective`` set and ``fingerprint`` ``model_fingerprint(velocity)`` (or None).
-
-    Example:
-        >>> sched = optimal_schedule(lambda x, t: -x, (2,), 2, grid=10, num_samples=8)
-        >>> sched.steps, sched.objective, float(sched.times[0]), float(sched.times[-1])
-        (2, 'global', 0.0, 1.0)
-    """
-    return _schedules(**locals(), steps_name="steps")[steps]
+def _search(velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings: SearchSettings, run: _Run):
+    """One search with a fixed number of noises: every budget 1 .. ``max_steps``."""
+    search, max_steps = _validate_search(velocity, shape, max_steps, settings, run)
+    if settings.objective == "global":
+        return _global_schedules(velocity, search, max_steps, run)
+    cost = _local_cost(velocity, search, run)
+    return schedules_from_cost(
+        cost,
+        max_steps,
+        grid=search.times,
+        discount=settings.discount,
+        backend=settings.backend,
+        metric=settings.metric,
+        solver=settings.teacher,
+        num_samples=search.num_samples,
+        fingerprint=search.fingerprint,
+        shape=search.shape,
+    )
 
 
 def optimal_schedules(
     velocity: VelocityFn,
     shape: Sequence[int],
     max_steps: int,
-    grid: int | Sequence[float] | np.ndarray = 100,
-    num_samples: int | str = 256,
-    batch_size: int = 256,
-    seed: int = 0,
-    solver: str | None = None,
-    metric: str = "l2sq",
+    settings: SearchSettings | None = None,
+    *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-    backend: str = "auto",
-    *,
-    objective: str = DEFAULT_OBJECTIVE,
-    discount: float = 1.0,
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
-    mode: str | None = None,
     checkpoint_key: str | None = None,
-    store: str = "device",
-    store_dir: str | os.PathLike | None = None,
-    dp: str = "full",
-    max_samples: int | None = None,
 ) -> ScheduleSet:
-    """The optimal schedule of every budget K = 1 .. ``max_steps`` from ONE search, as a ``ScheduleSet``
-    (a read-only mapping ``{K: Schedule}``; ``sset.save(path)``, ``ScheduleSet.load(path)``).
+    """The optimal schedule of every budget K = 1 .. ``max_steps`` of a velocity model from ONE search, as a
+    ``ScheduleSet`` (a read-only mapping ``{K: Schedule}``; ``sset.save(path)``, ``ScheduleSet.load(path)``).
 
-    Arguments as ``optimal_schedule`` (``max_steps`` in place of ``steps``). ``result[K]`` equals
-    ``optimal_schedule(..., steps=K)`` with the same arguments: the global DP's levels and the local
-    Bellman table do not depend on the largest budget asked for. A local set keeps its cost matrix, so
-    ``resample(K)`` for K > max_steps re-solves it exactly; a global set interpolates (``ScheduleSet``).
+    One budget is the same call read at K: ``optimal_schedules(velocity, shape, K)[K]``. Every budget up to K
+    costs what K alone does (the global DP's levels and the local Bellman table do not depend on the largest
+    budget asked for), and ``result[k]`` does not depend on ``max_steps``. A local set keeps its cost matrix,
+    so ``resample(K)`` for K > max_steps re-solves it exactly; a global set interpolates (``ScheduleSet``).
+
+    Draws ``settings.num_samples`` Gaussian noises (``seeded_noise``: sample m depends only on (seed, m), so
+    the draw does not depend on the batch size, the device or the number of processes) and runs the teacher
+    on the grid in batches. Then, by ``settings.objective``:
+
+    - "global" (default): the DP over the sampler's own states (``boss_fast.global_objective``; Pei et al.
+      2025): the schedule whose Euler sampler ends closest to the teacher at t = 1, on average over the
+      noises. About ``max_steps`` x N model evaluations per sample beside the teacher's, in calls of up to
+      ``batch_size`` (state, time) rows; memory: see ``settings.store`` and docs/search_memory.md.
+    - "local": BOSS as published: the cost matrix of one-step errors from the teacher's states
+      (``boss_fast.cost``, memory one batch's trajectory) and the exact Bellman DP (``boss_fast.bellman``).
+
+    Args:
+        velocity: ``velocity(x, t)``, t = 0 noise, t = 1 data.
+        shape: the shape of ONE sample, without the batch dimension, e.g. (3, 32, 32).
+        max_steps: the largest budget K, 1 <= K <= N - 1 (an int).
+        settings: what is searched and how (:class:`SearchSettings`); None: its defaults.
+        device, dtype: where and in what dtype the teacher runs; default: the model's first floating
+            parameter's device and dtype when it is an ``nn.Module``, else CPU and torch's default dtype.
+        progress: show a tqdm bar (rank 0 only).
+        checkpoint: as in ``cost_matrix``: a ``.npz`` rewritten atomically after every batch (local) or DP
+            level (global); rerunning resumes bit for bit, a checkpoint of another run is refused. Not with
+            num_samples="auto" (several searches).
+        checkpoint_key: as in ``cost_matrix`` (required with ``checkpoint`` for a non-module velocity).
+
+    Returns:
+        A ``ScheduleSet`` with ``objective`` set and ``fingerprint`` ``model_fingerprint(velocity)`` (or
+        None).
 
     Example:
-        >>> scheds = optimal_schedules(lambda x, t: -x, (2,), 3, grid=10, num_samples=8)
-        >>> [s.steps for s in scheds.values()], scheds[3].objective
-        ([1, 2, 3], 'global')
+        >>> scheds = optimal_schedules(lambda x, t: -x, (2,), 3, SearchSettings(grid=10, num_samples=8))
+        >>> [s.steps for s in scheds.values()], scheds[3].objective, float(scheds[2].times[-1])
+        ([1, 2, 3], 'global', 1.0)
     """
-    args = dict(locals())  # the parameters, nothing else yet
-    args["steps"] = args.pop("max_steps")
-    return _schedules(**args, steps_name="max_steps")
-
-
-def _schedules(num_samples, max_samples, checkpoint, objective, dp, **args) -> ScheduleSet:
-    """Both public searches: the sample budget (fixed or "auto") and the DP checked, then ``_search``."""
-    dp = check_choice(dp, DPS, "dp")
-    if dp != "full" and objective != "global":
-        raise ValueError(f"dp={dp!r} is a route to objective='global'; objective={objective!r} takes 'full'")
-    common = {"checkpoint": checkpoint, "objective": objective, "dp": dp, **args}
-    if not isinstance(num_samples, str):
-        if max_samples is not None:
-            raise ValueError(f"max_samples caps num_samples='auto', got num_samples={num_samples!r}")
-        return _search(num_samples=num_samples, **common)
-    if num_samples != "auto":
-        raise ValueError(f"num_samples must be an integer >= 1 or 'auto', got {num_samples!r}")
-    cap = AUTO_CAP if max_samples is None else check_int(max_samples, "max_samples", minimum=AUTO_START)
+    settings = SearchSettings() if settings is None else settings
+    if not isinstance(settings, SearchSettings):
+        raise TypeError(f"settings must be a SearchSettings, got {type(settings).__name__}")
+    run = _Run(device, dtype, progress, checkpoint, checkpoint_key)
+    if settings.num_samples != "auto":
+        return _search(velocity, shape, max_steps, settings, run)
     if checkpoint is not None:
         raise ValueError("num_samples='auto' runs several searches and takes checkpoint=None")
-    return auto_rounds(lambda n: _search(num_samples=n, **common), cap)
+    cap = AUTO_CAP if settings.max_samples is None else settings.max_samples
+    return auto_rounds(lambda n: _search(velocity, shape, max_steps, _with_samples(settings, n), run), cap)
+
+
+def _with_samples(settings: SearchSettings, n: int) -> SearchSettings:
+    """``settings`` with a fixed number of noises (one round of "auto")."""
+    return replace(settings, num_samples=n, max_samples=None)
 
 
 def _moved(a: ScheduleSet, b: ScheduleSet) -> int:
@@ -519,8 +572,8 @@ def auto_rounds(search: Callable[[int], ScheduleSet], cap: int) -> ScheduleSet:
     rounds' sum, about twice the last round's. Deterministic for a seed.
 
     Example:
-        >>> found = auto_rounds(lambda n: optimal_schedules(lambda x, t: -x, (2,), 2, grid=10,
-        ...     num_samples=n), 1024)
+        >>> found = auto_rounds(lambda n: optimal_schedules(lambda x, t: -x, (2,), 2,
+        ...     SearchSettings(grid=10, num_samples=n)), 1024)
         >>> found[2].num_samples  # 32 and 64 noises agree on this flow
         64
     """
@@ -538,33 +591,3 @@ def auto_rounds(search: Callable[[int], ScheduleSet], cap: int) -> ScheduleSet:
             )
             return found
         previous, n = found, min(2 * n, cap)
-
-
-def _search(
-    velocity, shape, steps, grid, num_samples, batch_size, seed, solver, metric, device, dtype, backend, *,
-    objective, discount, progress, checkpoint, mode, checkpoint_key, store, store_dir, steps_name, dp,
-) -> ScheduleSet:  # fmt: skip
-    """One search: every budget 1 .. ``steps`` (arguments validated here)."""
-    search, steps, discount = _validate_search(
-        velocity, shape, steps, steps_name, grid, num_samples, batch_size, seed, objective, solver, metric,
-        device, dtype, backend, discount, mode,
-    )  # fmt: skip
-    search = _keyed(search, velocity, checkpoint, checkpoint_key)
-    store = check_choice(store, STORES, "store")
-    if search.objective == "global":
-        rows = (store, store_dir)
-        return _global_schedules(velocity, search, steps, progress, checkpoint, mode, rows, dp)
-    cost = _local_cost(velocity, search, progress, checkpoint, mode)
-    scheds = schedules_from_cost(
-        cost,
-        search.times,
-        steps,
-        discount=discount,
-        backend=backend,
-        metric=search.metric,
-        solver=search.solver,
-        num_samples=search.num_samples,
-        fingerprint=search.fingerprint,
-        shape=search.shape,
-    )
-    return ScheduleSet(scheds, cost_table=cost)

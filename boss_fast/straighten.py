@@ -108,7 +108,7 @@ def _check_schedule(sched: object, grid: int | Sequence[float] | np.ndarray, sol
     if not isinstance(sched, Schedule):
         raise TypeError(
             f"sched must be a boss_fast.Schedule (flow time, t = 0 noise, t = 1 data), got "
-            f"{type(sched).__name__}; build one with optimal_schedule or Schedule.load"
+            f"{type(sched).__name__}; build one with optimal_schedules(...)[K] or Schedule.load"
         )
     expected = resolve_grid(grid)
     if sched.grid.shape != expected.shape or not np.array_equal(sched.grid, expected):
@@ -278,7 +278,7 @@ def straightening_pairs(
     Example:
         >>> import boss_fast as bf
         >>> cost = np.triu(np.subtract.outer(np.arange(5.0), np.arange(5.0)) ** 2, 1)  # (j - i)^2
-        >>> sched = bf.schedule_from_cost(cost, bf.uniform_grid(4), 2)
+        >>> sched = bf.schedules_from_cost(cost, 2, grid=bf.uniform_grid(4))[2]
         >>> pairs = straightening_pairs(lambda x, t: -x, sched, torch.randn(3, 2), grid=4)
         >>> pairs.start.shape, pairs.t_start.tolist()[:2]  # 3 noises x 2 steps
         (torch.Size([6, 2]), [0.0, 0.5])
@@ -1022,7 +1022,8 @@ def straighten_with_stats(
     Example:
         >>> import boss_fast as bf
         >>> from boss_fast.models import load_bundled
-        >>> sched = bf.schedule_from_cost(np.triu(np.ones((5, 5)), 1), bf.uniform_grid(4), 2, shape=(2,))
+        >>> cost = np.triu(np.ones((5, 5)), 1)
+        >>> sched = bf.schedules_from_cost(cost, 2, grid=bf.uniform_grid(4), shape=(2,))[2]
         >>> student, stats = straighten_with_stats(load_bundled("mlp2d"), sched, num_pairs=8, iters=3, grid=4,
         ...                                        progress=False)
         >>> stats.steps, len(stats.losses), student(torch.zeros(1, 2), torch.zeros(1)).shape

@@ -4,17 +4,10 @@ Conventions: t in [0, 1], t = 0 noise, t = 1 data, dx/dt = v(x, t); a velocity m
 ``velocity(x, t)`` (see :mod:`boss_fast.ode`).
 
 The teacher runs either as the plain loop over :func:`boss_fast.ode.ode_step` (``mode=None``) or on a
-<<<<<<< HEAD
 recording :class:`boss_fast.sampler.TeacherRecorder`. :class:`TeacherRunner` is the one per-shape cache
 of such recorders that every caller (the cost streaming, straightening pairs, ``teacher_trajectory``
-itself) shares: one recorder per (batch shape, dtype, device), built once and replayed. ``seeded_noise`` and
-``model_fingerprint`` identify the noise and the weights a result was computed from.
-=======
-recording :class:`boss_fast.sampler.Sampler`. :class:`TeacherRunner` is the one per-shape cache of such
-samplers that every caller (the cost streaming, straightening pairs, ``teacher_trajectory`` itself) shares:
-one sampler per (batch shape, dtype, device), built once and replayed. ``seeded_noise`` draws
-the noise a result was computed from (``boss_fast._identity`` fingerprints it and the weights).
->>>>>>> wt-c
+itself) shares: one recorder per (batch shape, dtype, device), built once and replayed. ``seeded_noise``
+draws the noise a result was computed from (``boss_fast._identity`` fingerprints it and the weights).
 """
 
 from __future__ import annotations

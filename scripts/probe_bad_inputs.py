@@ -82,7 +82,7 @@ def _library_probes() -> dict[str, Callable[[], object]]:
             "cfg_combine inf": lambda: bf.cfg_combine(z, o, math.inf),
             "interpolate_schedule(list, 4)": lambda: interpolate_schedule([0.0, 0.5, 1.0], 4),
             'optimal_schedules(dtype="float64")': lambda: bf.optimal_schedules(
-                lambda x, t: -x, (2,), 2, grid=10, num_samples=4, dtype="float64"
+                lambda x, t: -x, (2,), 2, bf.SearchSettings(grid=10, num_samples=4), dtype="float64"
             ),
             "cost_matrix(noise (4, 0))": lambda: bf.cost_matrix(
                 lambda x, t: -x, torch.randn(4, 0), [0.0, 0.5, 1.0], progress=False
@@ -98,7 +98,7 @@ def _edited_set() -> object:
     i = np.arange(n, dtype=np.float64)
     weight = 1.0 + 0.3 * np.sin(i)
     cost = np.triu(np.square(np.subtract.outer(i, i)) * np.add.outer(weight, weight), 1)
-    sset = bf.ScheduleSet(bf.schedules_from_cost(cost, np.linspace(0, 1, n), 5), cost_table=cost)
+    sset = bf.schedules_from_cost(cost, 5, grid=np.linspace(0, 1, n))
     six = sset.resample(6).indices
     used = {(a, b) for s in sset.values() for a, b in zip(s.indices[:-1], s.indices[1:], strict=True)}
     edge = next((a, b) for a, b in zip(six[:-1], six[1:], strict=True) if (a, b) not in used)
@@ -180,7 +180,7 @@ def _folder(root: Path) -> None:
     idx = np.array([0, 4, 10])
     bf.Schedule(times=grid[idx], indices=idx, cost=0.0, grid=grid).save(root / "k3.json")
     cost = np.triu(np.square(np.subtract.outer(np.arange(11.0), np.arange(11.0))), 1)
-    bf.ScheduleSet(bf.schedules_from_cost(cost, grid, 3), cost_table=cost).save(root / "set.json")
+    bf.schedules_from_cost(cost, 3, grid=grid).save(root / "set.json")
     doc = json.loads((root / "set.json").read_text())
     (root / "huge.json").write_text(json.dumps(doc).replace(json.dumps(doc["grid"][1]), "1e999", 1))
     (root / "euler.json").write_text(json.dumps({"_class_name": "EulerDiscreteScheduler", "shift": 3.0}))

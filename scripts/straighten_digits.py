@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     noise = bf.seeded_noise(SHAPE, 0, 256, seed=0)
     cost = bf.cost_matrix(model, noise, grid, batch_size=256, progress=False)
-    bellman = {s.steps: s for s in bf.schedules_from_cost(cost, grid, max(ks), num_samples=256)}
+    bellman = dict(bf.schedules_from_cost(cost, max(ks), grid=grid, num_samples=256))
     wall["cost matrix + DP (256 noises, grid 100)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    own = bf.optimal_schedules(model, SHAPE, max(ks), objective="global", grid=100, num_samples=256, seed=0)
+    own = bf.optimal_schedules(
+        model, SHAPE, max(ks), bf.SearchSettings(objective="global", grid=100, num_samples=256, seed=0)
+    )
     wall["global search, every budget (256 noises, grid 100)"] = time.perf_counter() - t0
 
     evaluation = bf.seeded_noise(SHAPE, 0, args.eval_samples, seed=1)  # held out: pairs use seed 0

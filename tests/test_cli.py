@@ -411,7 +411,7 @@ def sigma_files(tmp_path_factory):
     """A local schedule set (K = 1..4) of gmm2d on a 20-point grid, and its 3-step schedule alone."""
     root = tmp_path_factory.mktemp("sigmas")
     sset = boss_fast.optimal_schedules(
-        load_bundled("gmm2d"), (2,), 4, objective="local", grid=20, num_samples=16
+        load_bundled("gmm2d"), (2,), 4, boss_fast.SearchSettings(objective="local", grid=20, num_samples=16)
     )
     sset.save(root / "set.json")
     sset[3].save(root / "k3.json")

@@ -44,7 +44,9 @@ def python_api(path, guidance, height, prompts=("a red cat", "a blue dog", "the 
     pipe = pipelines.load_pipeline(path)
     cond = pipelines.encode_prompts(pipe, list(prompts), guidance, max_sequence_length=8)
     target = pipelines.pipeline_target(pipe, cond, guidance, height, height)
-    sset = bf.optimal_schedules(target.velocity, target.shape, 2, grid=5, num_samples=3, batch_size=2)
+    sset = bf.optimal_schedules(
+        target.velocity, target.shape, 2, bf.SearchSettings(grid=5, num_samples=3, batch_size=2)
+    )
     return pipe, cond, target, sset
 
 

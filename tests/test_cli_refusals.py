@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_cli import assert_one_line_error, listing, run_cli
 
-from boss_fast import Schedule, ScheduleSet, schedules_from_cost
+from boss_fast import Schedule, schedules_from_cost
 from boss_fast.cli import main
 from boss_fast.grids import uniform_grid
 
@@ -58,6 +58,7 @@ def narrows_later(x, t):
     return -x if float(t[0]) < 0.3 else -x[:, :1]
 """
 SCHEDULE = ["schedule", "--shape", "2", "--steps", "2", "--grid", "10", "--num-samples", "4", "--no-progress"]
+SCHEDULE_AUTO = [*SCHEDULE[:-2], "auto", "--no-progress"]
 SAMPLE = ["sample", "--shape", "2", "--schedule", "k3.json", "--num", "4", "--out", "x.npy"]
 
 CASES = {
@@ -116,6 +117,27 @@ CASES = {
 # path, without an interpreter start each): exit code, one stderr line, no exception, nothing written.
 IN_PROCESS = {
     "sample, num 0": ([*SAMPLE[:-4], "--num", "0", "--out", "x.npy", "--model", "gmm2d"], "--num 0: must be"),
+    # the search's settings, built in one place and refused naming the flag
+    "schedule, max-samples without auto": (
+        [*SCHEDULE, "--model", "gmm2d", "--max-samples", "64", "--out", "s.json"],
+        "--max-samples: max_samples caps num_samples='auto', got num_samples=4",
+    ),
+    "schedule, max-samples below the first round": (
+        [*SCHEDULE_AUTO, "--model", "gmm2d", "--max-samples", "8", "--out", "s.json"],
+        "--max-samples: max_samples must be >= 32, got 8",
+    ),
+    "schedule, coarse dp of the local objective": (
+        [*SCHEDULE, "--model", "gmm2d", "--dp", "coarse", "--objective", "local", "--out", "s.json"],
+        "--dp: dp='coarse' is a route to objective='global'",
+    ),
+    "schedule, a backend of the global objective": (
+        [*SCHEDULE, "--model", "gmm2d", "--backend", "numpy", "--out", "s.json"],
+        "--backend: backend selects the Bellman DP's kernel of objective='local'",
+    ),
+    "demo, grid without num-samples": (
+        ["demo", "--grid", "50", "--out", "rep"],
+        "--grid sets every model's search: give --num-samples too",
+    ),
     # sigmas: extreme shifts, foreign configs, an out-of-range number in a set file
     "sigmas shift 1e308": (
         ["sigmas", "k3.json", "--format", "diffusers", "--shift", "1e308"],
@@ -155,7 +177,7 @@ def _folder(tmp_path):
     linear = {"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True}
     (tmp_path / "linear.json").write_text(json.dumps({**linear, "time_shift_type": "linear"}))
     cost = np.triu(np.square(np.subtract.outer(np.arange(11.0), np.arange(11.0))), 1)
-    ScheduleSet(schedules_from_cost(cost, grid, 3), cost_table=cost).save(tmp_path / "set.json")
+    schedules_from_cost(cost, 3, grid=grid).save(tmp_path / "set.json")
     doc = json.loads((tmp_path / "set.json").read_text())
     (tmp_path / "huge.json").write_text(json.dumps(doc).replace(json.dumps(doc["grid"][1]), "1e999", 1))
 

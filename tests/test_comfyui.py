@@ -47,7 +47,7 @@ def files(tmp_path_factory):
     """A local schedule set (K = 1..4, with its cost table) on a 21-point grid and its 3-step schedule."""
     root = tmp_path_factory.mktemp("comfy")
     cost = np.triu(np.square(np.subtract.outer(GRID**2, GRID**2)), 1) + np.triu(np.ones((21, 21)), 1) * 1e-3
-    sset = bf.ScheduleSet(bf.schedules_from_cost(cost, GRID, 4), cost_table=cost)
+    sset = bf.schedules_from_cost(cost, 4, grid=GRID)
     sset.save(root / "set.json")
     sset[3].save(root / "k3.json")
     return root, sset

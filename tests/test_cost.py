@@ -286,12 +286,12 @@ def test_cost_matrix_options(setup):
         ({"solver": "ddim"}, ValueError, "unknown solver"),
         ({"metric": "l1"}, ValueError, "unknown metric"),
         ({"noise": torch.zeros(3, 2, dtype=torch.int64)}, TypeError, "floating-point"),
-        ({"times": [0.0]}, ValueError, "at least 2"),
+        ({"grid": [0.0]}, ValueError, "at least 2"),
     ],
 )
 def test_cost_matrix_bad_input(setup, kwargs, error, match):
     noise, times = setup
-    args = {"noise": noise, "times": times, "progress": False}
+    args = {"noise": noise, "grid": times, "progress": False}
     args.update(kwargs)
     with pytest.raises(error, match=match):
         cost_matrix(nonlinear_velocity, **args)
@@ -331,7 +331,7 @@ def test_checkpoint_resume_equals_uninterrupted_run_exactly(setup, tmp_path):
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"times": uniform_grid(11)}, "times"),
+        ({"grid": uniform_grid(11)}, "times"),  # the header keeps its key "times"
         ({"metric": "l2"}, "metric"),
         ({"solver": "heun"}, "solver"),
         ({"batch_size": 4}, "batch_size"),
@@ -345,7 +345,7 @@ def test_checkpoint_of_another_run_is_refused(setup, tmp_path, change, field):
     cost_matrix(
         nonlinear_velocity, noise, times, batch_size=5, progress=False, checkpoint=path, checkpoint_key="f"
     )
-    args = {"noise": noise, "times": times, "batch_size": 5, "metric": "l2sq", "solver": "euler"}
+    args = {"noise": noise, "grid": times, "batch_size": 5, "metric": "l2sq", "solver": "euler"}
     args["noise"] = noise[change.pop("noise_slice", slice(None))] * change.pop("noise_scale", 1.0)
     args.update(change)
     with pytest.raises(ValueError, match=f"different run: {field} ="):
@@ -399,9 +399,9 @@ def test_a_plain_function_needs_a_checkpoint_key_and_another_key_is_refused(setu
     with pytest.raises(ValueError, match="different run: model ="):
         cost_matrix(other, noise, times, progress=False, checkpoint=path, checkpoint_key="f2")
     with pytest.raises(ValueError, match="checkpoint_key="):
-        bf.optimal_schedule(other, (3,), 2, grid=8, num_samples=4, checkpoint=tmp_path / "s.npz")
-    with pytest.raises(ValueError, match="checkpoint_key="):
-        bf.optimal_schedules(other, (3,), 2, grid=8, num_samples=4, checkpoint=tmp_path / "s.npz")
+        bf.optimal_schedules(
+            other, (3,), 2, bf.SearchSettings(grid=8, num_samples=4), checkpoint=tmp_path / "s.npz"
+        )
 
 
 def test_a_module_configured_by_a_plain_attribute_gets_another_fingerprint(setup, tmp_path):

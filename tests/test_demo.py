@@ -23,6 +23,7 @@ from boss_fast.metrics import (
 from boss_fast.models import load_bundled
 from boss_fast.report import markdown_table
 from boss_fast.schedule import Schedule
+from boss_fast.search import SearchSettings
 from boss_fast.trajectories import reference_solution, seeded_noise
 
 # ------------------------------------------------------------------------------------------ paired bootstrap
@@ -162,8 +163,7 @@ def test_demo_small_writes_every_file(tmp_path) -> None:
     cfg = DemoConfig(
         out=str(tmp_path / "rep"),
         models=("digits_dit", "gmm2d_narrow"),
-        grid=12,
-        num_samples=8,
+        search=SearchSettings(grid=12, num_samples=8, batch_size=8),
         max_nfe=4,
         eval_samples=24,
         # Loose tolerances: the test checks the files and the cache, not the reference's accuracy.
@@ -221,7 +221,7 @@ def test_demo_small_writes_every_file(tmp_path) -> None:
 
 def test_demo_refuses_bad_arguments(tmp_path) -> None:
     with pytest.raises(ValueError, match="max_nfe"):
-        run_demo(DemoConfig(out=str(tmp_path), grid=5, max_nfe=6))
+        run_demo(DemoConfig(out=str(tmp_path), search=SearchSettings(grid=5), max_nfe=6))
     with pytest.raises(ValueError, match="models"):
         run_demo(DemoConfig(out=str(tmp_path), models=("imagenet",)))
 
@@ -283,7 +283,29 @@ def test_evaluation_in_chunks_matches_one_batch(monkeypatch) -> None:
     assert not np.allclose(chunked["a"][2].sq_err, chunked["b"][2].sq_err)
 
 
-def test_demo_refuses_a_bad_search_size_before_any_work(tmp_path) -> None:
+def test_demo_refuses_a_bad_search_before_any_work(tmp_path) -> None:
+    out = str(tmp_path / "rep")
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
-        run_demo(DemoConfig(out=str(tmp_path / "rep"), num_samples=0, progress=False))
+        run_demo(DemoConfig(out=out, search=SearchSettings(num_samples=0), progress=False))
+    with pytest.raises(ValueError, match="search.grid must be an int"):
+        DemoConfig(out=out, search=SearchSettings(grid=[0.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="search.num_samples must be an integer here"):
+        DemoConfig(out=out, search=SearchSettings(num_samples="auto"))
+    with pytest.raises(ValueError, match="the demo runs both objectives; with objective='global': discount"):
+        DemoConfig(out=out, search=SearchSettings(objective="local", discount=0.9))
+    with pytest.raises(TypeError, match="search must be a SearchSettings or None, got dict"):
+        DemoConfig(out=out, search={"grid": 100})
     assert not (tmp_path / "rep").exists()
+
+
+def test_demo_search_settings_per_model() -> None:
+    """None: each model's measured noises in one batch, grid 100, seed 0; given: the same for every model."""
+    spec = demo.DEMO_MODELS["digits_dit"]
+    default = DemoConfig()
+    assert default.search_for(spec, "local") == SearchSettings(
+        num_samples=128, batch_size=128, objective="local"
+    )
+    assert (default.grid, default.seed) == (100, 0)
+    given = DemoConfig(search=SearchSettings(grid=30, num_samples=16, seed=4))
+    assert given.search_for(spec, "global") == SearchSettings(grid=30, num_samples=16, seed=4)
+    assert (given.grid, given.seed) == (30, 4)

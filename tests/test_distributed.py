@@ -1,4 +1,4 @@
-"""cost_matrix and optimal_schedule under torch.distributed (gloo, 2 CPU processes) match one process."""
+"""cost_matrix and optimal_schedules under torch.distributed (gloo, 2 CPU processes) match one process."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from boss_fast.grids import uniform_grid
-from boss_fast.search import cost_matrix, optimal_schedule
+from boss_fast.search import SearchSettings, cost_matrix, optimal_schedules
 
 WORLD = 2
 # 19 samples in batches of 4: 5 batches, so rank 0 runs 3 (4 + 4 + 3 samples) and rank 1 runs 2 (4 + 4).
@@ -37,9 +37,12 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             checkpoint=os.path.join(out_dir, "cost.npz"),
             checkpoint_key="f",
         )
-        sched = optimal_schedule(
-            velocity, (3,), 4, grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH, objective="local"
-        )
+        sched = optimal_schedules(
+            velocity,
+            (3,),
+            4,
+            SearchSettings(grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH, objective="local"),
+        )[4]
         np.save(os.path.join(out_dir, f"cost{rank}.npy"), cost)
         np.save(os.path.join(out_dir, f"indices{rank}.npy"), sched.indices)
         np.save(os.path.join(out_dir, f"schedcost{rank}.npy"), np.float64(sched.cost))
@@ -52,9 +55,12 @@ def test_two_gloo_ranks_reduce_to_the_single_process_result(tmp_path):
 
     noise = torch.randn(NUM_SAMPLES, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     single = cost_matrix(velocity, noise, uniform_grid(16), batch_size=BATCH, metric="l2", progress=False)
-    sched = optimal_schedule(
-        velocity, (3,), 4, grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH, objective="local"
-    )
+    sched = optimal_schedules(
+        velocity,
+        (3,),
+        4,
+        SearchSettings(grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH, objective="local"),
+    )[4]
 
     costs = [np.load(tmp_path / f"cost{r}.npy") for r in range(WORLD)]
     np.testing.assert_array_equal(costs[0], costs[1])  # every rank returns the same matrix

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,8 +18,8 @@ from safetensors.torch import save_file
 
 import boss_fast as bf
 from boss_fast.engine import RowStore, Shard, WideEvaluator, resolve_wide_mode
-from boss_fast.own_state import accumulate_own_state, own_state_table
-from boss_fast.search import optimal_schedules
+from boss_fast.global_objective import GlobalPass, accumulate_global, global_table
+from boss_fast.search import SearchSettings, optimal_schedules
 from boss_fast.straighten import straightening_pairs
 from boss_fast.trajectories import seeded_noise
 
@@ -40,8 +41,10 @@ class Recorder:
 
 def _table(store, batch_size, tmp_path=None, **kw):
     noise = torch.randn(23, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    return own_state_table(wavy, noise, bf.uniform_grid(14), 6, batch_size=batch_size, progress=False,
-                           store=store, store_dir=tmp_path, **kw)  # fmt: skip
+    run = GlobalPass(
+        batch_size=batch_size, store=store, store_dir=tmp_path if store == "disk" else None, **kw
+    )
+    return global_table(wavy, noise, bf.uniform_grid(14), 6, run, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ stores
@@ -80,7 +83,7 @@ def test_row_store_keeps_rows_between_loads(tmp_path):
     with pytest.raises(ValueError, match="store"):
         RowStore("ssd", {"a": 1}, (1,), [1], torch.float32, torch.device("cpu"))
     with pytest.raises(ValueError, match="store"):
-        optimal_schedules(wavy, (3,), 2, grid=8, num_samples=4, store="ram")
+        optimal_schedules(wavy, (3,), 2, SearchSettings(grid=8, num_samples=4, store="ram"))
 
 
 # -------------------------------------------------------------------------------------------- wide calls
@@ -89,8 +92,9 @@ def test_row_store_keeps_rows_between_loads(tmp_path):
 def test_wide_calls_fill_batch_size_whatever_the_number_of_noises():
     """M = 8, N = 100, batch_size 256: the search's own calls carry >= 200 rows on average (8 before)."""
     rec = Recorder()
-    args = {"grid": 100, "num_samples": 8, "batch_size": 256, "dtype": torch.float64}
-    optimal_schedules(rec, (3,), 10, **args)
+    optimal_schedules(
+        rec, (3,), 10, SearchSettings(grid=100, num_samples=8, batch_size=256), dtype=torch.float64
+    )
     teacher = Recorder()
     bf.teacher_trajectory(
         teacher, seeded_noise((3,), 0, 8, dtype=torch.float64), bf.uniform_grid(100), "heun"
@@ -108,10 +112,11 @@ def test_wide_calls_give_the_narrow_schedule():
     elementwise model: every row's velocity has the same bits in any call)."""
     noise = torch.randn(12, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     times = bf.uniform_grid(20)
-    common = {"batch_size": 12, "solver": "heun", "metric": "l2sq", "device": None, "progress": False,
-              "checkpoint": None, "identity": {}}  # fmt: skip
-    ref = accumulate_own_state(wavy, lambda a, b: noise[a:b], 12, times, 5, **common)
-    narrow = accumulate_own_state(wavy, lambda a, b: noise[a:b], 12, times, 5, **{**common, "batch_size": 2})
+    common = {"device": None, "progress": False, "checkpoint": None, "identity": {}}
+    ref = accumulate_global(wavy, lambda a, b: noise[a:b], 12, times, 5, GlobalPass(batch_size=12), **common)
+    narrow = accumulate_global(
+        wavy, lambda a, b: noise[a:b], 12, times, 5, GlobalPass(batch_size=2), **common
+    )
     np.testing.assert_array_equal(narrow.pointers, ref.pointers)
     np.testing.assert_allclose(narrow.costs, ref.costs, rtol=1e-13)
 
@@ -148,8 +153,8 @@ def test_the_global_search_pairs_each_noise_row_with_its_conditioning():
             shift = (rows % 3).to(torch.float64)[:, None] * 0.1
             return lambda x, t: wavy(x, t) + shift
 
-    results = [optimal_schedules(Bank(), (3,), 3, grid=12, num_samples=10, batch_size=b, dtype=torch.float64)
-               for b in (1, 3, 10)]  # fmt: skip
+    settings = [SearchSettings(grid=12, num_samples=10, batch_size=b) for b in (1, 3, 10)]
+    results = [optimal_schedules(Bank(), (3,), 3, one, dtype=torch.float64) for one in settings]
     for got in results[1:]:
         for k in (1, 2, 3):
             np.testing.assert_array_equal(got[k].indices, results[0][k].indices)
@@ -183,9 +188,9 @@ def test_compile_mode_gives_the_eager_schedule():
             return self.net(x) * (1.0 + t[:, None])
 
     model = Net()
-    args = {"grid": 12, "num_samples": 6, "batch_size": 8}
-    eager = optimal_schedules(model, (3,), 3, **args)
-    compiled = optimal_schedules(model, (3,), 3, mode="compile", **args)
+    settings = SearchSettings(grid=12, num_samples=6, batch_size=8)
+    eager = optimal_schedules(model, (3,), 3, settings)
+    compiled = optimal_schedules(model, (3,), 3, replace(settings, mode="compile"))
     for k in (1, 2, 3):
         np.testing.assert_array_equal(compiled[k].indices, eager[k].indices)
         assert compiled[k].cost == pytest.approx(eager[k].cost, rel=1e-9)
@@ -197,8 +202,8 @@ def test_compile_mode_gives_the_eager_schedule():
 def test_restricting_to_every_source_is_bit_identical():
     noise = torch.randn(9, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     times = bf.uniform_grid(15)
-    common = {"batch_size": 4, "solver": "heun", "metric": "l2sq", "device": None, "progress": False,
-              "checkpoint": None, "identity": {}}  # fmt: skip
+    common = {"device": None, "progress": False, "checkpoint": None, "identity": {}}
+    run = GlobalPass(batch_size=4)
 
     def every(level, costs, pointers):
         return np.array([0]) if level == 1 else np.flatnonzero(pointers[level - 1][: len(times) - 1] >= 0)
@@ -207,12 +212,12 @@ def test_restricting_to_every_source_is_bit_identical():
         return every(level, costs, pointers)[::2]
 
     full = Recorder()
-    ref = accumulate_own_state(full, lambda a, b: noise[a:b], 9, times, 5, **common)
-    got = accumulate_own_state(wavy, lambda a, b: noise[a:b], 9, times, 5, restrict=every, **common)
+    ref = accumulate_global(full, lambda a, b: noise[a:b], 9, times, 5, run, **common)
+    got = accumulate_global(wavy, lambda a, b: noise[a:b], 9, times, 5, run, restrict=every, **common)
     np.testing.assert_array_equal(got.pointers, ref.pointers)
     np.testing.assert_array_equal(got.costs, ref.costs)
     rec = Recorder()
-    part = accumulate_own_state(rec, lambda a, b: noise[a:b], 9, times, 3, restrict=window, **common)
+    part = accumulate_global(rec, lambda a, b: noise[a:b], 9, times, 3, run, restrict=window, **common)
     # Level 2 (level 1's states are shared): the best allowed source; equal to the unrestricted row where its
     # pointer is allowed (to float64 rounding: the pairwise kernel reads neighbouring rows), worse elsewhere.
     reached = part.pointers[2] >= 0
@@ -227,7 +232,7 @@ def test_restricting_to_every_source_is_bit_identical():
     assert sum(rec.widths) < full_rows_3  # the sources left out are not evaluated
     with pytest.raises(ValueError, match="sources of level 2"):
         only_zero = lambda k, c, p: np.array([0])  # noqa: E731
-        accumulate_own_state(wavy, lambda a, b: noise[a:b], 9, times, 3, restrict=only_zero, **common)
+        accumulate_global(wavy, lambda a, b: noise[a:b], 9, times, 3, run, restrict=only_zero, **common)
 
 
 # ----------------------------------------------------------------------------------------------- ranks
@@ -239,8 +244,13 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        scheds = optimal_schedules(wavy, (3,), 4, grid=16, num_samples=19, batch_size=4, dtype=torch.float64,
-                                   store="disk", store_dir=out_dir)  # fmt: skip
+        scheds = optimal_schedules(
+            wavy,
+            (3,),
+            4,
+            SearchSettings(grid=16, num_samples=19, batch_size=4, store="disk", store_dir=out_dir),
+            dtype=torch.float64,
+        )
         np.save(os.path.join(out_dir, f"idx{rank}.npy"), np.concatenate([s.indices for s in scheds.values()]))
         np.save(os.path.join(out_dir, f"cost{rank}.npy"), np.array([s.cost for s in scheds.values()]))
     finally:
@@ -249,7 +259,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_two_gloo_ranks_with_the_disk_store(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    single = optimal_schedules(wavy, (3,), 4, grid=16, num_samples=19, batch_size=4, dtype=torch.float64)
+    single = optimal_schedules(
+        wavy, (3,), 4, SearchSettings(grid=16, num_samples=19, batch_size=4), dtype=torch.float64
+    )
     for r in range(WORLD):
         np.testing.assert_array_equal(np.load(tmp_path / f"idx{r}.npy"),
                                       np.concatenate([s.indices for s in single.values()]))  # fmt: skip
@@ -270,7 +282,7 @@ _KILLED_RUN = textwrap.dedent(
     """
     import os, signal, sys
     import torch
-    from boss_fast.search import optimal_schedules
+    from boss_fast.search import SearchSettings, optimal_schedules
 
     calls = {"n": 0}
 
@@ -280,16 +292,22 @@ _KILLED_RUN = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return torch.sin(3.0 * x) * (1.0 + t.view(-1, 1))
 
-    optimal_schedules(velocity, (3,), 4, grid=12, num_samples=11, batch_size=4, dtype=torch.float64,
-                      objective=sys.argv[1], checkpoint=sys.argv[2], checkpoint_key="wavy", store="disk")
+    settings = SearchSettings(grid=12, num_samples=11, batch_size=4, objective=sys.argv[1], store="disk")
+    optimal_schedules(velocity, (3,), 4, settings, dtype=torch.float64, checkpoint=sys.argv[2],
+                      checkpoint_key="wavy")
     """
 )
 
 
 def _calls(objective: str, max_steps: int, num_samples: int) -> int:
     rec = Recorder()
-    optimal_schedules(rec, (3,), max_steps, grid=12, num_samples=num_samples, batch_size=4,
-                      dtype=torch.float64, objective=objective)  # fmt: skip
+    optimal_schedules(
+        rec,
+        (3,),
+        max_steps,
+        SearchSettings(grid=12, num_samples=num_samples, batch_size=4, objective=objective),
+        dtype=torch.float64,
+    )
     return len(rec.widths)
 
 
@@ -307,9 +325,11 @@ def test_kill_minus_9_and_resume_bit_for_bit(tmp_path, objective, field):
     assert proc.returncode == -signal.SIGKILL
     with np.load(path) as stored:
         assert int(stored[field]) == 2
-    args = {"grid": 12, "num_samples": 11, "batch_size": 4, "dtype": torch.float64, "objective": objective}
-    resumed = optimal_schedules(wavy, (3,), 4, checkpoint=path, checkpoint_key="wavy", **args)
-    fresh = optimal_schedules(wavy, (3,), 4, **args)
+    settings = SearchSettings(grid=12, num_samples=11, batch_size=4, objective=objective)
+    resumed = optimal_schedules(
+        wavy, (3,), 4, settings, dtype=torch.float64, checkpoint=path, checkpoint_key="wavy"
+    )
+    fresh = optimal_schedules(wavy, (3,), 4, settings, dtype=torch.float64)
     for k in (1, 2, 3, 4):
         np.testing.assert_array_equal(resumed[k].indices, fresh[k].indices)
         assert resumed[k].cost == fresh[k].cost
@@ -334,7 +354,7 @@ def test_a_pair_shard_of_another_run_is_refused(tmp_path):
         return V()
 
     cost = np.triu(np.subtract.outer(np.arange(11.0), np.arange(11.0)) ** 2, 1)
-    sched = bf.schedule_from_cost(cost, bf.uniform_grid(10), 2)
+    sched = bf.schedules_from_cost(cost, 2, grid=bf.uniform_grid(10))[2]
     noise = torch.randn(4, 2, dtype=torch.float64)
     model = velocity_module()
     straightening_pairs(model, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)

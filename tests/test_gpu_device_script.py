@@ -7,6 +7,7 @@ file is a miss (not a crash), and the search figures detect the stores the insta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -70,16 +71,14 @@ def test_merge_keeps_every_case(tmp_path):
 
 
 def test_search_figures_try_the_stores_the_search_offers(monkeypatch):
-    def without_store(velocity, shape, max_steps):
-        raise AssertionError("not called")
+    @dataclasses.dataclass(frozen=True)
+    class WithoutStore:
+        grid: int = 100
 
-    def with_store(velocity, shape, max_steps, *, store="device"):
-        raise AssertionError("not called")
-
-    monkeypatch.setattr(search_figures.bf, "optimal_schedules", without_store)
+    monkeypatch.setattr(search_figures.bf, "SearchSettings", WithoutStore)
     stores, missing = search_figures.available_stores()
     assert stores == [None] and set(missing) == {"device", "host", "disk"}
-    monkeypatch.setattr(search_figures.bf, "optimal_schedules", with_store)
+    monkeypatch.undo()
     assert search_figures.available_stores() == (["device", "host", "disk"], {})
 
 

@@ -299,9 +299,9 @@ def test_adapter_conventions(tiny):
 def test_optimal_schedule_and_straighten_on_a_transformer(tiny):
     net, cond = tiny
     velocity = DiffusersVelocity(net, **cond)
-    sched = bf.optimal_schedule(
-        velocity, (4, 8, 8), 2, grid=8, num_samples=4, batch_size=4, objective="local"
-    )
+    sched = bf.optimal_schedules(
+        velocity, (4, 8, 8), 2, bf.SearchSettings(grid=8, num_samples=4, batch_size=4, objective="local")
+    )[2]
     assert sched.steps == 2 and sched.times[0] == 0.0 and sched.times[-1] == 1.0
     assert sched.fingerprint == bf.model_fingerprint(velocity)
     before = {k: v.clone() for k, v in velocity.state_dict().items()}
@@ -462,13 +462,14 @@ def test_search_pairs_by_global_row(tiny):
     cond, _ = sd3_bank(3, False)
     bank = DiffusersVelocity(net, **cond)
     for objective in ("global", "local"):
-        kw = {"grid": 6, "num_samples": 8, "objective": objective}
-        a = bf.optimal_schedules(bank, (4, 8, 8), 3, batch_size=8, **kw)
-        b = bf.optimal_schedules(bank, (4, 8, 8), 3, batch_size=2, **kw)
+        wide = bf.SearchSettings(grid=6, num_samples=8, objective=objective, batch_size=8)
+        narrow = bf.SearchSettings(grid=6, num_samples=8, objective=objective, batch_size=2)
+        a = bf.optimal_schedules(bank, (4, 8, 8), 3, wide)
+        b = bf.optimal_schedules(bank, (4, 8, 8), 3, narrow)
         for k in a:
             assert np.array_equal(a[k].indices, b[k].indices)
             assert a[k].cost == pytest.approx(b[k].cost, rel=1e-5)
-        pos = bf.optimal_schedules(_BatchPositions(bank), (4, 8, 8), 3, batch_size=2, **kw)
+        pos = bf.optimal_schedules(_BatchPositions(bank), (4, 8, 8), 3, narrow)
         assert pos[1].cost != pytest.approx(a[1].cost, rel=1e-5)  # the control: pairing by batch position
 
 

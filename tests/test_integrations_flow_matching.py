@@ -66,8 +66,12 @@ def test_reverse_adapter_runs_boss_on_a_flow_matching_model(digits_dit):
     velocity = from_model_wrapper(wrapper)
     noise = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(bf.sample(velocity, noise, SCHED), bf.sample(digits_dit, noise, SCHED))
-    sched = bf.optimal_schedule(velocity, (1, 8, 8), 3, grid=10, num_samples=8, objective="local")
-    direct = bf.optimal_schedule(digits_dit, (1, 8, 8), 3, grid=10, num_samples=8, objective="local")
+    sched = bf.optimal_schedules(
+        velocity, (1, 8, 8), 3, bf.SearchSettings(grid=10, num_samples=8, objective="local")
+    )[3]
+    direct = bf.optimal_schedules(
+        digits_dit, (1, 8, 8), 3, bf.SearchSettings(grid=10, num_samples=8, objective="local")
+    )[3]
     np.testing.assert_array_equal(sched.indices, direct.indices)  # the same model, the same schedule
     assert sched.cost == direct.cost
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
 import importlib.util
+import inspect
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import boss_fast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -37,6 +43,47 @@ def test_boss_fast_is_imported_at_module_top_only():
                         f"{path.name}:{inner.lineno} {n}" for n in names if n.split(".")[0] == "boss_fast"
                     ]
     assert not nested, nested
+
+
+MAX_PARAMETERS = 12
+
+
+def _public_callables(module):
+    """(qualified name, callable) of the public functions, classes and public methods ``module`` defines."""
+    for name, obj in vars(module).items():
+        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isfunction(obj):
+            yield f"{module.__name__}.{name}", obj
+        elif inspect.isclass(obj):
+            # A frozen dataclass's constructor is its list of named, validated fields (a settings object such
+            # as SearchSettings, or a record such as Schedule): the limit is for functions and methods.
+            if not (dataclasses.is_dataclass(obj) and obj.__dataclass_params__.frozen):
+                yield f"{module.__name__}.{name}()", obj
+            for attr, member in vars(obj).items():
+                func = member.__func__ if isinstance(member, classmethod | staticmethod) else member
+                if not attr.startswith("_") and inspect.isfunction(func):
+                    yield f"{module.__name__}.{name}.{attr}", func
+
+
+def test_no_public_callable_takes_more_than_twelve_parameters():
+    """A function with more knobs than a reader holds takes a settings object (``self``, ``cls`` not
+    counted)."""
+    wide = []
+    for info in pkgutil.walk_packages(boss_fast.__path__, "boss_fast."):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # an optional extra (diffusers, peft, ...) that is not installed here
+            continue
+        for name, fn in _public_callables(module):
+            try:
+                signature = inspect.signature(fn)
+            except ValueError:  # a class without a Python signature (e.g. a torch.autograd.Function)
+                continue
+            params = [p for p in signature.parameters if p not in ("self", "cls")]
+            if len(params) > MAX_PARAMETERS:
+                wide.append(f"{name}: {len(params)}")
+    assert not wide, f"public callables with more than {MAX_PARAMETERS} parameters: {wide}"
 
 
 def test_no_private_name_is_imported_across_modules():

@@ -63,9 +63,13 @@ def test_cost_matrix_and_schedule_with_a_dopri5_teacher(flow, tmp_path):
     steps = np.diag(cost, 1)
     # The Euler teacher's own steps cost nothing (up to float64 rounding); an accurate teacher charges them.
     assert (steps > 1e-5).all() and (np.diag(euler, 1) < 1e-20).all()
-    sched = bf.optimal_schedule(
-        flow, (2,), 3, grid=10, num_samples=32, solver="dopri5", dtype=torch.float64, objective="local"
-    )
+    sched = bf.optimal_schedules(
+        flow,
+        (2,),
+        3,
+        bf.SearchSettings(grid=10, num_samples=32, solver="dopri5", objective="local"),
+        dtype=torch.float64,
+    )[3]
     sched.save(tmp_path / "s.json")
     assert bf.Schedule.load(tmp_path / "s.json").solver == "dopri5"
 
@@ -79,9 +83,12 @@ def test_errors(flow):
     with pytest.raises(ValueError, match="'dopri5' runs in torchdiffeq and takes mode=None"):
         bf.cost_matrix(flow, noise, [0.0, 1.0], solver="dopri5", mode="eager", progress=False)
     with pytest.raises(ValueError, match="'dopri5' runs in torchdiffeq and takes mode=None"):
-        bf.optimal_schedule(
-            flow, (2,), 1, grid=4, num_samples=4, solver="dopri5", mode="eager", objective="local"
-        )
+        bf.optimal_schedules(
+            flow,
+            (2,),
+            1,
+            bf.SearchSettings(grid=4, num_samples=4, solver="dopri5", mode="eager", objective="local"),
+        )[1]
     with pytest.raises(ValueError, match="unknown solver 'dopri5'"):
         bf.sample(flow, noise, [0.0, 1.0], solver="dopri5")
     with pytest.raises(ValueError, match="unknown solver 'dopri5'"):

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 import boss_fast as bf
+from boss_fast.global_objective import GlobalPass, global_paths, global_table
 from boss_fast.models.gmm import GaussianMixtureFlow, eight_gaussians
-from boss_fast.own_state import own_state_paths, own_state_table
 from boss_fast.refine import CoarseToFine, coarse_to_fine_table, window_sources
-from boss_fast.search import auto_rounds, optimal_schedules
+from boss_fast.search import SearchSettings, auto_rounds, optimal_schedules
 
 
 class Counted:
@@ -42,8 +43,8 @@ FLOWS = {"eight_gaussians": eight_gaussians, "two_gaussians": two_gaussians, "wa
 
 def _table(velocity, noise, times, steps, plan):
     return coarse_to_fine_table(
-        velocity, lambda a, b: noise[a:b], len(noise), times, steps, plan=plan, checkpoint=None,
-        identity={}, batch_size=32, solver="heun", metric="l2sq", device=None, progress=False,
+        velocity, lambda a, b: noise[a:b], len(noise), times, steps, GlobalPass(batch_size=32), plan=plan,
+        device=None, progress=False, checkpoint=None, identity={},
     )  # fmt: skip
 
 
@@ -63,7 +64,7 @@ def test_windows_covering_every_source_give_the_full_dp_bit_for_bit():
     """With the fine teacher unchanged and a radius wider than the grid, only the bookkeeping differs."""
     noise = torch.randn(40, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     times = bf.uniform_grid(24)
-    full = own_state_table(eight_gaussians(), noise, times, 5, batch_size=32, progress=False)
+    full = global_table(eight_gaussians(), noise, times, 5, GlobalPass(batch_size=32), progress=False)
     wide = _table(eight_gaussians(), noise, times, 5, CoarseToFine(stride=4, radius=30, teacher_stride=1))
     np.testing.assert_array_equal(wide.pointers, full.pointers)
     np.testing.assert_array_equal(wide.costs, full.costs)
@@ -86,8 +87,8 @@ def test_coarse_against_the_full_dp_on_analytic_flows(flow):
     dim = 3 if flow == "wavy" else 2
     noise = torch.randn(96, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     times = bf.uniform_grid(40)
-    full = own_state_paths(own_state_table(velocity, noise, times, 6, progress=False))
-    coarse = own_state_paths(_table(velocity, noise, times, 6, CoarseToFine()))
+    full = global_paths(global_table(velocity, noise, times, 6, progress=False))
+    coarse = global_paths(_table(velocity, noise, times, 6, CoarseToFine()))
     target = bf.teacher_trajectory(velocity, noise, times, "heun", record="states").states[-1]
     for k in range(2, 7):
         got = _endpoint(velocity, noise, times[coarse[k - 1].indices], target)
@@ -104,25 +105,28 @@ def test_evaluations_are_the_coarse_pass_plus_the_windows():
     table = _table(velocity, noise, times, steps, plan)
     sub = np.arange(0, 41, 4)
     mc, nc = 11, len(sub)  # ceil(0.35 x 30)
-    coarse = own_state_table(two_gaussians(), noise[:mc], times[sub], steps, progress=False)
+    coarse = global_table(two_gaussians(), noise[:mc], times[sub], steps, progress=False)
     coarse_sources = 1 + sum(nc - k for k in range(2, steps + 1))
-    windows = window_sources([sub[p.indices] for p in own_state_paths(coarse)], plan.radius, 41)
+    windows = window_sources([sub[p.indices] for p in global_paths(coarse)], plan.radius, 41)
     fine_sources = 1 + sum(int((table.pointers[k - 1][windows[k]] >= 0).sum()) for k in range(2, steps + 1))
     expected = mc * (2 * (nc - 1) + coarse_sources) + 30 * (2 * 20 + 1 + fine_sources)
     assert velocity.rows == expected
     full = Counted(two_gaussians())
-    own_state_table(full, noise, times, steps, progress=False)
+    global_table(full, noise, times, steps, progress=False)
     assert velocity.rows < 0.5 * full.rows  # 40-point grid; the 101-point ratio is in the benchmark
 
 
 def test_dp_option_through_the_search_and_bad_values():
-    scheds = optimal_schedules(eight_gaussians(), (2,), 4, grid=30, num_samples=16, dp="coarse",
-                               dtype=torch.float64)  # fmt: skip
+    scheds = optimal_schedules(
+        eight_gaussians(), (2,), 4, SearchSettings(grid=30, num_samples=16, dp="coarse"), dtype=torch.float64
+    )
     assert [s.steps for s in scheds.values()] == [1, 2, 3, 4] and scheds[4].objective == "global"
     with pytest.raises(ValueError, match="unknown dp"):
-        optimal_schedules(wavy, (3,), 2, grid=10, num_samples=8, dp="fast")
+        optimal_schedules(wavy, (3,), 2, SearchSettings(grid=10, num_samples=8, dp="fast"))
     with pytest.raises(ValueError, match="route to objective='global'"):
-        optimal_schedules(wavy, (3,), 2, grid=10, num_samples=8, dp="coarse", objective="local")
+        optimal_schedules(
+            wavy, (3,), 2, SearchSettings(grid=10, num_samples=8, dp="coarse", objective="local")
+        )
     with pytest.raises(ValueError, match="stride"):
         CoarseToFine(stride=1)
     with pytest.raises(ValueError, match="coarse_fraction"):
@@ -133,13 +137,15 @@ def test_dp_option_through_the_search_and_bad_values():
 
 
 def test_auto_is_deterministic_and_records_the_noises_it_used(tmp_path):
-    runs = [optimal_schedules(two_gaussians(), (2,), 4, grid=20, num_samples="auto", dtype=torch.float64)
-            for _ in range(2)]  # fmt: skip
+    auto = SearchSettings(grid=20, num_samples="auto")
+    runs = [optimal_schedules(two_gaussians(), (2,), 4, auto, dtype=torch.float64) for _ in range(2)]
     first, second = runs
     assert all(np.array_equal(first[k].indices, second[k].indices) for k in first)
     n = first[4].num_samples
     assert n == second[4].num_samples and n in (64, 128, 256, 512, 1024)
-    fixed = optimal_schedules(two_gaussians(), (2,), 4, grid=20, num_samples=n, dtype=torch.float64)
+    fixed = optimal_schedules(
+        two_gaussians(), (2,), 4, SearchSettings(grid=20, num_samples=n), dtype=torch.float64
+    )
     assert all(np.array_equal(first[k].indices, fixed[k].indices) for k in first)  # the last round itself
     first.save(tmp_path / "auto.json")
     assert json.loads((tmp_path / "auto.json").read_text())["num_samples"] == n
@@ -171,22 +177,27 @@ def test_auto_rule_stops_at_the_first_settled_round():
         ({"num_samples": 16, "max_samples": 64}, ValueError, "max_samples caps"),
         ({"num_samples": "auto", "max_samples": 8}, ValueError, "max_samples"),
         ({"num_samples": "auto", "max_samples": 64.0}, TypeError, "max_samples"),
-        ({"num_samples": "auto", "checkpoint": "x.npz", "checkpoint_key": "k"}, ValueError, "checkpoint"),
     ],
 )
 def test_auto_bad_values(kwargs, error, match):
     with pytest.raises(error, match=match):
-        optimal_schedules(wavy, (3,), 2, grid=10, **kwargs)
+        SearchSettings(grid=10, **kwargs)
+
+
+def test_auto_takes_no_checkpoint():
+    with pytest.raises(ValueError, match="checkpoint=None"):
+        optimal_schedules(wavy, (3,), 2, SearchSettings(grid=10, num_samples="auto"), checkpoint="x.npz",
+                          checkpoint_key="k")  # fmt: skip
 
 
 def test_coarse_checkpoints_resume_and_refuse_a_full_dp_checkpoint(tmp_path):
     path = str(tmp_path / "own.npz")
-    kwargs = {"grid": 24, "num_samples": 20, "dtype": torch.float64, "checkpoint": path}
-    kwargs["checkpoint_key"] = "w"
-    first = optimal_schedules(wavy, (3,), 4, dp="coarse", **kwargs)
+    kwargs = {"dtype": torch.float64, "checkpoint": path, "checkpoint_key": "w"}
+    coarse = SearchSettings(grid=24, num_samples=20, dp="coarse")
+    first = optimal_schedules(wavy, (3,), 4, coarse, **kwargs)
     assert os.path.exists(path) and os.path.exists(str(tmp_path / "own.coarse.npz"))
-    again = optimal_schedules(wavy, (3,), 4, dp="coarse", **kwargs)  # both passes read back, finished
+    again = optimal_schedules(wavy, (3,), 4, coarse, **kwargs)  # both passes read back, finished
     assert all(np.array_equal(first[k].indices, again[k].indices) for k in first)
     assert all(first[k].cost == again[k].cost for k in first)
     with pytest.raises(ValueError, match="own.npz"):  # the fine pass's header names the coarse plan
-        optimal_schedules(wavy, (3,), 4, dp="full", **kwargs)
+        optimal_schedules(wavy, (3,), 4, replace(coarse, dp="full"), **kwargs)

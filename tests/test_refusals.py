@@ -178,7 +178,7 @@ def _local_set(max_steps=5, n=21):
     i = np.arange(n, dtype=np.float64)
     weight = 1.0 + 0.3 * np.sin(i)  # uneven, so the DP's answers are unique
     cost = np.triu(np.square(np.subtract.outer(i, i)) * np.add.outer(weight, weight), 1)
-    return bf.ScheduleSet(bf.schedules_from_cost(cost, grid, max_steps), cost_table=cost)
+    return bf.schedules_from_cost(cost, max_steps, grid=grid)
 
 
 def _rehashed(doc):
@@ -286,7 +286,9 @@ def test_the_unnamed_errors_name_the_argument():
     with pytest.raises(TypeError, match="sched must be a Schedule"):
         interpolate_schedule([0.0, 0.5, 1.0], 4)
     with pytest.raises(TypeError, match="dtype must be a torch.dtype such as torch.float64, got 'float64'"):
-        bf.optimal_schedules(lambda x, t: -x, (2,), 2, grid=10, num_samples=4, dtype="float64")
+        bf.optimal_schedules(
+            lambda x, t: -x, (2,), 2, bf.SearchSettings(grid=10, num_samples=4), dtype="float64"
+        )
     with pytest.raises(
         ValueError, match=r"noise must hold at least one value per sample, got shape \(4, 0\)"
     ):

@@ -3,6 +3,8 @@ dtypes, the fused head (torch reference and the Triton interpreter), what auto r
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -444,14 +446,14 @@ def test_cost_matrix_and_schedule_search_on_the_sampler(digits_dit, tmp_path):
     want = bf.cost_matrix(digits_dit, noise, grid, batch_size=4, progress=False)
     got = bf.cost_matrix(digits_dit, noise, grid, batch_size=4, progress=False, mode="eager")
     np.testing.assert_array_equal(got, want)
-    kwargs = dict(grid=8, num_samples=6, batch_size=4, solver="heun", objective="local")
-    plain = bf.optimal_schedule(digits_dit, (1, 8, 8), 3, **kwargs)
-    assert bf.optimal_schedule(digits_dit, (1, 8, 8), 3, mode="eager", **kwargs) == plain
+    settings = bf.SearchSettings(grid=8, num_samples=6, batch_size=4, solver="heun", objective="local")
+    plain = bf.optimal_schedules(digits_dit, (1, 8, 8), 3, settings)
+    assert bf.optimal_schedules(digits_dit, (1, 8, 8), 3, replace(settings, mode="eager")) == plain
 
 
 def test_straightening_pairs_on_the_sampler(digits_dit):
     grid = bf.uniform_grid(8)
-    sched = bf.schedule_from_cost(np.ones((9, 9)), grid, 3)
+    sched = bf.schedules_from_cost(np.ones((9, 9)), 3, grid=grid)[3]
     noise = torch.randn(5, 1, 8, 8)
     plain = bf.straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2)
     eager = bf.straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2, mode="eager")

@@ -12,17 +12,17 @@ import torch
 
 from boss_fast import schedule as schedule_module
 from boss_fast._identity import content_digest, model_fingerprint
+from boss_fast.bellman import bellman_path
 from boss_fast.grids import uniform_grid
 from boss_fast.schedule import (
     Schedule,
     ScheduleSet,
     interpolate_schedule,
     loglinear_times,
-    schedule_from_cost,
     schedules_from_cost,
     snap_to_grid,
 )
-from boss_fast.search import cost_matrix, optimal_schedule, optimal_schedules
+from boss_fast.search import SearchSettings, cost_matrix, optimal_schedules
 from boss_fast.trajectories import seeded_noise
 
 
@@ -158,15 +158,15 @@ def test_mu_round_trips_in_schedules_and_sets_and_is_written_only_when_set(tmp_p
     assert "mu" not in json.loads((tmp_path / "plain.json").read_text())  # files without mu stay as they were
     grid = np.linspace(0.0, 1.0, 6)
     cost = np.triu(np.square(np.subtract.outer(grid, grid)), 1)
-    sset = ScheduleSet([s.__class__(**{**vars(s), "mu": 1.25}) for s in schedules_from_cost(cost, grid, 3)],
-                       cost_table=cost)  # fmt: skip
+    plain = schedules_from_cost(cost, 3, grid=grid)
+    sset = ScheduleSet([s.__class__(**{**vars(s), "mu": 1.25}) for s in plain.values()], cost_table=cost)
     sset.save(tmp_path / "set.json")
     again = ScheduleSet.load(tmp_path / "set.json")
     assert again == sset and again[2].mu == 1.25 and again.resample(4).mu == 1.25
-    ScheduleSet(schedules_from_cost(cost, grid, 3)).save(tmp_path / "plain_set.json")
+    plain.save(tmp_path / "plain_set.json")
     assert "mu" not in json.loads((tmp_path / "plain_set.json").read_text())
     with pytest.raises(ValueError, match="budget 2 has mu"):
-        ScheduleSet([schedules_from_cost(cost, grid, 1)[0], make_like(schedules_from_cost(cost, grid, 2)[1])])
+        ScheduleSet([plain[1], make_like(plain[2])])
 
 
 def make_like(sched: Schedule) -> Schedule:
@@ -215,45 +215,52 @@ def test_load_refuses_truncated_corrupted_and_non_object_files(tmp_path):
             Schedule.load(tmp_path / name)
 
 
-def test_schedule_from_cost_solves_a_hand_checkable_matrix():
+def test_schedules_from_cost_solves_a_hand_checkable_matrix():
     grid = uniform_grid(4)
-    sched = schedule_from_cost(quadratic_cost(grid), grid, 2, metric="l2", solver="rk4", num_samples=7)
+    sset = schedules_from_cost(quadratic_cost(grid), 2, grid=grid, metric="l2", solver="rk4", num_samples=7)
+    sched = sset[2]
     np.testing.assert_array_equal(sched.times, [0.0, 0.5, 1.0])
     np.testing.assert_array_equal(sched.indices, [0, 2, 4])
     assert sched.cost == pytest.approx(0.5)
     assert (sched.metric, sched.solver, sched.num_samples) == ("l2", "rk4", 7)
     np.testing.assert_array_equal(sched.grid, grid)
+    assert isinstance(sset, ScheduleSet) and sset.cost_table is not None and sset.objective == "local"
 
 
-def test_schedules_from_cost_gives_every_budget():
+def test_schedules_from_cost_gives_every_budget_as_the_single_budget_dp():
     grid = uniform_grid(12)
     cost = quadratic_cost(grid) * (1.0 + grid)[None, :]  # later steps cost more: smaller steps there
-    every = schedules_from_cost(cost, grid, 12)
-    assert [s.steps for s in every] == list(range(1, 13))
+    every = schedules_from_cost(cost, 12, grid=grid)
+    assert list(every) == list(range(1, 13))
     for k in (1, 3, 6, 12):
-        assert every[k - 1] == schedule_from_cost(cost, grid, k)
-    np.testing.assert_array_equal(every[-1].times, grid)
+        one = bellman_path(cost, k)  # the DP of that budget alone
+        np.testing.assert_array_equal(every[k].indices, one.indices)
+        assert every[k].cost == one.cost  # the same float64 sums in the same order
+        assert every[k] == schedules_from_cost(cost, k, grid=grid)[k]  # a budget does not depend on max_steps
+    np.testing.assert_array_equal(every[12].times, grid)
 
 
 @pytest.mark.parametrize(
     ("steps", "error", "match"),
     [
-        (5, ValueError, r"steps must be < len\(times\) = 5"),
-        (0, ValueError, "steps must be >= 1"),
-        (2.0, TypeError, "steps must be an integer"),
+        (5, ValueError, r"max_steps must be < len\(grid\) = 5"),
+        (0, ValueError, "max_steps must be >= 1"),
+        (2.0, TypeError, "max_steps must be an integer"),
     ],
 )
-def test_schedule_from_cost_bad_steps(steps, error, match):
+def test_schedules_from_cost_bad_steps(steps, error, match):
     grid = uniform_grid(4)
     with pytest.raises(error, match=match):
-        schedule_from_cost(quadratic_cost(grid), grid, steps)
+        schedules_from_cost(quadratic_cost(grid), steps, grid=grid)
 
 
-def test_schedule_from_cost_shape_mismatch():
+def test_schedules_from_cost_shape_mismatch_and_grid_named():
     with pytest.raises(ValueError, match=r"cost must have shape \(5, 5\)"):
-        schedule_from_cost(np.zeros((4, 4)), uniform_grid(4), 2)
-    with pytest.raises(ValueError, match="max_steps must be < len"):
-        schedules_from_cost(np.zeros((5, 5)), uniform_grid(4), 5)
+        schedules_from_cost(np.zeros((4, 4)), 2, grid=uniform_grid(4))
+    with pytest.raises(ValueError, match="grid must be strictly increasing"):
+        schedules_from_cost(np.zeros((3, 3)), 1, grid=[0.0, 1.0, 0.5])
+    with pytest.raises(TypeError, match="grid"):
+        schedules_from_cost(np.zeros((5, 5)), 2)  # the grid is keyword-only and required
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -272,10 +279,12 @@ class GrowingFlow(torch.nn.Module):
 
 def test_optimal_schedule_end_to_end_matches_cost_matrix_and_dp():
     model = GrowingFlow()
-    sched = optimal_schedule(model, (3,), 4, grid=24, num_samples=10, batch_size=4, seed=3, objective="local")
+    sched = optimal_schedules(
+        model, (3,), 4, SearchSettings(grid=24, num_samples=10, batch_size=4, seed=3, objective="local")
+    )[4]
     grid = uniform_grid(24)
     noise = seeded_noise((3,), 0, 10, seed=3)
-    expected = schedule_from_cost(cost_matrix(model, noise, grid, progress=False), grid, 4)
+    expected = schedules_from_cost(cost_matrix(model, noise, grid, progress=False), 4, grid=grid)[4]
     np.testing.assert_array_equal(sched.indices, expected.indices)
     assert sched.cost == pytest.approx(expected.cost, rel=1e-12)
     steps = np.diff(sched.times)  # steps shrink where the error grows (on the grid's resolution)
@@ -286,11 +295,17 @@ def test_optimal_schedule_end_to_end_matches_cost_matrix_and_dp():
 
 def test_optimal_schedule_draw_does_not_depend_on_batch_size():
     model = GrowingFlow(1.0)
-    a = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=7, objective="local")
-    b = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=2, objective="local")
+    a = optimal_schedules(
+        model, (2, 2), 3, SearchSettings(grid=10, num_samples=7, batch_size=7, objective="local")
+    )[3]
+    b = optimal_schedules(
+        model, (2, 2), 3, SearchSettings(grid=10, num_samples=7, batch_size=2, objective="local")
+    )[3]
     np.testing.assert_array_equal(a.indices, b.indices)
     assert a.cost == pytest.approx(b.cost, rel=1e-12)
-    c = optimal_schedule(model, (2, 2), 3, grid=10, num_samples=7, batch_size=2, seed=1, objective="local")
+    c = optimal_schedules(
+        model, (2, 2), 3, SearchSettings(grid=10, num_samples=7, batch_size=2, seed=1, objective="local")
+    )[3]
     assert c.cost != b.cost
 
 
@@ -302,21 +317,16 @@ def test_optimal_schedule_explicit_grid_plain_callable_and_options(tmp_path):
         calls.append((x.dtype, x.shape[0]))
         return torch.sin(x) + t[:, None]
 
-    sched = optimal_schedule(
+    sched = optimal_schedules(
         velocity,
         (4,),
         2,
-        grid=grid,
-        num_samples=5,
-        batch_size=3,
-        solver="heun",
-        metric="l2",
+        SearchSettings(grid=grid, num_samples=5, batch_size=3, solver="heun", metric="l2", objective="local"),
         dtype=torch.float64,
         device="cpu",
         checkpoint=tmp_path / "c.npz",
         checkpoint_key="velocity",
-        objective="local",
-    )
+    )[2]
     assert sched.fingerprint is None and sched.grid[0] == 1e-3 and sched.times[-1] == 1.0
     assert (sched.solver, sched.metric) == ("heun", "l2")
     assert {c[0] for c in calls} == {torch.float64} and max(c[1] for c in calls) == 3
@@ -326,22 +336,23 @@ def test_optimal_schedule_explicit_grid_plain_callable_and_options(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"num_samples": 0}, ValueError, "num_samples must be >= 1"),
-        ({"steps": 10}, ValueError, "steps must be < the grid's 10 points"),
-        ({"steps": 0}, ValueError, "steps must be >= 1"),
-        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
-        ({"solver": "euler_maruyama"}, ValueError, "unknown solver"),
-        ({"metric": "lpips"}, ValueError, "unknown metric"),
-        ({"grid": [0.0, 0.5, 0.4, 1.0]}, ValueError, "strictly increasing"),
-        ({"seed": -1}, ValueError, "seed must be >= 0"),
+        ({"max_steps": 10}, ValueError, "max_steps must be < the grid's 10 points"),
+        ({"max_steps": 0}, ValueError, "max_steps must be >= 1"),
         ({"dtype": torch.int32}, TypeError, "floating dtype"),
+        ({"shape": (2, 0)}, ValueError, "shape entry must be >= 1"),
+        ({"settings": {"grid": 9}}, TypeError, "settings must be a SearchSettings, got dict"),
     ],
 )
-def test_optimal_schedule_bad_input(kwargs, error, match):
-    args = {"shape": (2,), "steps": 3, "grid": 9, "num_samples": 4, "objective": "local"}
+def test_optimal_schedules_bad_input(kwargs, error, match):
+    """What needs the model or the shape is checked by the search; the settings check themselves."""
+    args = {
+        "shape": (2,),
+        "max_steps": 3,
+        "settings": SearchSettings(grid=9, num_samples=4, objective="local"),
+    }
     args.update(kwargs)
     with pytest.raises(error, match=match):
-        optimal_schedule(GrowingFlow(), **args)
+        optimal_schedules(GrowingFlow(), **args)
 
 
 # ------------------------------------------------------------------------------------------ ScheduleSet
@@ -351,25 +362,27 @@ def wavy(x, t):
     return torch.sin(3.0 * x) * (1.0 + t.view(-1, 1))
 
 
-SEARCH = {"grid": 16, "num_samples": 8, "dtype": torch.float64}
+SEARCH = SearchSettings(grid=16, num_samples=8)
+LOCAL = SearchSettings(grid=16, num_samples=8, objective="local")
 
 
 @pytest.fixture(scope="module")
 def local_set():
-    return optimal_schedules(wavy, (3,), 4, objective="local", **SEARCH)
+    return optimal_schedules(wavy, (3,), 4, LOCAL, dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")
 def global_set():
-    return optimal_schedules(wavy, (3,), 4, **SEARCH)
+    return optimal_schedules(wavy, (3,), 4, SEARCH, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("objective", ["local", "global"])
 def test_every_budget_of_a_set_is_the_search_for_that_budget(objective, local_set, global_set):
     sset = local_set if objective == "local" else global_set
     assert isinstance(sset, ScheduleSet) and len(sset) == 4 and list(sset) == [1, 2, 3, 4]
-    for k, sched in sset.items():
-        assert sched == optimal_schedule(wavy, (3,), k, objective=objective, **SEARCH)
+    settings = LOCAL if objective == "local" else SEARCH
+    for k, sched in sset.items():  # budget k does not depend on the largest budget searched
+        assert sched == optimal_schedules(wavy, (3,), k, settings, dtype=torch.float64)[k]
     assert (sset.cost_table is not None) == (objective == "local")
     with pytest.raises(KeyError, match="K = 1 .. 4"):
         sset[5]
@@ -378,7 +391,7 @@ def test_every_budget_of_a_set_is_the_search_for_that_budget(objective, local_se
 def test_a_local_set_resamples_exactly_as_a_fresh_search(local_set):
     for k in (5, 9):
         got = local_set.resample(k)
-        assert got == optimal_schedule(wavy, (3,), k, objective="local", **SEARCH)
+        assert got == optimal_schedules(wavy, (3,), k, LOCAL, dtype=torch.float64)[k]
         assert got.resampled_from is None
     assert local_set.resample(3) is local_set[3]
     with pytest.raises(ValueError, match="steps must be < the grid's 17 points"):
@@ -415,7 +428,7 @@ def test_loglinear_interpolation_and_snapping():
     np.testing.assert_array_equal(snap_to_grid(grid, np.array([0.0, 0.99, 0.995, 1.0])), [0, 8, 9, 10])
     np.testing.assert_array_equal(snap_to_grid(grid, np.linspace(0, 1, 11) ** 8), np.arange(11))
     # A schedule interpolated to its own budget is itself.
-    sset = ScheduleSet(schedules_from_cost(quadratic_cost(uniform_grid(20)), uniform_grid(20), 6))
+    sset = schedules_from_cost(quadratic_cost(uniform_grid(20)), 6, grid=uniform_grid(20))
     for k in range(2, 7):
         np.testing.assert_array_equal(interpolate_schedule(sset[k], k).indices, sset[k].indices)
     with pytest.raises(ValueError, match="at least 2 steps"):
@@ -480,7 +493,7 @@ def test_set_files_refused_before_reading_and_at_save(local_set, tmp_path, monke
         ScheduleSet.load(path)
     monkeypatch.setattr(schedule_module, "MAX_FILE_BYTES", 50_000)
     with pytest.raises(ValueError, match=r"would take .* MiB \(a cost table on a grid of 81 points\)"):
-        optimal_schedules(wavy, (3,), 2, objective="local", grid=80, num_samples=2).save(
+        optimal_schedules(wavy, (3,), 2, SearchSettings(objective="local", grid=80, num_samples=2)).save(
             tmp_path / "big.json"
         )
     assert not (tmp_path / "big.json").exists()

@@ -228,7 +228,7 @@ def test_a_checkpoint_for_another_teacher_or_noise_is_refused(tmp_path):
 
 def test_the_shape_comes_from_the_schedule_and_another_models_schedule_is_warned_about():
     model = TinyVelocity()
-    sched = bf.optimal_schedule(model, (2,), 2, grid=10, num_samples=8)
+    sched = bf.optimal_schedules(model, (2,), 2, bf.SearchSettings(grid=10, num_samples=8))[2]
     assert sched.shape == (2,) and sched.fingerprint == bf.model_fingerprint(model)
     fast = {k: v for k, v in FAST.items() if k != "shape"}
     student = straighten(model, sched, **fast)  # no shape=: the schedule's
@@ -379,8 +379,7 @@ def test_demo_with_straighten_adds_rows(tmp_path):
 
     cfg = DemoConfig(
         out=str(tmp_path / "rep"),
-        grid=20,
-        num_samples=16,
+        search=bf.SearchSettings(grid=20, num_samples=16, batch_size=16),
         models=("digits_dit",),
         max_nfe=2,
         eval_samples=16,

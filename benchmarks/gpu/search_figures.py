@@ -7,8 +7,8 @@ Model: ``DiT(input_size=32, patch_size=2, in_channels=16, hidden=384, depth=4, h
 (std 0.02, so every op does work), float32: a 16x32x32 latent (the size issue 20's targets name). Search:
 ``optimal_schedules(objective="global")``, M = 64 noises, grid ``uniform_grid(100)``, every K <= 10,
 batch_size 256 (calls of M = 64 samples without wide calls, up to 256 with them). For each store the installed
-``boss_fast.optimal_schedules`` accepts (``store=``, detected in its signature; "device", "host", "disk" are
-tried, the ones it lacks or refuses are recorded with the reason):
+``boss_fast.SearchSettings`` accepts (its ``store`` field, detected; "device", "host", "disk" are tried, the
+ones it lacks or refuses are recorded with the reason):
 
 - ``peak_device_bytes``: ``torch.cuda.max_memory_allocated`` during the search, above what was allocated
   before (the weights); None without CUDA;
@@ -26,7 +26,7 @@ Writes ``--out`` (JSON) and ``--markdown`` (a table), each through a temporary n
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 import json
 import platform
 import resource
@@ -93,9 +93,8 @@ def floor_seconds(net: DiT, widths: list[int], device: str, reps: int = 5) -> fl
 
 def available_stores() -> tuple[list[str], dict[str, str]]:
     """The stores to try, and {store: why not} for those this boss_fast does not offer."""
-    params = inspect.signature(bf.optimal_schedules).parameters
-    if "store" not in params:
-        return [None], {s: "boss_fast.optimal_schedules has no store= argument" for s in STORES}
+    if "store" not in {f.name for f in dataclasses.fields(bf.SearchSettings)}:
+        return [None], {s: "boss_fast.SearchSettings has no store field" for s in STORES}
     return list(STORES), {}
 
 
@@ -108,10 +107,9 @@ def search_once(net: DiT, cfg: dict, device: str, store: str | None) -> dict:
         torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated() if device == "cuda" else 0
     start = time.perf_counter()
-    sset = bf.optimal_schedules(
-        counted(net, widths), net.sample_shape, cfg["steps"], grid=cfg["grid"], num_samples=cfg["samples"],
-        batch_size=cfg["batch_size"], device=device, objective="global", **kwargs,
-    )  # fmt: skip
+    settings = bf.SearchSettings(grid=cfg["grid"], num_samples=cfg["samples"], batch_size=cfg["batch_size"],
+                                 objective="global", **kwargs)  # fmt: skip
+    sset = bf.optimal_schedules(counted(net, widths), net.sample_shape, cfg["steps"], settings, device=device)
     _sync(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() - before if device == "cuda" else None

@@ -8,7 +8,7 @@ model predicts ``noise - x0``, minus our velocity, and a step is ``x + (sigma_ne
   passes its own linspace; SD3 passes ``mu`` under dynamic shifting): only the number of steps must agree.
   Otherwise it keeps the stock scheduler's contract (methods, arguments, output class, errors).
 - :class:`DiffusersVelocity`: a diffusers transformer (SD3, Flux, ...) with its conditioning, called as
-  ``velocity(x, t)``, for ``bf.optimal_schedule``, ``bf.straighten``, ``bf.sample`` and ``bf.Sampler``.
+  ``velocity(x, t)``, for ``bf.optimal_schedules``, ``bf.straighten``, ``bf.sample`` and ``bf.Sampler``.
 - :func:`diffusers_sigmas` (from :mod:`boss_fast.integrations.sigmas`): the other way in, sigmas for the
   *stock* scheduler that come out as the schedule after its own shift (``pipe(..., sigmas=...)``).
 """

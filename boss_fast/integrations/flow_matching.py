@@ -74,7 +74,7 @@ def as_model_wrapper(velocity: Callable[..., torch.Tensor]) -> VelocityWrapper:
 
 class FlowMatchingVelocity(nn.Module):
     """A flow_matching model (``model(x=..., t=..., **extras)``, e.g. a ``ModelWrapper``) as boss_fast's
-    ``velocity(x, t)`` with fixed ``extras``, so ``bf.optimal_schedule`` and ``bf.straighten`` run on it.
+    ``velocity(x, t)`` with fixed ``extras``, so ``bf.optimal_schedules`` and ``bf.straighten`` run on it.
     t is passed as the (B,) tensor boss_fast gives."""
 
     def __init__(self, model: Callable[..., torch.Tensor], **extras: Any) -> None:

@@ -23,7 +23,7 @@ from boss_fast._validation import check_float, check_int
 from boss_fast.integrations._imports import missing
 from boss_fast.integrations.diffusers import DiffusersVelocity
 from boss_fast.schedule import ScheduleSet
-from boss_fast.search import optimal_schedules
+from boss_fast.search import SearchSettings, optimal_schedules
 
 try:
     from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
@@ -323,9 +323,11 @@ def _flux_velocity(
     return DiffusersVelocity(transformer, 1.0, fixed={"txt_ids": text_ids, "img_ids": ids}, **pos), scale
 
 
-def pipeline_schedules(target: PipelineTarget, max_steps: int, **search: Any) -> ScheduleSet:
+def pipeline_schedules(
+    target: PipelineTarget, max_steps: int, settings: SearchSettings | None = None, **handles: Any
+) -> ScheduleSet:
     """Every budget K = 1 .. ``max_steps`` for a pipeline: :func:`boss_fast.optimal_schedules` on the target's
-    velocity (its prompt bank) and latent shape, each budget recording the target's ``mu``. ``search``: the
-    Python API's search options (``grid``, ``num_samples``, ``batch_size``, ``seed``, ``objective``, ...)."""
-    sset = optimal_schedules(target.velocity, target.shape, max_steps, **search)
+    velocity (its prompt bank) and latent shape with ``settings``, each budget recording the target's ``mu``.
+    ``handles``: ``optimal_schedules``' keyword arguments (``device``, ``progress``, ``checkpoint``, ...)."""
+    sset = optimal_schedules(target.velocity, target.shape, max_steps, settings, **handles)
     return ScheduleSet((replace(s, mu=target.mu) for s in sset.values()), cost_table=sset.cost_table)

@@ -1,6 +1,6 @@
 """Search cost of the global objective (the own-state DP) against the local one (published BOSS).
 
-Run: python -m pytest benchmarks/test_bench_own_state.py -s  (with --benchmark-only: the timings alone)
+Run: python -m pytest benchmarks/test_bench_global_objective.py -s  (with --benchmark-only: the timings alone)
 
 1. Model evaluations, counted exactly by a wrapper, of ``optimal_schedules(..., max_steps=10)`` for both
    objectives on the same grid (100 steps) and 256 noises, each with its default teacher and with the same
@@ -19,16 +19,18 @@ import pytest
 import torch
 
 from benchmarks.quality_global import Counted
+from boss_fast.global_objective import GlobalTable, _decide, global_paths
 from boss_fast.models import load_bundled
-from boss_fast.own_state import OwnStateTable, _decide, own_state_paths
-from boss_fast.search import optimal_schedules
+from boss_fast.search import SearchSettings, optimal_schedules
 
 GRID, SAMPLES, K = 100, 256, 10
 
 
 def _count(model: Counted, objective: str, solver: str | None) -> float:
     model.rows = 0
-    optimal_schedules(model, (2,), K, objective=objective, grid=GRID, num_samples=SAMPLES, solver=solver)
+    optimal_schedules(
+        model, (2,), K, SearchSettings(objective=objective, grid=GRID, num_samples=SAMPLES, solver=solver)
+    )
     return model.rows / SAMPLES
 
 
@@ -60,9 +62,8 @@ def test_evaluation_counts(capsys):
 def test_search_time(benchmark, objective):
     model = load_bundled("gmm2d")
     benchmark.group = f"optimal_schedules, gmm2d, grid {GRID}, {SAMPLES} noises, K = 1..{K}"
-    kwargs = {"grid": GRID, "num_samples": SAMPLES, "objective": objective}
-    benchmark.pedantic(optimal_schedules, args=(model, (2,), K), kwargs=kwargs, rounds=3,
-                       warmup_rounds=1)  # fmt: skip
+    settings = SearchSettings(grid=GRID, num_samples=SAMPLES, objective=objective)
+    benchmark.pedantic(optimal_schedules, args=(model, (2,), K, settings), rounds=3, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("n", [101, 1001])
@@ -75,7 +76,7 @@ def test_dp_bookkeeping(n, capsys):
     for level in range(1, K + 1):
         lo = 0 if level == 1 else level - 1
         costs[level], pointers[level] = _decide(sums[level], 256, lo, level, n)
-    paths = own_state_paths(OwnStateTable(costs, pointers, np.linspace(0.0, 1.0, n), 256))
+    paths = global_paths(GlobalTable(costs, pointers, np.linspace(0.0, 1.0, n), 256))
     bookkeeping = time.perf_counter() - start
     assert [p.steps for p in paths] == list(range(1, K + 1))
     model = load_bundled("digits_dit")

@@ -13,7 +13,7 @@ This DP targets the end. On the grid t_0 < ... < t_{N-1} with teacher states X*_
 One choice of i is shared by every sample, as a schedule is. The k-step schedule backtracks the pointers from
 (k, N - 1); its ``cost`` is C[k][N - 1], the mean squared error at t = 1 against the teacher. Keeping one
 state per (k, j) makes the DP greedy in the past: it is not an exhaustive search over grid paths
-(tests/test_own_state.py measures how far it is on small grids).
+(tests/test_global_objective.py measures how far it is on small grids).
 
 Cost: level k evaluates the model once per reachable source i and sample: 1 at k = 1, N - k for k >= 2; every
 budget up to K at once costs about K x N evaluations per sample, plus the teacher. The comparison of every
@@ -23,7 +23,7 @@ new states go through ``euler_update``, the sampler's own step, so S[k][N - 1] i
 ``sample(velocity, noise, schedule)`` returns on the same batch. The argmin and backtracking are O(N^2) numpy
 per level: measured on a loaded 2-core machine, 2 ms per level at N = 101 and 75 ms at N = 1001, while the
 same level evaluates the model N - k times per batch (one digits DiT evaluation of 256 samples: 1-2 s there),
-so a compiled kernel would not show (benchmarks/test_bench_own_state.py).
+so a compiled kernel would not show (benchmarks/test_bench_global_objective.py).
 
 Streaming (``boss_fast.engine``). The argmin of level k needs the sums over ALL samples, so the loop is
 level-major: per level, a pass over this process's noise batches advances each batch's states through the
@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -64,12 +64,14 @@ from boss_fast._validation import (
     check_choice,
     check_int,
     check_noise,
+    check_store_dir,
     check_teacher,
 )
 from boss_fast.bellman import BellmanPath
 from boss_fast.cost import trajectory_cost_sums
 from boss_fast.engine import (
     STORES,
+    WIDE_MODES,
     Checkpoint,
     RowStore,
     Shard,
@@ -80,14 +82,15 @@ from boss_fast.engine import (
 from boss_fast.ode import VelocityFn, euler_update
 from boss_fast.trajectories import DenseTeacher
 
-__all__ = ["OwnStateTable", "accumulate_own_state", "own_state_paths", "own_state_table"]
+__all__ = ["GlobalLevels", "GlobalPass", "GlobalTable", "accumulate_global", "global_paths", "global_table"]
 
+# The file format keeps its first name: checkpoints written before the module was renamed still resume.
 CHECKPOINT_FORMAT = "boss_fast.own_state_checkpoint"
 CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class OwnStateTable:
+class GlobalTable:
     """The own-state DP's table for budgets 1 .. K on a grid of N points.
 
     Attributes:
@@ -108,15 +111,15 @@ class OwnStateTable:
         return self.costs.shape[0] - 1
 
 
-def own_state_paths(table: OwnStateTable) -> list[BellmanPath]:
+def global_paths(table: GlobalTable) -> list[BellmanPath]:
     """The k-step schedule of every budget k = 1 .. K: ``result[k - 1]``, backtracked over stored pointers.
 
     Each path's ``cost`` is ``table.costs[k, N - 1]``, the error at t = 1 against the teacher.
 
     Example:
         >>> grid = np.linspace(0, 1, 11)
-        >>> table = own_state_table(lambda x, t: -x, torch.randn(8, 2), grid, 2, progress=False)
-        >>> [p.indices.tolist()[::len(p.indices) - 1] for p in own_state_paths(table)]  # each from 0 to N - 1
+        >>> table = global_table(lambda x, t: -x, torch.randn(8, 2), grid, 2, progress=False)
+        >>> [p.indices.tolist()[::len(p.indices) - 1] for p in global_paths(table)]  # each from 0 to N - 1
         [[0, 10], [0, 10]]
     """
     last = len(table.times) - 1
@@ -287,6 +290,49 @@ def _resume(
 Restrict = Callable[[int, np.ndarray, np.ndarray], "np.ndarray | None"]
 
 
+@dataclass(frozen=True)
+class GlobalPass:
+    """How the global objective's passes over noise batches run (validated at construction).
+
+    Attributes:
+        batch_size: noises per batch and (state, time) rows per wide model call, >= 1.
+        solver: the teacher giving the targets X*_j: "heun" (default: 2 evaluations per grid step, the most
+            accurate fixed-step teacher within 12x the local search's evaluations at K = 10 on a 100-step
+            grid), "rk4" (4), "euler" (1), or "dopri5" (mode=None only).
+        metric: "l2sq" (mean squared L2 error) or "l2" (mean L2 norm).
+        mode: None runs the teacher's plain loop; "eager", "compile", "cuda_graph" or "auto" runs it on a
+            recording ``Sampler`` and the DP's own wide calls alike (``boss_fast.engine.WideEvaluator``).
+        store: where the per-sample rows live between levels, "device", "host" or "disk" (see the module
+            docstring); the table does not depend on it.
+        store_dir: the folder of "disk"'s temporary files (None: the checkpoint's folder, else the system's
+            temporary directory); only with store="disk".
+        teacher_stride: the teacher's solver runs on every stride-th grid point, the rest interpolated
+            (:class:`boss_fast.trajectories.DenseTeacher`; 1: every point).
+
+    Example:
+        >>> GlobalPass(batch_size=64).solver, GlobalPass(store="host").store
+        ('heun', 'host')
+    """
+
+    batch_size: int = 256
+    solver: str = "heun"
+    metric: str = "l2sq"
+    mode: str | None = None
+    store: str = "device"
+    store_dir: str | os.PathLike | None = None
+    teacher_stride: int = 1
+
+    def __post_init__(self) -> None:
+        check_int(self.batch_size, "batch_size")
+        if self.mode is not None:
+            check_choice(self.mode, WIDE_MODES, "mode")
+        check_teacher(self.solver, self.mode)
+        check_choice(self.metric, METRICS, "metric")
+        check_choice(self.store, STORES, "store")
+        check_store_dir(self.store_dir, self.store)
+        check_int(self.teacher_stride, "teacher_stride")
+
+
 class GlobalLevels:
     """The global objective's passes over this rank's noise batches: the teacher once, then one level step
     per call, the rows kept in a :class:`boss_fast.engine.RowStore` between steps.
@@ -306,18 +352,18 @@ class GlobalLevels:
 
     @torch.no_grad()
     def __init__(self, velocity: VelocityFn, make_batch: Callable[[int, int], torch.Tensor], shard: Shard,
-                 times: np.ndarray, *, solver: str, metric: str, device: torch.device | str | None,
-                 store: str = "device", store_dir: str | os.PathLike | None = None,
-                 mode: str | None = None, teacher_stride: int = 1) -> None:  # fmt: skip
-        self.shard, self.times, self.metric, self.hosts = shard, times, metric, times.tolist()
+                 grid: np.ndarray, run: GlobalPass, device: torch.device | str | None) -> None:  # fmt: skip
+        self.shard, self.times, self.metric, self.hosts = shard, grid, run.metric, grid.tolist()
         first = make_batch(*shard.span(0))  # one sample's shape and dtype
         dev = torch.device(device) if device is not None else first.device
-        self.evaluator = WideEvaluator(velocity, shard.batch_size, resolve_wide_mode(mode, dev))
-        n = len(times)
+        self.evaluator = WideEvaluator(velocity, shard.batch_size, resolve_wide_mode(run.mode, dev))
+        n = len(grid)
         layout = dict(zip(_LAYOUT, (n, n, n - 1), strict=True))
-        self.store = RowStore(store, layout, first.shape[1:], shard.sizes, first.dtype, dev, store_dir)
+        self.store = RowStore(
+            run.store, layout, first.shape[1:], shard.sizes, first.dtype, dev, run.store_dir
+        )
         self._rows = [torch.arange(*shard.span(b), device=dev) for b in shard.mine]
-        runner = DenseTeacher(velocity, times, solver, mode, teacher_stride)
+        runner = DenseTeacher(velocity, grid, run.solver, run.mode, run.teacher_stride)
         for i, b in enumerate(shard.mine):
             noise = make_batch(*shard.span(b)).to(dev)
             teacher = runner(noise, self._rows[i])
@@ -354,55 +400,45 @@ class GlobalLevels:
         self.store.close()
 
 
-def accumulate_own_state(
+def accumulate_global(
     velocity: VelocityFn,
     make_batch: Callable[[int, int], torch.Tensor],
     num_samples: int,
-    times: np.ndarray,
+    grid: np.ndarray,
     max_steps: int,
+    run: GlobalPass,
     *,
-    batch_size: int,
-    solver: str,
-    metric: str,
     device: torch.device | str | None,
     progress: bool,
     checkpoint: str | os.PathLike | None,
     identity: dict[str, str],
-    mode: str | None = None,
-    store: str = "device",
-    store_dir: str | os.PathLike | None = None,
     restrict: Restrict | None = None,
-    teacher_stride: int = 1,
-) -> OwnStateTable:
+) -> GlobalTable:
     """Run the own-state DP over ``num_samples`` noises, level-major (see the module docstring).
 
-    ``make_batch(start, stop)`` returns noises start .. stop - 1. Assumes validated arguments (``times`` a
+    ``make_batch(start, stop)`` returns noises start .. stop - 1. Assumes validated arguments (``grid`` a
     float64 grid of N points, 1 <= max_steps <= N - 1). Under torch.distributed rank r of W keeps batches
     r, r + W, ... and all-reduces each level's (sum, count). With ``checkpoint``, the table so far is written
     atomically after every level (``<root>.rank{r}-of-{W}<ext>`` per rank); a rerun replays the finished
     levels' model evaluations to rebuild its stored states (same batches, same bits) and goes on.
-    ``store``, ``store_dir``: where the rows live (:class:`GlobalLevels`); ``store_dir`` defaults to the
-    checkpoint's folder. ``restrict(level, costs, pointers)``: the sources allowed at each level given the
+    ``run``: batch size, teacher, metric, mode, store (:class:`GlobalPass`; ``store_dir`` defaults to the
+    checkpoint's folder). ``restrict(level, costs, pointers)``: the sources allowed at each level given the
     table so far (None: all); a restricted run must record what restricts it in ``identity``.
-    ``teacher_stride``: the teacher's solver runs on every stride-th grid point, the rest interpolated
-    (:class:`boss_fast.trajectories.DenseTeacher`; 1: every point, as before).
     """
-    shard = Shard.of_this_process(num_samples, batch_size)
-    n = len(times)
-    run = {"times": times, "max_steps": max_steps, "metric": metric, "solver": solver,
-           "num_samples": num_samples, "batch_size": batch_size, **identity}  # fmt: skip
+    shard = Shard.of_this_process(num_samples, run.batch_size)
+    n = len(grid)
+    header = {"times": grid, "max_steps": max_steps, "metric": run.metric, "solver": run.solver,
+              "num_samples": num_samples, "batch_size": run.batch_size, **identity}  # fmt: skip
     # Always in the header: a reader ignores keys it does not ask for, so a stride-2 file must be refused by a
     # stride-1 run through this key being asked for.
-    run["teacher_stride"] = teacher_stride
-    ckpt, costs, pointers, done = _resume(checkpoint, run, (max_steps + 1, n), shard)
+    header["teacher_stride"] = run.teacher_stride
+    ckpt, costs, pointers, done = _resume(checkpoint, header, (max_steps + 1, n), shard)
     if done == max_steps:
-        return OwnStateTable(costs=costs, pointers=pointers, times=times, num_samples=num_samples)
-    if store_dir is None and checkpoint is not None:
-        store_dir = os.path.dirname(os.path.abspath(checkpoint))
+        return GlobalTable(costs=costs, pointers=pointers, times=grid, num_samples=num_samples)
+    if run.store == "disk" and run.store_dir is None and checkpoint is not None:
+        run = replace(run, store_dir=os.path.dirname(os.path.abspath(checkpoint)))
     with torch.no_grad():
-        levels = GlobalLevels(velocity, make_batch, shard, times, solver=solver, metric=metric, device=device,
-                              store=store, store_dir=store_dir, mode=mode,
-                              teacher_stride=teacher_stride)  # fmt: skip
+        levels = GlobalLevels(velocity, make_batch, shard, grid, run, device)
     bar = progress_bar(max_steps, done, progress, "own-state DP", unit="level")
     try:
         with bar, torch.no_grad():
@@ -417,78 +453,61 @@ def accumulate_own_state(
                 bar.update(1)
     finally:
         levels.close()
-    return OwnStateTable(costs=costs, pointers=pointers, times=times, num_samples=num_samples)
+    return GlobalTable(costs=costs, pointers=pointers, times=grid, num_samples=num_samples)
 
 
-def own_state_table(
+def global_table(
     velocity: VelocityFn,
     noise: torch.Tensor,
-    times: Sequence[float] | np.ndarray | torch.Tensor,
+    grid: Sequence[float] | np.ndarray | torch.Tensor,
     max_steps: int,
-    batch_size: int = 256,
-    solver: str = "heun",
-    metric: str = "l2sq",
+    run: GlobalPass | None = None,
+    *,
     device: torch.device | str | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
-    *,
-    mode: str | None = None,
     checkpoint_key: str | None = None,
-    store: str = "device",
-    store_dir: str | os.PathLike | None = None,
-) -> OwnStateTable:
-    """The own-state DP of a velocity model over ``noise`` for every budget 1 .. ``max_steps``.
+) -> GlobalTable:
+    """The global objective's DP (over the sampler's own states) of a velocity model over ``noise``, for
+    every budget 1 .. ``max_steps``.
 
-    The global-objective counterpart of ``cost_matrix``; ``own_state_paths`` turns the table into schedules.
+    The global-objective counterpart of ``cost_matrix``; ``global_paths`` turns the table into schedules.
 
     Args:
         velocity: ``velocity(x, t)`` (t = 0 noise, t = 1 data), already on ``device``.
         noise: (M, ...) floating tensor, the M start points.
-        times: (N,) strictly increasing grid in [0, 1].
+        grid: (N,) strictly increasing grid times in [0, 1].
         max_steps: K, 1 <= K <= N - 1.
-        batch_size: samples per batch, >= 1.
-        solver: the teacher giving the targets X*_j: "heun" (default: 2 evaluations per grid step, the
-            most accurate fixed-step teacher within 12x the local search's evaluations at K = 10 on a
-            100-step grid), "rk4" (4), "euler" (1), or "dopri5" (mode=None only).
-        metric: "l2sq" (mean squared L2 error) or "l2" (mean L2 norm).
-        device, progress, checkpoint, mode: as ``cost_matrix`` (the checkpoint is rewritten after every
-            level; ``mode`` runs the teacher on a recording ``Sampler`` and the DP's own wide calls eager,
-            compiled or from a CUDA graph, ``boss_fast.engine.WideEvaluator``).
+        run: batch size, teacher solver, metric, mode, store (:class:`GlobalPass`; None: its defaults).
+        device, progress, checkpoint: as ``cost_matrix`` (the checkpoint is rewritten after every level).
         checkpoint_key: as ``cost_matrix``: required with ``checkpoint`` when ``velocity`` is not an
             ``nn.Module``.
-        store, store_dir: where the per-sample rows live, "device", "host" or "disk" (as
-            ``optimal_schedule``); the table does not depend on it.
 
     Example:
         >>> grid = np.linspace(0, 1, 11)
-        >>> table = own_state_table(lambda x, t: -x, torch.randn(8, 2), grid, 3, progress=False)
-        >>> len(own_state_paths(table)), table.num_samples
+        >>> table = global_table(lambda x, t: -x, torch.randn(8, 2), grid, 3, progress=False)
+        >>> len(global_paths(table)), table.num_samples
         (3, 8)
     """
     noise = check_noise(noise)
-    t = as_times(times)
+    t = as_times(grid, "grid")
     max_steps = check_int(max_steps, "max_steps")
     if max_steps >= len(t):
-        raise ValueError(f"max_steps must be < len(times) = {len(t)} (at most {len(t) - 1}), got {max_steps}")
-    batch_size = check_int(batch_size, "batch_size")
-    solver = check_teacher(solver, mode)
-    metric = check_choice(metric, METRICS, "metric")
+        raise ValueError(f"max_steps must be < len(grid) = {len(t)} (at most {len(t) - 1}), got {max_steps}")
+    run = GlobalPass() if run is None else run
+    if not isinstance(run, GlobalPass):
+        raise TypeError(f"run must be a GlobalPass, got {type(run).__name__}")
     model = checkpoint_model_key(velocity, checkpoint, checkpoint_key)
     identity = {} if checkpoint is None else noise_identity(noise, model)
-    return accumulate_own_state(
+    return accumulate_global(
         velocity,
         lambda start, stop: noise[start:stop],
         noise.shape[0],
         t,
         max_steps,
-        batch_size=batch_size,
-        solver=solver,
-        metric=metric,
+        run,
         device=device,
         progress=progress,
         checkpoint=checkpoint,
         identity=identity,
-        mode=mode,
-        store=check_choice(store, STORES, "store"),
-        store_dir=store_dir,
     )

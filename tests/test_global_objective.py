@@ -1,4 +1,4 @@
-"""The global objective: the DP over the sampler's own states (boss_fast.own_state) and its API."""
+"""The global objective: the DP over the sampler's own states (boss_fast.global_objective) and its API."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import boss_fast as bf
+from boss_fast.global_objective import GlobalPass, global_paths, global_table
 from boss_fast.models.gmm import GaussianMixtureFlow, eight_gaussians
-from boss_fast.own_state import own_state_paths, own_state_table
-from boss_fast.schedule import Schedule, schedule_from_cost
-from boss_fast.search import optimal_schedule, optimal_schedules
+from boss_fast.schedule import Schedule, schedules_from_cost
+from boss_fast.search import SearchSettings, optimal_schedules
 
 
 def wavy(x, t):
@@ -63,7 +63,7 @@ def test_recursion_equals_a_brute_force_transcription(flow):
     velocity = one_gaussian() if flow == "one_gaussian" else eight_gaussians()
     noise = torch.randn(40, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     times = bf.uniform_grid(12)
-    table = own_state_table(velocity, noise, times, 4, batch_size=16, solver="rk4", progress=False)
+    table = global_table(velocity, noise, times, 4, GlobalPass(batch_size=16, solver="rk4"), progress=False)
     costs, pointers, teacher = brute_force_recursion(velocity, noise, times, 4, solver="rk4")
     np.testing.assert_array_equal(table.pointers, pointers)
     np.testing.assert_allclose(table.costs, costs, rtol=1e-11, atol=1e-15)
@@ -75,9 +75,9 @@ def test_the_end_state_is_what_the_sampler_returns():
     """S[k][N - 1] is built with the sampler's own Euler step: its error is the sampler's error."""
     noise = torch.randn(30, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     times = bf.uniform_grid(16)
-    table = own_state_table(wavy, noise, times, 5, batch_size=30, progress=False)
+    table = global_table(wavy, noise, times, 5, GlobalPass(batch_size=30), progress=False)
     end = bf.teacher_trajectory(wavy, noise, times, "heun").states[-1]
-    for path in own_state_paths(table):
+    for path in global_paths(table):
         x = bf.sample(wavy, noise, times[path.indices])
         assert path.cost == pytest.approx(float((x - end).square().sum(1).mean()), rel=1e-13)
 
@@ -101,9 +101,9 @@ def test_dp_path_against_brute_force_over_all_grid_paths(flow, steps, factor):
     dim = 3 if flow == "wavy" else 2
     noise = torch.randn(64, dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     times = bf.uniform_grid(15)
-    table = own_state_table(velocity, noise, times, steps, progress=False)
+    table = global_table(velocity, noise, times, steps, progress=False)
     target = bf.teacher_trajectory(velocity, noise, times, "heun", record="states").states[-1]
-    dp = own_state_paths(table)[-1]
+    dp = global_paths(table)[-1]
     best = min(
         _endpoint_error(velocity, noise, times[[0, *inner, len(times) - 1]], target)
         for inner in itertools.combinations(range(1, len(times) - 1), steps - 1)
@@ -119,9 +119,9 @@ def test_dp_path_against_brute_force_over_all_grid_paths(flow, steps, factor):
 def test_independent_of_batch_size():
     noise = torch.randn(23, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     times = bf.uniform_grid(14)
-    ref = own_state_table(wavy, noise, times, 6, batch_size=23, progress=False)
+    ref = global_table(wavy, noise, times, 6, GlobalPass(batch_size=23), progress=False)
     for batch in (1, 4, 10):
-        got = own_state_table(wavy, noise, times, 6, batch_size=batch, progress=False)
+        got = global_table(wavy, noise, times, 6, GlobalPass(batch_size=batch), progress=False)
         np.testing.assert_array_equal(got.pointers, ref.pointers)
         np.testing.assert_allclose(got.costs, ref.costs, rtol=1e-13)
 
@@ -134,8 +134,15 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         path = os.path.join(out_dir, "own.npz")
-        scheds = optimal_schedules(wavy, (3,), 4, grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH,
-                                   dtype=torch.float64, checkpoint=path, checkpoint_key="f")  # fmt: skip
+        scheds = optimal_schedules(
+            wavy,
+            (3,),
+            4,
+            SearchSettings(grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH),
+            dtype=torch.float64,
+            checkpoint=path,
+            checkpoint_key="f",
+        )
         np.save(os.path.join(out_dir, f"idx{rank}.npy"), np.concatenate([s.indices for s in scheds.values()]))
         np.save(os.path.join(out_dir, f"cost{rank}.npy"), np.array([s.cost for s in scheds.values()]))
     finally:
@@ -144,8 +151,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_two_gloo_ranks_reduce_to_the_single_process_result(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    single = optimal_schedules(wavy, (3,), 4, grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH,
-                               dtype=torch.float64)  # fmt: skip
+    single = optimal_schedules(
+        wavy, (3,), 4, SearchSettings(grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH), dtype=torch.float64
+    )
     want_idx = np.concatenate([s.indices for s in single.values()])
     want_cost = np.array([s.cost for s in single.values()])
     for r in range(WORLD):
@@ -158,7 +166,8 @@ def test_two_gloo_ranks_reduce_to_the_single_process_result(tmp_path):
 # ------------------------------------------------------------------------------ the local objective
 
 
-# Computed by optimal_schedule before the global objective existed (same noises, grid and arguments).
+# Computed by optimal_schedule (one budget; now optimal_schedules(...)[K]) before the global objective
+# existed (same noises, grid and arguments).
 LOCAL_BEFORE = [
     ({"solver": "euler"}, [0, 8, 15, 22, 30], 0.019092603614207823),
     ({"solver": "rk4", "metric": "l2"}, [0, 9, 17, 23, 30], 0.28457945695400066),
@@ -168,9 +177,10 @@ LOCAL_BEFORE = [
 
 @pytest.mark.parametrize(("kwargs", "indices", "cost"), LOCAL_BEFORE)
 def test_local_objective_is_unchanged(kwargs, indices, cost):
-    kwargs = {"grid": 30, **kwargs}
-    sched = optimal_schedule(wavy, (3,), 4, num_samples=23, batch_size=8, seed=5, dtype=torch.float64,
-                             objective="local", **kwargs)  # fmt: skip
+    settings = SearchSettings(
+        **{"grid": 30, **kwargs}, num_samples=23, batch_size=8, seed=5, objective="local"
+    )
+    sched = optimal_schedules(wavy, (3,), 4, settings, dtype=torch.float64)[4]
     # The indices are exact; the cost is a float64 mean over 23 samples whose summation order another torch
     # build or thread count may change: n * eps ~ 23 * 2.2e-16 = 5e-15 relative, so 1e-12 allows for that
     # and is still far below any change in the search (the three budgets' costs differ in the 2nd digit).
@@ -189,11 +199,14 @@ def test_local_path_bits_and_the_generalised_kernel():
         own, _ = bf.trajectory_cost_sums(traj.states, traj.velocities, times, metric, starts=traj.states[:-1])
         np.testing.assert_array_equal(own, plain)
     cost = bf.cost_matrix(wavy, noise, times, batch_size=5, solver="heun", progress=False)
-    scheds = optimal_schedules(wavy, (3,), 5, objective="local", grid=20, num_samples=12, batch_size=5,
-                               solver="heun", dtype=torch.float64)  # fmt: skip
-    for k, sched in scheds.items():
-        want = schedule_from_cost(cost, times, k, solver="heun", num_samples=12, shape=(3,))
-        assert sched == want
+    scheds = optimal_schedules(
+        wavy,
+        (3,),
+        5,
+        SearchSettings(objective="local", grid=20, num_samples=12, batch_size=5, solver="heun"),
+        dtype=torch.float64,
+    )
+    assert scheds == schedules_from_cost(cost, 5, grid=times, solver="heun", num_samples=12, shape=(3,))
 
 
 def test_generalised_kernel_against_the_definition():
@@ -215,20 +228,20 @@ def test_generalised_kernel_against_the_definition():
 # ------------------------------------------------------------------------------------------ the API
 
 
-def test_optimal_schedule_global_is_the_default_and_matches_every_budget(tmp_path):
-    args = {"grid": 16, "num_samples": 10, "batch_size": 4, "dtype": torch.float64}
-    scheds = optimal_schedules(wavy, (3,), 4, **args)
+def test_optimal_schedules_global_is_the_default_and_every_budget_is_its_own_search(tmp_path):
+    settings = SearchSettings(grid=16, num_samples=10, batch_size=4)
+    scheds = optimal_schedules(wavy, (3,), 4, settings, dtype=torch.float64)
     assert sorted(scheds) == [1, 2, 3, 4]
     for k, sched in scheds.items():
         assert sched.objective == "global" and sched.solver == "heun" and sched.steps == k
-        assert optimal_schedule(wavy, (3,), k, **args) == sched
+        assert optimal_schedules(wavy, (3,), k, settings, dtype=torch.float64)[k] == sched
     scheds[3].save(tmp_path / "g.json")
     loaded = Schedule.load(tmp_path / "g.json")
     assert loaded == scheds[3] and loaded.objective == "global"
 
 
 def test_old_schedule_files_load_as_local(tmp_path):
-    doc = bf.schedule_from_cost(np.triu(np.ones((5, 5)), 1), bf.uniform_grid(4), 2).to_dict()
+    doc = bf.schedules_from_cost(np.triu(np.ones((5, 5)), 1), 2, grid=bf.uniform_grid(4))[2].to_dict()
     del doc["objective"]
     (tmp_path / "old.json").write_text(json.dumps(doc))
     assert Schedule.load(tmp_path / "old.json").objective == "local"
@@ -249,21 +262,24 @@ def test_old_schedule_files_load_as_local(tmp_path):
         ({"objective": None}, ValueError, "unknown objective None"),
         ({"discount": 0.9}, ValueError, "discount weights the local objective"),
         ({"backend": "numba"}, ValueError, "objective='global' runs its own DP"),
-        ({"steps": 9}, ValueError, "steps must be < the grid's 9 points"),
         ({"solver": "dopri5", "mode": "eager"}, ValueError, "takes mode=None"),
         ({"num_samples": 0}, ValueError, "num_samples must be >= 1"),
     ],
 )
-def test_bad_input(kwargs, error, match):
-    args = {"shape": (3,), "steps": 3, "grid": 8, "num_samples": 4, **kwargs}
+def test_bad_settings(kwargs, error, match):
     with pytest.raises(error, match=match):
-        optimal_schedule(wavy, **args)
+        SearchSettings(**{"grid": 8, "num_samples": 4, **kwargs})
 
 
-def test_own_state_table_bad_input():
+def test_max_steps_beyond_the_grid_is_refused_by_the_search():
+    with pytest.raises(ValueError, match="max_steps must be < the grid's 9 points"):
+        optimal_schedules(wavy, (3,), 9, SearchSettings(grid=8, num_samples=4))
+
+
+def test_global_table_bad_input():
     noise = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="max_steps must be < len"):
-        own_state_table(wavy, noise, bf.uniform_grid(4), 5, progress=False)
+        global_table(wavy, noise, bf.uniform_grid(4), 5, progress=False)
     calls = {"n": 0}
 
     def late_nan(x, t):  # finite for the 3-step Euler teacher and level 1, NaN from level 2 on
@@ -271,7 +287,7 @@ def test_own_state_table_bad_input():
         return wavy(x, t) * (float("nan") if calls["n"] > 4 else 1.0)
 
     with pytest.raises(ValueError, match="non-finite values at the sampler's own 1-step states"):
-        own_state_table(late_nan, noise, bf.uniform_grid(3), 2, solver="euler", progress=False)
+        global_table(late_nan, noise, bf.uniform_grid(3), 2, GlobalPass(solver="euler"), progress=False)
     with pytest.raises(ValueError, match="starts must have shape"):
         bf.trajectory_cost_sums(torch.zeros(4, 2, 3), torch.zeros(3, 2, 3), bf.uniform_grid(3),
                                 starts=torch.zeros(4, 2, 3))  # fmt: skip
@@ -287,7 +303,7 @@ class Interrupted(RuntimeError):
 def test_checkpoint_resumes_bit_for_bit_and_refuses_foreign_runs(tmp_path):
     noise = torch.randn(11, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     times = bf.uniform_grid(12)
-    want = own_state_table(wavy, noise, times, 4, batch_size=4, progress=False)
+    want = global_table(wavy, noise, times, 4, GlobalPass(batch_size=4), progress=False)
     calls = {"n": 0}
 
     def flaky(x, t):  # dies during level 3 (after the teacher and two levels)
@@ -298,32 +314,53 @@ def test_checkpoint_resumes_bit_for_bit_and_refuses_foreign_runs(tmp_path):
 
     path = tmp_path / "own.npz"
     with pytest.raises(Interrupted):
-        own_state_table(
-            flaky, noise, times, 4, batch_size=4, progress=False, checkpoint=path, checkpoint_key="f"
+        global_table(
+            flaky,
+            noise,
+            times,
+            4,
+            GlobalPass(batch_size=4),
+            progress=False,
+            checkpoint=path,
+            checkpoint_key="f",
         )
     with np.load(path) as stored:
         assert int(stored["levels_done"]) == 2
-    got = own_state_table(
-        wavy, noise, times, 4, batch_size=4, progress=False, checkpoint=path, checkpoint_key="f"
+    got = global_table(
+        wavy, noise, times, 4, GlobalPass(batch_size=4), progress=False, checkpoint=path, checkpoint_key="f"
     )
     np.testing.assert_array_equal(got.costs, want.costs)
     np.testing.assert_array_equal(got.pointers, want.pointers)
     with pytest.raises(ValueError, match="different run: noise"):
-        own_state_table(
-            wavy, noise + 1, times, 4, batch_size=4, progress=False, checkpoint=path, checkpoint_key="f"
+        global_table(
+            wavy,
+            noise + 1,
+            times,
+            4,
+            GlobalPass(batch_size=4),
+            progress=False,
+            checkpoint=path,
+            checkpoint_key="f",
         )
     with pytest.raises(ValueError, match="different run: max_steps"):
-        own_state_table(
-            wavy, noise, times, 3, batch_size=4, progress=False, checkpoint=path, checkpoint_key="f"
+        global_table(
+            wavy,
+            noise,
+            times,
+            3,
+            GlobalPass(batch_size=4),
+            progress=False,
+            checkpoint=path,
+            checkpoint_key="f",
         )
     np.savez(tmp_path / "cost.npz", format=np.array("boss_fast.cost_checkpoint"))
     with pytest.raises(ValueError, match="not a boss_fast own-state checkpoint"):
-        own_state_table(
+        global_table(
             wavy, noise, times, 4, progress=False, checkpoint=tmp_path / "cost.npz", checkpoint_key="f"
         )
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(ValueError, match="unreadable"):
-        own_state_table(
+        global_table(
             wavy, noise, times, 4, progress=False, checkpoint=tmp_path / "junk.npz", checkpoint_key="f"
         )
 
@@ -335,8 +372,8 @@ def test_global_beats_uniform_and_local_on_eight_gaussians_at_two_steps():
     """Fitted on 256 noises, judged on 2000 others against dopri5: measured mean squared endpoint error 0.502
     (uniform, t = 0.5), 0.549 (local, t = 0.48), 0.331 (global, t = 0.65)."""
     flow = eight_gaussians()
-    scheds = optimal_schedules(flow, (2,), 2, grid=100, num_samples=256)
-    local = optimal_schedule(flow, (2,), 2, grid=100, num_samples=256, objective="local")
+    scheds = optimal_schedules(flow, (2,), 2, SearchSettings(grid=100, num_samples=256))
+    local = optimal_schedules(flow, (2,), 2, SearchSettings(grid=100, num_samples=256, objective="local"))[2]
     noise = bf.seeded_noise((2,), 0, 2000, seed=1, dtype=torch.float64)
     ref = bf.reference_solution(flow, noise)
     errors = {
@@ -361,28 +398,26 @@ def test_global_beats_uniform_and_local_on_eight_gaussians_at_two_steps():
         ("costs", lambda s: s["costs"].__setitem__((3, 6), np.inf)),
     ],
 )
-def test_an_own_state_checkpoint_with_edited_fields_is_refused(tmp_path, field, edit):
+def test_a_global_checkpoint_with_edited_fields_is_refused(tmp_path, field, edit):
     noise = torch.randn(9, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     times = bf.uniform_grid(12)
     path = tmp_path / "own.npz"
-    args = {"batch_size": 4, "progress": False, "checkpoint": path, "checkpoint_key": "wavy"}
-    own_state_table(wavy, noise, times, 4, **args)
+    args = {"progress": False, "checkpoint": path, "checkpoint_key": "wavy"}
+    global_table(wavy, noise, times, 4, GlobalPass(batch_size=4), **args)
     with np.load(path) as data:
         stored = {key: data[key].copy() for key in data.files}
     edit(stored)
     np.savez(path, **stored)
     with pytest.raises(ValueError, match=rf"own\.npz: {field} "):
-        own_state_table(wavy, noise, times, 4, **args)
+        global_table(wavy, noise, times, 4, GlobalPass(batch_size=4), **args)
 
 
-def test_own_state_needs_a_key_for_a_plain_function_and_refuses_another(tmp_path):
+def test_global_table_needs_a_key_for_a_plain_function_and_refuses_another(tmp_path):
     noise = torch.randn(9, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     times = bf.uniform_grid(12)
     path = tmp_path / "own.npz"
     with pytest.raises(ValueError, match="checkpoint_key="):
-        own_state_table(wavy, noise, times, 3, progress=False, checkpoint=path)
-    own_state_table(wavy, noise, times, 3, progress=False, checkpoint=path, checkpoint_key="wavy")
+        global_table(wavy, noise, times, 3, progress=False, checkpoint=path)
+    global_table(wavy, noise, times, 3, progress=False, checkpoint=path, checkpoint_key="wavy")
     with pytest.raises(ValueError, match="different run: model ="):
-        own_state_table(
-            lambda x, t: -x, noise, times, 3, progress=False, checkpoint=path, checkpoint_key="neg"
-        )
+        global_table(lambda x, t: -x, noise, times, 3, progress=False, checkpoint=path, checkpoint_key="neg")
