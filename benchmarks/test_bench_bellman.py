@@ -24,14 +24,14 @@ def cost():
 def test_baseline_published_loop(benchmark, cost):
     path = benchmark.pedantic(published_bellman_dp, args=(cost, K), rounds=2, iterations=1)
     # The published base case may end with zero-cost self-steps; with this matrix it does not.
-    assert path == bf.bellman_path(cost, K, backend="numpy").indices.tolist()
+    assert path == bf.bellman.bellman_path(cost, K, backend="numpy").indices.tolist()
 
 
 @pytest.mark.benchmark(group=f"bellman N={N} K={K}")
 @pytest.mark.parametrize("backend", bf.dp_backends())
 def test_bellman_path(benchmark, cost, backend):
-    bf.bellman_path(cost, K, backend=backend)  # warm-up: Numba compiles (or loads its cache) here
-    benchmark(bf.bellman_path, cost, K, backend=backend)
+    bf.bellman.bellman_path(cost, K, backend=backend)  # warm-up: Numba compiles (or loads its cache) here
+    benchmark(bf.bellman.bellman_path, cost, K, backend=backend)
 
 
 @pytest.mark.benchmark(group=f"bellman N={N} K={K}")
@@ -55,13 +55,15 @@ def test_cpp_single_thread_kernel(benchmark, cost):
 def test_large(benchmark, backend):
     n, k = 4001, 50
     cost = np.random.default_rng(1).random((n, n))
-    bf.bellman_path(cost, k, backend=backend)
+    bf.bellman.bellman_path(cost, k, backend=backend)
     # Floor: the upper triangle read once (a NumPy sum over the whole matrix reads twice that, so halve it)
     # or N^2 K / 2 min-adds at the machine's add+min rate, whichever is larger; here we record the read.
     reads = [_timed(np.sum, cost) for _ in range(5)]
     benchmark.extra_info["floor_s"] = 0.5 * min(reads)
     benchmark.extra_info["min_adds"] = n * n * k / 2
-    benchmark.pedantic(bf.bellman_path, args=(cost, k), kwargs={"backend": backend}, rounds=5, iterations=1)
+    benchmark.pedantic(
+        bf.bellman.bellman_path, args=(cost, k), kwargs={"backend": backend}, rounds=5, iterations=1
+    )
 
 
 def _timed(fn, *args) -> float:

@@ -151,7 +151,7 @@ def bellman_path(cost, steps: int, *, discount: float = 1.0, backend: str = "aut
         >>> import numpy as np, boss_fast as bf
         >>> t = np.linspace(0, 1, 5)
         >>> cost = (t[None, :] - t[:, None]) ** 2  # convex in step length: equal steps are optimal
-        >>> bf.bellman_path(cost, 2).indices.tolist()
+        >>> bf.bellman.bellman_path(cost, 2).indices.tolist()
         [0, 2, 4]
     """
     value, nxt, k = _solve(cost, steps, discount, backend, "steps")

@@ -76,10 +76,10 @@ def _library_probes() -> dict[str, Callable[[], object]]:
     }
     probes.update(
         {
-            "cfg_combine tensor([2, 3])": lambda: bf.cfg_combine(z, o, torch.tensor([2.0, 3.0])),
-            "cfg_combine True": lambda: bf.cfg_combine(z, o, True),
-            "cfg_combine NaN": lambda: bf.cfg_combine(z, o, math.nan),
-            "cfg_combine inf": lambda: bf.cfg_combine(z, o, math.inf),
+            "cfg_combine tensor([2, 3])": lambda: bf.ode.cfg_combine(z, o, torch.tensor([2.0, 3.0])),
+            "cfg_combine True": lambda: bf.ode.cfg_combine(z, o, True),
+            "cfg_combine NaN": lambda: bf.ode.cfg_combine(z, o, math.nan),
+            "cfg_combine inf": lambda: bf.ode.cfg_combine(z, o, math.inf),
             "interpolate_schedule(list, 4)": lambda: interpolate_schedule([0.0, 0.5, 1.0], 4),
             'optimal_schedules(dtype="float64")': lambda: bf.optimal_schedules(
                 lambda x, t: -x, (2,), 2, bf.SearchSettings(grid=10, num_samples=4), dtype="float64"

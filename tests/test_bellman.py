@@ -63,7 +63,7 @@ def test_matches_brute_force_with_ties(backend, cost, data):
     n = cost.shape[0]
     steps = data.draw(st.integers(1, n - 1))
     discount = data.draw(st.sampled_from([1.0, 0.5, 2.0]))  # powers of two keep the sums exact
-    path = bf.bellman_path(cost, steps, discount=discount, backend=backend)
+    path = bf.bellman.bellman_path(cost, steps, discount=discount, backend=backend)
     want_cost, want_path = brute_force(cost, steps, discount)
     assert path.cost == want_cost
     assert tuple(path.indices.tolist()) == want_path
@@ -88,7 +88,7 @@ def test_cost_is_optimal_on_arbitrary_floats(backend, cost, data):
     n = cost.shape[0]
     steps = data.draw(st.integers(1, n - 1))
     discount = data.draw(st.sampled_from([1.0, 0.9]))
-    path = bf.bellman_path(cost, steps, discount=discount, backend=backend)
+    path = bf.bellman.bellman_path(cost, steps, discount=discount, backend=backend)
     want_cost, _ = brute_force(cost, steps, discount)
     # Rounding differs between the DP's nesting and the brute force's sum: compare with the sums' scale.
     scale = np.abs(cost).max() * steps
@@ -114,7 +114,7 @@ def test_table_ties_match_reference(backend):
     want = bellman_table_reference(cost, 12)
     got = _backends.dp_kernel(backend)[1](cost, 12, 1.0)
     np.testing.assert_array_equal(got[1], want[1])
-    assert bf.bellman_path(cost, 3, backend=backend).indices.tolist() == [0, 1, 2, 199]
+    assert bf.bellman.bellman_path(cost, 3, backend=backend).indices.tolist() == [0, 1, 2, 199]
 
 
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
@@ -145,7 +145,7 @@ def test_every_budget_from_one_table_equals_single_budget(backend):
     paths = bf.bellman_paths(cost, max_steps=15, backend=backend)
     assert [p.steps for p in paths] == list(range(1, 16))
     for k, p in enumerate(paths, start=1):
-        single = bf.bellman_path(cost, k, backend=backend)
+        single = bf.bellman.bellman_path(cost, k, backend=backend)
         assert p.cost == single.cost
         np.testing.assert_array_equal(p.indices, single.indices)
 
@@ -155,7 +155,7 @@ def test_path_invariants(backend, discount):
     n = 57
     cost = np.random.default_rng(2).random((n, n))
     for k in (1, 2, 7, n - 1):
-        p = bf.bellman_path(cost, k, discount=discount, backend=backend)
+        p = bf.bellman.bellman_path(cost, k, discount=discount, backend=backend)
         assert p.indices.dtype == np.int64
         assert len(p.indices) == k + 1 and p.steps == k
         assert p.indices[0] == 0 and p.indices[-1] == n - 1
@@ -168,8 +168,8 @@ def test_closed_form_equal_steps_are_optimal(backend):
     # cost = (t_j - t_i)^2 is convex in the step length: with a budget dividing the grid, equal steps win.
     t = np.linspace(0, 1, 13)
     cost = (t[None, :] - t[:, None]) ** 2
-    assert bf.bellman_path(cost, 4, backend=backend).indices.tolist() == [0, 3, 6, 9, 12]
-    assert bf.bellman_path(cost, 4, backend=backend).cost == pytest.approx(4 * 0.25**2)
+    assert bf.bellman.bellman_path(cost, 4, backend=backend).indices.tolist() == [0, 3, 6, 9, 12]
+    assert bf.bellman.bellman_path(cost, 4, backend=backend).cost == pytest.approx(4 * 0.25**2)
 
 
 def test_discount_changes_the_answer(backend):
@@ -178,18 +178,18 @@ def test_discount_changes_the_answer(backend):
     cost = np.full((4, 4), 100.0)
     cost[0, 1], cost[1, 3] = 10.0, 0.0
     cost[0, 2], cost[2, 3] = 0.0, 10.0
-    assert bf.bellman_path(cost, 2, backend=backend).indices.tolist() == [0, 1, 3]
-    assert bf.bellman_path(cost, 2, discount=0.5, backend=backend).indices.tolist() == [0, 2, 3]
-    assert bf.bellman_path(cost, 2, discount=2.0, backend=backend).indices.tolist() == [0, 1, 3]
-    assert bf.bellman_path(cost, 2, discount=0.5, backend=backend).cost == 5.0
+    assert bf.bellman.bellman_path(cost, 2, backend=backend).indices.tolist() == [0, 1, 3]
+    assert bf.bellman.bellman_path(cost, 2, discount=0.5, backend=backend).indices.tolist() == [0, 2, 3]
+    assert bf.bellman.bellman_path(cost, 2, discount=2.0, backend=backend).indices.tolist() == [0, 1, 3]
+    assert bf.bellman.bellman_path(cost, 2, discount=0.5, backend=backend).cost == 5.0
 
 
 def test_lower_triangle_and_diagonal_are_ignored(backend):
     cost = np.random.default_rng(3).random((30, 30))
     dirty = cost.copy()
     dirty[np.tril_indices(30)] = np.nan
-    a = bf.bellman_path(cost, 5, backend=backend)
-    b = bf.bellman_path(dirty, 5, backend=backend)
+    a = bf.bellman.bellman_path(cost, 5, backend=backend)
+    b = bf.bellman.bellman_path(dirty, 5, backend=backend)
     np.testing.assert_array_equal(a.indices, b.indices)
     assert a.cost == b.cost
 
@@ -208,8 +208,8 @@ def test_lower_triangle_and_diagonal_are_ignored(backend):
 def test_array_likes_are_converted(backend, convert):
     cost = np.random.default_rng(4).random((40, 40))
     converted = convert(cost)
-    want = bf.bellman_path(np.array(converted, dtype=np.float64), 6, backend="numpy")
-    got = bf.bellman_path(converted, 6, backend=backend)
+    want = bf.bellman.bellman_path(np.array(converted, dtype=np.float64), 6, backend="numpy")
+    got = bf.bellman.bellman_path(converted, 6, backend=backend)
     np.testing.assert_array_equal(got.indices, want.indices)
     assert got.cost == want.cost
 
@@ -227,7 +227,7 @@ def test_array_likes_are_converted(backend, convert):
 )
 def test_bad_cost_shape_or_dtype(backend, cost, match):
     with pytest.raises(ValueError, match=match):
-        bf.bellman_path(cost, 1, backend=backend)
+        bf.bellman.bellman_path(cost, 1, backend=backend)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -236,7 +236,7 @@ def test_non_finite_upper_entry_is_named(backend, bad):
     cost[17, 33] = bad
     cost[30, 41] = bad
     with pytest.raises(ValueError, match=r"cost\[17, 33\]"):
-        bf.bellman_path(cost, 3, backend=backend)
+        bf.bellman.bellman_path(cost, 3, backend=backend)
     with pytest.raises(ValueError, match=r"cost\[17, 33\]"):
         bf.bellman_paths(cost, 1, backend=backend)
 
@@ -244,7 +244,7 @@ def test_non_finite_upper_entry_is_named(backend, bad):
 def test_overflowing_path_sum_is_refused(backend):
     cost = np.full((5, 5), 1e308)
     with pytest.raises(ValueError, match="overflows"):
-        bf.bellman_path(cost, 4, backend=backend)
+        bf.bellman.bellman_path(cost, 4, backend=backend)
 
 
 @pytest.mark.parametrize(
@@ -264,25 +264,25 @@ def test_bad_steps(backend, steps, error, match):
     """One rule across the package (check_int): TypeError for a non-integer, ValueError out of range."""
     cost = np.ones((10, 10))
     with pytest.raises(error, match=f"steps.*{match}|{match}"):
-        bf.bellman_path(cost, steps, backend=backend)
+        bf.bellman.bellman_path(cost, steps, backend=backend)
     with pytest.raises(error, match=f"max_steps.*{match}|{match}"):
         bf.bellman_paths(cost, steps, backend=backend)
 
 
 def test_numpy_integer_steps_accepted(backend):
-    assert bf.bellman_path(np.ones((5, 5)), np.int32(2), backend=backend).steps == 2
+    assert bf.bellman.bellman_path(np.ones((5, 5)), np.int32(2), backend=backend).steps == 2
 
 
 @pytest.mark.parametrize("discount", [0.0, -1.0, np.nan, np.inf, "x", None])
 def test_bad_discount(backend, discount):
     with pytest.raises(ValueError, match="discount"):
-        bf.bellman_path(np.ones((5, 5)), 2, discount=discount, backend=backend)
+        bf.bellman.bellman_path(np.ones((5, 5)), 2, discount=discount, backend=backend)
 
 
 @pytest.mark.parametrize("name", ["fortran", "", "CPP", 3])
 def test_unknown_backend(name):
     with pytest.raises(ValueError, match="unknown backend"):
-        bf.bellman_path(np.ones((5, 5)), 2, backend=name)
+        bf.bellman.bellman_path(np.ones((5, 5)), 2, backend=name)
 
 
 @pytest.fixture
@@ -299,16 +299,16 @@ def no_compiled_backends(monkeypatch):
 
 def test_explicit_unavailable_backend_raises(no_compiled_backends):
     with pytest.raises(RuntimeError, match="'cpp' Bellman backend is not available.*pretend"):
-        bf.bellman_path(np.ones((5, 5)), 2, backend="cpp")
+        bf.bellman.bellman_path(np.ones((5, 5)), 2, backend="cpp")
     assert bf.dp_backends() == ("numpy",)
 
 
 def test_auto_falls_back_and_warns_once(no_compiled_backends):
     with pytest.warns(RuntimeWarning, match="using the 'numpy' Bellman backend"):
-        a = bf.bellman_path(np.ones((5, 5)), 2)
+        a = bf.bellman.bellman_path(np.ones((5, 5)), 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        b = bf.bellman_path(np.ones((5, 5)), 2)  # no second warning
+        b = bf.bellman.bellman_path(np.ones((5, 5)), 2)  # no second warning
     assert a.indices.tolist() == b.indices.tolist() == [0, 1, 4]
 
 

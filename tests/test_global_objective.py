@@ -195,8 +195,10 @@ def test_local_path_bits_and_the_generalised_kernel():
     times = bf.uniform_grid(20)
     traj = bf.teacher_trajectory(wavy, noise, times, "heun")
     for metric in ("l2sq", "l2"):
-        plain, _ = bf.trajectory_cost_sums(traj.states, traj.velocities, times, metric)
-        own, _ = bf.trajectory_cost_sums(traj.states, traj.velocities, times, metric, starts=traj.states[:-1])
+        plain, _ = bf.cost.trajectory_cost_sums(traj.states, traj.velocities, times, metric)
+        own, _ = bf.cost.trajectory_cost_sums(
+            traj.states, traj.velocities, times, metric, starts=traj.states[:-1]
+        )
         np.testing.assert_array_equal(own, plain)
     cost = bf.cost_matrix(wavy, noise, times, batch_size=5, solver="heun", progress=False)
     scheds = optimal_schedules(
@@ -215,7 +217,7 @@ def test_generalised_kernel_against_the_definition():
     x, a = x, a[:-1]
     v = v[:-1]
     times = np.sort(np.random.default_rng(0).uniform(size=9))
-    sums, count = bf.trajectory_cost_sums(x, v, times, starts=a)
+    sums, count = bf.cost.trajectory_cost_sums(x, v, times, starts=a)
     want = np.zeros((9, 9))
     for i in range(8):
         for j in range(i + 1, 9):
@@ -289,7 +291,7 @@ def test_global_table_bad_input():
     with pytest.raises(ValueError, match="non-finite values at the sampler's own 1-step states"):
         global_table(late_nan, noise, bf.uniform_grid(3), 2, GlobalPass(solver="euler"), progress=False)
     with pytest.raises(ValueError, match="starts must have shape"):
-        bf.trajectory_cost_sums(torch.zeros(4, 2, 3), torch.zeros(3, 2, 3), bf.uniform_grid(3),
+        bf.cost.trajectory_cost_sums(torch.zeros(4, 2, 3), torch.zeros(3, 2, 3), bf.uniform_grid(3),
                                 starts=torch.zeros(4, 2, 3))  # fmt: skip
 
 

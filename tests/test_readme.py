@@ -31,7 +31,7 @@ API = ROOT / "docs" / "api.md"
 CLI_PAGE = ROOT / "docs" / "cli.md"
 SHELL = ("bash", "sh", "shell", "console")
 # Result containers: their example is the call that returns them (see its docstring).
-RESULT_TYPES = {"BellmanPath", "GlobalTable", "StraightenStats", "StraighteningPairs", "Trajectory"}
+RESULT_TYPES = {"StraightenStats", "Trajectory"}
 
 
 def _read(path: Path) -> str:

@@ -11,6 +11,7 @@ import torch
 import boss_fast as bf
 from boss_fast.metrics import endpoint_rmse
 from boss_fast.models import load_bundled
+from boss_fast.straighten import straightening_pairs
 
 pytest.importorskip("torchdiffeq")
 
@@ -92,7 +93,7 @@ def test_errors(flow):
     with pytest.raises(ValueError, match="unknown solver 'dopri5'"):
         bf.sample(flow, noise, [0.0, 1.0], solver="dopri5")
     with pytest.raises(ValueError, match="unknown solver 'dopri5'"):
-        bf.ode_step(flow, noise, 0.0, 1.0, "dopri5")
+        bf.ode.ode_step(flow, noise, 0.0, 1.0, "dopri5")
     with pytest.raises(ValueError, match="strictly increasing"):
         bf.reference_solution(flow, noise, 0.5, 0.5)
     with pytest.raises(ValueError, match="must be > 0"):
@@ -113,8 +114,8 @@ def test_straightening_pairs_with_a_dopri5_teacher(flow):
     noise = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     grid = bf.uniform_grid(6)
     sched = bf.Schedule(times=grid[[0, 2, 6]], indices=[0, 2, 6], cost=0.0, grid=grid, solver="dopri5")
-    pairs = bf.straightening_pairs(flow, sched, noise, grid=6, solver="dopri5", batch_size=8)
+    pairs = straightening_pairs(flow, sched, noise, grid=6, solver="dopri5", batch_size=8)
     states = bf.teacher_trajectory(flow, noise, grid, "dopri5", record="states").states  # the same one batch
     torch.testing.assert_close(pairs.end[1::2], states[6], rtol=0, atol=0)
     with pytest.raises(ValueError, match="'dopri5' runs in torchdiffeq and takes mode=None"):
-        bf.straightening_pairs(flow, sched, noise, grid=6, solver="dopri5", mode="eager")
+        straightening_pairs(flow, sched, noise, grid=6, solver="dopri5", mode="eager")

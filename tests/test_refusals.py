@@ -149,7 +149,7 @@ def _diffusers_velocity(w):
 
 
 SCALE_TAKERS = {
-    "cfg_combine": lambda w: bf.cfg_combine(torch.zeros(2), torch.ones(2), w),
+    "cfg_combine": lambda w: bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), w),
     "guided_velocity": lambda w: bf.guided_velocity(lambda x, t: x, lambda x, t: -x, w),
     "Sampler(guidance=)": lambda w: bf.Sampler(lambda x, t: x, [0.0, 1.0], guidance=w),
     "euler_step(guidance=)": lambda w: euler_step(torch.zeros(1, 2), torch.zeros(2, 2), 0.5, guidance=w),
@@ -166,8 +166,10 @@ def test_every_guidance_scale_is_checked_the_same_way(taker, case):
 
 
 def test_cfg_combine_still_takes_numbers():
-    assert torch.equal(bf.cfg_combine(torch.zeros(2), torch.ones(2), np.float32(2.5)), torch.full((2,), 2.5))
-    assert torch.equal(bf.cfg_combine(torch.zeros(2), torch.ones(2), 3), torch.full((2,), 3.0))
+    assert torch.equal(
+        bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), np.float32(2.5)), torch.full((2,), 2.5)
+    )
+    assert torch.equal(bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), 3), torch.full((2,), 3.0))
 
 
 # ---------------------------------------------------------------------------------------- schedule sets

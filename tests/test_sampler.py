@@ -18,6 +18,7 @@ from boss_fast.models import load_bundled
 from boss_fast.models.dit import DiT
 from boss_fast.ode import sample
 from boss_fast.sampler import Sampler, TeacherRecorder
+from boss_fast.straighten import straightening_pairs
 from boss_fast.trajectories import teacher_trajectory
 
 COMPILE_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"  # inductor's import
@@ -455,8 +456,8 @@ def test_straightening_pairs_on_the_sampler(digits_dit):
     grid = bf.uniform_grid(8)
     sched = bf.schedules_from_cost(np.ones((9, 9)), 3, grid=grid)[3]
     noise = torch.randn(5, 1, 8, 8)
-    plain = bf.straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2)
-    eager = bf.straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2, mode="eager")
+    plain = straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2)
+    eager = straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2, mode="eager")
     for name in ("start", "end", "t_start", "t_end"):
         assert torch.equal(getattr(eager, name), getattr(plain, name)), name
 
@@ -497,7 +498,7 @@ def test_guided_velocity_is_what_the_guided_sampler_steps(dtype):
     # The doubled batch [x; x] -> [v_u; v_c], combined by the kernel's reference, is guided_velocity's step.
     x, tt = noise, torch.full((3,), 0.25, dtype=dtype)
     doubled = pair(torch.cat([x, x]), torch.cat([tt, tt]))
-    assert torch.equal(euler_step_reference(x, doubled, 0.35, w), bf.euler_update(x, guided(x, tt), 0.35))
+    assert torch.equal(euler_step_reference(x, doubled, 0.35, w), bf.ode.euler_update(x, guided(x, tt), 0.35))
     # Negative controls: w = 0 is the unconditional field, w = 1 the conditional; w matters.
     assert torch.equal(bf.guided_velocity(v_cond, v_uncond, 0.0)(x, tt), v_uncond(x, tt))
     # (w = 1 up to one rounding of v_u + (v_c - v_u))
