@@ -36,10 +36,10 @@ from boss_fast.schedule import (
 from boss_fast.search import cost_matrix, optimal_schedule, optimal_schedules
 from boss_fast.straighten import (
     StraighteningPairs,
+    StraightenSettings,
     StraightenStats,
     merge_lora,
     straighten,
-    straighten_with_stats,
     straightening_pairs,
 )
 from boss_fast.trajectories import (
@@ -57,6 +57,7 @@ __all__ = [
     "Sampler",
     "Schedule",
     "ScheduleSet",
+    "StraightenSettings",
     "StraightenStats",
     "StraighteningPairs",
     "Trajectory",
@@ -84,7 +85,6 @@ __all__ = [
     "seeded_noise",
     "shifted_grid",
     "straighten",
-    "straighten_with_stats",
     "straightening_pairs",
     "teacher_trajectory",
     "trajectory_cost",
