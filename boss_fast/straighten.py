@@ -604,11 +604,11 @@ class StraightenSettings:
 
 
 def _settings_grid(grid: object, name: str) -> int | tuple[float, ...]:
-    """An int n stays n; explicit times (validated by ``resolve_grid``) become a tuple of floats."""
-    times = resolve_grid(grid, name)
-    if isinstance(grid, int | np.integer):
-        return int(grid)
-    return tuple(times.tolist())
+    """An int n (>= 1: ``uniform_grid(n)``) stays n; explicit times (validated by ``resolve_grid``) become a
+    tuple of floats."""
+    if isinstance(grid, int | np.integer) and not isinstance(grid, bool | np.bool_):
+        return check_int(grid, name)
+    return tuple(resolve_grid(grid, name).tolist())
 
 
 def _infer_shape(model: nn.Module) -> tuple[int, ...]:
@@ -1107,11 +1107,6 @@ def straighten(
     Under torch.distributed (e.g. torchrun) the student is wrapped in DDP, each rank takes its slice of the
     same global batch (``batch_size`` divisible by the world size), pairs are made once; rank 0 checkpoints.
 
-    The pieces, in order: validate (``_resolve_run``), draw the pairs' noise, copy the student (or take the
-    model, ``memory.in_place``), generate the pairs with it as the teacher (``straightening_pairs``), make it
-    trainable (LoRA set-up with ``lora_rank``), start or resume the train state (Adam, EMA, generator), train
-    (``_train_step`` per step, checkpoints between), then the EMA weights, merged.
-
     Example (a 1-step schedule on the grid [0, 1]):
         >>> from boss_fast.models import MLPVelocity
         >>> sched = Schedule(np.array([0.0, 1.0]), np.array([0, 1]), 0.0, np.array([0.0, 1.0]), shape=(2,))
@@ -1122,8 +1117,22 @@ def straighten(
         (False, 3, 3)
     """
     run = _resolve_run(model, sched, settings, device)
+    result, stats = _fit(model, teacher, run, (noise, shape), (checkpoint_dir, cache_dir), callback, progress)
+    return (result, stats) if return_stats else result
+
+
+def _fit(model, teacher, run: _Run, noise_shape: tuple, dirs: tuple, callback, progress: bool) -> tuple:
+    """:func:`straighten`'s run after validation: ``(module, StraightenStats)``.
+
+    The pieces, in order: draw the pairs' noise (``noise_shape`` = (noise, shape)), copy the student (or take
+    the model, ``memory.in_place``), generate the pairs with it as the teacher (``straightening_pairs``), make
+    it trainable (LoRA set-up with ``lora_rank``), start or resume the train state (Adam, EMA, generator;
+    ``dirs`` = (checkpoint_dir, cache_dir)), train (``_train_step`` per step, checkpoints between), then the
+    EMA weights, merged.
+    """
     s = run.settings
-    noise = _pair_noise(model, run, noise, shape)
+    checkpoint_dir, cache_dir = dirs
+    noise = _pair_noise(model, run, *noise_shape)
     total = sum(p.numel() for p in model.parameters())
     model_fp = model_fingerprint(model)  # before in_place training or adapters change it
     student = _student_base(model, run, noise)
@@ -1145,6 +1154,4 @@ def straighten(
     state.use_ema()
     result = merge_lora(student) if (s.lora_rank is not None and s.merge) else student
     result.eval().requires_grad_(False)
-    if not return_stats:
-        return result
     return result, StraightenStats(sum(p.numel() for p in params), total, state.step, tuple(state.losses))

@@ -324,6 +324,80 @@ def test_bad_input_is_refused_with_a_clear_error():
         _straighten(model, sched, **{k: v for k, v in FAST.items() if k != "shape"})
 
 
+# -------------------------------------------------------------------------------------------- settings
+
+BAD_SETTINGS = [
+    ("num_pairs", 0, ValueError),
+    ("num_pairs", 2.5, TypeError),
+    ("grid", 0, ValueError),
+    ("grid", "100", ValueError),
+    ("grid", (0.0, 0.7, 0.5), ValueError),
+    ("solver", "rk45", ValueError),
+    ("teacher_mode", "fast", ValueError),
+    ("pair_batch_size", 0, ValueError),
+    ("iters", 0, ValueError),
+    ("iters", True, TypeError),
+    ("batch_size", -1, ValueError),
+    ("lr", 0.0, ValueError),
+    ("lr", float("nan"), ValueError),
+    ("lr", "2e-4", TypeError),
+    ("warmup", -1, ValueError),
+    ("ema", 1.0, ValueError),
+    ("ema", -0.1, ValueError),
+    ("ema_warmup", 1, TypeError),
+    ("loss", "l1", ValueError),
+    ("normalize", "yes", TypeError),
+    ("seed", -1, ValueError),
+    ("checkpoint_every", 0, ValueError),
+    ("lora_rank", 0, ValueError),
+    ("lora_targets", [], TypeError),
+    ("lora_targets", ["qkv", 3], TypeError),
+    ("lora_alpha", 0.0, ValueError),
+    ("merge", None, TypeError),
+    ("memory", {"in_place": True}, TypeError),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"), BAD_SETTINGS, ids=[f"{n}={v!r}" for n, v, _ in BAD_SETTINGS]
+)
+def test_a_bad_setting_is_refused_naming_its_field(name, value, error):
+    with pytest.raises(error, match=rf"StraightenSettings\.{name}\b"):
+        StraightenSettings(**{name: value})
+
+
+def test_every_setting_field_has_a_refusal_case():
+    checked = {name for name, _, _ in BAD_SETTINGS}
+    assert checked == {f.name for f in dataclasses.fields(StraightenSettings)}
+
+
+def test_settings_are_frozen_normalised_and_hashable():
+    settings = StraightenSettings(grid=np.linspace(0.0, 1.0, 5), lora_targets=["qkv"], lr=1, lora_alpha=2)
+    assert settings.grid == (0.0, 0.25, 0.5, 0.75, 1.0) and settings.lora_targets == ("qkv",)
+    assert type(settings.lr) is float and type(settings.lora_alpha) is float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.iters = 5
+    assert hash(settings) == hash(dataclasses.replace(settings))  # equal settings, one hash
+    assert StraightenSettings(grid=np.int64(10)).grid == 10
+
+
+def test_settings_other_than_straighten_settings_are_refused():
+    with pytest.raises(TypeError, match="settings must be a StraightenSettings"):
+        straighten(TinyVelocity(), _schedule(10, [0, 5, 10]), settings={"iters": 2})
+
+
+def test_return_stats_gives_the_same_module_and_what_the_run_did():
+    sched = _schedule(10, [0, 5, 10])
+    plain = _straighten(TinyVelocity(), sched, **FAST)
+    student, stats = _straighten(TinyVelocity(), sched, **FAST, return_stats=True)
+    assert isinstance(student, TinyVelocity) and not isinstance(plain, tuple)
+    expected = _weights(plain)
+    assert all(torch.equal(expected[k], v) for k, v in _weights(student).items())  # bit for bit
+    assert stats.steps == FAST["iters"] and len(stats.losses) == FAST["iters"]
+    total = sum(p.numel() for p in TinyVelocity().parameters())
+    assert stats.trained_params == stats.total_params == total and stats.trained_share == 1.0
+
+
 # ------------------------------------------------------------------------------------------------- DDP
 
 WORLD = 2
@@ -404,9 +478,7 @@ def test_demo_with_straighten_adds_rows(tmp_path):
         fd_bootstrap=10,
         progress=False,
         grid_nfes=(2,),
-        straighten=True,
-        straighten_iters=2,
-        straighten_pairs=8,
+        straighten=StraightenSettings(num_pairs=8, grid=20, iters=2, warmup=2, ema=0.99),
     )
     summary = run_demo(cfg)
     rows = summary["straightened"]  # NFE 4 > max_nfe is skipped; both objectives, each its own teacher
