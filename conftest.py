@@ -15,6 +15,7 @@ duration of one test (monkeypatch undoes them).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import importlib.util
@@ -65,14 +66,27 @@ def instead_of(old, new):
     return lambda value: new if value == old else value
 
 
+def capped_settings(**caps):
+    """A ``StraightenSettings`` (None: its defaults) runs with each named field capped (``at_most``)."""
+
+    def cap(value):
+        import boss_fast
+
+        settings = boss_fast.StraightenSettings() if value is None else value
+        if not isinstance(settings, boss_fast.StraightenSettings):
+            return value  # straighten refuses it, as written
+        return dataclasses.replace(settings, **{k: c(getattr(settings, k)) for k, c in caps.items()})
+
+    return cap
+
+
 # boss_fast name -> {argument: what a README block runs it with}. Grids are capped alike everywhere, so a
 # schedule searched under the cap is on the grid `straighten` checks it against. Sampler's "auto" compiles
 # and times both modes (tens of seconds on 2 cores; compile is tested in tests/test_sampler.py).
 README_CAPS = {
     "optimal_schedule": {"grid": at_most(20), "num_samples": at_most(16)},
     "optimal_schedules": {"grid": at_most(20), "num_samples": at_most(16)},
-    "straighten": {"grid": at_most(20), "iters": at_most(10), "num_pairs": at_most(16)},
-    "straighten_with_stats": {"grid": at_most(20), "iters": at_most(10), "num_pairs": at_most(16)},
+    "straighten": {"settings": capped_settings(grid=at_most(20), iters=at_most(10), num_pairs=at_most(16))},
     "straightening_pairs": {"grid": at_most(20)},
     "cost_matrix": {"noise": first_rows(16)},
     "teacher_trajectory": {"noise": first_rows(16)},

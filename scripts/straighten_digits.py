@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             kind, extra = spec
             t0 = time.perf_counter()
             student, stats = bf.straighten(
-                model, scheds[kind], settings=bf.StraightenSettings(**common, **extra), progress=False,
+                model, scheds[kind], settings=bf.StraightenSettings(**{**common, **extra}), progress=False,
                 cache_dir="/tmp/boss_fast_pair_cache", return_stats=True,
             )  # fmt: skip
             wall[f"{name}, K = {k}"] = time.perf_counter() - t0
