@@ -16,13 +16,13 @@ duration of one test (monkeypatch undoes them).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import importlib.util
 import inspect
 import os
 import re
-from dataclasses import replace
 
 import pytest
 import torch
@@ -62,29 +62,39 @@ def first_rows(rows):
     return lambda value: value[:rows] if isinstance(value, torch.Tensor) else value
 
 
-def capped_search(settings):
-    """A search's settings (None: the defaults) with at most 20 grid steps and 16 noises."""
-    # Imported here: importing boss_fast at the top would come before TRITON_INTERPRET is set.
-    from boss_fast.search import SearchSettings
-
-    settings = SearchSettings() if settings is None else settings
-    if isinstance(settings.grid, int):
-        settings = replace(settings, grid=at_most(20)(settings.grid))
-    return replace(settings, num_samples=at_most(16)(settings.num_samples))
-
-
 def instead_of(old, new):
     """``old`` runs as ``new``."""
     return lambda value: new if value == old else value
+
+
+def capped_settings(name, **caps):
+    """A settings object ``boss_fast.<name>`` (None: its defaults) runs with each named field capped."""
+
+    def cap(value):
+        # Imported here: importing boss_fast at the top would come before TRITON_INTERPRET is set.
+        import boss_fast
+
+        cls = getattr(boss_fast, name)
+        settings = cls() if value is None else value
+        if not isinstance(settings, cls):
+            return value  # the call refuses it, as written
+        return dataclasses.replace(settings, **{k: c(getattr(settings, k)) for k, c in caps.items()})
+
+    return cap
 
 
 # boss_fast name -> {argument: what a README block runs it with}. Grids are capped alike everywhere, so a
 # schedule searched under the cap is on the grid `straighten` checks it against. Sampler's "auto" compiles
 # and times both modes (tens of seconds on 2 cores; compile is tested in tests/test_sampler.py).
 README_CAPS = {
-    "optimal_schedules": {"settings": capped_search},
-    "straighten": {"grid": at_most(20), "iters": at_most(10), "num_pairs": at_most(16)},
-    "straighten_with_stats": {"grid": at_most(20), "iters": at_most(10), "num_pairs": at_most(16)},
+    "optimal_schedules": {
+        "settings": capped_settings("SearchSettings", grid=at_most(20), num_samples=at_most(16))
+    },
+    "straighten": {
+        "settings": capped_settings(
+            "StraightenSettings", grid=at_most(20), iters=at_most(10), num_pairs=at_most(16)
+        )
+    },
     "boss_fast.straighten:straightening_pairs": {"grid": at_most(20)},
     "cost_matrix": {"noise": first_rows(16)},
     "teacher_trajectory": {"noise": first_rows(16)},

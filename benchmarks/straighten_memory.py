@@ -73,8 +73,7 @@ def child(case: str, lora: str) -> dict:
         torch.nn.init.normal_(p, std=0.02)
     grid = bf.uniform_grid(4)
     sched = bf.Schedule(grid[[0, 2, 4]], np.array([0, 2, 4]), 0.0, grid, shape=(4, 32, 32))
-    kwargs = dict(num_pairs=8, grid=4, iters=1, batch_size=8, warmup=0, lora_rank=LORA_RANKS[lora],
-                  progress=False)  # fmt: skip
+    kwargs = dict(num_pairs=8, grid=4, iters=1, batch_size=8, warmup=0, lora_rank=LORA_RANKS[lora])
     fields = CASES[case][1]
     if fields is not None:  # the "before" code has no StraightenMemory
         fields = dict(fields)
@@ -85,7 +84,10 @@ def child(case: str, lora: str) -> dict:
         ).StraightenMemory  # the module, not the function
         kwargs["memory"] = memory(**fields)
     base = _status("VmRSS")
-    bf.straighten(net, sched, **kwargs)
+    if CASES[case][0] == "before":  # that code's keywords
+        bf.straighten(net, sched, **kwargs, progress=False)
+    else:
+        bf.straighten(net, sched, settings=bf.StraightenSettings(**kwargs), progress=False)
     return {
         "params": sum(p.numel() for p in net.parameters()),
         "base_mib": base,

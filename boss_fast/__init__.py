@@ -28,7 +28,7 @@ from boss_fast.ode import Trajectory, cfg_pair, guided_velocity, sample
 from boss_fast.sampler import Sampler
 from boss_fast.schedule import Schedule, ScheduleSet, interpolate_schedule, schedules_from_cost
 from boss_fast.search import SearchSettings, cost_matrix, optimal_schedules
-from boss_fast.straighten import StraightenStats, merge_lora, straighten, straighten_with_stats
+from boss_fast.straighten import StraightenSettings, StraightenStats, merge_lora, straighten
 from boss_fast.trajectories import reference_solution, seeded_noise, teacher_trajectory
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "Schedule",
     "ScheduleSet",
     "SearchSettings",
+    "StraightenSettings",
     "StraightenStats",
     "Trajectory",
     "bellman_paths",
@@ -60,7 +61,6 @@ __all__ = [
     "seeded_noise",
     "shifted_grid",
     "straighten",
-    "straighten_with_stats",
     "teacher_trajectory",
     "uniform_grid",
 ]

@@ -27,13 +27,13 @@ from torch import nn
 
 import boss_fast as bf
 from boss_fast._validation import atomic_write
-from boss_fast.demo import DemoConfig, run_demo
+from boss_fast.demo import DemoConfig, demo_straighten_settings, run_demo
 from boss_fast.engine import STORES
 from boss_fast.integrations.sigmas import comfyui_text, diffusers_sigmas
 from boss_fast.models import WeightsFileError, bundled_velocities, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
 from boss_fast.schedule import SCHEDULE_FORMAT, SET_FORMAT, read_json
-from boss_fast.straighten import StraightenMemory
+from boss_fast.straighten import StraightenMemory, StraightenSettings
 
 # The shape of one sample of each bundled velocity model (the classifier is not one), from boss_fast.models.
 BUNDLED_SHAPES = bundled_velocities()
@@ -274,8 +274,9 @@ def _cmd_demo(args) -> None:
             max_nfe=args.max_nfe,
             eval_samples=args.eval_samples,
             progress=not args.no_progress,
-            straighten=args.straighten,
-            straighten_iters=args.straighten_iters,
+            straighten=demo_straighten_settings(args.straighten_iters, args.grid, args.seed)
+            if args.straighten
+            else None,
         )
     )
     with open(os.path.join(args.out, "results.md")) as f:
@@ -525,10 +526,25 @@ def _cmd_sigmas(args) -> None:
         print("\n".join(repr(v) for v in sigmas))
 
 
-def _memory(args) -> StraightenMemory:
-    return StraightenMemory(
+def _straighten_settings(args: argparse.Namespace, grid: object, **fixed: object) -> StraightenSettings:
+    """The one place ``boss-fast straighten`` (and ``--pipeline``) turns its options into the settings; a bad
+    value is refused naming its option (``StraightenSettings.lr`` -> ``--lr``). ``fixed``: what the command
+    sets itself (the schedule's solver, the LoRA rank)."""
+    memory = StraightenMemory(
         gradient_checkpointing=args.gradient_checkpointing, autocast=_DTYPES.get(args.autocast)
     )
+    try:
+        return StraightenSettings(
+            num_pairs=args.num_pairs, grid=grid, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+            warmup=args.warmup, ema=args.ema, lora_rank=args.lora_rank, loss=args.loss,
+            normalize=args.normalize, seed=args.seed, memory=memory, **fixed,
+        )  # fmt: skip
+    except (TypeError, ValueError) as err:
+        option = re.search(r"StraightenSettings\.(\w+)", str(err))
+        if option is None:
+            raise
+        flag = "--" + option.group(1).replace("_", "-")
+        raise UsageError(_one_line(str(err).replace(option.group(0), flag))) from None
 
 
 def _cmd_straighten_pipeline(args) -> None:
@@ -546,16 +562,15 @@ def _cmd_straighten_pipeline(args) -> None:
     device = _check_device(args.device)
     _check_input_file(args.schedule, "--schedule")
     sched = _sigmas_schedule(args.schedule, args.steps)
+    settings = _straighten_settings(args, sched.grid, solver=sched.solver)
     pipelines = _pipelines_module()
     lora = importlib.import_module("boss_fast.integrations.diffusers_lora")
     pipe = pipelines.load_pipeline(args.pipeline, _DTYPES.get(args.dtype), device)
     cond = _pipeline_conditioning(args, pipelines, pipe)
     stats = lora.straighten_pipeline(
-        pipe, sched, cond, args.out, args.lora_rank, guidance=args.guidance, height=args.height,
-        width=args.width, memory=_memory(args), num_pairs=args.num_pairs, grid=sched.grid,
-        solver=sched.solver, iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-        ema=args.ema, loss=args.loss, normalize=args.normalize, checkpoint_dir=args.checkpoint_dir,
-        seed=args.seed, device=device, progress=not args.no_progress, cache_dir=args.cache_dir,
+        pipe, sched, cond, args.out, settings, guidance=args.guidance, height=args.height, width=args.width,
+        checkpoint_dir=args.checkpoint_dir, device=device, progress=not args.no_progress,
+        cache_dir=args.cache_dir,
     )  # fmt: skip
     print(
         f"straightened for {sched.steps} steps (LoRA rank {args.lora_rank}, {stats.trained_share:.1%} of the "
@@ -583,33 +598,16 @@ def _cmd_straighten(args) -> None:
     sched = _load_schedule(args.schedule)
     if sched.solver == "dopri5":
         _check_extra("dopri5", f"--schedule {args.schedule} (a dopri5 teacher's)")
+    settings = _straighten_settings(args, sched.grid if args.grid is None else args.grid, solver=sched.solver)
     velocity, default_shape = _load_velocity(args.model)
     if not isinstance(velocity, nn.Module) or not any(p.is_floating_point() for p in velocity.parameters()):
         raise UsageError(f"--model {args.model}: has no trainable weights to straighten")
     shape = _shape(args.shape, sched.shape, default_shape)
     _probe(velocity, args.model, shape, device)
-    student, stats = bf.straighten_with_stats(
-        velocity,
-        sched,
-        num_pairs=args.num_pairs,
-        grid=sched.grid if args.grid is None else args.grid,
-        solver=sched.solver,
-        iters=args.iters,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=args.warmup,
-        ema=args.ema,
-        lora_rank=args.lora_rank,
-        loss=args.loss,
-        normalize=args.normalize,
-        checkpoint_dir=args.checkpoint_dir,
-        seed=args.seed,
-        device=device,
-        progress=not args.no_progress,
-        shape=shape,
-        cache_dir=args.cache_dir,
-        memory=_memory(args),
-    )
+    student, stats = bf.straighten(
+        velocity, sched, settings=settings, shape=shape, device=device, progress=not args.no_progress,
+        checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, return_stats=True,
+    )  # fmt: skip
     config = student.config() if callable(getattr(student, "config", None)) else {}
     name = args.model if ":" not in args.model else args.model.replace(":", ".")
     meta = {"straightened_for": list(sched.times), "iters": stats.steps, "loss": args.loss}

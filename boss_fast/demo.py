@@ -15,8 +15,9 @@ by the model's fingerprint, the noise's digest and the tolerances, so a stale fi
 the digits FD to held-out digits (bundled classifier). Every difference to uniform steps carries a paired-
 bootstrap 95% interval (the same noises for both schedules, sample indices resampled jointly). Every
 schedule runs through ``Sampler`` (eager, one static batch of all evaluation noises). Writes a report
-folder (README, "The main job"). With ``straighten=True`` it also fine-tunes the DiT for the local Bellman
-NFE 2 and 4 schedules (BOSS stage 2) and reports those rows apart.
+folder (README, "The main job"). With ``straighten=StraightenSettings(...)`` (e.g.
+:func:`demo_straighten_settings`) it also fine-tunes the DiT for the local and the global NFE 2 and 4
+schedules (BOSS stage 2) and reports those rows apart.
 """
 
 from __future__ import annotations
@@ -52,10 +53,18 @@ from boss_fast.oracle import oracle
 from boss_fast.sampler import Sampler
 from boss_fast.schedule import OBJECTIVES, Schedule
 from boss_fast.search import SearchSettings, optimal_schedules
-from boss_fast.straighten import straighten
+from boss_fast.straighten import StraightenSettings, straighten
 from boss_fast.trajectories import reference_solution, seeded_noise
 
-__all__ = ["DemoConfig", "DemoModel", "cached_reference", "run_demo", "DEMO_MODELS", "SCHEDULE_NAMES"]
+__all__ = [
+    "DemoConfig",
+    "DemoModel",
+    "cached_reference",
+    "demo_straighten_settings",
+    "run_demo",
+    "DEMO_MODELS",
+    "SCHEDULE_NAMES",
+]
 
 UNIFORM = "uniform"
 LOCAL = "Bellman, local (BOSS)"
@@ -122,11 +131,8 @@ class DemoConfig:
     oracle_sweeps: int = 10
     grid_nfes: tuple[int, ...] = field(default=(2, 4, 8))
     scatter_nfes: tuple[int, ...] = field(default=(2, 3, 4))
-    straighten: bool = False
-    # 800 iterations of batch 64 on 2000 noises' pairs: about 30 s per NFE on 2 CPU cores, teacher pairs
-    # included (measured); `boss-fast demo --straighten` took 1 min 55 s in all, FD 411 -> 42 at NFE 2.
-    straighten_iters: int = 800
-    straighten_pairs: int = 2000
+    # None: no straightened rows; demo_straighten_settings() gives what `boss-fast demo --straighten` runs.
+    straighten: StraightenSettings | None = None
     straighten_nfes: tuple[int, ...] = field(default=(2, 4))
 
     def __post_init__(self) -> None:
@@ -143,8 +149,7 @@ class DemoConfig:
         check_int(self.eval_samples, "eval_samples", minimum=2)  # a spread (RMSE interval, FD) needs two
         for name in ("bootstrap", "fd_bootstrap", "oracle_max_nfe", "oracle_sweeps"):
             check_int(getattr(self, name), name)
-        for name in ("straighten_iters", "straighten_pairs"):
-            check_int(getattr(self, name), name)
+        self._check_straighten(self.grid)
         for name in ("grid_nfes", "scatter_nfes", "straighten_nfes"):
             for k in getattr(self, name):
                 check_int(k, f"{name} entry")
@@ -156,6 +161,20 @@ class DemoConfig:
     def grid(self) -> int:
         """The searches' uniform grid (steps), shared by the oracle and straightening."""
         return (self.search or SearchSettings()).grid
+
+    def _check_straighten(self, grid: int) -> None:
+        """``straighten``: None or a StraightenSettings on the demo's own grid (its schedules')."""
+        if self.straighten is None:
+            return
+        if not isinstance(self.straighten, StraightenSettings):
+            raise TypeError(
+                f"straighten must be a StraightenSettings or None, got {type(self.straighten).__name__}"
+            )
+        if self.straighten.grid != grid:
+            raise ValueError(
+                f"straighten.grid {self.straighten.grid!r} differs from grid {grid}: the demo's schedules "
+                "are searched on grid, so straighten on it (demo_straighten_settings(grid=...))"
+            )
 
     @property
     def seed(self) -> int:
@@ -169,6 +188,22 @@ class DemoConfig:
                 num_samples=spec.num_samples, batch_size=spec.num_samples, objective=objective
             )
         return replace(self.search, objective=objective)
+
+
+def demo_straighten_settings(iters: int = 800, grid: int = 100, seed: int = 0) -> StraightenSettings:
+    """What ``boss-fast demo --straighten`` trains with: ``iters`` steps of batch 64 on 2000 noises' pairs,
+    warm-up ``min(100, iters)``, EMA 0.99 (0.999 would still weigh the first steps of so short a run).
+
+    800 iterations: about 30 s per NFE on 2 CPU cores, teacher pairs included (measured); ``boss-fast demo
+    --straighten`` took 1 min 55 s in all, FD 411 -> 42 at NFE 2.
+
+    Example:
+        >>> demo_straighten_settings(iters=50, grid=20).warmup
+        50
+    """
+    return StraightenSettings(
+        num_pairs=2000, grid=grid, iters=iters, warmup=min(100, iters), ema=0.99, seed=seed
+    )
 
 
 def _check_demo_search(search: object) -> None:
@@ -491,7 +526,7 @@ def _public(run: dict) -> dict:
 def _straightened_rows(cfg: DemoConfig, run: dict, clock: _Clock) -> dict:
     """BOSS stage 2 on the local and on the global schedules of ``cfg.straighten_nfes``, each with its own
     teacher (``sched.solver``): {(label, nfe): {fd, rmse, schedule_fd}}."""
-    if not cfg.straighten:
+    if cfg.straighten is None:
         return {}
     model, noise = run["_model"], run["_noise"]
     reference, _ = cached_reference(
@@ -505,12 +540,7 @@ def _straightened_rows(cfg: DemoConfig, run: dict, clock: _Clock) -> dict:
             t0 = time.perf_counter()
             sched = Schedule.load(os.path.join(cfg.out, "schedules", f"digits_dit_{objective}_nfe{k}.json"))
             with torch.enable_grad():
-                student = straighten(
-                    model, sched, num_pairs=cfg.straighten_pairs, grid=cfg.grid, iters=cfg.straighten_iters,
-                    # ema 0.999 would still weigh the first steps of so short a run
-                    warmup=min(100, cfg.straighten_iters), ema=0.99,
-                    seed=cfg.seed, progress=cfg.progress,
-                )  # fmt: skip
+                student = straighten(model, sched, settings=cfg.straighten, progress=cfg.progress)
             x = Sampler(student, sched, mode="eager", batch_size=len(noise))(noise)
             rows[label, k] = {
                 "fd": float(fd(digits_features(x), np.ones((1, len(x))))[0]),
@@ -518,7 +548,7 @@ def _straightened_rows(cfg: DemoConfig, run: dict, clock: _Clock) -> dict:
                 "schedule_fd": run["results"][label][k]["fd"],
                 "teacher": sched.solver,
             }
-            clock.phase(f"straightening, {objective} NFE {k} ({cfg.straighten_iters} iterations)", t0)
+            clock.phase(f"straightening, {objective} NFE {k} ({cfg.straighten.iters} iterations)", t0)
     return rows
 
 
@@ -605,6 +635,6 @@ def _straightened_table(cfg: DemoConfig, straightened: dict) -> str:
         )
     return (
         "## BOSS stage 2: straightened for the local and the global steps\n\n"
-        f"{cfg.straighten_iters} iterations, batch 64, pairs from {cfg.straighten_pairs} noises on each "
-        "schedule's own teacher.\n\n" + "\n".join(lines) + "\n"
+        f"{cfg.straighten.iters} iterations, batch {cfg.straighten.batch_size}, pairs from "
+        f"{cfg.straighten.num_pairs} noises on each schedule's own teacher.\n\n" + "\n".join(lines) + "\n"
     )

@@ -82,8 +82,6 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
         ema=args.ema,
         ema_warmup=not args.no_ema_warmup,
-        progress=False,
-        cache_dir="/tmp/boss_fast_pair_cache",
     )
     methods = {
         "Bellman, no fine-tuning": None,
@@ -119,7 +117,10 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             kind, extra = spec
             t0 = time.perf_counter()
-            student, stats = bf.straighten_with_stats(model, scheds[kind], **{**common, **extra})
+            student, stats = bf.straighten(
+                model, scheds[kind], settings=bf.StraightenSettings(**{**common, **extra}), progress=False,
+                cache_dir="/tmp/boss_fast_pair_cache", return_stats=True,
+            )  # fmt: skip
             wall[f"{name}, K = {k}"] = time.perf_counter() - t0
             fd[name][k] = digits_fd(bf.sample(student, evaluation, scheds[kind]))
             share[name] = stats.trained_share

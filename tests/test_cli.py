@@ -211,6 +211,15 @@ CASES = {
         [*STRAIGHTEN, "--cache-dir", "{file}", "--out", "{tmp}/w.safetensors"],
         "--cache-dir {file}: is a file, not a directory",
     ),
+    # straightening settings, refused by option (StraightenSettings.ema -> --ema) before the model loads
+    "straighten ema out of range": (
+        [*STRAIGHTEN, "--ema", "1.5", "--out", "{tmp}/w.safetensors"],
+        "--ema must be in [0, 1), got 1.5",
+    ),
+    "straighten lr not positive": (
+        [*STRAIGHTEN, "--lr", "0", "--out", "{tmp}/w.safetensors"],
+        "--lr must be > 0, got 0.0",
+    ),
     # inputs
     "schedule path is a directory": (
         ["sample", "--model", "mlp2d", "--schedule", "{tmp}", "--out", "{tmp}/x.npy"],

@@ -72,11 +72,11 @@ def test_load_lora_weights_and_the_saved_scheduler_reproduce_the_student(tmp_pat
     embeds, pooled = torch.randn(PROMPTS, 5, 16, generator=gen), torch.randn(PROMPTS, 8, generator=gen)
     velocity = DiffusersVelocity(pipe.transformer, encoder_hidden_states=embeds, pooled_projections=pooled,
                                  **extra)  # fmt: skip
-    student, _ = bf.straighten_with_stats(
-        velocity, SCHED, num_pairs=4, grid=GRID, iters=3, batch_size=4, lr=1e-2, warmup=0, ema=0.0,
-        lora_rank=2, lora_alpha=4.0, merge=False, shape=shape, progress=False,
-        memory=StraightenMemory(in_place=True),
+    settings = bf.StraightenSettings(
+        num_pairs=4, grid=tuple(GRID), iters=3, batch_size=4, lr=1e-2, warmup=0, ema=0.0, lora_rank=2,
+        lora_alpha=4.0, merge=False, memory=StraightenMemory(in_place=True),
     )  # fmt: skip
+    student = bf.straighten(velocity, SCHED, settings=settings, shape=shape, progress=False)
     out = tmp_path / "lora"
     assert save_diffusers_lora(student, pipe, out, SCHED) == str(out / LORA_WEIGHT_NAME)
     with safe_open(str(out / LORA_WEIGHT_NAME), "pt") as f:
@@ -160,13 +160,18 @@ def test_straighten_pipeline_gives_the_pipeline_back_and_refuses_another_resolut
     pipe = load_pipeline(save_tiny_sd3(str(tmp_path)))
     before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
     cond = encode_prompts(pipe, ["a cat"], guidance=1.0, max_sequence_length=8)
-    train = dict(num_pairs=2, grid=GRID, iters=2, batch_size=2, lr=1e-2, warmup=0, progress=False)
-    straighten_pipeline(pipe, SCHED, cond, tmp_path / "out", 2, guidance=1.0, **train)
+    train = bf.StraightenSettings(num_pairs=2, grid=tuple(GRID), iters=2, batch_size=2, lr=1e-2, warmup=0,
+                                  lora_rank=2)  # fmt: skip
+    straighten_pipeline(pipe, SCHED, cond, tmp_path / "out", train, guidance=1.0, progress=False)
     after = pipe.transformer.state_dict()  # the adapters were trained in place, then unloaded
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
     searched_elsewhere = bf.Schedule(SCHED.times, SCHED.indices, 0.0, GRID, shape=(4, 16, 16))
     with pytest.raises(ValueError, match=r"shape \(4, 16, 16\).*\(4, 8, 8\)"):
-        straighten_pipeline(pipe, searched_elsewhere, cond, tmp_path / "x", 2, guidance=1.0, **train)
+        straighten_pipeline(
+            pipe, searched_elsewhere, cond, tmp_path / "x", train, guidance=1.0, progress=False
+        )
+    with pytest.raises(ValueError, match="lora_rank=r"):  # the pipeline's LoRA needs a rank
+        straighten_pipeline(pipe, SCHED, cond, tmp_path / "y", bf.StraightenSettings(), guidance=1.0)
 
 
 @pytest.mark.parametrize(

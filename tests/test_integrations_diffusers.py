@@ -305,8 +305,8 @@ def test_optimal_schedule_and_straighten_on_a_transformer(tiny):
     assert sched.steps == 2 and sched.times[0] == 0.0 and sched.times[-1] == 1.0
     assert sched.fingerprint == bf.model_fingerprint(velocity)
     before = {k: v.clone() for k, v in velocity.state_dict().items()}
-    student = bf.straighten(velocity, sched, num_pairs=4, grid=8, iters=2, batch_size=4, warmup=1,
-                            progress=False, pair_batch_size=4, shape=(4, 8, 8))  # fmt: skip
+    settings = bf.StraightenSettings(num_pairs=4, grid=8, iters=2, batch_size=4, warmup=1, pair_batch_size=4)
+    student = bf.straighten(velocity, sched, settings=settings, progress=False, shape=(4, 8, 8))
     assert isinstance(student, DiffusersVelocity)
     moved = [k for k, v in student.state_dict().items() if not torch.equal(v, before[k])]
     assert moved and all(k.startswith("transformer.") for k in moved)  # the transformer was fine-tuned

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -15,11 +16,22 @@ from torch import nn
 
 import boss_fast as bf
 from boss_fast.grids import uniform_grid
-from boss_fast.straighten import add_lora, pair_loss, straighten, straighten_with_stats, straightening_pairs
+from boss_fast.straighten import StraightenSettings, add_lora, pair_loss, straighten, straightening_pairs
 from boss_fast.trajectories import teacher_trajectory
 
 HAS_PEFT = importlib.util.find_spec("peft") is not None
 needs_peft = pytest.mark.skipif(not HAS_PEFT, reason="peft not installed (pip install 'boss_fast[lora]')")
+
+
+SETTING_NAMES = {f.name for f in dataclasses.fields(StraightenSettings)}
+
+
+def _straighten(model, sched, teacher=None, **kwargs):
+    """``straighten`` with the keywords split: the settings' fields into a ``StraightenSettings``, the rest
+    (shape, noise, progress, checkpoint_dir, ..., return_stats) passed as the run's keywords."""
+    settings = StraightenSettings(**{k: v for k, v in kwargs.items() if k in SETTING_NAMES})
+    run = {k: v for k, v in kwargs.items() if k not in SETTING_NAMES}
+    return straighten(model, sched, teacher, settings, **run)
 
 
 class TinyVelocity(nn.Module):
@@ -120,7 +132,7 @@ def test_one_training_step_reduces_the_loss():
     sched = _schedule(10, [0, 5, 10])
     noise = bf.seeded_noise((2,), 0, 16, seed=0, dtype=torch.float64)
     kwargs = {**FAST, "iters": 1, "warmup": 0, "batch_size": 64}
-    student = straighten(model, sched, **kwargs, lr=1e-2, ema=0.0)
+    student = _straighten(model, sched, **kwargs, lr=1e-2, ema=0.0)
     assert _full_loss(student, model, sched, noise) < 0.95 * _full_loss(model, model, sched, noise)
     assert not any(p.requires_grad for p in student.parameters()) and not student.training
     assert torch.equal(model.lin.weight, RotationFlow().lin.weight)  # the input model is not modified
@@ -135,7 +147,7 @@ def test_straightening_a_one_step_schedule_on_a_rotation_flow_drives_its_error_d
     def one_step_error(m: nn.Module) -> float:
         return float((bf.sample(m, noise, sched) - teacher_end).square().sum(1).mean())
 
-    student = straighten(
+    student = _straighten(
         model, sched, num_pairs=256, grid=50, iters=300, batch_size=64, lr=2e-2, warmup=10, ema=0.9,
         progress=False, shape=(2,),
     )  # fmt: skip
@@ -147,9 +159,9 @@ def test_straightening_a_one_step_schedule_on_a_rotation_flow_drives_its_error_d
 def test_ema_is_the_average_of_the_trained_weights():
     model = TinyVelocity()
     sched = _schedule(10, [0, 5, 10])
-    last = straighten(model, sched, **{**FAST, "iters": 1}, ema=0.0)  # ema 0: the last weights
-    half = straighten(model, sched, **{**FAST, "iters": 1}, ema=0.5, ema_warmup=False)
-    warm = straighten(model, sched, **{**FAST, "iters": 1}, ema=0.5)  # step 0: decay min(0.5, 1 / 10)
+    last = _straighten(model, sched, **{**FAST, "iters": 1}, ema=0.0)  # ema 0: the last weights
+    half = _straighten(model, sched, **{**FAST, "iters": 1}, ema=0.5, ema_warmup=False)
+    warm = _straighten(model, sched, **{**FAST, "iters": 1}, ema=0.5)  # step 0: decay min(0.5, 1 / 10)
     for key, w0 in model.state_dict().items():
         w1 = last.state_dict()[key]
         torch.testing.assert_close(half.state_dict()[key], 0.5 * (w0 + w1))
@@ -160,16 +172,16 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
     model = TinyVelocity()
     sched = _schedule(10, [0, 4, 10])
     kwargs = {**FAST, "iters": 10, "checkpoint_every": 3}
-    reference = straighten(model, sched, **kwargs)
+    reference = _straighten(model, sched, **kwargs)
 
     def crash(step: int, loss: float) -> None:
         if step == 7:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        straighten(model, sched, **kwargs, checkpoint_dir=tmp_path, callback=crash)
+        _straighten(model, sched, **kwargs, checkpoint_dir=tmp_path, callback=crash)
     seen = []
-    resumed = straighten(
+    resumed = _straighten(
         model, sched, **kwargs, checkpoint_dir=tmp_path, callback=lambda s, v: seen.append(s)
     )
     assert seen == [7, 8, 9, 10]  # the checkpoint at step 6: one interval (step 7) lost
@@ -180,24 +192,24 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
 def test_a_checkpoint_from_another_model_or_schedule_is_refused(tmp_path):
     model = TinyVelocity()
     sched = _schedule(10, [0, 4, 10])
-    straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
+    _straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="written for model"):
-        straighten(TinyVelocity(seed=1), sched, **FAST, checkpoint_dir=tmp_path)
+        _straighten(TinyVelocity(seed=1), sched, **FAST, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="different schedule"):
-        straighten(model, _schedule(10, [0, 5, 10]), **FAST, checkpoint_dir=tmp_path)
+        _straighten(model, _schedule(10, [0, 5, 10]), **FAST, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="other settings"):
-        straighten(model, sched, **FAST, checkpoint_dir=tmp_path, lr=1e-3)
+        _straighten(model, sched, **FAST, checkpoint_dir=tmp_path, lr=1e-3)
 
 
 def test_a_corrupt_checkpoint_is_refused_by_name(tmp_path):
     (tmp_path / "straighten.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"straighten checkpoint .*straighten\.pt is unreadable"):
-        straighten(TinyVelocity(), _schedule(10, [0, 4, 10]), **FAST, checkpoint_dir=tmp_path)
+        _straighten(TinyVelocity(), _schedule(10, [0, 4, 10]), **FAST, checkpoint_dir=tmp_path)
 
 
 def test_a_truncated_empty_or_bit_flipped_checkpoint_is_refused_by_name(tmp_path):
     model, sched = TinyVelocity(), _schedule(10, [0, 4, 10])
-    straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
+    _straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
     path = tmp_path / "straighten.pt"
     good = path.read_bytes()
     state = torch.load(path, weights_only=True)
@@ -206,24 +218,24 @@ def test_a_truncated_empty_or_bit_flipped_checkpoint_is_refused_by_name(tmp_path
     state["params"][0] = flipped
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"straighten\.pt fails its checksum"):
-        straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
+        _straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
     for data in (good[: len(good) // 2], b""):
         path.write_bytes(data)
         with pytest.raises(ValueError, match=r"straighten checkpoint .*straighten\.pt is unreadable"):
-            straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
+            _straighten(model, sched, **FAST, checkpoint_dir=tmp_path)
     path.write_bytes(good)
-    straighten(model, sched, **FAST, checkpoint_dir=tmp_path)  # the intact file still resumes
+    _straighten(model, sched, **FAST, checkpoint_dir=tmp_path)  # the intact file still resumes
 
 
 def test_a_checkpoint_for_another_teacher_or_noise_is_refused(tmp_path):
     model, sched = TinyVelocity(), _schedule(10, [0, 4, 10])
     noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(3))
-    straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise)
+    _straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise)
     with pytest.raises(ValueError, match="another teacher"):
-        straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise, teacher=TinyVelocity(seed=1))
+        _straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise, teacher=TinyVelocity(seed=1))
     with pytest.raises(ValueError, match="another noise"):
-        straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise + 1)
-    straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise)  # the same run resumes
+        _straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise + 1)
+    _straighten(model, sched, **FAST, checkpoint_dir=tmp_path, noise=noise)  # the same run resumes
 
 
 def test_the_shape_comes_from_the_schedule_and_another_models_schedule_is_warned_about():
@@ -231,10 +243,10 @@ def test_the_shape_comes_from_the_schedule_and_another_models_schedule_is_warned
     sched = bf.optimal_schedules(model, (2,), 2, bf.SearchSettings(grid=10, num_samples=8))[2]
     assert sched.shape == (2,) and sched.fingerprint == bf.model_fingerprint(model)
     fast = {k: v for k, v in FAST.items() if k != "shape"}
-    student = straighten(model, sched, **fast)  # no shape=: the schedule's
+    student = _straighten(model, sched, **fast)  # no shape=: the schedule's
     assert student(torch.zeros(3, 2), torch.zeros(3)).shape == (3, 2)
     with pytest.warns(UserWarning, match="searched on another model"):
-        straighten(TinyVelocity(seed=1), sched, **fast)
+        _straighten(TinyVelocity(seed=1), sched, **fast)
 
 
 # ------------------------------------------------------------------------------------------------- LoRA
@@ -244,7 +256,9 @@ def test_the_shape_comes_from_the_schedule_and_another_models_schedule_is_warned
 def test_lora_trains_only_adapters_and_merging_keeps_the_outputs():
     model = TinyVelocity(hidden=32)
     sched = _schedule(10, [0, 5, 10])
-    adapted, stats = straighten_with_stats(model, sched, **FAST, lora_rank=2, lr=1e-2, ema=0.0, merge=False)
+    adapted, stats = _straighten(
+        model, sched, **FAST, lora_rank=2, lr=1e-2, ema=0.0, merge=False, return_stats=True
+    )
     assert stats.trained_params == 2 * (3 + 32) + 2 * (32 + 2)  # r * (in + out) per adapted Linear
     assert 0.0 < stats.trained_share < 1.0
     names = {n for n, _ in adapted.named_parameters()}
@@ -278,7 +292,7 @@ def test_lora_on_the_bundled_dit_targets_attention_and_mlp():
 @needs_peft
 def test_a_lora_request_matching_no_module_is_refused():
     with pytest.raises(ValueError, match="match no module"):
-        straighten(TinyVelocity(), _schedule(10, [0, 5, 10]), **FAST, lora_rank=2, lora_targets=["nope"])
+        _straighten(TinyVelocity(), _schedule(10, [0, 5, 10]), **FAST, lora_rank=2, lora_targets=["nope"])
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -288,26 +302,100 @@ def test_bad_input_is_refused_with_a_clear_error():
     model = TinyVelocity()
     sched = _schedule(10, [0, 5, 10])
     with pytest.raises(ValueError, match="grid of 11 points"):
-        straighten(model, sched, **{**FAST, "grid": 100})
+        _straighten(model, sched, **{**FAST, "grid": 100})
     with pytest.raises(ValueError, match="'euler' teacher"):
-        straighten(model, sched, **FAST, solver="heun")
+        _straighten(model, sched, **FAST, solver="heun")
     with pytest.raises(TypeError, match="must be a boss_fast.Schedule"):
-        straighten(model, [0.0, 0.5, 1.0], **FAST)
+        _straighten(model, [0.0, 0.5, 1.0], **FAST)
     with pytest.raises(TypeError, match="must be a boss_fast.Schedule"):
         straightening_pairs(model, 1.0 - sched.times, torch.randn(2, 2), grid=10)
     with pytest.raises(TypeError, match="cache_dir needs the teacher as an nn.Module"):
         straightening_pairs(lambda x, t: x, sched, torch.randn(2, 2), grid=10, cache_dir="unused")
     with pytest.raises(ValueError, match="iters must be >= 1"):
-        straighten(model, sched, **{**FAST, "iters": 0})
+        _straighten(model, sched, **{**FAST, "iters": 0})
 
     class Squash(TinyVelocity):
         def forward(self, x, t):
             return super().forward(x, t)[:, :1]
 
     with pytest.raises(ValueError, match="differs from its input"):
-        straighten(Squash(), sched, **FAST)
+        _straighten(Squash(), sched, **FAST)
     with pytest.raises(ValueError, match="pass shape="):
-        straighten(model, sched, **{k: v for k, v in FAST.items() if k != "shape"})
+        _straighten(model, sched, **{k: v for k, v in FAST.items() if k != "shape"})
+
+
+# -------------------------------------------------------------------------------------------- settings
+
+BAD_SETTINGS = [
+    ("num_pairs", 0, ValueError),
+    ("num_pairs", 2.5, TypeError),
+    ("grid", 0, ValueError),
+    ("grid", "100", ValueError),
+    ("grid", (0.0, 0.7, 0.5), ValueError),
+    ("solver", "rk45", ValueError),
+    ("teacher_mode", "fast", ValueError),
+    ("pair_batch_size", 0, ValueError),
+    ("iters", 0, ValueError),
+    ("iters", True, TypeError),
+    ("batch_size", -1, ValueError),
+    ("lr", 0.0, ValueError),
+    ("lr", float("nan"), ValueError),
+    ("lr", "2e-4", TypeError),
+    ("warmup", -1, ValueError),
+    ("ema", 1.0, ValueError),
+    ("ema", -0.1, ValueError),
+    ("ema_warmup", 1, TypeError),
+    ("loss", "l1", ValueError),
+    ("normalize", "yes", TypeError),
+    ("seed", -1, ValueError),
+    ("checkpoint_every", 0, ValueError),
+    ("lora_rank", 0, ValueError),
+    ("lora_targets", [], TypeError),
+    ("lora_targets", ["qkv", 3], TypeError),
+    ("lora_alpha", 0.0, ValueError),
+    ("merge", None, TypeError),
+    ("memory", {"in_place": True}, TypeError),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"), BAD_SETTINGS, ids=[f"{n}={v!r}" for n, v, _ in BAD_SETTINGS]
+)
+def test_a_bad_setting_is_refused_naming_its_field(name, value, error):
+    with pytest.raises(error, match=rf"StraightenSettings\.{name}\b"):
+        StraightenSettings(**{name: value})
+
+
+def test_every_setting_field_has_a_refusal_case():
+    checked = {name for name, _, _ in BAD_SETTINGS}
+    assert checked == {f.name for f in dataclasses.fields(StraightenSettings)}
+
+
+def test_settings_are_frozen_normalised_and_hashable():
+    settings = StraightenSettings(grid=np.linspace(0.0, 1.0, 5), lora_targets=["qkv"], lr=1, lora_alpha=2)
+    assert settings.grid == (0.0, 0.25, 0.5, 0.75, 1.0) and settings.lora_targets == ("qkv",)
+    assert type(settings.lr) is float and type(settings.lora_alpha) is float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.iters = 5
+    assert hash(settings) == hash(dataclasses.replace(settings))  # equal settings, one hash
+    assert StraightenSettings(grid=np.int64(10)).grid == 10
+
+
+def test_settings_other_than_straighten_settings_are_refused():
+    with pytest.raises(TypeError, match="settings must be a StraightenSettings"):
+        straighten(TinyVelocity(), _schedule(10, [0, 5, 10]), settings={"iters": 2})
+
+
+def test_return_stats_gives_the_same_module_and_what_the_run_did():
+    sched = _schedule(10, [0, 5, 10])
+    plain = _straighten(TinyVelocity(), sched, **FAST)
+    student, stats = _straighten(TinyVelocity(), sched, **FAST, return_stats=True)
+    assert isinstance(student, TinyVelocity) and not isinstance(plain, tuple)
+    expected = _weights(plain)
+    assert all(torch.equal(expected[k], v) for k, v in _weights(student).items())  # bit for bit
+    assert stats.steps == FAST["iters"] and len(stats.losses) == FAST["iters"]
+    total = sum(p.numel() for p in TinyVelocity().parameters())
+    assert stats.trained_params == stats.total_params == total and stats.trained_share == 1.0
 
 
 # ------------------------------------------------------------------------------------------------- DDP
@@ -324,7 +412,7 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        student = straighten(_ddp_model(), _schedule(8, [0, 3, 8]), **DDP_KW)
+        student = _straighten(_ddp_model(), _schedule(8, [0, 3, 8]), **DDP_KW)
         torch.save(_weights(student), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -332,7 +420,7 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_ddp_on_two_gloo_ranks_matches_one_process(tmp_path):
     mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    single = _weights(straighten(_ddp_model(), _schedule(8, [0, 3, 8]), **DDP_KW))
+    single = _weights(_straighten(_ddp_model(), _schedule(8, [0, 3, 8]), **DDP_KW))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for key, value in single.items():
         assert torch.equal(ranks[0][key], ranks[1][key])
@@ -389,9 +477,7 @@ def test_demo_with_straighten_adds_rows(tmp_path):
         fd_bootstrap=10,
         progress=False,
         grid_nfes=(2,),
-        straighten=True,
-        straighten_iters=2,
-        straighten_pairs=8,
+        straighten=StraightenSettings(num_pairs=8, grid=20, iters=2, warmup=2, ema=0.99),
     )
     summary = run_demo(cfg)
     rows = summary["straightened"]  # NFE 4 > max_nfe is skipped; both objectives, each its own teacher

@@ -4,6 +4,7 @@ steps over a bank of conditionings (noise m with conditioning m mod P)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -14,10 +15,23 @@ from torch import nn
 import boss_fast as bf
 from boss_fast.grids import uniform_grid
 from boss_fast.models.dit import DiT
-from boss_fast.straighten import StraightenMemory, straighten_with_stats, straightening_pairs
+from boss_fast.straighten import StraightenMemory, StraightenSettings, straighten, straightening_pairs
 from boss_fast.trajectories import teacher_trajectory
 
 needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft not installed")
+
+
+SETTING_NAMES = {f.name for f in dataclasses.fields(StraightenSettings)}
+
+
+def _straighten(model, sched, teacher=None, **kwargs):
+    """``straighten`` with the keywords split: the settings' fields into a ``StraightenSettings``, the rest
+    (shape, noise, progress, checkpoint_dir, ..., return_stats) passed as the run's keywords."""
+    settings = StraightenSettings(**{k: v for k, v in kwargs.items() if k in SETTING_NAMES})
+    run = {k: v for k, v in kwargs.items() if k not in SETTING_NAMES}
+    return straighten(model, sched, teacher, settings, **run)
+
+
 FAST = dict(num_pairs=8, grid=8, iters=3, batch_size=4, warmup=0, lr=1e-2, progress=False)
 
 
@@ -84,8 +98,8 @@ def test_pairs_pair_noise_m_with_conditioning_m_mod_p_whatever_the_batching():
 def test_training_steps_see_each_pairs_own_conditioning():
     bank, sched = Bank(), _schedule(shape=(2,))
     noise = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    straighten_with_stats(bank, sched, noise=noise, **{**FAST, "num_pairs": 6}, ema=0.0,
-                          memory=StraightenMemory(in_place=True))  # fmt: skip
+    _straighten(bank, sched, noise=noise, **{**FAST, "num_pairs": 6}, ema=0.0,
+                memory=StraightenMemory(in_place=True))  # fmt: skip
     pairs = straightening_pairs(Bank(), sched, noise, grid=8)  # the same teacher, untrained
     k = sched.steps
     assert len(bank.calls) == FAST["iters"]  # every step went through for_rows
@@ -112,13 +126,12 @@ def test_one_copy_by_default_none_in_place_and_the_same_result(monkeypatch, lora
     monkeypatch.setattr(copy, "deepcopy", counting)
     model = _dit()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    student, _ = straighten_with_stats(model, sched, **FAST, lora_rank=lora)
+    student = _straighten(model, sched, **FAST, lora_rank=lora)
     assert len(copies) == 1  # the student; the pairs' teacher is the student before training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # model not modified
     copies.clear()
     in_place = _dit()
-    result, _ = straighten_with_stats(in_place, sched, **FAST, lora_rank=lora,
-                                      memory=StraightenMemory(in_place=True))  # fmt: skip
+    result = _straighten(in_place, sched, **FAST, lora_rank=lora, memory=StraightenMemory(in_place=True))
     assert copies == []
     assert _same(result, student)  # bit for bit the default's result
     assert result is in_place or lora is not None
@@ -132,7 +145,7 @@ def test_one_copy_by_default_none_in_place_and_the_same_result(monkeypatch, lora
 @pytest.mark.parametrize("lora", [None, pytest.param(2, marks=needs_peft)])
 def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_weights(lora):
     sched = _schedule()
-    plain, _ = straighten_with_stats(_dit(), sched, **FAST, lora_rank=lora)
+    plain = _straighten(_dit(), sched, **FAST, lora_rank=lora)
     model = _dit()
     counts = {"attn": 0}
 
@@ -142,7 +155,7 @@ def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_weights
 
     model.blocks[0].attn.register_forward_hook(count)
     memory = StraightenMemory(in_place=True, gradient_checkpointing=True)
-    result, _ = straighten_with_stats(model, sched, **FAST, lora_rank=lora, memory=memory)
+    result = _straighten(model, sched, **FAST, lora_rank=lora, memory=memory)
     assert counts["attn"] == 2 * FAST["iters"]  # forward, then again in the backward pass
     assert all("forward" not in vars(block) for block in model.blocks)  # switched off afterwards
     for (name, a), b in zip(plain.state_dict().items(), result.state_dict().values(), strict=True):
@@ -152,8 +165,9 @@ def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_weights
 def test_gradient_checkpointing_without_blocks_is_refused():
     model = _Plain()
     with pytest.raises(ValueError, match="gradient_checkpointing"):
-        straighten_with_stats(model, _schedule(shape=(2,)), **FAST,
-                              memory=StraightenMemory(gradient_checkpointing=True))  # fmt: skip
+        _straighten(
+            model, _schedule(shape=(2,)), **FAST, memory=StraightenMemory(gradient_checkpointing=True)
+        )
 
 
 class _Plain(nn.Module):
@@ -170,14 +184,16 @@ class _Plain(nn.Module):
 
 def test_bf16_autocast_trains_near_fp32_and_is_part_of_the_checkpoint(tmp_path):
     sched = _schedule()
-    plain, _ = straighten_with_stats(_dit(), sched, **FAST)
-    bf16, stats = straighten_with_stats(_dit(), sched, **FAST, checkpoint_dir=tmp_path,
-                                        memory=StraightenMemory(autocast=torch.bfloat16))  # fmt: skip
+    plain = _straighten(_dit(), sched, **FAST)
+    bf16_memory = StraightenMemory(autocast=torch.bfloat16)
+    bf16, stats = _straighten(
+        _dit(), sched, **FAST, checkpoint_dir=tmp_path, memory=bf16_memory, return_stats=True
+    )
     diffs = [float((a - b).abs().max()) for a, b in zip(plain.parameters(), bf16.parameters(), strict=True)]
     assert 0 < max(diffs) < 0.05  # bf16 rounding (8 bits of mantissa) moved the steps, a little
     assert all(np.isfinite(stats.losses))
     with pytest.raises(ValueError, match="autocast"):  # resuming without it is another run
-        straighten_with_stats(_dit(), sched, **{**FAST, "iters": 4}, checkpoint_dir=tmp_path)
+        _straighten(_dit(), sched, **{**FAST, "iters": 4}, checkpoint_dir=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -189,4 +205,4 @@ def test_bad_memory_settings_are_refused(fields, error):
     with pytest.raises(error, match="StraightenMemory"):
         StraightenMemory(**fields)
     with pytest.raises(TypeError, match="memory must be a StraightenMemory"):
-        straighten_with_stats(_dit(), _schedule(), **FAST, memory=fields)
+        _straighten(_dit(), _schedule(), **FAST, memory=fields)

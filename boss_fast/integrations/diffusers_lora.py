@@ -1,10 +1,11 @@
 """A straightened LoRA as diffusers (and ComfyUI) load it: ``pipe.load_lora_weights(DIR)`` and
 ``BossScheduler.from_pretrained(DIR, subfolder="scheduler")``.
 
-``straighten(DiffusersVelocity(pipe.transformer, ...), sched, lora_rank=r, merge=False)`` returns a peft model
-whose adapter keys read ``base_model.model.model.transformer.<module>.lora_A.weight``: diffusers'
-``load_lora_weights`` finds no module under those names (``NoMatchingPeftModuleError``). Written here through
-the pipeline class's own ``save_lora_weights`` with the wrapper prefix removed, the keys are
+``straighten(DiffusersVelocity(pipe.transformer, ...), sched, settings=StraightenSettings(lora_rank=r,
+merge=False))`` returns a peft model whose adapter keys read
+``base_model.model.model.transformer.<module>.lora_A.weight``: diffusers' ``load_lora_weights`` finds no
+module under those names (``NoMatchingPeftModuleError``). Written here through the pipeline class's own
+``save_lora_weights`` with the wrapper prefix removed, the keys are
 ``transformer.<module>.lora_{A,B}.weight``, diffusers' format for SD3, Flux and the other transformer
 pipelines, with the adapter's config as ``transformer`` metadata.
 """
@@ -26,7 +27,7 @@ from torch import nn
 from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity
 from boss_fast.integrations.pipelines import pipeline_target
 from boss_fast.schedule import Schedule
-from boss_fast.straighten import StraightenMemory, StraightenStats, straighten_with_stats
+from boss_fast.straighten import StraightenSettings, StraightenStats, straighten
 
 try:
     from peft import get_peft_model_state_dict
@@ -48,9 +49,9 @@ def _velocity_of(student: nn.Module) -> DiffusersVelocity:
     found = [m for m in student.modules() if isinstance(m, DiffusersVelocity)]
     if len(found) != 1:
         raise TypeError(
-            "student must be a straightened DiffusersVelocity with LoRA adapters "
-            f"(straighten(DiffusersVelocity(...), ..., lora_rank=r, merge=False)); found {len(found)} "
-            "DiffusersVelocity modules in it"
+            "student must be a straightened DiffusersVelocity with LoRA adapters (straighten("
+            "DiffusersVelocity(...), ..., settings=StraightenSettings(lora_rank=r, merge=False))); found "
+            f"{len(found)} DiffusersVelocity modules in it"
         )
     return found[0]
 
@@ -113,7 +114,8 @@ def save_diffusers_lora(
     subfolder="scheduler")`` sample as the student does (``pipe(..., num_inference_steps=sched.steps)``).
 
     Args:
-        student: ``straighten(DiffusersVelocity(...), sched, lora_rank=r, merge=False)``'s result.
+        student: ``straighten(DiffusersVelocity(...), sched, settings=StraightenSettings(lora_rank=r,
+            merge=False))``'s result.
         pipeline: the pipeline (or its class), e.g. ``StableDiffusion3Pipeline`` or ``FluxPipeline``, whose
             ``save_lora_weights`` takes ``transformer_lora_layers``.
         out_dir: the folder (created if missing).
@@ -157,46 +159,53 @@ def straighten_pipeline(
     sched: Schedule,
     conditioning: Mapping[str, torch.Tensor],
     out_dir: str | os.PathLike,
-    lora_rank: int,
+    settings: StraightenSettings,
     *,
     guidance: float | None = None,
     height: int | None = None,
     width: int | None = None,
-    memory: StraightenMemory | None = None,
-    **options: Any,
+    **run: Any,
 ) -> StraightenStats:
-    """Straighten an SD3 or Flux pipeline's transformer for ``sched`` with rank-``lora_rank`` LoRA and write
-    ``out_dir`` for ``pipe.load_lora_weights(out_dir)`` and ``BossScheduler.from_pretrained(out_dir,
+    """Straighten an SD3 or Flux pipeline's transformer for ``sched`` with LoRA (``settings.lora_rank``) and
+    write ``out_dir`` for ``pipe.load_lora_weights(out_dir)`` and ``BossScheduler.from_pretrained(out_dir,
     subfolder="scheduler")`` (:func:`save_diffusers_lora`): ``boss-fast straighten --pipeline``.
 
     The velocity is the one the pipeline's sampler steps (:func:`boss_fast.integrations.pipelines.
     pipeline_target`: the prompt bank ``conditioning``, CFG or Flux's guidance embedding at ``guidance``, the
     latent shape at ``height`` x ``width``); noise m trains with prompt m mod P. The adapters are trained on
-    ``pipe.transformer`` itself (``memory.in_place`` is forced: no copy of the weights) and removed from it
-    afterwards (peft ``unload``), so ``pipe`` is the base pipeline again when this returns.
+    ``pipe.transformer`` itself (``settings.memory.in_place`` and ``merge=False`` are forced: no copy of the
+    weights, the adapters kept apart) and removed from it afterwards (peft ``unload``), so ``pipe`` is the
+    base pipeline again when this returns.
 
     Args:
         pipe: a ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (e.g. ``pipelines.load_pipeline``).
         sched: the schedule, searched at this latent shape (a schedule that records another shape is refused).
         conditioning: ``pipelines.encode_prompts`` or ``pipelines.read_embeddings``'s dict.
-        memory: gradient checkpointing and autocast (``StraightenMemory``).
-        options: :func:`boss_fast.straighten`'s training options (``num_pairs``, ``iters``, ``lr``, ...).
+        settings: :class:`boss_fast.StraightenSettings` with ``lora_rank`` set (gradient checkpointing and
+            autocast in its ``memory``).
+        run: :func:`boss_fast.straighten`'s run keywords (``device``, ``progress``, ``checkpoint_dir``,
+            ``cache_dir``, ``callback``, ``noise``).
 
     Returns:
         The run's ``StraightenStats``.
     """
+    if not isinstance(settings, StraightenSettings) or settings.lora_rank is None:
+        raise ValueError(
+            "straighten_pipeline trains LoRA adapters: pass settings=StraightenSettings(lora_rank=r, ...), "
+            f"got {settings!r}"
+        )
+    for name in ("shape", "return_stats", "teacher"):
+        if name in run:
+            raise TypeError(f"straighten_pipeline sets {name!r} itself")
     target = pipeline_target(pipe, conditioning, guidance, height, width)
     if sched.shape is not None and tuple(sched.shape) != tuple(target.shape):
         raise ValueError(
             f"the schedule was searched on latents of shape {tuple(sched.shape)} but this resolution gives "
             f"{target.shape}: pass the search's height and width"
         )
-    for name in ("lora_rank", "merge", "shape", "model", "sched", "memory"):
-        if name in options:
-            raise TypeError(f"straighten_pipeline sets {name!r} itself")
-    memory = replace(memory or StraightenMemory(), in_place=True)
-    student, stats = straighten_with_stats(target.velocity, sched, lora_rank=lora_rank, merge=False,
-                                           shape=target.shape, memory=memory, **options)  # fmt: skip
+    settings = replace(settings, merge=False, memory=replace(settings.memory, in_place=True))
+    student, stats = straighten(target.velocity, sched, settings=settings, shape=target.shape, **run,
+                                return_stats=True)  # fmt: skip
     try:
         save_diffusers_lora(student, pipe, out_dir, sched)
     finally:
