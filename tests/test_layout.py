@@ -66,6 +66,12 @@ def _public_callables(module):
                     yield f"{module.__name__}.{name}.{attr}", func
 
 
+# Named exceptions, each with its reason. diffusers' @register_to_config builds a scheduler's config from
+# its __init__ signature: every stock FlowMatchEulerDiscreteScheduler key a pipeline reads (14) must be a
+# parameter for from_config / save_config round trips, beside the schedule's times, searched_shape and mu.
+WIDE_BY_CONTRACT = {"boss_fast.integrations.diffusers.BossScheduler()": 17}
+
+
 def test_no_public_callable_takes_more_than_twelve_parameters():
     """A function with more knobs than a reader holds takes a settings object (``self``, ``cls`` not
     counted)."""
@@ -83,7 +89,10 @@ def test_no_public_callable_takes_more_than_twelve_parameters():
             params = [p for p in signature.parameters if p not in ("self", "cls")]
             if len(params) > MAX_PARAMETERS:
                 wide.append(f"{name}: {len(params)}")
-    assert not wide, f"public callables with more than {MAX_PARAMETERS} parameters: {wide}"
+    expected = [f"{name}: {n}" for name, n in WIDE_BY_CONTRACT.items()]
+    if importlib.util.find_spec("diffusers") is None:
+        expected = []  # the exception's module is not importable here
+    assert sorted(wide) == sorted(expected), f"public callables with more than {MAX_PARAMETERS} parameters"
 
 
 def test_no_private_name_is_imported_across_modules():
