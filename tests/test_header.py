@@ -131,10 +131,12 @@ def test_an_old_straightening_run_resumes_from_its_checkpoint_and_pair_cache(tmp
     calls = []
     frozen = teacher()
     frozen.register_forward_pre_hook(lambda module, args: calls.append(1))  # hooks are not fingerprinted
+    settings = bf.StraightenSettings(
+        num_pairs=8, grid=sched.grid, iters=4, batch_size=4, warmup=1, checkpoint_every=2, pair_batch_size=4
+    )
     student = bf.straighten(
-        teacher(), sched, frozen, num_pairs=8, grid=sched.grid, iters=4, batch_size=4, warmup=1,
-        checkpoint_dir=old / "straighten", device="cpu", progress=False, noise=noise,
-        checkpoint_every=2, pair_batch_size=4, cache_dir=old / "pairs",
+        teacher(), sched, frozen, settings, checkpoint_dir=old / "straighten", device="cpu", progress=False,
+        noise=noise, cache_dir=old / "pairs",
     )  # fmt: skip
     assert not calls  # every pair came from the old shards (their folder name is the unchanged cache key)
     for key, value in student.state_dict().items():  # resumed at step 4 of 4: the old run's student
