@@ -680,3 +680,16 @@ def test_bad_memory_settings_are_refused(fields, error):
         StraightenMemory(**fields)
     with pytest.raises(TypeError, match="memory must be a StraightenMemory"):
         _straighten(_dit(), _schedule_MEMORY(), **FAST_MEMORY, memory=fields)
+
+
+# From test_sampler.py
+
+
+def test_straightening_pairs_on_the_sampler(digits_dit):
+    grid = bf.uniform_grid(8)
+    sched = bf.schedules_from_cost(np.ones((9, 9)), 3, grid=grid)[3]
+    noise = torch.randn(5, 1, 8, 8)
+    plain = straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2)
+    eager = straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2, mode="eager")
+    for name in ("start", "end", "t_start", "t_end"):
+        assert torch.equal(getattr(eager, name), getattr(plain, name)), name

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _helpers import TinyVelocity
 
 import boss_fast as bf
 from boss_fast.grids import uniform_grid
@@ -313,3 +314,43 @@ def test_straightening_pairs_with_a_dopri5_teacher(flow):
     torch.testing.assert_close(pairs.end[1::2], states[6], rtol=0, atol=0)
     with pytest.raises(ValueError, match="'dopri5' runs in torchdiffeq and takes mode=None"):
         straightening_pairs(flow, sched, noise, grid=6, solver="dopri5", mode="eager")
+
+
+# From test_sampler.py
+
+COMPILE_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"  # inductor's import
+
+SCHED = [0.0, 0.25, 0.6, 1.0]  # K = 3, uneven steps
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+@pytest.mark.parametrize("record", ["all", "states"])
+def test_teacher_trajectory_on_the_sampler(digits_dit, record):
+    noise = torch.randn(3, 1, 8, 8)
+    grid = [0.0, 0.2, 0.5, 1.0]
+    plain = teacher_trajectory(digits_dit, noise, grid, "heun", record=record)
+    eager = teacher_trajectory(digits_dit, noise, grid, "heun", record=record, mode="eager")
+    assert torch.equal(eager.states, plain.states)
+    assert (eager.velocities is None) == (record == "states")
+    if record == "all":
+        assert torch.equal(eager.velocities, plain.velocities)
+
+
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+def test_teacher_trajectory_compiled():
+    model = TinyVelocity()
+    noise = torch.randn(4, 5)
+    got = teacher_trajectory(model, noise, SCHED, mode="compile")
+    want = teacher_trajectory(model, noise, SCHED)
+    torch.testing.assert_close(got.states, want.states, rtol=16 * EPS32, atol=16 * EPS32)
+
+
+def test_teacher_trajectory_on_the_sampler_checks_values():
+    def diverges(x, t):
+        return torch.where(t[:, None] > 0.4, torch.full_like(x, float("inf")), x)
+
+    with pytest.raises(ValueError, match=r"non-finite values at t = 0\.6"):
+        teacher_trajectory(diverges, torch.randn(2, 5), SCHED, mode="eager")
+    with pytest.raises(ValueError, match="unknown mode"):
+        teacher_trajectory(TinyVelocity(), torch.randn(2, 5), SCHED, mode="fast")
