@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from _helpers import TinyVelocity
+from torch import nn
 
 import boss_fast as bf
 from boss_fast.grids import uniform_grid
+from boss_fast.kernels import euler_step
 from boss_fast.kernels.euler_step import euler_step_reference
 from boss_fast.ode import for_rows, sample
 from boss_fast.sampler import TeacherRecorder
@@ -209,3 +213,47 @@ def test_guided_velocity_errors_and_identity():
     net = TinyVelocity()
     fps = {bf.model_fingerprint(bf.guided_velocity(net, net, w)) for w in (2.0, 3.0)}
     assert len(fps) == 2
+
+
+# From test_refusals.py
+
+BAD_SCALES = {
+    "per-feature tensor": (torch.tensor([2.0, 3.0]), TypeError, "got a tensor of shape \\(2,\\)"),
+    "0-d tensor": (torch.tensor(2.0), TypeError, "got a tensor of shape \\(\\)"),
+    "bool": (True, TypeError, "must be a real number, got True"),
+    "string": ("2", TypeError, "must be a real number"),
+    "NaN": (math.nan, ValueError, "must be finite"),
+    "inf": (math.inf, ValueError, "must be finite"),
+}
+
+
+def _diffusers_velocity(w):
+    diffusers = pytest.importorskip("diffusers")
+    del diffusers
+    from boss_fast.integrations.diffusers import DiffusersVelocity
+
+    return DiffusersVelocity(nn.Linear(2, 2), negative={}, guidance_scale=w)
+
+
+SCALE_TAKERS = {
+    "cfg_combine": lambda w: bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), w),
+    "guided_velocity": lambda w: bf.guided_velocity(lambda x, t: x, lambda x, t: -x, w),
+    "Sampler(guidance=)": lambda w: bf.Sampler(lambda x, t: x, [0.0, 1.0], guidance=w),
+    "euler_step(guidance=)": lambda w: euler_step(torch.zeros(1, 2), torch.zeros(2, 2), 0.5, guidance=w),
+    "DiffusersVelocity(guidance_scale=)": _diffusers_velocity,
+}
+
+
+@pytest.mark.parametrize("taker", sorted(SCALE_TAKERS))
+@pytest.mark.parametrize("case", sorted(BAD_SCALES))
+def test_every_guidance_scale_is_checked_the_same_way(taker, case):
+    value, error, fragment = BAD_SCALES[case]
+    with pytest.raises(error, match=fragment):
+        SCALE_TAKERS[taker](value)
+
+
+def test_cfg_combine_still_takes_numbers():
+    assert torch.equal(
+        bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), np.float32(2.5)), torch.full((2,), 2.5)
+    )
+    assert torch.equal(bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), 3), torch.full((2,), 3.0))

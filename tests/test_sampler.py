@@ -3,12 +3,16 @@ dtypes, the fused head (torch reference and the Triton interpreter), what auto r
 
 from __future__ import annotations
 
+import math
+import re
+
 import numpy as np
 import pytest
 import torch
 from _helpers import DoubledVelocity, TinyVelocity, guided
 from torch import nn
 
+import boss_fast as bf
 import boss_fast.sampler as sampler_module
 from boss_fast._backends import kernel_backends
 from boss_fast.models import load_bundled
@@ -364,3 +368,112 @@ def test_machinery_errors(digits_dit):
 
 
 # -- guided_velocity: the same field Sampler(guidance=) steps from a doubled batch ---------------------------
+
+
+# From test_refusals.py
+
+
+TIMES = [0.0, 0.2, 0.5, 0.8, 1.0]  # step 2 starts at t = 0.5
+
+
+class LaterStep(nn.Module):
+    """-x on its first call (the sampler's one-row build check), then ``bad(x)``: a model that breaks only
+    after the start, as the issue's did. A Python counter, not t: dynamo traces it (no data-dependent branch),
+    so under torch.compile the bad output is what the traced loop sees."""
+
+    def __init__(self, bad) -> None:
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return -x if self.calls == 1 else self.bad(x)
+
+
+BAD_OUTPUTS = {
+    "broadcastable (B, 1)": (lambda x: -x[:, :1], ValueError, "velocity returned shape (4, 1)"),
+    "wrong batch": (lambda x: -x[:1], ValueError, "velocity returned shape (1, 3)"),
+    "float64": (lambda x: (-x).double(), ValueError, "dtype torch.float64"),
+    "float16": (lambda x: (-x).half(), ValueError, "dtype torch.float16"),
+    "int64": (lambda x: (-x).long(), ValueError, "dtype torch.int64"),
+    "None": (lambda x: None, TypeError, "velocity returned NoneType"),
+    "ndarray": (lambda x: (-x).numpy(), TypeError, "velocity returned ndarray"),
+    "meta tensor": (lambda x: torch.empty_like(x, device="meta"), ValueError, "a tensor on meta"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OUTPUTS))
+def test_the_eager_sampler_checks_every_steps_output(case):
+    bad, error, fragment = BAD_OUTPUTS[case]
+    sampler = bf.Sampler(LaterStep(bad), TIMES, mode="eager")
+    # Call 1 is the build check; the loop's step 0 is call 2: the error names step 0 and its time.
+    with pytest.raises(error, match=re.escape(fragment) + r".* at t = 0\.0 \(step 0\)"):
+        sampler(torch.randn(4, 3))
+
+
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+@pytest.mark.parametrize("case", ["broadcastable (B, 1)", "float64", "None"])
+def test_the_compiled_sampler_checks_when_it_traces(case):
+    """Under torch.compile shapes and dtypes are static: the check runs once, while dynamo traces the loop,
+    and holds for every replay of that graph (a retrace checks again). A failing check surfaces with its
+    own message (step, time, what), not dynamo's."""
+    bad, error, fragment = BAD_OUTPUTS[case]
+    sampler = bf.Sampler(LaterStep(bad), TIMES, mode="compile")
+    with pytest.raises(error, match=re.escape(fragment) + r".*\(step 0\)"):
+        sampler(torch.randn(4, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuda_graph needs a CUDA device")
+@pytest.mark.parametrize("case", ["broadcastable (B, 1)", "float64"])
+def test_the_cuda_graph_sampler_checks_when_it_captures(case):
+    """A captured graph replays the same kernels on the same buffers: the shapes and dtypes checked in the
+    warm-up runs and the capture (Python runs then) are the ones every replay produces."""
+    bad, error, fragment = BAD_OUTPUTS[case]
+    sampler = bf.Sampler(LaterStep(bad), TIMES, mode="cuda_graph", device="cuda")
+    with pytest.raises(error, match=re.escape(fragment) + r".*\(step 0\)"):
+        sampler(torch.randn(4, 3, device="cuda"))
+
+
+def test_a_later_step_and_the_stages_are_named():
+    def narrows(x, t):  # right at t < 0.3, (B, 1) after: the issue's silently broadcast model
+        return -x if float(t[0]) < 0.3 else -x[:, :1]
+
+    with pytest.raises(ValueError, match=r"shape \(4, 1\) at t = 0\.5 \(step 2\)"):
+        bf.Sampler(narrows, TIMES, mode="eager")(torch.randn(4, 3))
+    # Heun's second stage of step 1 runs at t1 = 0.5: the stage is checked too, under step 1.
+    with pytest.raises(ValueError, match=r"shape \(4, 1\) at t = 0\.5 \(step 1\)"):
+        TeacherRecorder(narrows, TIMES, mode="eager", solver="heun")(torch.randn(4, 3))
+    # With guidance the doubled batch is what the model must return.
+    with pytest.raises(ValueError, match=r"shape \(8, 1\) at t = 0\.5 \(step 2\).*\(8, 3\)"):
+        bf.Sampler(narrows, TIMES, mode="eager", guidance=2.0)(torch.randn(4, 3))
+
+
+def nan_after_the_first_step(x, t):
+    return torch.where(t[:, None] > 0.3, torch.full_like(x, math.nan), -x)
+
+
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_a_non_finite_result_is_refused_with_its_step(mode):
+    sampler = bf.Sampler(nan_after_the_first_step, TIMES, mode=mode)
+    with pytest.raises(ValueError, match=r"non-finite values in step 2, from t = 0\.5 to t = 0\.8"):
+        sampler(torch.randn(4, 3))
+    # The documented way out for a hot path that checks elsewhere.
+    unchecked = bf.Sampler(nan_after_the_first_step, TIMES, mode=mode, check_finite=False)
+    assert torch.isnan(unchecked(torch.randn(4, 3))).all()
+    # A good model passes, and the check costs no correctness: the same bits as bf.sample in eager.
+    noise = torch.randn(4, 3)
+    good = bf.Sampler(lambda x, t: -x * t[:, None], TIMES, mode="eager")(noise)
+    assert torch.equal(good, bf.sample(lambda x, t: -x * t[:, None], noise, TIMES))
+
+
+def test_a_recording_teacher_names_the_grid_time():
+    recorder = TeacherRecorder(nan_after_the_first_step, TIMES, mode="eager", record="all")
+    with pytest.raises(ValueError, match=r"non-finite values at t = 0\.5 \(grid index 2\)"):
+        recorder(torch.randn(4, 3))
+    unchecked = TeacherRecorder(nan_after_the_first_step, TIMES, mode="eager", check_finite=False)
+    assert torch.isnan(unchecked(torch.randn(4, 3)).states[-1]).all()
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        bf.Sampler(nan_after_the_first_step, TIMES, check_finite=1)
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        TeacherRecorder(nan_after_the_first_step, TIMES, check_finite=1)

@@ -20,6 +20,7 @@ from boss_fast.bellman import bellman_path
 from boss_fast.cost import trajectory_cost
 from boss_fast.global_objective import GlobalPass, global_paths, global_table
 from boss_fast.grids import uniform_grid
+from boss_fast.schedule import interpolate_schedule
 from boss_fast.search import SearchSettings, cost_matrix, optimal_schedules
 from boss_fast.trajectories import teacher_trajectory
 
@@ -402,3 +403,19 @@ def test_cost_matrix_and_schedule_search_on_the_sampler(digits_dit, tmp_path):
     settings = bf.SearchSettings(grid=8, num_samples=6, batch_size=4, solver="heun", objective="local")
     plain = bf.optimal_schedules(digits_dit, (1, 8, 8), 3, settings)
     assert bf.optimal_schedules(digits_dit, (1, 8, 8), 3, replace(settings, mode="eager")) == plain
+
+
+# From test_refusals.py
+
+
+def test_the_unnamed_errors_name_the_argument():
+    with pytest.raises(TypeError, match="sched must be a Schedule"):
+        interpolate_schedule([0.0, 0.5, 1.0], 4)
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype such as torch.float64, got 'float64'"):
+        bf.optimal_schedules(
+            lambda x, t: -x, (2,), 2, bf.SearchSettings(grid=10, num_samples=4), dtype="float64"
+        )
+    with pytest.raises(
+        ValueError, match=r"noise must hold at least one value per sample, got shape \(4, 0\)"
+    ):
+        bf.cost_matrix(lambda x, t: -x, torch.randn(4, 0), [0.0, 0.5, 1.0], progress=False)
