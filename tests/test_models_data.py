@@ -11,8 +11,6 @@ from boss_fast.models import (
 )
 
 
-
-
 def test_bundled_digits_match_scikit_learn() -> None:
     # The bundled file must give exactly what scikit-learn's load_digits gave before it was bundled: the
     # weights, the FD references and the figures were all made from that split.

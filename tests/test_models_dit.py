@@ -10,8 +10,6 @@ from boss_fast.models import (
 )
 
 
-
-
 def _randomised(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """adaLN-Zero makes a fresh DiT output exactly 0; give every parameter random values instead."""
     gen = torch.Generator().manual_seed(seed)

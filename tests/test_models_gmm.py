@@ -15,8 +15,6 @@ from boss_fast.models import (
     load_bundled,
 )
 
-
-
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -10,8 +10,6 @@ from boss_fast.models import (
 )
 
 
-
-
 def test_mlp_shapes_and_errors() -> None:
     net = MLPVelocity(dim=3, hidden=16, depth=2, n_freqs=4)
     out = net(torch.randn(5, 3, dtype=torch.float64), torch.rand(5))
