@@ -1,6 +1,7 @@
 """boss_fast.search's one entry point: SearchSettings (validated, frozen) and optimal_schedules read at K.
 
-(cost_matrix's streaming, checkpoints and distribution: tests/test_cost.py, tests/test_distributed.py.)
+Below: cost_matrix's streaming, checkpoints and distribution (torch.distributed, gloo), and the search on the
+fast sampler.
 """
 
 from __future__ import annotations
