@@ -99,7 +99,7 @@ def test_comfyui_text_digits():
         comfyui_text([1.0, float("nan")])
 
 
-# From test_refusals.py
+# Refusals: nothing silently wrong (from the former tests/test_refusals.py)
 
 SIGMA_TIMES = np.linspace(0.0, 1.0, 21)
 

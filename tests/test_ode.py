@@ -215,7 +215,7 @@ def test_guided_velocity_errors_and_identity():
     assert len(fps) == 2
 
 
-# From test_refusals.py
+# Refusals: nothing silently wrong (from the former tests/test_refusals.py)
 
 BAD_SCALES = {
     "per-feature tensor": (torch.tensor([2.0, 3.0]), TypeError, "got a tensor of shape \\(2,\\)"),

@@ -370,7 +370,7 @@ def test_machinery_errors(digits_dit):
 # -- guided_velocity: the same field Sampler(guidance=) steps from a doubled batch ---------------------------
 
 
-# From test_refusals.py
+# Refusals: nothing silently wrong (from the former tests/test_refusals.py)
 
 
 TIMES = [0.0, 0.2, 0.5, 0.8, 1.0]  # step 2 starts at t = 0.5

@@ -525,7 +525,7 @@ def test_as_tensor_is_the_exact_times_on_a_device_and_dtype():
     assert not hasattr(sched, "to")  # a Schedule is not a tensor: .to() would promise a Schedule back
 
 
-# From test_refusals.py
+# Refusals: nothing silently wrong (from the former tests/test_refusals.py)
 
 
 def _local_set(max_steps=5, n=21):

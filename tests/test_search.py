@@ -406,7 +406,7 @@ def test_cost_matrix_and_schedule_search_on_the_sampler(digits_dit, tmp_path):
     assert bf.optimal_schedules(digits_dit, (1, 8, 8), 3, replace(settings, mode="eager")) == plain
 
 
-# From test_refusals.py
+# Refusals: nothing silently wrong (from the former tests/test_refusals.py)
 
 
 def test_the_unnamed_errors_name_the_argument():
