@@ -7,7 +7,7 @@ pyproject.toml. Each document's block runs in a fresh temporary folder (blocks w
 distribution of that extra is not installed.
 
 Size switch (documented in docs/development.md): by default the documents' blocks, and their CLI lines run by
-tests/test_readme.py (fixture ``readme_size``), run the calls in ``README_CAPS`` smaller (grids, noises,
+tests/test_docs.py (fixture ``readme_size``), run the calls in ``README_CAPS`` smaller (grids, noises,
 training steps, the reference's tolerances, no compile in ``Sampler(mode="auto")``), so they take seconds
 instead of minutes on a 2-core CI machine; ``BOSS_FAST_README_FULL=1`` runs them with the arguments as
 written. The code is the document's in both cases: the caps wrap the ``boss_fast`` functions it calls, for the

@@ -4,6 +4,10 @@ User errors and Ctrl-C run the real command in a subprocess: exit code, ONE line
 nothing left behind.
 """
 
+from __future__ import annotations
+
+import functools
+import importlib.util
 import json
 import os
 import signal
@@ -17,10 +21,20 @@ import pytest
 import torch
 
 import boss_fast
-from boss_fast import Schedule
+import boss_fast as bf
+from boss_fast import Schedule, schedules_from_cost
 from boss_fast.cli import main
 from boss_fast.grids import uniform_grid
+from boss_fast.integrations.sigmas import comfyui_text
 from boss_fast.models import load_bundled
+
+HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
+needs_diffusers = pytest.mark.skipif(not HAS_DIFFUSERS, reason="needs diffusers")
+if HAS_DIFFUSERS:
+    from _tiny_pipelines import save_tiny_flux, save_tiny_sd3
+    from safetensors.torch import save_file
+
+    from boss_fast.integrations import pipelines
 
 # The subprocess imports the same boss_fast as this test run.
 PACKAGE_PARENT = str(Path(boss_fast.__file__).resolve().parents[1])
@@ -544,3 +558,348 @@ def test_schedule_store_flag_gives_the_same_schedules_from_every_store(tmp_path)
     for k in (1, 2, 3):
         assert found["host"][k].indices.tolist() == found["device"][k].indices.tolist()
         assert found["disk"][k].cost == found["device"][k].cost  # same rows, same sums: the same bits
+
+
+# From test_cli_refusals.py: Nothing silently wrong (command-line side): an exception inside the user's
+# model, a non-finite or misshapen
+
+MODELS = """
+import torch
+from torch import nn
+
+calls = {"n": 0}
+
+
+def raises_runtime(x, t):  # fine on the start-up probe (one sample), fails on the first real call
+    calls["n"] += 1
+    if calls["n"] > 1:
+        raise RuntimeError("out of memory (pretend)")
+    return -x
+
+
+def raises_key(x, t):
+    calls["n"] += 1
+    if calls["n"] > 1:
+        return {}["missing"]
+    return -x
+
+
+class Indexes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.n = nn.Linear(2, 2), 0
+
+    def forward(self, x, t):
+        self.n += 1
+        return self.lin(x) if self.n == 1 else x[:, [5]]
+
+
+indexes = Indexes()
+
+
+def nan_later(x, t):
+    return torch.where(t[:, None] > 0.3, torch.full_like(x, float("nan")), -x)
+
+
+def narrows_later(x, t):
+    return -x if float(t[0]) < 0.3 else -x[:, :1]
+"""
+SCHEDULE_REFUSALS = [
+    "schedule",
+    "--shape",
+    "2",
+    "--steps",
+    "2",
+    "--grid",
+    "10",
+    "--num-samples",
+    "4",
+    "--no-progress",
+]
+SCHEDULE_AUTO = [*SCHEDULE_REFUSALS[:-2], "auto", "--no-progress"]
+SAMPLE_REFUSALS = ["sample", "--shape", "2", "--schedule", "k3.json", "--num", "4", "--out", "x.npy"]
+
+CASES_REFUSALS = {
+    # an exception inside the user's model, after the probe: the model and the call, in one line
+    "schedule global, RuntimeError": (
+        [*SCHEDULE_REFUSALS, "--model", "models:raises_runtime", "--out", "s.json"],
+        "--model models:raises_runtime raised RuntimeError at t = 0.0 on a batch of shape (4, 2): out of",
+    ),
+    "schedule local, KeyError": (
+        [*SCHEDULE_REFUSALS, "--objective", "local", "--model", "models:raises_key", "--out", "s.json"],
+        "--model models:raises_key raised KeyError at t = 0.0 on a batch of shape (4, 2): 'missing'",
+    ),
+    "schedule local, IndexError in a module": (
+        [*SCHEDULE_REFUSALS, "--objective", "local", "--model", "models:indexes", "--out", "s.json"],
+        "--model models:indexes raised IndexError at t = 0.0 on a batch of shape (4, 2)",
+    ),
+    "straighten, IndexError in the copy it trains": (
+        [
+            "straighten",
+            "--model",
+            "models:indexes",
+            "--schedule",
+            "k3.json",
+            "--shape",
+            "2",
+            "--num-pairs",
+            "8",
+        ]
+        + ["--iters", "2", "--batch-size", "4", "--warmup", "1", "--no-progress", "--out", "w.safetensors"],
+        "--model models:indexes raised IndexError at t = ",
+    ),
+    "sample, RuntimeError": (
+        [*SAMPLE_REFUSALS, "--model", "models:raises_runtime"],
+        "raised RuntimeError at t = 0.0",
+    ),
+    # the sampler's checks: a NaN after the first step, a (B, 1) output broadcast into the state
+    "sample, NaN later": (
+        [*SAMPLE_REFUSALS, "--model", "models:nan_later"],
+        "non-finite values in step 1, from t = 0.4 to t = 1.0",
+    ),
+    "sample, narrows later": (
+        [*SAMPLE_REFUSALS, "--model", "models:narrows_later"],
+        "velocity returned shape (4, 1) at t = 0.4 (step 1), expected the input's (4, 2)",
+    ),
+    # sizes and flags refused before any work
+    "dp-example, a grid no machine holds": (
+        ["dp-example", "--grid", "10000000", "--max-steps", "2"],
+        "--grid 10000000: the example's 10000001 x 10000001 cost matrices would need at least 14901",
+    ),
+    "demo, eval-samples 0": (
+        ["demo", "--eval-samples", "0", "--out", "rep"],
+        "--eval-samples 0: must be >= 2",
+    ),
+    "schedule, empty out": ([*SCHEDULE_REFUSALS, "--model", "gmm2d", "--out", ""], "--out: an empty path"),
+}
+
+
+# Refused before any model is loaded or any work starts: run in this process through main() (the same code
+# path, without an interpreter start each): exit code, one stderr line, no exception, nothing written.
+IN_PROCESS = {
+    "sample, num 0": (
+        [*SAMPLE_REFUSALS[:-4], "--num", "0", "--out", "x.npy", "--model", "gmm2d"],
+        "--num 0: must be",
+    ),
+    # the search's settings, built in one place and refused naming the flag
+    "schedule, max-samples without auto": (
+        [*SCHEDULE_REFUSALS, "--model", "gmm2d", "--max-samples", "64", "--out", "s.json"],
+        "--max-samples: max_samples caps num_samples='auto', got num_samples=4",
+    ),
+    "schedule, max-samples below the first round": (
+        [*SCHEDULE_AUTO, "--model", "gmm2d", "--max-samples", "8", "--out", "s.json"],
+        "--max-samples: max_samples must be >= 32, got 8",
+    ),
+    "schedule, coarse dp of the local objective": (
+        [*SCHEDULE_REFUSALS, "--model", "gmm2d", "--dp", "coarse", "--objective", "local", "--out", "s.json"],
+        "--dp: dp='coarse' is a route to objective='global'",
+    ),
+    "schedule, a backend of the global objective": (
+        [*SCHEDULE_REFUSALS, "--model", "gmm2d", "--backend", "numpy", "--out", "s.json"],
+        "--backend: backend selects the Bellman DP's kernel of objective='local'",
+    ),
+    "demo, grid without num-samples": (
+        ["demo", "--grid", "50", "--out", "rep"],
+        "--grid sets every model's search: give --num-samples too",
+    ),
+    # sigmas: extreme shifts, foreign configs, an out-of-range number in a set file
+    "sigmas shift 1e308": (
+        ["sigmas", "k3.json", "--format", "diffusers", "--shift", "1e308"],
+        "sigmas[0] = inf",
+    ),
+    "sigmas mu 710": (
+        ["sigmas", "k3.json", "--format", "diffusers", "--mu", "710"],
+        "e^mu overflows float64",
+    ),
+    "sigmas mu -800": (
+        ["sigmas", "k3.json", "--format", "diffusers", "--mu", "-800"],
+        "e^mu underflows to 0",
+    ),
+    "sigmas linear mu 1e308": (
+        ["sigmas", "k3.json", "--format", "diffusers", "--mu", "1e308", "--config", "linear.json"],
+        "mu = 1e+308 (linear time shift): the stock scheduler cannot step at this schedule",
+    ),
+    "sigmas Euler config": (
+        ["sigmas", "k3.json", "--format", "diffusers", "--config", "euler.json"],
+        "_class_name is 'EulerDiscreteScheduler', not a flow-match scheduler",
+    ),
+    "sigmas null shift": (
+        ["sigmas", "k3.json", "--format", "diffusers", "--config", "null.json"],
+        "the scheduler config's shift must be a real number, got None",
+    ),
+    "sigmas set with 1e999": (["sigmas", "huge.json", "--steps", "2"], "huge.json: grid[1] = 1e999"),
+}
+
+
+def _folder(tmp_path):
+    (tmp_path / "models.py").write_text(MODELS)
+    grid = uniform_grid(10)
+    idx = np.array([0, 4, 10])
+    Schedule(times=grid[idx], indices=idx, cost=0.0, grid=grid).save(tmp_path / "k3.json")
+    (tmp_path / "euler.json").write_text(json.dumps({"_class_name": "EulerDiscreteScheduler", "shift": 3.0}))
+    (tmp_path / "null.json").write_text(json.dumps({"shift": None}))
+    linear = {"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True}
+    (tmp_path / "linear.json").write_text(json.dumps({**linear, "time_shift_type": "linear"}))
+    cost = np.triu(np.square(np.subtract.outer(np.arange(11.0), np.arange(11.0))), 1)
+    schedules_from_cost(cost, 3, grid=grid).save(tmp_path / "set.json")
+    doc = json.loads((tmp_path / "set.json").read_text())
+    (tmp_path / "huge.json").write_text(json.dumps(doc).replace(json.dumps(doc["grid"][1]), "1e999", 1))
+
+
+@pytest.mark.parametrize("case", sorted(CASES_REFUSALS))
+def test_each_refusal_is_one_line_exit_2_and_leaves_nothing(tmp_path, case):
+    argv, fragment = CASES_REFUSALS[case]
+    _folder(tmp_path)
+    before = listing(tmp_path)
+    proc = run_cli(argv, cwd=tmp_path)
+    assert_one_line_error(proc, fragment)
+    assert [p for p in listing(tmp_path) if not p.startswith("__pycache__")] == before
+
+
+def test_boss_fast_debug_shows_the_traceback(tmp_path, monkeypatch):
+    _folder(tmp_path)
+    monkeypatch.setenv("BOSS_FAST_DEBUG", "1")
+    proc = run_cli([*SAMPLE_REFUSALS, "--model", "models:raises_runtime"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and "RuntimeError: out of memory (pretend)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("boss-fast sample: error: --model models:")
+
+
+@pytest.mark.parametrize("case", sorted(IN_PROCESS))
+def test_each_early_refusal_is_one_line_exit_2_and_leaves_nothing(tmp_path, monkeypatch, capsys, case):
+    argv, fragment = IN_PROCESS[case]
+    _folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = listing(tmp_path)
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], lines
+    assert listing(tmp_path) == before
+
+
+# From test_cli_pipeline.py: `boss-fast schedule --pipeline` end to end on tiny random SD3 and Flux
+# pipelines built offline and saved
+
+# 3 noises in batches of 2 over a bank of 3 prompts: the pairing crosses a batch boundary.
+SEARCH = ["--max-steps", "2", "--grid", "5", "--num-samples", "3", "--batch-size", "2", "--no-progress"]
+LENGTH = ["--max-sequence-length", "8"]  # the T5 length (default 256): 85 text tokens, not 333
+PROMPTS = "a red cat\na blue dog\n\nthe sea\n"  # three prompts (blank lines skipped)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipelines")
+    (root / "prompts.txt").write_text(PROMPTS)
+    return root, save_tiny_sd3(str(root)), save_tiny_flux(str(root))
+
+
+def run(capsys, argv):
+    assert main(argv) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+@functools.cache
+def python_api(path, guidance, height, prompts=("a red cat", "a blue dog", "the sea")):
+    pipe = pipelines.load_pipeline(path)
+    cond = pipelines.encode_prompts(pipe, list(prompts), guidance, max_sequence_length=8)
+    target = pipelines.pipeline_target(pipe, cond, guidance, height, height)
+    sset = bf.optimal_schedules(
+        target.velocity, target.shape, 2, bf.SearchSettings(grid=5, num_samples=3, batch_size=2)
+    )
+    return pipe, cond, target, sset
+
+
+@needs_diffusers
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_schedule_pipeline_end_to_end(saved, capsys, kind):
+    root, sd3, flux = saved
+    path, height, guidance = (sd3, 64, 4.5) if kind == "sd3" else (flux, 32, 3.5)
+    out = root / f"{kind}.schedules.json"
+    size = ["--height", str(height), "--width", str(height)]
+    prompts = str(root / "prompts.txt")
+    argv = ["schedule", "--pipeline", path, "--prompts", prompts, "--guidance", str(guidance), *size,
+            "--out", str(out), *SEARCH, *LENGTH]  # fmt: skip
+    text = run(capsys, argv)
+    got = bf.ScheduleSet.load(out)
+    pipe, cond, target, want = python_api(path, guidance, height)
+    assert target.velocity.bank_size == 3 and (target.velocity.guided == (kind == "sd3"))
+    for k in (1, 2):
+        assert np.array_equal(got[k].indices, want[k].indices)
+        assert got[k].cost == pytest.approx(want[k].cost, rel=1e-6)
+        assert got[k].shape == target.shape and got[k].mu == target.mu
+    assert target.shape == ((4, 8, 8) if kind == "sd3" else (4, 16))
+    assert (target.mu is None) == (kind == "sd3")  # Flux always passes mu; SD3 without dynamic shifting not
+    assert "K = 2:" in text and "comfyui:   " + bf_comfy(got[2]) in text
+    diffusers_line = next(
+        line for line in text.splitlines() if line.startswith("  diffusers:") and "=2," in line
+    )
+    assert "num_inference_steps=2, sigmas=[" in diffusers_line
+    # The printed sigmas, given to the pipeline's own stock scheduler with its mu, step at the schedule.
+    values = [float(v) for v in diffusers_line.split("sigmas=[")[1].rstrip("]").split(", ")]
+    pipe.scheduler.set_timesteps(sigmas=values, mu=target.mu)
+    np.testing.assert_allclose(pipe.scheduler.sigmas.double().numpy(), got[2].sigmas(), atol=1e-6)
+    # The sigmas command reads the same file.
+    comfy = run(capsys, ["sigmas", str(out), "--steps", "2", "--format", "comfyui"]).strip()
+    assert comfy == bf_comfy(got[2])
+
+
+def bf_comfy(sched):
+    return comfyui_text(sched.sigmas())
+
+
+@needs_diffusers
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_embeddings_file_is_the_same_bank(saved, capsys, tmp_path):
+    """--embeddings (the pipelines' own argument names, safetensors) gives the --prompts schedule."""
+    root, sd3, _ = saved
+    pipe, cond, _, want = python_api(sd3, 4.5, 64)
+    save_file({k: v.contiguous() for k, v in cond.items()}, str(tmp_path / "bank.safetensors"))
+    out = tmp_path / "emb.json"
+    bank = str(tmp_path / "bank.safetensors")
+    run(capsys, ["schedule", "--pipeline", sd3, "--embeddings", bank, "--guidance", "4.5", "--height", "64",
+                 "--width", "64", "--out", str(out), *SEARCH])  # fmt: skip
+    got = bf.ScheduleSet.load(out)
+    assert all(np.array_equal(got[k].indices, want[k].indices) for k in (1, 2))
+
+
+@needs_diffusers
+def test_pipeline_errors(saved, capsys, tmp_path):
+    root, sd3, flux = saved
+    out = str(tmp_path / "x.json")
+    cases = [
+        (["--pipeline", sd3, "--out", out, "--steps", "2"], "needs one of --prompts FILE"),
+        (["--pipeline", sd3, "--prompts", str(tmp_path / "no"), "--out", out, "--steps", "2"], "no such"),
+        (["--pipeline", sd3, "--prompts", str(root / "prompts.txt"), "--shape", "4,8,8", "--out", out,
+          "--steps", "2"], "latent shape follows"),
+        (["--pipeline", sd3, "--prompts", str(root / "prompts.txt"), "--height", "60", "--out", out,
+          "--steps", "2"], "height must be a positive multiple of 8"),
+        (["--model", "gmm2d", "--prompts", str(root / "prompts.txt"), "--out", out, "--steps", "2"],
+         "--prompts applies to --pipeline only"),
+        (["--pipeline", str(tmp_path / "missing"), "--prompts", str(root / "prompts.txt"), "--out", out,
+          "--steps", "2"], "error"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(["schedule", *argv]) == 2
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]  # (diffusers' own loading bars come before it on stderr)
+        assert last.startswith("boss-fast schedule: error:") and message in last, err
+    assert not (tmp_path / "x.json").exists()
+    pipe = pipelines.load_pipeline(sd3)
+    plain = {"prompt_embeds": torch.zeros(2, 85, 16), "pooled_prompt_embeds": torch.zeros(2, 8)}
+    with pytest.raises(ValueError, match="guidance 7.0 > 1 runs classifier-free guidance: .* needs negative"):
+        pipelines.pipeline_target(pipe, plain, None, 64, 64)  # SD3's default guidance is CFG
+    assert pipelines.pipeline_target(pipe, plain, 1.0, 64, 64).velocity.guided is False
+    with pytest.raises(ValueError, match=r"pooled_prompt_embeds has shape \(2, 9\); .* width 8"):
+        pipelines.pipeline_target(pipe, dict(plain, pooled_prompt_embeds=torch.zeros(2, 9)), 1.0, 64, 64)
+    flux_pipe = pipelines.load_pipeline(flux)
+    negatives = dict(plain, negative_prompt_embeds=plain["prompt_embeds"])
+    with pytest.raises(ValueError, match="true CFG .* not supported"):
+        pipelines.pipeline_target(flux_pipe, negatives, None, 32, 32)
+    with pytest.raises(
+        ValueError, match="guidance does not apply"
+    ):  # a schnell-like Flux: no guidance embedding
+        pipe = pipelines.load_pipeline(flux)
+        pipe.transformer.register_to_config(guidance_embeds=False)
+        pipelines.pipeline_target(pipe, {"prompt_embeds": torch.zeros(1, 5, 16),
+                                         "pooled_prompt_embeds": torch.zeros(1, 8)}, 2.0, 32, 32)  # fmt: skip

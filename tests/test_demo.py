@@ -11,105 +11,12 @@ import torch
 from boss_fast import demo
 from boss_fast._identity import model_fingerprint
 from boss_fast.demo import DemoConfig, cached_reference, run_demo
-from boss_fast.metrics import (
-    bootstrap_statistics,
-    bootstrap_weights,
-    fd_statistic,
-    frechet_distance,
-    paired_bootstrap,
-    paired_difference,
-    rmse_statistic,
-)
 from boss_fast.models import load_bundled
-from boss_fast.report import markdown_table
 from boss_fast.schedule import Schedule
 from boss_fast.search import SearchSettings
 from boss_fast.trajectories import reference_solution, seeded_noise
 
 # ------------------------------------------------------------------------------------------ paired bootstrap
-
-
-def test_bootstrap_weights_are_resampling_counts() -> None:
-    w = bootstrap_weights(50, 200, seed=3)
-    assert w.shape == (200, 50) and np.all(w.sum(axis=1) == 50) and np.all(w >= 0)
-    np.testing.assert_array_equal(w, bootstrap_weights(50, 200, seed=3))
-    assert not np.array_equal(w, bootstrap_weights(50, 200, seed=4))
-
-
-def test_paired_bootstrap_known_cases() -> None:
-    rng = np.random.default_rng(0)
-    e = rng.exponential(size=2000)
-    w = bootstrap_weights(2000, 1000, seed=0)
-    # b is a exactly scaled per sample: the RMSE ratio is the same in every resample, so the paired interval
-    # of the difference collapses around its estimate, where an unpaired one would not.
-    d = paired_bootstrap(4.0 * e, e, rmse_statistic, w)
-    rmse = np.sqrt(e.mean())
-    assert d.estimate == pytest.approx(rmse)
-    assert d.low < d.estimate < d.high and d.significant
-    # Identical schedules: difference and interval exactly 0, not significant.
-    z = paired_bootstrap(e, e, rmse_statistic, w)
-    assert (z.estimate, z.low, z.high, z.significant) == (0.0, 0.0, 0.0, False)
-    # Two independent draws of one distribution: the 95% interval covers 0 (this seed; the estimate is small).
-    f = paired_bootstrap(rng.exponential(size=2000), e, rmse_statistic, w)
-    assert f.low < 0 < f.high and not f.significant
-
-
-def test_statistics_computed_once_pair_like_paired_bootstrap() -> None:
-    # The demo computes each schedule's bootstrap statistics once and pairs them with the baseline's: the
-    # result must be the paired bootstrap's, for RMSE and for FD.
-    rng = np.random.default_rng(2)
-    w = bootstrap_weights(300, 100, seed=1)
-    a, b = rng.exponential(size=300), rng.exponential(size=300) * 1.1
-    sa, sb = bootstrap_statistics(a, rmse_statistic, w), bootstrap_statistics(b, rmse_statistic, w)
-    assert sa.shape == (101,) and sa[0] == pytest.approx(np.sqrt(a.mean()))
-    got, want = paired_difference(sa, sb), paired_bootstrap(a, b, rmse_statistic, w)
-    assert got == pytest.approx(want)
-    fd = fd_statistic(rng.normal(size=(400, 3)))
-    fa, fb = rng.normal(size=(300, 3)) + 0.3, rng.normal(size=(300, 3))
-    got = paired_difference(bootstrap_statistics(fa, fd, w), bootstrap_statistics(fb, fd, w))
-    assert got == pytest.approx(paired_bootstrap(fa, fb, fd, w))
-    with pytest.raises(ValueError, match="same weights"):
-        paired_difference(sa, sa[:-1])
-    with pytest.raises(ValueError, match=r"weights must have shape \(R, 300\)"):
-        bootstrap_statistics(a, rmse_statistic, w[:, :10])
-
-
-def test_paired_bootstrap_interval_matches_the_normal_theory() -> None:
-    # Mean of paired differences of independent unit normals: the 95% interval of the difference of the
-    # (squared-error) means is about +-1.96 sqrt(2 / n) wide; the bootstrap must agree within ~15%.
-    rng = np.random.default_rng(1)
-    n = 4000
-    a, b = rng.normal(size=n) + 10.0, rng.normal(size=n) + 10.0
-
-    def mean(values, weights):
-        return weights @ values / weights.sum(axis=1)
-
-    d = paired_bootstrap(a, b, mean, bootstrap_weights(n, 2000, seed=2))
-    assert d.estimate == pytest.approx(a.mean() - b.mean())
-    assert (d.high - d.low) == pytest.approx(2 * 1.96 * np.sqrt(2.0 / n), rel=0.15)
-
-
-def test_fd_statistic_equals_frechet_distance() -> None:
-    rng = np.random.default_rng(2)
-    ref = rng.normal(size=(300, 6))
-    feats = rng.normal(size=(500, 6)) * 1.3 + 2.0
-    stat = fd_statistic(ref)
-    w = bootstrap_weights(500, 4, seed=0)
-    values = stat(feats, w)
-    for r in range(4):
-        resampled = np.repeat(feats, w[r].astype(int), axis=0)
-        assert values[r] == pytest.approx(frechet_distance(resampled, ref), rel=1e-9)
-    assert stat(feats, np.ones((1, 500)))[0] == pytest.approx(frechet_distance(feats, ref), rel=1e-9)
-
-
-def test_paired_bootstrap_refuses_bad_input() -> None:
-    w = bootstrap_weights(10, 5)
-    with pytest.raises(ValueError, match="one shape"):
-        paired_bootstrap(np.ones(10), np.ones(9), rmse_statistic, w)
-    with pytest.raises(ValueError, match="weights"):
-        paired_bootstrap(np.ones(8), np.ones(8), rmse_statistic, w)
-    with pytest.raises(ValueError, match="level"):
-        paired_bootstrap(np.ones(10), np.ones(10), rmse_statistic, w, level=1.0)
 
 
 # ---------------------------------------------------------------------------------------- reference cache
@@ -224,16 +131,6 @@ def test_demo_refuses_bad_arguments(tmp_path) -> None:
         run_demo(DemoConfig(out=str(tmp_path), search=SearchSettings(grid=5), max_nfe=6))
     with pytest.raises(ValueError, match="models"):
         run_demo(DemoConfig(out=str(tmp_path), models=("imagenet",)))
-
-
-def test_markdown_table_intervals_and_missing_budgets() -> None:
-    results = {
-        "uniform": {1: {"rmse": 0.5, "d": [0.0, 0.0, 0.0]}, 2: {"rmse": 0.2, "d": [0.0, 0.0, 0.0]}},
-        "oracle": {2: {"rmse": 0.1, "d": [-0.1, -0.12, -0.08]}},
-    }
-    table = markdown_table(results, "rmse", [1, 2], digits=3, delta="d", baseline="uniform")
-    assert "| 1 | **0.500** | - |" in table
-    assert "| 2 | 0.200 | **0.100** (-50.0% [-60.0, -40.0]) |" in table
 
 
 def test_shared_first_velocity_is_exact_and_computed_once() -> None:

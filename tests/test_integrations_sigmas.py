@@ -97,3 +97,47 @@ def test_comfyui_text_digits():
     assert comfyui_text([1e-6]) == "0.000001"
     with pytest.raises(ValueError, match="finite"):
         comfyui_text([1.0, float("nan")])
+
+
+# Refusals: nothing silently wrong (from the former tests/test_refusals.py)
+
+SIGMA_TIMES = np.linspace(0.0, 1.0, 21)
+
+EXTREME = {
+    "shift 1e308": ({"shift": 1e308}, "sigmas\\[0\\] = inf"),
+    "shift 1e-320": ({"shift": 1e-320}, "round to the same 1.0"),
+    "linear mu 1e-320": ({"mu": 1e-320, "time_shift_type": "linear"}, "round to the same 1.0"),
+    "mu 709": ({"mu": 709.0}, "cannot step at this schedule"),
+    "mu 710": ({"mu": 710.0}, "e\\^mu overflows float64"),
+    "mu 1e308": ({"mu": 1e308}, "e\\^mu overflows float64"),
+    "linear mu 1e308": ({"mu": 1e308, "time_shift_type": "linear"}, "cannot step at this schedule"),
+    "mu -800": ({"mu": -800.0}, "e\\^mu underflows to 0"),
+    "shift 1e-6": ({"shift": 1e-6}, "float32 arithmetic it would step at"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXTREME))
+def test_diffusers_sigmas_refuses_shifts_float_cannot_invert(case):
+    kwargs, fragment = EXTREME[case]
+    with pytest.raises(ValueError, match=fragment):
+        diffusers_sigmas(SIGMA_TIMES, **kwargs)
+
+
+def test_diffusers_sigmas_keeps_sane_shifts_and_checks_the_config():
+    for kwargs in (
+        {"shift": 3.0},
+        {"shift": 1e6},
+        {"mu": 0.8},
+        {"mu": 30.0},
+        {"mu": 0.8, "time_shift_type": "linear"},
+    ):
+        sigmas = np.array(diffusers_sigmas(SIGMA_TIMES, **kwargs))
+        assert np.all(np.diff(sigmas) < 0) and sigmas[0] == 1.0 and sigmas[-1] > 0
+    flow = {"_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.42.1", "shift": 3.0}
+    assert diffusers_sigmas(SIGMA_TIMES, config=flow) == diffusers_sigmas(SIGMA_TIMES, shift=3.0)
+    with pytest.raises(ValueError, match="_class_name is 'EulerDiscreteScheduler'"):
+        diffusers_sigmas(SIGMA_TIMES, config={"_class_name": "EulerDiscreteScheduler"})
+    with pytest.raises(ValueError, match="key\\(s\\) 'beta_schedule'"):
+        diffusers_sigmas(SIGMA_TIMES, config={"beta_schedule": "scaled_linear", "shift": 3.0})
+    with pytest.raises(TypeError, match="config's shift must be a real number, got None"):
+        diffusers_sigmas(SIGMA_TIMES, config={"shift": None})

@@ -3,45 +3,27 @@ dtypes, the fused head (torch reference and the Triton interpreter), what auto r
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+import re
 
 import numpy as np
 import pytest
 import torch
+from _helpers import DoubledVelocity, TinyVelocity, guided
 from torch import nn
 
 import boss_fast as bf
 import boss_fast.sampler as sampler_module
 from boss_fast._backends import kernel_backends
-from boss_fast.kernels.euler_step import euler_step_reference
 from boss_fast.models import load_bundled
 from boss_fast.models.dit import DiT
 from boss_fast.ode import sample
 from boss_fast.sampler import Sampler, TeacherRecorder
-from boss_fast.straighten import straightening_pairs
 from boss_fast.trajectories import teacher_trajectory
 
 COMPILE_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"  # inductor's import
 SCHED = [0.0, 0.25, 0.6, 1.0]  # K = 3, uneven steps
 EPS32 = torch.finfo(torch.float32).eps
-
-
-class TinyVelocity(nn.Module):
-    """A small nonlinear velocity (B, 5) -> (B, 5) depending on t; compiles in about a second."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = nn.Linear(5, 5)
-        self.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.lin(x)) * (1.0 + t[:, None])
-
-
-@pytest.fixture(scope="module")
-def digits_dit():
-    return load_bundled("digits_dit")
 
 
 def head_calls(sampler: Sampler, head: nn.Linear, noise: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -343,29 +325,6 @@ def test_compile_records_heun():
     torch.testing.assert_close(got.velocities, want.velocities, rtol=16 * EPS32, atol=16 * EPS32)
 
 
-class DoubledVelocity(nn.Module):
-    """A 'conditional' model on a doubled batch: first half unconditional, second half conditional."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.base = TinyVelocity()
-        self.shift = nn.Parameter(torch.linspace(-1.0, 1.0, 5), requires_grad=False)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0] // 2
-        v = self.base(x, t)
-        return torch.cat([v[:b], v[b:] + self.shift * (1.0 - t[b:, None])])
-
-
-def guided(model: DoubledVelocity, w: float):
-    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        v = model(torch.cat([x, x]), torch.cat([t, t]))
-        b = x.shape[0]
-        return v[:b] + w * (v[b:] - v[:b])
-
-    return velocity
-
-
 @pytest.mark.parametrize("backend", kernel_backends("cpu"))
 @pytest.mark.parametrize("batch", [1, 3])
 def test_guidance_equals_sample_of_the_combined_velocity(backend, batch):
@@ -408,113 +367,113 @@ def test_machinery_errors(digits_dit):
         Sampler(lambda x, t: x[: len(x) // 2], SCHED, mode="eager", guidance=1.5)(torch.randn(2, 5))
 
 
-@pytest.mark.parametrize("record", ["all", "states"])
-def test_teacher_trajectory_on_the_sampler(digits_dit, record):
-    noise = torch.randn(3, 1, 8, 8)
-    grid = [0.0, 0.2, 0.5, 1.0]
-    plain = teacher_trajectory(digits_dit, noise, grid, "heun", record=record)
-    eager = teacher_trajectory(digits_dit, noise, grid, "heun", record=record, mode="eager")
-    assert torch.equal(eager.states, plain.states)
-    assert (eager.velocities is None) == (record == "states")
-    if record == "all":
-        assert torch.equal(eager.velocities, plain.velocities)
-
-
-@pytest.mark.filterwarnings(COMPILE_WARNING)
-def test_teacher_trajectory_compiled():
-    model = TinyVelocity()
-    noise = torch.randn(4, 5)
-    got = teacher_trajectory(model, noise, SCHED, mode="compile")
-    want = teacher_trajectory(model, noise, SCHED)
-    torch.testing.assert_close(got.states, want.states, rtol=16 * EPS32, atol=16 * EPS32)
-
-
-def test_teacher_trajectory_on_the_sampler_checks_values():
-    def diverges(x, t):
-        return torch.where(t[:, None] > 0.4, torch.full_like(x, float("inf")), x)
-
-    with pytest.raises(ValueError, match=r"non-finite values at t = 0\.6"):
-        teacher_trajectory(diverges, torch.randn(2, 5), SCHED, mode="eager")
-    with pytest.raises(ValueError, match="unknown mode"):
-        teacher_trajectory(TinyVelocity(), torch.randn(2, 5), SCHED, mode="fast")
-
-
-def test_cost_matrix_and_schedule_search_on_the_sampler(digits_dit, tmp_path):
-    """The teacher on a recording sampler (one per batch shape: batches of 4, 4 and 2) gives the plain
-    loop's matrix bit for bit in eager mode, and the same schedule."""
-    noise = torch.randn(10, 1, 8, 8)
-    grid = np.linspace(0.0, 1.0, 9)
-    want = bf.cost_matrix(digits_dit, noise, grid, batch_size=4, progress=False)
-    got = bf.cost_matrix(digits_dit, noise, grid, batch_size=4, progress=False, mode="eager")
-    np.testing.assert_array_equal(got, want)
-    settings = bf.SearchSettings(grid=8, num_samples=6, batch_size=4, solver="heun", objective="local")
-    plain = bf.optimal_schedules(digits_dit, (1, 8, 8), 3, settings)
-    assert bf.optimal_schedules(digits_dit, (1, 8, 8), 3, replace(settings, mode="eager")) == plain
-
-
-def test_straightening_pairs_on_the_sampler(digits_dit):
-    grid = bf.uniform_grid(8)
-    sched = bf.schedules_from_cost(np.ones((9, 9)), 3, grid=grid)[3]
-    noise = torch.randn(5, 1, 8, 8)
-    plain = straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2)
-    eager = straightening_pairs(digits_dit, sched, noise, grid=8, batch_size=2, mode="eager")
-    for name in ("start", "end", "t_start", "t_end"):
-        assert torch.equal(getattr(eager, name), getattr(plain, name)), name
-
-
 # -- guided_velocity: the same field Sampler(guidance=) steps from a doubled batch ---------------------------
 
 
-def _cond_pair(dtype):
-    gen = torch.Generator().manual_seed(5)
-    w1, w2 = torch.randn(5, 5, generator=gen, dtype=dtype), torch.randn(5, 5, generator=gen, dtype=dtype)
-
-    def v_cond(x, t):
-        return torch.tanh(x @ w1) * (1.0 + t[:, None])
-
-    def v_uncond(x, t):
-        return torch.sin(x @ w2) - t[:, None]
-
-    return v_cond, v_uncond
+# Refusals: nothing silently wrong (from the former tests/test_refusals.py)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_guided_velocity_is_what_the_guided_sampler_steps(dtype):
-    """Bit for bit (torch backend, Euler): the Sampler's doubled-batch combine and Euler update are
-    cfg_combine and euler_update, the same operations sample() runs on guided_velocity."""
-    v_cond, v_uncond = _cond_pair(dtype)
-    w, noise = 4.5, torch.randn(3, 5, dtype=dtype, generator=torch.Generator().manual_seed(6))
-    guided = bf.guided_velocity(v_cond, v_uncond, w)
-    want = sample(guided, noise, SCHED)
-    pair = bf.cfg_pair(v_cond, v_uncond)
-    recorder = TeacherRecorder(
-        pair, SCHED, mode="eager", guidance=w, backend="torch", dtype=dtype, record="all"
-    )
-    traj = recorder(noise)
-    assert torch.equal(traj.states[-1], want)
-    for i, t in enumerate(SCHED[:-1]):  # the recorded slope is the guided velocity at the recorded state
-        tt = torch.full((3,), t, dtype=dtype)
-        assert torch.equal(traj.velocities[i], guided(traj.states[i], tt))
-    # The doubled batch [x; x] -> [v_u; v_c], combined by the kernel's reference, is guided_velocity's step.
-    x, tt = noise, torch.full((3,), 0.25, dtype=dtype)
-    doubled = pair(torch.cat([x, x]), torch.cat([tt, tt]))
-    assert torch.equal(euler_step_reference(x, doubled, 0.35, w), bf.ode.euler_update(x, guided(x, tt), 0.35))
-    # Negative controls: w = 0 is the unconditional field, w = 1 the conditional; w matters.
-    assert torch.equal(bf.guided_velocity(v_cond, v_uncond, 0.0)(x, tt), v_uncond(x, tt))
-    # (w = 1 up to one rounding of v_u + (v_c - v_u))
-    torch.testing.assert_close(bf.guided_velocity(v_cond, v_uncond, 1.0)(x, tt), v_cond(x, tt))
-    assert not torch.allclose(want, sample(bf.guided_velocity(v_cond, v_uncond, 1.5), noise, SCHED))
+TIMES = [0.0, 0.2, 0.5, 0.8, 1.0]  # step 2 starts at t = 0.5
 
 
-def test_guided_velocity_errors_and_identity():
-    v_cond, v_uncond = _cond_pair(torch.float32)
-    with pytest.raises(ValueError, match="scale must be finite"):
-        bf.guided_velocity(v_cond, v_uncond, float("inf"))
-    with pytest.raises(TypeError, match="v_uncond must be callable"):
-        bf.guided_velocity(v_cond, None, 2.0)
-    with pytest.raises(ValueError, match="doubled batch"):
-        bf.cfg_pair(v_cond, v_uncond)(torch.randn(3, 5), torch.zeros(3))
-    # A module's guided field is fingerprinted with its scale (a schedule records which field it was for).
-    net = TinyVelocity()
-    fps = {bf.model_fingerprint(bf.guided_velocity(net, net, w)) for w in (2.0, 3.0)}
-    assert len(fps) == 2
+class LaterStep(nn.Module):
+    """-x on its first call (the sampler's one-row build check), then ``bad(x)``: a model that breaks only
+    after the start, as the issue's did. A Python counter, not t: dynamo traces it (no data-dependent branch),
+    so under torch.compile the bad output is what the traced loop sees."""
+
+    def __init__(self, bad) -> None:
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return -x if self.calls == 1 else self.bad(x)
+
+
+BAD_OUTPUTS = {
+    "broadcastable (B, 1)": (lambda x: -x[:, :1], ValueError, "velocity returned shape (4, 1)"),
+    "wrong batch": (lambda x: -x[:1], ValueError, "velocity returned shape (1, 3)"),
+    "float64": (lambda x: (-x).double(), ValueError, "dtype torch.float64"),
+    "float16": (lambda x: (-x).half(), ValueError, "dtype torch.float16"),
+    "int64": (lambda x: (-x).long(), ValueError, "dtype torch.int64"),
+    "None": (lambda x: None, TypeError, "velocity returned NoneType"),
+    "ndarray": (lambda x: (-x).numpy(), TypeError, "velocity returned ndarray"),
+    "meta tensor": (lambda x: torch.empty_like(x, device="meta"), ValueError, "a tensor on meta"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OUTPUTS))
+def test_the_eager_sampler_checks_every_steps_output(case):
+    bad, error, fragment = BAD_OUTPUTS[case]
+    sampler = bf.Sampler(LaterStep(bad), TIMES, mode="eager")
+    # Call 1 is the build check; the loop's step 0 is call 2: the error names step 0 and its time.
+    with pytest.raises(error, match=re.escape(fragment) + r".* at t = 0\.0 \(step 0\)"):
+        sampler(torch.randn(4, 3))
+
+
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+@pytest.mark.parametrize("case", ["broadcastable (B, 1)", "float64", "None"])
+def test_the_compiled_sampler_checks_when_it_traces(case):
+    """Under torch.compile shapes and dtypes are static: the check runs once, while dynamo traces the loop,
+    and holds for every replay of that graph (a retrace checks again). A failing check surfaces with its
+    own message (step, time, what), not dynamo's."""
+    bad, error, fragment = BAD_OUTPUTS[case]
+    sampler = bf.Sampler(LaterStep(bad), TIMES, mode="compile")
+    with pytest.raises(error, match=re.escape(fragment) + r".*\(step 0\)"):
+        sampler(torch.randn(4, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuda_graph needs a CUDA device")
+@pytest.mark.parametrize("case", ["broadcastable (B, 1)", "float64"])
+def test_the_cuda_graph_sampler_checks_when_it_captures(case):
+    """A captured graph replays the same kernels on the same buffers: the shapes and dtypes checked in the
+    warm-up runs and the capture (Python runs then) are the ones every replay produces."""
+    bad, error, fragment = BAD_OUTPUTS[case]
+    sampler = bf.Sampler(LaterStep(bad), TIMES, mode="cuda_graph", device="cuda")
+    with pytest.raises(error, match=re.escape(fragment) + r".*\(step 0\)"):
+        sampler(torch.randn(4, 3, device="cuda"))
+
+
+def test_a_later_step_and_the_stages_are_named():
+    def narrows(x, t):  # right at t < 0.3, (B, 1) after: the issue's silently broadcast model
+        return -x if float(t[0]) < 0.3 else -x[:, :1]
+
+    with pytest.raises(ValueError, match=r"shape \(4, 1\) at t = 0\.5 \(step 2\)"):
+        bf.Sampler(narrows, TIMES, mode="eager")(torch.randn(4, 3))
+    # Heun's second stage of step 1 runs at t1 = 0.5: the stage is checked too, under step 1.
+    with pytest.raises(ValueError, match=r"shape \(4, 1\) at t = 0\.5 \(step 1\)"):
+        TeacherRecorder(narrows, TIMES, mode="eager", solver="heun")(torch.randn(4, 3))
+    # With guidance the doubled batch is what the model must return.
+    with pytest.raises(ValueError, match=r"shape \(8, 1\) at t = 0\.5 \(step 2\).*\(8, 3\)"):
+        bf.Sampler(narrows, TIMES, mode="eager", guidance=2.0)(torch.randn(4, 3))
+
+
+def nan_after_the_first_step(x, t):
+    return torch.where(t[:, None] > 0.3, torch.full_like(x, math.nan), -x)
+
+
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_a_non_finite_result_is_refused_with_its_step(mode):
+    sampler = bf.Sampler(nan_after_the_first_step, TIMES, mode=mode)
+    with pytest.raises(ValueError, match=r"non-finite values in step 2, from t = 0\.5 to t = 0\.8"):
+        sampler(torch.randn(4, 3))
+    # The documented way out for a hot path that checks elsewhere.
+    unchecked = bf.Sampler(nan_after_the_first_step, TIMES, mode=mode, check_finite=False)
+    assert torch.isnan(unchecked(torch.randn(4, 3))).all()
+    # A good model passes, and the check costs no correctness: the same bits as bf.sample in eager.
+    noise = torch.randn(4, 3)
+    good = bf.Sampler(lambda x, t: -x * t[:, None], TIMES, mode="eager")(noise)
+    assert torch.equal(good, bf.sample(lambda x, t: -x * t[:, None], noise, TIMES))
+
+
+def test_a_recording_teacher_names_the_grid_time():
+    recorder = TeacherRecorder(nan_after_the_first_step, TIMES, mode="eager", record="all")
+    with pytest.raises(ValueError, match=r"non-finite values at t = 0\.5 \(grid index 2\)"):
+        recorder(torch.randn(4, 3))
+    unchecked = TeacherRecorder(nan_after_the_first_step, TIMES, mode="eager", check_finite=False)
+    assert torch.isnan(unchecked(torch.randn(4, 3)).states[-1]).all()
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        bf.Sampler(nan_after_the_first_step, TIMES, check_finite=1)
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        TeacherRecorder(nan_after_the_first_step, TIMES, check_finite=1)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import boss_fast as bf
 from boss_fast import schedule as schedule_module
 from boss_fast._identity import content_digest, model_fingerprint
 from boss_fast.bellman import bellman_path
@@ -522,3 +523,69 @@ def test_as_tensor_is_the_exact_times_on_a_device_and_dtype():
     assert narrow.dtype == torch.float32 and narrow.device.type == "cpu"
     assert narrow.tolist() == torch.tensor(sched.times, dtype=torch.float32).tolist()
     assert not hasattr(sched, "to")  # a Schedule is not a tensor: .to() would promise a Schedule back
+
+
+# Refusals: nothing silently wrong (from the former tests/test_refusals.py)
+
+
+def _local_set(max_steps=5, n=21):
+    grid = np.linspace(0.0, 1.0, n)
+    i = np.arange(n, dtype=np.float64)
+    weight = 1.0 + 0.3 * np.sin(i)  # uneven, so the DP's answers are unique
+    cost = np.triu(np.square(np.subtract.outer(i, i)) * np.add.outer(weight, weight), 1)
+    return bf.schedules_from_cost(cost, max_steps, grid=grid)
+
+
+def _rehashed(doc):
+    doc["sha256"] = content_digest(doc)
+    return doc
+
+
+def test_a_set_file_refuses_negative_and_budget_changing_table_edits():
+    sset = _local_set()
+    n = len(sset.grid)
+    doc = sset.to_dict()
+    upper = list(doc["cost_table_upper"])
+    # A negative cost (an error is >= 0), re-hashed: refused by name (loaded before).
+    edited = dict(doc, cost_table_upper=[*upper[:5], -1.0, *upper[6:]])
+    with pytest.raises(ValueError, match=r"cost_table\[0, 6\] = -1\.0 is negative"):
+        bf.ScheduleSet.from_dict(_rehashed(edited), "neg.json")
+    # An entry on budget 2's path, raised and re-hashed: the DP check refuses it.
+    path = sset[2].indices
+    k = int(np.flatnonzero((np.triu_indices(n, 1)[0] == path[0]) & (np.triu_indices(n, 1)[1] == path[1]))[0])
+    raised = dict(doc, cost_table_upper=[*upper[:k], upper[k] * 1000, *upper[k + 1 :]])
+    with pytest.raises(ValueError, match="budget 2 is not the Bellman DP's answer"):
+        bf.ScheduleSet.from_dict(_rehashed(raised), "edited.json")
+
+
+def test_the_documented_limit_an_edit_that_keeps_every_saved_budget_optimal_loads():
+    """What the checks cannot see (ScheduleSet's docstring; docs/api.md, "Errors and what each file is checked
+    for"): raising an entry that only a larger budget uses keeps budgets 1..5 optimal at the same cost, so the
+    re-hashed file loads and resample(6) answers on the edited table. This pins the docs to the code."""
+    sset = _local_set()
+    n = len(sset.grid)
+    six = sset.resample(6).indices
+    used = {
+        (int(a), int(b)) for s in sset.values() for a, b in zip(s.indices[:-1], s.indices[1:], strict=True)
+    }
+    edge = next(
+        (int(a), int(b)) for a, b in zip(six[:-1], six[1:], strict=True) if (int(a), int(b)) not in used
+    )
+    rows, cols = np.triu_indices(n, 1)
+    k = int(np.flatnonzero((rows == edge[0]) & (cols == edge[1]))[0])
+    doc = sset.to_dict()
+    upper = list(doc["cost_table_upper"])
+    doc["cost_table_upper"] = [*upper[:k], upper[k] * 1000, *upper[k + 1 :]]
+    loaded = bf.ScheduleSet.from_dict(_rehashed(doc), "edited.json")
+    assert list(loaded.values()) == list(sset.values())
+    assert loaded.resample(6).indices.tolist() != six.tolist()
+
+
+def test_a_set_file_with_an_out_of_range_number_names_the_file_and_field(tmp_path):
+    path = tmp_path / "s.json"
+    _local_set().save(path)
+    doc = json.loads(path.read_text())
+    text = json.dumps(doc).replace(json.dumps(doc["grid"][1]), "1e999", 1)
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"{path}: grid\[1\] = 1e999 is beyond float64's range"):
+        bf.ScheduleSet.load(path)

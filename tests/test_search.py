@@ -1,20 +1,29 @@
 """boss_fast.search's one entry point: SearchSettings (validated, frozen) and optimal_schedules read at K.
 
-(cost_matrix's streaming, checkpoints and distribution: tests/test_cost.py, tests/test_distributed.py.)
+Below: cost_matrix's streaming, checkpoints and distribution (torch.distributed, gloo), and the search on the
+fast sampler.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 import boss_fast as bf
 from boss_fast.bellman import bellman_path
+from boss_fast.cost import trajectory_cost
 from boss_fast.global_objective import GlobalPass, global_paths, global_table
-from boss_fast.search import SearchSettings, optimal_schedules
+from boss_fast.grids import uniform_grid
+from boss_fast.schedule import interpolate_schedule
+from boss_fast.search import SearchSettings, cost_matrix, optimal_schedules
+from boss_fast.trajectories import teacher_trajectory
 
 
 def wavy(x, t):
@@ -96,3 +105,318 @@ def test_reading_one_budget_is_the_single_budget_dp():
         )
         np.testing.assert_array_equal(got[k].indices, alone.indices)
         assert got[k].cost == alone.cost and got[k].steps == k
+
+
+# From test_distributed.py: cost_matrix and optimal_schedules under torch.distributed (gloo, 2 CPU
+# processes) match one process.
+
+WORLD = 2
+# 19 samples in batches of 4: 5 batches, so rank 0 runs 3 (4 + 4 + 3 samples) and rank 1 runs 2 (4 + 4).
+NUM_SAMPLES, BATCH = 19, 4
+
+
+def velocity(x, t):
+    return torch.sin(3.0 * x) * (1.0 + t.view(-1, 1))
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        noise = torch.randn(NUM_SAMPLES, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        cost = cost_matrix(
+            velocity,
+            noise,
+            uniform_grid(16),
+            batch_size=BATCH,
+            metric="l2",
+            progress=False,
+            checkpoint=os.path.join(out_dir, "cost.npz"),
+            checkpoint_key="f",
+        )
+        sched = optimal_schedules(
+            velocity,
+            (3,),
+            4,
+            SearchSettings(grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH, objective="local"),
+        )[4]
+        np.save(os.path.join(out_dir, f"cost{rank}.npy"), cost)
+        np.save(os.path.join(out_dir, f"indices{rank}.npy"), sched.indices)
+        np.save(os.path.join(out_dir, f"schedcost{rank}.npy"), np.float64(sched.cost))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_reduce_to_the_single_process_result(tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+
+    noise = torch.randn(NUM_SAMPLES, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    single = cost_matrix(velocity, noise, uniform_grid(16), batch_size=BATCH, metric="l2", progress=False)
+    sched = optimal_schedules(
+        velocity,
+        (3,),
+        4,
+        SearchSettings(grid=16, num_samples=NUM_SAMPLES, batch_size=BATCH, objective="local"),
+    )[4]
+
+    costs = [np.load(tmp_path / f"cost{r}.npy") for r in range(WORLD)]
+    np.testing.assert_array_equal(costs[0], costs[1])  # every rank returns the same matrix
+    # Same batches, summed in another order: float64 rounding only.
+    np.testing.assert_allclose(costs[0], single, rtol=1e-13, atol=0)
+    for r in range(WORLD):
+        np.testing.assert_array_equal(np.load(tmp_path / f"indices{r}.npy"), sched.indices)
+        assert float(np.load(tmp_path / f"schedcost{r}.npy")) == pytest.approx(sched.cost, rel=1e-12)
+    # each rank checkpointed its own share
+    for r, (batches, count) in enumerate([(3, 11), (2, 8)]):
+        with np.load(tmp_path / f"cost.rank{r}-of-{WORLD}.npz") as stored:
+            assert int(stored["batches_done"]) == batches and int(stored["count"]) == count
+            assert int(stored["rank"]) == r and int(stored["world_size"]) == WORLD
+
+
+# From test_cost.py
+
+
+def nonlinear_velocity(x, t):
+    return torch.sin(3.0 * x) * (1.0 + t.view(-1, *([1] * (x.ndim - 1))))
+
+
+class Recorder:
+    """A velocity that records batch sizes and can die at a given call (a simulated kill)."""
+
+    def __init__(self, fn=nonlinear_velocity, die_at_call=None):
+        self.fn, self.die_at_call, self.batches = fn, die_at_call, []
+
+    def __call__(self, x, t):
+        if self.die_at_call is not None and len(self.batches) == self.die_at_call:
+            raise RuntimeError("simulated kill")
+        self.batches.append(x.shape[0])
+        return self.fn(x, t)
+
+
+@pytest.fixture
+def setup():
+    noise = torch.randn(23, 2, 3, generator=torch.Generator().manual_seed(6))
+    return noise, uniform_grid(12)
+
+
+@pytest.mark.parametrize("metric", ["l2sq", "l2"])
+def test_cost_matrix_equals_one_big_batch(setup, metric):
+    noise, times = setup
+    traj = teacher_trajectory(nonlinear_velocity, noise, times)
+    expected = trajectory_cost(traj.states, traj.velocities, times, metric)
+    recorder = Recorder()
+    actual = cost_matrix(recorder, noise, times, batch_size=5, metric=metric, progress=False)
+    # The teacher is run per batch of 5 (memory: one batch's trajectory) and the sums reduce in float64.
+    assert set(recorder.batches) == {5, 3} and sum(recorder.batches) == 23 * 12
+    np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=0)
+
+
+def test_cost_matrix_options(setup):
+    noise, times = setup
+    base = cost_matrix(nonlinear_velocity, noise, times, batch_size=256, progress=False)
+    shown = cost_matrix(nonlinear_velocity, noise, times, batch_size=256, progress=True, device="cpu")
+    np.testing.assert_array_equal(base, shown)
+    heun = cost_matrix(nonlinear_velocity, noise, times, solver="heun", progress=False)
+    assert np.all(np.diag(heun, 1) > 0) and not np.array_equal(heun, base)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"solver": "ddim"}, ValueError, "unknown solver"),
+        ({"metric": "l1"}, ValueError, "unknown metric"),
+        ({"noise": torch.zeros(3, 2, dtype=torch.int64)}, TypeError, "floating-point"),
+        ({"grid": [0.0]}, ValueError, "at least 2"),
+    ],
+)
+def test_cost_matrix_bad_input(setup, kwargs, error, match):
+    noise, times = setup
+    args = {"noise": noise, "grid": times, "progress": False}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        cost_matrix(nonlinear_velocity, **args)
+
+
+def test_checkpoint_resume_equals_uninterrupted_run_exactly(setup, tmp_path):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    uninterrupted = cost_matrix(nonlinear_velocity, noise, times, batch_size=5, progress=False)
+    steps = len(times) - 1
+    with pytest.raises(RuntimeError, match="simulated kill"):  # dies on the 3rd batch's first call
+        cost_matrix(
+            Recorder(die_at_call=2 * steps),
+            noise,
+            times,
+            batch_size=5,
+            progress=False,
+            checkpoint=path,
+            checkpoint_key="f",
+        )
+    assert os.listdir(tmp_path) == ["cost.npz"]  # atomic writes leave no temporary behind
+    with np.load(path) as stored:
+        assert int(stored["batches_done"]) == 2 and int(stored["count"]) == 10
+    recorder = Recorder()
+    resumed = cost_matrix(
+        recorder, noise, times, batch_size=5, progress=False, checkpoint=path, checkpoint_key="f"
+    )
+    assert sum(recorder.batches) == (23 - 10) * steps  # only the 3 missing batches ran
+    np.testing.assert_array_equal(resumed, uninterrupted)
+    again = Recorder()  # a finished checkpoint answers at once
+    np.testing.assert_array_equal(
+        cost_matrix(again, noise, times, batch_size=5, checkpoint=path, checkpoint_key="f"), resumed
+    )
+    assert again.batches == []
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"grid": uniform_grid(11)}, "times"),  # the header keeps its key "times"
+        ({"metric": "l2"}, "metric"),
+        ({"solver": "heun"}, "solver"),
+        ({"batch_size": 4}, "batch_size"),
+        ({"noise_slice": slice(0, 22)}, "num_samples"),
+        ({"noise_scale": 2.0}, "noise"),
+    ],
+)
+def test_checkpoint_of_another_run_is_refused(setup, tmp_path, change, field):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    cost_matrix(
+        nonlinear_velocity, noise, times, batch_size=5, progress=False, checkpoint=path, checkpoint_key="f"
+    )
+    args = {"noise": noise, "grid": times, "batch_size": 5, "metric": "l2sq", "solver": "euler"}
+    args["noise"] = noise[change.pop("noise_slice", slice(None))] * change.pop("noise_scale", 1.0)
+    args.update(change)
+    with pytest.raises(ValueError, match=f"different run: {field} ="):
+        cost_matrix(nonlinear_velocity, progress=False, checkpoint=path, checkpoint_key="f", **args)
+
+
+def test_checkpoint_of_another_model_is_refused(setup, tmp_path):
+    noise, times = setup
+    net = torch.nn.Linear(3, 3)
+    path = tmp_path / "cost.npz"
+    cost_matrix(lambda x, t: net(x), noise, times, progress=False)  # a plain callable: no fingerprint
+
+    class Velocity(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(3, 3)
+
+        def forward(self, x, t):
+            return self.net(x)
+
+    model = Velocity()
+    cost_matrix(model, noise, times, progress=False, checkpoint=path)
+    with torch.no_grad():
+        model.net.bias += 1.0
+    with pytest.raises(ValueError, match="different run: model ="):
+        cost_matrix(model, noise, times, progress=False, checkpoint=path)
+
+
+def test_corrupted_or_foreign_checkpoint_is_refused(setup, tmp_path):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="unreadable"):
+        cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path, checkpoint_key="f")
+    np.savez(path, weights=np.zeros(3))
+    with pytest.raises(ValueError, match="not a boss_fast cost checkpoint"):
+        cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path, checkpoint_key="f")
+
+
+def test_a_plain_function_needs_a_checkpoint_key_and_another_key_is_refused(setup, tmp_path):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+
+    def other(x, t):
+        return nonlinear_velocity(x, t) * 2.0
+
+    with pytest.raises(ValueError, match="checkpoint_key="):
+        cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path)
+    assert not path.exists()
+    cost_matrix(nonlinear_velocity, noise, times, progress=False, checkpoint=path, checkpoint_key="f1")
+    with pytest.raises(ValueError, match="different run: model ="):
+        cost_matrix(other, noise, times, progress=False, checkpoint=path, checkpoint_key="f2")
+    with pytest.raises(ValueError, match="checkpoint_key="):
+        bf.optimal_schedules(
+            other, (3,), 2, bf.SearchSettings(grid=8, num_samples=4), checkpoint=tmp_path / "s.npz"
+        )
+
+
+def test_a_module_configured_by_a_plain_attribute_gets_another_fingerprint(setup, tmp_path):
+    noise, times = setup
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x, t):
+            return nonlinear_velocity(x, t) * self.scale
+
+    path = tmp_path / "cost.npz"
+    cost_matrix(Scaled(1.0), noise, times, progress=False, checkpoint=path)
+    with pytest.raises(ValueError, match="different run: model ="):
+        cost_matrix(Scaled(2.0), noise, times, progress=False, checkpoint=path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("count", 0),
+        ("batches_done", -1),
+        ("batches_done", 99),
+        ("count", 7),
+        ("sums", np.nan),
+        ("sums", -1.0),
+    ],
+)
+def test_a_checkpoint_with_edited_counters_is_refused(setup, tmp_path, field, value):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    args = {"batch_size": 5, "progress": False, "checkpoint": path, "checkpoint_key": "f"}
+    cost_matrix(nonlinear_velocity, noise, times, **args)
+    with np.load(path) as data:
+        stored = {key: data[key] for key in data.files}
+    if field == "sums":
+        stored["sums"] = stored["sums"].copy()
+        stored["sums"][0, 1] = value
+    else:
+        stored[field] = np.int64(value)
+    np.savez(path, **stored)
+    with pytest.raises(ValueError, match=rf"cost\.npz: {field} "):
+        cost_matrix(nonlinear_velocity, noise, times, **args)
+
+
+# From test_sampler.py
+
+
+def test_cost_matrix_and_schedule_search_on_the_sampler(digits_dit, tmp_path):
+    """The teacher on a recording sampler (one per batch shape: batches of 4, 4 and 2) gives the plain
+    loop's matrix bit for bit in eager mode, and the same schedule."""
+    noise = torch.randn(10, 1, 8, 8)
+    grid = np.linspace(0.0, 1.0, 9)
+    want = bf.cost_matrix(digits_dit, noise, grid, batch_size=4, progress=False)
+    got = bf.cost_matrix(digits_dit, noise, grid, batch_size=4, progress=False, mode="eager")
+    np.testing.assert_array_equal(got, want)
+    settings = bf.SearchSettings(grid=8, num_samples=6, batch_size=4, solver="heun", objective="local")
+    plain = bf.optimal_schedules(digits_dit, (1, 8, 8), 3, settings)
+    assert bf.optimal_schedules(digits_dit, (1, 8, 8), 3, replace(settings, mode="eager")) == plain
+
+
+# Refusals: nothing silently wrong (from the former tests/test_refusals.py)
+
+
+def test_the_unnamed_errors_name_the_argument():
+    with pytest.raises(TypeError, match="sched must be a Schedule"):
+        interpolate_schedule([0.0, 0.5, 1.0], 4)
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype such as torch.float64, got 'float64'"):
+        bf.optimal_schedules(
+            lambda x, t: -x, (2,), 2, bf.SearchSettings(grid=10, num_samples=4), dtype="float64"
+        )
+    with pytest.raises(
+        ValueError, match=r"noise must hold at least one value per sample, got shape \(4, 0\)"
+    ):
+        bf.cost_matrix(lambda x, t: -x, torch.randn(4, 0), [0.0, 0.5, 1.0], progress=False)

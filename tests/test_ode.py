@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+from _helpers import TinyVelocity
+from torch import nn
 
+import boss_fast as bf
 from boss_fast.grids import uniform_grid
+from boss_fast.kernels import euler_step
+from boss_fast.kernels.euler_step import euler_step_reference
 from boss_fast.ode import for_rows, sample
+from boss_fast.sampler import TeacherRecorder
 from boss_fast.schedule import schedules_from_cost
 from boss_fast.trajectories import teacher_trajectory
 
@@ -145,3 +153,107 @@ def test_for_rows_hands_each_row_set_to_a_bank_and_leaves_plain_velocities_alone
         return -x
 
     assert for_rows(plain, rows) is plain
+
+
+# From test_sampler.py
+
+SCHED = [0.0, 0.25, 0.6, 1.0]  # K = 3, uneven steps
+
+
+def _cond_pair(dtype):
+    gen = torch.Generator().manual_seed(5)
+    w1, w2 = torch.randn(5, 5, generator=gen, dtype=dtype), torch.randn(5, 5, generator=gen, dtype=dtype)
+
+    def v_cond(x, t):
+        return torch.tanh(x @ w1) * (1.0 + t[:, None])
+
+    def v_uncond(x, t):
+        return torch.sin(x @ w2) - t[:, None]
+
+    return v_cond, v_uncond
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_guided_velocity_is_what_the_guided_sampler_steps(dtype):
+    """Bit for bit (torch backend, Euler): the Sampler's doubled-batch combine and Euler update are
+    cfg_combine and euler_update, the same operations sample() runs on guided_velocity."""
+    v_cond, v_uncond = _cond_pair(dtype)
+    w, noise = 4.5, torch.randn(3, 5, dtype=dtype, generator=torch.Generator().manual_seed(6))
+    guided = bf.guided_velocity(v_cond, v_uncond, w)
+    want = sample(guided, noise, SCHED)
+    pair = bf.cfg_pair(v_cond, v_uncond)
+    recorder = TeacherRecorder(
+        pair, SCHED, mode="eager", guidance=w, backend="torch", dtype=dtype, record="all"
+    )
+    traj = recorder(noise)
+    assert torch.equal(traj.states[-1], want)
+    for i, t in enumerate(SCHED[:-1]):  # the recorded slope is the guided velocity at the recorded state
+        tt = torch.full((3,), t, dtype=dtype)
+        assert torch.equal(traj.velocities[i], guided(traj.states[i], tt))
+    # The doubled batch [x; x] -> [v_u; v_c], combined by the kernel's reference, is guided_velocity's step.
+    x, tt = noise, torch.full((3,), 0.25, dtype=dtype)
+    doubled = pair(torch.cat([x, x]), torch.cat([tt, tt]))
+    assert torch.equal(euler_step_reference(x, doubled, 0.35, w), bf.ode.euler_update(x, guided(x, tt), 0.35))
+    # Negative controls: w = 0 is the unconditional field, w = 1 the conditional; w matters.
+    assert torch.equal(bf.guided_velocity(v_cond, v_uncond, 0.0)(x, tt), v_uncond(x, tt))
+    # (w = 1 up to one rounding of v_u + (v_c - v_u))
+    torch.testing.assert_close(bf.guided_velocity(v_cond, v_uncond, 1.0)(x, tt), v_cond(x, tt))
+    assert not torch.allclose(want, sample(bf.guided_velocity(v_cond, v_uncond, 1.5), noise, SCHED))
+
+
+def test_guided_velocity_errors_and_identity():
+    v_cond, v_uncond = _cond_pair(torch.float32)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        bf.guided_velocity(v_cond, v_uncond, float("inf"))
+    with pytest.raises(TypeError, match="v_uncond must be callable"):
+        bf.guided_velocity(v_cond, None, 2.0)
+    with pytest.raises(ValueError, match="doubled batch"):
+        bf.cfg_pair(v_cond, v_uncond)(torch.randn(3, 5), torch.zeros(3))
+    # A module's guided field is fingerprinted with its scale (a schedule records which field it was for).
+    net = TinyVelocity()
+    fps = {bf.model_fingerprint(bf.guided_velocity(net, net, w)) for w in (2.0, 3.0)}
+    assert len(fps) == 2
+
+
+# Refusals: nothing silently wrong (from the former tests/test_refusals.py)
+
+BAD_SCALES = {
+    "per-feature tensor": (torch.tensor([2.0, 3.0]), TypeError, "got a tensor of shape \\(2,\\)"),
+    "0-d tensor": (torch.tensor(2.0), TypeError, "got a tensor of shape \\(\\)"),
+    "bool": (True, TypeError, "must be a real number, got True"),
+    "string": ("2", TypeError, "must be a real number"),
+    "NaN": (math.nan, ValueError, "must be finite"),
+    "inf": (math.inf, ValueError, "must be finite"),
+}
+
+
+def _diffusers_velocity(w):
+    diffusers = pytest.importorskip("diffusers")
+    del diffusers
+    from boss_fast.integrations.diffusers import DiffusersVelocity
+
+    return DiffusersVelocity(nn.Linear(2, 2), negative={}, guidance_scale=w)
+
+
+SCALE_TAKERS = {
+    "cfg_combine": lambda w: bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), w),
+    "guided_velocity": lambda w: bf.guided_velocity(lambda x, t: x, lambda x, t: -x, w),
+    "Sampler(guidance=)": lambda w: bf.Sampler(lambda x, t: x, [0.0, 1.0], guidance=w),
+    "euler_step(guidance=)": lambda w: euler_step(torch.zeros(1, 2), torch.zeros(2, 2), 0.5, guidance=w),
+    "DiffusersVelocity(guidance_scale=)": _diffusers_velocity,
+}
+
+
+@pytest.mark.parametrize("taker", sorted(SCALE_TAKERS))
+@pytest.mark.parametrize("case", sorted(BAD_SCALES))
+def test_every_guidance_scale_is_checked_the_same_way(taker, case):
+    value, error, fragment = BAD_SCALES[case]
+    with pytest.raises(error, match=fragment):
+        SCALE_TAKERS[taker](value)
+
+
+def test_cfg_combine_still_takes_numbers():
+    assert torch.equal(
+        bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), np.float32(2.5)), torch.full((2,), 2.5)
+    )
+    assert torch.equal(bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), 3), torch.full((2,), 3.0))

@@ -1,0 +1,3 @@
+"""boss_fast.models.classifier."""
+
+from __future__ import annotations
