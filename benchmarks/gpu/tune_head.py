@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from boss_fast.kernels.euler_step import euler_step_forward
 from boss_fast.kernels.linear_euler import (
+    DEFAULT_LAUNCH,
     LaunchConfig,
     _linear_euler_triton,
-    launch_config,
     linear_euler_reference,
     unpatchify,
 )
@@ -87,7 +87,7 @@ def sweep(budget_s: float, quick: bool) -> dict:
             "bytes": moved,
             "floor_us": floor_us,
             "unfused_us": do_bench_cudagraph(unfused, rep=50) * 1e3,
-            "default": vars(launch_config(f.shape[0] * f.shape[1], w.shape[0], HIDDEN)),
+            "default": vars(DEFAULT_LAUNCH),
             "configs": [],
         }
         for cfg in _configs(quick):

@@ -27,7 +27,7 @@ from torch import nn
 
 from boss_fast._validation import as_times, check_choice, check_float, check_scale
 from boss_fast.integrations._imports import missing
-from boss_fast.integrations.sigmas import diffusers_sigmas, refuse_stepping_keys
+from boss_fast.integrations.sigmas import FLOW_MATCH_KEYS, diffusers_sigmas, refuse_stepping_keys
 from boss_fast.ode import VelocityFn, cfg_combine
 from boss_fast.schedule import Schedule
 
@@ -44,23 +44,8 @@ __all__ = ["BossScheduler", "BossSchedulerOutput", "DiffusersVelocity", "diffuse
 
 # Every config key of the stock scheduler, carried by from_schedule: pipelines read the shifting keys (to
 # compute mu), a swap back to the stock scheduler restores the rest, and __init__ refuses the ones that change
-# the step (refuse_stepping_keys).
-_CARRIED = (
-    "num_train_timesteps",
-    "shift",
-    "use_dynamic_shifting",
-    "base_shift",
-    "max_shift",
-    "base_image_seq_len",
-    "max_image_seq_len",
-    "invert_sigmas",
-    "shift_terminal",
-    "use_karras_sigmas",
-    "use_exponential_sigmas",
-    "use_beta_sigmas",
-    "time_shift_type",
-    "stochastic_sampling",
-)
+# the step (refuse_stepping_keys): the stock keys sigmas.py knows, less BossScheduler's own ``times``.
+_CARRIED = tuple(sorted(FLOW_MATCH_KEYS - {"times"}))
 
 # ``step``'s output: the stock flow-match output class itself (pipelines and isinstance checks see no change).
 BossSchedulerOutput = FlowMatchEulerDiscreteSchedulerOutput

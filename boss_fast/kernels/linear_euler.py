@@ -53,9 +53,9 @@ class LaunchConfig:
     num_stages: int = 3
 
 
-def launch_config(m: int, n: int, k: int) -> LaunchConfig:
-    """The tiles the fused head launches with for an (m, k) x (k, n) head."""
-    return LaunchConfig()
+# One set of tiles for every head shape so far: benchmarks/gpu/tune_head.py sweeps others on a GPU, and a
+# per-shape rule belongs here once a sweep has measured one.
+DEFAULT_LAUNCH = LaunchConfig()
 
 
 if triton is not None:
@@ -175,7 +175,7 @@ def _linear_euler_triton(
     config: LaunchConfig | None = None,
 ) -> None:
     """Launch ``_linear_euler_kernel``: features (.., K) any strides, x and out contiguous; ``config``
-    replaces the tiles of :func:`launch_config` (benchmarks/gpu/tune_head.py sweeps them)."""
+    replaces the tiles of ``DEFAULT_LAUNCH`` (benchmarks/gpu/tune_head.py sweeps them)."""
     f2 = features.reshape(-1, features.shape[-1])  # a view for the contiguous trunk output
     m, k = f2.shape
     n = weight.shape[0]
@@ -185,7 +185,7 @@ def _linear_euler_triton(
     # entries, measured); there the tiles are upcast to float32 first. That is exact for bf16/fp16 inputs
     # (products of 8- or 11-bit mantissas fit float32's 24), i.e. what the GPU's MMA computes.
     interpreting = triton_interpreting() and x.device.type != "cuda"
-    cfg = config or launch_config(m, n, k)
+    cfg = config or DEFAULT_LAUNCH
     block_n = min(_MAX_BLOCK_N, max(16, triton.next_power_of_2(n)))
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, block_n))
     if patch_size is None:
