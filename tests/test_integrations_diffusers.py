@@ -359,6 +359,13 @@ def test_guided_adapter_equals_the_sd3_pipeline_with_cfg(tiny):
     doubled = DiffusersVelocity(net, negative=neg, **cond)
     got = bf.Sampler(doubled, SCHED, mode="eager", backend="torch", guidance=w)(latents)
     assert torch.equal(got, want)
+    # Guiding an adapter that is no doubled-batch pair (plain, or already guided) is refused, not unguided.
+    for single in (
+        DiffusersVelocity(net, **cond),
+        DiffusersVelocity(net, negative=neg, guidance_scale=w, **cond),
+    ):
+        with pytest.raises(TypeError, match="DiffusersVelocity does not say it does"):
+            bf.Sampler(single, SCHED, mode="eager", guidance=w)
     # And the two-callable form: the conditional and unconditional adapters, combined.
     alike = bf.guided_velocity(DiffusersVelocity(net, **cond), DiffusersVelocity(net, **neg), w)
     torch.testing.assert_close(bf.sample(alike, latents, SCHED), want, rtol=1e-5, atol=1e-5)

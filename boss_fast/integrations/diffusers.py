@@ -543,6 +543,12 @@ class DiffusersVelocity(nn.Module):
         out = out[0] if isinstance(out, tuple | list) else out
         return (-out).to(x.dtype)
 
+    @property
+    def doubled_batch(self) -> bool:
+        """True with ``negative`` and no ``guidance_scale``: the module then follows ``Sampler(guidance=)``'s
+        doubled-batch protocol (:func:`boss_fast.ode.is_cfg_pair`); otherwise it is a plain velocity."""
+        return self.guided and self.guidance_scale is None
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The velocity at x (B, ...) and t (B,); a bank pairs sample b with entry b mod P (as
         ``for_rows(arange(B))``)."""
