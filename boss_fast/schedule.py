@@ -29,6 +29,7 @@ from boss_fast._validation import (
     check_choice,
     check_float,
     check_int,
+    check_shape,
 )
 from boss_fast.bellman import BellmanPath, bellman_paths
 
@@ -55,7 +56,6 @@ _REQUIRED = ("times", "indices", "grid", "cost", "metric", "solver")
 MAX_FILE_BYTES = 64 * 2**20
 # num_samples counts noises; beyond 2^53 it would not even round-trip through a float64 JSON reader.
 _MAX_NUM_SAMPLES = 2**53
-_MAX_SHAPE_DIMS = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,7 +141,7 @@ class Schedule:
         num_samples = None if self.num_samples is None else check_int(self.num_samples, "num_samples")
         if num_samples is not None and num_samples > _MAX_NUM_SAMPLES:
             raise ValueError(f"num_samples must be <= 2^53, got {num_samples}")
-        shape = None if self.shape is None else _check_shape(self.shape)
+        shape = None if self.shape is None else check_shape(self.shape)
         mu = None if self.mu is None else check_float(self.mu, "mu")
         if self.fingerprint is not None and not isinstance(self.fingerprint, str):
             raise TypeError(f"fingerprint must be a str or None, got {type(self.fingerprint).__name__}")
@@ -267,7 +267,7 @@ class Schedule:
         shape = doc.get("shape")
         if shape is not None:
             try:
-                shape = _check_shape(shape)
+                shape = check_shape(shape)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{source}: shape: {err}") from None
         try:
@@ -395,16 +395,6 @@ def _number(value: object, key: str, source: str) -> float:
         return float(value)  # type: ignore[arg-type]
     except OverflowError:  # an integer beyond float64's range
         raise ValueError(f"{source}: {key} is too large to convert to a float") from None
-
-
-def _check_shape(shape: object) -> tuple[int, ...]:
-    """One sample's shape: 1 to 16 positive integers."""
-    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence | torch.Size):
-        raise TypeError(f"shape must be a sequence of integers, got {shape!r}")
-    dims = tuple(check_int(d, "shape entry") for d in shape)
-    if not 1 <= len(dims) <= _MAX_SHAPE_DIMS or any(d > 2**31 for d in dims):
-        raise ValueError(f"shape must have 1 to {_MAX_SHAPE_DIMS} entries, each in [1, 2^31], got {dims}")
-    return dims
 
 
 # -------------------------------------------------------------------------------------------- building

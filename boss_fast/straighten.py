@@ -54,6 +54,7 @@ from boss_fast._validation import (
     check_float,
     check_int,
     check_noise,
+    check_seed,
     check_teacher,
 )
 from boss_fast.engine import WIDE_MODES, Shard, progress_bar
@@ -500,7 +501,8 @@ class StraightenSettings:
             Without it the teacher's weights keep ``ema ** iters`` of the average: 13.5% for 0.999 and 2000
             steps, which on the digits DiT cost FD 61 instead of ~40 at K = 2 (measured).
         loss: "l2" or "pseudo_huber"; normalize: Simple ReFlow's 1/stopgrad(loss) weighting.
-        seed: the pairs' noise and the batch-drawing generator. checkpoint_every: steps between checkpoints.
+        seed: the pairs' noise and the batch-drawing generator, in [0, 2^64 - 1].
+        checkpoint_every: steps between checkpoints.
         lora_rank: train rank-r LoRA adapters (peft) instead of every weight; None: full fine-tuning.
         lora_targets: the adapted modules (a regex or names, stored as a tuple); None:
             :func:`default_lora_targets`. lora_alpha: the LoRA scale's numerator (> 0; None: the rank).
@@ -550,8 +552,8 @@ class StraightenSettings:
 
         for f in ("num_pairs", "pair_batch_size", "iters", "batch_size", "checkpoint_every"):
             put(f, check_int(getattr(self, f), name(f)))
-        for f in ("warmup", "seed"):
-            put(f, check_int(getattr(self, f), name(f), minimum=0))
+        put("warmup", check_int(self.warmup, name("warmup"), minimum=0))
+        put("seed", check_seed(self.seed, name("seed")))
         for f in ("ema_warmup", "normalize", "merge"):
             if not isinstance(getattr(self, f), bool):
                 raise TypeError(f"{name(f)} must be a bool, got {getattr(self, f)!r}")
@@ -580,7 +582,15 @@ class StraightenSettings:
             if self.lora_alpha <= 0:
                 raise ValueError(f"{name('lora_alpha')} must be > 0, got {self.lora_alpha}")
         targets = self.lora_targets
-        if targets is not None and not isinstance(targets, str):
+        if isinstance(targets, str):
+            try:  # peft matches a string target with re.fullmatch: compile it now, not after the teacher ran
+                re.compile(targets)
+            except re.error as err:
+                raise ValueError(
+                    f"{name('lora_targets')} {targets!r} is not a regular expression ({err}); give a regex "
+                    "matched against module names, or a sequence of module names"
+                ) from None
+        elif targets is not None:
             names = list(targets) if isinstance(targets, Sequence) else []
             if not names or not all(isinstance(t, str) for t in names):
                 raise TypeError(

@@ -273,6 +273,17 @@ def test_bad_settings(kwargs, error, match):
         SearchSettings(**{"grid": 8, "num_samples": 4, **kwargs})
 
 
+def test_global_pass_refuses_a_disk_store_dir_that_is_no_folder(tmp_path):
+    """GlobalPass(store="disk") with a missing store_dir failed in the first level's row file
+    (FileNotFoundError on an internal name): refused at construction, naming the field."""
+    with pytest.raises(ValueError, match="store_dir .*missing' does not exist"):
+        GlobalPass(store="disk", store_dir=tmp_path / "missing")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="store_dir .*afile' is a file"):
+        GlobalPass(store="disk", store_dir=tmp_path / "afile")
+    assert GlobalPass(store="disk", store_dir=tmp_path).store_dir == tmp_path
+
+
 def test_max_steps_beyond_the_grid_is_refused_by_the_search():
     with pytest.raises(ValueError, match="max_steps must be < the grid's 9 points"):
         optimal_schedules(wavy, (3,), 9, SearchSettings(grid=8, num_samples=4))

@@ -3,6 +3,8 @@ sigma maths, and a tiny random SD3Transformer2DModel runs through both scheduler
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -789,6 +791,24 @@ def test_from_config_without_a_schedule_is_refused():
         BossScheduler.from_config(config)
     with pytest.raises(ValueError, match=r"BossScheduler\.from_schedule"):
         BossScheduler()
+
+
+@pytest.mark.parametrize(
+    "value, error, fragment",
+    [
+        ("abc", TypeError, "searched_shape must be a sequence of integers .* got 'abc'"),
+        (["4", "8"], TypeError, "searched_shape entry must be an integer, got '4'"),
+        ([4, 0, 8], ValueError, "searched_shape entry must be >= 1, got 0"),
+    ],
+)
+def test_a_scheduler_config_with_a_bad_searched_shape_is_refused_by_name(tmp_path, value, error, fragment):
+    """scheduler_config.json with searched_shape "abc" said "invalid literal for int()"."""
+    sched = bf.Schedule(times=TIMES, indices=np.arange(5), cost=0.0, grid=TIMES, shape=(4, 8, 8))
+    BossScheduler.from_schedule(sched, FlowMatchEulerDiscreteScheduler().config).save_pretrained(tmp_path)
+    path = tmp_path / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "searched_shape": value}))
+    with pytest.raises(error, match=fragment):
+        BossScheduler.from_pretrained(tmp_path)
 
 
 def test_compatibles_swap_both_ways():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import replace
 
 import numpy as np
@@ -22,7 +23,7 @@ from boss_fast.cost import trajectory_cost
 from boss_fast.global_objective import GlobalPass, global_paths, global_table
 from boss_fast.grids import uniform_grid
 from boss_fast.schedule import interpolate_schedule
-from boss_fast.search import SearchSettings, cost_matrix, optimal_schedules
+from boss_fast.search import MAX_GRID, SearchSettings, cost_matrix, optimal_schedules
 from boss_fast.trajectories import teacher_trajectory
 
 
@@ -37,6 +38,8 @@ BAD_FIELDS = [
     ({"grid": "100"}, "grid", TypeError),
     ({"grid": 100.0}, "grid", TypeError),
     ({"grid": None}, "grid", TypeError),
+    ({"grid": 10**12}, "grid must be at most MAX_GRID = 100000", ValueError),  # was a 7.28 TiB MemoryError
+    ({"grid": 100_001}, "grid must be at most MAX_GRID = 100000", ValueError),
     ({"num_samples": 0}, "num_samples", ValueError),
     ({"num_samples": "many"}, "num_samples", ValueError),
     ({"num_samples": 2.5}, "num_samples", TypeError),
@@ -68,6 +71,52 @@ def test_each_bad_field_is_refused_by_name(kwargs, field, error):
     with pytest.raises(error) as caught:
         SearchSettings(**kwargs)
     assert field in str(caught.value), str(caught.value)
+
+
+def test_the_grid_cap_is_the_largest_grid_taken():
+    assert SearchSettings(grid=MAX_GRID).grid == MAX_GRID  # nothing allocated at construction
+    with pytest.raises(ValueError, match="got 100002 times"):
+        SearchSettings(grid=np.linspace(0.0, 1.0, MAX_GRID + 2))
+
+
+def _unwritable_dir(tmp_path):
+    if os.geteuid() == 0:  # root writes through permission bits; a read-only filesystem stops it
+        for candidate in ("/sys", "/proc"):
+            try:
+                with tempfile.TemporaryFile(dir=candidate):
+                    pass
+            except OSError:
+                return candidate
+        pytest.skip("no unwritable directory for root here")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return str(locked)
+
+
+@pytest.mark.parametrize("case", ["missing", "a file", "unwritable"])
+def test_a_disk_store_dir_that_cannot_hold_the_rows_is_refused_at_construction(tmp_path, case):
+    """store="disk" with a missing, file or unwritable store_dir was accepted and failed at the search's first
+    write with FileNotFoundError on an internal name; now the settings refuse it, naming the field."""
+    (tmp_path / "afile").write_text("x")
+    store_dir = {
+        "missing": str(tmp_path / "missing"),
+        "a file": str(tmp_path / "afile"),
+        "unwritable": _unwritable_dir(tmp_path),
+    }[case]
+    fragment = {"missing": "does not exist", "a file": "is a file", "unwritable": "cannot write in it"}[case]
+    with pytest.raises(ValueError, match=f"store_dir .* {fragment}"):
+        SearchSettings(store="disk", store_dir=store_dir)
+    assert SearchSettings(store="disk", store_dir=tmp_path).store_dir == tmp_path
+    assert os.listdir(tmp_path) == ["afile"]  # the write test leaves nothing
+
+
+def test_a_shape_given_as_an_int_is_refused_by_name():
+    """optimal_schedules(flow, 2, 2) said "'int' object is not iterable"."""
+    with pytest.raises(TypeError, match=r"shape must be a sequence of integers .*e\.g\. \(2,\).*got 2"):
+        optimal_schedules(wavy, 2, 2, SearchSettings(grid=10, num_samples=4))
+    with pytest.raises(ValueError, match="shape must have 1 to 16 entries"):
+        optimal_schedules(wavy, (1,) * 17, 2, SearchSettings(grid=10, num_samples=4))
 
 
 def test_settings_are_frozen_and_hold_a_checked_grid():

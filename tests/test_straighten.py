@@ -357,10 +357,12 @@ BAD_SETTINGS = [
     ("loss", "l1", ValueError),
     ("normalize", "yes", TypeError),
     ("seed", -1, ValueError),
+    ("seed", 2**64, ValueError),  # 2**70 was accepted, then torch.Generator.manual_seed overflowed
     ("checkpoint_every", 0, ValueError),
     ("lora_rank", 0, ValueError),
     ("lora_targets", [], TypeError),
     ("lora_targets", ["qkv", 3], TypeError),
+    ("lora_targets", "(", ValueError),  # accepted, then re.error once the teacher had run
     ("lora_alpha", 0.0, ValueError),
     ("merge", None, TypeError),
     ("memory", {"in_place": True}, TypeError),
@@ -373,6 +375,15 @@ BAD_SETTINGS = [
 def test_a_bad_setting_is_refused_naming_its_field(name, value, error):
     with pytest.raises(error, match=rf"StraightenSettings\.{name}\b"):
         StraightenSettings(**{name: value})
+
+
+def test_seeds_and_regex_targets_say_what_they_take():
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\^64 - 1\].*got 1180591620717411303424"):
+        StraightenSettings(seed=2**70)
+    assert StraightenSettings(seed=2**64 - 1).seed == 2**64 - 1  # the largest torch.Generator seed
+    with pytest.raises(ValueError, match=r"lora_targets '\(' is not a regular expression"):
+        StraightenSettings(lora_targets="(")
+    assert StraightenSettings(lora_targets=r"blocks\.\d+\.qkv").lora_targets == r"blocks\.\d+\.qkv"
 
 
 def test_every_setting_field_has_a_refusal_case():

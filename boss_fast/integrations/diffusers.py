@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from boss_fast._validation import as_times, check_choice, check_float, check_scale
+from boss_fast._validation import as_times, check_choice, check_float, check_scale, check_shape
 from boss_fast.integrations._imports import missing
 from boss_fast.integrations.sigmas import FLOW_MATCH_KEYS, diffusers_sigmas, refuse_stepping_keys
 from boss_fast.ode import VelocityFn, cfg_combine
@@ -146,7 +146,8 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         self._shift = shift
         # The resolution the schedule was searched at (Schedule.shape, Schedule.mu): a pipeline run at another
         # gets one warning per kind (a schedule is resolution-specific; the steps stay the schedule's).
-        self._searched_shape = None if searched_shape is None else tuple(int(n) for n in searched_shape)
+        shape = None if searched_shape is None else check_shape(searched_shape, "searched_shape")
+        self._searched_shape = shape
         self._searched_mu = None if searched_mu is None else check_float(searched_mu, "searched_mu")
         self._warned: set[str] = set()
 
