@@ -419,17 +419,41 @@ def _pipelines_module():
         raise UsageError(f"--pipeline: {_one_line(err)}") from None
 
 
-def _pipeline_conditioning(args, pipelines, pipe) -> dict:
+def _pipeline_flags(args, pipelines) -> None:
+    """What ``--pipeline`` can check before loading anything: one of --prompts/--embeddings, an existing
+    file, a guidance scale in the range the pipelines take."""
     if (args.prompts is None) == (args.embeddings is None):
         raise UsageError("--pipeline needs one of --prompts FILE (one prompt a line) or --embeddings FILE")
     if args.prompts is not None:
         _check_input_file(args.prompts, "--prompts")
+    else:
+        _check_input_file(args.embeddings, "--embeddings")
+    if args.guidance is not None:
+        try:
+            pipelines.check_guidance(args.guidance, "--guidance")
+        except ValueError as err:
+            raise UsageError(_one_line(err)) from None
+
+
+def _pipeline_size(args, pipelines, pipe) -> None:
+    """--height/--width against the loaded pipeline's latent factor, before any prompt is encoded."""
+    try:
+        pipelines.latent_shape(pipe, args.height, args.width)
+    except ValueError as err:
+        text = _one_line(err)
+        raise UsageError(f"--{text}" if text.startswith(("height", "width")) else text) from None
+
+
+def _pipeline_conditioning(args, pipelines, pipe) -> dict:
+    flag = "--prompts" if args.prompts is not None else "--embeddings"
+    try:
+        if args.prompts is None:
+            return pipelines.read_embeddings(args.embeddings)
         prompts = pipelines.read_prompts(args.prompts)
-        return pipelines.encode_prompts(
-            pipe, prompts, args.guidance, max_sequence_length=args.max_sequence_length
-        )
-    _check_input_file(args.embeddings, "--embeddings")
-    return pipelines.read_embeddings(args.embeddings)
+    except ValueError as err:  # the message starts with the file's name
+        raise UsageError(f"{flag} {_one_line(err)}") from None
+    length = args.max_sequence_length
+    return pipelines.encode_prompts(pipe, prompts, args.guidance, max_sequence_length=length)
 
 
 def _cmd_schedule_pipeline(args) -> None:
@@ -443,7 +467,9 @@ def _cmd_schedule_pipeline(args) -> None:
     if args.solver == "dopri5":
         _check_extra("dopri5", "--solver dopri5")
     pipelines = _pipelines_module()
+    _pipeline_flags(args, pipelines)
     pipe = pipelines.load_pipeline(args.pipeline, _DTYPES.get(args.dtype), device)
+    _pipeline_size(args, pipelines, pipe)
     cond = _pipeline_conditioning(args, pipelines, pipe)
     target = pipelines.pipeline_target(pipe, cond, args.guidance, args.height, args.width)
     budget = args.max_steps if args.max_steps is not None else args.steps
@@ -564,8 +590,10 @@ def _cmd_straighten_pipeline(args) -> None:
     sched = _sigmas_schedule(args.schedule, args.steps)
     settings = _straighten_settings(args, sched.grid, solver=sched.solver)
     pipelines = _pipelines_module()
+    _pipeline_flags(args, pipelines)
     lora = importlib.import_module("boss_fast.integrations.diffusers_lora")
     pipe = pipelines.load_pipeline(args.pipeline, _DTYPES.get(args.dtype), device)
+    _pipeline_size(args, pipelines, pipe)
     cond = _pipeline_conditioning(args, pipelines, pipe)
     stats = lora.straighten_pipeline(
         pipe, sched, cond, args.out, settings, guidance=args.guidance, height=args.height, width=args.width,
