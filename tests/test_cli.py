@@ -953,6 +953,16 @@ def test_pipeline_inputs_that_tracebacked_are_one_line_refusals(saved, capsys, t
             argv = ["--pipeline", path, *prompts, "--guidance", value, *tail]
             _pipeline_refusal(capsys, argv, "--guidance must be")
     _pipeline_refusal(capsys, ["--pipeline", sd3, *prompts, "--guidance", "1e308", *tail], "[0, 1000]")
+    train = [
+        "--schedule",
+        small_schedule(tmp_path / "k3.json"),
+        "--lora-rank",
+        "2",
+        "--out",
+        str(tmp_path / "l"),
+    ]
+    argv = ["--pipeline", sd3, *prompts, "--guidance", "inf", *train, "--no-progress"]
+    _pipeline_refusal(capsys, argv, "--guidance must be finite", command="straighten")
     monkeypatch.undo()
     monkeypatch.setattr(pipelines, "encode_prompts", _not_called("encode_prompts"))
     size = {
