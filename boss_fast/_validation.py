@@ -22,6 +22,12 @@ import torch
 STEP_SOLVERS: tuple[str, ...] = ("euler", "heun", "rk4")
 SOLVERS: tuple[str, ...] = (*STEP_SOLVERS, "dopri5")
 METRICS: tuple[str, ...] = ("l2sq", "l2")
+# Where sampling starts: the rule giving the state at a schedule's first time t_s = times[0] from the noise.
+# "zero": the first time is pinned at the grid's first point and the state is the noise (BOSS as published);
+# "noise": the noise itself is the state at t_s, whatever t_s (a diffusers pipeline's txt2img latents with a
+# first sigma below 1; OptimalSteps' search); "scaled": (1 - t_s) * noise (ComfyUI's flow models from an empty
+# latent: noise_scaling = sigma * noise + (1 - sigma) * latent with latent = 0).
+START_RULES: tuple[str, ...] = ("zero", "noise", "scaled")
 
 
 def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
@@ -154,6 +160,12 @@ def as_times(times: object, name: str = "times") -> np.ndarray:
 def schedule_times(schedule: object, name: str = "schedule times") -> np.ndarray:
     """The validated times of a ``Schedule`` (anything with a ``times`` attribute) or of a time grid."""
     return as_times(getattr(schedule, "times", schedule), name)
+
+
+def schedule_start(schedule: object) -> str:
+    """The start rule of a ``Schedule`` (its ``start``), or "noise" for plain times: the noise is the state at
+    the first time, as every sampler of plain times has always done."""
+    return check_choice(getattr(schedule, "start", "noise"), START_RULES, "start")
 
 
 def check_noise(noise: object, name: str = "noise") -> torch.Tensor:

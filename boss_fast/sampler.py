@@ -67,6 +67,7 @@ from boss_fast._validation import (
     check_noise,
     check_scale,
     check_velocity_output,
+    schedule_start,
     schedule_times,
 )
 from boss_fast.kernels.euler_step import euler_step_forward
@@ -194,6 +195,10 @@ class _Runner:
             raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
         self.model, self.check_finite = model, check_finite
         self.times: np.ndarray = schedule_times(sched)
+        # The start rule (Schedule.start; plain times: the noise itself): "scaled" multiplies the copied noise
+        # by the host float 1 - times[0], the same operation as boss_fast.ode.start_state (same bits).
+        self.start: str = schedule_start(sched)
+        self._start_scale: float | None = 1.0 - float(self.times[0]) if self.start == "scaled" else None
         self.mode: str = check_choice(mode, SAMPLER_MODES, "mode")
         self.guidance: float | None = None if guidance is None else check_scale(guidance, "guidance")
         self.device, self.dtype = _placement(model, dtype, device, self.mode)
@@ -260,7 +265,7 @@ class _Runner:
         new = dict(dtype=self.dtype, device=self.device)
         self._allocate(shape, new)
         if noise is not None:
-            self._x.copy_(noise)
+            self._load_start(noise)
         rows = shape[0] if self.guidance is None else 2 * shape[0]
         if self.guidance is not None:
             self._doubled = torch.zeros((rows, *shape[1:]), **new)
@@ -355,6 +360,12 @@ class _Runner:
             )
         return noise
 
+    def _load_start(self, noise: torch.Tensor) -> None:
+        """The start state into the state buffer: the noise, scaled by the start rule where it says so."""
+        self._x.copy_(noise)
+        if self._start_scale is not None:
+            self._x.mul_(self._start_scale)
+
     def _run_from(self, noise: object) -> torch.Tensor:
         """Check ``noise``, build on the first call if the construction could not (which includes
         compiling, capturing or "auto"'s measurement), and run the K steps from it; returns the checked
@@ -364,7 +375,7 @@ class _Runner:
             self.batch_size = noise.shape[0]
             self.sample_shape = tuple(noise.shape[1:])
             self._build(noise)
-        self._x.copy_(noise)
+        self._load_start(noise)
         self._run()
         return noise
 
@@ -457,7 +468,7 @@ class Sampler(_Runner):
         after the final check failed, so the hot path keeps its one read)."""
         if not bool(torch.isfinite(noise).all()):
             return "noise contains non-finite values"
-        self._x.copy_(noise)
+        self._load_start(noise)
         hosts = self.times.tolist()
         with torch.no_grad():
             for i in range(self.num_steps):
@@ -473,7 +484,8 @@ class Sampler(_Runner):
         )
 
     def __call__(self, noise: torch.Tensor) -> torch.Tensor:
-        """Run the K steps from ``noise`` (B, ...) at ``times[0]``; return the state at ``times[-1]``.
+        """Run the K steps from the start state of ``noise`` (B, ...) at ``times[0]`` (the schedule's start
+        rule); return the state at ``times[-1]``.
 
         The first call builds the buffers if the construction could not (batch size or sample shape unknown
         then), which includes compiling, capturing or "auto"'s measurement. Returns a new tensor (a copy of
@@ -586,8 +598,9 @@ class TeacherRecorder(_Runner):
         euler_step_forward(src, self._method.combine(slopes), h, g, backend, out=dst)
 
     def __call__(self, noise: torch.Tensor) -> Trajectory:
-        """Run the K steps from ``noise`` (B, ...) at ``times[0]``; return every state (N = K + 1) and, with
-        record="all", every slope ((K, B, ...)), as copies that later calls do not overwrite."""
+        """Run the K steps from the start state of ``noise`` (B, ...) at ``times[0]``; return every state
+        (N = K + 1) and, with record="all", every slope ((K, B, ...)), as copies that later calls do not
+        overwrite."""
         self._run_from(noise)
         velocities = None if self._velocities is None else self._velocities.clone()
         traj = Trajectory(states=self._states.clone(), velocities=velocities, times=self.times.copy())

@@ -24,6 +24,7 @@ from boss_fast._identity import content_digest
 from boss_fast._validation import (
     METRICS,
     SOLVERS,
+    START_RULES,
     as_times,
     atomic_write,
     check_choice,
@@ -48,7 +49,7 @@ __all__ = [
 OBJECTIVES: tuple[str, ...] = ("global", "local")
 
 SCHEDULE_FORMAT = "boss_fast.schedule"
-SCHEDULE_VERSION = 1
+SCHEDULE_VERSION = 2  # 2: the start rule ("start"); version-1 files load as start "zero"
 _REQUIRED = ("times", "indices", "grid", "cost", "metric", "solver")
 # A schedule file is a few kB (grid 100: 5 kB); a grid of 10^6 points is ~50 MB. Anything larger is refused
 # before it is read.
@@ -63,9 +64,9 @@ class Schedule:
     """A K-step sampling schedule chosen on a base grid.
 
     Attributes:
-        times: (K + 1,) float64, strictly increasing, from ``grid[0]`` to ``grid[-1]``;
-            ``times == grid[indices]``.
-        indices: (K + 1,) int64 indices into ``grid``, from 0 to len(grid) - 1.
+        times: (K + 1,) float64, strictly increasing, from ``grid[indices[0]]`` (``grid[0]`` when ``start`` is
+            "zero") to ``grid[-1]``; ``times == grid[indices]``.
+        indices: (K + 1,) int64 indices into ``grid``, ending at len(grid) - 1 (starting at 0 for "zero").
         cost: the path's total (discounted) cost in the cost matrix's units (e.g. mean squared L2 per sample).
         grid: (N,) float64 base grid the cost matrix was computed on.
         metric: "l2sq" or "l2", the cost metric.
@@ -84,6 +85,12 @@ class Schedule:
         resampled_from: None for a searched schedule; for one interpolated from another budget
             (:func:`interpolate_schedule`, ``ScheduleSet.resample`` on a set without a cost table) that
             budget K. No model ran for it, so its ``cost`` is unknown: NaN here, ``null`` in JSON.
+        start: the start rule, the state sampling starts from at ``times[0]`` (``boss_fast.ode.start_state``):
+            "zero" (pinned at the grid's first point, from the noise: BOSS as published; files written before
+            this field existed load as "zero"), "noise" (the noise itself at ``times[0]``, as a diffusers
+            pipeline does with a first sigma below 1) or "scaled" (``(1 - times[0]) * noise``, as ComfyUI does
+            for flow models from an empty latent). Decided by the search and honoured, or refused by name, by
+            every consumer.
 
     The arrays are read-only copies; construction validates everything (ValueError naming the problem).
 
@@ -107,6 +114,7 @@ class Schedule:
     objective: str = "local"
     resampled_from: int | None = None
     mu: float | None = None
+    start: str = "zero"
 
     def __post_init__(self) -> None:
         grid = as_times(self.grid, "grid")
@@ -119,10 +127,16 @@ class Schedule:
         indices = indices.astype(np.int64)
         if len(indices) != len(times):
             raise ValueError(f"indices has {len(indices)} entries but times has {len(times)}")
-        if indices[0] != 0 or indices[-1] != len(grid) - 1:
+        check_choice(self.start, START_RULES, "start")
+        if indices[-1] != len(grid) - 1 or indices[0] < 0:
             raise ValueError(
-                f"indices must run from 0 to len(grid) - 1 = {len(grid) - 1}, "
+                f"indices must run from a grid point to len(grid) - 1 = {len(grid) - 1}, "
                 f"got {indices[0]} .. {indices[-1]}"
+            )
+        if indices[0] != 0 and self.start == "zero":
+            raise ValueError(
+                f"start 'zero' pins the first time at grid[0], but indices[0] = {indices[0]} (t = "
+                f"{grid[indices[0]].item()!r}); a schedule that starts later has start 'noise' or 'scaled'"
             )
         if np.any(np.diff(indices) <= 0):
             raise ValueError(f"indices must be strictly increasing, got {indices.tolist()}")
@@ -194,6 +208,7 @@ class Schedule:
             and self.objective == other.objective
             and self.resampled_from == other.resampled_from
             and self.mu == other.mu
+            and self.start == other.start
             and (self.cost == other.cost or (math.isnan(self.cost) and math.isnan(other.cost)))
         )
 
@@ -216,6 +231,7 @@ class Schedule:
             discount=self.discount,
             shape=None if self.shape is None else list(self.shape),
             objective=self.objective,
+            start=self.start,
         )
         if self.resampled_from is not None:  # only then: files of searched schedules stay as they were
             doc["resampled_from"] = self.resampled_from
@@ -254,6 +270,7 @@ class Schedule:
             ("steps", (int,)),
             ("shape", (list, type(None))),
             ("mu", (int, float, type(None))),
+            ("start", (str,)),
         ):
             if key in doc and (not isinstance(doc[key], kinds) or isinstance(doc[key], bool)):
                 raise ValueError(f"{source}: {key} has the wrong type ({type(doc[key]).__name__})")
@@ -285,6 +302,7 @@ class Schedule:
                 objective=doc.get("objective", "local"),
                 resampled_from=resampled_from,
                 mu=doc.get("mu"),
+                start=_start_of(doc, source),
             )
         except (TypeError, ValueError, OverflowError) as err:
             raise ValueError(f"{source}: inconsistent schedule: {err}") from None
@@ -364,6 +382,18 @@ def _check_cost(cost: object, resampled_from: object) -> float:
     if not isinstance(cost, float) or not math.isnan(cost):
         raise ValueError(f"a resampled schedule's cost is unknown (NaN), got {cost!r}")
     return cost
+
+
+def _start_of(doc: dict, source: str) -> str:
+    """The start rule of a schedule (or set) document: "zero" for version 1, written before the rule existed;
+    from version 2 on the key is required (a missing one is an edit, not an old file)."""
+    if doc.get("version") == 1:
+        if "start" in doc:
+            raise ValueError(f"{source}: a version-1 file has no start rule, but this one holds start")
+        return "zero"
+    if "start" not in doc:
+        raise ValueError(f"{source}: missing key start (the start rule: one of {', '.join(START_RULES)})")
+    return doc["start"]
 
 
 def _format_of(doc: object) -> object:
@@ -502,9 +532,9 @@ def schedules_from_cost(
 # ------------------------------------------------------------------------------------ every budget at once
 
 SET_FORMAT = "boss_fast.schedule_set"
-SET_VERSION = 1
+SET_VERSION = 2  # 2: the start rule ("start"); version-1 files load as start "zero"
 # Fields every budget of a set shares (one search): checked at construction, stored once in the file.
-_SHARED = ("metric", "solver", "num_samples", "fingerprint", "discount", "shape", "objective")
+_SHARED = ("metric", "solver", "num_samples", "fingerprint", "discount", "shape", "objective", "start")
 # Shared too, but written only when set (files without them stay as they were).
 _OPTIONAL_SHARED = ("mu",)
 
@@ -513,7 +543,7 @@ class ScheduleSet(Mapping[int, Schedule]):
     """Every budget K = 1 .. ``max_steps`` from one search, as a read-only mapping ``{K: Schedule}``.
 
     ``sset[K]``, ``len(sset)``, ``sset.items()`` work as on a dict. All budgets share one grid and one
-    search's fields (metric, solver, num_samples, fingerprint, discount, shape, objective).
+    search's fields (metric, solver, num_samples, fingerprint, discount, shape, objective, start).
 
     Args:
         schedules: the budgets 1 .. max_steps, each once, in any order (none of them resampled).
@@ -724,7 +754,8 @@ class ScheduleSet(Mapping[int, Schedule]):
         edit that keeps every saved budget optimal cannot be told from a search (class docstring)."""
         hint = " (a single schedule: use Schedule.load)" if _format_of(doc) == SCHEDULE_FORMAT else ""
         check_header(doc, make_header(SET_FORMAT, SET_VERSION), source, "schedule set", oldest=1, hint=hint)
-        missing = [k for k in ("budgets", "grid", "cost_table_upper", "sha256", *_SHARED) if k not in doc]
+        required = ("budgets", "grid", "cost_table_upper", "sha256", *(k for k in _SHARED if k != "start"))
+        missing = [k for k in required if k not in doc]
         if missing:
             raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
         if doc["sha256"] != content_digest(doc):
@@ -733,7 +764,8 @@ class ScheduleSet(Mapping[int, Schedule]):
         if not isinstance(budgets, list) or not budgets or not all(isinstance(b, dict) for b in budgets):
             raise ValueError(f"{source}: budgets must be a non-empty list of objects")
         grid = _expect_numbers(doc["grid"], "grid", source)
-        shared = {k: doc[k] for k in _SHARED}
+        shared = {k: doc[k] for k in _SHARED if k != "start"}
+        shared["start"] = _start_of(doc, source)
         shared.update({k: doc[k] for k in _OPTIONAL_SHARED if k in doc})
         scheds = []
         for b in budgets:
@@ -790,13 +822,16 @@ def loglinear_times(times: np.ndarray, steps: int) -> np.ndarray:
     return out
 
 
-def snap_to_grid(grid: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Indices of the grid points nearest to ``targets`` (K + 1 times), made strictly increasing from 0 to
-    N - 1: each index is pushed up past its predecessor, then down below its successor (K <= N - 1)."""
+def snap_to_grid(grid: np.ndarray, targets: np.ndarray, pin_first: bool = True) -> np.ndarray:
+    """Indices of the grid points nearest to ``targets`` (K + 1 times), made strictly increasing up to
+    N - 1, from 0 with ``pin_first`` (else from the point nearest ``targets[0]``, for a schedule whose start
+    is free): each index is pushed up past its predecessor, then down below its successor (K <= N - 1)."""
     n, k = len(grid), len(targets) - 1
     right = np.clip(np.searchsorted(grid, targets), 1, n - 1)
     idx = np.where(np.abs(grid[right - 1] - targets) <= np.abs(grid[right] - targets), right - 1, right)
-    idx[0], idx[-1] = 0, n - 1
+    idx[-1] = n - 1
+    if pin_first:
+        idx[0] = 0
     for j in range(1, k):  # idx[k] stays N - 1
         idx[j] = max(idx[j], idx[j - 1] + 1)
     for j in range(k - 1, -1, -1):
@@ -827,7 +862,7 @@ def interpolate_schedule(sched: Schedule, steps: int) -> Schedule:
         raise ValueError("interpolation needs a schedule of at least 2 steps (a 1-step one has no shape)")
     if not 2 <= steps <= len(sched.grid) - 1:
         raise ValueError(f"steps must be in [2, {len(sched.grid) - 1}] on this grid, got {steps}")
-    indices = snap_to_grid(sched.grid, loglinear_times(sched.times, steps))
+    indices = snap_to_grid(sched.grid, loglinear_times(sched.times, steps), pin_first=sched.start == "zero")
     return replace(
         sched, times=sched.grid[indices], indices=indices, cost=math.nan, resampled_from=sched.steps
     )

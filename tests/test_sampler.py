@@ -477,3 +477,22 @@ def test_a_recording_teacher_names_the_grid_time():
         bf.Sampler(nan_after_the_first_step, TIMES, check_finite=1)
     with pytest.raises(TypeError, match="check_finite must be True or False"):
         TeacherRecorder(nan_after_the_first_step, TIMES, check_finite=1)
+
+
+@pytest.mark.parametrize("start", ["noise", "scaled"])
+def test_a_late_start_is_honoured_bit_for_bit(digits_dit, start):
+    """The sampler and the recording teacher start from the rule's state, as ``sample`` does."""
+    grid = np.linspace(0.0, 1.0, 11)
+    sched = bf.Schedule(times=grid[[2, 5, 10]], indices=[2, 5, 10], cost=0.0, grid=grid, start=start)
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    got = Sampler(digits_dit, sched, mode="eager")(noise)
+    assert torch.equal(got, sample(digits_dit, noise, sched))
+    scaled = start == "scaled"
+    assert torch.equal(got, sample(digits_dit, noise * 0.8 if scaled else noise, sched.times))
+    assert scaled == (not torch.equal(got, sample(digits_dit, noise, sched.times)))  # the rule mattered
+    traj = TeacherRecorder(digits_dit, sched, mode="eager", record="states")(noise)
+    start_state = noise * 0.8 if scaled else noise
+    assert torch.equal(traj.states[0], start_state)
+    assert torch.equal(
+        traj.states, teacher_trajectory(digits_dit, start_state, sched.times, record="states").states
+    )
