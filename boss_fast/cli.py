@@ -636,7 +636,8 @@ def _cmd_straighten(args) -> None:
     )  # fmt: skip
     config = student.config() if callable(getattr(student, "config", None)) else {}
     name = args.model if ":" not in args.model else args.model.replace(":", ".")
-    meta = {"straightened_for": list(sched.times), "iters": stats.steps, "loss": args.loss}
+    meta = {"straightened_for": list(sched.times), "start": sched.start}  # where its first step starts
+    meta.update(iters=stats.steps, loss=args.loss)
     save_weights(student, args.out, name=name, config=config, metadata=meta)
     print(
         f"straightened for {sched.steps} steps ({stats.trained_share:.1%} of the parameters trained, "

@@ -501,7 +501,8 @@ def test_cli_straighten_writes_loadable_weights(tmp_path, capsys):
     argv = ["straighten", "--model", "digits_dit", "--schedule", str(tmp_path / "s.json"), "--iters", "2"]
     argv += ["--num-pairs", "4", "--batch-size", "4", "--warmup", "1", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
-    tensors, config, _ = read_weights(out, name="digits_dit", script="-")
+    tensors, config, meta = read_weights(out, name="digits_dit", script="-")
+    assert meta["boss_fast.start"] == "zero"  # the schedule's start rule, beside its times
     net = DiT(**config)
     net.load_state_dict(tensors)
     assert "weights written" in capsys.readouterr().out
