@@ -951,6 +951,8 @@ def test_boss_scheduler_records_the_start_rule_and_keeps_its_parameters(tmp_path
     assert BossScheduler.from_config(scheduler.config).start == "noise"
     path = tmp_path / "scheduler_config.json"
     doc = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in doc.items() if k != "_start_rule"}))  # saved before the key
+    assert BossScheduler.from_pretrained(tmp_path).start == "noise"  # what every pipeline did with its times
     for rule, error in (("scaled", r"start rule is 'scaled'"), ("sideways", r"start rule.*'sideways'")):
         path.write_text(json.dumps({**doc, "_start_rule": rule}))
         with pytest.raises(ValueError, match=error):
