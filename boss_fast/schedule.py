@@ -450,6 +450,7 @@ def _from_path(
     fingerprint: str | None,
     discount: float,
     shape: tuple[int, ...] | None = None,
+    start: str = "zero",
 ) -> Schedule:
     return Schedule(
         times=grid[path.indices],
@@ -462,6 +463,7 @@ def _from_path(
         fingerprint=fingerprint,
         discount=discount,
         shape=shape,
+        start=start,
     )
 
 
@@ -508,6 +510,7 @@ def schedules_from_cost(
     num_samples: int | None = None,
     fingerprint: str | None = None,
     shape: Sequence[int] | None = None,
+    start: str = "zero",
 ) -> ScheduleSet:
     """The Bellman-optimal schedule of every budget K = 1 .. ``max_steps`` for a precomputed (N, N) cost
     matrix on ``grid``, from one DP table, as a ``ScheduleSet`` holding the matrix (read one budget as
@@ -516,7 +519,8 @@ def schedules_from_cost(
     No model needed. ``cost``: (N, N), finite and >= 0 above the diagonal (errors; nothing else is read).
     ``grid``: the (N,) grid times the rows and columns stand for. ``max_steps`` in [1, N - 1].
     ``metric``, ``solver``, ``num_samples``, ``fingerprint`` and ``shape`` (one sample's) only describe where
-    the matrix came from and are stored in the schedules (objective "local").
+    the matrix came from and are stored in the schedules (objective "local"); ``start``: the schedules' start
+    rule (``Schedule.start``).
 
     Example:
         >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)  # cost (j - i)^2
@@ -525,7 +529,7 @@ def schedules_from_cost(
         ([0.0, 0.5, 1.0], [0.0, 1.0])
     """
     described = {"metric": metric, "solver": solver, "num_samples": num_samples, "fingerprint": fingerprint,
-                 "shape": None if shape is None else tuple(shape)}  # fmt: skip
+                 "shape": None if shape is None else tuple(shape), "start": start}  # fmt: skip
     return ScheduleSet(_solved(cost, max_steps, grid, discount, backend, described), cost_table=cost)
 
 
@@ -801,7 +805,8 @@ class ScheduleSet(Mapping[int, Schedule]):
 def _described(sched: Schedule) -> dict[str, Any]:
     """The fields of ``sched`` that say where its cost matrix came from (``_solved``'s ``described``)."""
     return {
-        name: getattr(sched, name) for name in ("metric", "solver", "num_samples", "fingerprint", "shape")
+        name: getattr(sched, name)
+        for name in ("metric", "solver", "num_samples", "fingerprint", "shape", "start")
     }
 
 
