@@ -894,8 +894,8 @@ def schedule_for_steps(
     if steps > top and source.cost_table is None:
         raise ValueError(
             f"{name} {steps}: {where} holds K = 1..{top} and no cost table (a global-objective set), so "
-            f"another K could only be interpolated, which can be worse than uniform steps: search with max_steps >= "
-            f"{steps}"
+            "another K could only be interpolated, which can be worse than uniform steps: search with "
+            f"max_steps >= {steps}"
         )
     if steps > top:
         raise ValueError(

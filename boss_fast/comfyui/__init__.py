@@ -163,14 +163,14 @@ def resolve_schedule_file(name: str) -> str:
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
             return candidate
-    where = (
-        f"the {SCHEDULES_FOLDER} folder(s) {', '.join(folders)}"
-        if folders
-        else f"ComfyUI's models/{SCHEDULES_FOLDER}, and this is not running inside ComfyUI"
-    )
+    if not folders:
+        raise FileNotFoundError(
+            f"schedule_file {name}: a relative name is looked up in ComfyUI's models/{SCHEDULES_FOLDER}, and "
+            "this is not running inside ComfyUI: give an absolute path"
+        )
     raise FileNotFoundError(
-        f"schedule_file {name}: a relative name is looked up in {where}, and it is not there (give an "
-        "absolute path for a file elsewhere)"
+        f"schedule_file {name}: a relative name is looked up in the {SCHEDULES_FOLDER} folder(s) "
+        f"{', '.join(folders)}, and it is not there (give an absolute path for a file elsewhere)"
     )
 
 
