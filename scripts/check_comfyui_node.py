@@ -246,7 +246,7 @@ def _span(ks: list[int]) -> str:
 
 def _first_error(detail: object) -> str:
     if isinstance(detail, str):
-        return detail[:200]
+        return detail.strip()[:200]
     for node in (detail or {}).get("node_errors", {}).values():
         for error in node.get("errors", []):
             return f"{error.get('message')}: {error.get('details')}"[:200]
