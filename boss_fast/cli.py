@@ -38,7 +38,7 @@ from boss_fast.integrations.sigmas import (
 )
 from boss_fast.models import WeightsFileError, bundled_velocities, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
-from boss_fast.schedule import SCHEDULE_FORMAT, SET_FORMAT, read_json
+from boss_fast.schedule import max_budget, read_json, read_schedule_file, schedule_for_steps
 from boss_fast.straighten import StraightenMemory, StraightenSettings
 
 # The shape of one sample of each bundled velocity model (the classifier is not one), from boss_fast.models.
@@ -496,26 +496,18 @@ def _diffusers_line(sched: bf.Schedule, config, mu: float | None) -> str:
 
 
 def _sigmas_schedule(path: str, steps: int | None) -> bf.Schedule:
-    """The schedule ``boss-fast sigmas`` prints: ``path`` holds one Schedule or a ScheduleSet."""
+    """The schedule ``boss-fast sigmas`` prints: ``path`` holds one Schedule or a ScheduleSet; K steps by
+    ``schedule_for_steps``, the rule the ComfyUI node shares (a K beyond a set's budgets re-solved on its
+    cost table)."""
     _check_input_file(path, "PATH")
-    doc = read_json(path, "schedule")
-    kind = doc.get("format") if isinstance(doc, dict) else None
-    if kind == SET_FORMAT:
-        sset = bf.ScheduleSet.from_dict(doc, path)
-        if steps is None:
-            raise UsageError(f"{path} holds a schedule set (K = 1..{sset.max_steps}): give --steps K")
-        if steps not in sset:
-            raise UsageError(
-                f"--steps {steps}: {path} holds K = 1..{sset.max_steps} (for another budget: "
-                "ScheduleSet.load(path).resample(K) in Python, then save it)"
-            )
-        return sset[steps]
-    if kind != SCHEDULE_FORMAT:
-        raise UsageError(f"{path}: neither a schedule nor a schedule set (format {kind!r})")
-    sched = bf.Schedule.from_dict(doc, path)
-    if steps is not None and steps != sched.steps:
-        raise UsageError(f"--steps {steps}: {path} is a {sched.steps}-step schedule")
-    return sched
+    source = read_schedule_file(path)
+    if steps is None:
+        if isinstance(source, bf.Schedule):
+            return source
+        top = max_budget(source)
+        more = f"; up to {top} re-solved on its cost table" if top > source.max_steps else ""
+        raise UsageError(f"{path} holds a schedule set (K = 1..{source.max_steps}{more}): give --steps K")
+    return schedule_for_steps(source, steps, path, "--steps")
 
 
 def _scheduler_config(path: str | None) -> dict | None:

@@ -496,8 +496,11 @@ def test_sigmas_for_diffusers_step_the_stock_scheduler_at_the_schedule(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["set.json"], "holds a schedule set (K = 1..4): give --steps K"),
-        (["set.json", "--steps", "7"], "--steps 7: set.json holds K = 1..4"),
+        (["set.json"], "holds a schedule set (K = 1..4; up to 20 re-solved on its cost table): give"),
+        (["set.json", "--steps", "21"], "--steps 21: set.json gives K = 1..20 ("),
+        (["global.json", "--steps", "5"], "--steps 5: global.json holds K = 1..4 and no cost table"),
+        (["global.json"], "holds a schedule set (K = 1..4): give --steps K"),
+        (["set.json", "--steps", "0"], "--steps 0: must be >= 1"),
         (["k3.json", "--steps", "4"], "--steps 4: k3.json is a 3-step schedule"),
         (["k3.json", "--format", "comfyui", "--shift", "3"], "apply to --format diffusers only"),
         (["k3.json", "--format", "diffusers", "--config", "karras.json"], "use_karras_sigmas=True"),
@@ -507,14 +510,15 @@ def test_sigmas_for_diffusers_step_the_stock_scheduler_at_the_schedule(
             ["k3.json", "--format", "diffusers", "--config", "nothere.json"],
             "--config nothere.json: no such file",
         ),
-        (["other.json"], "neither a schedule nor a schedule set"),
+        (["other.json"], "neither a boss_fast schedule nor a schedule set"),
         (["tampered.json", "--steps", "2"], "sha256 does not match"),
     ],
 )
 def test_sigmas_refuses_by_name(sigma_files, tmp_path, argv, message):
-    root, _ = sigma_files
+    root, sset = sigma_files
     for name in ("set.json", "k3.json"):
         (tmp_path / name).write_bytes((root / name).read_bytes())
+    boss_fast.ScheduleSet(sset.values()).save(tmp_path / "global.json")  # no cost table
     for name, config in (
         ("karras", {"use_karras_sigmas": True}),
         ("stoch", {"stochastic_sampling": True}),
