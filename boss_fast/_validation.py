@@ -26,6 +26,12 @@ METRICS: tuple[str, ...] = ("l2sq", "l2")
 MAX_SEED = 2**64 - 1
 # One sample's shape: at most 16 dimensions of at most 2^31 each (a schedule file records it).
 MAX_SHAPE_DIMS = 16
+# Where sampling starts: the rule giving the state at a schedule's first time t_s = times[0] from the noise.
+# "zero": the first time is pinned at the grid's first point and the state is the noise (BOSS as published);
+# "noise": the noise itself is the state at t_s, whatever t_s (a diffusers pipeline's txt2img latents with a
+# first sigma below 1; OptimalSteps' search); "scaled": (1 - t_s) * noise (ComfyUI's flow models from an empty
+# latent: noise_scaling = sigma * noise + (1 - sigma) * latent with latent = 0).
+START_RULES: tuple[str, ...] = ("zero", "noise", "scaled")
 
 
 def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
@@ -194,6 +200,34 @@ def as_times(times: object, name: str = "times") -> np.ndarray:
 def schedule_times(schedule: object, name: str = "schedule times") -> np.ndarray:
     """The validated times of a ``Schedule`` (anything with a ``times`` attribute) or of a time grid."""
     return as_times(getattr(schedule, "times", schedule), name)
+
+
+def schedule_start(schedule: object) -> str:
+    """The start rule of a ``Schedule`` (its ``start``), or "noise" for plain times: the noise is the state at
+    the first time, as every sampler of plain times has always done."""
+    return check_choice(getattr(schedule, "start", "noise"), START_RULES, "start")
+
+
+# The state each start rule gives at the first time t, in words (boss_fast.ode.start_state is the arithmetic).
+_START_STATES = {"zero": "the noise itself", "noise": "the noise itself", "scaled": "(1 - t) * noise"}
+
+
+def check_start(schedule: object, rule: str, who: str, remedy: str) -> str:
+    """The start rule of ``schedule`` (:func:`schedule_start`) when a tool that always starts from ``rule``'s
+    state (``who``: e.g. "a diffusers pipeline") samples it exactly, else a ValueError naming both rules and
+    ``remedy``.
+
+    Exact when both rules give the same state at the schedule's first time t: "zero" and "noise" both start
+    from the noise itself, and "scaled" does too at t = 0 ((1 - 0) * noise); otherwise the states differ by
+    the factor 1 - t.
+    """
+    own, t = schedule_start(schedule), float(schedule_times(schedule)[0])
+    if (own == "scaled") == (check_choice(rule, START_RULES, "rule") == "scaled") or t == 0.0:
+        return own
+    raise ValueError(
+        f"this schedule's start rule is {own!r}: sampling starts at t = {t!r} from {_START_STATES[own]}, but "
+        f"{who} starts there from {_START_STATES[rule]} (start rule {rule!r}); {remedy}"
+    )
 
 
 def check_noise(noise: object, name: str = "noise") -> torch.Tensor:

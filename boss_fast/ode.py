@@ -22,11 +22,13 @@ import torch
 from torch import nn
 
 from boss_fast._validation import (
+    START_RULES,
     STEP_SOLVERS,
     check_choice,
     check_noise,
     check_scale,
     check_velocity_output,
+    schedule_start,
     schedule_times,
 )
 
@@ -48,6 +50,7 @@ __all__ = [
     "ode_step",
     "sample",
     "stage_times",
+    "start_state",
 ]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -153,6 +156,20 @@ def for_rows(velocity: VelocityFn, rows: torch.Tensor) -> VelocityFn:
     """
     pick = getattr(velocity, "for_rows", None)
     return velocity if pick is None else pick(rows)
+
+
+def start_state(noise: torch.Tensor, rule: str, t0: float) -> torch.Tensor:
+    """The state sampling starts from at a schedule's first time ``t0``, by its start ``rule``
+    (``boss_fast._validation.START_RULES``): the noise itself ("zero", "noise"; no copy), or
+    ``(1 - t0) * noise`` ("scaled": ComfyUI's flow models from an empty latent).
+
+    Example:
+        >>> start_state(torch.ones(1, 2), "scaled", 0.25).tolist(), start_state(torch.ones(1), "noise", 0.5)
+        ([[0.75, 0.75]], tensor([1.]))
+    """
+    if check_choice(rule, START_RULES, "start rule") == "scaled":
+        return noise * (1.0 - t0)
+    return noise
 
 
 def ode_step(
@@ -339,14 +356,17 @@ def sample(
     grad: bool = False,
     check_finite: bool = True,
 ) -> torch.Tensor:
-    """Run the K-step sampler from ``noise`` at ``times[0]`` to ``times[-1]``; return the last state.
+    """Run the K-step sampler from the start state at ``times[0]`` to ``times[-1]``; return the last state.
 
-    The reference integrator: a plain loop over :func:`ode_step`. Times are host floats read once before the
-    loop: nothing inside it reads a device value (the finiteness flags are read once, after the loop).
+    The start state is :func:`start_state` of ``noise`` by the schedule's start rule (``Schedule.start``;
+    plain times: the noise itself). The reference integrator: a plain loop over :func:`ode_step`. Times are
+    host floats read once before the loop: nothing inside it reads a device value (the finiteness flags are
+    read once, after the loop).
 
     Args:
         velocity: ``velocity(x, t)``, t = 0 noise, t = 1 data.
-        noise: (B, ...) floating tensor, the state at the first time; the result has its dtype and device.
+        noise: (B, ...) floating tensor; the state at the first time is ``start_state(noise, rule, times[0])``
+            (the noise itself unless the schedule's rule is "scaled"); the result has its dtype and device.
         schedule: a ``Schedule`` (anything with ``times``) or its times (a sequence, numpy array or tensor,
             strictly increasing in [0, 1]). K = len(times) - 1 steps; NFE = K for Euler, 2K for Heun, 4K
             for RK4.
@@ -366,12 +386,13 @@ def sample(
         2.0
     """
     times = schedule_times(schedule)
+    rule = schedule_start(schedule)
     noise = check_noise(noise)
     solver = check_choice(solver, STEP_SOLVERS, "solver")
     hosts = times.tolist()  # Python floats: the loop below never reads a device value
     flags = []
-    x = noise
     with nullcontext() if grad else torch.no_grad():
+        x = start_state(noise, rule, hosts[0])
         for t0, t1 in zip(hosts[:-1], hosts[1:], strict=True):
             x = ode_step(velocity, x, t0, t1, solver)
             if check_finite:

@@ -1,6 +1,7 @@
 """Bellman-optimal schedules (BOSS stage 1, step 5): the ``Schedule`` object, its JSON file, and the schedule
-of a given cost matrix, every budget at once (``schedules_from_cost``). No model and no cost estimation
-here: the pipeline from a velocity model (noise -> teacher -> cost matrix -> DP) is
+of a given cost matrix, every budget at once (``schedules_from_cost``); K steps from a schedule file by the
+one rule ``boss-fast sigmas --steps K`` and the ComfyUI node share (``schedule_for_steps``). No model and no
+cost estimation here: the pipeline from a velocity model (noise -> teacher -> cost matrix -> DP) is
 :func:`boss_fast.search.optimal_schedules`.
 
 A schedule's ``times`` are flow times (t = 0 noise, t = 1 data), a subset of the base grid's points chosen by
@@ -24,6 +25,7 @@ from boss_fast._identity import content_digest
 from boss_fast._validation import (
     METRICS,
     SOLVERS,
+    START_RULES,
     as_times,
     atomic_write,
     check_choice,
@@ -39,7 +41,10 @@ __all__ = [
     "ScheduleSet",
     "interpolate_schedule",
     "loglinear_times",
+    "max_budget",
     "read_json",
+    "read_schedule_file",
+    "schedule_for_steps",
     "schedules_from_cost",
     "snap_to_grid",
 ]
@@ -49,7 +54,10 @@ __all__ = [
 OBJECTIVES: tuple[str, ...] = ("global", "local")
 
 SCHEDULE_FORMAT = "boss_fast.schedule"
-SCHEDULE_VERSION = 1
+# 2: the start rule ("start"). A schedule pinned at the grid's start ("zero") is still written as version 1,
+# byte for byte what earlier versions wrote (their readers read it); one with another rule is version 2, which
+# an older reader refuses by its version instead of sampling it from the wrong state.
+SCHEDULE_VERSION = 2
 _REQUIRED = ("times", "indices", "grid", "cost", "metric", "solver")
 # A schedule file is a few kB (grid 100: 5 kB); a grid of 10^6 points is ~50 MB. Anything larger is refused
 # before it is read.
@@ -63,9 +71,9 @@ class Schedule:
     """A K-step sampling schedule chosen on a base grid.
 
     Attributes:
-        times: (K + 1,) float64, strictly increasing, from ``grid[0]`` to ``grid[-1]``;
-            ``times == grid[indices]``.
-        indices: (K + 1,) int64 indices into ``grid``, from 0 to len(grid) - 1.
+        times: (K + 1,) float64, strictly increasing, from ``grid[indices[0]]`` (``grid[0]`` when ``start`` is
+            "zero") to ``grid[-1]``; ``times == grid[indices]``.
+        indices: (K + 1,) int64 indices into ``grid``, ending at len(grid) - 1 (starting at 0 for "zero").
         cost: the path's total (discounted) cost in the cost matrix's units (e.g. mean squared L2 per sample).
         grid: (N,) float64 base grid the cost matrix was computed on.
         metric: "l2sq" or "l2", the cost metric.
@@ -84,6 +92,12 @@ class Schedule:
         resampled_from: None for a searched schedule; for one interpolated from another budget
             (:func:`interpolate_schedule`, ``ScheduleSet.resample`` on a set without a cost table) that
             budget K. No model ran for it, so its ``cost`` is unknown: NaN here, ``null`` in JSON.
+        start: the start rule, the state sampling starts from at ``times[0]`` (``boss_fast.ode.start_state``):
+            "zero" (pinned at the grid's first point, from the noise: BOSS as published; files written before
+            this field existed load as "zero"), "noise" (the noise itself at ``times[0]``, as a diffusers
+            pipeline does with a first sigma below 1) or "scaled" (``(1 - times[0]) * noise``, as ComfyUI does
+            for flow models from an empty latent). Decided by the search and honoured, or refused by name, by
+            every consumer.
 
     The arrays are read-only copies; construction validates everything (ValueError naming the problem).
 
@@ -107,6 +121,7 @@ class Schedule:
     objective: str = "local"
     resampled_from: int | None = None
     mu: float | None = None
+    start: str = "zero"
 
     def __post_init__(self) -> None:
         grid = as_times(self.grid, "grid")
@@ -119,10 +134,16 @@ class Schedule:
         indices = indices.astype(np.int64)
         if len(indices) != len(times):
             raise ValueError(f"indices has {len(indices)} entries but times has {len(times)}")
-        if indices[0] != 0 or indices[-1] != len(grid) - 1:
+        check_choice(self.start, START_RULES, "start")
+        if indices[-1] != len(grid) - 1 or indices[0] < 0:
             raise ValueError(
-                f"indices must run from 0 to len(grid) - 1 = {len(grid) - 1}, "
+                f"indices must run from a grid point to len(grid) - 1 = {len(grid) - 1}, "
                 f"got {indices[0]} .. {indices[-1]}"
+            )
+        if indices[0] != 0 and self.start == "zero":
+            raise ValueError(
+                f"start 'zero' pins the first time at grid[0], but indices[0] = {indices[0]} (t = "
+                f"{grid[indices[0]].item()!r}); a schedule that starts later has start 'noise' or 'scaled'"
             )
         if np.any(np.diff(indices) <= 0):
             raise ValueError(f"indices must be strictly increasing, got {indices.tolist()}")
@@ -194,6 +215,7 @@ class Schedule:
             and self.objective == other.objective
             and self.resampled_from == other.resampled_from
             and self.mu == other.mu
+            and self.start == other.start
             and (self.cost == other.cost or (math.isnan(self.cost) and math.isnan(other.cost)))
         )
 
@@ -203,7 +225,7 @@ class Schedule:
         """The JSON document: a format marker and version, then every field (floats round-trip exactly)."""
         doc = make_header(
             SCHEDULE_FORMAT,
-            SCHEDULE_VERSION,
+            _file_version(self.start, SCHEDULE_VERSION),
             steps=self.steps,
             times=self.times.tolist(),
             indices=self.indices.tolist(),
@@ -217,6 +239,8 @@ class Schedule:
             shape=None if self.shape is None else list(self.shape),
             objective=self.objective,
         )
+        if self.start != "zero":
+            doc["start"] = self.start
         if self.resampled_from is not None:  # only then: files of searched schedules stay as they were
             doc["resampled_from"] = self.resampled_from
         if self.mu is not None:  # likewise
@@ -254,6 +278,7 @@ class Schedule:
             ("steps", (int,)),
             ("shape", (list, type(None))),
             ("mu", (int, float, type(None))),
+            ("start", (str,)),
         ):
             if key in doc and (not isinstance(doc[key], kinds) or isinstance(doc[key], bool)):
                 raise ValueError(f"{source}: {key} has the wrong type ({type(doc[key]).__name__})")
@@ -285,6 +310,7 @@ class Schedule:
                 objective=doc.get("objective", "local"),
                 resampled_from=resampled_from,
                 mu=doc.get("mu"),
+                start=_start_of(doc, source),
             )
         except (TypeError, ValueError, OverflowError) as err:
             raise ValueError(f"{source}: inconsistent schedule: {err}") from None
@@ -366,6 +392,23 @@ def _check_cost(cost: object, resampled_from: object) -> float:
     return cost
 
 
+def _file_version(start: str, latest: int) -> int:
+    """The version a file is written in: 1 for a pinned start (no ``start`` key), else ``latest``."""
+    return 1 if start == "zero" else latest
+
+
+def _start_of(doc: dict, source: str) -> str:
+    """The start rule of a schedule (or set) document: "zero" for version 1, written before the rule existed;
+    from version 2 on the key is required (a missing one is an edit, not an old file)."""
+    if doc.get("version") == 1:
+        if "start" in doc:
+            raise ValueError(f"{source}: a version-1 file has no start rule, but this one holds start")
+        return "zero"
+    if "start" not in doc:
+        raise ValueError(f"{source}: missing key start (the start rule: one of {', '.join(START_RULES)})")
+    return doc["start"]
+
+
 def _format_of(doc: object) -> object:
     return doc.get("format") if isinstance(doc, dict) else None
 
@@ -410,6 +453,7 @@ def _from_path(
     fingerprint: str | None,
     discount: float,
     shape: tuple[int, ...] | None = None,
+    start: str = "zero",
 ) -> Schedule:
     return Schedule(
         times=grid[path.indices],
@@ -422,6 +466,7 @@ def _from_path(
         fingerprint=fingerprint,
         discount=discount,
         shape=shape,
+        start=start,
     )
 
 
@@ -468,6 +513,7 @@ def schedules_from_cost(
     num_samples: int | None = None,
     fingerprint: str | None = None,
     shape: Sequence[int] | None = None,
+    start: str = "zero",
 ) -> ScheduleSet:
     """The Bellman-optimal schedule of every budget K = 1 .. ``max_steps`` for a precomputed (N, N) cost
     matrix on ``grid``, from one DP table, as a ``ScheduleSet`` holding the matrix (read one budget as
@@ -476,7 +522,8 @@ def schedules_from_cost(
     No model needed. ``cost``: (N, N), finite and >= 0 above the diagonal (errors; nothing else is read).
     ``grid``: the (N,) grid times the rows and columns stand for. ``max_steps`` in [1, N - 1].
     ``metric``, ``solver``, ``num_samples``, ``fingerprint`` and ``shape`` (one sample's) only describe where
-    the matrix came from and are stored in the schedules (objective "local").
+    the matrix came from and are stored in the schedules (objective "local"); ``start``: the schedules' start
+    rule (``Schedule.start``).
 
     Example:
         >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)  # cost (j - i)^2
@@ -485,16 +532,16 @@ def schedules_from_cost(
         ([0.0, 0.5, 1.0], [0.0, 1.0])
     """
     described = {"metric": metric, "solver": solver, "num_samples": num_samples, "fingerprint": fingerprint,
-                 "shape": None if shape is None else tuple(shape)}  # fmt: skip
+                 "shape": None if shape is None else tuple(shape), "start": start}  # fmt: skip
     return ScheduleSet(_solved(cost, max_steps, grid, discount, backend, described), cost_table=cost)
 
 
 # ------------------------------------------------------------------------------------ every budget at once
 
 SET_FORMAT = "boss_fast.schedule_set"
-SET_VERSION = 1
+SET_VERSION = 2  # 2: the start rule ("start"), written as SCHEDULE_VERSION is (a "zero" set stays version 1)
 # Fields every budget of a set shares (one search): checked at construction, stored once in the file.
-_SHARED = ("metric", "solver", "num_samples", "fingerprint", "discount", "shape", "objective")
+_SHARED = ("metric", "solver", "num_samples", "fingerprint", "discount", "shape", "objective", "start")
 # Shared too, but written only when set (files without them stay as they were).
 _OPTIONAL_SHARED = ("mu",)
 
@@ -503,7 +550,7 @@ class ScheduleSet(Mapping[int, Schedule]):
     """Every budget K = 1 .. ``max_steps`` from one search, as a read-only mapping ``{K: Schedule}``.
 
     ``sset[K]``, ``len(sset)``, ``sset.items()`` work as on a dict. All budgets share one grid and one
-    search's fields (metric, solver, num_samples, fingerprint, discount, shape, objective).
+    search's fields (metric, solver, num_samples, fingerprint, discount, shape, objective, start).
 
     Args:
         schedules: the budgets 1 .. max_steps, each once, in any order (none of them resampled).
@@ -673,8 +720,12 @@ class ScheduleSet(Mapping[int, Schedule]):
         """The JSON document: format, version, the shared fields and grid once, every budget's indices and
         cost, the cost table's strict upper triangle (row-major) or null, and a SHA-256 of the rest."""
         first = self._scheds[1]
-        doc: dict[str, Any] = make_header(SET_FORMAT, SET_VERSION, max_steps=self.max_steps)
-        doc.update({name: getattr(first, name) for name in _SHARED})
+        doc: dict[str, Any] = make_header(
+            SET_FORMAT, _file_version(first.start, SET_VERSION), max_steps=self.max_steps
+        )
+        doc.update(
+            {name: getattr(first, name) for name in _SHARED if name != "start" or first.start != "zero"}
+        )
         doc["shape"] = None if first.shape is None else list(first.shape)
         doc.update(
             {name: getattr(first, name) for name in _OPTIONAL_SHARED if getattr(first, name) is not None}
@@ -714,7 +765,8 @@ class ScheduleSet(Mapping[int, Schedule]):
         edit that keeps every saved budget optimal cannot be told from a search (class docstring)."""
         hint = " (a single schedule: use Schedule.load)" if _format_of(doc) == SCHEDULE_FORMAT else ""
         check_header(doc, make_header(SET_FORMAT, SET_VERSION), source, "schedule set", oldest=1, hint=hint)
-        missing = [k for k in ("budgets", "grid", "cost_table_upper", "sha256", *_SHARED) if k not in doc]
+        required = ("budgets", "grid", "cost_table_upper", "sha256", *(k for k in _SHARED if k != "start"))
+        missing = [k for k in required if k not in doc]
         if missing:
             raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
         if doc["sha256"] != content_digest(doc):
@@ -723,7 +775,8 @@ class ScheduleSet(Mapping[int, Schedule]):
         if not isinstance(budgets, list) or not budgets or not all(isinstance(b, dict) for b in budgets):
             raise ValueError(f"{source}: budgets must be a non-empty list of objects")
         grid = _expect_numbers(doc["grid"], "grid", source)
-        shared = {k: doc[k] for k in _SHARED}
+        shared = {k: doc[k] for k in _SHARED if k != "start"}
+        shared["start"] = _start_of(doc, source)
         shared.update({k: doc[k] for k in _OPTIONAL_SHARED if k in doc})
         scheds = []
         for b in budgets:
@@ -759,7 +812,8 @@ class ScheduleSet(Mapping[int, Schedule]):
 def _described(sched: Schedule) -> dict[str, Any]:
     """The fields of ``sched`` that say where its cost matrix came from (``_solved``'s ``described``)."""
     return {
-        name: getattr(sched, name) for name in ("metric", "solver", "num_samples", "fingerprint", "shape")
+        name: getattr(sched, name)
+        for name in ("metric", "solver", "num_samples", "fingerprint", "shape", "start")
     }
 
 
@@ -780,13 +834,16 @@ def loglinear_times(times: np.ndarray, steps: int) -> np.ndarray:
     return out
 
 
-def snap_to_grid(grid: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Indices of the grid points nearest to ``targets`` (K + 1 times), made strictly increasing from 0 to
-    N - 1: each index is pushed up past its predecessor, then down below its successor (K <= N - 1)."""
+def snap_to_grid(grid: np.ndarray, targets: np.ndarray, pin_first: bool = True) -> np.ndarray:
+    """Indices of the grid points nearest to ``targets`` (K + 1 times), made strictly increasing up to
+    N - 1, from 0 with ``pin_first`` (else from the point nearest ``targets[0]``, for a schedule whose start
+    is free): each index is pushed up past its predecessor, then down below its successor (K <= N - 1)."""
     n, k = len(grid), len(targets) - 1
     right = np.clip(np.searchsorted(grid, targets), 1, n - 1)
     idx = np.where(np.abs(grid[right - 1] - targets) <= np.abs(grid[right] - targets), right - 1, right)
-    idx[0], idx[-1] = 0, n - 1
+    idx[-1] = n - 1
+    if pin_first:
+        idx[0] = 0
     for j in range(1, k):  # idx[k] stays N - 1
         idx[j] = max(idx[j], idx[j - 1] + 1)
     for j in range(k - 1, -1, -1):
@@ -817,7 +874,75 @@ def interpolate_schedule(sched: Schedule, steps: int) -> Schedule:
         raise ValueError("interpolation needs a schedule of at least 2 steps (a 1-step one has no shape)")
     if not 2 <= steps <= len(sched.grid) - 1:
         raise ValueError(f"steps must be in [2, {len(sched.grid) - 1}] on this grid, got {steps}")
-    indices = snap_to_grid(sched.grid, loglinear_times(sched.times, steps))
+    indices = snap_to_grid(sched.grid, loglinear_times(sched.times, steps), pin_first=sched.start == "zero")
     return replace(
         sched, times=sched.grid[indices], indices=indices, cost=math.nan, resampled_from=sched.steps
     )
+
+
+def read_schedule_file(path: str | os.PathLike) -> Schedule | ScheduleSet:
+    """The schedule or the schedule set in the JSON file ``path`` (``Schedule.save`` / ``ScheduleSet.save``).
+
+    Raises:
+        ValueError: naming the file: neither format, or a document its reader refuses (edited, truncated,
+            over 64 MiB, ...).
+        OSError: a missing file or a directory.
+    """
+    source = os.fspath(path)
+    doc = read_json(source, "schedule")
+    kind = doc.get("format") if isinstance(doc, dict) else None
+    if kind == SET_FORMAT:
+        return ScheduleSet.from_dict(doc, source)
+    if kind == SCHEDULE_FORMAT:
+        return Schedule.from_dict(doc, source)
+    raise ValueError(f"{source}: neither a boss_fast schedule nor a schedule set (format {kind!r})")
+
+
+def max_budget(source: Schedule | ScheduleSet) -> int:
+    """The largest K :func:`schedule_for_steps` gives for ``source``: a schedule's own K; a set with a cost
+    table, its grid points - 1 (the DP re-solves any K below the grid's size); a set without one (the global
+    objective), its largest budget."""
+    if isinstance(source, Schedule):
+        return source.steps
+    return source.max_steps if source.cost_table is None else len(source.grid) - 1
+
+
+def schedule_for_steps(
+    source: Schedule | ScheduleSet, steps: int, where: str = "the file", name: str = "steps"
+) -> Schedule:
+    """The ``steps``-step schedule of a schedule or a set: the one rule ``boss-fast sigmas --steps K`` and the
+    ComfyUI node share, so the two give the same sigmas for every K, and each is what a search gives.
+
+    - A single schedule: only its own K (it holds no other budget).
+    - A set: a K it holds is that schedule; a larger K up to :func:`max_budget` is ``resample``'s DP
+      re-solved on the set's cost table, exactly what a fresh search with the same noises returns. A set
+      without a table (the global objective) would only interpolate, which docs/limitations.md measures
+      worse than uniform steps at K = 10 from a K <= 6 set: refused, as is a K beyond the grid.
+
+    ``where``: the file's name and ``name`` the caller's name for ``steps`` (``--steps``), for the messages.
+
+    Raises:
+        TypeError: ``steps`` is not an integer.
+        ValueError: ``steps`` < 1, above :func:`max_budget`, or not a single schedule's own K.
+    """
+    steps = check_int(steps, name)
+    if isinstance(source, Schedule):
+        if steps != source.steps:
+            raise ValueError(
+                f"{name} {steps}: {where} is a {source.steps}-step schedule (a schedule set gives other "
+                "budgets)"
+            )
+        return source
+    top = max_budget(source)
+    if steps > top and source.cost_table is None:
+        raise ValueError(
+            f"{name} {steps}: {where} holds K = 1..{top} and no cost table (a global-objective set), so "
+            "another K could only be interpolated, which can be worse than uniform steps: search with "
+            f"max_steps >= {steps}"
+        )
+    if steps > top:
+        raise ValueError(
+            f"{name} {steps}: {where} gives K = 1..{top} (K = {source.max_steps + 1}..{top} re-solved on its "
+            f"cost table; its grid has {len(source.grid)} points)"
+        )
+    return source.resample(steps)

@@ -215,6 +215,42 @@ def _run_cli(argv: list[str], root: Path) -> tuple[bool, str]:
     )
 
 
+# -- round three: the ComfyUI node's get_sigmas inputs and its schedule file ---------------------------------
+# As an API caller or a linked node could pass them (ComfyUI's own widget checks convert "3" and refuse None
+# first); each must be refused naming the input and what it accepts.
+
+
+def _comfyui_node_probes(root: Path) -> dict[str, tuple[Callable[[], object], str]]:
+    """Each probe with the words its refusal must hold (the input's name and what it accepts): a Python
+    comparison error (today's ``'<' not supported``) does not count as a refusal."""
+    from boss_fast.comfyui import BossSchedule
+
+    def node(schedule_file: str, steps: object = 0, denoise: object = 1.0) -> Callable[[], object]:
+        return lambda: BossSchedule().get_sigmas(schedule_file, steps, denoise)
+
+    set_file, k3 = str(root / "set.json"), str(root / "k3.json")  # a 3-budget set on 11 points; 2 steps
+    steps, denoise = "steps must be an integer: 0 for", "denoise must be a number in [0, 1]"
+    probes = {
+        f"ComfyUI get_sigmas steps {v!r}": (node(set_file, steps=v), steps)
+        for v in ("3", None, 2.0, True, -1)
+    }
+    probes.update(
+        {
+            f"ComfyUI get_sigmas denoise {v!r}": (node(set_file, denoise=v), denoise)
+            for v in (math.nan, "0.5", None, 1.5)
+        }
+    )
+    probes.update(
+        {
+            "ComfyUI get_sigmas steps 11 on an 11-point set": (node(set_file, steps=11), "gives K = 1..10"),
+            "ComfyUI get_sigmas steps 5 on a 2-step schedule": (node(k3, steps=5), "is a 2-step schedule"),
+            "ComfyUI get_sigmas relative name outside ComfyUI": (node("set.json"), "not running inside"),
+            'ComfyUI get_sigmas schedule_file ""': (node(""), "schedule_file must name a schedule JSON"),
+        }
+    )
+    return probes
+
+
 # ------------------------------------------------------------- round three: API and CLI inputs (issue 30)
 # Each probe: (what it counts as when it misbehaves, fragments its error must hold, the call). A probe
 # behaves when the call raises a ValueError or TypeError holding every fragment (the input's name and what
@@ -439,6 +475,14 @@ def main() -> int:
             ok, line = _run_cli(argv, root)
             bad += not ok
             print(f"[{'ok ' if ok else 'BAD'}] boss-fast {name}: {line}")
+        for name, (probe, words) in _comfyui_node_probes(root).items():  # round three: the ComfyUI node
+            try:
+                result = f"RETURNED {str(probe())[:160]}"
+            except Exception as err:
+                result = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            ok = words in result and not result.startswith("RETURNED")
+            bad += not ok
+            print(f"[{'ok ' if ok else 'BAD'}] {name}: {result}")
     bad += round_three()
     print(f"{bad} probe(s) misbehaved")
     return 1 if bad else 0

@@ -282,3 +282,34 @@ def test_cfg_combine_still_takes_numbers():
         bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), np.float32(2.5)), torch.full((2,), 2.5)
     )
     assert torch.equal(bf.ode.cfg_combine(torch.zeros(2), torch.ones(2), 3), torch.full((2,), 3.0))
+
+
+# ------------------------------------------------------------------------------------------ the start rule
+
+
+def _late_schedule(start):
+    grid = uniform_grid(10)
+    return bf.Schedule(times=grid[[3, 6, 10]], indices=[3, 6, 10], cost=0.0, grid=grid, start=start)
+
+
+@pytest.mark.parametrize(("rule", "scale"), [("zero", 1.0), ("noise", 1.0), ("scaled", 0.7)])
+def test_each_start_rule_gives_its_start_state(rule, scale):
+    noise = torch.randn(4, 3, dtype=torch.float64)
+    assert torch.equal(bf.ode.start_state(noise, rule, 0.3), noise * scale)
+    with pytest.raises(ValueError, match="unknown start rule"):
+        bf.ode.start_state(noise, "late", 0.3)
+
+
+@pytest.mark.parametrize("start", ["noise", "scaled"])
+def test_sample_starts_from_the_rules_state_at_the_first_time(start):
+    """A constant velocity: the state at t = 1 is the start state plus (1 - t_s) v, in closed form."""
+    noise = torch.randn(4, 3, dtype=torch.float64)
+    sched = _late_schedule(start)
+    x = sample(lambda x, t: torch.full_like(x, 2.0), noise, sched)
+    start_state = noise * (0.7 if start == "scaled" else 1.0)
+    torch.testing.assert_close(x, start_state + 0.7 * 2.0, rtol=1e-15, atol=1e-15)
+    # Plain times carry no rule: the noise itself is the state there (every sampler's behaviour before).
+    plain = sample(nonlinear_velocity, noise, sched.times)
+    assert torch.equal(sample(nonlinear_velocity, noise, _late_schedule("noise")), plain)
+    assert torch.equal(sample(nonlinear_velocity, noise * 0.7, sched.times),
+                       sample(nonlinear_velocity, noise, _late_schedule("scaled")))  # fmt: skip

@@ -20,6 +20,9 @@ from boss_fast.schedule import (
     ScheduleSet,
     interpolate_schedule,
     loglinear_times,
+    max_budget,
+    read_schedule_file,
+    schedule_for_steps,
     schedules_from_cost,
     snap_to_grid,
 )
@@ -65,7 +68,7 @@ def test_schedule_fields_and_sigmas():
     [
         ({"times": np.array([0.0, 0.625, 0.25, 1.0])}, "strictly increasing"),
         ({"indices": np.array([0, 2, 4, 8])}, r"times\[2\] = 0.625 but grid\[indices\[2\]\] = 0.5"),
-        ({"indices": np.array([0, 2, 5, 7])}, "indices must run from 0 to len"),
+        ({"indices": np.array([0, 2, 5, 7])}, "indices must run from a grid point to len"),
         ({"indices": np.array([0, 2, 5])}, "indices has 3 entries"),
         ({"indices": np.array([0.0, 2.0, 5.0, 8.0])}, "integer array"),
         ({"metric": "lpips"}, "unknown metric"),
@@ -108,7 +111,7 @@ def write_doc(path, mutate):
     [
         (lambda d: d.update(format="other.tool"), "not a boss_fast schedule"),
         (lambda d: d.pop("format"), "not a boss_fast schedule"),
-        (lambda d: d.update(version=2), "unsupported schedule version 2"),
+        (lambda d: d.update(version=3), "unsupported schedule version 3"),
         (lambda d: d.pop("grid"), "missing key.*grid"),
         (lambda d: d.update(times="0, 0.5, 1"), "times must be a non-empty list of numbers"),
         (lambda d: d.update(indices=[0.0, 2.0, 5.0, 8.0]), "indices must be a non-empty list of integers"),
@@ -416,6 +419,42 @@ def test_a_global_set_interpolates_and_says_so(global_set, tmp_path):
         Schedule(times=got.times, indices=got.indices, grid=got.grid, cost=float("nan"))
 
 
+def test_schedule_for_steps_gives_only_what_a_search_gives(local_set, global_set, tmp_path):
+    """The one K rule of ``boss-fast sigmas --steps K`` and the ComfyUI node: a set's own budgets; beyond
+    them the DP on its cost table (= a fresh search); never an interpolation, never another single K."""
+    assert max_budget(local_set) == 16 and max_budget(global_set) == 4 and max_budget(local_set[3]) == 3
+    for k in (1, 4, 5, 16):
+        got = schedule_for_steps(local_set, k, "L")
+        assert got == optimal_schedules(wavy, (3,), k, LOCAL, dtype=torch.float64)[k]
+        assert got.resampled_from is None
+    assert schedule_for_steps(global_set, 4) is global_set[4]
+    assert schedule_for_steps(local_set[3], 3) is local_set[3]
+    with pytest.raises(
+        ValueError, match=r"--steps 17: L gives K = 1\.\.16 \(K = 5\.\.16 re-solved .* 17 points"
+    ):
+        schedule_for_steps(local_set, 17, "L", "--steps")
+    with pytest.raises(ValueError, match="steps 5: G holds K = 1..4 and no cost table .* max_steps >= 5"):
+        schedule_for_steps(global_set, 5, "G")
+    with pytest.raises(ValueError, match="steps 4: S is a 3-step schedule"):
+        schedule_for_steps(local_set[3], 4, "S")
+    for bad, error in (
+        ("3", TypeError),
+        (None, TypeError),
+        (2.0, TypeError),
+        (True, TypeError),
+        (0, ValueError),
+    ):
+        with pytest.raises(error, match="steps must be"):
+            schedule_for_steps(local_set, bad)
+    local_set.save(tmp_path / "set.json")
+    local_set[3].save(tmp_path / "k3.json")
+    assert read_schedule_file(tmp_path / "set.json") == local_set
+    assert read_schedule_file(str(tmp_path / "k3.json")) == local_set[3]
+    (tmp_path / "other.json").write_text('{"format": "x"}')
+    with pytest.raises(ValueError, match="other.json: neither a boss_fast schedule nor a schedule set"):
+        read_schedule_file(tmp_path / "other.json")
+
+
 def test_loglinear_interpolation_and_snapping():
     # Geometric sigmas stay geometric (log-linear is exact on them); the endpoints are kept exactly.
     times = np.concatenate([1.0 - 0.5 ** np.arange(5), [1.0]])  # sigmas 1, 1/2, ..., 1/16, 0
@@ -589,3 +628,86 @@ def test_a_set_file_with_an_out_of_range_number_names_the_file_and_field(tmp_pat
     path.write_text(text)
     with pytest.raises(ValueError, match=rf"{path}: grid\[1\] = 1e999 is beyond float64's range"):
         bf.ScheduleSet.load(path)
+
+
+# ------------------------------------------------------------------------------------------ the start rule
+
+
+def test_the_start_rule_decides_where_a_schedule_may_start():
+    grid = uniform_grid(8)
+    late = {"times": grid[[2, 5, 8]], "indices": np.array([2, 5, 8])}
+    with pytest.raises(
+        ValueError, match=r"start 'zero' pins the first time at grid\[0\], but indices\[0\] = 2"
+    ):
+        make_schedule(**late)
+    for rule in ("noise", "scaled"):
+        sched = make_schedule(**late, start=rule)
+        assert sched.start == rule and sched.times[0] == 0.25 and sched.steps == 2
+        assert sched != make_schedule(**late, start="scaled" if rule == "noise" else "noise")
+    with pytest.raises(ValueError, match="unknown start"):
+        make_schedule(start="late")
+    assert make_schedule().start == "zero"  # the default: BOSS's pinned start
+
+
+def test_the_start_rule_round_trips_and_old_files_load_as_zero(tmp_path):
+    grid = uniform_grid(8)
+    sched = make_schedule(times=grid[[3, 6, 8]], indices=np.array([3, 6, 8]), start="scaled")
+    sched.save(tmp_path / "s.json")
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["version"] == 2 and doc["start"] == "scaled"
+    assert Schedule.load(tmp_path / "s.json") == sched
+    old = make_schedule().to_dict()  # a pinned start is written as version 1 was, without the key
+    assert old["version"] == 1 and "start" not in old
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert Schedule.load(tmp_path / "old.json").start == "zero"
+    v2_zero = {
+        **doc,
+        "start": "zero",
+        "times": old["times"],
+        "indices": old["indices"],
+        "steps": old["steps"],
+    }
+    (tmp_path / "v2.json").write_text(json.dumps(v2_zero))
+    assert Schedule.load(tmp_path / "v2.json") == make_schedule(
+        times=np.array(old["times"]), indices=np.array(old["indices"])
+    )
+    old["start"] = "noise"  # a version-1 file cannot hold the rule: an edit
+    (tmp_path / "edited.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="version-1 file has no start rule"):
+        Schedule.load(tmp_path / "edited.json")
+    del doc["start"]
+    (tmp_path / "missing.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="missing key start"):
+        Schedule.load(tmp_path / "missing.json")
+
+
+def _late_set(start):
+    grid = uniform_grid(10)
+    paths = {1: [4, 10], 2: [3, 6, 10], 3: [2, 4, 7, 10], 4: [1, 3, 5, 7, 10]}
+    return ScheduleSet(
+        Schedule(times=grid[p], indices=np.array(p), cost=0.1 * k, grid=grid, objective="global", start=start)
+        for k, p in paths.items()
+    )
+
+
+def test_a_set_carries_one_start_rule_and_old_set_files_load_as_zero(global_set, tmp_path):
+    sset = _late_set("noise")
+    sset.save(tmp_path / "set.json")
+    loaded = ScheduleSet.load(tmp_path / "set.json")
+    assert loaded == sset and loaded[3].start == "noise" and loaded[3].indices[0] == 2
+    doc = global_set.to_dict()
+    assert doc["version"] == 1 and "start" not in doc  # a pinned set: version 1, as written before the rule
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    assert all(s.start == "zero" for s in ScheduleSet.load(tmp_path / "old.json").values())
+    mixed = [*_late_set("noise").values()][:2] + [*_late_set("scaled").values()][2:]
+    with pytest.raises(ValueError, match="budget 3 has start = 'scaled' but budget 1 has 'noise'"):
+        ScheduleSet(mixed)
+
+
+def test_interpolation_keeps_a_free_start():
+    sset = _late_set("scaled")
+    k6 = sset.resample(6)
+    assert k6.start == "scaled" and k6.times[0] == sset[4].times[0] and k6.resampled_from == 4
+    assert k6.indices.tolist() == sorted(set(k6.indices.tolist())) and k6.indices[-1] == 10
+    pinned = interpolate_schedule(make_schedule(), 4)
+    assert pinned.indices[0] == 0
