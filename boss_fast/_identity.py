@@ -6,6 +6,7 @@ content is what was written.
 - :func:`checkpoint_model_key`: the model key a checkpoint header records (the fingerprint, or a user's key).
 - :func:`content_digest`: SHA-256 of a JSON document without its own ``sha256`` field (schedule sets).
 - :func:`value_digest`: SHA-256 of nested tensors, dicts, lists and scalars (straightening checkpoints).
+- :func:`arrays_digest`: SHA-256 of named NumPy arrays (the search checkpoints' ``.npz`` payload).
 - :func:`cache_key`: a cache folder's name from JSON-able parts and a noise tensor (straightening's pairs).
 
 Files already on disk hold these values, so each function's bytes-to-digest rule is frozen:
@@ -19,9 +20,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
+    "arrays_digest",
     "cache_key",
     "content_digest",
     "model_fingerprint",
@@ -162,6 +165,26 @@ def value_digest(value: object) -> str:
     digest = hashlib.sha256()
     _digest_into(digest, value)
     return digest.hexdigest()
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """``"sha256:"`` and the SHA-256 (64 hex digits) of named arrays: for each name in sorted order, the name,
+    the dtype (``dtype.str``, byte order included), the shape and the C-order bytes. An ``.npz`` file read
+    back gives the same arrays, so a digest written beside them checks them.
+
+    Example:
+        >>> a = {"count": np.asarray(7), "sums": np.arange(3.0)}
+        >>> arrays_digest(a) == arrays_digest(dict(reversed(a.items())))
+        True
+        >>> arrays_digest(a) == arrays_digest({**a, "sums": np.arange(3.0) * 2})
+        False
+    """
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{value.dtype.str}:{value.shape};".encode())
+        digest.update(value.tobytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def cache_key(parts: Sequence[object], noise: torch.Tensor, length: int = 20) -> str:

@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from boss_fast._checkpoint import noise_identity
+from boss_fast._checkpoint import noise_identity, stored_array, stored_count
 from boss_fast._identity import checkpoint_model_key
 from boss_fast._validation import (
     METRICS,
@@ -276,12 +276,10 @@ def _resume(
     stored = None if ckpt is None else ckpt.load()
     done = 0
     if stored is not None:
-        costs, pointers = stored["costs"], stored["pointers"]
-        if costs.shape != shape or pointers.shape != shape or costs.dtype != np.float64:
-            raise ValueError(
-                f"own-state checkpoint {ckpt.path} holds a table of shape {costs.shape}, not {shape}"
-            )
-        costs, pointers, done = costs.copy(), pointers.astype(np.int64), int(stored["levels_done"])
+        what = "own-state checkpoint"
+        costs = stored_array(stored, "costs", shape, np.float64, ckpt.path, what)
+        pointers = stored_array(stored, "pointers", shape, np.int64, ckpt.path, what)
+        done = stored_count(stored, "levels_done", ckpt.path, what)
         _check_table(ckpt.path, costs, pointers, done)
     return ckpt, costs, pointers, shard.min_over_ranks(done)
 
