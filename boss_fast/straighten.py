@@ -849,6 +849,18 @@ def _mismatch(header: dict, expected: dict, path: str, key: str) -> str:
     return f"{path} has another {key} ({header.get(key)!r}); use another checkpoint_dir"
 
 
+def _check_not_past(step: int, iters: int, path: str) -> None:
+    """Refuse a checkpoint whose run went past ``iters``: its weights are step ``step``'s, and the step
+    ``iters`` state is not kept. A run at or before ``iters`` resumes (training does not depend on ``iters``,
+    so a run extended from a shorter one equals a run of ``iters`` from the start)."""
+    if step > iters:
+        raise ValueError(
+            f"straightening checkpoint {path} holds a run at step {step}, past iters = {iters}: its weights "
+            f"are not a {iters}-step run's; ask for iters >= {step} to go on from it, or use another "
+            "checkpoint_dir"
+        )
+
+
 @dataclass
 class _TrainState:
     """What a step changes and a checkpoint keeps: the trained parameters, their EMA, the optimiser, the
@@ -1069,8 +1081,9 @@ def straighten(
             ``settings.checkpoint_every`` steps and at the end (student, EMA, optimiser, step, RNG states, and
             a header with the schedule, the model's and the teacher's fingerprints, the noise's digest, the
             settings and a SHA-256 of the rest); a run finding one resumes from it, and refuses one from
-            another model, teacher, noise, schedule or settings, or one failing its checksum. Resuming is
-            bit-identical.
+            another model, teacher, noise, schedule or settings, one failing its checksum, or one whose run
+            went past ``settings.iters`` (a run at or before it resumes: more iterations extend a shorter
+            run exactly as one longer run). Resuming is bit-identical.
         cache_dir: the pair cache (``straightening_pairs``).
         callback: ``callback(step, loss)`` after each step.
         return_stats: also return what the run did, :class:`StraightenStats` (parameters trained, losses).
@@ -1124,6 +1137,7 @@ def _fit(model, teacher, run: _Run, noise_shape: tuple, dirs: tuple, callback, p
     path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
     if path is not None and os.path.exists(path):
         state.resume(path, header, run.device)
+        _check_not_past(state.step, s.iters, path)
     checkpoint = None if path is None else (path, header)
     _train(state, student, pairs, _velocity_targets(pairs), run, checkpoint, callback, progress)
     state.use_ema()

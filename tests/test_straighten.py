@@ -198,6 +198,30 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(resumed.state_dict()[key], value)  # bit for bit
 
 
+def test_a_finished_run_with_more_iterations_is_refused_and_a_shorter_one_is_extended(tmp_path):
+    """iters=10 on a folder holding a finished 30-step run returned the 30-step model on main."""
+    model, sched = TinyVelocity(), _schedule(10, [0, 4, 10])
+    args = {**FAST, "iters": 6, "checkpoint_every": 3}
+    _straighten(model, sched, **args, checkpoint_dir=tmp_path)  # finished at step 6
+    with pytest.raises(
+        ValueError, match=r"straighten\.pt holds a run at step 6, past iters = 4: .*iters >= 6"
+    ):
+        _straighten(model, sched, **{**args, "iters": 4}, checkpoint_dir=tmp_path)
+    seen = []
+    extended, stats = _straighten(model, sched, **{**args, "iters": 9}, checkpoint_dir=tmp_path,
+                                  callback=lambda s, v: seen.append(s), return_stats=True)  # fmt: skip
+    fresh = _straighten(model, sched, **{**args, "iters": 9})
+    assert seen == [7, 8, 9] and stats.steps == 9
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(extended.state_dict()[key], value)  # bit for bit
+    again, stats = _straighten(
+        model, sched, **{**args, "iters": 9}, checkpoint_dir=tmp_path, return_stats=True
+    )
+    assert stats.steps == 9 and all(
+        torch.equal(again.state_dict()[k], v) for k, v in fresh.state_dict().items()
+    )
+
+
 def test_a_checkpoint_from_another_model_or_schedule_is_refused(tmp_path):
     model = TinyVelocity()
     sched = _schedule(10, [0, 4, 10])
