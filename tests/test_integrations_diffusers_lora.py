@@ -4,6 +4,14 @@ loaded back; no text stack: prompt embeddings are given) sample as the student d
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +26,7 @@ from _tiny_pipelines import save_tiny_flux, save_tiny_sd3  # noqa: E402
 from _tiny_sd3 import tiny_sd3_transformer  # noqa: E402
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline  # noqa: E402
 from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load as load_safetensors  # noqa: E402
 
 from boss_fast.cli import main  # noqa: E402
 from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity  # noqa: E402
@@ -189,3 +198,120 @@ def test_straighten_pipeline_gives_the_pipeline_back_and_refuses_another_resolut
 def test_cli_straighten_refuses_flags_that_do_not_apply(capsys, argv, message):
     assert main(["straighten", *argv]) != 0
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ two writers, one folder
+
+_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    import numpy as np
+    import torch
+    from _tiny_sd3 import tiny_sd3_transformer
+    from diffusers import StableDiffusion3Pipeline
+    import boss_fast as bf
+    from boss_fast.integrations.diffusers import DiffusersVelocity
+    from boss_fast.integrations.diffusers_lora import save_diffusers_lora
+    from boss_fast.straighten import add_lora
+
+    me, out, ready, seconds = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+    velocity = DiffusersVelocity(tiny_sd3_transformer(), encoder_hidden_states=torch.zeros(1, 5, 16),
+                                 pooled_projections=torch.zeros(1, 8))
+    student = add_lora(velocity, 2)
+    with torch.no_grad():  # this writer's mark in its LoRA: every lora_B entry = me
+        for name, p in student.named_parameters():
+            if ".lora_B." in name:
+                p.fill_(float(me))
+    grid = np.linspace(0.0, 1.0, 5)
+    middle = 1 + me  # and in its scheduler: the middle time
+    sched = bf.Schedule(times=grid[[0, middle, 4]], indices=np.array([0, middle, 4]), cost=0.0, grid=grid)
+    open(os.path.join(ready, str(me)), "w").close()
+    while len(os.listdir(ready)) < 2:  # start together
+        time.sleep(0.01)
+    end, saves = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        save_diffusers_lora(student, StableDiffusion3Pipeline, out, sched)
+        saves += 1
+    print(saves)
+    """
+)
+
+
+def _snapshot(out: Path) -> tuple[int, int] | None:
+    """(LoRA writer, scheduler writer) of the folder ``out`` as one reader opening it once sees it (both parts
+    read through one directory handle), or None when there is no whole folder to read at that moment."""
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return None
+
+    def read(name: str) -> bytes:
+        with os.fdopen(os.open(name, os.O_RDONLY, dir_fd=fd), "rb") as f:
+            return f.read()
+
+    try:  # an opened file stays whole even when a writer removes it; one removed before it opens is missing
+        lora = load_safetensors(read(LORA_WEIGHT_NAME))
+        config = json.loads(read("scheduler/scheduler_config.json"))
+    except FileNotFoundError:  # the old folder, being removed
+        return None
+    finally:
+        os.close(fd)
+    marks = {float(v.flatten()[0]) for k, v in lora.items() if ".lora_B." in k}
+    assert len(marks) == 1, marks  # one writer's LoRA file is whole
+    return int(marks.pop()), round(config["times"][1] * 4) - 1
+
+
+def test_two_processes_saving_one_folder_never_show_a_mix(tmp_path):
+    """Two writers save their own LoRA + scheduler to one folder for 3 s; a reader opening the folder sees
+    one writer's pair or no folder, never one's LoRA beside the other's scheduler (62 of 194 on main)."""
+    out, ready = tmp_path / "lora", tmp_path / "ready"
+    ready.mkdir()
+    here = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), here, os.environ.get("PYTHONPATH", "")])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(me), str(out), str(ready), "3"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for me in (0, 1)
+    ]
+    seen, deadline = [], time.monotonic() + 300
+    try:
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if len(os.listdir(ready)) == 2 and (got := _snapshot(out)) is not None:
+                seen.append(got)
+        outputs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), outputs
+    mixed = [s for s in seen if s[0] != s[1]]
+    assert not mixed, f"{len(mixed)} of {len(seen)} snapshots mixed two writers' parts"
+    assert {s[0] for s in seen} == {0, 1} and len(seen) >= 20, (len(seen), outputs)  # both wrote, reads ran
+    assert _snapshot(out) is not None and not [p for p in os.listdir(tmp_path) if p.startswith(".boss-lora-")]
+
+
+def test_a_folder_holding_other_files_is_refused_before_anything_is_written(tmp_path):
+    velocity = DiffusersVelocity(tiny_sd3_transformer(), encoder_hidden_states=torch.randn(1, 5, 16),
+                                 pooled_projections=torch.randn(1, 8))  # fmt: skip
+    settings = bf.StraightenSettings(num_pairs=2, grid=tuple(GRID), iters=1, batch_size=2, lora_rank=2,
+                                     merge=False)  # fmt: skip
+    student = bf.straighten(velocity, SCHED, settings=settings, shape=(4, 8, 8), progress=False)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=r"holds \['notes.txt'\] beside a LoRA folder's files"):
+        save_diffusers_lora(student, StableDiffusion3Pipeline, out, SCHED)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and (out / "notes.txt").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        save_diffusers_lora(student, StableDiffusion3Pipeline, tmp_path / "file", SCHED)
+    (out / "notes.txt").unlink()  # an empty folder, then the folder it wrote: replaced whole
+    save_diffusers_lora(student, StableDiffusion3Pipeline, out, SCHED)
+    save_diffusers_lora(student, StableDiffusion3Pipeline, out, SCHED)
+    assert sorted(p.name for p in out.iterdir()) == sorted([LORA_WEIGHT_NAME, "scheduler"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine"]
