@@ -377,11 +377,20 @@ class _LoraHost(nn.Module):
 
 
 def add_lora(
-    model: nn.Module, rank: int, targets: str | Sequence[str] | None = None, alpha: float | None = None
+    model: nn.Module,
+    rank: int,
+    targets: str | Sequence[str] | None = None,
+    alpha: float | None = None,
+    seed: int | None = None,
 ) -> nn.Module:
     """Wrap ``model`` with rank-``rank`` LoRA adapters (peft) on ``targets`` (default
     :func:`default_lora_targets`), scale ``alpha / rank`` (alpha defaults to rank); undo with
-    :func:`merge_lora`. Raises ValueError when the targets match no module."""
+    :func:`merge_lora`. Raises ValueError when the targets match no module.
+
+    ``seed``: the adapters' initial values are drawn from a generator of their own seeded with it
+    (:func:`_seed_adapters`), and torch's global generator is left as it was; None: peft draws them from the
+    global generator (another value on every call).
+    """
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -402,7 +411,29 @@ def add_lora(
         lora_dropout=0.0,
         bias="none",
     )
-    return get_peft_model(host, config)
+    if seed is None:
+        return get_peft_model(host, config)
+    with torch.random.fork_rng(devices=[]):  # peft's own draws (on the host) leave the caller's generator
+        wrapped = get_peft_model(host, config)
+    _seed_adapters(wrapped, seed)
+    return wrapped
+
+
+def _seed_adapters(model: nn.Module, seed: int) -> None:
+    """Redraw every adapter's random initial values as peft draws them (``lora_A`` kaiming-uniform with
+    a = sqrt(5), an embedding's ``lora_embedding_B`` standard normal; the other halves stay zero) from one
+    generator seeded with ``seed``, in parameter order, on the host (the same values on every device)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_A." not in name and ".lora_embedding_B." not in name:
+                continue
+            host = torch.empty(param.shape, dtype=param.dtype)
+            if ".lora_A." in name:
+                nn.init.kaiming_uniform_(host, a=math.sqrt(5), generator=generator)
+            else:
+                nn.init.normal_(host, generator=generator)
+            param.copy_(host)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -500,7 +531,8 @@ class StraightenSettings:
             Without it the teacher's weights keep ``ema ** iters`` of the average: 13.5% for 0.999 and 2000
             steps, which on the digits DiT cost FD 61 instead of ~40 at K = 2 (measured).
         loss: "l2" or "pseudo_huber"; normalize: Simple ReFlow's 1/stopgrad(loss) weighting.
-        seed: the pairs' noise and the batch-drawing generator. checkpoint_every: steps between checkpoints.
+        seed: the pairs' noise, the batch-drawing generator and the LoRA adapters' initial values (torch's
+            global generator is neither read nor changed). checkpoint_every: steps between checkpoints.
         lora_rank: train rank-r LoRA adapters (peft) instead of every weight; None: full fine-tuning.
         lora_targets: the adapted modules (a regex or names, stored as a tuple); None:
             :func:`default_lora_targets`. lora_alpha: the LoRA scale's numerator (> 0; None: the rank).
@@ -720,7 +752,7 @@ def _trainable(student: nn.Module, run: _Run) -> tuple[nn.Module, list[torch.Ten
     parameters."""
     if run.settings.lora_rank is not None:
         s = run.settings
-        student = add_lora(student, s.lora_rank, s.lora_targets, s.lora_alpha)
+        student = add_lora(student, s.lora_rank, s.lora_targets, s.lora_alpha, seed=s.seed)
     else:
         student.requires_grad_(True)
     student.train()

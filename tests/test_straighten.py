@@ -286,6 +286,26 @@ def test_the_shape_comes_from_the_schedule_and_another_models_schedule_is_warned
 
 
 @needs_peft
+def test_lora_runs_are_equal_for_a_seed_and_leave_the_global_generator_alone():
+    """peft drew the adapters from torch's global generator: two runs in one process differed (main)."""
+    model, sched = TinyVelocity(hidden=32), _schedule(10, [0, 5, 10])
+    lora = {**FAST, "lora_rank": 2, "lr": 1e-2, "merge": False}
+    state = torch.get_rng_state()
+    first = _weights(_straighten(model, sched, **lora))
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's generator: neither read nor advanced
+    torch.manual_seed(123)  # whatever the global generator holds
+    second = _weights(_straighten(model, sched, **lora))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    other = _weights(_straighten(model, sched, **lora, seed=1))
+    assert any(not torch.equal(first[k], other[k]) for k in first if "lora_A" in k)  # the seed draws them
+    fresh = add_lora(TinyVelocity(hidden=32), 2, seed=0)
+    drawn = [p.detach() for n, p in fresh.named_parameters() if "lora_A" in n]
+    bound = 1.0 / math.sqrt(3)  # peft's init, kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))
+    assert float(drawn[0].abs().max()) <= bound and float(drawn[0].std()) > 0.2 * bound
+    assert all(not p.detach().any() for n, p in fresh.named_parameters() if "lora_B" in n)
+
+
+@needs_peft
 def test_lora_trains_only_adapters_and_merging_keeps_the_outputs():
     model = TinyVelocity(hidden=32)
     sched = _schedule(10, [0, 5, 10])
