@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ from _tiny_sd3 import tiny_sd3_transformer  # noqa: E402
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load as load_safetensors  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from boss_fast.cli import main  # noqa: E402
 from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity  # noqa: E402
@@ -315,3 +317,126 @@ def test_a_folder_holding_other_files_is_refused_before_anything_is_written(tmp_
     save_diffusers_lora(student, StableDiffusion3Pipeline, out, SCHED)
     assert sorted(p.name for p in out.iterdir()) == sorted([LORA_WEIGHT_NAME, "scheduler"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine"]
+
+
+# ------------------------------------------------------------- the pipeline run: a seed, a resume, kill -9
+
+_TRAIN = dict(num_pairs=4, grid=tuple(GRID.tolist()), iters=6, batch_size=4, lr=1e-2, warmup=0, ema=0.9,
+              lora_rank=2, checkpoint_every=2)  # fmt: skip
+_PIPELINE_RUN = textwrap.dedent(
+    f"""
+    import importlib, os, signal, sys
+    import numpy as np
+    import boss_fast as bf
+    st = importlib.import_module("boss_fast.straighten")  # the module (bf.straighten is the function)
+    from boss_fast.integrations import pipelines
+    from boss_fast.integrations.diffusers_lora import straighten_pipeline
+
+    path, checkpoint_dir, out, point = sys.argv[1:5]
+    grid = np.asarray({GRID.tolist()!r})
+    sched = bf.Schedule(times=grid[[0, 2, 4]], indices=np.array([0, 2, 4]), cost=0.0, grid=grid)
+    settings = bf.StraightenSettings(**{_TRAIN!r})
+    pipe = pipelines.load_pipeline(path)
+    cond = pipelines.encode_prompts(pipe, ["a cat", "the sea"], guidance=1.0, max_sequence_length=8)
+
+    def die(*_):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    calls = []
+
+    def count(*_):  # a pre-hook returns None: the call's arguments unchanged
+        calls.append(1)
+        if len(calls) == 3:
+            die()
+
+    if point == "pairs":  # the third transformer call: the teacher's pairs are being made
+        pipe.transformer.register_forward_pre_hook(count)
+    elif point == "training":  # step 4 of 6, the checkpoint at step 2 written
+        step = st._train_step
+        st._train_step = lambda state, *a: die() if state.step == 3 else step(state, *a)
+    elif point == "final save":  # the last checkpoint (step 6) about to be written, step 4's on disk
+        save = st._TrainState.save
+        st._TrainState.save = lambda self, *a: die() if self.step == settings.iters else save(self, *a)
+    straighten_pipeline(pipe, sched, cond, out, settings, guidance=1.0, progress=False,
+                        checkpoint_dir=None if checkpoint_dir == "-" else checkpoint_dir)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3_path(tmp_path_factory):
+    return save_tiny_sd3(str(tmp_path_factory.mktemp("pipeline")))
+
+
+def _folder(out: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    return load_file(str(out / LORA_WEIGHT_NAME)), json.loads(
+        (out / "scheduler/scheduler_config.json").read_text()
+    )
+
+
+def _equal_folders(a: Path, b: Path) -> bool:
+    (la, ca), (lb, cb) = _folder(a), _folder(b)
+    return ca == cb and la.keys() == lb.keys() and all(torch.equal(la[k], lb[k]) for k in la)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_cli_straighten_pipeline_is_the_same_for_a_seed_with_or_without_a_checkpoint(
+    tiny_sd3_path, tmp_path, capsys
+):
+    """On main two runs in one process differed by 0.59 in the LoRA weights, one with --checkpoint-dir by
+    0.49: peft drew the adapters from torch's global generator, which --seed did not set."""
+    (tmp_path / "prompts.txt").write_text("a cat\nthe sea\n")
+    sched = tmp_path / "k.json"
+    SCHED.save(sched)
+    argv = ["straighten", "--pipeline", tiny_sd3_path, "--prompts", str(tmp_path / "prompts.txt"),
+            "--guidance", "1.0", "--max-sequence-length", "8", "--no-progress", "--schedule", str(sched),
+            "--lora-rank", "2", "--num-pairs", "4", "--iters", "3", "--batch-size", "4", "--lr", "1e-2",
+            "--warmup", "0"]  # fmt: skip
+    for name, extra in (("a", []), ("b", []), ("c", ["--checkpoint-dir", str(tmp_path / "ckpt")])):
+        assert main([*argv, *extra, "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
+    assert _equal_folders(tmp_path / "a", tmp_path / "b") and _equal_folders(tmp_path / "a", tmp_path / "c")
+    assert main([*argv, "--seed", "1", "--out", str(tmp_path / "d")]) == 0
+    assert not _equal_folders(tmp_path / "a", tmp_path / "d")  # the seed draws the adapters
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_straighten_pipeline_resumes_bit_for_bit_after_kill_minus_9_at_three_points(tiny_sd3_path, tmp_path):
+    """SIGKILL while the pairs are made (no checkpoint yet), mid-training (step 4, step 2's checkpoint on
+    disk) and just before the final checkpoint (step 6, step 4's on disk); each rerun (in this process, after
+    the others) writes the folder an uninterrupted run writes, bit for bit; a killed run leaves no folder."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    points = {"pairs": None, "training": 2, "final save": 4}  # the checkpoint's step after the kill
+    procs = {
+        point: subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _PIPELINE_RUN,
+                tiny_sd3_path,
+                str(tmp_path / f"ck{i}"),
+                str(tmp_path / f"out{i}"),
+                point,
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i, point in enumerate(points)
+    }
+    for point, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == -signal.SIGKILL, (point, err)
+    pipe = load_pipeline(tiny_sd3_path)
+    cond = encode_prompts(pipe, ["a cat", "the sea"], guidance=1.0, max_sequence_length=8)
+    settings = bf.StraightenSettings(**_TRAIN)
+    straighten_pipeline(pipe, SCHED, cond, tmp_path / "reference", settings, guidance=1.0, progress=False)
+    for i, (point, step) in enumerate(points.items()):
+        ckpt = tmp_path / f"ck{i}" / "straighten.pt"
+        assert (step is None and not ckpt.exists()) or torch.load(ckpt, weights_only=True)["step"] == step, (
+            point
+        )
+        assert not (tmp_path / f"out{i}").exists()
+        straighten_pipeline(pipe, SCHED, cond, tmp_path / f"out{i}", settings, guidance=1.0, progress=False,
+                            checkpoint_dir=tmp_path / f"ck{i}")  # fmt: skip
+        assert _equal_folders(tmp_path / f"out{i}", tmp_path / "reference"), point
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".boss-lora-")]
