@@ -45,6 +45,7 @@ from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
+from boss_fast._checkpoint import CHECKSUM_KEY
 from boss_fast._header import check_header, header_strings, make_header, write_file
 from boss_fast._identity import cache_key, model_fingerprint, noise_digest, value_digest
 from boss_fast._runtime import module_placement, rank_world
@@ -173,6 +174,12 @@ def _load_shard(path: str, header: dict[str, str], expected: tuple[int, ...]) ->
     check_header(stored, header, path, "pair-cache shard", remedy="delete it")
     if tuple(states.shape) != expected:
         raise ValueError(f"pair-cache shard {path} was written for another shape; delete it")
+    # Shards written before the checksum have none: read as they were.
+    if CHECKSUM_KEY in stored and stored[CHECKSUM_KEY] != value_digest(states):
+        raise ValueError(
+            f"pair-cache shard {path} fails its checksum ({CHECKSUM_KEY} does not match its states): the "
+            "file was corrupted or edited; delete it"
+        )
     return states
 
 
@@ -219,7 +226,8 @@ def _one_shard(teacher, noise, sched, span: tuple[int, int], device, folder: str
         rows = torch.arange(start, stop, device=device)
         states = _teacher_states(teacher, noise[start:stop].to(device), sched.indices, rows).cpu()
         if path is not None:
-            blob = save({"states": states.contiguous()}, metadata=header)
+            states = states.contiguous()
+            blob = save({"states": states}, metadata={**header, CHECKSUM_KEY: value_digest(states)})
             write_file(path, lambda f, b=blob: f.write(b))
     return states.to(device=device, dtype=noise.dtype)
 

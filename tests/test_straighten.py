@@ -13,9 +13,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 
 import boss_fast as bf
+from boss_fast._checkpoint import CHECKSUM_KEY
+from boss_fast._identity import value_digest
 from boss_fast.grids import uniform_grid
 from boss_fast.models.dit import DiT
 from boss_fast.straighten import (
@@ -112,6 +116,24 @@ def test_pairs_match_a_direct_teacher_run_and_the_cache(tmp_path):
     cached = straightening_pairs(poisoned, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
     for a, b in zip(pairs, cached, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_pair_shard_whose_states_differ_from_its_checksum_is_refused(tmp_path):
+    """A shard with one state edited (its header kept) trained on the edited pairs on main."""
+    teacher, sched = TinyVelocity(), _schedule(10, [0, 3, 7, 10])
+    noise = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    want = straightening_pairs(teacher, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
+    path = next(p for p in tmp_path.rglob("*.safetensors"))
+    with safe_open(str(path), framework="pt") as f:
+        metadata, states = f.metadata(), f.get_tensor("states").clone()  # not a view of the file
+    assert metadata[CHECKSUM_KEY] == value_digest(states)
+    path.write_bytes(save({"states": states * 2}, metadata=metadata))
+    with pytest.raises(ValueError, match=r"pair-cache shard .*\.safetensors fails its checksum"):
+        straightening_pairs(teacher, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
+    del metadata[CHECKSUM_KEY]  # as the code before the checksum wrote it: read as it is
+    path.write_bytes(save({"states": states}, metadata=metadata))
+    got = straightening_pairs(teacher, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
 
 
 def test_pair_loss_variants():
