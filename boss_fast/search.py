@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from boss_fast._backends import DP_BACKENDS
-from boss_fast._checkpoint import noise_identity
+from boss_fast._checkpoint import noise_identity, stored_array, stored_count
 from boss_fast._identity import checkpoint_model_key, model_fingerprint
 from boss_fast._runtime import module_placement
 from boss_fast._validation import (
@@ -93,10 +93,9 @@ def _load_counters(ckpt: Checkpoint, n: int, sizes: list[int]) -> tuple[np.ndarr
     stored = ckpt.load() if ckpt is not None else None
     if stored is None:
         return np.zeros((n, n)), 0, 0
-    sums = stored["sums"]
-    if sums.shape != (n, n) or sums.dtype != np.float64:
-        raise ValueError(f"cost checkpoint {ckpt.path} holds sums of shape {sums.shape}, dtype {sums.dtype}")
-    sums, count, done = sums.copy(), int(stored["count"]), int(stored["batches_done"])
+    what = "cost checkpoint"
+    sums = stored_array(stored, "sums", (n, n), np.float64, ckpt.path, what)
+    count, done = (stored_count(stored, key, ckpt.path, what) for key in ("count", "batches_done"))
     _check_counters(ckpt.path, sums, count, done, sizes)
     return sums, count, done
 

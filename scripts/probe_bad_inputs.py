@@ -18,9 +18,11 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,6 +115,100 @@ def _edited_set() -> object:
     doc["sha256"] = content_digest(doc)
     edited = bf.ScheduleSet.from_dict(doc, "edited.json").resample(6).indices.tolist()
     return f"loads; resample(6) {six.tolist()} -> {edited}"
+
+
+# ----------------------------------------------- round three: checkpoints that check themselves, straighten
+
+
+def _edited_checkpoint(objective: str, edit: Callable[[dict], None], keep_checksum: bool = True) -> object:
+    """A finished search checkpoint of ``objective`` edited by ``edit`` (its ``payload_sha256`` dropped unless
+    ``keep_checksum``: a file as the code before the checksum wrote it), then the same search rerun on it."""
+    settings = bf.SearchSettings(grid=12, num_samples=9, batch_size=4, objective=objective)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ckpt.npz")
+
+        def search() -> object:
+            return bf.optimal_schedules(
+                lambda x, t: torch.sin(3 * x), (3,), 4, settings, dtype=torch.float64, checkpoint=path,
+                checkpoint_key="wavy", progress=False,
+            )  # fmt: skip
+
+        search()
+        with np.load(path) as data:
+            stored = {key: data[key].copy() for key in data.files}
+        edit(stored)
+        if not keep_checksum:
+            stored.pop("payload_sha256", None)
+        np.savez(path, **stored)
+        return search()
+
+
+def _moved_pointer(stored: dict) -> None:
+    stored["pointers"][2, -1] = 1 if stored["pointers"][2, -1] != 1 else 2
+
+
+def _straighten_past_iters() -> object:
+    """A finished 30-step run in checkpoint_dir, then the same run asked for 10 steps."""
+    grid = np.linspace(0.0, 1.0, 11)
+    sched = bf.Schedule(times=grid[[0, 4, 10]], indices=np.array([0, 4, 10]), cost=0.0, grid=grid)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+    class Velocity(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.net(torch.cat([x, t[:, None]], dim=1))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = {"shape": (2,), "progress": False, "checkpoint_dir": tmp, "return_stats": True}
+        common = {"num_pairs": 8, "grid": 10, "batch_size": 4}
+        bf.straighten(Velocity(), sched, settings=bf.StraightenSettings(iters=30, **common), **run)
+        _, stats = bf.straighten(Velocity(), sched, settings=bf.StraightenSettings(iters=10, **common), **run)
+        return f"stats.steps = {stats.steps}"
+
+
+def _killed_disk_store(root: Path) -> tuple[bool, str]:
+    """``schedule --store disk --checkpoint X`` killed (SIGKILL) once X exists, then rerun: the rows folder
+    the killed run left must be gone after the rerun."""
+    argv = [sys.executable, "-m", "boss_fast.cli", "schedule", "--model", "gmm2d", "--max-steps", "6",
+            "--grid", "400", "--num-samples", "256", "--store", "disk", "--checkpoint", "ck.npz",
+            "--no-progress", "--out", "killed.json"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(bf.__file__).parents[1])}
+    proc = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (root / "ck.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        return False, "inconclusive: the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = sorted(p.name for p in root.iterdir() if p.name.startswith("boss_fast_rows_"))
+    rerun = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True)
+    left = sorted(p.name for p in root.iterdir() if p.name.startswith("boss_fast_rows_"))
+    ok = rerun.returncode == 0 and not left
+    return ok, f"killed run left {killed}; rerun exit {rerun.returncode}, left {left}"
+
+
+def _checkpoint_probes() -> dict[str, Callable[[], object]]:
+    """Round three's probes of the search checkpoints and straightening's resume (each must raise)."""
+
+    def scale(name: str) -> Callable[[dict], None]:
+        return lambda s: s.update({name: s[name] * 2})
+
+    return {
+        "local checkpoint, sums x2": lambda: _edited_checkpoint("local", scale("sums")),
+        "global checkpoint, costs x2": lambda: _edited_checkpoint("global", scale("costs")),
+        "global checkpoint, one pointer moved": lambda: _edited_checkpoint("global", _moved_pointer),
+        "global checkpoint (no checksum), float32 costs": lambda: _edited_checkpoint(
+            "global", lambda s: s.update(costs=s["costs"].astype(np.float32)), keep_checksum=False
+        ),
+        "global checkpoint (no checksum), no costs": lambda: _edited_checkpoint(
+            "global", lambda s: s.pop("costs"), keep_checksum=False
+        ),
+        "straighten iters=10 on a finished 30-step checkpoint": _straighten_past_iters,
+    }
 
 
 def _cli_probes() -> dict[str, list[str]]:
@@ -459,7 +555,7 @@ def round_three() -> int:
 
 def main() -> int:
     bad = 0
-    for name, probe in _library_probes().items():
+    for name, probe in {**_library_probes(), **_checkpoint_probes()}.items():
         try:
             result = probe()
         except Exception as err:  # the expected outcome: a named error
@@ -483,6 +579,12 @@ def main() -> int:
             ok = words in result and not result.startswith("RETURNED")
             bad += not ok
             print(f"[{'ok ' if ok else 'BAD'}] {name}: {result}")
+    with tempfile.TemporaryDirectory() as tmp:
+        ok, line = _killed_disk_store(Path(tmp))
+        bad += not ok
+        print(
+            f"[{'ok ' if ok else 'BAD'}] boss-fast schedule --store disk --checkpoint, SIGKILL, rerun: {line}"
+        )
     bad += round_three()
     print(f"{bad} probe(s) misbehaved")
     return 1 if bad else 0

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import boss_fast as bf
+from boss_fast._checkpoint import CHECKSUM_KEY
 from boss_fast.bellman import bellman_path
 from boss_fast.cost import trajectory_cost
 from boss_fast.global_objective import GlobalPass, global_paths, global_table
@@ -435,20 +436,82 @@ def test_a_module_configured_by_a_plain_attribute_gets_another_fingerprint(setup
     ],
 )
 def test_a_checkpoint_with_edited_counters_is_refused(setup, tmp_path, field, value):
+    """An edit that breaks the counters: refused by the checksum, and without one (a file written before the
+    checksum existed) by the counters' own checks."""
     noise, times = setup
     path = tmp_path / "cost.npz"
     args = {"batch_size": 5, "progress": False, "checkpoint": path, "checkpoint_key": "f"}
     cost_matrix(nonlinear_velocity, noise, times, **args)
-    with np.load(path) as data:
-        stored = {key: data[key] for key in data.files}
+    stored = _stored(path)
     if field == "sums":
-        stored["sums"] = stored["sums"].copy()
         stored["sums"][0, 1] = value
     else:
         stored[field] = np.int64(value)
     np.savez(path, **stored)
+    with pytest.raises(ValueError, match=r"cost\.npz fails its checksum"):
+        cost_matrix(nonlinear_velocity, noise, times, **args)
+    del stored[CHECKSUM_KEY]
+    np.savez(path, **stored)
     with pytest.raises(ValueError, match=rf"cost\.npz: {field} "):
         cost_matrix(nonlinear_velocity, noise, times, **args)
+
+
+def _stored(path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {key: data[key].copy() for key in data.files}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.update(
+            sums=s["sums"] * 2
+        ),  # plausible counters: only the checksum sees it (failed on main)
+        lambda s: s.update(batches_done=np.int64(1), count=np.int64(5)),  # one batch forgotten
+        lambda s: s.update(extra=np.zeros(2)),  # an array added
+        lambda s: s.update(payload_sha256=np.asarray(123)),  # the checksum itself of another type
+    ],
+)
+def test_a_checkpoint_whose_arrays_differ_from_its_checksum_is_refused(setup, tmp_path, edit):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    args = {"batch_size": 5, "progress": False, "checkpoint": path, "checkpoint_key": "f"}
+    want = cost_matrix(nonlinear_velocity, noise, times, **args)
+    assert np.array_equal(cost_matrix(nonlinear_velocity, noise, times, **args), want)  # an intact file loads
+    stored = _stored(path)
+    edit(stored)
+    np.savez(path, **stored)
+    with pytest.raises(ValueError, match=r"cost checkpoint .*cost\.npz fails its checksum \(payload_sha256"):
+        cost_matrix(nonlinear_velocity, noise, times, **args)
+
+
+def test_a_checkpoint_missing_a_field_or_of_another_dtype_names_it(setup, tmp_path):
+    """Files without a checksum (as written before it existed) still get every field checked by name."""
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    args = {"batch_size": 5, "progress": False, "checkpoint": path, "checkpoint_key": "f"}
+    cost_matrix(nonlinear_velocity, noise, times, **args)
+    good = _stored(path)
+    del good[CHECKSUM_KEY]
+    cases = [
+        (
+            {k: v for k, v in good.items() if k != "sums"},
+            "lacks 'sums' \\(a float64 array of shape \\(13, 13\\)",
+        ),
+        ({**good, "sums": good["sums"].astype(np.float32)}, "'sums' of dtype float32, expected float64"),
+        ({**good, "sums": good["sums"][:3]}, "'sums' of shape \\(3, 13\\), expected \\(13, 13\\)"),
+        ({k: v for k, v in good.items() if k != "count"}, "lacks 'count'"),
+        ({**good, "batches_done": np.float64(2.0)}, "'batches_done' of dtype float64, shape \\(\\): not an"),
+    ]
+    for stored, match in cases:
+        np.savez(path, **stored)
+        with pytest.raises(ValueError, match=match):
+            cost_matrix(nonlinear_velocity, noise, times, **args)
+    np.savez(path, **good)  # the file as an older version wrote it: resumed as it was
+    assert np.array_equal(
+        cost_matrix(nonlinear_velocity, noise, times, **args),
+        cost_matrix(nonlinear_velocity, noise, times, batch_size=5, progress=False),
+    )
 
 
 # From test_sampler.py
