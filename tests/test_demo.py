@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import boss_fast as bf
 from boss_fast import demo
 from boss_fast._identity import model_fingerprint
 from boss_fast.demo import DemoConfig, cached_reference, run_demo
@@ -98,14 +99,16 @@ def test_demo_small_writes_every_file(tmp_path) -> None:
     ):
         assert (rep / name).stat().st_size > 0, name
     for model in ("digits_dit", "gmm2d_narrow"):
-        for objective in ("local", "global"):
+        for row in demo.DEMO_SEARCHES:
             for k in range(1, 5):
-                sched = Schedule.load(rep / "schedules" / f"{model}_{objective}_nfe{k}.json")
-                assert sched.steps == k and sched.objective == objective
+                sched = Schedule.load(rep / "schedules" / f"{model}_{row.stem}_nfe{k}.json")
+                assert sched.steps == k and sched.objective == row.objective
+                assert sched.start == (row.start or bf.search.DEFAULT_START)
     saved = json.loads((rep / "results.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     digits_rows = saved["models"]["digits_dit"]["results"]
-    assert set(digits_rows) == {"uniform", "shifted (SD3, shift 3)", "EDM (rho 7)", demo.LOCAL, demo.GLOBAL}
+    assert set(digits_rows) == {"uniform", "shifted (SD3, shift 3)", "EDM (rho 7)", demo.LOCAL, demo.PINNED,
+                                demo.GLOBAL}  # fmt: skip
     for label, per_nfe in digits_rows.items():
         assert set(per_nfe) == {"1", "2", "3", "4"}
         for row in per_nfe.values():
@@ -188,7 +191,9 @@ def test_demo_refuses_a_bad_search_before_any_work(tmp_path) -> None:
         DemoConfig(out=out, search=SearchSettings(grid=[0.0, 0.5, 1.0]))
     with pytest.raises(ValueError, match="search.num_samples must be an integer here"):
         DemoConfig(out=out, search=SearchSettings(num_samples="auto"))
-    with pytest.raises(ValueError, match="the demo runs both objectives; with objective='global': discount"):
+    with pytest.raises(
+        ValueError, match="the demo runs every row; with objective='global', start='zero': discount"
+    ):
         DemoConfig(out=out, search=SearchSettings(objective="local", discount=0.9))
     with pytest.raises(TypeError, match="search must be a SearchSettings or None, got dict"):
         DemoConfig(out=out, search={"grid": 100})
