@@ -171,7 +171,9 @@ def bellman_path(cost, steps: int, *, discount: float = 1.0, backend: str = "aut
         cost: (N, N) array-like (lists, float32, Fortran order and strided views are converted); only the
             strict upper triangle is read and it must be finite.
         steps: the step budget K, an integer in [1, N - 1].
-        discount: weight ``discount**m`` on the m-th step (m = 0 first); 1 is BOSS, < 1 GITS-style.
+        discount: weight ``discount**m`` on the m-th step (m = 0 first, from the noise end): 1 is BOSS;
+            > 1 weights later steps (toward the data) more, as GITS's coefficient 1.15 does; < 1 the early
+            ones.
         backend: "auto" (fastest available; see :func:`boss_fast.dp_backends`), "cpp", "numba" or "numpy".
 
     Example:

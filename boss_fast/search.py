@@ -324,7 +324,9 @@ class SearchSettings:
             global objective (its targets; the most accurate fixed-step teacher within 12x the local
             search's evaluations at K = 10), "euler" for the local one (BOSS's reference).
         metric: "l2sq" (BOSS) or "l2" (GITS).
-        discount: the local DP's discount on later steps (GITS); 1.0 is BOSS (the global objective: 1.0).
+        discount: the local DP's weight ``discount**m`` on its m-th step (``boss_fast.bellman``): 1.0 is BOSS;
+            > 1 weights later steps (toward the data) more, as GITS's coefficient 1.15 does; < 1 the early
+            ones (the global objective: 1.0).
         dp: the global DP, "full" (default) or "coarse" (``boss_fast.refine``: 0.35-0.38x the
             evaluations).
         store: where the global objective keeps its per-sample rows between levels: "device" (default),
