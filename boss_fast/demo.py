@@ -589,6 +589,10 @@ def _public(run: dict) -> dict:
         label: {str(k): [float(t) for t in schedule_times(ts)] for k, ts in per.items()}
         for label, per in run["schedules"].items()
     }
+    # the start rule each schedule is sampled with (plain times: from the noise)
+    out["starts"] = {
+        label: {str(k): schedule_start(s) for k, s in per.items()} for label, per in run["schedules"].items()
+    }
     return out
 
 

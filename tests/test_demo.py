@@ -211,3 +211,28 @@ def test_demo_search_settings_per_model() -> None:
     given = DemoConfig(search=SearchSettings(grid=30, num_samples=16, seed=4))
     assert given.search_for(spec, "global") == SearchSettings(grid=30, num_samples=16, seed=4)
     assert (given.grid, given.seed) == (30, 4)
+
+
+def test_demo_rows_with_a_free_start_and_the_oracle_moving_it(tmp_path) -> None:
+    """A searched row with a free start: its schedules (and the oracle's, started from them) carry the rule,
+    are sampled from it, and are paired with every row of ``versus``."""
+    rows = (demo.DemoSearch(demo.PINNED, "global_pinned", "global", "zero"),
+            demo.DemoSearch(demo.GLOBAL, "global", "global", "noise"))  # fmt: skip
+    cfg = DemoConfig(
+        out=str(tmp_path / "rep"), models=("gmm2d_narrow",), progress=False, max_nfe=3, eval_samples=24,
+        search=SearchSettings(grid=12, num_samples=16, batch_size=16), searches=rows,
+        versus=("uniform", demo.PINNED), oracle=True, oracle_max_nfe=3, rtol=1e-3, atol=1e-3, bootstrap=20,
+        scatter_nfes=(2,),
+    )  # fmt: skip
+    saved = run_demo(cfg)["models"]["gmm2d_narrow"]
+    assert saved["search"][demo.GLOBAL]["start"] == "noise"
+    assert saved["schedules"][demo.GLOBAL]["1"][0] > 0.0  # one step from the noise starts late on this flow
+    row = saved["results"][demo.GLOBAL]["2"]
+    assert set(row) == {"rmse", "rmse_vs_uniform", f"rmse_vs_{demo.PINNED}"}
+    assert saved["results"][demo.PINNED]["2"][f"rmse_vs_{demo.PINNED}"] == [0.0, 0.0, 0.0]
+    assert saved["starts"][demo.ORACLE] == {"1": "noise", "2": "noise", "3": "noise"}
+    assert saved["starts"][demo.PINNED]["2"] == "zero" and saved["starts"]["uniform"]["2"] == "noise"
+    with pytest.raises(ValueError, match="distinct labels"):
+        DemoConfig(searches=(rows[0], rows[0]))
+    with pytest.raises(ValueError, match="versus must be a tuple of row labels"):
+        DemoConfig(versus=("best",))
