@@ -2,10 +2,12 @@
 
 For each model (default the bundled digits DiT and the narrow 8-Gaussian mixture ``gmm2d_narrow``, where
 uniform steps are far from the best few-step schedule) and every budget K = 1 .. max_nfe it compares uniform
-steps, the SD3-style shifted schedule, the EDM (rho = 7) schedule, the published Bellman schedule
-(``objective="local"``: BOSS's sum of one-step errors) and the global one (``objective="global"``: the DP over
-the sampler's own states), each found by ONE search for every budget with ``search`` (a ``SearchSettings``:
-grid, noises, seed, ...; None: each model's measured number of noises, seed 0). Optionally
+steps, the SD3-style shifted schedule, the EDM (rho = 7) schedule and the searched rows of
+``DemoConfig.searches`` (default :data:`DEMO_SEARCHES`: the published Bellman schedule, ``objective="local"``
+with the start pinned at t = 0, BOSS's sum of one-step errors; the global one, ``objective="global"``, the DP
+over the sampler's own states, with the start pinned; and the search's default, the global one with the start
+searched), each found by ONE search for every budget with ``search`` (a ``SearchSettings``: grid, noises,
+seed, ...; None: each model's measured number of noises, seed 0). Optionally
 (``oracle=True``) an oracle row (:mod:`boss_fast.oracle`): coordinate descent on the endpoint error over grid
 schedules, fitted on those same search noises.
 
@@ -84,7 +86,7 @@ BASELINES: dict[str, Callable[[int], np.ndarray]] = {
 class DemoSearch:
     """One searched row of the demo: its label, the file stem of its schedules
     (``schedules/<model>_<stem>_nfe<K>.json``), its objective and start rule (None: the search default,
-    ``boss_fast.search.DEFAULT_START``)."""
+    the objective's ``boss_fast.search.DEFAULT_START``)."""
 
     label: str
     stem: str
@@ -389,8 +391,8 @@ class _Evaluated:
 
 
 class _SharedFirstVelocity(torch.nn.Module):
-    """``model`` with the velocity at (noise, t = 0) computed once: every schedule's first step starts
-    there, so of the S distinct schedules' sum-of-K model evaluations, S - 1 are the same one. Any other
+    """``model`` with the velocity at (noise, t = 0) computed once: every schedule pinned at t = 0 starts
+    there, so of those S distinct schedules' first model evaluations, S - 1 are the same one. Any other
     (x, t) goes to the model; the cached tensor is exactly what the model returned for that batch."""
 
     def __init__(self, model: torch.nn.Module, noise: torch.Tensor) -> None:

@@ -54,8 +54,13 @@ __all__ = [
 ]
 
 DEFAULT_OBJECTIVE = "global"
-# start=None resolves to this rule (SearchSettings.start_rule).
-DEFAULT_START = "zero"
+# start=None resolves to the objective's rule (SearchSettings.start_rule). Measured
+# (benchmarks/results/start_search_*.md, 1000 held-out noises against dopri5): the global search with a
+# free "noise" start beats the start pinned at t = 0 at every K = 2..10 on the digits DiT and on
+# gmm2d_narrow (K = 2 RMSE 0.2766 -> 0.1695 and 0.2706 -> 0.0360), and "scaled" at every K but the digits'
+# FD at K = 3, for 99 more evaluations per noise on a 100-step grid (1155 vs 1056). The local objective with
+# any start loses to it everywhere, so objective="local" keeps BOSS as published: pinned.
+DEFAULT_START = {"global": "noise", "local": "zero"}
 # The teacher each objective uses when none is given: BOSS's Euler (the published setting), and for the
 # global objective (whose targets are the teacher's states) the most accurate fixed-step solver that keeps
 # every budget up to K = 10 on a 100-step grid within 12x the local search's evaluations: Heun (200 + 856
@@ -342,7 +347,9 @@ class SearchSettings:
         start: where sampling starts (``boss_fast._validation.START_RULES``): "zero" (pinned at the grid's
             first point, from the noise: BOSS as published), "noise" (the search picks the first time t_s and
             the noise itself is the state there, as a diffusers pipeline's txt2img) or "scaled" (the state at
-            t_s is ``(1 - t_s) * noise``, as ComfyUI's flow models); None: ``DEFAULT_START``
+            t_s is ``(1 - t_s) * noise``, as ComfyUI's flow models); None: the objective's
+            ``DEFAULT_START``, "noise" for the global objective (the default search; docs/results.md says why)
+            and "zero" for the local one (so ``objective="local"`` alone is BOSS as published)
             (:attr:`start_rule`). The schedules carry the rule (``Schedule.start``).
         start_cap: the last grid point a free start may take (None: every point below the last); only with
             a free start. The global objective's full DP evaluates ``start_cap + 1`` start states per noise
@@ -400,8 +407,8 @@ class SearchSettings:
 
     @property
     def start_rule(self) -> str:
-        """The start rule this search runs: ``start``, or ``DEFAULT_START``."""
-        return DEFAULT_START if self.start is None else self.start
+        """The start rule this search runs: ``start``, or the objective's ``DEFAULT_START``."""
+        return DEFAULT_START[self.objective] if self.start is None else self.start
 
     @property
     def teacher(self) -> str:

@@ -103,7 +103,7 @@ def test_demo_small_writes_every_file(tmp_path) -> None:
             for k in range(1, 5):
                 sched = Schedule.load(rep / "schedules" / f"{model}_{row.stem}_nfe{k}.json")
                 assert sched.steps == k and sched.objective == row.objective
-                assert sched.start == (row.start or bf.search.DEFAULT_START)
+                assert sched.start == (row.start or bf.search.DEFAULT_START[row.objective])
     saved = json.loads((rep / "results.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     digits_rows = saved["models"]["digits_dit"]["results"]
@@ -204,12 +204,13 @@ def test_demo_search_settings_per_model() -> None:
     """None: each model's measured noises in one batch, grid 100, seed 0; given: the same for every model."""
     spec = demo.DEMO_MODELS["digits_dit"]
     default = DemoConfig()
-    assert default.search_for(spec, "local") == SearchSettings(
-        num_samples=128, batch_size=128, objective="local"
+    local, free = demo.DEMO_SEARCHES[0], demo.DEMO_SEARCHES[-1]
+    assert default.search_for(spec, local) == SearchSettings(
+        num_samples=128, batch_size=128, objective="local", start="zero"
     )
     assert (default.grid, default.seed) == (100, 0)
     given = DemoConfig(search=SearchSettings(grid=30, num_samples=16, seed=4))
-    assert given.search_for(spec, "global") == SearchSettings(grid=30, num_samples=16, seed=4)
+    assert given.search_for(spec, free) == SearchSettings(grid=30, num_samples=16, seed=4)
     assert (given.grid, given.seed) == (30, 4)
 
 

@@ -101,9 +101,10 @@ def test_wide_calls_fill_batch_size_whatever_the_number_of_noises():
     )
     own = rec.widths[len(teacher.widths) :]
     assert rec.widths[: len(teacher.widths)] == teacher.widths  # the teacher runs first, 8 wide
-    # level 1: one source (8 rows); level k >= 2: sources k - 1 .. 99, 8 rows each, in calls of 256
-    rows = [8] + [8 * (100 - (k - 1)) for k in range(2, 11)]
-    assert own == [8] + [w for r in rows[1:] for w in [256] * (r // 256) + ([r % 256] if r % 256 else [])]
+    # level 1: every start 0 .. 99 (the default free start; 8 rows each); level k >= 2: sources k - 1 .. 99,
+    # 8 rows each; in calls of 256
+    rows = [8 * 100] + [8 * (100 - (k - 1)) for k in range(2, 11)]
+    assert own == [w for r in rows for w in [256] * (r // 256) + ([r % 256] if r % 256 else [])]
     assert sum(own) / len(own) >= 200
 
 
