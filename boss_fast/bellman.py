@@ -11,6 +11,11 @@ Chen et al., ICML 2024). With ``V[k][i]`` the least cost from i to N - 1 in exac
 so one table answers every budget k <= K (a k-step path's steps are weighted 1, d, d^2, ... from its start,
 whatever K is). The table keeps argmin pointers (the smallest next index on ties, in every backend);
 backtracking follows them and never compares floats. O(N^2 K) time, O(N K) memory.
+
+The table holds V[k][i] for every start i, not only 0, so a free start is one more argmin: with
+``start_costs`` e0[j] (the error of starting at grid point j, ``boss_fast.cost.start_cost_sums``; +inf where
+a start is not allowed) the k-step path starts at argmin_j e0[j] + V[k][j] (the smallest j on ties) and
+costs that sum. Without them (the start pinned at 0) nothing changes, bit for bit.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ class BellmanPath:
     """The least-cost path through the grid for one step budget.
 
     Attributes:
-        indices: int64 array of length ``steps + 1``, strictly increasing from 0 to N - 1.
+        indices: int64 array of length ``steps + 1``, strictly increasing to N - 1 (from 0 unless the start
+            is free).
         cost: the path's total (discounted) cost.
     """
 
@@ -122,14 +128,35 @@ def _solve(cost, max_steps, discount, backend: str, steps_name: str):
     return value, nxt, k
 
 
-def _backtrack(value: np.ndarray, nxt: np.ndarray, steps: int) -> BellmanPath:
-    total = float(value[steps, 0])
+def _as_start_costs(start_costs, n: int) -> np.ndarray:
+    """Validate ``start_costs``: (N,) float64, each >= 0 or +inf (a start not allowed), entry 0 finite."""
+    e0 = np.asarray(start_costs, dtype=np.float64)
+    if e0.shape != (n,):
+        raise ValueError(f"start_costs must have shape ({n},), one per grid point, got {e0.shape}")
+    if np.any(np.isnan(e0)) or np.any(e0 < 0) or not np.isfinite(e0[0]):
+        raise ValueError("start_costs must be >= 0 (+inf where a start is not allowed), finite at point 0")
+    return e0
+
+
+def _first(value: np.ndarray, steps: int, start_costs: np.ndarray | None) -> tuple[int, float]:
+    """(the start, the path's total): 0 and V[steps][0], or the best free start and its sum."""
+    if start_costs is None:
+        return 0, float(value[steps, 0])
+    totals = start_costs + value[steps]  # +inf where a start is not allowed or no k-step path exists
+    j = int(np.argmin(totals))  # the first minimum: the smallest start on ties
+    return j, float(totals[j])
+
+
+def _backtrack(
+    value: np.ndarray, nxt: np.ndarray, steps: int, start_costs: np.ndarray | None = None
+) -> BellmanPath:
+    i, total = _first(value, steps, start_costs)
     if not math.isfinite(total):
         raise ValueError(
             f"the best {steps}-step path cost overflows float64 ({total}); rescale the cost matrix"
         )
     indices = np.empty(steps + 1, dtype=np.int64)
-    indices[0] = i = 0
+    indices[0] = i
     for m, k in enumerate(range(steps, 0, -1), start=1):
         i = int(nxt[k, i])
         indices[m] = i
@@ -144,7 +171,9 @@ def bellman_path(cost, steps: int, *, discount: float = 1.0, backend: str = "aut
         cost: (N, N) array-like (lists, float32, Fortran order and strided views are converted); only the
             strict upper triangle is read and it must be finite.
         steps: the step budget K, an integer in [1, N - 1].
-        discount: weight ``discount**m`` on the m-th step (m = 0 first); 1 is BOSS, < 1 GITS-style.
+        discount: weight ``discount**m`` on the m-th step (m = 0 first, from the noise end): 1 is BOSS;
+            > 1 weights later steps (toward the data) more, as GITS's coefficient 1.15 does; < 1 the early
+            ones.
         backend: "auto" (fastest available; see :func:`boss_fast.dp_backends`), "cpp", "numba" or "numpy".
 
     Example:
@@ -158,10 +187,15 @@ def bellman_path(cost, steps: int, *, discount: float = 1.0, backend: str = "aut
     return _backtrack(value, nxt, k)
 
 
-def bellman_paths(cost, max_steps: int, *, discount: float = 1.0, backend: str = "auto") -> list[BellmanPath]:
+def bellman_paths(
+    cost, max_steps: int, *, discount: float = 1.0, backend: str = "auto", start_costs=None
+) -> list[BellmanPath]:
     """The least-cost path for every budget 1..``max_steps`` from one table; ``paths[k - 1]`` has k steps.
 
-    Costs about one :func:`bellman_path` call with ``steps=max_steps``. Arguments as in :func:`bellman_path`.
+    Costs about one :func:`bellman_path` call with ``steps=max_steps``. Arguments as in :func:`bellman_path`;
+    ``start_costs``: None (every path starts at grid point 0) or (N,) costs of starting at each grid point
+    (>= 0, +inf where not allowed, finite at 0), added undiscounted to the path's: each budget's path then
+    starts at the j minimising ``start_costs[j] + V[k][j]`` (module docstring).
 
     Example:
         >>> t = np.linspace(0, 1, 5)
@@ -169,4 +203,5 @@ def bellman_paths(cost, max_steps: int, *, discount: float = 1.0, backend: str =
         [[0, 4], [0, 2, 4]]
     """
     value, nxt, k = _solve(cost, max_steps, discount, backend, "max_steps")
-    return [_backtrack(value, nxt, s) for s in range(1, k + 1)]
+    e0 = None if start_costs is None else _as_start_costs(start_costs, value.shape[1])
+    return [_backtrack(value, nxt, s, e0) for s in range(1, k + 1)]

@@ -37,9 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boss_fast._validation import METRICS, as_times, check_choice
+from boss_fast._validation import METRICS, START_RULES, as_times, check_choice
+from boss_fast.ode import start_state
 
-__all__ = ["trajectory_cost", "trajectory_cost_sums"]
+__all__ = ["start_cost_sums", "trajectory_cost", "trajectory_cost_sums"]
 
 # float64 working set of one feature tile (states, velocities and the basis). Measured on the 2-core dev
 # box at 101 x 307,200 (float32 in): 1 MiB 0.30 s, 2 MiB 0.22 s, 4 MiB 0.20 s, 8 MiB 0.19 s, 16+ MiB no
@@ -335,3 +336,43 @@ def trajectory_cost(
     """
     sums, count = trajectory_cost_sums(states, velocities, times, metric)
     return sums / count
+
+
+def start_cost_sums(
+    states: torch.Tensor | np.ndarray,
+    times: Sequence[float] | np.ndarray | torch.Tensor,
+    rule: str,
+    metric: str = "l2sq",
+) -> tuple[np.ndarray, int]:
+    """The error of a free start at every grid point, as (sum over samples (N,) float64, number of samples).
+
+    Entry j is ``||start_state(states[0], rule, t_j) - states[j]||^2`` ("l2sq"; "l2": its norm), summed over
+    the batch: the state a sampler starting at t_j holds there, against the teacher's (whose ``states[0]`` is
+    the noise). No model evaluation. Entry 0 is 0 for "noise" and for "scaled" on a grid from t = 0. With
+    :func:`trajectory_cost_sums`'s matrix it prices every (start, knots) path of the local objective: the
+    start's error plus the sum of the jumps' (``boss_fast.bellman``'s ``start_costs``).
+
+    Args:
+        states: (N, B, ...) teacher states from the noise at ``times[0]``, any floating dtype.
+        times: (N,) strictly increasing grid in [0, 1].
+        rule: the start rule, "noise" or "scaled" ("zero" is pinned: its only start is entry 0).
+        metric: "l2sq" or "l2".
+
+    Example:
+        >>> x = torch.tensor([[[1.0]], [[0.5]], [[0.0]]])  # (N=3, B=1, D=1): x_t = 1 - t
+        >>> sums, count = start_cost_sums(x, [0.0, 0.5, 1.0], "scaled")
+        >>> sums.tolist(), count  # (1 - t) x_0 is the teacher's state here
+        ([0.0, 0.0, 0.0], 1)
+    """
+    states = _as_trajectory_tensor(states, "states")
+    t = as_times(times)
+    check_choice(rule, START_RULES, "start rule")
+    metric = check_choice(metric, METRICS, "metric")
+    if len(t) != states.shape[0]:
+        raise ValueError(f"times has {len(t)} points but states has N = {states.shape[0]}")
+    rows = []
+    for j, tj in enumerate(t.tolist()):
+        # start_state in the states' dtype, as the sampler forms it; the difference in float64
+        per = (start_state(states[0], rule, tj).double() - states[j].double()).flatten(1).square().sum(dim=1)
+        rows.append((per.sqrt() if metric == "l2" else per).sum())
+    return torch.stack(rows).cpu().numpy(), states.shape[1]  # one device read

@@ -2,10 +2,12 @@
 
 For each model (default the bundled digits DiT and the narrow 8-Gaussian mixture ``gmm2d_narrow``, where
 uniform steps are far from the best few-step schedule) and every budget K = 1 .. max_nfe it compares uniform
-steps, the SD3-style shifted schedule, the EDM (rho = 7) schedule, the published Bellman schedule
-(``objective="local"``: BOSS's sum of one-step errors) and the global one (``objective="global"``: the DP over
-the sampler's own states), each found by ONE search for every budget with ``search`` (a ``SearchSettings``:
-grid, noises, seed, ...; None: each model's measured number of noises, seed 0). Optionally
+steps, the SD3-style shifted schedule, the EDM (rho = 7) schedule and the searched rows of
+``DemoConfig.searches`` (default :data:`DEMO_SEARCHES`: the published Bellman schedule, ``objective="local"``
+with the start pinned at t = 0, BOSS's sum of one-step errors; the global one, ``objective="global"``, the DP
+over the sampler's own states, with the start pinned; and the search's default, the global one with the start
+searched), each found by ONE search for every budget with ``search`` (a ``SearchSettings``: grid, noises,
+seed, ...; None: each model's measured number of noises, seed 0). Optionally
 (``oracle=True``) an oracle row (:mod:`boss_fast.oracle`): coordinate descent on the endpoint error over grid
 schedules, fitted on those same search noises.
 
@@ -37,7 +39,7 @@ from tqdm.auto import tqdm
 from boss_fast import report
 from boss_fast._header import check_header, make_header, write_file
 from boss_fast._identity import model_fingerprint, noise_digest
-from boss_fast._validation import check_float, check_int, check_start
+from boss_fast._validation import check_float, check_int, schedule_start, schedule_times
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
 from boss_fast.metrics import (
     PairedDifference,
@@ -51,7 +53,7 @@ from boss_fast.metrics import (
 from boss_fast.models import BUNDLED, digits, load_bundled
 from boss_fast.oracle import oracle
 from boss_fast.sampler import Sampler
-from boss_fast.schedule import OBJECTIVES, Schedule
+from boss_fast.schedule import Schedule
 from boss_fast.search import SearchSettings, optimal_schedules
 from boss_fast.straighten import StraightenSettings, straighten
 from boss_fast.trajectories import reference_solution, seeded_noise
@@ -59,6 +61,8 @@ from boss_fast.trajectories import reference_solution, seeded_noise
 __all__ = [
     "DemoConfig",
     "DemoModel",
+    "DemoSearch",
+    "DEMO_SEARCHES",
     "cached_reference",
     "demo_straighten_settings",
     "run_demo",
@@ -68,6 +72,7 @@ __all__ = [
 
 UNIFORM = "uniform"
 LOCAL = "Bellman, local (BOSS)"
+PINNED = "Bellman, global, pinned start"
 GLOBAL = "Bellman, global (own states)"
 ORACLE = "oracle (coordinate descent)"
 BASELINES: dict[str, Callable[[int], np.ndarray]] = {
@@ -75,7 +80,32 @@ BASELINES: dict[str, Callable[[int], np.ndarray]] = {
     "shifted (SD3, shift 3)": lambda k: shifted_grid(k, shift=3.0),
     "EDM (rho 7)": lambda k: edm_grid(k, rho=7.0),
 }
-SCHEDULE_NAMES: tuple[str, ...] = (*BASELINES, LOCAL, GLOBAL, ORACLE)
+
+
+@dataclass(frozen=True)
+class DemoSearch:
+    """One searched row of the demo: its label, the file stem of its schedules
+    (``schedules/<model>_<stem>_nfe<K>.json``), its objective and start rule (None: the search default,
+    the objective's ``boss_fast.search.DEFAULT_START``)."""
+
+    label: str
+    stem: str
+    objective: str
+    start: str | None = None
+
+    def settings(self, base: SearchSettings) -> SearchSettings:
+        """``base`` with this row's objective and start."""
+        return replace(base, objective=self.objective, start=self.start)
+
+
+# BOSS as published (local objective, pinned at t = 0), the global objective pinned at t = 0, and the search's
+# default (the global objective with the default start rule).
+DEMO_SEARCHES: tuple[DemoSearch, ...] = (
+    DemoSearch(LOCAL, "local", "local", "zero"),
+    DemoSearch(PINNED, "global_pinned", "global", "zero"),
+    DemoSearch(GLOBAL, "global", "global", None),
+)
+SCHEDULE_NAMES: tuple[str, ...] = (*BASELINES, *(s.label for s in DEMO_SEARCHES), ORACLE)
 
 # Evaluation and reference batch: 250 samples' DiT activations stay in cache where 1000's do not; on this
 # 2-core CPU the same sampling ran about 15-25% faster in chunks of 250 than as one batch of 1000
@@ -112,10 +142,14 @@ DEMO_MODELS: dict[str, DemoModel] = {
 class DemoConfig:
     out: str = "report"
     models: tuple[str, ...] = ("digits_dit", "gmm2d_narrow")
-    # The searches' settings: the demo runs both objectives with them (objective replaced), on every model;
-    # grid (an int here: the report and the oracle use the uniform grid) and seed serve the whole demo. None:
-    # SearchSettings() with each model's measured number of noises, all in one batch (DemoModel.num_samples).
+    # The searches' settings: the demo runs every row of ``searches`` with them (objective and start
+    # replaced), on every model; grid (an int here: the report and the oracle use the uniform grid) and seed
+    # serve the whole demo. None: SearchSettings() with each model's measured number of noises, all in one
+    # batch (DemoModel.num_samples).
     search: SearchSettings | None = None
+    searches: tuple[DemoSearch, ...] = DEMO_SEARCHES
+    # The rows every other row's differences are paired against (in the results: "<metric>_vs_<label>").
+    versus: tuple[str, ...] = (UNIFORM,)
     max_nfe: int = 10
     eval_samples: int = 1000
     progress: bool = True
@@ -144,7 +178,7 @@ class DemoConfig:
             raise ValueError(
                 f"models must be a non-empty subset of {sorted(DEMO_MODELS)}, got {list(self.models)}"
             )
-        _check_demo_search(self.search)
+        _check_demo_searches(self.search, self.searches, self.versus)
         check_int(self.max_nfe, "max_nfe", minimum=1, maximum=self.grid - 1)
         check_int(self.eval_samples, "eval_samples", minimum=2)  # a spread (RMSE interval, FD) needs two
         for name in ("bootstrap", "fd_bootstrap", "oracle_max_nfe", "oracle_sweeps"):
@@ -181,13 +215,11 @@ class DemoConfig:
         """The searches' seed; the evaluation noises use seed + 1, the bootstrap this seed."""
         return (self.search or SearchSettings()).seed
 
-    def search_for(self, spec: DemoModel, objective: str) -> SearchSettings:
-        """The settings of ``spec``'s ``objective`` search."""
+    def search_for(self, spec: DemoModel, row: DemoSearch) -> SearchSettings:
+        """The settings of ``spec``'s search for the demo row ``row``."""
         if self.search is None:
-            return SearchSettings(
-                num_samples=spec.num_samples, batch_size=spec.num_samples, objective=objective
-            )
-        return replace(self.search, objective=objective)
+            return row.settings(SearchSettings(num_samples=spec.num_samples, batch_size=spec.num_samples))
+        return row.settings(self.search)
 
 
 def demo_straighten_settings(iters: int = 800, grid: int = 100, seed: int = 0) -> StraightenSettings:
@@ -206,9 +238,24 @@ def demo_straighten_settings(iters: int = 800, grid: int = 100, seed: int = 0) -
     )
 
 
-def _check_demo_search(search: object) -> None:
+def _check_demo_searches(search: object, searches: object, versus: object) -> None:
+    """``DemoConfig.searches``: DemoSearch rows of distinct labels and stems, none a baseline's name;
+    ``versus``: labels of rows; then :func:`_check_demo_search`."""
+    if not isinstance(searches, tuple) or not all(isinstance(r, DemoSearch) for r in searches):
+        raise TypeError(f"searches must be a tuple of DemoSearch, got {searches!r}")
+    labels = [r.label for r in searches]
+    if len(set(labels)) != len(labels) or len({r.stem for r in searches}) != len(searches):
+        raise ValueError(f"searches must have distinct labels and stems, got {labels}")
+    if set(labels) & {*BASELINES, ORACLE}:
+        raise ValueError(f"searches' labels must differ from {sorted({*BASELINES, ORACLE})}, got {labels}")
+    if not isinstance(versus, tuple) or not all(v in (*BASELINES, *labels) for v in versus):
+        raise ValueError(f"versus must be a tuple of row labels ({[*BASELINES, *labels]}), got {versus!r}")
+    _check_demo_search(search, searches)
+
+
+def _check_demo_search(search: object, searches: tuple[DemoSearch, ...]) -> None:
     """``DemoConfig.search``: None, or a SearchSettings with an int grid of >= 2 steps and an int number of
-    noises (the oracle fits on the search noises) that runs with either objective."""
+    noises (the oracle fits on the search noises) that runs with every row's objective and start."""
     if search is None:
         return
     if not isinstance(search, SearchSettings):
@@ -217,12 +264,13 @@ def _check_demo_search(search: object) -> None:
         raise ValueError(f"search.grid must be an int >= 2 (the demo's uniform grid), got {search.grid!r}")
     if search.num_samples == "auto":
         raise ValueError("search.num_samples must be an integer here: the oracle fits on the search noises")
-    for objective in OBJECTIVES:
+    for row in searches:
         try:
-            replace(search, objective=objective)
+            row.settings(search)
         except ValueError as err:
             raise ValueError(
-                f"search: the demo runs both objectives; with objective={objective!r}: {err}"
+                f"search: the demo runs every row; with objective={row.objective!r}, start={row.start!r}: "
+                f"{err}"
             ) from None
 
 
@@ -296,24 +344,25 @@ def _search_samples(cfg: DemoConfig, spec: DemoModel) -> int:
 def _searched(
     cfg: DemoConfig, name: str, model, spec: DemoModel, clock: _Clock
 ) -> dict[str, dict[int, Schedule]]:
-    """{label: {K: Schedule}} of the local and the global search, one search each for every budget."""
+    """{label: {K: Schedule}} of every searched row (``cfg.searches``), one search each for every budget."""
     found = {}
-    for objective, label in (("local", LOCAL), ("global", GLOBAL)):
+    for row in cfg.searches:
         t0 = time.perf_counter()
-        settings = cfg.search_for(spec, objective)
-        found[label] = optimal_schedules(
+        settings = cfg.search_for(spec, row)
+        found[row.label] = optimal_schedules(
             model, spec.shape, cfg.max_nfe, settings, dtype=spec.dtype, progress=cfg.progress
         )
-        clock.phase(f"{name}: {objective} search, every budget", t0)
-        for sched in found[label].values():
-            sched.save(os.path.join(cfg.out, "schedules", f"{name}_{objective}_nfe{sched.steps}.json"))
+        clock.phase(f"{name}: {row.stem} search (start {settings.start_rule}), every budget", t0)
+        for sched in found[row.label].values():
+            sched.save(os.path.join(cfg.out, "schedules", f"{name}_{row.stem}_nfe{sched.steps}.json"))
     return found
 
 
-def _oracle_rows(cfg, name, model, spec, init: Mapping[int, Schedule], clock) -> dict[int, np.ndarray]:
+def _oracle_rows(cfg, name, model, spec, init: Mapping[int, Schedule], clock) -> dict[int, Schedule]:
     """Coordinate descent on the endpoint error over grid schedules, fitted on the search noises, run from
-    uniform steps and from the global schedule (the lower on the fit noises is kept): {K: times} for
-    K = 2 .. oracle_max_nfe (K = 1 has nothing to move)."""
+    uniform steps and from ``init`` (the global schedule), with ``init``'s start rule (a free start moves
+    too; the lower on the fit noises is kept): {K: Schedule} for K = 2 .. oracle_max_nfe (K = 1 has nothing
+    to move with a pinned start)."""
     t0 = time.perf_counter()
     fit = seeded_noise(spec.shape, 0, _search_samples(cfg, spec), seed=cfg.seed, dtype=spec.dtype)
     fit_ref, _ = cached_reference(
@@ -323,9 +372,11 @@ def _oracle_rows(cfg, name, model, spec, init: Mapping[int, Schedule], clock) ->
     grid = uniform_grid(cfg.grid)
     rows = {}
     for k in range(2, min(cfg.oracle_max_nfe, cfg.max_nfe) + 1):
-        starts = {"uniform": None, "global": init[k].indices}
-        runs, chosen = oracle(model, fit, fit_ref, grid, k, starts, max_sweeps=cfg.oracle_sweeps)
-        rows[k] = grid[runs[chosen].indices]
+        starts, rule = {"uniform": None, "global": init[k].indices}, init[k].start
+        runs, chosen = oracle(model, fit, fit_ref, grid, k, starts, max_sweeps=cfg.oracle_sweeps, start=rule)
+        idx = runs[chosen].indices
+        rows[k] = Schedule(times=grid[idx], indices=idx, cost=runs[chosen].error, grid=grid, solver="dopri5",
+                           num_samples=len(fit), objective="global", start=rule)  # fmt: skip
     clock.phase(f"{name}: oracle (coordinate descent, K = 2..{cfg.oracle_max_nfe})", t0)
     return rows
 
@@ -340,8 +391,8 @@ class _Evaluated:
 
 
 class _SharedFirstVelocity(torch.nn.Module):
-    """``model`` with the velocity at (noise, t = 0) computed once: every schedule's first step starts
-    there, so of the S distinct schedules' sum-of-K model evaluations, S - 1 are the same one. Any other
+    """``model`` with the velocity at (noise, t = 0) computed once: every schedule pinned at t = 0 starts
+    there, so of those S distinct schedules' first model evaluations, S - 1 are the same one. Any other
     (x, t) goes to the model; the cached tensor is exactly what the model returned for that batch."""
 
     def __init__(self, model: torch.nn.Module, noise: torch.Tensor) -> None:
@@ -357,33 +408,47 @@ class _SharedFirstVelocity(torch.nn.Module):
         return self.first.clone()
 
 
+Timed = Schedule | np.ndarray  # a searched schedule (with its start rule) or a baseline's plain times
+
+
+def _key(sched: Timed) -> tuple[str, tuple[float, ...]]:
+    """What a sampler runs of ``sched``: its times and whether its start state is the noise or the scaled
+    noise (every rule starts from the noise itself at t = 0, and "zero" and "noise" from it anywhere)."""
+    times = tuple(float(t) for t in schedule_times(sched))
+    scaled = schedule_start(sched) == "scaled" and times[0] != 0.0
+    return ("scaled" if scaled else "noise", times)
+
+
 def _evaluate(cfg, model, spec, noise, reference, schedules, keep: set[int], clock, name) -> dict:
     """Run every (schedule, K) through eager ``Sampler`` s over the evaluation noises (in chunks of
-    ``EVAL_CHUNK``); identical schedules (every K = 1, say) run once, and the first velocity, shared by all,
-    is computed once per chunk."""
+    ``EVAL_CHUNK``), each from its start rule's state; identical schedules (every K = 1, say) run once, and
+    the first velocity at (noise, t = 0), shared by the schedules that start there, is computed once per
+    chunk."""
     t0 = time.perf_counter()
-    distinct: dict[tuple[float, ...], list[int]] = {}  # times -> the budgets that asked for them
+    distinct: dict[tuple, list[int]] = {}  # _key -> the budgets that asked for it
+    runs: dict[tuple, Timed] = {}  # _key -> one schedule with that key
     for per in schedules.values():
         for k in per:
-            distinct.setdefault(tuple(float(t) for t in per[k]), []).append(k)
-    samples: dict[tuple[float, ...], list[torch.Tensor]] = {times: [] for times in distinct}
+            distinct.setdefault(_key(per[k]), []).append(k)
+            runs.setdefault(_key(per[k]), per[k])
+    samples: dict[tuple, list[torch.Tensor]] = {key: [] for key in distinct}
     chunks = list(range(0, len(noise), EVAL_CHUNK))
     for start in tqdm(chunks, desc=f"evaluate {name}", disable=not cfg.progress):
         part = noise[start : start + EVAL_CHUNK]
         shared = _SharedFirstVelocity(model, part)
-        for times in distinct:
-            samples[times].append(
-                Sampler(shared, times, mode="eager", batch_size=len(part), dtype=spec.dtype)(part)
+        for key in distinct:
+            samples[key].append(
+                Sampler(shared, runs[key], mode="eager", batch_size=len(part), dtype=spec.dtype)(part)
             )
     ref = reference.double().reshape(len(reference), -1)
-    done: dict[tuple[float, ...], _Evaluated] = {}
-    for times, parts in samples.items():
+    done: dict[tuple, _Evaluated] = {}
+    for key, parts in samples.items():
         x = torch.cat(parts)
         sq_err = (x.double().reshape(len(x), -1) - ref).square().mean(dim=1).numpy()
         features = digits_features(x) if spec.digits else None
         shown = x[:16].numpy() if spec.digits else x.numpy()
-        done[times] = _Evaluated(sq_err, features, shown if keep.intersection(distinct[times]) else None)
-    out = {label: {k: done[tuple(float(t) for t in per[k])] for k in per} for label, per in schedules.items()}
+        done[key] = _Evaluated(sq_err, features, shown if keep.intersection(distinct[key]) else None)
+    out = {label: {k: done[_key(per[k])] for k in per} for label, per in schedules.items()}
     clock.phase(f"{name}: evaluation ({len(done)} distinct schedules x {len(noise)} noises)", t0)
     return out
 
@@ -393,9 +458,10 @@ def _interval(d: PairedDifference) -> list[float]:
 
 
 def _metrics(cfg, evaluated, fd, clock, name) -> dict:
-    """{label: {K: {rmse, rmse_vs_uniform, [fd, fd_vs_uniform]}}}, each difference to uniform steps as
-    [estimate, low, high] from a paired bootstrap over the evaluation noises. Each distinct schedule's
-    statistics are computed once (identical schedules share one ``_Evaluated``) and paired with uniform's."""
+    """{label: {K: {rmse, rmse_vs_uniform, [fd, fd_vs_uniform]}}}, each difference to uniform steps (and to
+    every other row of ``cfg.versus``: "<metric>_vs_<label>") as [estimate, low, high] from a paired
+    bootstrap over the evaluation noises. Each distinct schedule's statistics are computed once (identical
+    schedules share one ``_Evaluated``) and paired with the baselines'."""
     t0 = time.perf_counter()
     weights = bootstrap_weights(cfg.eval_samples, cfg.bootstrap, seed=cfg.seed)
     stats: dict[int, dict[str, np.ndarray]] = {}
@@ -411,11 +477,12 @@ def _metrics(cfg, evaluated, fd, clock, name) -> dict:
     for label, per in evaluated.items():
         results[label] = {}
         for k, ev in per.items():
-            mine, base = of(ev), of(evaluated[UNIFORM][k])
-            results[label][k] = row = {}
-            for metric in mine:
-                row[metric] = float(mine[metric][0])
-                row[f"{metric}_vs_uniform"] = _interval(paired_difference(mine[metric], base[metric]))
+            mine = of(ev)
+            results[label][k] = row = {metric: float(mine[metric][0]) for metric in mine}
+            for versus in (v for v in cfg.versus if k in evaluated[v]):
+                base = of(evaluated[versus][k])
+                for metric in mine:
+                    row[f"{metric}_vs_{versus}"] = _interval(paired_difference(mine[metric], base[metric]))
     clock.phase(f"{name}: metrics and paired bootstrap", t0)
     return results
 
@@ -429,13 +496,15 @@ def _run_model(cfg: DemoConfig, name: str, clock: _Clock) -> dict:
         label: {k: np.asarray(make(k)) for k in nfes} for label, make in BASELINES.items()
     }
     searched = _searched(cfg, name, model, spec, clock)
-    for label, per in searched.items():
-        for s in per.values():  # evaluated as plain times (from the noise itself): exact for "zero", "noise"
-            check_start(s, "noise", "the demo's evaluation", "search with start 'noise' or 'zero'")
-        schedules[label] = {k: np.asarray(s.times) for k, s in per.items()}
+    schedules.update({label: dict(per) for label, per in searched.items()})
     if cfg.oracle:
+        # From the search default's schedules (the first global row where the default is not run).
+        rows = [r.label for r in cfg.searches if r.label == GLOBAL] or [
+            r.label for r in cfg.searches if r.objective == "global"
+        ]
+        init = searched[(rows or [cfg.searches[0].label])[0]]
         schedules[ORACLE] = {1: np.asarray(uniform_grid(1))} | _oracle_rows(
-            cfg, name, model, spec, searched[GLOBAL], clock
+            cfg, name, model, spec, init, clock
         )
 
     t0 = time.perf_counter()
@@ -469,7 +538,7 @@ def _run_model(cfg: DemoConfig, name: str, clock: _Clock) -> dict:
             "fd": reference_fd,
         },
         "search": {
-            label: {"solver": s.solver, "num_samples": s.num_samples, "grid": cfg.grid}
+            label: {"solver": s.solver, "num_samples": s.num_samples, "grid": cfg.grid, "start": s.start}
             for label, s in ((label, per[cfg.max_nfe]) for label, per in searched.items())
         },
         "results": results,
@@ -519,8 +588,12 @@ def _public(run: dict) -> dict:
     out = {k: v for k, v in run.items() if not k.startswith("_")}
     out["results"] = {label: {str(k): v for k, v in per.items()} for label, per in run["results"].items()}
     out["schedules"] = {
-        label: {str(k): [float(t) for t in ts] for k, ts in per.items()}
+        label: {str(k): [float(t) for t in schedule_times(ts)] for k, ts in per.items()}
         for label, per in run["schedules"].items()
+    }
+    # the start rule each schedule is sampled with (plain times: from the noise)
+    out["starts"] = {
+        label: {str(k): schedule_start(s) for k, s in per.items()} for label, per in run["schedules"].items()
     }
     return out
 
@@ -565,8 +638,8 @@ def _write_figures(cfg: DemoConfig, runs: dict, nfes: list[int]) -> None:
         )  # fmt: skip
         report.plot_schedules(
             {
-                label: run["schedules"][label]
-                for label in (LOCAL, GLOBAL, ORACLE)
+                label: {k: schedule_times(ts) for k, ts in run["schedules"][label].items()}
+                for label in (*(row.label for row in cfg.searches), ORACLE)
                 if label in run["schedules"]
             },
             os.path.join(cfg.out, "bellman_steps.png" if digits_model else f"{name}_steps.png"),

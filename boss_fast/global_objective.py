@@ -60,6 +60,7 @@ from boss_fast._checkpoint import noise_identity, stored_array, stored_count
 from boss_fast._identity import checkpoint_model_key
 from boss_fast._validation import (
     METRICS,
+    START_RULES,
     as_times,
     check_choice,
     check_int,
@@ -81,10 +82,19 @@ from boss_fast.engine import (
     progress_bar,
     resolve_wide_mode,
 )
-from boss_fast.ode import VelocityFn, euler_update
+from boss_fast.ode import VelocityFn, euler_update, start_state
 from boss_fast.trajectories import DenseTeacher
 
-__all__ = ["GlobalLevels", "GlobalPass", "GlobalTable", "accumulate_global", "global_paths", "global_table"]
+__all__ = [
+    "GlobalLevels",
+    "GlobalPass",
+    "GlobalTable",
+    "accumulate_global",
+    "global_paths",
+    "global_table",
+    "start_extra_evaluations",
+    "start_sources",
+]
 
 # The file format keeps its first name: checkpoints written before the module was renamed still resume.
 CHECKPOINT_FORMAT = "boss_fast.own_state_checkpoint"
@@ -135,16 +145,54 @@ def global_paths(table: GlobalTable) -> list[BellmanPath]:
     return paths
 
 
+def start_sources(rule: str, n: int, cap: int | None = None) -> np.ndarray:
+    """Level 1's sources on a grid of ``n`` points: where the first step may jump from, the start knot.
+
+    "zero": grid point 0 only (the pinned start); "noise", "scaled": every point 0 .. ``cap`` (None: n - 2,
+    every point below the last), each holding the rule's start state ``start_state(noise, rule, t_j)``.
+
+    Example:
+        >>> start_sources("zero", 10).tolist(), start_sources("noise", 10, cap=3).tolist()
+        ([0], [0, 1, 2, 3])
+    """
+    rule = check_choice(rule, START_RULES, "start")
+    if rule == "zero":
+        if cap is not None:
+            raise ValueError(f"start_cap bounds a free start; start 'zero' is pinned at point 0, got {cap}")
+        return np.zeros(1, dtype=np.int64)
+    cap = n - 2 if cap is None else check_int(cap, "start_cap", minimum=0)
+    if cap > n - 2:
+        raise ValueError(f"start_cap must be a grid point below the last, 0 .. {n - 2}, got {cap}")
+    return np.arange(cap + 1, dtype=np.int64)
+
+
+def start_extra_evaluations(rule: str, n: int, cap: int | None = None) -> int:
+    """The model evaluations per noise a start rule adds to the full own-state DP on ``n`` grid points.
+
+    Level 1 evaluates the velocity once per source and noise: 1 source when the start is pinned, cap + 1
+    when it is free; the other levels and the teacher do not change (a level-k source is reached in k - 1
+    steps whatever the start). On a 100-step grid with the default cap: 99 more than the pinned 1056 for
+    every K <= 10 with a Heun teacher (1155, 1.094x).
+
+    Example:
+        >>> start_extra_evaluations("zero", 101), start_extra_evaluations("noise", 101)
+        (0, 99)
+    """
+    return len(start_sources(rule, n, cap)) - 1
+
+
 # ------------------------------------------------------------------------------------------ one level
 
 _LAYOUT = ("teacher", "states", "velocities")
 
 
-def _sources(level: int, n: int, restrict: np.ndarray | None, reachable: np.ndarray) -> np.ndarray:
+def _sources(
+    level: int, n: int, restrict: np.ndarray | None, reachable: np.ndarray, first: np.ndarray
+) -> np.ndarray:
     """The sorted grid indices allowed as sources of ``level``'s jumps (ValueError for a bad restriction).
 
-    Default: every point reached in level - 1 steps below N - 1 (only 0 at level 1)."""
-    default = np.array([0]) if level == 1 else np.flatnonzero(reachable[: n - 1])
+    Default: every point reached in level - 1 steps below N - 1 (at level 1: ``first``, the start knots)."""
+    default = first if level == 1 else np.flatnonzero(reachable[: n - 1])
     if restrict is None:
         return default
     src = np.asarray(restrict)
@@ -153,7 +201,8 @@ def _sources(level: int, n: int, restrict: np.ndarray | None, reachable: np.ndar
     if not np.all(np.isin(src, default)):
         raise ValueError(
             f"sources of level {level} must be grid points reached in {level - 1} steps below N - 1 = "
-            f"{n - 1}; {sorted(set(src.tolist()) - set(default.tolist()))} are not"
+            f"{n - 1} (level 1: the allowed starts); {sorted(set(src.tolist()) - set(default.tolist()))} "
+            "are not"
         )
     return src.astype(np.int64)
 
@@ -174,6 +223,7 @@ class _Level:
     hosts: list[float]
     times: np.ndarray
     metric: str
+    pinned: bool = True  # the start rule "zero": level 1's one source is the noise at grid point 0
 
 
 def _advance(states: torch.Tensor, velocities: torch.Tensor, step: _Level) -> None:
@@ -206,11 +256,15 @@ def _evaluate(evaluator: WideEvaluator, states, velocities, rows: torch.Tensor, 
 def _error_sums(teacher, states, velocities, step: _Level) -> tuple[np.ndarray, int, int]:
     """(sums, count, lo): errors of every jump of the level on the sub-grid ``times[lo:]``.
 
-    At level 1 the one source is the noise, in states[0]; rows 1 .. N - 2 of the states hold the teacher's
-    states there (copied when the batch was set up), so row 0 of the result is the jump 0 -> j."""
+    At level 1 of a pinned start the one source is the noise, in states[0]; rows 1 .. N - 2 of the states
+    hold the teacher's states there (copied when the batch was set up), so row 0 of the result is the jump
+    0 -> j. With a free start the rows 0 .. cap hold the start states and their velocities (rows beyond the
+    cap: the teacher's states and zero velocities, finite, masked out by ``_decide``)."""
     n = len(step.times)
-    if step.level == 1:
+    if step.level == 1 and step.pinned:
         lo, vel = 0, velocities[:1].expand(n - 1, *velocities.shape[1:])
+    elif step.level == 1:
+        lo, vel = 0, velocities
     else:
         lo = int(step.sources[0])
         vel = velocities[lo:]
@@ -308,6 +362,11 @@ class GlobalPass:
             temporary directory); only with store="disk".
         teacher_stride: the teacher's solver runs on every stride-th grid point, the rest interpolated
             (:class:`boss_fast.trajectories.DenseTeacher`; 1: every point).
+        start: the start rule (``boss_fast._validation.START_RULES``): "zero" (level 1 jumps from the noise at
+            grid point 0, the pinned start) or "noise" / "scaled" (level 1 may jump from any grid point
+            0 .. ``start_cap``, from ``start_state(noise, rule, t_j)``: the start is a DP variable, one per
+            (k, j) as every other knot); :func:`start_extra_evaluations` more evaluations per noise.
+        start_cap: the last grid point a free start may take (None: N - 2); only with a free start.
 
     Example:
         >>> GlobalPass(batch_size=64).solver, GlobalPass(store="host").store
@@ -321,6 +380,8 @@ class GlobalPass:
     store: str = "device"
     store_dir: str | os.PathLike | None = None
     teacher_stride: int = 1
+    start: str = "zero"
+    start_cap: int | None = None
 
     def __post_init__(self) -> None:
         check_int(self.batch_size, "batch_size")
@@ -331,6 +392,13 @@ class GlobalPass:
         check_choice(self.store, STORES, "store")
         check_store_dir(self.store_dir, self.store)
         check_int(self.teacher_stride, "teacher_stride")
+        check_choice(self.start, START_RULES, "start")
+        if self.start_cap is not None:
+            check_int(self.start_cap, "start_cap", minimum=0)
+            if self.start == "zero":
+                raise ValueError(
+                    f"start_cap bounds a free start; start 'zero' takes None, got {self.start_cap}"
+                )
 
 
 class GlobalLevels:
@@ -364,12 +432,19 @@ class GlobalLevels:
             run.store, layout, first.shape[1:], shard.sizes, first.dtype, dev, run.store_dir, rows_name
         )
         self._rows = [torch.arange(*shard.span(b), device=dev) for b in shard.mine]
+        self.first = start_sources(run.start, n, run.start_cap)
+        self.pinned = run.start == "zero"
         runner = DenseTeacher(velocity, grid, run.solver, run.mode, run.teacher_stride)
         for i, b in enumerate(shard.mine):
             noise = make_batch(*shard.span(b)).to(dev)
             teacher = runner(noise, self._rows[i])
             self.store.save("teacher", i, teacher)
-            self.store.save("states", i, teacher)  # row 0 is the noise; rows 1 .. N - 2 serve level 1
+            # Row 0 is the noise; rows 1 .. N - 2 serve level 1 (finite rows the pinned start masks out);
+            # a free start's rows 0 .. cap are its start states, level 0's state at each allowed start.
+            if not self.pinned:
+                for j in self.first.tolist():
+                    teacher[j] = start_state(noise, run.start, self.hosts[j])
+            self.store.save("states", i, teacher)
             del teacher
 
     @torch.no_grad()
@@ -377,8 +452,8 @@ class GlobalLevels:
              measure: bool = True) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
         n = len(self.times)
         reachable = np.isfinite(np.zeros(n)) if level == 1 else pointers >= 0
-        src = _sources(level, n, sources, reachable)
-        work = _Level(level, src, pointers, self.hosts, self.times, self.metric)
+        src = _sources(level, n, sources, reachable, self.first)
+        work = _Level(level, src, pointers, self.hosts, self.times, self.metric, self.pinned)
         sums, count, lo = None, 0, (0 if level == 1 else int(src[0]))
         for i in range(len(self.shard.mine)):
             teacher, states, vel = (self.store.load(name, i) for name in _LAYOUT)
@@ -395,7 +470,8 @@ class GlobalLevels:
         if sums is None:  # a rank with no batch (more ranks than batches) adds zeros
             sums = np.zeros((n - lo, n - lo))
         sums, count = self.shard.reduce(sums, count)
-        return _decide(sums, count, lo, level, n, None if sources is None else src)
+        restricted = sources is not None or (level == 1 and not self.pinned)
+        return _decide(sums, count, lo, level, n, src if restricted else None)
 
     def close(self) -> None:
         self.store.close()
@@ -433,6 +509,9 @@ def accumulate_global(
     # Always in the header: a reader ignores keys it does not ask for, so a stride-2 file must be refused by a
     # stride-1 run through this key being asked for.
     header["teacher_stride"] = run.teacher_stride
+    # Likewise the start rule and its cap (-1: pinned): a free-start table must not resume a pinned run.
+    header["start"] = run.start
+    header["start_cap"] = -1 if run.start == "zero" else int(start_sources(run.start, n, run.start_cap)[-1])
     ckpt, costs, pointers, done = _resume(checkpoint, header, (max_steps + 1, n), shard)
     rows_name = None
     if run.store == "disk" and ckpt is not None:  # rows named after the checkpoint: a killed run's are found

@@ -14,6 +14,10 @@ error over grid schedules; fit it on other noises than those it is judged on).
     best.indices, best.error, best.evaluations
     runs, chosen = oracle(model, fit_noise, fit_reference, grid, 4, {"uniform": None, "global": idx})
 
+With a free start rule (``start="noise"`` or ``"scaled"``, ``boss_fast._validation.START_RULES``) the first
+knot moves too, over every grid point below the second knot, the sampler starting there from the rule's state
+(``boss_fast.ode.start_state``): the headroom of a search whose start is free.
+
 Coordinate descent stops in a local optimum that depends on where it starts; :func:`oracle` runs it from each
 given start and keeps the one that ends lower on the fit noises. Each call costs about
 ``sweeps * K * N`` K-step samplings of the fit noises (N grid points), so fit on tens to hundreds of noises.
@@ -27,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from boss_fast._validation import as_times, check_int, check_noise
-from boss_fast.ode import VelocityFn, sample
+from boss_fast._validation import START_RULES, as_times, check_choice, check_int, check_noise
+from boss_fast.ode import VelocityFn, sample, start_state
 
 __all__ = ["OracleResult", "coordinate_descent", "endpoint_error", "oracle", "uniform_indices"]
 
@@ -45,9 +49,14 @@ class OracleResult:
 
 
 def endpoint_error(
-    velocity: VelocityFn, noise: torch.Tensor, reference: torch.Tensor, times: Sequence[float] | np.ndarray
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    reference: torch.Tensor,
+    times: Sequence[float] | np.ndarray,
+    start: str = "noise",
 ) -> float:
-    """Mean over samples of the squared L2 endpoint error of the Euler sampler on ``times`` (float64).
+    """Mean over samples of the squared L2 endpoint error of the Euler sampler on ``times`` (float64), from
+    ``start_state(noise, start, times[0])`` (default: the noise itself).
 
     Example:
         >>> flow = lambda x, t: torch.ones_like(x)  # x(1) = x(0) + 1 exactly, for any schedule
@@ -56,7 +65,8 @@ def endpoint_error(
         0.0
     """
     _check_pair(noise, reference)
-    x = sample(velocity, noise, np.asarray(times, dtype=np.float64))
+    times = np.asarray(times, dtype=np.float64)
+    x = sample(velocity, start_state(noise, start, float(times[0])), times)  # plain times: from that state
     diff = (x.to(torch.float64) - reference.to(torch.float64)).reshape(x.shape[0], -1)
     return float(diff.square().sum(dim=1).mean())
 
@@ -85,6 +95,7 @@ def coordinate_descent(
     init: Sequence[int] | np.ndarray | None = None,
     window: int | None = None,
     max_sweeps: int = 20,
+    start: str = "zero",
 ) -> OracleResult:
     """Coordinate descent on the endpoint error over ``steps``-step schedules on ``grid``.
 
@@ -96,6 +107,8 @@ def coordinate_descent(
         window: try only positions within this many grid points of a knot's current one (default: every
             position between its neighbours, the exhaustive coordinate search).
         max_sweeps: stop after this many sweeps over the knots even if moves still help.
+        start: the start rule: "zero" keeps the first knot at grid point 0; "noise" and "scaled" move it
+            too (from the rule's start state there).
 
     The states before the knot being moved are computed once per move, so trying a position costs the
     remaining steps only; ``evaluations`` counts model evaluations per noise.
@@ -103,7 +116,8 @@ def coordinate_descent(
     Raises:
         TypeError / ValueError: naming the argument: noise or reference not a floating (M, ...) tensor or of
         different shapes, a grid that is not increasing inside [0, 1], steps outside 1 .. N - 1, an init that
-        is not K + 1 increasing indices from 0 to N - 1, window or max_sweeps below 1.
+        is not K + 1 increasing indices to N - 1 (from 0 for start "zero"), window or max_sweeps below 1, an
+        unknown start rule.
 
     Example:
         >>> flow = lambda x, t: 3 * t.view(-1, 1) ** 2 * torch.ones_like(x)  # x(1) = x(0) + 1; Euler errs
@@ -117,24 +131,26 @@ def coordinate_descent(
     _check_pair(noise, reference)
     window = None if window is None else check_int(window, "window")
     max_sweeps = check_int(max_sweeps, "max_sweeps")
-    idx = _initial_indices(init, len(grid), steps)
-    best = endpoint_error(velocity, noise, reference, grid[idx])
+    rule = check_choice(start, START_RULES, "start")
+    idx = _initial_indices(init, len(grid), steps, pinned=rule == "zero")
+    best = endpoint_error(velocity, noise, reference, grid[idx], rule)
     evaluations = steps
     sweeps = 0
     while sweeps < max_sweeps:
         sweeps += 1
         moved = False
-        for m in range(1, steps):
-            prefix = noise if m == 1 else sample(velocity, noise, grid[idx[:m]])
-            evaluations += m - 1
-            lo, hi = idx[m - 1] + 1, idx[m + 1] - 1
+        for m in range(0 if rule != "zero" else 1, steps):
+            lo, hi = (idx[m - 1] + 1 if m else 0), idx[m + 1] - 1
             if window is not None:
                 lo, hi = max(lo, idx[m] - window), min(hi, idx[m] + window)
+            # From the state at knot m - 1 (computed once per move): a trial runs the remaining steps only.
+            prefix = _state_at(velocity, noise, grid[idx[:m]], rule)
+            evaluations += max(m - 1, 0)
             for p in range(lo, hi + 1):
                 if p == idx[m]:
                     continue
-                trial = np.concatenate([idx[m - 1 : m], [p], idx[m + 1 :]])
-                err = endpoint_error(velocity, prefix, reference, grid[trial])
+                trial = np.concatenate([idx[max(m - 1, 0) : m], [p], idx[m + 1 :]])
+                err = endpoint_error(velocity, prefix, reference, grid[trial], rule if m == 0 else "noise")
                 evaluations += len(trial) - 1
                 if err < best:
                     best, idx, moved = err, idx.copy(), True
@@ -154,9 +170,11 @@ def oracle(
     *,
     window: int | None = None,
     max_sweeps: int = 20,
+    start: str = "zero",
 ) -> tuple[dict[str, OracleResult], str]:
-    """:func:`coordinate_descent` from each of ``starts`` ({name: init indices, None for uniform steps});
-    returns every run and the name of the one with the lowest error on the fit noises.
+    """:func:`coordinate_descent` from each of ``starts`` ({name: init indices, None for uniform steps}),
+    with the start rule ``start``; returns every run and the name of the one with the lowest error on the
+    fit noises.
 
     Example:
         >>> flow = lambda x, t: 3 * t.view(-1, 1) ** 2 * torch.ones_like(x)
@@ -169,11 +187,28 @@ def oracle(
         raise ValueError(f"starts must be a non-empty dict {{name: init indices or None}}, got {starts!r}")
     runs = {
         name: coordinate_descent(
-            velocity, noise, reference, grid, steps, init=init, window=window, max_sweeps=max_sweeps
+            velocity,
+            noise,
+            reference,
+            grid,
+            steps,
+            init=init,
+            window=window,
+            max_sweeps=max_sweeps,
+            start=start,
         )
         for name, init in starts.items()
     }
     return runs, min(runs, key=lambda name: runs[name].error)
+
+
+def _state_at(velocity: VelocityFn, noise: torch.Tensor, times: np.ndarray, rule: str) -> torch.Tensor:
+    """The sampler's state at the last of ``times`` (the knots before the one being moved), from the start
+    state at the first; with no knot before it (the start itself moves): the noise."""
+    if len(times) == 0:
+        return noise
+    first = start_state(noise, rule, float(times[0]))
+    return first if len(times) == 1 else sample(velocity, first, times)
 
 
 def _check_pair(noise: object, reference: object) -> None:
@@ -187,8 +222,9 @@ def _check_pair(noise: object, reference: object) -> None:
         )
 
 
-def _initial_indices(init: object, n: int, steps: int) -> np.ndarray:
-    """``init`` (default: uniform steps) as K + 1 increasing int64 indices from 0 to n - 1, or ValueError."""
+def _initial_indices(init: object, n: int, steps: int, pinned: bool = True) -> np.ndarray:
+    """``init`` (default: uniform steps) as K + 1 increasing int64 indices to n - 1 (from 0 when the start
+    is ``pinned``), or ValueError."""
     if init is None:
         return uniform_indices(n, steps)
     try:
@@ -197,10 +233,11 @@ def _initial_indices(init: object, n: int, steps: int) -> np.ndarray:
         raise TypeError(f"init must be a sequence of grid indices, got {init!r}") from None
     if (
         idx.shape != (steps + 1,)
-        or idx[0] != 0
+        or (idx[0] != 0 if pinned else idx[0] < 0)
         or idx[-1] != n - 1
         or np.any(np.diff(idx) <= 0)
         or np.any(np.asarray(init, dtype=np.float64) != idx)
     ):
-        raise ValueError(f"init must be {steps + 1} increasing indices from 0 to {n - 1}, got {init!r}")
+        first = "from 0 " if pinned else ""
+        raise ValueError(f"init must be {steps + 1} increasing indices {first}to {n - 1}, got {init!r}")
     return idx

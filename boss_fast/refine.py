@@ -9,9 +9,13 @@ every K <= 10 on a 100-step grid, 10.6x the local search's 100. ``dp="coarse"`` 
    ``ceil(coarse_fraction x M)`` noises, its teacher the same solver on that coarse grid. Its K-step paths
    give the knots of every budget, up to the coarse spacing.
 2. Fine pass: the DP on the whole grid, where level k may jump only from the points within ``radius`` of
-   knot k - 1 of some budget K >= k (the union of those windows; level 1 jumps from the noise as always), and
-   the teacher runs on every ``teacher_stride``-th point with the rest interpolated
+   knot k - 1 of some budget K >= k (the union of those windows; level 1 jumps from the noise when the start
+   is pinned, and from the window around every budget's start knot when it is free), and the teacher runs on
+   every ``teacher_stride``-th point with the rest interpolated
    (:class:`boss_fast.trajectories.DenseTeacher`).
+
+A free start (``GlobalPass.start`` "noise" or "scaled") is searched in both passes: the coarse pass's level 1
+jumps from every coarse point up to the cap, the fine pass's from the windows around the coarse start knots.
 
 Every budget's schedule still comes out of one DP table whose costs are errors at t = 1 against the fine
 teacher; only the set of sources is smaller. It is a heuristic: where the coarse knots are off by more than
@@ -34,7 +38,14 @@ import numpy as np
 import torch
 
 from boss_fast._validation import check_float, check_int
-from boss_fast.global_objective import GlobalPass, GlobalTable, Restrict, accumulate_global, global_paths
+from boss_fast.global_objective import (
+    GlobalPass,
+    GlobalTable,
+    Restrict,
+    accumulate_global,
+    global_paths,
+    start_sources,
+)
 from boss_fast.ode import VelocityFn
 
 __all__ = ["DPS", "CoarseToFine", "coarse_to_fine_table", "window_sources"]
@@ -78,17 +89,24 @@ class CoarseToFine:
                                                       self.teacher_stride))}  # fmt: skip
 
 
-def window_sources(knots: Sequence[np.ndarray], radius: int, n: int) -> dict[int, np.ndarray]:
+def window_sources(
+    knots: Sequence[np.ndarray], radius: int, n: int, start_cap: int | None = None
+) -> dict[int, np.ndarray]:
     """The fine sources allowed at each level from the knots of every budget.
 
     Args:
-        knots: ``knots[K - 1]``: the (K + 1,) fine-grid indices of the K-step path (0 first, n - 1 last).
+        knots: ``knots[K - 1]``: the (K + 1,) fine-grid indices of the K-step path (its start first, n - 1
+            last).
         radius: grid points either side of a knot.
         n: fine grid points.
+        start_cap: None (a pinned start: level 1 jumps from grid point 0 only, no window), or the last grid
+            point a free start may take: level 1 gets the windows around the start knots, clipped to
+            [0, start_cap].
 
     Returns:
-        {level: sorted int64 indices} for levels 2 .. max K: the union over budgets K >= level of
-        [knot_{K, level - 1} - radius, knot_{K, level - 1} + radius], clipped to [level - 1, n - 2].
+        {level: sorted int64 indices} for levels 2 .. max K (and 1 with ``start_cap``): the union over
+        budgets K >= level of [knot_{K, level - 1} - radius, knot_{K, level - 1} + radius], clipped to
+        [level - 1, n - 2].
 
     Example:
         >>> window_sources([np.array([0, 9]), np.array([0, 4, 9])], 1, 10)
@@ -96,21 +114,22 @@ def window_sources(knots: Sequence[np.ndarray], radius: int, n: int) -> dict[int
     """
     out: dict[int, set[int]] = {}
     for path in knots:
-        for level in range(2, len(path)):
+        for level in range(1 if start_cap is not None else 2, len(path)):
             c = int(path[level - 1])
-            lo, hi = max(level - 1, c - radius), min(n - 2, c + radius)
+            lo, hi = max(level - 1, c - radius), min(n - 2 if level > 1 else start_cap, c + radius)
             out.setdefault(level, set()).update(range(lo, hi + 1))
     return {level: np.array(sorted(s), dtype=np.int64) for level, s in sorted(out.items())}
 
 
 def _restrict(windows: dict[int, np.ndarray]) -> Restrict:
     """``restrict(level, costs, pointers)`` for ``accumulate_global``: the level's window, less the points
-    the previous level did not reach; every reachable source where no window applies."""
+    the previous level did not reach (level 1: a free start's window, every point of it a start); every
+    reachable source where no window applies."""
 
     def restrict(level: int, costs: np.ndarray, pointers: np.ndarray) -> np.ndarray | None:
         window = windows.get(level)
-        if window is None:
-            return None
+        if window is None or level == 1:
+            return window
         reached = window[pointers[level - 1][window] >= 0]
         return reached if reached.size else None  # nothing reached: all sources (the full level)
 
@@ -150,6 +169,9 @@ def coarse_to_fine_table(
     n = len(grid)
     sub = np.unique(np.append(np.arange(0, n, plan.stride), n - 1))
     coarse_steps = min(max_steps, len(sub) - 1)
+    # A free start: the fine cap, and on the coarse grid the last coarse point at or below it.
+    cap = None if run.start == "zero" else int(start_sources(run.start, n, run.start_cap)[-1])
+    coarse_cap = None if cap is None else min(int(np.searchsorted(sub, cap, side="right")) - 1, len(sub) - 2)
     coarse_samples = max(1, math.ceil(plan.coarse_fraction * num_samples))
     coarse_ckpt = None
     if checkpoint is not None:
@@ -157,11 +179,12 @@ def coarse_to_fine_table(
         coarse_ckpt = f"{root}.coarse{ext}"
     handles = {"device": device, "progress": progress}
     coarse = accumulate_global(
-        velocity, make_batch, coarse_samples, grid[sub], coarse_steps, replace(run, teacher_stride=1),
+        velocity, make_batch, coarse_samples, grid[sub], coarse_steps,
+        replace(run, teacher_stride=1, start_cap=coarse_cap),
         checkpoint=coarse_ckpt, identity={**identity, "dp": "coarse pass"}, **handles,
     )  # fmt: skip
     knots = [sub[path.indices] for path in global_paths(coarse)]
-    windows = window_sources(knots, plan.radius, n)
+    windows = window_sources(knots, plan.radius, n, cap)
     return accumulate_global(
         velocity, make_batch, num_samples, grid, max_steps, replace(run, teacher_stride=plan.teacher_stride),
         checkpoint=checkpoint, identity={**identity, **plan.identity()}, restrict=_restrict(windows),

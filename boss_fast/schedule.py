@@ -488,16 +488,18 @@ def _solved(
     discount: float,
     backend: str,
     described: dict[str, Any],
+    start_costs: np.ndarray | None = None,
 ) -> list[Schedule]:
     """The Bellman DP's schedules of budgets 1 .. ``max_steps`` on ``cost`` (checked), in order;
-    ``described``: the fields that say where the matrix came from (metric, solver, num_samples, ...)."""
+    ``described``: the fields that say where the matrix came from (metric, solver, num_samples, ...);
+    ``start_costs``: a free start's cost at each grid point (``bellman_paths``), None when pinned."""
     matrix, times = _check_cost_and_grid(cost, grid)
     max_steps = check_int(max_steps, "max_steps")
     if max_steps >= len(times):
         raise ValueError(
             f"max_steps must be < len(grid) = {len(times)} (at most {len(times) - 1} steps), got {max_steps}"
         )
-    paths = bellman_paths(matrix, max_steps, discount=discount, backend=backend)
+    paths = bellman_paths(matrix, max_steps, discount=discount, backend=backend, start_costs=start_costs)
     return [_from_path(p, times, discount=discount, **described) for p in paths]
 
 
@@ -514,6 +516,7 @@ def schedules_from_cost(
     fingerprint: str | None = None,
     shape: Sequence[int] | None = None,
     start: str = "zero",
+    start_costs: np.ndarray | None = None,
 ) -> ScheduleSet:
     """The Bellman-optimal schedule of every budget K = 1 .. ``max_steps`` for a precomputed (N, N) cost
     matrix on ``grid``, from one DP table, as a ``ScheduleSet`` holding the matrix (read one budget as
@@ -523,7 +526,9 @@ def schedules_from_cost(
     ``grid``: the (N,) grid times the rows and columns stand for. ``max_steps`` in [1, N - 1].
     ``metric``, ``solver``, ``num_samples``, ``fingerprint`` and ``shape`` (one sample's) only describe where
     the matrix came from and are stored in the schedules (objective "local"); ``start``: the schedules' start
-    rule (``Schedule.start``).
+    rule (``Schedule.start``). A free start ("noise", "scaled") needs ``start_costs``, (N,): the error of
+    starting at each grid point (``boss_fast.cost.start_cost_sums``; +inf beyond a cap); each budget's path
+    then starts where that error plus the path's cost is least (``boss_fast.bellman``); "zero": None.
 
     Example:
         >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)  # cost (j - i)^2
@@ -533,7 +538,8 @@ def schedules_from_cost(
     """
     described = {"metric": metric, "solver": solver, "num_samples": num_samples, "fingerprint": fingerprint,
                  "shape": None if shape is None else tuple(shape), "start": start}  # fmt: skip
-    return ScheduleSet(_solved(cost, max_steps, grid, discount, backend, described), cost_table=cost)
+    solved = _solved(cost, max_steps, grid, discount, backend, described, start_costs)
+    return ScheduleSet(solved, cost_table=cost, start_costs=start_costs)
 
 
 # ------------------------------------------------------------------------------------ every budget at once
@@ -560,6 +566,10 @@ class ScheduleSet(Mapping[int, Schedule]):
             it (checked: a table and schedules that disagree are refused), and :meth:`resample` re-solves it
             for budgets outside the set. The global objective has no such matrix (its DP runs over the
             sampler's own states): None.
+        start_costs: with the cost table of a local set whose start is free ("noise", "scaled"), the (N,)
+            cost of starting at each grid point (finite on 0 .. cap, +inf after), checked with the table
+            and kept for :meth:`resample` (the file stores the finite entries as "start_costs"); None
+            otherwise.
 
     What a loaded file is checked for, exactly (:meth:`from_dict`): its SHA-256 is of the content alone, with
     no key, so it detects corruption and edits that were not re-hashed, never a deliberate edit re-hashed.
@@ -577,7 +587,12 @@ class ScheduleSet(Mapping[int, Schedule]):
         ([1, 2], [0.0, 0.25, 0.5, 1.0])
     """
 
-    def __init__(self, schedules: Iterable[Schedule], cost_table: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        schedules: Iterable[Schedule],
+        cost_table: np.ndarray | None = None,
+        start_costs: np.ndarray | None = None,
+    ) -> None:
         scheds = sorted(schedules, key=lambda s: s.steps if isinstance(s, Schedule) else 0)
         if not scheds or not all(isinstance(s, Schedule) for s in scheds):
             raise TypeError("a ScheduleSet needs one or more Schedule objects")
@@ -597,7 +612,31 @@ class ScheduleSet(Mapping[int, Schedule]):
                         f"{getattr(first, name)!r} (a set comes from one search)"
                     )
         self._scheds = {s.steps: s for s in scheds}
+        self._start_costs = self._check_start_costs(start_costs, cost_table is not None)
         self._table = None if cost_table is None else self._check_table(cost_table)
+
+    def _check_start_costs(self, start_costs: object, with_table: bool) -> np.ndarray | None:
+        """A free-start local set's table comes with its start costs: (N,), each >= 0, finite on 0 .. cap
+        and +inf after (read-only); a pinned set, or one without a table, has none."""
+        first = self._scheds[1]
+        free = first.start != "zero" and with_table and first.objective == "local"
+        if (start_costs is not None) != free:
+            given = "without" if start_costs is None else "with"
+            raise ValueError(
+                "start_costs come with the cost table of a local set whose start is free (start 'noise' or "
+                f"'scaled'), and only then; got start {first.start!r}, objective {first.objective!r}, "
+                f"{'a' if with_table else 'no'} cost table, {given} start_costs"
+            )
+        if start_costs is None:
+            return None
+        e0 = np.array(start_costs, dtype=np.float64)
+        finite = np.isfinite(e0)
+        if e0.shape != first.grid.shape or np.any(e0[finite] < 0) or np.any(np.isnan(e0)):
+            raise ValueError(f"start_costs must be ({len(first.grid)},) errors >= 0 (+inf beyond a cap)")
+        if not finite[0] or np.any(np.diff(finite.astype(np.int8)) > 0) or finite[-1]:
+            raise ValueError("start_costs must be finite from grid point 0 to a cap below the last, +inf on")
+        e0.setflags(write=False)
+        return e0
 
     def _check_table(self, cost_table: object) -> np.ndarray:
         first = self._scheds[1]
@@ -615,7 +654,8 @@ class ScheduleSet(Mapping[int, Schedule]):
             raise ValueError(
                 f"cost_table[{i}, {j}] = {float(table[i, j])!r} is negative; costs are errors, >= 0"
             )
-        solved = _solved(table, len(self._scheds), first.grid, first.discount, "auto", _described(first))
+        solved = _solved(table, len(self._scheds), first.grid, first.discount, "auto", _described(first),
+                         self._start_costs)  # fmt: skip
         for s, fresh in zip(self._scheds.values(), solved, strict=True):
             if not np.array_equal(s.indices, fresh.indices) or not math.isclose(
                 s.cost, fresh.cost, rel_tol=1e-12, abs_tol=0.0
@@ -648,10 +688,11 @@ class ScheduleSet(Mapping[int, Schedule]):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ScheduleSet):
             return NotImplemented
-        tables = (self._table is None and other._table is None) or (
-            self._table is not None and other._table is not None and np.array_equal(self._table, other._table)
+        same = all(
+            (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+            for a, b in ((self._table, other._table), (self._start_costs, other._start_costs))
         )
-        return tables and list(self.values()) == list(other.values())
+        return same and list(self.values()) == list(other.values())
 
     __hash__ = None  # type: ignore[assignment]  # holds arrays
 
@@ -679,6 +720,12 @@ class ScheduleSet(Mapping[int, Schedule]):
         """The local objective's cost matrix (strict upper triangle, read-only), or None."""
         return self._table
 
+    @property
+    def start_costs(self) -> np.ndarray | None:
+        """A free-start local set's cost of starting at each grid point ((N,), read-only; +inf beyond the
+        cap), or None."""
+        return self._start_costs
+
     # -- budgets outside the set --------------------------------------------------------------------------
 
     def resample(self, steps: int) -> Schedule:
@@ -703,7 +750,8 @@ class ScheduleSet(Mapping[int, Schedule]):
                 f"got {steps}"
             )
         if self._table is not None:
-            fresh = _solved(self._table, steps, self.grid, first.discount, "auto", _described(first))[-1]
+            fresh = _solved(self._table, steps, self.grid, first.discount, "auto", _described(first),
+                            self._start_costs)[-1]  # fmt: skip
             return replace(fresh, mu=first.mu)
         sources = [k for k in self._scheds if k >= 2]
         if not sources:
@@ -736,6 +784,8 @@ class ScheduleSet(Mapping[int, Schedule]):
         ]
         upper = None if self._table is None else self._table[np.triu_indices(len(self.grid), 1)].tolist()
         doc["cost_table_upper"] = upper
+        if self._start_costs is not None:  # only then: files of pinned sets stay as they were
+            doc["start_costs"] = self._start_costs[np.isfinite(self._start_costs)].tolist()
         doc["sha256"] = content_digest(doc)
         return doc
 
@@ -796,8 +846,15 @@ class ScheduleSet(Mapping[int, Schedule]):
                 raise ValueError(f"{source}: cost_table_upper holds {len(upper)} numbers, not N (N - 1) / 2")
             table = np.zeros((n, n))
             table[np.triu_indices(n, 1)] = upper
+        start_costs = None
+        if "start_costs" in doc:
+            finite = _expect_numbers(doc["start_costs"], "start_costs", source)
+            if len(finite) >= len(grid):
+                raise ValueError(f"{source}: start_costs holds {len(finite)} numbers, more than N - 1")
+            start_costs = np.full(len(grid), np.inf)
+            start_costs[: len(finite)] = finite
         try:
-            return cls(scheds, cost_table=table)
+            return cls(scheds, cost_table=table, start_costs=start_costs)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{source}: inconsistent schedule set: {err}") from None
 

@@ -36,9 +36,9 @@ from boss_fast._validation import (
     check_store_dir,
     check_teacher,
 )
-from boss_fast.cost import trajectory_cost_sums
+from boss_fast.cost import start_cost_sums, trajectory_cost_sums
 from boss_fast.engine import STORES, WIDE_MODES, Checkpoint, Shard, progress_bar
-from boss_fast.global_objective import GlobalPass, accumulate_global, global_paths
+from boss_fast.global_objective import GlobalPass, accumulate_global, global_paths, start_sources
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn
 from boss_fast.refine import DPS, CoarseToFine, coarse_to_fine_table
@@ -62,8 +62,13 @@ MAX_GRID = 100_000
 _TOO_FINE = (
     f"at most MAX_GRID = {MAX_GRID} steps (N = {MAX_GRID + 1} points, whose (N, N) float64 sums are 74.5 GiB)"
 )
-# start=None resolves to this rule (SearchSettings.start_rule).
-DEFAULT_START = "zero"
+# start=None resolves to the objective's rule (SearchSettings.start_rule). Measured
+# (benchmarks/results/start_search_*.md, 1000 held-out noises against dopri5): the global search with a
+# free "noise" start beats the start pinned at t = 0 at every K = 2..10 on the digits DiT and on
+# gmm2d_narrow (K = 2 RMSE 0.2766 -> 0.1695 and 0.2706 -> 0.0360), and "scaled" at every K but the digits'
+# FD at K = 3, for 99 more evaluations per noise on a 100-step grid (1155 vs 1056). The local objective with
+# any start loses to it everywhere, so objective="local" keeps BOSS as published: pinned.
+DEFAULT_START = {"global": "noise", "local": "zero"}
 # The teacher each objective uses when none is given: BOSS's Euler (the published setting), and for the
 # global objective (whose targets are the teacher's states) the most accurate fixed-step solver that keeps
 # every budget up to K = 10 on a 100-step grid within 12x the local search's evaluations: Heun (200 + 856
@@ -88,22 +93,30 @@ CHECKPOINT_VERSION = 2  # 2: the wider model fingerprint, checkpoint_key, checks
 # ---------------------------------------------------------------------------- distribution, checkpoint
 
 
-def _load_counters(ckpt: Checkpoint, n: int, sizes: list[int]) -> tuple[np.ndarray, int, int]:
-    """(sums, count, batches done) of a fresh run, or what this run's checkpoint holds (checked)."""
+def _load_counters(
+    ckpt: Checkpoint, n: int, sizes: list[int], free: bool
+) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+    """(sums, start sums (a free start's; else None), count, batches done) of a fresh run, or what this run's
+    checkpoint holds (checked)."""
     stored = ckpt.load() if ckpt is not None else None
     if stored is None:
-        return np.zeros((n, n)), 0, 0
+        return np.zeros((n, n)), (np.zeros(n) if free else None), 0, 0
     what = "cost checkpoint"
     sums = stored_array(stored, "sums", (n, n), np.float64, ckpt.path, what)
+    starts = stored_array(stored, "start_sums", (n,), np.float64, ckpt.path, what) if free else None
     count, done = (stored_count(stored, key, ckpt.path, what) for key in ("count", "batches_done"))
     _check_counters(ckpt.path, sums, count, done, sizes)
-    return sums, count, done
+    if free:
+        _check_counters(ckpt.path, starts, count, done, sizes, "start_sums")
+    return sums, starts, count, done
 
 
-def _check_counters(path: str, sums: np.ndarray, count: int, done: int, sizes: list[int]) -> None:
+def _check_counters(
+    path: str, sums: np.ndarray, count: int, done: int, sizes: list[int], name: str = "sums"
+) -> None:
     """Refuse (ValueError naming ``path`` and the field) counters this run could not have written.
 
-    ``sizes``: the samples of each of this rank's batches, in order.
+    ``sizes``: the samples of each of this rank's batches, in order; ``name``: the sums' field.
     """
     if not 0 <= done <= len(sizes):
         raise ValueError(
@@ -115,7 +128,7 @@ def _check_counters(path: str, sums: np.ndarray, count: int, done: int, sizes: l
             "samples"
         )
     if not np.all(np.isfinite(sums)) or np.any(sums < 0):
-        raise ValueError(f"cost checkpoint {path}: sums holds non-finite or negative values")
+        raise ValueError(f"cost checkpoint {path}: {name} holds non-finite or negative values")
 
 
 # ------------------------------------------------------------------------------------------- streaming
@@ -132,19 +145,23 @@ def _accumulate_cost(
     progress: bool,
     checkpoint: str | os.PathLike | None,
     identity: dict[str, str],
-) -> np.ndarray:
-    """Stream ``num_samples`` noises through the teacher in batches and reduce the cost (sum, count).
+    start_rule: str = "zero",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stream ``num_samples`` noises through the teacher in batches and reduce the cost (sum, count); with a
+    free ``start_rule`` ("noise", "scaled") the start costs too (:func:`boss_fast.cost.start_cost_sums`,
+    from the same trajectories: no model evaluation). Returns (cost (N, N), start costs (N,) or None).
 
     ``make_batch(start, stop)`` returns noises start .. stop - 1. The engine's ``Shard``: rank r of W runs
     batches r, r + W, ...; each rank checkpoints its own share (``Checkpoint``). Assumes validated arguments.
-    ``identity`` (noise digest, dtype, ...) goes into the checkpoint header.
+    ``identity`` (noise digest, dtype, ...) goes into the checkpoint header, and the start rule (always: a
+    pinned run must refuse a free-start file, whose sums it does not ask for).
     """
     shard = Shard.of_this_process(num_samples, batch_size)
-    mine = shard.mine
+    mine, free = shard.mine, start_rule != "zero"
     run = {"times": teacher.times, "metric": metric, "solver": teacher.solver, "num_samples": num_samples,
-           "batch_size": batch_size, **identity}  # fmt: skip
+           "batch_size": batch_size, **identity, "start": start_rule}  # fmt: skip
     ckpt = Checkpoint.open(checkpoint, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, run, "cost checkpoint")
-    sums, count, done = _load_counters(ckpt, len(teacher.times), shard.sizes)
+    sums, starts, count, done = _load_counters(ckpt, len(teacher.times), shard.sizes, free)
     with progress_bar(len(mine), done, progress, "cost matrix") as bar:
         for b in mine[done:]:
             start, stop = shard.span(b)
@@ -153,13 +170,18 @@ def _accumulate_cost(
                 noise = noise.to(device)
             traj = teacher(noise, torch.arange(start, stop, device=noise.device))
             batch_sums, batch_count = trajectory_cost_sums(traj.states, traj.velocities, traj.times, metric)
+            if free:
+                starts = starts + start_cost_sums(traj.states, traj.times, start_rule, metric)[0]
             sums, count, done = sums + batch_sums, count + batch_count, done + 1
             del traj  # free this batch's trajectory before the next one is allocated
             if ckpt is not None:
-                ckpt.save(sums=sums, count=np.int64(count), batches_done=np.int64(done))
+                extra = {"start_sums": starts} if free else {}
+                ckpt.save(sums=sums, count=np.int64(count), batches_done=np.int64(done), **extra)
             bar.update(1)
+    if free:
+        starts, _ = shard.reduce(starts, count)
     sums, count = shard.reduce(sums, count)
-    return sums / count
+    return sums / count, (None if starts is None else starts / count)
 
 
 def cost_matrix(
@@ -232,7 +254,7 @@ def cost_matrix(
         progress=progress,
         checkpoint=checkpoint,
         identity=identity,
-    )
+    )[0]
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -287,6 +309,16 @@ def _check_objective_knobs(settings: SearchSettings) -> None:
         )
 
 
+def _check_start_cap(settings: SearchSettings) -> None:
+    """start_cap: None, or with a free start a grid point 0 .. N - 2."""
+    if settings.start_cap is None:
+        return
+    cap = check_int(settings.start_cap, "start_cap", minimum=0)
+    if settings.start_rule == "zero":
+        raise ValueError(f"start_cap bounds a free start; start 'zero' takes None, got {cap}")
+    start_sources(settings.start_rule, len(settings.times()), cap)  # ValueError beyond the grid
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """Every knob of a schedule search (``optimal_schedules``), validated at construction (a ValueError or
@@ -308,7 +340,9 @@ class SearchSettings:
             global objective (its targets; the most accurate fixed-step teacher within 12x the local
             search's evaluations at K = 10), "euler" for the local one (BOSS's reference).
         metric: "l2sq" (BOSS) or "l2" (GITS).
-        discount: the local DP's discount on later steps (GITS); 1.0 is BOSS (the global objective: 1.0).
+        discount: the local DP's weight ``discount**m`` on its m-th step (``boss_fast.bellman``): 1.0 is BOSS;
+            > 1 weights later steps (toward the data) more, as GITS's coefficient 1.15 does; < 1 the early
+            ones (the global objective: 1.0).
         dp: the global DP, "full" (default) or "coarse" (``boss_fast.refine``: 0.35-0.38x the
             evaluations).
         store: where the global objective keeps its per-sample rows between levels: "device" (default),
@@ -324,8 +358,13 @@ class SearchSettings:
         start: where sampling starts (``boss_fast._validation.START_RULES``): "zero" (pinned at the grid's
             first point, from the noise: BOSS as published), "noise" (the search picks the first time t_s and
             the noise itself is the state there, as a diffusers pipeline's txt2img) or "scaled" (the state at
-            t_s is ``(1 - t_s) * noise``, as ComfyUI's flow models); None: ``DEFAULT_START``
+            t_s is ``(1 - t_s) * noise``, as ComfyUI's flow models); None: the objective's
+            ``DEFAULT_START``, "noise" for the global objective (the default search; docs/results.md says why)
+            and "zero" for the local one (so ``objective="local"`` alone is BOSS as published)
             (:attr:`start_rule`). The schedules carry the rule (``Schedule.start``).
+        start_cap: the last grid point a free start may take (None: every point below the last); only with
+            a free start. The global objective's full DP evaluates ``start_cap + 1`` start states per noise
+            where the pinned start evaluates 1 (``global_objective.start_extra_evaluations``).
 
     Example:
         >>> s = SearchSettings(grid=50, num_samples=64, objective="local")
@@ -348,6 +387,7 @@ class SearchSettings:
     mode: str | None = None
     backend: str = "auto"
     start: str | None = None
+    start_cap: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", _check_grid(self.grid))
@@ -373,12 +413,13 @@ class SearchSettings:
         check_choice(self.backend, ("auto", *DP_BACKENDS), "backend")
         if self.start is not None:
             check_choice(self.start, START_RULES, "start")
+        _check_start_cap(self)
         _check_objective_knobs(self)
 
     @property
     def start_rule(self) -> str:
-        """The start rule this search runs: ``start``, or ``DEFAULT_START``."""
-        return DEFAULT_START if self.start is None else self.start
+        """The start rule this search runs: ``start``, or the objective's ``DEFAULT_START``."""
+        return DEFAULT_START[self.objective] if self.start is None else self.start
 
     @property
     def teacher(self) -> str:
@@ -449,10 +490,11 @@ def _validate_search(
     return search, max_steps
 
 
-def _local_cost(velocity: VelocityFn, search: _Search, run: _Run) -> np.ndarray:
-    """The local objective's cost matrix over the search's seeded noises."""
+def _local_cost(velocity: VelocityFn, search: _Search, run: _Run) -> tuple[np.ndarray, np.ndarray | None]:
+    """The local objective's cost matrix over the search's seeded noises, and a free start's costs (+inf
+    beyond ``start_cap``; None when the start is pinned)."""
     s = search.settings
-    return _accumulate_cost(
+    cost, start_costs = _accumulate_cost(
         TeacherRunner(velocity, search.times, s.teacher, s.mode),
         search.batch,
         search.num_samples,
@@ -462,7 +504,11 @@ def _local_cost(velocity: VelocityFn, search: _Search, run: _Run) -> np.ndarray:
         progress=run.progress,
         checkpoint=run.checkpoint,
         identity=search.identity(),
+        start_rule=s.start_rule,
     )
+    if start_costs is not None:
+        start_costs[start_sources(s.start_rule, len(search.times), s.start_cap)[-1] + 1 :] = np.inf
+    return cost, start_costs
 
 
 def _global_schedules(velocity: VelocityFn, search: _Search, max_steps: int, run: _Run) -> ScheduleSet:
@@ -470,11 +516,12 @@ def _global_schedules(velocity: VelocityFn, search: _Search, max_steps: int, run
     ``boss_fast.refine``)."""
     s = search.settings
     passes = GlobalPass(batch_size=s.batch_size, solver=s.teacher, metric=s.metric, mode=s.mode,
-                        store=s.store, store_dir=s.store_dir)  # fmt: skip
+                        store=s.store, store_dir=s.store_dir, start=s.start_rule,
+                        start_cap=s.start_cap)  # fmt: skip
     args = (velocity, search.batch, search.num_samples, search.times, max_steps, passes)
     # "dp" in every header: a checkpoint reader checks the keys this run asks for, so each route names itself
     handles = {"device": search.device, "progress": run.progress, "checkpoint": run.checkpoint,
-               "identity": {**search.identity(), "dp": s.dp, "start": s.start_rule}}  # fmt: skip
+               "identity": {**search.identity(), "dp": s.dp}}  # fmt: skip
     if s.dp == "coarse":
         table = coarse_to_fine_table(*args, plan=CoarseToFine(), **handles)
     else:
@@ -502,7 +549,7 @@ def _search(velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings
     search, max_steps = _validate_search(velocity, shape, max_steps, settings, run)
     if settings.objective == "global":
         return _global_schedules(velocity, search, max_steps, run)
-    cost = _local_cost(velocity, search, run)
+    cost, start_costs = _local_cost(velocity, search, run)
     return schedules_from_cost(
         cost,
         max_steps,
@@ -515,6 +562,7 @@ def _search(velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings
         fingerprint=search.fingerprint,
         shape=search.shape,
         start=settings.start_rule,
+        start_costs=start_costs,
     )
 
 

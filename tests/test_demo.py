@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import boss_fast as bf
 from boss_fast import demo
 from boss_fast._identity import model_fingerprint
 from boss_fast.demo import DemoConfig, cached_reference, run_demo
@@ -98,14 +99,16 @@ def test_demo_small_writes_every_file(tmp_path) -> None:
     ):
         assert (rep / name).stat().st_size > 0, name
     for model in ("digits_dit", "gmm2d_narrow"):
-        for objective in ("local", "global"):
+        for row in demo.DEMO_SEARCHES:
             for k in range(1, 5):
-                sched = Schedule.load(rep / "schedules" / f"{model}_{objective}_nfe{k}.json")
-                assert sched.steps == k and sched.objective == objective
+                sched = Schedule.load(rep / "schedules" / f"{model}_{row.stem}_nfe{k}.json")
+                assert sched.steps == k and sched.objective == row.objective
+                assert sched.start == (row.start or bf.search.DEFAULT_START[row.objective])
     saved = json.loads((rep / "results.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     digits_rows = saved["models"]["digits_dit"]["results"]
-    assert set(digits_rows) == {"uniform", "shifted (SD3, shift 3)", "EDM (rho 7)", demo.LOCAL, demo.GLOBAL}
+    assert set(digits_rows) == {"uniform", "shifted (SD3, shift 3)", "EDM (rho 7)", demo.LOCAL, demo.PINNED,
+                                demo.GLOBAL}  # fmt: skip
     for label, per_nfe in digits_rows.items():
         assert set(per_nfe) == {"1", "2", "3", "4"}
         for row in per_nfe.values():
@@ -188,7 +191,9 @@ def test_demo_refuses_a_bad_search_before_any_work(tmp_path) -> None:
         DemoConfig(out=out, search=SearchSettings(grid=[0.0, 0.5, 1.0]))
     with pytest.raises(ValueError, match="search.num_samples must be an integer here"):
         DemoConfig(out=out, search=SearchSettings(num_samples="auto"))
-    with pytest.raises(ValueError, match="the demo runs both objectives; with objective='global': discount"):
+    with pytest.raises(
+        ValueError, match="the demo runs every row; with objective='global', start='zero': discount"
+    ):
         DemoConfig(out=out, search=SearchSettings(objective="local", discount=0.9))
     with pytest.raises(TypeError, match="search must be a SearchSettings or None, got dict"):
         DemoConfig(out=out, search={"grid": 100})
@@ -199,25 +204,36 @@ def test_demo_search_settings_per_model() -> None:
     """None: each model's measured noises in one batch, grid 100, seed 0; given: the same for every model."""
     spec = demo.DEMO_MODELS["digits_dit"]
     default = DemoConfig()
-    assert default.search_for(spec, "local") == SearchSettings(
-        num_samples=128, batch_size=128, objective="local"
+    local, free = demo.DEMO_SEARCHES[0], demo.DEMO_SEARCHES[-1]
+    assert default.search_for(spec, local) == SearchSettings(
+        num_samples=128, batch_size=128, objective="local", start="zero"
     )
     assert (default.grid, default.seed) == (100, 0)
     given = DemoConfig(search=SearchSettings(grid=30, num_samples=16, seed=4))
-    assert given.search_for(spec, "global") == SearchSettings(grid=30, num_samples=16, seed=4)
+    assert given.search_for(spec, free) == SearchSettings(grid=30, num_samples=16, seed=4)
     assert (given.grid, given.seed) == (30, 4)
 
 
-def test_demo_refuses_a_searched_start_its_evaluation_cannot_follow(tmp_path, monkeypatch) -> None:
-    """The demo evaluates plain times from the noise itself: a "scaled" schedule that starts above t = 0 is
-    refused by its rule before any evaluation (searches stood in for by hand-made schedules)."""
-    grid = np.linspace(0.0, 1.0, 21)
-    picks = {1: [5, 20], 2: [5, 12, 20]}  # K = 1, 2 from t = 0.25
-    made = {k: Schedule(times=grid[i], indices=np.array(i), cost=0.0, grid=grid, start="scaled")
-            for k, i in picks.items()}  # fmt: skip
-    monkeypatch.setattr(demo, "_searched", lambda *args: {demo.LOCAL: made, demo.GLOBAL: made})
-    monkeypatch.setattr(demo, "cached_reference", lambda *a, **k: pytest.fail("evaluated a refused schedule"))
-    cfg = DemoConfig(out=str(tmp_path), models=("gmm2d_narrow",), max_nfe=2, progress=False,
-                     search=SearchSettings(grid=20, num_samples=4, batch_size=4))  # fmt: skip
-    with pytest.raises(ValueError, match=r"start rule is 'scaled'.*the demo's evaluation"):
-        run_demo(cfg)
+def test_demo_rows_with_a_free_start_and_the_oracle_moving_it(tmp_path) -> None:
+    """A searched row with a free start: its schedules (and the oracle's, started from them) carry the rule,
+    are sampled from it, and are paired with every row of ``versus``."""
+    rows = (demo.DemoSearch(demo.PINNED, "global_pinned", "global", "zero"),
+            demo.DemoSearch(demo.GLOBAL, "global", "global", "noise"))  # fmt: skip
+    cfg = DemoConfig(
+        out=str(tmp_path / "rep"), models=("gmm2d_narrow",), progress=False, max_nfe=3, eval_samples=24,
+        search=SearchSettings(grid=12, num_samples=16, batch_size=16), searches=rows,
+        versus=("uniform", demo.PINNED), oracle=True, oracle_max_nfe=3, rtol=1e-3, atol=1e-3, bootstrap=20,
+        scatter_nfes=(2,),
+    )  # fmt: skip
+    saved = run_demo(cfg)["models"]["gmm2d_narrow"]
+    assert saved["search"][demo.GLOBAL]["start"] == "noise"
+    assert saved["schedules"][demo.GLOBAL]["1"][0] > 0.0  # one step from the noise starts late on this flow
+    row = saved["results"][demo.GLOBAL]["2"]
+    assert set(row) == {"rmse", "rmse_vs_uniform", f"rmse_vs_{demo.PINNED}"}
+    assert saved["results"][demo.PINNED]["2"][f"rmse_vs_{demo.PINNED}"] == [0.0, 0.0, 0.0]
+    assert saved["starts"][demo.ORACLE] == {"1": "noise", "2": "noise", "3": "noise"}
+    assert saved["starts"][demo.PINNED]["2"] == "zero" and saved["starts"]["uniform"]["2"] == "noise"
+    with pytest.raises(ValueError, match="distinct labels"):
+        DemoConfig(searches=(rows[0], rows[0]))
+    with pytest.raises(ValueError, match="versus must be a tuple of row labels"):
+        DemoConfig(versus=("best",))

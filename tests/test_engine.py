@@ -101,9 +101,10 @@ def test_wide_calls_fill_batch_size_whatever_the_number_of_noises():
     )
     own = rec.widths[len(teacher.widths) :]
     assert rec.widths[: len(teacher.widths)] == teacher.widths  # the teacher runs first, 8 wide
-    # level 1: one source (8 rows); level k >= 2: sources k - 1 .. 99, 8 rows each, in calls of 256
-    rows = [8] + [8 * (100 - (k - 1)) for k in range(2, 11)]
-    assert own == [8] + [w for r in rows[1:] for w in [256] * (r // 256) + ([r % 256] if r % 256 else [])]
+    # level 1: every start 0 .. 99 (the default free start; 8 rows each); level k >= 2: sources k - 1 .. 99,
+    # 8 rows each; in calls of 256
+    rows = [8 * 100] + [8 * (100 - (k - 1)) for k in range(2, 11)]
+    assert own == [w for r in rows for w in [256] * (r // 256) + ([r % 256] if r % 256 else [])]
     assert sum(own) / len(own) >= 200
 
 
@@ -292,42 +293,51 @@ _KILLED_RUN = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return torch.sin(3.0 * x) * (1.0 + t.view(-1, 1))
 
-    settings = SearchSettings(grid=12, num_samples=11, batch_size=4, objective=sys.argv[1], store="disk")
+    settings = SearchSettings(grid=12, num_samples=11, batch_size=4, objective=sys.argv[1], store="disk",
+                              start=sys.argv[4])
     optimal_schedules(velocity, (3,), 4, settings, dtype=torch.float64, checkpoint=sys.argv[2],
                       checkpoint_key="wavy")
     """
 )
 
 
-def _calls(objective: str, max_steps: int, num_samples: int) -> int:
+def _calls(objective: str, max_steps: int, num_samples: int, start: str) -> int:
     rec = Recorder()
     optimal_schedules(
         rec,
         (3,),
         max_steps,
-        SearchSettings(grid=12, num_samples=num_samples, batch_size=4, objective=objective),
+        SearchSettings(grid=12, num_samples=num_samples, batch_size=4, objective=objective, start=start),
         dtype=torch.float64,
     )
     return len(rec.widths)
 
 
-@pytest.mark.parametrize(("objective", "field"), [("global", "levels_done"), ("local", "batches_done")])
-def test_kill_minus_9_and_resume_bit_for_bit(tmp_path, objective, field):
+@pytest.mark.parametrize(
+    ("objective", "field", "start"),
+    [("global", "levels_done", "zero"), ("local", "batches_done", "zero"), ("global", "levels_done", "noise"),
+     ("local", "batches_done", "scaled")],
+)  # fmt: skip
+def test_kill_minus_9_and_resume_bit_for_bit(tmp_path, objective, field, start):
     """SIGKILL two calls into level 3 (global: after the teacher and two levels) or into the third batch
-    (local); the rerun resumes from the checkpoint's 2 finished steps and returns the fresh run's bits."""
+    (local); the rerun resumes from the checkpoint's 2 finished steps and returns the fresh run's bits
+    (with the start pinned and free)."""
     if objective == "global":
-        kill_at = _calls("global", 2, 11) + 2
+        kill_at = _calls("global", 2, 11, start) + 2
     else:
-        kill_at = _calls("local", 4, 8) + 2
+        kill_at = _calls("local", 4, 8, start) + 2
     path = str(tmp_path / "ckpt.npz")
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, objective, path, str(kill_at)], env=env)
+    argv = [sys.executable, "-c", _KILLED_RUN, objective, path, str(kill_at), start]
+    proc = subprocess.run(argv, env=env)
     assert proc.returncode == -signal.SIGKILL
     with np.load(path) as stored:
         assert int(stored[field]) == 2
     # The killed global run's disk store, named after its checkpoint (the local objective keeps no rows).
     assert _rows_left(tmp_path) == ([checkpoint_rows(path)] if objective == "global" else [])
-    settings = SearchSettings(grid=12, num_samples=11, batch_size=4, objective=objective, store="disk")
+    settings = SearchSettings(
+        grid=12, num_samples=11, batch_size=4, objective=objective, store="disk", start=start
+    )
     resumed = optimal_schedules(
         wavy, (3,), 4, settings, dtype=torch.float64, checkpoint=path, checkpoint_key="wavy"
     )

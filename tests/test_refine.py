@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import boss_fast as bf
-from boss_fast.global_objective import GlobalPass, global_paths, global_table
+from boss_fast.global_objective import GlobalPass, global_paths, global_table, start_extra_evaluations
 from boss_fast.models.gmm import GaussianMixtureFlow, eight_gaussians
 from boss_fast.refine import CoarseToFine, coarse_to_fine_table, window_sources
 from boss_fast.search import SearchSettings, auto_rounds, optimal_schedules
@@ -41,10 +41,10 @@ def two_gaussians() -> GaussianMixtureFlow:
 FLOWS = {"eight_gaussians": eight_gaussians, "two_gaussians": two_gaussians, "wavy": lambda: wavy}
 
 
-def _table(velocity, noise, times, steps, plan):
+def _table(velocity, noise, times, steps, plan, start="zero"):
     return coarse_to_fine_table(
-        velocity, lambda a, b: noise[a:b], len(noise), times, steps, GlobalPass(batch_size=32), plan=plan,
-        device=None, progress=False, checkpoint=None, identity={},
+        velocity, lambda a, b: noise[a:b], len(noise), times, steps, GlobalPass(batch_size=32, start=start),
+        plan=plan, device=None, progress=False, checkpoint=None, identity={},
     )  # fmt: skip
 
 
@@ -58,6 +58,8 @@ def test_window_sources_union_and_clipping():
     assert got[2].tolist() == [1, 2, 3, 8, 9, 10, 11, 12]  # clipped below at level - 1 = 1
     assert got[3].tolist() == [27, 28, 29]  # clipped above at N - 2 = 29
     assert sorted(got) == [2, 3]
+    free = window_sources(knots, 2, 31, start_cap=1)  # a free start: level 1's window, clipped to the cap
+    assert free[1].tolist() == [0, 1] and free[2].tolist() == got[2].tolist()
 
 
 def test_windows_covering_every_source_give_the_full_dp_bit_for_bit():
@@ -96,19 +98,26 @@ def test_coarse_against_the_full_dp_on_analytic_flows(flow):
         assert got <= FACTOR.get((flow, k), 1.0) * best * (1 + 1e-9), (flow, k, got / best)
 
 
-def test_evaluations_are_the_coarse_pass_plus_the_windows():
-    """Counted model evaluations = coarse pass (its Heun teacher + every reachable coarse source) + fine pass
-    (the stride-2 teacher + one slope at t = 1 + the windowed sources the previous level reached)."""
+@pytest.mark.parametrize("start", ["zero", "noise"])
+def test_evaluations_are_the_coarse_pass_plus_the_windows(start):
+    """Counted model evaluations = coarse pass (its Heun teacher + every reachable coarse source, level 1:
+    every allowed start) + fine pass (the stride-2 teacher + one slope at t = 1 + the windowed sources the
+    previous level reached; level 1: the noise, or a free start's window)."""
     noise = torch.randn(30, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     times, steps, plan = bf.uniform_grid(40), 6, CoarseToFine()
     velocity = Counted(two_gaussians())
-    table = _table(velocity, noise, times, steps, plan)
+    table = _table(velocity, noise, times, steps, plan, start)
     sub = np.arange(0, 41, 4)
     mc, nc = 11, len(sub)  # ceil(0.35 x 30)
-    coarse = global_table(two_gaussians(), noise[:mc], times[sub], steps, progress=False)
-    coarse_sources = 1 + sum(nc - k for k in range(2, steps + 1))
-    windows = window_sources([sub[p.indices] for p in global_paths(coarse)], plan.radius, 41)
-    fine_sources = 1 + sum(int((table.pointers[k - 1][windows[k]] >= 0).sum()) for k in range(2, steps + 1))
+    coarse = global_table(two_gaussians(), noise[:mc], times[sub], steps, GlobalPass(start=start),
+                          progress=False)  # fmt: skip
+    coarse_sources = 1 + start_extra_evaluations(start, nc) + sum(nc - k for k in range(2, steps + 1))
+    cap = None if start == "zero" else 39
+    windows = window_sources([sub[p.indices] for p in global_paths(coarse)], plan.radius, 41, cap)
+    first = len(windows[1]) if cap is not None else 1
+    fine_sources = first + sum(
+        int((table.pointers[k - 1][windows[k]] >= 0).sum()) for k in range(2, steps + 1)
+    )
     expected = mc * (2 * (nc - 1) + coarse_sources) + 30 * (2 * 20 + 1 + fine_sources)
     assert velocity.rows == expected
     full = Counted(two_gaussians())

@@ -145,7 +145,8 @@ def test_the_start_rule_travels_with_the_schedules(objective, rule):
     assert settings.start_rule == rule
     found = optimal_schedules(wavy, (3,), 3, settings)
     assert {s.start for s in found.values()} == {rule}
-    assert SearchSettings().start is None and SearchSettings().start_rule == bf.search.DEFAULT_START
+    assert SearchSettings().start is None and SearchSettings().start_rule == "noise"
+    assert SearchSettings(objective="local").start_rule == "zero"  # BOSS as published: one setting away
 
 
 def test_reading_one_budget_is_the_single_budget_dp():
@@ -160,7 +161,7 @@ def test_reading_one_budget_is_the_single_budget_dp():
         one = bellman_path(cost, k)
         np.testing.assert_array_equal(got.indices, one.indices)
         assert got.cost == one.cost  # same matrix (same batches), same DP: the same float64 sum
-        table = global_table(wavy, noise, grid, k, GlobalPass(batch_size=5), progress=False)
+        table = global_table(wavy, noise, grid, k, GlobalPass(batch_size=5, start="noise"), progress=False)
         alone = global_paths(table)[-1]
         got = optimal_schedules(
             wavy, (3,), k, dataclasses.replace(local, objective="global"), dtype=torch.float64
