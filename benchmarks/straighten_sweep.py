@@ -33,7 +33,6 @@ import boss_fast as bf
 from boss_fast._identity import model_fingerprint
 from boss_fast.metrics import digits_fd
 from boss_fast.models import DIGITS_SHAPE, load_bundled
-from boss_fast.models.dit import DiT
 from boss_fast.trajectories import TeacherRunner
 
 # the module (boss_fast.straighten is also the function's name in the package namespace)
@@ -41,8 +40,8 @@ straighten_module = importlib.import_module("boss_fast.straighten")
 
 BLOCK = r"blocks\.\d+\."
 TARGETS = {
-    # 5.0% of the parameters at rank 4 (16,384 of 328,260): the model's own default.
-    "attn_mlp": DiT.lora_targets,
+    # 5.0% of the parameters at rank 4 (16,384 of 328,260): the DiT's default before this sweep.
+    "attn_mlp": rf".*{BLOCK}(attn\.(qkv|proj)|mlp\.(0|2))",
     # + the blocks' adaLN modulation (time conditioning): 7.2% at rank 4.
     "attn_mlp_ada": rf".*{BLOCK}(attn\.(qkv|proj)|mlp\.(0|2)|adaLN_modulation\.1)",
     # + the final modulation and the head: 7.5% at rank 4.
@@ -75,6 +74,11 @@ PHASES: dict[str, list[Case]] = {
         ("r4 lr 3e-3 +adaLN+head", (2,), (0,), {**COARSE, **_lora(4, 3e-3, 1.0, "attn_mlp_ada_head")}),
         ("r4 lr 3e-3 adaLN+head only", (2,), (0,), {**COARSE, **_lora(4, 3e-3, 1.0, "ada_head")}),
         ("r8 lr 3e-3", (2,), (0,), {**COARSE, **_lora(8, 3e-3)}),
+    ],
+    # The best coarse LoRA settings at the full 2000 iterations.
+    "lora": [
+        ("r4 lr 3e-3 +adaLN+head", (2, 4), (0,), {**BASE, **_lora(4, 3e-3, 1.0, "attn_mlp_ada_head")}),
+        ("r4 lr 1e-2 +adaLN+head", (2,), (0,), {**BASE, **_lora(4, 1e-2, 1.0, "attn_mlp_ada_head")}),
     ],
     # The full fine-tune (lr 2e-4) against the pairs' cost; the first case is today's 500,000 evaluations.
     "pairs-full": [

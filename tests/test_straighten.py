@@ -348,13 +348,16 @@ def test_lora_trains_only_adapters_and_merging_keeps_the_outputs():
 
 
 @needs_peft
-def test_lora_on_the_bundled_dit_targets_attention_and_mlp():
+def test_lora_on_the_bundled_dit_targets_attention_mlp_modulation_and_head():
     from boss_fast.models import DiT
 
     dit = DiT(hidden=16, depth=1, heads=2)
     peft_model = add_lora(dit, 4)
-    adapted = {n for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
-    assert len(adapted) == 4  # qkv, proj, mlp.0, mlp.2 of the one block
+    adapted = {n.removesuffix(".lora_A") for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
+    # qkv, proj, mlp.0, mlp.2 and the adaLN modulation of the one block, the final modulation, the head
+    wanted = ["attn.qkv", "attn.proj", "mlp.0", "mlp.2", "0.adaLN_modulation.1", "final.adaLN_modulation.1"]
+    assert len(adapted) == 7 and all(any(n.endswith(w) for n in adapted) for w in [*wanted, ".head"])
+    assert not any("t_embedder" in n or "patch_embed" in n for n in adapted)
 
 
 @needs_peft
