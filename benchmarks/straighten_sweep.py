@@ -6,10 +6,13 @@ case says otherwise; FD (``digits_fd``) on 1000 held-out noises (seed 1; the pai
 finished run is appended at once to a JSON lines file, and a run already there (same case, K, seed and
 settings) is skipped, so a cut sweep keeps what it measured and a rerun of the command continues it.
 
-    python benchmarks/straighten_sweep.py --phase lora-coarse \
+    PYTHONPATH=. python benchmarks/straighten_sweep.py --phase lora-coarse \
         --jsonl benchmarks/results/straighten_sweep.jsonl
-    python benchmarks/straighten_sweep.py --report --jsonl benchmarks/results/straighten_sweep.jsonl \
+    PYTHONPATH=. python benchmarks/straighten_sweep.py --report \
+        --jsonl benchmarks/results/straighten_sweep.jsonl \
         --md benchmarks/results/straighten_sweep_lora.md --phases lora-coarse,lora
+
+(``PYTHONPATH=.``: this checkout's boss_fast; python puts the script's folder, not the root, on the path.)
 
 The pairs of the teacher on the schedule's own grid are computed once per (noise seed, solver) for the most
 noises any case asks and sliced for the others (the noises are a prefix of one ``seeded_noise`` stream): the
@@ -189,12 +192,12 @@ def _run_phase(phase: str, path: str, only: set[str] | None) -> None:
 def _report(path: str, phases: list[str], out: str, command: str) -> None:
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    script = "python benchmarks/straighten_sweep.py"
+    script = "PYTHONPATH=. python benchmarks/straighten_sweep.py"
     runs = "\n".join(f"    {script} --phase {ph} --jsonl {path}" for ph in phases)
     lines = [
         "# Straightening sweep on the bundled digits DiT (CPU)\n",
         f"Commands (each run appends to {path}; a rerun skips what is there), then this table:\n",
-        f"{runs}\n    {command}\n",
+        f"{runs}\n    PYTHONPATH=. {command}\n",
         "FD (`digits_fd`) on 1000 held-out noises (seed 1), Bellman schedule (256 noises, grid 100); batch"
         " 64, EMA 0.999 with warm-up, warm-up 10% of the iterations, pairs from `seed`. Trained: parameters"
         " the run trained (share of the 328,260). Teacher evaluations: noises x steps x the solver's stages."
