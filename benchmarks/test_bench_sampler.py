@@ -1,9 +1,11 @@
-"""Sampler latency per call: eager (the baseline) vs compile, and on CUDA vs cuda_graph and the fused head.
+"""Sampler latency per call: eager (the baseline) vs compile, and on CUDA vs cuda_graph, compile_graph and the
+fused head.
 
     python -m pytest benchmarks/test_bench_sampler.py --benchmark-only -p no:cacheprovider
 
-Cases: batch 1 and 64, K = 1, 2, 4, 8, on the bundled digits DiT (1x8x8) and a latent-sized DiT (4x32x32,
-patch 2, hidden 384, 6 heads: DiT-S's width, 4 blocks instead of 12 to keep CPU runs in minutes). Each group
+Cases: batch 1 and 64, K = 1, 2, 4, 8 (and batch 16 at K = 4: compile_graph's cases), on the bundled
+digits DiT (1x8x8) and a latent-sized DiT (4x32x32, patch 2, hidden 384, 6 heads: DiT-S's width, 4 blocks
+instead of 12 to keep CPU runs in minutes). Each group
 times its implementations beside the eager baseline in the same run; ``benchmark.extra_info`` carries the
 compile time (reported apart from the steady state timed here), and on CUDA the floors of issue 5's targets:
 
@@ -56,13 +58,19 @@ def _model(name: str) -> torch.nn.Module:
     return _cache[name]
 
 
-def _cases():
+def _cases(batches: tuple[int, ...] = BATCHES, ks: tuple[int, ...] = KS):
     for name in _MODELS:
-        for batch in BATCHES:
-            for k in KS:
+        for batch in batches:
+            for k in ks:
                 slow = not CUDA and name == "latent_dit" and batch == 64
                 marks = [pytest.mark.slow] if slow else []
                 yield pytest.param(name, batch, k, marks=marks, id=f"{name}-B{batch}-K{k}")
+
+
+# Compile + graph against the plain graph and eager (issue 31): batch 1 and 16, K = 4, each model.
+GRAPH_CASES = list(_cases((1, 16), (4,)))
+# eager and cuda_graph run at every case above and at batch 16 (K = 4) beside compile_graph.
+ALL_CASES = list(_cases()) + list(_cases((16,), (4,)))
 
 
 def _versions() -> dict[str, str]:
@@ -98,7 +106,7 @@ def _rounds(name: str, batch: int) -> int:
     return 5 if CUDA or (name == "digits_dit") or batch == 1 else 2
 
 
-@pytest.mark.parametrize(("name", "batch", "k"), list(_cases()))
+@pytest.mark.parametrize(("name", "batch", "k"), ALL_CASES)
 def test_baseline_eager(benchmark, name, batch, k):
     benchmark.group = f"sampler {name} B={batch} K={k}"
     sampler, noise, _ = _setup(name, batch, k, "eager")
@@ -132,13 +140,25 @@ def _kernel_seconds(sampler: Sampler, noise: torch.Tensor) -> float:
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="cuda_graph needs a CUDA device")
 @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
-@pytest.mark.parametrize(("name", "batch", "k"), list(_cases()))
+@pytest.mark.parametrize(("name", "batch", "k"), ALL_CASES)
 def test_cuda_graph(benchmark, name, batch, k, fused):
     if fused and not TRITON:
         pytest.skip("the fused head needs triton on CUDA")
     benchmark.group = f"sampler {name} B={batch} K={k}"
     sampler, noise, build_s = _setup(name, batch, k, "cuda_graph", fused=fused)
     benchmark.extra_info.update(_versions(), build_s=build_s, floor_s=_kernel_seconds(sampler, noise))
+    benchmark.pedantic(_call, args=(sampler, noise), rounds=20, iterations=1, warmup_rounds=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="compile_graph needs a CUDA device")
+@pytest.mark.parametrize(("name", "batch", "k"), GRAPH_CASES)
+def test_compile_graph(benchmark, name, batch, k):
+    """The compiled K-step loop in one CUDA graph (unfused: Inductor sees the head's GEMM and the update);
+    compile time apart in extra_info, against test_cuda_graph (both heads) and eager in the same group."""
+    benchmark.group = f"sampler {name} B={batch} K={k}"
+    sampler, noise, build_s = _setup(name, batch, k, "compile_graph", fused=False)
+    benchmark.extra_info.update(_versions(), compile_s=sampler.compile_seconds, build_s=build_s)
     benchmark.pedantic(_call, args=(sampler, noise), rounds=20, iterations=1, warmup_rounds=3)
 
 

@@ -168,6 +168,28 @@ def schedule_start(schedule: object) -> str:
     return check_choice(getattr(schedule, "start", "noise"), START_RULES, "start")
 
 
+# The state each start rule gives at the first time t, in words (boss_fast.ode.start_state is the arithmetic).
+_START_STATES = {"zero": "the noise itself", "noise": "the noise itself", "scaled": "(1 - t) * noise"}
+
+
+def check_start(schedule: object, rule: str, who: str, remedy: str) -> str:
+    """The start rule of ``schedule`` (:func:`schedule_start`) when a tool that always starts from ``rule``'s
+    state (``who``: e.g. "a diffusers pipeline") samples it exactly, else a ValueError naming both rules and
+    ``remedy``.
+
+    Exact when both rules give the same state at the schedule's first time t: "zero" and "noise" both start
+    from the noise itself, and "scaled" does too at t = 0 ((1 - 0) * noise); otherwise the states differ by
+    the factor 1 - t.
+    """
+    own, t = schedule_start(schedule), float(schedule_times(schedule)[0])
+    if (own == "scaled") == (check_choice(rule, START_RULES, "rule") == "scaled") or t == 0.0:
+        return own
+    raise ValueError(
+        f"this schedule's start rule is {own!r}: sampling starts at t = {t!r} from {_START_STATES[own]}, but "
+        f"{who} starts there from {_START_STATES[rule]} (start rule {rule!r}); {remedy}"
+    )
+
+
 def check_noise(noise: object, name: str = "noise") -> torch.Tensor:
     """Check that ``noise`` is a floating torch tensor of shape (B, ...) with B >= 1."""
     if not isinstance(noise, torch.Tensor):

@@ -26,10 +26,16 @@ import torch
 from torch import nn
 
 import boss_fast as bf
-from boss_fast._validation import SOLVERS, atomic_write
+from boss_fast._validation import SOLVERS, START_RULES, atomic_write
+from boss_fast.comfyui import check_comfyui_start
 from boss_fast.demo import DemoConfig, demo_straighten_settings, run_demo
 from boss_fast.engine import STORES
-from boss_fast.integrations.sigmas import comfyui_text, diffusers_sigmas
+from boss_fast.integrations.sigmas import (
+    DIFFUSERS_START,
+    check_diffusers_start,
+    comfyui_text,
+    diffusers_sigmas,
+)
 from boss_fast.models import WeightsFileError, bundled_velocities, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
 from boss_fast.schedule import SCHEDULE_FORMAT, SET_FORMAT, read_json
@@ -348,14 +354,18 @@ _SEARCH_FLAGS = (
     "solver",
     "metric",
 )
-_SEARCH_FLAGS += ("backend", "objective")
+_SEARCH_FLAGS += ("backend", "objective", "start")
 
 
-def _search_settings(args: argparse.Namespace) -> bf.SearchSettings:
+def _search_settings(args: argparse.Namespace, start: str | None = None) -> bf.SearchSettings:
     """The one place `schedule` (with --model and with --pipeline alike) builds its ``SearchSettings``; a bad
-    value is one line naming the flag of the field the library names first."""
+    value is one line naming the flag of the field the library names first. ``start``: the rule when --start
+    is not given (None: the library's default)."""
+    fields = {name: getattr(args, name) for name in _SEARCH_FLAGS}
+    if fields["start"] is None:
+        fields["start"] = start
     try:
-        return bf.SearchSettings(**{name: getattr(args, name) for name in _SEARCH_FLAGS})
+        return bf.SearchSettings(**fields)
     except (TypeError, ValueError) as err:
         text = _one_line(err)
         named = [(m.start(), name) for name in _SEARCH_FLAGS if (m := re.search(rf"\b{name}\b", text))]
@@ -397,7 +407,8 @@ def _cmd_schedule(args) -> None:
     found.save(args.out)
     for sched in sset.values() if args.max_steps is not None else [found]:
         times = np.array2string(sched.times, precision=4)
-        print(f"{sched.steps}-step {sched.objective} schedule (cost {sched.cost:.6g}): {times}")
+        what = f"cost {sched.cost:.6g}, start {sched.start}"
+        print(f"{sched.steps}-step {sched.objective} schedule ({what}): {times}")
     print(f"written to {args.out}")
 
 
@@ -438,7 +449,7 @@ def _cmd_schedule_pipeline(args) -> None:
         raise UsageError("--shape: with --pipeline the latent shape follows from --height and --width")
     _check_output_file(args.out, "--out")
     _check_output_file(args.checkpoint, "--checkpoint")
-    settings = _search_settings(args)
+    settings = _search_settings(args, start=DIFFUSERS_START)  # a pipeline starts from the unscaled noise
     device = _check_device(args.device)
     if args.solver == "dopri5":
         _check_extra("dopri5", "--solver dopri5")
@@ -456,12 +467,25 @@ def _cmd_schedule_pipeline(args) -> None:
     for sched in sset.values() if args.max_steps is not None else [found]:
         print(f"K = {sched.steps}:")
         print(f"  diffusers: {_diffusers_line(sched, pipe.scheduler.config, target.mu)}")
-        print(f"  comfyui:   {comfyui_text(sched.sigmas())}")
+        print(f"  comfyui:   {_comfyui_line(sched)}")
     print(f"written to {args.out}")
+
+
+def _comfyui_line(sched: bf.Schedule) -> str:
+    """The sigmas as ComfyUI's sigma text, or why ComfyUI cannot sample the schedule (its start rule)."""
+    try:
+        check_comfyui_start(sched)
+    except ValueError as err:
+        return f"({_one_line(err)})"
+    return comfyui_text(sched.sigmas())
 
 
 def _diffusers_line(sched: bf.Schedule, config, mu: float | None) -> str:
     """``num_inference_steps=K, sigmas=[...]`` for the pipeline's own scheduler, or why not."""
+    try:
+        check_diffusers_start(sched)
+    except ValueError as err:  # no scheduler can: the swap below would refuse it too
+        return f"({_one_line(err)})"
     dynamic = bool(config.get("use_dynamic_shifting", False))
     try:
         values = diffusers_sigmas(sched, mu=mu if dynamic else None, config=config)
@@ -515,9 +539,11 @@ def _cmd_sigmas(args) -> None:
         values = diffusers_sigmas(sched, args.shift, args.mu, config=config)
         print("[" + ", ".join(repr(v) for v in values) + "]")
     elif args.format == "comfyui":  # SIGMAS: 1 - times, descending, ending in 0; plain float32 decimals
+        check_comfyui_start(sched)  # ComfyUI starts from sigmas[0] * noise: refused for another rule
         print(comfyui_text(sigmas))
     elif args.format == "json":
-        print(json.dumps({"steps": sched.steps, "sigmas": sigmas, "times": sched.times.tolist()}))
+        doc = {"steps": sched.steps, "sigmas": sigmas, "times": sched.times.tolist(), "start": sched.start}
+        print(json.dumps(doc))
     elif args.format == "csv":
         print("step,time,sigma")
         for i, (t, sg) in enumerate(zip(sched.times.tolist(), sigmas, strict=True)):
@@ -612,7 +638,8 @@ def _cmd_straighten(args) -> None:
     )  # fmt: skip
     config = student.config() if callable(getattr(student, "config", None)) else {}
     name = args.model if ":" not in args.model else args.model.replace(":", ".")
-    meta = {"straightened_for": list(sched.times), "iters": stats.steps, "loss": args.loss}
+    meta = {"straightened_for": list(sched.times), "start": sched.start}  # where its first step starts
+    meta.update(iters=stats.steps, loss=args.loss)
     save_weights(student, args.out, name=name, config=config, metadata=meta)
     print(
         f"straightened for {sched.steps} steps ({stats.trained_share:.1%} of the parameters trained, "
@@ -716,6 +743,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--straighten-iters", type=int, default=800)
     demo.set_defaults(func=_cmd_demo)
 
+    _add_schedule_parser(sub)
+    _add_sigmas_parser(sub)
+    _add_straighten_parser(sub)
+    _add_sample_parser(sub)
+
+    ex = sub.add_parser("dp-example", help="solve the DP on an example cost matrix and print every schedule")
+    ex.add_argument("--grid", type=int, default=100)
+    ex.add_argument("--max-steps", type=int, default=10)
+    ex.set_defaults(func=_cmd_dp_example)
+    return parser
+
+
+def _add_schedule_parser(sub) -> None:
     sched = sub.add_parser("schedule", help="the Bellman-optimal schedule of a velocity model, as JSON")
     _add_schedule_source(sched)
     sched.add_argument("--shape", help="one sample's shape, e.g. 3,32,32 (bundled models know theirs)")
@@ -741,21 +781,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="teacher (default: heun for --objective global, euler for local)",
     )
     sched.add_argument("--metric", default="l2sq", choices=("l2sq", "l2"))
+    sched.add_argument(
+        "--start",
+        default=None,
+        choices=START_RULES,
+        help="where sampling starts: zero (pinned at t = 0, BOSS as published), noise (the search picks the "
+        "first time, the noise itself is the state there: diffusers) or scaled ((1 - t) * noise there: "
+        "ComfyUI). Default: the library's for --model, noise for --pipeline. Recorded in the file; every "
+        "consumer honours it or refuses it",
+    )
     sched.add_argument("--device", default=None)
     sched.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba", "numpy"))
     sched.add_argument("--checkpoint", default=None, help="resumable partial cost sums (.npz)")
     sched.add_argument("--no-progress", action="store_true")
     sched.add_argument("--out", required=True, help="schedule JSON to write")
     sched.set_defaults(func=_cmd_schedule)
-    _add_sigmas_parser(sub)
-    _add_straighten_parser(sub)
-    _add_sample_parser(sub)
-
-    ex = sub.add_parser("dp-example", help="solve the DP on an example cost matrix and print every schedule")
-    ex.add_argument("--grid", type=int, default=100)
-    ex.add_argument("--max-steps", type=int, default=10)
-    ex.set_defaults(func=_cmd_dp_example)
-    return parser
 
 
 def _add_schedule_source(sched) -> None:
@@ -801,7 +841,10 @@ def _add_sigmas_parser(sub) -> None:
         description="Print a schedule's sigmas = 1 - times (K + 1 values, descending, ending in 0 for a "
         "schedule that ends at t = 1). --format diffusers prints the K values to pass as pipe(sigmas=...) "
         "to the stock FlowMatchEulerDiscreteScheduler: the inverse of its shift (or mu), so that after "
-        "its own shift it steps at the schedule.",
+        "its own shift it steps at the schedule. The schedule's start rule travels with it: diffusers "
+        "starts from the unscaled noise at the first sigma (rules zero, noise), ComfyUI from "
+        "sigmas[0] * noise (rule scaled); a format whose tool starts otherwise refuses the schedule by its "
+        "rule.",
     )
     sg.add_argument("path", metavar="PATH", help="a schedule JSON, or a schedule set JSON (then --steps)")
     sg.add_argument("--steps", type=int, default=None, help="K: required for a set; checked for a schedule")
@@ -809,8 +852,8 @@ def _add_sigmas_parser(sub) -> None:
         "--format",
         default="text",
         choices=("text", "json", "csv", "comfyui", "diffusers"),
-        help="text: one sigma per line; json: {steps, sigmas, times}; csv: step,time,sigma; comfyui: one "
-        "', '-separated line of plain float32 decimals (ComfyUI's ManualSigmas text); diffusers: the K "
+        help="text: one sigma per line; json: {steps, sigmas, times, start}; csv: step,time,sigma; comfyui: "
+        "one ', '-separated line of plain float32 decimals (ComfyUI's ManualSigmas text); diffusers: the K "
         "values for sigmas= (a Python/JSON list)",
     )
     sg.add_argument("--config", default=None, help="diffusers: the scheduler_config.json to invert")

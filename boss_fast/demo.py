@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from boss_fast import report
 from boss_fast._header import check_header, make_header, write_file
 from boss_fast._identity import model_fingerprint, noise_digest
-from boss_fast._validation import check_float, check_int
+from boss_fast._validation import check_float, check_int, check_start
 from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
 from boss_fast.metrics import (
     PairedDifference,
@@ -430,6 +430,8 @@ def _run_model(cfg: DemoConfig, name: str, clock: _Clock) -> dict:
     }
     searched = _searched(cfg, name, model, spec, clock)
     for label, per in searched.items():
+        for s in per.values():  # evaluated as plain times (from the noise itself): exact for "zero", "noise"
+            check_start(s, "noise", "the demo's evaluation", "search with start 'noise' or 'zero'")
         schedules[label] = {k: np.asarray(s.times) for k, s in per.items()}
     if cfg.oracle:
         schedules[ORACLE] = {1: np.asarray(uniform_grid(1))} | _oracle_rows(

@@ -12,8 +12,11 @@ storage dtype's rounding, but is built for latency:
   model's own activations aside);
 - ``mode="eager"`` runs that loop; ``"compile"`` wraps it in ``torch.compile(fullgraph=True)`` (the first
   call compiles; ``compile_seconds`` reports it apart from steady state); ``"cuda_graph"`` captures the whole
-  K-step loop once as one CUDA graph and replays it; ``"auto"`` is cuda_graph on CUDA and, elsewhere, the
-  faster of compile and eager *measured* when the buffers are built (``timings`` keeps the figures).
+  K-step loop once as one CUDA graph and replays it; ``"compile_graph"`` captures the *compiled* loop in one
+  CUDA graph (Inductor's fused kernels without their launch cost; compile time apart, as for "compile");
+  ``"auto"`` runs the faster *measured* when the buffers are built (``timings`` keeps the figures): on CUDA
+  cuda_graph or compile_graph, elsewhere eager or compile. The two graph modes need a CUDA device and are
+  refused by name elsewhere.
 
 ``guidance=w`` evaluates the model on a doubled batch (unconditional half first, diffusers' order) and
 combines ``v_u + w (v_c - v_u)`` inside the Euler kernel. Models that opt in to the fused-head protocol
@@ -31,8 +34,8 @@ The pieces: ``_Runner`` checks the shared arguments (each once, into its attribu
 tensors and the doubled batch, runs the model check, resolves the mode and holds the final check; each front
 end allocates its state buffers and defines ``_step``, chosen or written so that the hot ``_loop`` (K calls
 of ``_step``) has no branch on the head, guidance or recording. The eager, compiled and CUDA-graph runners
-(``_eager_runner``, ``_compiled_runner``, ``_cuda_graph_runner``) each wrap ``_loop``, and "auto" measures
-between them (``_Runner._auto_mode``).
+(``_eager_runner``, ``_compiled_runner``, ``_cuda_graph_runner``) each wrap ``_loop`` (the graph runner
+captures the eager or the compiled one), and "auto" measures between them (``_Runner._auto_mode``).
 
 Checks, as ``sample`` makes them, without a host read inside the loop: every model output's type, shape,
 dtype and device at every step (metadata only, :func:`boss_fast._validation.check_velocity_output`; eager
@@ -71,7 +74,7 @@ from boss_fast._validation import (
     schedule_times,
 )
 from boss_fast.kernels.euler_step import euler_step_forward
-from boss_fast.kernels.linear_euler import linear_euler_forward
+from boss_fast.kernels.linear_euler import fused_head_default, linear_euler_forward
 from boss_fast.ode import (
     FIXED_STEP_METHODS,
     Trajectory,
@@ -83,7 +86,9 @@ from boss_fast.schedule import Schedule
 
 __all__ = ["RECORDS", "SAMPLER_MODES", "SAMPLER_SOLVERS", "FusedHeadModel", "Sampler", "TeacherRecorder"]
 
-SAMPLER_MODES: tuple[str, ...] = ("auto", "eager", "compile", "cuda_graph")
+SAMPLER_MODES: tuple[str, ...] = ("auto", "eager", "compile", "cuda_graph", "compile_graph")
+# The modes that capture a CUDA graph (a CUDA device or a refusal naming the mode).
+GRAPH_MODES: tuple[str, ...] = ("cuda_graph", "compile_graph")
 # The fixed-step methods of boss_fast.ode.FIXED_STEP_METHODS, stage for stage.
 SAMPLER_SOLVERS: tuple[str, ...] = STEP_SOLVERS
 # What a TeacherRecorder keeps: every state, or every state and the combined Euler slope at it.
@@ -91,7 +96,7 @@ RECORDS: tuple[str, ...] = ("states", "all")
 
 _loop_ids = itertools.count()
 
-# Repetitions per candidate when "auto" measures compile against eager (median of these, after a warm-up).
+# Repetitions per candidate when "auto" measures its two candidates (median of these, after a warm-up).
 _AUTO_REPS = 3
 
 
@@ -143,18 +148,23 @@ def _placement(
     dtype = dtype if dtype is not None else (model_dtype or torch.float32)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    if mode == "cuda_graph" and device.type != "cuda":
+    if mode in GRAPH_MODES and device.type != "cuda":
         raise ValueError(
-            f"mode 'cuda_graph' captures a CUDA graph and needs a CUDA device; this sampler's device is "
+            f"mode {mode!r} captures a CUDA graph and needs a CUDA device; this sampler's device is "
             f"{device} (use 'compile', 'eager' or 'auto')"
         )
     return device, dtype
 
 
-def _use_fused(model: object, head: _Head | None, fused: bool | None, backend: str, guidance) -> bool:
+def _use_fused(
+    model: object, head: _Head | None, fused: bool | None, backend: str, guidance, batch: int | None, dtype
+) -> bool | None:
+    """Whether the fused head runs; None when the default depends on a batch size not known yet."""
     # The fused kernel is one Euler step from the head's output: no doubled batch to combine.
     if fused is None:
-        return head is not None and guidance is None and backend == "triton"
+        if head is None or guidance is not None or backend != "triton":
+            return False
+        return fused_head_default(batch, dtype)  # where it was measured to win (kernels.linear_euler)
     if fused and head is None:
         raise ValueError(
             "fused=True needs a model with the fused-head protocol (fused_head = True, trunk(x, t), a "
@@ -170,7 +180,7 @@ def _use_fused(model: object, head: _Head | None, fused: bool | None, backend: s
 
 class _Runner:
     """What both front ends share: the checked arguments, the time tensors, the doubled batch for guidance,
-    the build-time model check, the mode (eager, compile, cuda_graph, auto's measurement) and the call.
+    the build-time model check, the mode (eager, compile, the two graphs, auto's measurement) and the call.
 
     A front end sets ``_method`` (its fixed-step method) and ``sample_shape`` (when the model knows it)
     before :meth:`_ready`, allocates its state buffers in ``_allocate`` (``_x`` the state the noise is
@@ -293,16 +303,19 @@ class _Runner:
 
     def _start(self) -> None:
         """Resolve "auto" and set ``_run`` to the mode's runner over the built buffers."""
-        mode = self.mode
-        if mode == "auto":
-            mode = "cuda_graph" if self.device.type == "cuda" else self._auto_mode()
-        if mode == "eager":
-            self._run = _eager_runner(self)
-        elif mode == "compile":
-            self._run = self._compiled()
+        if self.mode == "auto":
+            self.resolved_mode, self._run = self._auto_mode()
         else:
-            self._run = _cuda_graph_runner(self)
-        self.resolved_mode = mode
+            self.resolved_mode, self._run = self.mode, self._runner(self.mode)
+
+    def _runner(self, mode: str) -> Callable[[], None]:
+        """The runner of ``mode`` (not "auto") over the built buffers."""
+        if mode == "eager":
+            return _eager_runner(self)
+        if mode == "compile":
+            return self._compiled()
+        body = _eager_runner(self) if mode == "cuda_graph" else self._compiled()
+        return _cuda_graph_runner(self, body)
 
     def _compiled(self) -> Callable[[], None]:
         """The compiled runner; its first (compiling) call is timed once into ``compile_seconds``."""
@@ -315,26 +328,29 @@ class _Runner:
             self._x.copy_(saved)
         return run
 
-    def _auto_mode(self) -> str:
-        """Time eager and compile on the real buffers; return the faster (eager if compiling fails)."""
+    def _auto_mode(self) -> tuple[str, Callable[[], None]]:
+        """Time the plain and the compiled candidate on the real buffers (on CUDA their CUDA graphs, which
+        replay the same kernels without a launch each: 3-9x eager at batch 1 on an H200,
+        benchmarks/results/gpu/README.md); return the faster and its runner (the plain one, loudly, if
+        compiling or capturing the compiled loop fails)."""
+        plain, compiled = GRAPH_MODES if self.device.type == "cuda" else ("eager", "compile")
         saved = self._x.clone()
-        eager = _eager_runner(self)
-        eager()  # warm-up
-        self.timings["eager"] = _median_seconds(eager, self.device)
+        runners = {plain: self._runner(plain)}
         try:
-            compiled = self._compiled()
-            self.timings["compile"] = _median_seconds(compiled, self.device)
-        except Exception as err:  # any compiler failure means: fall back to eager, loudly
+            runners[compiled] = self._runner(compiled)
+        except Exception as err:  # any compiler failure means: fall back to the plain loop, loudly
             warnings.warn(
                 f"boss_fast.{type(self).__name__}: torch.compile failed ({type(err).__name__}: {err}); "
-                "using eager",
+                f"using {plain}",
                 RuntimeWarning,
                 stacklevel=6,
             )
-            self._x.copy_(saved)
-            return "eager"
+        for name, run in runners.items():
+            run()  # warm-up (the compiled one compiled in its first call, timed apart)
+            self.timings[name] = _median_seconds(run, self.device)
         self._x.copy_(saved)
-        return "compile" if self.timings["compile"] < self.timings["eager"] else "eager"
+        best = min(runners, key=self.timings.__getitem__)
+        return best, runners[best]
 
     # -- calling ------------------------------------------------------------------------------------------
 
@@ -386,13 +402,14 @@ class Sampler(_Runner):
     Args:
         model: ``velocity(x, t)`` (x (B, ...), t (B,) in x's dtype; t = 0 noise, t = 1 data).
         sched: a :class:`~boss_fast.schedule.Schedule` or its times (strictly increasing in [0, 1]).
-        mode: "auto", "eager", "compile" or "cuda_graph" (module docstring).
+        mode: "auto", "eager", "compile", "cuda_graph" or "compile_graph" (module docstring).
         batch_size: B; None takes it from the first noise.
         dtype: the state's dtype; default the model's parameter dtype (float32 without parameters).
         device: the state's device; default the model's parameter device (CPU without parameters).
         fused: use the fused head + Euler kernel; None (default) uses it when the model opts in, there is
-            no guidance and the kernel backend is Triton (on the torch backend fusing buys nothing); True
-            on a model that does not opt in, or with guidance, raises.
+            no guidance, the kernel backend is Triton (on the torch backend fusing buys nothing) and
+            :func:`boss_fast.kernels.fused_head_default` says the kernel wins at this batch size and dtype;
+            True on a model that does not opt in, or with guidance, raises.
         backend: kernel backend for the Euler update, "auto", "triton" or "torch"
             (:func:`boss_fast._backends.kernel_backend`).
         guidance: classifier-free guidance weight w, or None. The model is then called on a doubled batch
@@ -408,12 +425,14 @@ class Sampler(_Runner):
     Attributes:
         mode: the mode asked for; ``resolved_mode`` is the one running (known once the buffers exist).
         times: (K + 1,) float64 schedule times.
-        fused: whether the fused head + Euler kernel runs.
-        compile_seconds: wall time of the compiling first call ("compile", or "auto" when it measured).
-        timings: {"eager": s, "compile": s} medians measured by "auto" on CPU.
+        fused: whether the fused head + Euler kernel runs (None until the batch size is known, where the
+            default depends on it).
+        compile_seconds: wall time of the compiling first call ("compile", "compile_graph", or "auto").
+        timings: the medians "auto" measured: {"eager": s, "compile": s} on CPU, {"cuda_graph": s,
+            "compile_graph": s} on CUDA.
 
     Raises:
-        ValueError / TypeError: unknown mode, cuda_graph without a CUDA device, bad schedule, batch size,
+        ValueError / TypeError: unknown mode, a graph mode without a CUDA device, bad schedule, batch size,
             dtype or guidance, fused=True for a model without the protocol or with guidance; at call time,
             noise whose shape, dtype or device differ from the sampler's, a model output of another type,
             shape, dtype or device at any step, or a non-finite result (each naming the step and its time).
@@ -441,13 +460,23 @@ class Sampler(_Runner):
     ) -> None:
         super().__init__(model, sched, mode, batch_size, dtype, device, backend, guidance, check_finite)
         head = _fused_head(model)
-        self.fused: bool = _use_fused(model, head, fused, self.backend, self.guidance)
-        self._head = head if self.fused else None
+        self._found_head = head
+        self.fused: bool | None = _use_fused(
+            model, head, fused, self.backend, self.guidance, self.batch_size, self.dtype
+        )
         self.sample_shape = head.sample_shape if head is not None else None
-        self._step = self._fused_step if self.fused else self._euler_step  # chosen once: no branch in _loop
+        if self.fused is not None:
+            self._set_fused(self.fused)
         self._ready()
 
+    def _set_fused(self, fused: bool) -> None:
+        self.fused = fused
+        self._head = self._found_head if fused else None
+        self._step = self._fused_step if fused else self._euler_step  # chosen once: no branch in _loop
+
     def _allocate(self, shape: tuple[int, ...], new: dict) -> None:
+        if self.fused is None:  # the default depends on the batch size, known now
+            self._set_fused(fused_head_default(shape[0], self.dtype))
         self._x = torch.zeros(shape, **new)
         self._src = self._dst = [self._x] * self.num_steps  # every step updates the one state in place
 
@@ -645,19 +674,20 @@ def _compiled_runner(sampler: _Runner) -> Callable[[], None]:
     return run
 
 
-def _cuda_graph_runner(sampler: _Runner) -> Callable[[], None]:
-    """Capture the whole K-step loop once as one CUDA graph (after two warm-up runs); replay it per call."""
+def _cuda_graph_runner(sampler: _Runner, body: Callable[[], None]) -> Callable[[], None]:
+    """Capture ``body`` (the eager or the compiled runner: the whole K-step loop) once as one CUDA graph,
+    after two warm-up runs; replay it per call."""
     x, device = sampler._x, sampler.device
     saved = x.clone()
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream), torch.no_grad():
+    with torch.cuda.stream(stream):
         for _ in range(2):  # warm-up outside capture: Triton JIT, cuBLAS handles and workspaces
-            sampler._loop(x)
+            body()
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        sampler._loop(x)
+    with torch.cuda.graph(graph):
+        body()  # each runner holds its own no_grad
     x.copy_(saved)
     return graph.replay
 

@@ -49,7 +49,10 @@ __all__ = [
 OBJECTIVES: tuple[str, ...] = ("global", "local")
 
 SCHEDULE_FORMAT = "boss_fast.schedule"
-SCHEDULE_VERSION = 2  # 2: the start rule ("start"); version-1 files load as start "zero"
+# 2: the start rule ("start"). A schedule pinned at the grid's start ("zero") is still written as version 1,
+# byte for byte what earlier versions wrote (their readers read it); one with another rule is version 2, which
+# an older reader refuses by its version instead of sampling it from the wrong state.
+SCHEDULE_VERSION = 2
 _REQUIRED = ("times", "indices", "grid", "cost", "metric", "solver")
 # A schedule file is a few kB (grid 100: 5 kB); a grid of 10^6 points is ~50 MB. Anything larger is refused
 # before it is read.
@@ -218,7 +221,7 @@ class Schedule:
         """The JSON document: a format marker and version, then every field (floats round-trip exactly)."""
         doc = make_header(
             SCHEDULE_FORMAT,
-            SCHEDULE_VERSION,
+            _file_version(self.start, SCHEDULE_VERSION),
             steps=self.steps,
             times=self.times.tolist(),
             indices=self.indices.tolist(),
@@ -231,8 +234,9 @@ class Schedule:
             discount=self.discount,
             shape=None if self.shape is None else list(self.shape),
             objective=self.objective,
-            start=self.start,
         )
+        if self.start != "zero":
+            doc["start"] = self.start
         if self.resampled_from is not None:  # only then: files of searched schedules stay as they were
             doc["resampled_from"] = self.resampled_from
         if self.mu is not None:  # likewise
@@ -384,6 +388,11 @@ def _check_cost(cost: object, resampled_from: object) -> float:
     return cost
 
 
+def _file_version(start: str, latest: int) -> int:
+    """The version a file is written in: 1 for a pinned start (no ``start`` key), else ``latest``."""
+    return 1 if start == "zero" else latest
+
+
 def _start_of(doc: dict, source: str) -> str:
     """The start rule of a schedule (or set) document: "zero" for version 1, written before the rule existed;
     from version 2 on the key is required (a missing one is an edit, not an old file)."""
@@ -450,6 +459,7 @@ def _from_path(
     fingerprint: str | None,
     discount: float,
     shape: tuple[int, ...] | None = None,
+    start: str = "zero",
 ) -> Schedule:
     return Schedule(
         times=grid[path.indices],
@@ -462,6 +472,7 @@ def _from_path(
         fingerprint=fingerprint,
         discount=discount,
         shape=shape,
+        start=start,
     )
 
 
@@ -508,6 +519,7 @@ def schedules_from_cost(
     num_samples: int | None = None,
     fingerprint: str | None = None,
     shape: Sequence[int] | None = None,
+    start: str = "zero",
 ) -> ScheduleSet:
     """The Bellman-optimal schedule of every budget K = 1 .. ``max_steps`` for a precomputed (N, N) cost
     matrix on ``grid``, from one DP table, as a ``ScheduleSet`` holding the matrix (read one budget as
@@ -516,7 +528,8 @@ def schedules_from_cost(
     No model needed. ``cost``: (N, N), finite and >= 0 above the diagonal (errors; nothing else is read).
     ``grid``: the (N,) grid times the rows and columns stand for. ``max_steps`` in [1, N - 1].
     ``metric``, ``solver``, ``num_samples``, ``fingerprint`` and ``shape`` (one sample's) only describe where
-    the matrix came from and are stored in the schedules (objective "local").
+    the matrix came from and are stored in the schedules (objective "local"); ``start``: the schedules' start
+    rule (``Schedule.start``).
 
     Example:
         >>> c = np.triu(np.square(np.subtract.outer(np.arange(5.0), np.arange(5.0))), 1)  # cost (j - i)^2
@@ -525,14 +538,14 @@ def schedules_from_cost(
         ([0.0, 0.5, 1.0], [0.0, 1.0])
     """
     described = {"metric": metric, "solver": solver, "num_samples": num_samples, "fingerprint": fingerprint,
-                 "shape": None if shape is None else tuple(shape)}  # fmt: skip
+                 "shape": None if shape is None else tuple(shape), "start": start}  # fmt: skip
     return ScheduleSet(_solved(cost, max_steps, grid, discount, backend, described), cost_table=cost)
 
 
 # ------------------------------------------------------------------------------------ every budget at once
 
 SET_FORMAT = "boss_fast.schedule_set"
-SET_VERSION = 2  # 2: the start rule ("start"); version-1 files load as start "zero"
+SET_VERSION = 2  # 2: the start rule ("start"), written as SCHEDULE_VERSION is (a "zero" set stays version 1)
 # Fields every budget of a set shares (one search): checked at construction, stored once in the file.
 _SHARED = ("metric", "solver", "num_samples", "fingerprint", "discount", "shape", "objective", "start")
 # Shared too, but written only when set (files without them stay as they were).
@@ -713,8 +726,12 @@ class ScheduleSet(Mapping[int, Schedule]):
         """The JSON document: format, version, the shared fields and grid once, every budget's indices and
         cost, the cost table's strict upper triangle (row-major) or null, and a SHA-256 of the rest."""
         first = self._scheds[1]
-        doc: dict[str, Any] = make_header(SET_FORMAT, SET_VERSION, max_steps=self.max_steps)
-        doc.update({name: getattr(first, name) for name in _SHARED})
+        doc: dict[str, Any] = make_header(
+            SET_FORMAT, _file_version(first.start, SET_VERSION), max_steps=self.max_steps
+        )
+        doc.update(
+            {name: getattr(first, name) for name in _SHARED if name != "start" or first.start != "zero"}
+        )
         doc["shape"] = None if first.shape is None else list(first.shape)
         doc.update(
             {name: getattr(first, name) for name in _OPTIONAL_SHARED if getattr(first, name) is not None}
@@ -801,7 +818,8 @@ class ScheduleSet(Mapping[int, Schedule]):
 def _described(sched: Schedule) -> dict[str, Any]:
     """The fields of ``sched`` that say where its cost matrix came from (``_solved``'s ``described``)."""
     return {
-        name: getattr(sched, name) for name in ("metric", "solver", "num_samples", "fingerprint", "shape")
+        name: getattr(sched, name)
+        for name in ("metric", "solver", "num_samples", "fingerprint", "shape", "start")
     }
 
 

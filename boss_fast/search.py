@@ -25,6 +25,7 @@ from boss_fast._identity import checkpoint_model_key, model_fingerprint
 from boss_fast._runtime import module_placement
 from boss_fast._validation import (
     METRICS,
+    START_RULES,
     as_times,
     check_choice,
     check_dtype,
@@ -53,6 +54,8 @@ __all__ = [
 ]
 
 DEFAULT_OBJECTIVE = "global"
+# start=None resolves to this rule (SearchSettings.start_rule).
+DEFAULT_START = "zero"
 # The teacher each objective uses when none is given: BOSS's Euler (the published setting), and for the
 # global objective (whose targets are the teacher's states) the most accurate fixed-step solver that keeps
 # every budget up to K = 10 on a 100-step grid within 12x the local search's evaluations: Heun (200 + 856
@@ -305,6 +308,11 @@ class SearchSettings:
             eager elsewhere, ``boss_fast.engine.resolve_wide_mode``).
         backend: the local DP's kernel, "auto" or one of ``boss_fast.bellman``'s (the global objective:
             "auto").
+        start: where sampling starts (``boss_fast._validation.START_RULES``): "zero" (pinned at the grid's
+            first point, from the noise: BOSS as published), "noise" (the search picks the first time t_s and
+            the noise itself is the state there, as a diffusers pipeline's txt2img) or "scaled" (the state at
+            t_s is ``(1 - t_s) * noise``, as ComfyUI's flow models); None: ``DEFAULT_START``
+            (:attr:`start_rule`). The schedules carry the rule (``Schedule.start``).
 
     Example:
         >>> s = SearchSettings(grid=50, num_samples=64, objective="local")
@@ -326,6 +334,7 @@ class SearchSettings:
     store_dir: str | os.PathLike | None = None
     mode: str | None = None
     backend: str = "auto"
+    start: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", _check_grid(self.grid))
@@ -349,7 +358,14 @@ class SearchSettings:
         check_choice(self.store, STORES, "store")
         check_store_dir(self.store_dir, self.store)
         check_choice(self.backend, ("auto", *DP_BACKENDS), "backend")
+        if self.start is not None:
+            check_choice(self.start, START_RULES, "start")
         _check_objective_knobs(self)
+
+    @property
+    def start_rule(self) -> str:
+        """The start rule this search runs: ``start``, or ``DEFAULT_START``."""
+        return DEFAULT_START if self.start is None else self.start
 
     @property
     def teacher(self) -> str:
@@ -445,7 +461,7 @@ def _global_schedules(velocity: VelocityFn, search: _Search, max_steps: int, run
     args = (velocity, search.batch, search.num_samples, search.times, max_steps, passes)
     # "dp" in every header: a checkpoint reader checks the keys this run asks for, so each route names itself
     handles = {"device": search.device, "progress": run.progress, "checkpoint": run.checkpoint,
-               "identity": {**search.identity(), "dp": s.dp}}  # fmt: skip
+               "identity": {**search.identity(), "dp": s.dp, "start": s.start_rule}}  # fmt: skip
     if s.dp == "coarse":
         table = coarse_to_fine_table(*args, plan=CoarseToFine(), **handles)
     else:
@@ -462,6 +478,7 @@ def _global_schedules(velocity: VelocityFn, search: _Search, max_steps: int, run
             fingerprint=search.fingerprint,
             shape=search.shape,
             objective="global",
+            start=s.start_rule,
         )
         for path in global_paths(table)
     )
@@ -484,6 +501,7 @@ def _search(velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings
         num_samples=search.num_samples,
         fingerprint=search.fingerprint,
         shape=search.shape,
+        start=settings.start_rule,
     )
 
 

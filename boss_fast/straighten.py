@@ -58,7 +58,7 @@ from boss_fast._validation import (
 )
 from boss_fast.engine import WIDE_MODES, Shard, progress_bar
 from boss_fast.grids import resolve_grid
-from boss_fast.ode import VelocityFn, for_rows
+from boss_fast.ode import VelocityFn, for_rows, start_state
 from boss_fast.schedule import Schedule
 from boss_fast.trajectories import TeacherRunner, seeded_noise
 
@@ -101,7 +101,8 @@ class StraighteningPairs(NamedTuple):
     """Training pairs, one row per (noise m, interval k), row ``m * K + k``.
 
     Attributes:
-        start: (M * K, ...) teacher states at tau_k.
+        start: (M * K, ...) teacher states at tau_k, but for k = 0 the schedule's start state at tau_0
+            (``boss_fast.ode.start_state`` of the noise by ``Schedule.start``: where its sampler starts).
         end: (M * K, ...) teacher states at tau_{k+1}.
         t_start: (M * K,) tau_k in the states' dtype.
         t_end: (M * K,) tau_{k+1} in the states' dtype.
@@ -304,16 +305,20 @@ def straightening_pairs(
 
     Runs ``teacher_trajectory`` on ``sched.grid`` for the noises in batches of ``batch_size`` (memory: one
     batch's (N, B, ...) trajectory plus the (M, K + 1, ...) kept states) and keeps the states at
-    ``sched.indices``; with an Euler teacher they equal a direct teacher run bit for bit. ``pair_steps`` and
-    ``pair_solver`` trade the pairs' accuracy for the teacher's cost (M x steps x the solver's evaluations
-    per step: 1 Euler, 2 Heun, 4 RK4).
+    ``sched.indices``; with an Euler teacher they equal a direct teacher run bit for bit. The teacher always
+    runs from the noise at ``grid[0]`` (the search's targets are its states); the first interval's input is
+    the schedule's start state at tau_0 (``Schedule.start``: the noise itself for "zero" and "noise",
+    ``(1 - tau_0) * noise`` for "scaled"), so a schedule that starts later is straightened from where its
+    sampler starts, onto the teacher's trajectory. ``pair_steps`` and ``pair_solver`` trade the pairs'
+    accuracy for the teacher's cost (M x steps x the solver's evaluations per step: 1 Euler, 2 Heun, 4 RK4).
 
     Args:
         teacher: ``velocity(x, t)``; t = 0 noise, t = 1 data. A bank of P conditionings (a ``for_rows``
             method, :func:`boss_fast.ode.for_rows`) runs noise m with conditioning m mod P, whatever
             ``batch_size``.
         sched: a ``Schedule`` chosen on ``grid`` with ``solver``; anything else raises.
-        noise: (M, ...) floating tensor, the states at t = sched.grid[0].
+        noise: (M, ...) floating tensor, the teacher's states at t = sched.grid[0] (and the noise of the
+            start states).
         grid: an int n (``uniform_grid(n)``) or explicit times; must equal ``sched.grid``.
         solver: the teacher's solver; None (default) takes ``sched.solver``, anything else must equal it.
         batch_size: noises per teacher batch, and per cache shard.
@@ -358,6 +363,10 @@ def straightening_pairs(
         os.makedirs(folder, exist_ok=True)
     runner = TeacherRunner(teacher, path[0], solver, mode, record="states")
     states = _shard_states(runner, noise, path[1], batch_size, device, folder, progress)
+    # The first interval starts where the sampler does: the rule's state at tau_0, not the teacher's (which
+    # ran from the noise at grid[0], and whose states stay every target). For "zero" both are the noise.
+    first = noise.to(device=states.device, dtype=states.dtype)
+    states[:, 0] = start_state(first, sched.start, float(sched.times[0]))
     return _flatten_pairs(states, sched.times)
 
 

@@ -475,7 +475,7 @@ def test_sigmas_formats(sigma_files, capsys):
         "e" not in comfy.lower()
     )  # plain decimals (test_integrations_sigmas.py: what each ComfyUI parser reads)
     doc = json.loads(_printed(capsys, [str(root / "set.json"), "--steps", "3", "--format", "json"]))
-    assert doc == {"steps": 3, "sigmas": want, "times": sset[3].times.tolist()}
+    assert doc == {"steps": 3, "sigmas": want, "times": sset[3].times.tolist(), "start": sset[3].start}
     rows = _printed(capsys, [str(root / "set.json"), "--steps", "3", "--format", "csv"]).splitlines()
     assert rows[0] == "step,time,sigma" and [float(r.split(",")[2]) for r in rows[1:]] == want
 
@@ -541,6 +541,71 @@ def test_sigmas_refuses_by_name(sigma_files, tmp_path, argv, message):
     doc["grid"][1] += 1e-9
     (tmp_path / "tampered.json").write_text(json.dumps(doc))
     assert_one_line_error(run_cli(["sigmas", *argv], tmp_path), message)
+
+
+LATE_GRID = np.linspace(0.0, 1.0, 21)
+
+
+def _late(folder, start: str) -> tuple[str, boss_fast.Schedule]:
+    """A 3-step schedule of the 20-step grid from t = 0.25 with the start rule ``start``, saved."""
+    idx = np.array([5, 9, 14, 20])
+    sched = boss_fast.Schedule(times=LATE_GRID[idx], indices=idx, cost=0.0, grid=LATE_GRID, start=start)
+    sched.save(folder / f"{start}.json")
+    return str(folder / f"{start}.json"), sched
+
+
+def test_sigmas_formats_honour_the_start_rule(tmp_path, capsys):
+    """--format diffusers expresses "noise" (a first sigma below 1: the pipeline's noise is the state there)
+    and refuses "scaled"; --format comfyui the other way round; json carries the rule."""
+    noise, late_noise = _late(tmp_path, "noise")
+    scaled, _ = _late(tmp_path, "scaled")
+    first = json.loads(_printed(capsys, [noise, "--format", "diffusers", "--shift", "3"]))[0]
+    assert 0.0 < first < 1.0
+    assert json.loads(_printed(capsys, [noise, "--format", "json"]))["start"] == "noise"
+    assert _printed(capsys, [scaled, "--format", "comfyui"]).strip() == comfyui_text(late_noise.sigmas())
+    for path, fmt, rule, remedy in ((noise, "comfyui", "noise", "--start scaled"),
+                                    (scaled, "diffusers", "scaled", "--start noise")):  # fmt: skip
+        assert main(["sigmas", path, "--format", fmt]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and f"start rule is '{rule}'" in lines[0] and remedy in lines[0], lines
+
+
+def test_schedule_start_flag_is_recorded_and_sample_honours_it(tmp_path, capsys):
+    """schedule --start writes the rule into the file (default: the library's); sample starts from the rule's
+    state, as bf.sample on the loaded schedule does."""
+    from boss_fast.search import DEFAULT_START
+
+    argv = [
+        "schedule",
+        "--model",
+        "gmm2d",
+        "--steps",
+        "2",
+        "--grid",
+        "12",
+        "--num-samples",
+        "8",
+        "--no-progress",
+    ]
+    assert main([*argv, "--start", "scaled", "--out", str(tmp_path / "s.json")]) == 0
+    assert "start scaled" in capsys.readouterr().out
+    assert boss_fast.Schedule.load(tmp_path / "s.json").start == "scaled"
+    assert main([*argv, "--out", str(tmp_path / "d.json")]) == 0
+    assert boss_fast.Schedule.load(tmp_path / "d.json").start == DEFAULT_START
+    with pytest.raises(SystemExit):
+        main([*argv, "--start", "sideways", "--out", str(tmp_path / "x.json")])
+    assert "invalid choice: 'sideways'" in capsys.readouterr().err
+    noise = boss_fast.seeded_noise((2,), 0, 8, seed=0)
+    out = {}
+    for start in ("scaled", "noise"):
+        path, sched = _late(tmp_path, start)
+        assert main(["sample", "--model", "gmm2d", "--schedule", path, "--num", "8", "--out",
+                     str(tmp_path / f"{start}.npy")]) == 0  # fmt: skip
+        out[start] = np.load(tmp_path / f"{start}.npy")
+        np.testing.assert_array_equal(
+            out[start], boss_fast.sample(load_bundled("gmm2d"), noise, sched).numpy()
+        )
+    assert np.abs(out["scaled"] - out["noise"]).max() > 1e-2
 
 
 def test_schedule_max_steps_writes_a_set(tmp_path, capsys):
@@ -818,9 +883,8 @@ def python_api(path, guidance, height, prompts=("a red cat", "a blue dog", "the 
     pipe = pipelines.load_pipeline(path)
     cond = pipelines.encode_prompts(pipe, list(prompts), guidance, max_sequence_length=8)
     target = pipelines.pipeline_target(pipe, cond, guidance, height, height)
-    sset = bf.optimal_schedules(
-        target.velocity, target.shape, 2, bf.SearchSettings(grid=5, num_samples=3, batch_size=2)
-    )
+    settings = bf.SearchSettings(grid=5, num_samples=3, batch_size=2, start="noise")  # --pipeline's default
+    sset = bf.optimal_schedules(target.velocity, target.shape, 2, settings)
     return pipe, cond, target, sset
 
 
@@ -842,10 +906,13 @@ def test_schedule_pipeline_end_to_end(saved, capsys, kind):
     for k in (1, 2):
         assert np.array_equal(got[k].indices, want[k].indices)
         assert got[k].cost == pytest.approx(want[k].cost, rel=1e-6)
-        assert got[k].shape == target.shape and got[k].mu == target.mu
+        assert got[k].shape == target.shape and got[k].mu == target.mu and got[k].start == "noise"
     assert target.shape == ((4, 8, 8) if kind == "sd3" else (4, 16))
     assert (target.mu is None) == (kind == "sd3")  # Flux always passes mu; SD3 without dynamic shifting not
-    assert "K = 2:" in text and "comfyui:   " + bf_comfy(got[2]) in text
+    # ComfyUI starts from sigmas[0] * noise: a "noise" schedule is its sigmas only when it starts at t = 0.
+    at_zero = got[2].times[0] == 0.0
+    comfy_line = bf_comfy(got[2]) if at_zero else "(this schedule's start rule is 'noise'"
+    assert "K = 2:" in text and "comfyui:   " + comfy_line in text
     diffusers_line = next(
         line for line in text.splitlines() if line.startswith("  diffusers:") and "=2," in line
     )
@@ -855,8 +922,9 @@ def test_schedule_pipeline_end_to_end(saved, capsys, kind):
     pipe.scheduler.set_timesteps(sigmas=values, mu=target.mu)
     np.testing.assert_allclose(pipe.scheduler.sigmas.double().numpy(), got[2].sigmas(), atol=1e-6)
     # The sigmas command reads the same file.
-    comfy = run(capsys, ["sigmas", str(out), "--steps", "2", "--format", "comfyui"]).strip()
-    assert comfy == bf_comfy(got[2])
+    if at_zero:
+        comfy = run(capsys, ["sigmas", str(out), "--steps", "2", "--format", "comfyui"]).strip()
+        assert comfy == bf_comfy(got[2])
 
 
 def bf_comfy(sched):

@@ -206,3 +206,18 @@ def test_demo_search_settings_per_model() -> None:
     given = DemoConfig(search=SearchSettings(grid=30, num_samples=16, seed=4))
     assert given.search_for(spec, "global") == SearchSettings(grid=30, num_samples=16, seed=4)
     assert (given.grid, given.seed) == (30, 4)
+
+
+def test_demo_refuses_a_searched_start_its_evaluation_cannot_follow(tmp_path, monkeypatch) -> None:
+    """The demo evaluates plain times from the noise itself: a "scaled" schedule that starts above t = 0 is
+    refused by its rule before any evaluation (searches stood in for by hand-made schedules)."""
+    grid = np.linspace(0.0, 1.0, 21)
+    picks = {1: [5, 20], 2: [5, 12, 20]}  # K = 1, 2 from t = 0.25
+    made = {k: Schedule(times=grid[i], indices=np.array(i), cost=0.0, grid=grid, start="scaled")
+            for k, i in picks.items()}  # fmt: skip
+    monkeypatch.setattr(demo, "_searched", lambda *args: {demo.LOCAL: made, demo.GLOBAL: made})
+    monkeypatch.setattr(demo, "cached_reference", lambda *a, **k: pytest.fail("evaluated a refused schedule"))
+    cfg = DemoConfig(out=str(tmp_path), models=("gmm2d_narrow",), max_nfe=2, progress=False,
+                     search=SearchSettings(grid=20, num_samples=4, batch_size=4))  # fmt: skip
+    with pytest.raises(ValueError, match=r"start rule is 'scaled'.*the demo's evaluation"):
+        run_demo(cfg)

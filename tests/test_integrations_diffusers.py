@@ -3,6 +3,8 @@ sigma maths, and a tiny random SD3Transformer2DModel runs through both scheduler
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -847,3 +849,111 @@ def test_pipeline_save_and_load_with_a_boss_scheduler(tmp_path):
     # And the swap the docs show: the stock scheduler back from the pipeline's BossScheduler config.
     loaded.scheduler = FlowMatchEulerDiscreteScheduler.from_config(loaded.scheduler.config)
     assert loaded.scheduler.config.shift == 3.0
+
+
+# -- a schedule that starts later: the start rule travels with it ------------------------------------------
+
+LATE_GRID = np.array([0.0, 0.2, 0.45, 0.7, 1.0])
+
+
+def late(start: str = "noise") -> bf.Schedule:
+    """A 3-step schedule that starts at t = 0.2 (a first sigma of 0.8) with the start rule ``start``."""
+    return bf.Schedule(times=LATE_GRID[1:], indices=np.arange(1, 5), cost=0.0, grid=LATE_GRID, start=start)
+
+
+def tiny_pipe(kind: str, scheduler) -> tuple:
+    """An SD3 (4x8x8 latents, 64 px) or Flux (4 packed tokens of 16, 32 px) pipeline without text encoders
+    or VAE, its call's keywords and the velocity its sampler steps (DiffusersVelocity of the same
+    transformer)."""
+    torch.manual_seed(0)
+    if kind.startswith("sd3"):
+        net = tiny_sd3_transformer()
+        pipe = StableDiffusion3Pipeline(transformer=net, scheduler=scheduler, **dict.fromkeys(
+            ["vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
+             "tokenizer_3"]))  # fmt: skip
+        embeds, pooled = torch.randn(1, 5, 16), torch.randn(1, 8)
+        call = dict(guidance_scale=1.0, height=8 * pipe.vae_scale_factor, width=8 * pipe.vae_scale_factor)
+        velocity = DiffusersVelocity(net, encoder_hidden_states=embeds, pooled_projections=pooled)
+    else:
+        net = tiny_flux_transformer()
+        pipe = FluxPipeline(transformer=net, scheduler=scheduler, **dict.fromkeys(
+            ["vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]))  # fmt: skip
+        embeds, pooled = torch.randn(1, 5, 16), torch.randn(1, 8)
+        call = dict(guidance_scale=3.5, height=32, width=32)
+        ids = {"txt_ids": torch.zeros(5, 3),
+               "img_ids": FluxPipeline._prepare_latent_image_ids(2, 2, 2, "cpu", torch.float32)}  # fmt: skip
+        velocity = DiffusersVelocity(net, timestep_scale=1.0, fixed=ids, encoder_hidden_states=embeds,
+                                     pooled_projections=pooled, guidance=torch.full((1,), 3.5))  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    call.update(prompt_embeds=embeds.expand(2, -1, -1), pooled_prompt_embeds=pooled.expand(2, -1))
+    return pipe, call, velocity
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("export", ["diffusers_sigmas", "BossScheduler"])
+@pytest.mark.parametrize("kind", ["sd3_shift3", "sd3_dynamic", "flux"])
+def test_a_later_start_round_trips_through_sd3_and_flux_pipelines(kind, export):
+    """pipe(sigmas=diffusers_sigmas(sched), latents=z) and pipe.scheduler = BossScheduler.from_schedule(sched)
+    start from z itself at the first sigma 0.8: the schedule's "noise" rule, bf.sample's result (the final
+    latents before the VAE), and not the "scaled" rule's (0.8 z there)."""
+    stock = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=kind != "sd3_shift3")
+    shape = (4, 8, 8) if kind.startswith("sd3") else (4, 16)
+    pipe, call, velocity = tiny_pipe(kind, stock)
+    sched = late("noise")
+    if export == "BossScheduler":
+        pipe.scheduler = BossScheduler.from_schedule(sched, stock.config)
+    else:
+        call["sigmas"] = diffusers_sigmas(sched, mu=pipeline_mu(pipe, shape), config=stock.config)
+        assert call["sigmas"][0] < 1.0
+    latents = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = pipe(**call, num_inference_steps=3, latents=latents, output_type="latent").images
+        want = bf.sample(velocity, latents, sched)
+        scaled = bf.sample(velocity, latents, late("scaled"))
+    np.testing.assert_allclose(pipe.scheduler.sigmas.double().numpy(), 1.0 - LATE_GRID[1:], atol=4 * EPS32)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)  # as test_boss_scheduler_equals_sample
+    assert (out - scaled).abs().max() > 1e-2  # the start state is what decides
+
+
+@pytest.mark.parametrize("config", [dict(shift=3.0), dict(use_dynamic_shifting=True)], ids=["shift3", "mu"])
+def test_diffusers_sigmas_round_trip_the_shift_from_a_first_sigma_below_one(config):
+    """The stock scheduler shifts every sigma it is given, the first (here 0.8) included: after its shift it
+    steps at 1 - times from t = 0.2."""
+    stock = FlowMatchEulerDiscreteScheduler(**config)
+    mu = 0.9 if stock.config.use_dynamic_shifting else None
+    sigmas = diffusers_sigmas(late("noise"), mu=mu, config=stock.config)
+    np.testing.assert_allclose(stock_sigmas(stock, sigmas, mu), 1.0 - LATE_GRID[1:], rtol=0, atol=4 * EPS32)
+    assert sigmas[0] < 1.0
+
+
+def test_diffusers_refuses_a_scaled_start_by_name():
+    """A pipeline starts from the unscaled noise: "scaled" above t = 0 is refused by both exports, naming the
+    rule and what to do; at t = 0 ((1 - 0) x noise) and as plain times it is accepted."""
+    for export in (lambda s: diffusers_sigmas(s, shift=3.0), BossScheduler.from_schedule):
+        with pytest.raises(ValueError, match=r"start rule is 'scaled'.*diffusers pipeline.*--start noise"):
+            export(late("scaled"))
+    at_zero = bf.Schedule(times=TIMES, indices=np.arange(5), cost=0.0, grid=TIMES, start="scaled")
+    assert diffusers_sigmas(at_zero, shift=3.0) == diffusers_sigmas(TIMES, shift=3.0)
+    assert BossScheduler.from_schedule(at_zero).start == "scaled"
+    assert diffusers_sigmas(late("scaled").times, shift=3.0) == diffusers_sigmas(late("noise"), shift=3.0)
+
+
+def test_boss_scheduler_records_the_start_rule_and_keeps_its_parameters(tmp_path):
+    """The rule rides in the config as a private key (not an __init__ parameter: the 17 stay), survives
+    save_pretrained / from_pretrained, and a config whose rule a pipeline cannot honour is refused on load."""
+    assert len(inspect.signature(BossScheduler.__init__).parameters) == 18  # self + 17
+    assert BossScheduler.from_schedule(SCHED).start == "zero"
+    assert BossScheduler.from_schedule(TIMES).start == "noise"  # bare times: the noise itself
+    scheduler = BossScheduler.from_schedule(late("noise"), FlowMatchEulerDiscreteScheduler(shift=3.0).config)
+    scheduler.save_pretrained(tmp_path)
+    loaded = BossScheduler.from_pretrained(tmp_path)
+    assert loaded.start == "noise" and dict(loaded.config) == dict(scheduler.config)
+    assert BossScheduler.from_config(scheduler.config).start == "noise"
+    path = tmp_path / "scheduler_config.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in doc.items() if k != "_start_rule"}))  # saved before the key
+    assert BossScheduler.from_pretrained(tmp_path).start == "noise"  # what every pipeline did with its times
+    for rule, error in (("scaled", r"start rule is 'scaled'"), ("sideways", r"start rule.*'sideways'")):
+        path.write_text(json.dumps({**doc, "_start_rule": rule}))
+        with pytest.raises(ValueError, match=error):
+            BossScheduler.from_pretrained(tmp_path)

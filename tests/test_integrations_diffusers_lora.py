@@ -32,6 +32,8 @@ from boss_fast.straighten import StraightenMemory  # noqa: E402
 
 GRID = np.linspace(0.0, 1.0, 5)
 SCHED = bf.Schedule(times=GRID[[0, 2, 4]], indices=np.array([0, 2, 4]), cost=0.0, grid=GRID)
+# A schedule from t = 0.25 (a first sigma of 0.75), starting from the noise itself there as a pipeline does.
+LATE = bf.Schedule(times=GRID[[1, 2, 4]], indices=np.array([1, 2, 4]), cost=0.0, grid=GRID, start="noise")
 PROMPTS = 2  # a bank: noise m trains with prompt m mod 2
 # Each case: pipeline class, transformer, one sample's latent shape, the pipeline's pixel side, velocity
 # arguments beyond the bank (Flux: timestep / 1000, batch-free ids, the guidance embedding).
@@ -61,8 +63,12 @@ def _load(cls, path):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("start", ["zero", "noise_later"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_load_lora_weights_and_the_saved_scheduler_reproduce_the_student(tmp_path, case):
+def test_load_lora_weights_and_the_saved_scheduler_reproduce_the_student(tmp_path, case, start):
+    """Straightened pairs, the LoRA file and the saved BossScheduler (with its start rule) round trip: the
+    loaded pipeline from the same latents gives bf.sample of the student on the schedule."""
+    sched = SCHED if start == "zero" else LATE
     cls, make, shape, side, extra = CASES[case]
     cls(transformer=make(), scheduler=FlowMatchEulerDiscreteScheduler(), **_absent(cls)).save_pretrained(
         tmp_path / "base"
@@ -76,17 +82,18 @@ def test_load_lora_weights_and_the_saved_scheduler_reproduce_the_student(tmp_pat
         num_pairs=4, grid=tuple(GRID), iters=3, batch_size=4, lr=1e-2, warmup=0, ema=0.0, lora_rank=2,
         lora_alpha=4.0, merge=False, memory=StraightenMemory(in_place=True),
     )  # fmt: skip
-    student = bf.straighten(velocity, SCHED, settings=settings, shape=shape, progress=False)
+    student = bf.straighten(velocity, sched, settings=settings, shape=shape, progress=False)
     out = tmp_path / "lora"
-    assert save_diffusers_lora(student, pipe, out, SCHED) == str(out / LORA_WEIGHT_NAME)
+    assert save_diffusers_lora(student, pipe, out, sched) == str(out / LORA_WEIGHT_NAME)
     with safe_open(str(out / LORA_WEIGHT_NAME), "pt") as f:
         assert all(k.startswith("transformer.") and ".lora_" in k for k in f.keys())  # noqa: SIM118
 
     loaded = _load(cls, tmp_path / "base")  # the base weights, untouched by the in-place training
     loaded.load_lora_weights(out)
     loaded.scheduler = BossScheduler.from_pretrained(out, subfolder="scheduler")
+    assert loaded.scheduler.start == sched.start
     noise = torch.randn(2, *shape, generator=gen)
-    call = dict(guidance_scale=1.0 if case == "sd3" else 3.5, num_inference_steps=SCHED.steps, height=side,
+    call = dict(guidance_scale=1.0 if case == "sd3" else 3.5, num_inference_steps=sched.steps, height=side,
                 width=side, output_type="latent")  # fmt: skip
     for p in range(PROMPTS):
         got = loaded(
@@ -96,17 +103,17 @@ def test_load_lora_weights_and_the_saved_scheduler_reproduce_the_student(tmp_pat
             **call,
         ).images
         with torch.no_grad():
-            want = bf.sample(for_rows(student, torch.full((2,), p)), noise, SCHED)
+            want = bf.sample(for_rows(student, torch.full((2,), p)), noise, sched)
             base = bf.sample(for_rows(DiffusersVelocity(make(), encoder_hidden_states=embeds,
                                                         pooled_projections=pooled, **extra),
-                                      torch.full((2,), p)), noise, SCHED)  # fmt: skip
+                                      torch.full((2,), p)), noise, sched)  # fmt: skip
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
         assert float((base - want).abs().max()) > 1e-3  # the adapters changed the samples: a real check
     loaded.fuse_lora()
     fused = loaded(prompt_embeds=embeds[:1].expand(2, -1, -1), pooled_prompt_embeds=pooled[:1].expand(2, -1),
                    latents=noise.clone(), **call).images  # fmt: skip
     with torch.no_grad():
-        want = bf.sample(for_rows(student, torch.zeros(2, dtype=torch.long)), noise, SCHED)
+        want = bf.sample(for_rows(student, torch.zeros(2, dtype=torch.long)), noise, sched)
     torch.testing.assert_close(fused, want, rtol=0, atol=1e-5)
 
 
@@ -172,6 +179,10 @@ def test_straighten_pipeline_gives_the_pipeline_back_and_refuses_another_resolut
         )
     with pytest.raises(ValueError, match="lora_rank=r"):  # the pipeline's LoRA needs a rank
         straighten_pipeline(pipe, SCHED, cond, tmp_path / "y", bf.StraightenSettings(), guidance=1.0)
+    scaled = bf.Schedule(LATE.times, LATE.indices, 0.0, GRID, start="scaled")  # ComfyUI's rule, from 0.25
+    with pytest.raises(ValueError, match=r"start rule is 'scaled'.*--start noise"):  # before any training
+        straighten_pipeline(pipe, scaled, cond, tmp_path / "z", train, guidance=1.0, progress=False)
+    assert not (tmp_path / "z").exists()
 
 
 @pytest.mark.parametrize(

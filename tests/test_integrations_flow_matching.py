@@ -51,6 +51,28 @@ def test_ode_solver_on_a_schedule_equals_sample(digits_dit, grid):
     assert (uniform - want).abs().max() > 1e-3  # the grid is what decides the steps
 
 
+GRID = np.array([0.0, 0.1, 0.3, 0.65, 1.0])
+
+
+def later(start: str) -> bf.Schedule:
+    """A 3-step schedule that starts at t = 0.1 with the start rule ``start``."""
+    return bf.Schedule(times=GRID[1:], indices=np.arange(1, 5), cost=0.0, grid=GRID, start=start)
+
+
+def test_ode_solver_from_a_later_start_equals_sample_and_scaled_is_refused(digits_dit):
+    """ODESolver starts from x_init itself at time_grid[0]: the rule "noise" exactly; a "scaled" schedule
+    above t = 0 is refused by name (its state there would be 0.9 x noise)."""
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    solver = ODESolver(velocity_model=as_model_wrapper(digits_dit))
+    got = solver.sample(x_init=noise, step_size=None, method="euler", time_grid=time_grid(later("noise")))
+    torch.testing.assert_close(got, bf.sample(digits_dit, noise, later("noise")), **TOL)
+    assert (got - bf.sample(digits_dit, noise, later("scaled"))).abs().max() > 1e-3  # the rule matters
+    with pytest.raises(ValueError, match=r"start rule is 'scaled'.*ODESolver.*start_state"):
+        time_grid(later("scaled"))
+    scaled_at_zero = bf.Schedule(times=GRID, indices=np.arange(5), cost=0.0, grid=GRID, start="scaled")
+    assert torch.equal(time_grid(scaled_at_zero), time_grid(GRID))  # (1 - 0) x noise: the noise itself
+
+
 def test_intermediates_are_the_schedule_states():
     flow = load_bundled("gmm2d")
     noise = torch.randn(16, 2, dtype=torch.float64)

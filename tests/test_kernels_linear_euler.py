@@ -4,11 +4,15 @@ custom ops under torch.compile(fullgraph=True); errors."""
 
 from __future__ import annotations
 
+import importlib
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from boss_fast._backends import kernel_backends
-from boss_fast.kernels import linear_euler, linear_euler_reference, unpatchify
+from boss_fast.kernels import fused_head_default, linear_euler, linear_euler_reference, unpatchify
 from boss_fast.models.dit import DiT
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -168,3 +172,36 @@ def test_cuda_graph_capture():
         graph.replay()
         once = linear_euler_reference(f, w, b, x, 0.3, 2)
         torch.testing.assert_close(out, linear_euler_reference(f, w, b, once, 0.3, 2), rtol=1e-4, atol=1e-4)
+
+
+# -- where the sampler fuses by default: the table of wins measured inside CUDA graphs ----------------------
+
+
+def test_fused_head_default_takes_the_nearest_measured_batch(monkeypatch):
+    module = importlib.import_module("boss_fast.kernels.linear_euler")  # the package's name is the function
+
+    monkeypatch.setattr(module, "FUSED_HEAD_WINS", {"bfloat16": {1: True, 16: False, 64: True}})
+    picks = {b: fused_head_default(b, torch.bfloat16) for b in (1, 3, 4, 5, 16, 31, 32, 33, 64, 4096)}
+    # log2 distances: 4 ties 1 and 16 (2 each) and takes the smaller; 32 ties 16 and 64 likewise.
+    assert picks == {1: True, 3: True, 4: True, 5: False, 16: False, 31: False, 32: False, 33: True,
+                     64: True, 4096: True}  # fmt: skip
+    assert fused_head_default(None, torch.bfloat16) is None  # depends on the batch
+    assert fused_head_default(16, torch.float32) is True  # a dtype not measured keeps fusing
+    monkeypatch.setattr(module, "FUSED_HEAD_WINS", {"float32": {1: False, 64: False}})
+    assert fused_head_default(None, torch.float32) is False  # the same at every batch: known already
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu"
+
+
+def test_fused_head_wins_are_the_measured_ones():
+    """The package's table is the one the latest device run measured (benchmarks/gpu/tune_head.py writes it
+    as fused_default.json beside its figures), or empty while no run has measured one."""
+    module = importlib.import_module("boss_fast.kernels.linear_euler")  # the package's name is the function
+
+    measured = sorted(RESULTS.glob("*/fused_default.json"))
+    if not measured:
+        assert module.FUSED_HEAD_WINS == {}, "a table of wins without the measurement it came from"
+        return
+    table = json.loads(measured[-1].read_text())["table"]
+    assert module.FUSED_HEAD_WINS == {d: {int(b): w for b, w in wins.items()} for d, wins in table.items()}

@@ -3,6 +3,7 @@ dtypes, the fused head (torch reference and the Triton interpreter), what auto r
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 
@@ -213,6 +214,27 @@ def test_fused_head_found_through_getattr():
         isinstance(tiny_dit(), FusedHeadModel)
 
 
+@pytest.mark.skipif("triton" not in kernel_backends("cpu"), reason="needs triton (interpreted here)")
+def test_fused_default_follows_the_measured_table(monkeypatch, digits_dit):
+    """Where the table of measured wins says the fused head loses (here, as a stand-in measurement: float32
+    at batch 1 and 2), the default is unfused; where it wins, fused; an explicit fused=True overrides it; a
+    sampler whose batch size comes with the first noise decides then."""
+    linear_euler_module = importlib.import_module("boss_fast.kernels.linear_euler")  # not the function
+
+    monkeypatch.setattr(linear_euler_module, "FUSED_HEAD_WINS", {"float32": {1: False, 2: False, 16: True}})
+    noise = torch.randn(1, 1, 8, 8)
+    small = Sampler(digits_dit, SCHED, mode="eager", batch_size=1, backend="triton")
+    assert small.fused is False and head_calls(small, digits_dit.head, noise)[1] == len(SCHED) - 1
+    forced = Sampler(digits_dit, SCHED, mode="eager", batch_size=1, backend="triton", fused=True)
+    assert forced.fused is True and head_calls(forced, digits_dit.head, noise)[1] == 0
+    wide = Sampler(digits_dit, SCHED, mode="eager", backend="triton")
+    assert wide.fused is None  # depends on the batch, not known yet
+    wide_noise = torch.randn(9, 1, 8, 8)
+    got, calls = head_calls(wide, digits_dit.head, wide_noise)
+    assert wide.fused is True and calls == 0  # 9 rows: nearest measured batch 16 (log2), a win
+    torch.testing.assert_close(got, sample(digits_dit, wide_noise, SCHED), rtol=1e-5, atol=1e-5)
+
+
 def test_fused_default_follows_the_backend(digits_dit):
     """The default fuses only where it pays: not on the torch backend, not with guidance."""
     noise = torch.randn(2, 1, 8, 8)
@@ -265,6 +287,15 @@ def test_errors(digits_dit):
         Sampler(lambda x, t: x[:, :2], SCHED, mode="eager")(torch.randn(2, 5))
 
 
+@pytest.mark.parametrize("mode", sampler_module.GRAPH_MODES)
+def test_graph_modes_need_cuda_and_say_so(digits_dit, mode):
+    """Both graph modes are refused by name off CUDA (as cuda_graph always was), at construction."""
+    with pytest.raises(ValueError, match=f"mode '{mode}' captures a CUDA graph and needs a CUDA device"):
+        Sampler(digits_dit, SCHED, mode=mode, device="cpu")
+    with pytest.raises(ValueError, match=f"mode '{mode}' captures a CUDA graph"):
+        TeacherRecorder(digits_dit, SCHED, mode=mode, device="cpu")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("fused", [False, True])
@@ -272,7 +303,7 @@ def test_errors(digits_dit):
 def test_cuda_graph_equals_sample(digits_dit, fused, batch):
     net = load_bundled("digits_dit", device="cuda")
     noise = torch.randn(batch, 1, 8, 8, device="cuda")
-    sampler = Sampler(net, SCHED, mode="auto", batch_size=batch, fused=fused)
+    sampler = Sampler(net, SCHED, mode="cuda_graph", batch_size=batch, fused=fused)
     assert sampler.resolved_mode == "cuda_graph"
     # cuBLAS may pick other GEMM kernels inside the graph, and the fused head reassociates its GEMM.
     torch.testing.assert_close(sampler(noise), sample(net, noise, SCHED), rtol=1e-4, atol=1e-4)
@@ -287,6 +318,36 @@ def test_cuda_graph_bfloat16():
     # bfloat16 (eps 2^-7): one rounding per step of the state plus the head output's rounding in sample.
     eps = torch.finfo(torch.bfloat16).eps
     torch.testing.assert_close(got.float(), sample(net, noise, SCHED).float(), rtol=8 * eps, atol=8 * eps)
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fused", [False, True])
+def test_compile_graph_equals_sample(fused):
+    """The compiled K-step loop captured in one CUDA graph: sample's result up to Inductor's reordering
+    (test_compile_dit's tolerance), the same bits on every replay, compile time reported apart."""
+    net = load_bundled("digits_dit", device="cuda")
+    noise = torch.randn(3, 1, 8, 8, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    sampler = Sampler(net, SCHED, mode="compile_graph", batch_size=3, fused=fused)
+    got = sampler(noise)
+    assert sampler.resolved_mode == "compile_graph" and sampler.fused is fused and sampler.compile_seconds > 0
+    torch.testing.assert_close(got, sample(net, noise, SCHED), rtol=1e-4, atol=1e-4)
+    assert torch.equal(sampler(noise), got)  # a replay of the same graph: the same bits
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings(COMPILE_WARNING)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_on_cuda_runs_the_faster_graph():
+    """On CUDA "auto" measures the plain and the compiled loop, each captured in a CUDA graph, and keeps the
+    faster (its median is the smaller of the two it recorded)."""
+    net = load_bundled("digits_dit", device="cuda")
+    noise = torch.randn(3, 1, 8, 8, device="cuda")
+    sampler = Sampler(net, SCHED, batch_size=3)
+    assert set(sampler.timings) == set(sampler_module.GRAPH_MODES)
+    assert sampler.resolved_mode == min(sampler.timings, key=sampler.timings.get)
+    torch.testing.assert_close(sampler(noise), sample(net, noise, SCHED), rtol=1e-4, atol=1e-4)
 
 
 # -- the same machinery for teacher trajectories: solvers, recording, guidance ----------------------------

@@ -89,7 +89,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
     sched.save(path)
     assert os.listdir(tmp_path) == ["sched.json"]  # the temporary was renamed over
     doc = json.loads(path.read_text())
-    assert doc["format"] == "boss_fast.schedule" and doc["version"] == 2 and doc["steps"] == 2
+    assert doc["format"] == "boss_fast.schedule" and doc["version"] == 1 and doc["steps"] == 2
     loaded = Schedule.load(path)
     assert loaded == sched and loaded is not sched
     np.testing.assert_array_equal(loaded.times, sched.times)
@@ -617,11 +617,21 @@ def test_the_start_rule_round_trips_and_old_files_load_as_zero(tmp_path):
     doc = json.loads((tmp_path / "s.json").read_text())
     assert doc["version"] == 2 and doc["start"] == "scaled"
     assert Schedule.load(tmp_path / "s.json") == sched
-    old = make_schedule().to_dict()
-    old["version"] = 1
-    del old["start"]
+    old = make_schedule().to_dict()  # a pinned start is written as version 1 was, without the key
+    assert old["version"] == 1 and "start" not in old
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert Schedule.load(tmp_path / "old.json").start == "zero"
+    v2_zero = {
+        **doc,
+        "start": "zero",
+        "times": old["times"],
+        "indices": old["indices"],
+        "steps": old["steps"],
+    }
+    (tmp_path / "v2.json").write_text(json.dumps(v2_zero))
+    assert Schedule.load(tmp_path / "v2.json") == make_schedule(
+        times=np.array(old["times"]), indices=np.array(old["indices"])
+    )
     old["start"] = "noise"  # a version-1 file cannot hold the rule: an edit
     (tmp_path / "edited.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match="version-1 file has no start rule"):
@@ -647,9 +657,7 @@ def test_a_set_carries_one_start_rule_and_old_set_files_load_as_zero(global_set,
     loaded = ScheduleSet.load(tmp_path / "set.json")
     assert loaded == sset and loaded[3].start == "noise" and loaded[3].indices[0] == 2
     doc = global_set.to_dict()
-    doc["version"] = 1
-    del doc["start"]
-    doc["sha256"] = content_digest(doc)
+    assert doc["version"] == 1 and "start" not in doc  # a pinned set: version 1, as written before the rule
     (tmp_path / "old.json").write_text(json.dumps(doc))
     assert all(s.start == "zero" for s in ScheduleSet.load(tmp_path / "old.json").values())
     mixed = [*_late_set("noise").values()][:2] + [*_late_set("scaled").values()][2:]

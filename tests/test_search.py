@@ -60,6 +60,8 @@ BAD_FIELDS = [
     ({"mode": "fast"}, "mode", ValueError),
     ({"backend": "cuda"}, "backend", ValueError),
     ({"backend": "numba"}, "backend", ValueError),  # the global objective runs its own DP
+    ({"start": "sigma_max"}, "start", ValueError),
+    ({"start": 0.3}, "start", ValueError),
 ]
 
 
@@ -84,6 +86,16 @@ def test_settings_are_frozen_and_hold_a_checked_grid():
     )
     with pytest.raises(TypeError, match="settings must be a SearchSettings"):
         optimal_schedules(wavy, (3,), 2, {"grid": 10})
+
+
+@pytest.mark.parametrize("objective", ["global", "local"])
+@pytest.mark.parametrize("rule", ["zero", "noise", "scaled"])
+def test_the_start_rule_travels_with_the_schedules(objective, rule):
+    settings = SearchSettings(grid=10, num_samples=8, objective=objective, start=rule)
+    assert settings.start_rule == rule
+    found = optimal_schedules(wavy, (3,), 3, settings)
+    assert {s.start for s in found.values()} == {rule}
+    assert SearchSettings().start is None and SearchSettings().start_rule == bf.search.DEFAULT_START
 
 
 def test_reading_one_budget_is_the_single_budget_dp():

@@ -173,6 +173,56 @@ def test_straightening_on_a_coarser_teacher_is_deterministic_and_checkpointed_wi
         _straighten(TinyVelocity(), sched, **{**cheap, "pair_steps": 5}, checkpoint_dir=tmp_path)
 
 
+class Decay(nn.Module):
+    """dx/dt = -x: the Euler teacher on a uniform grid of step h reaches (1 - h)^i x(0) at grid point i, a
+    closed form for every pair."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -x
+
+
+@pytest.mark.parametrize(
+    "start, indices, scale",
+    [("noise", [3, 6, 10], 1.0), ("scaled", [3, 6, 10], 0.7), ("zero", [0, 6, 10], 1.0),
+     ("scaled", [0, 6, 10], 1.0)],
+)  # fmt: skip
+def test_the_first_pair_starts_from_the_rules_state_and_targets_stay_on_the_teacher(start, indices, scale):
+    """The teacher runs from the noise at t = 0; the first interval's input is the start rule's state at
+    tau_0 (the noise for "noise", 0.7 x noise for "scaled" at 0.3), every target a teacher state."""
+    grid = uniform_grid(10)
+    sched = bf.Schedule(times=grid[indices], indices=np.array(indices), cost=0.0, grid=grid, start=start)
+    noise = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pairs = straightening_pairs(Decay(), sched, noise, grid=10, batch_size=3)
+    teacher = [0.9**i * noise for i in range(11)]  # (1 - h)^i x(0), h = 0.1
+    starts, ends = pairs.start.view(4, 2, 3), pairs.end.view(4, 2, 3)
+    torch.testing.assert_close(starts[:, 0], scale * noise, rtol=0, atol=0)
+    torch.testing.assert_close(starts[:, 1], teacher[indices[1]], rtol=1e-15, atol=0)
+    torch.testing.assert_close(ends[:, 0], teacher[indices[1]], rtol=1e-15, atol=0)
+    torch.testing.assert_close(ends[:, 1], teacher[10], rtol=1e-15, atol=0)
+    assert pairs.t_start.view(4, 2)[:, 0].tolist() == [grid[indices[0]]] * 4
+
+
+def test_a_schedule_that_starts_later_is_straightened_from_where_its_sampler_starts():
+    """A 1-step schedule from t = 0.4 (rule "noise"): the student learns the jump from the noise itself at
+    0.4 to the teacher's endpoint (run from the noise at 0), so bf.sample, which starts there, lands on it."""
+    model = RotationFlow()
+    grid = uniform_grid(50)
+    sched = bf.Schedule(times=grid[[20, 50]], indices=np.array([20, 50]), cost=0.0, grid=grid, start="noise")
+    noise = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    teacher_end = teacher_trajectory(model, noise, grid).states[-1]
+
+    def one_step_error(m: nn.Module) -> float:
+        return float((bf.sample(m, noise, sched) - teacher_end).square().sum(1).mean())
+
+    student = _straighten(
+        model, sched, num_pairs=256, grid=50, iters=300, batch_size=64, lr=2e-2, warmup=10, ema=0.9,
+        progress=False, shape=(2,),
+    )  # fmt: skip
+    before, after = one_step_error(model), one_step_error(student)
+    assert before > 0.3
+    assert after < 0.01 * before
+
+
 def test_pair_loss_variants():
     pred, target = torch.zeros(3, 4), torch.tensor([[1.0] * 4, [2.0] * 4, [1e-4] * 4])
     np.testing.assert_allclose(pair_loss(pred, target, "l2").numpy(), [1.0, 4.0, 1e-8], rtol=1e-5)
@@ -539,7 +589,8 @@ def test_cli_straighten_writes_loadable_weights(tmp_path, capsys):
     argv = ["straighten", "--model", "digits_dit", "--schedule", str(tmp_path / "s.json"), "--iters", "2"]
     argv += ["--num-pairs", "4", "--batch-size", "4", "--warmup", "1", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
-    tensors, config, _ = read_weights(out, name="digits_dit", script="-")
+    tensors, config, meta = read_weights(out, name="digits_dit", script="-")
+    assert meta["boss_fast.start"] == "zero"  # the schedule's start rule, beside its times
     net = DiT(**config)
     net.load_state_dict(tensors)
     assert "weights written" in capsys.readouterr().out

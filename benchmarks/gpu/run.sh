@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
-# boss_fast on a CUDA machine, in two calls of at most 5 minutes each (benchmarks/gpu/README.md):
+# boss_fast on a CUDA machine (benchmarks/gpu/README.md): calls that run in one device command each, in order of
+# importance; several calls in one invocation share $OUT, its summary and one budget:
 #
-#   OUT=/some/dir timeout 300 bash benchmarks/gpu/run.sh correctness   # build, GPU tests, kernels + sampler on CUDA
-#   OUT=/some/dir timeout 300 bash benchmarks/gpu/run.sh figures       # sampler benchmarks, targets, the search
+#   OUT=/some/dir BUDGET_S=540 timeout 580 bash benchmarks/gpu/run.sh correctness production   # command 1
+#   OUT=/some/dir BUDGET_S=420 timeout 460 bash benchmarks/gpu/run.sh figures                  # command 2
 #   bash benchmarks/gpu/run.sh collect        # only collect every pytest step with the device's options
 #
-# --quick (or QUICK=1) runs every step on a small selection: the stand-in (benchmarks/gpu/simulate.sh) uses it
-# on CPU. Needs what the device machine has (no registry there): torch, triton, numba, pybind11, cmake, ninja,
-# pytest, pytest-benchmark, pytest-timeout; NOT pytest-markdown-docs or diffusers: pytest runs with the
-# project's configuration minus the README plugin (see DEVICE_PYTEST below) on the files that hold GPU tests.
+# correctness: build, GPU tests, kernels + sampler on CUDA. production: SD3-medium- and Flux-dev-shaped
+# transformers at 1024^2 through DiffusersVelocity (production.py; diffusers comes from the wheels carried in
+# benchmarks/gpu/wheels/, filled by prepare.sh: the device has no diffusers and no registry). figures:
+# cuda_graph vs eager at batch 1, the fused head's tiles and wins inside CUDA graphs (tune_head.py),
+# compile_graph vs cuda_graph vs eager at batch 1 and 16, the targets.
 #
-# Each call writes at most 8 files under $OUT (default benchmarks/results/gpu/<call>): summary.txt (one line
-# per step), env.txt, log.txt (build and benchmark output), and per call tests_gpu.txt, tests_kernels.txt
-# (correctness) or bench.json (every benchmark JSON merged, rewritten after each step), targets.md,
-# tune_head.md, search.json, search.md (figures). Steps run under one budget (BUDGET_S, default 280 s): a
-# step that would not fit is skipped and says so; each benchmark invocation is small and leaves its own JSON,
-# so a step cut short loses only its own case. SEARCH=0 leaves the search out, COMPILE_CASES="" the compiles.
-# Exits non-zero when a step fails or a target is missed; every step still runs.
+# --quick (or QUICK=1) runs every step on a small selection: the stand-in (benchmarks/gpu/simulate.sh) uses it
+# on CPU. Needs what the device machine has: torch, triton, numba, pybind11, cmake, ninja, pytest,
+# pytest-benchmark, pytest-timeout; NOT pytest-markdown-docs: pytest runs with the project's configuration
+# minus the README plugin (see DEVICE_PYTEST below) on the files that hold GPU tests.
+#
+# Each command writes at most 8 files under $OUT (default benchmarks/results/gpu/<first call>): summary.txt
+# (one line per step), env.txt, log.txt (build and benchmark output), targets.md and per call tests_gpu.txt,
+# tests_kernels.txt (correctness), production.json, production.md (production), bench.json (every benchmark
+# JSON merged, rewritten after each step), fused_head.json, tune_head.md (figures). Steps run under one budget
+# (BUDGET_S, default 280 s): a step that would not fit is skipped and says so; each benchmark invocation is
+# small and leaves its own JSON, so a step cut short loses only its own case. SEARCH=1 adds round one's search
+# on a latent DiT (2 more files: then run figures alone), COMPILE_CASES="digits_dit-B1-K1 ..." compile-only
+# cases. Exits non-zero when a step fails or a target is missed; every step still runs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-CALL=${1:-}
 QUICK=${QUICK:-0}
-[[ ${2:-} == --quick ]] && QUICK=1
-case $CALL in correctness | figures | collect) ;; *)
-    echo "usage: run.sh correctness|figures|collect [--quick]" >&2
+CALLS=()
+for arg in "$@"; do
+    case $arg in
+    --quick) QUICK=1 ;;
+    correctness | production | figures | collect) CALLS+=("$arg") ;;
+    *) CALLS=() && break ;;
+    esac
+done
+if ((${#CALLS[@]} == 0)); then
+    echo "usage: run.sh correctness|production|figures ... [--quick], or run.sh collect" >&2
     exit 2
-    ;;
-esac
+fi
+CALL=${CALLS[0]}
 OUT="${OUT:-benchmarks/results/gpu/$CALL}"
 BUDGET_S=${BUDGET_S:-280}
 [[ $CALL != collect ]] && mkdir -p "$OUT"
@@ -114,6 +128,8 @@ PY
 BUILT='import os, boss_fast._C as c; assert c.__file__.startswith(os.getcwd() + "/")'
 
 build_and_env() {
+    ((BUILT_HERE)) && return 0 # a second call of this invocation: built and recorded already
+    BUILT_HERE=1
     : >"$OUT/summary.txt"
     if "$PY" -c "$BUILT" 2>/dev/null; then  # a warm machine: the first call built this tree already
         echo "ok    build: already built from this tree" | tee -a "$OUT/summary.txt"
@@ -123,6 +139,8 @@ build_and_env() {
     step "environment" 5 env.txt environment
     cat "$OUT/env.txt"
 }
+
+BUILT_HERE=0
 
 correctness() {
     build_and_env
@@ -135,38 +153,67 @@ correctness() {
     tail -n 5 "$OUT/tests_gpu.txt" "$OUT/tests_kernels.txt"
 }
 
+# diffusers from the carried wheels (prepare.sh), installed into a folder of this run, on PYTHONPATH for the
+# production step only (the correctness steps run as in round one, without diffusers).
+carried_wheels() {
+    local wheels=(benchmarks/gpu/wheels/*.whl)
+    [[ -e ${wheels[0]} ]] || {
+        echo "no wheels in benchmarks/gpu/wheels/: run benchmarks/gpu/prepare.sh here and carry that folder"
+        return 1
+    }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "${wheels[@]}"
+    PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "import diffusers; print('diffusers', diffusers.__version__, diffusers.__file__)"
+}
+
+production() {
+    build_and_env
+    local quick=()
+    ((QUICK)) && quick=(--quick)
+    step "carried wheels (diffusers)" 5 log.txt carried_wheels
+    # No stage starts in the last 45 s of the budget (a stage of the short search takes about 30 s there).
+    step "production path at size" 60 log.txt env PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}" \
+        "$PY" benchmarks/gpu/production.py --out "$OUT/production.json" --markdown "$OUT/production.md" \
+        --budget $((DEADLINE - SECONDS - 45)) "${quick[@]}"
+    cat "$OUT/production.md" 2>/dev/null
+    step "targets (production)" 5 targets.md "$PY" benchmarks/gpu/check_targets.py "$OUT/env.txt" \
+        "$OUT/production.json"
+    cat "$OUT/targets.md"
+}
+
 # torch.compile cases, each beside its eager baseline (each compiles afresh; the unrolled K-step loop grows
 # with K): K = 1 of both models at batch 1 and 64 first, then K = 4, as the budget allows (README: about four
 # fit); quick: the digits DiT at batch 1, K = 1.
-COMPILE_CASES=${COMPILE_CASES:-"digits_dit-B1-K1 latent_dit-B1-K1 digits_dit-B64-K1 latent_dit-B64-K1 digits_dit-B1-K4 latent_dit-B1-K4 digits_dit-B64-K4 latent_dit-B64-K4"}
+# Round one measured them (benchmarks/results/gpu/README.md); off unless asked for.
+COMPILE_CASES=${COMPILE_CASES:-}
 
 figures() {
     build_and_env
-    local b1="B1-" compile=($COMPILE_CASES) search=() tune=()
+    local b1="B1-" compile=($COMPILE_CASES) search=() tune=() graph="B16-K4]"
     if ((QUICK)); then
         b1="digits_dit-B1-K1]"
-        compile=("${compile[0]}")
+        graph="digits_dit-B16-K4]"
+        compile=("${compile[@]:0:1}")
         search=(--quick)
         tune=(--quick)
     fi
-    # cuda_graph (unfused, fused) against eager at batch 1 beside the teacher's graph, then the fused head at
-    # batch 64 against the unfused GEMM + update: issue 5's targets.
+    # cuda_graph (unfused, fused) against eager at batch 1 beside the teacher's graph: the fixes, on the device.
     bench "cuda_graph vs eager, batch 1" 30 \
         -k "(test_baseline_eager or test_cuda_graph) and $b1 or teacher"
-    bench "fused head, batch 64" 15 -k "head"
-    step "targets" 5 targets.md "$PY" benchmarks/gpu/check_targets.py "$OUT/env.txt" "$OUT/bench.json"
-    cat "$OUT/targets.md"
-    # The fused head's tiles swept inside CUDA graphs (device time, no launch overhead) against the unfused
-    # GEMM + update and the bandwidth floor; the JSON stays behind (8 files at most come back).
-    step "fused head tile sweep" 20 log.txt "$PY" benchmarks/gpu/tune_head.py --out "$WORK/tune_head.json" \
-        --markdown "$OUT/tune_head.md" --budget "${TUNE_S:-60}" "${tune[@]}"
+    # The fused head's tiles swept inside CUDA graphs at batch 1, 16, 64 in fp32 and bf16 against the unfused
+    # GEMM + update; fused_head.json's "table" is where it wins (linear_euler.FUSED_HEAD_WINS is to hold it).
+    step "fused head in CUDA graphs" 20 log.txt "$PY" benchmarks/gpu/tune_head.py --out "$OUT/fused_head.json" \
+        --markdown "$OUT/tune_head.md" --budget "${TUNE_S:-90}" "${tune[@]}"
     cat "$OUT/tune_head.md" 2>/dev/null
-    # The global search on a latent-sized random DiT: peak device memory per store, call widths, time against
-    # the same calls as plain forward passes.
-    ((${SEARCH:-1})) && step "search on a random latent DiT" 30 log.txt "$PY" benchmarks/gpu/search_figures.py \
+    # compile + graph against the plain graph (both heads) and eager at batch 1 and 16, K = 4: one compile per
+    # model and batch, compile time apart.
+    bench "compile_graph vs cuda_graph vs eager, batch 1 and 16" 60 \
+        -k "test_compile_graph or ((test_baseline_eager or test_cuda_graph) and $graph)"
+    step "targets" 5 targets.md "$PY" benchmarks/gpu/check_targets.py "$OUT/env.txt" "$OUT/bench.json" \
+        "$OUT/fused_head.json"
+    cat "$OUT/targets.md"
+    # Round one's search on a latent DiT (SEARCH=1) and compile-only cases (COMPILE_CASES), as time allows.
+    ((${SEARCH:-0})) && step "search on a random latent DiT" 30 log.txt "$PY" benchmarks/gpu/search_figures.py \
         --out "$OUT/search.json" --markdown "$OUT/search.md" "${search[@]}"
-    cat "$OUT/search.md" 2>/dev/null
-    # torch.compile last, one case per invocation (a cut-off case loses only itself), until the budget ends.
     local case
     for case in "${compile[@]}"; do
         bench "compile $case" 60 -k "(test_compile or test_baseline_eager) and $case]"
@@ -177,11 +224,13 @@ collect() {  # every file the pytest steps run, collected with their options (te
     "${BENCH[@]}" --collect-only -q "${GPU_FILES[@]}"
 }
 
-"$CALL"
-rc=$?
-((rc)) && status=$rc
+for call in "${CALLS[@]}"; do
+    "$call"
+    rc=$?
+    ((rc)) && status=$rc
+done
 if [[ $CALL != collect ]]; then
     grep -q "^FAIL" "$OUT/summary.txt" && status=1
-    echo "== $CALL: $((SECONDS)) s; files under $OUT: $(ls "$OUT" | tr '\n' ' ')"
+    echo "== ${CALLS[*]}: $((SECONDS)) s; files under $OUT: $(ls "$OUT" | tr '\n' ' ')"
 fi
 exit $status

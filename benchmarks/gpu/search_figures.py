@@ -71,14 +71,17 @@ def counted(net: torch.nn.Module, widths: list[int]) -> Callable:
     return velocity
 
 
-def floor_seconds(net: DiT, widths: list[int], device: str, reps: int = 5) -> float:
+def floor_seconds(
+    net: Callable, widths: list[int], device: str, reps: int = 5, *, shape=None, dtype=torch.float32
+) -> float:
     """The same calls as plain forward passes: per width, the fastest of ``reps`` timed calls (after one
-    warm-up) times its number of calls."""
+    warm-up) times its number of calls; states of ``shape`` (default ``net.sample_shape``) in ``dtype``."""
     total = 0.0
+    shape = net.sample_shape if shape is None else shape
     with torch.no_grad():
         for width, count in Counter(widths).items():
-            x = torch.randn(width, *net.sample_shape, device=device)
-            t = torch.rand(width, device=device)
+            x = torch.randn(width, *shape, device=device, dtype=dtype)
+            t = torch.rand(width, device=device, dtype=dtype)
             net(x, t)
             times = []
             for _ in range(reps):

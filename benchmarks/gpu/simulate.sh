@@ -6,12 +6,15 @@
 #
 # A fresh virtual environment with the device's packages that matter to boss_fast (KINDS.md of the device
 # docs: torch, triton 3.6.0, numba, numpy, pybind11, cmake, ninja, setuptools, pytest, pytest-benchmark,
-# pytest-timeout, hypothesis, markdown-it-py, tqdm, safetensors, torchdiffeq, matplotlib) and NOT
-# pytest-markdown-docs or diffusers, which the device lacks. torch is this machine's CPU build, pinned. A clean
-# copy of the tree (tracked and untracked, non-ignored files: what travels to the device) is installed as the
-# device does and run.sh runs both calls in it. Then it checks what the device run must leave: every step ran
-# (GPU cases skip with a reason), the targets report marks every target missed for want of a CUDA device,
-# the search figures were written, and no step failed but the targets. Exits non-zero otherwise.
+# pytest-timeout, hypothesis, markdown-it-py, tqdm, safetensors, torchdiffeq, matplotlib, and what diffusers
+# needs: huggingface-hub 1.33.0 as there, regex, requests, filelock, pillow) and NOT pytest-markdown-docs or
+# diffusers, which the device lacks. torch is this machine's CPU build, pinned. A clean copy of the tree
+# (tracked and untracked, non-ignored files: what travels to the device) plus the carried wheels
+# (benchmarks/gpu/wheels/, filled by prepare.sh when empty) is installed as the device does, and run.sh runs
+# the two device commands in it: "correctness production", then "figures". Then it checks what the device run
+# must leave: every step ran (GPU cases skip with a reason), diffusers came from the wheels, the targets
+# report marks every target missed for want of a CUDA device, the production and fused-head files were
+# written, and no step failed but the targets. Exits non-zero otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -24,7 +27,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/boss_fast_standin.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 DEVICE_PACKAGES=(torch==2.13.0 triton==3.6.0 numpy numba pybind11 cmake ninja setuptools wheel pytest
-    pytest-benchmark pytest-timeout hypothesis markdown-it-py tqdm safetensors torchdiffeq matplotlib)
+    pytest-benchmark pytest-timeout hypothesis markdown-it-py tqdm safetensors torchdiffeq matplotlib
+    huggingface-hub==1.33.0 regex requests filelock pillow)
 t0=$SECONDS
 
 VENV=${STANDIN_VENV:-$WORK/venv}  # STANDIN_VENV=/some/dir keeps (and reuses) the venv between local runs
@@ -39,6 +43,9 @@ done
 echo "stand-in venv: $((SECONDS - t0)) s"
 git ls-files -z --cached --others --exclude-standard | tar -c --null -T - -f - | (mkdir -p "$WORK/src" &&
     tar -x -C "$WORK/src")
+# The carried folder (the device command's carry list), filled here first if empty.
+compgen -G "benchmarks/gpu/wheels/*.whl" >/dev/null || PYTHON=python3 bash benchmarks/gpu/prepare.sh
+cp -r benchmarks/gpu/wheels "$WORK/src/benchmarks/gpu/wheels"
 # The device copy has no build outputs: the extension is built there (run.sh's first step).
 find "$WORK/src/boss_fast" -name '*.so' -delete
 
@@ -52,12 +59,12 @@ export TRITON_INTERPRET=0
 export BUDGET_S=${BUDGET_S:-1500}
 quick=(--quick)
 [[ ${FULL:-0} == 1 ]] && quick=()
-for call in correctness figures; do
+for command in "first:correctness production" "figures:figures"; do
     t1=$SECONDS
     # run.sh exits 1 on CPU (every target missed): what it leaves is checked below.
-    (cd "$WORK/src" && PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" OUT="$WORK/out/$call" \
-        bash benchmarks/gpu/run.sh "$call" "${quick[@]}") || true
-    echo "stand-in: run.sh $call: $((SECONDS - t1)) s"
+    (cd "$WORK/src" && PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" OUT="$WORK/out/${command%%:*}" \
+        bash benchmarks/gpu/run.sh ${command#*:} "${quick[@]}") || true
+    echo "stand-in: run.sh ${command#*:}: $((SECONDS - t1)) s"
 done
 PYTHONPATH="$ROOT" "$VENV/bin/python" benchmarks/gpu/standin_check.py "$WORK/out"
 echo "stand-in passed: $((SECONDS - t0)) s in all"

@@ -9,7 +9,8 @@ in, where boss_fast is installed::
 ComfyUI imports this file as a module and reads ``NODE_CLASS_MAPPINGS`` (its V1 node API: a class with
 ``INPUT_TYPES``, ``RETURN_TYPES``, ``FUNCTION``, ``CATEGORY``). Nothing here imports ComfyUI. The node's
 ``SIGMAS`` feed ``SamplerCustom`` / ``SamplerCustomAdvanced`` as any scheduler node's do; for a flow model
-(SD3, Flux, Wan) ComfyUI's sigma is diffusers' sigma = 1 - t.
+(SD3, Flux, Wan) ComfyUI's sigma is diffusers' sigma = 1 - t, and from an empty latent ComfyUI starts at
+``sigmas[0]`` from ``sigmas[0] * noise`` (its ``noise_scaling`` for flow models): the start rule "scaled".
 """
 
 from __future__ import annotations
@@ -19,9 +20,33 @@ import os
 
 import torch
 
+from boss_fast._validation import check_start
 from boss_fast.schedule import SCHEDULE_FORMAT, SET_FORMAT, Schedule, ScheduleSet, read_json
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "BossSchedule", "schedule_sigmas"]
+__all__ = [
+    "COMFYUI_START",
+    "NODE_CLASS_MAPPINGS",
+    "NODE_DISPLAY_NAME_MAPPINGS",
+    "BossSchedule",
+    "check_comfyui_start",
+    "schedule_sigmas",
+]
+
+# ComfyUI's start for flow models (SD3, Flux) from an empty latent: noise_scaling(sigma, noise, latent) =
+# sigma * noise + (1 - sigma) * latent with latent = 0 (comfy/model_sampling.py, CONST), so the state at
+# sigmas[0] = 1 - t is (1 - t) * noise.
+COMFYUI_START = "scaled"
+
+
+def check_comfyui_start(sched: Schedule) -> str:
+    """The start rule of ``sched`` when ComfyUI samples it exactly from an empty latent: "scaled", or any rule
+    at t = 0 (where every rule starts from the noise itself). Else a ValueError naming the rule."""
+    return check_start(
+        sched,
+        COMFYUI_START,
+        "ComfyUI (a flow model from an empty latent: sigmas[0] * noise)",
+        "search with --start scaled for ComfyUI (SearchSettings(start='scaled'))",
+    )
 
 
 def schedule_sigmas(path: str | os.PathLike, steps: int = 0, denoise: float = 1.0) -> torch.Tensor:
@@ -33,9 +58,14 @@ def schedule_sigmas(path: str | os.PathLike, steps: int = 0, denoise: float = 1.
     Your Steps node: below 1, the last ``round(steps x denoise)`` steps of the ``steps``-step schedule (the
     low-noise end, for img2img); 0 or below gives no sigmas.
 
+    The full schedule (``denoise`` 1) starts from ComfyUI's state at ``sigmas[0]``, ``sigmas[0] * noise``: a
+    schedule searched with another start rule that starts above t = 0 is refused by name
+    (:func:`check_comfyui_start`). Below 1 the sampling starts from ComfyUI's noised input image instead.
+
     Raises:
         ValueError: a file that is neither a schedule nor a set, a set without ``steps``, a single schedule
-            asked for another K, a schedule that does not end at sigma 0 (t = 1).
+            asked for another K, a schedule that does not end at sigma 0 (t = 1), a full schedule whose start
+            rule ComfyUI does not follow.
     """
     source = os.fspath(path)
     doc = read_json(source, "schedule")
@@ -59,6 +89,10 @@ def schedule_sigmas(path: str | os.PathLike, steps: int = 0, denoise: float = 1.
         raise ValueError(f"{source}: the schedule ends at t = {sched.times[-1]!r}, not at sigma 0 (t = 1)")
     sigmas = torch.tensor(sched.sigmas().tolist(), dtype=torch.float32)
     if denoise >= 1.0:
+        try:
+            check_comfyui_start(sched)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
         return sigmas
     if denoise <= 0.0:
         return torch.zeros(0, dtype=torch.float32)

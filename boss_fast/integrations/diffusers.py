@@ -19,15 +19,21 @@ import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from boss_fast._validation import as_times, check_choice, check_float, check_scale
+from boss_fast._validation import START_RULES, as_times, check_choice, check_float, check_scale
 from boss_fast.integrations._imports import missing
-from boss_fast.integrations.sigmas import FLOW_MATCH_KEYS, diffusers_sigmas, refuse_stepping_keys
+from boss_fast.integrations.sigmas import (
+    FLOW_MATCH_KEYS,
+    check_diffusers_start,
+    diffusers_sigmas,
+    refuse_stepping_keys,
+)
 from boss_fast.ode import VelocityFn, cfg_combine
 from boss_fast.schedule import Schedule
 
@@ -46,6 +52,10 @@ __all__ = ["BossScheduler", "BossSchedulerOutput", "DiffusersVelocity", "diffuse
 # compute mu), a swap back to the stock scheduler restores the rest, and __init__ refuses the ones that change
 # the step (refuse_stepping_keys): the stock keys sigmas.py knows, less BossScheduler's own ``times``.
 _CARRIED = tuple(sorted(FLOW_MATCH_KEYS - {"times"}))
+# The schedule's start rule (Schedule.start) in the config: a private key, which diffusers' register_to_config
+# stores and save_config writes without passing it to __init__ (whose 17 parameters are the stock keys, the
+# times and the searched resolution), and which from_config registers back after construction.
+START_KEY = "_start_rule"
 
 # ``step``'s output: the stock flow-match output class itself (pipelines and isinstance checks see no change).
 BossSchedulerOutput = FlowMatchEulerDiscreteSchedulerOutput
@@ -81,6 +91,12 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
     (``Schedule.shape``, ``Schedule.mu``; config keys ``searched_shape``, ``searched_mu``), and a pipeline
     that passes another ``mu`` to ``set_timesteps`` or steps latents of another shape gets one UserWarning
     of each kind, naming both values. The steps stay the schedule's.
+
+    A pipeline starts from its txt2img latents, the unscaled noise, at the first sigma ``1 - times[0]`` (below
+    1 for a schedule that starts later): the start rules "noise" and "zero" (:attr:`start`). A "scaled"
+    schedule that starts above t = 0 is refused by name (``check_diffusers_start``). :meth:`from_schedule`
+    records the rule in the config (the private key ``_start_rule``, kept by ``save_pretrained`` /
+    ``from_pretrained``); a config whose rule the pipeline cannot honour is refused when it is loaded.
 
     Example:
         >>> sched = Schedule(times=np.array([0.0, 0.5, 1.0]), indices=np.array([0, 1, 2]), cost=0.0,
@@ -149,6 +165,28 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         self._searched_shape = None if searched_shape is None else tuple(int(n) for n in searched_shape)
         self._searched_mu = None if searched_mu is None else check_float(searched_mu, "searched_mu")
         self._warned: set[str] = set()
+        self._check_start()  # from_schedule's rule is registered before __init__ runs; from_config's, after
+
+    @property
+    def start(self) -> str:
+        """The schedule's start rule as the config records it (``Schedule.start``); "noise" for bare times:
+        the pipeline's latents, the noise itself, are the state at the first sigma."""
+        rule = self.config.get(START_KEY, "noise")
+        return check_choice(rule, START_RULES, f"start rule (config {START_KEY})")
+
+    def _check_start(self) -> None:
+        """Refuse (ValueError naming the rule) a recorded start rule the pipeline cannot honour."""
+        check_diffusers_start(SimpleNamespace(times=self._times, start=self.start))
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any] | None = None, return_unused_kwargs: bool = False, **kwargs: Any
+    ) -> BossScheduler | tuple[BossScheduler, dict[str, Any]]:
+        """diffusers' ``from_config`` (and so ``from_pretrained``), then the recorded start rule checked: the
+        config's private keys are registered only after construction."""
+        out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        (out[0] if return_unused_kwargs else out)._check_start()
+        return out
 
     def _set_tensors(self, device: torch.device | str | None) -> None:
         self.sigmas = torch.tensor(self._sigmas_host, dtype=torch.float32, device=device)
@@ -165,7 +203,8 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
 
         Raises:
             ValueError: ``config`` sets ``invert_sigmas`` or ``stochastic_sampling`` (as ``diffusers_sigmas``
-                does), or the schedule does not end at t = 1.
+                does), the schedule does not end at t = 1, or its start rule is "scaled" with a first time
+                above 0 (a pipeline starts from the unscaled noise).
         """
         times = sched.times if isinstance(sched, Schedule) else as_times(sched, "times")
         carried = {k: config[k] for k in _CARRIED if config is not None and k in config}
@@ -173,7 +212,8 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         shape = sched.shape if isinstance(sched, Schedule) else None
         carried["searched_shape"] = None if shape is None else list(shape)
         carried["searched_mu"] = sched.mu if isinstance(sched, Schedule) else None
-        return cls(times=[float(t) for t in times], **carried)
+        # A private keyword: diffusers' register_to_config puts it in the config and does not pass it on.
+        return cls(times=[float(t) for t in times], **carried, **{START_KEY: check_diffusers_start(sched)})
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:

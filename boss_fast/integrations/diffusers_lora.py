@@ -26,6 +26,7 @@ from torch import nn
 
 from boss_fast.integrations.diffusers import BossScheduler, DiffusersVelocity
 from boss_fast.integrations.pipelines import pipeline_target
+from boss_fast.integrations.sigmas import check_diffusers_start
 from boss_fast.schedule import Schedule
 from boss_fast.straighten import StraightenSettings, StraightenStats, straighten
 
@@ -179,7 +180,8 @@ def straighten_pipeline(
 
     Args:
         pipe: a ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (e.g. ``pipelines.load_pipeline``).
-        sched: the schedule, searched at this latent shape (a schedule that records another shape is refused).
+        sched: the schedule, searched at this latent shape (a schedule that records another shape is refused)
+            with a start rule a pipeline follows ("scaled" above t = 0 is refused before any training).
         conditioning: ``pipelines.encode_prompts`` or ``pipelines.read_embeddings``'s dict.
         settings: :class:`boss_fast.StraightenSettings` with ``lora_rank`` set (gradient checkpointing and
             autocast in its ``memory``).
@@ -197,6 +199,7 @@ def straighten_pipeline(
     for name in ("shape", "return_stats", "teacher"):
         if name in run:
             raise TypeError(f"straighten_pipeline sets {name!r} itself")
+    check_diffusers_start(sched)  # the folder's BossScheduler could not step it: refused before training
     target = pipeline_target(pipe, conditioning, guidance, height, width)
     if sched.shape is not None and tuple(sched.shape) != tuple(target.shape):
         raise ValueError(

@@ -6,7 +6,8 @@ flow_matching shares boss_fast's conventions (t = 0 noise, t = 1 data, velocity 
     solver = ODESolver(velocity_model=as_model_wrapper(velocity))
     solver.sample(noise, step_size=None, time_grid=time_grid(sched))  # or sched.as_tensor()
 
-is ``bf.sample(velocity, noise, sched)``.
+is ``bf.sample(velocity, noise, sched)``: ``ODESolver`` starts from ``x_init`` itself at ``time_grid[0]``, the
+start rules "noise" and "zero"; :func:`time_grid` refuses a "scaled" schedule that starts above t = 0.
 The only difference is t: flow_matching passes one 0-d time for the batch, boss_fast a (B,) tensor in x's
 dtype; the wrappers convert. flow_matching is CC BY-NC 4.0 licensed (non-commercial): it is an optional
 extra (``pip install 'boss_fast[flow-matching]'``) and none of its code is copied here.
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from boss_fast._validation import as_times
+from boss_fast._validation import as_times, check_start
 from boss_fast.integrations._imports import missing
 from boss_fast.schedule import Schedule
 
@@ -39,8 +40,16 @@ def time_grid(
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """The schedule's times as ``ODESolver``'s ``time_grid`` tensor (float64 by default: the exact times;
-    torchdiffeq rounds each step to the state's dtype). Raises ValueError on times that are not a schedule."""
+    torchdiffeq rounds each step to the state's dtype). Raises ValueError on times that are not a schedule,
+    and on a schedule whose start rule is "scaled" with a first time above 0: ``ODESolver`` starts from
+    ``x_init`` itself (the rule "noise"), and the scaling is the caller's to do."""
     if isinstance(sched, Schedule):
+        check_start(
+            sched,
+            "noise",
+            "flow_matching's ODESolver (x_init at time_grid[0])",
+            "pass x_init=boss_fast.ode.start_state(noise, 'scaled', t) with time_grid(sched.times)",
+        )
         return sched.as_tensor(device=device, dtype=dtype)
     return torch.tensor(as_times(sched, "times").tolist(), dtype=dtype, device=device)
 

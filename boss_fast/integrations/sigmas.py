@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from boss_fast._validation import as_times, check_choice, check_float
+from boss_fast._validation import as_times, check_choice, check_float, check_start
 from boss_fast.schedule import Schedule
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "FLOW_MATCH_SCHEDULERS",
     "REMAPPING_KEYS",
     "STEPPING_KEYS",
+    "check_diffusers_start",
     "check_flow_match_config",
     "comfyui_text",
     "diffusers_sigmas",
@@ -62,6 +63,24 @@ FLOW_MATCH_KEYS = frozenset(
         *REMAPPING_KEYS,
     }
 )
+
+
+# A diffusers pipeline's txt2img latents are the unscaled noise whatever the first sigma (prepare_latents
+# draws them, and init_noise_sigma is 1 for the flow-match schedulers): its start rule is "noise".
+DIFFUSERS_START = "noise"
+
+
+def check_diffusers_start(sched: object) -> str:
+    """The start rule of ``sched`` (a ``Schedule``; plain times are "noise") when a diffusers pipeline samples
+    it exactly: "noise" or "zero" (the noise itself at the first sigma, 1 - times[0]), or "scaled" at t = 0.
+    Else a ValueError naming the rule (``boss_fast._validation.check_start``)."""
+    return check_start(
+        sched,
+        DIFFUSERS_START,
+        "a diffusers pipeline (its txt2img latents, whatever the first sigma)",
+        "search with --start noise for diffusers (SearchSettings(start='noise')), or pass the pipeline "
+        "latents=(1 - t) * noise yourself with the schedule's plain times (sched.times)",
+    )
 
 
 def refuse_stepping_keys(config: Mapping[str, Any], who: str) -> None:
@@ -111,8 +130,13 @@ def diffusers_sigmas(
     appends a terminal 0; these are the pre-images, so after its shift it steps at ``1 - times`` (up to its
     float32 arithmetic). Use as ``pipe(..., num_inference_steps=K, sigmas=diffusers_sigmas(sched, ...))``.
 
+    A schedule that starts above t = 0 gives a first sigma below 1, and the pipeline's txt2img latents (the
+    unscaled noise) are then the state there: the start rule "noise" (and "zero") exactly; "scaled" is
+    refused.
+
     Args:
-        sched: a ``Schedule`` or its (K + 1,) times (t = 0 noise, t = 1 data).
+        sched: a ``Schedule`` or its (K + 1,) times (t = 0 noise, t = 1 data; plain times start from the
+            noise itself, the rule "noise").
         shift: the scheduler's static shift (``config.shift``; SD3 uses 3.0).
         mu: the dynamic shift the pipeline passes when ``use_dynamic_shifting`` is on (Flux, SD3.5 at some
             resolutions): ``calculate_shift(image_seq_len, ...)``.
@@ -124,7 +148,9 @@ def diffusers_sigmas(
         K floats, decreasing, in (0, 1].
 
     Raises:
-        ValueError: the schedule does not end at t = 1 (the scheduler always ends at sigma 0), both or neither
+        ValueError: the schedule's start rule is "scaled" with a first time above 0 (a pipeline starts from
+            the unscaled noise: :func:`check_diffusers_start`), it does not end at t = 1 (the scheduler always
+            ends at sigma 0), both or neither
             of shift and mu for a dynamic config, a non-positive shift or linear mu, a shift or mu so extreme
             that the sigmas (or the scheduler's float32 view of them) are not finite, strictly decreasing and
             in (0, 1] (shift 1e308 or 1e-320, mu 709), another scheduler's config
@@ -137,6 +163,7 @@ def diffusers_sigmas(
         [1.0, 0.25]
     """
     times = sched.times if isinstance(sched, Schedule) else as_times(sched, "times")
+    check_diffusers_start(sched)
     if times[-1] != 1.0:
         raise ValueError(
             f"diffusers' flow-match scheduler always ends at sigma 0 (t = 1); this schedule ends at "

@@ -3,7 +3,7 @@ and its ``torch.library`` custom-op registration (``torch.ops.boss_fast.<op>`` a
 
 - :func:`euler_step`: x + h * v, optionally with classifier-free guidance from a doubled batch.
 - :func:`linear_euler`: the velocity head's GEMM with the Euler update in its epilogue (flat or through the
-  DiT unpatchify permutation).
+  DiT unpatchify permutation); :func:`fused_head_default` says where the sampler fuses by default.
 
 The backend ("triton" or "torch") is chosen in :mod:`boss_fast._backends`. Importing this package compiles
 nothing: Triton kernels are JIT-compiled at their first launch.
@@ -11,6 +11,7 @@ nothing: Triton kernels are JIT-compiled at their first launch.
 
 from boss_fast.kernels.euler_step import euler_step, euler_step_forward, euler_step_reference
 from boss_fast.kernels.linear_euler import (
+    fused_head_default,
     linear_euler,
     linear_euler_forward,
     linear_euler_reference,
@@ -21,6 +22,7 @@ __all__ = [
     "euler_step",
     "euler_step_forward",
     "euler_step_reference",
+    "fused_head_default",
     "linear_euler",
     "linear_euler_forward",
     "linear_euler_reference",

@@ -22,6 +22,7 @@ backend "triton" (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``) and the ref
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,14 @@ try:
 except ImportError:  # pragma: no cover - exercised where no triton wheel exists
     triton = None
 
-__all__ = ["linear_euler", "linear_euler_forward", "linear_euler_reference", "unpatchify"]
+__all__ = [
+    "FUSED_HEAD_WINS",
+    "fused_head_default",
+    "linear_euler",
+    "linear_euler_forward",
+    "linear_euler_reference",
+    "unpatchify",
+]
 
 # Tiles: BLOCK_M rows (tokens) x up to 64 head outputs x BLOCK_K of K. The latent DiT head is N = p*p*C = 16
 # wide, so one N tile covers it and the features are read exactly once.
@@ -56,6 +64,33 @@ class LaunchConfig:
 # One set of tiles for every head shape so far: benchmarks/gpu/tune_head.py sweeps others on a GPU, and a
 # per-shape rule belongs here once a sweep has measured one.
 DEFAULT_LAUNCH = LaunchConfig()
+
+# Where the fused head is the Sampler's default (fused=None), per state dtype: {batch: fused wins}, measured
+# inside a captured CUDA graph against the unfused GEMM + update (benchmarks/gpu/tune_head.py writes this
+# table, "table" in its fused_default.json; copy it here with the device's name). Empty: not measured inside a
+# graph yet. The only figure so far (H200, batch 64, one call at a time with a host sync, 0.92x: launch and
+# sync dominated both, benchmarks/results/gpu/README.md) says nothing about a graph, so until a measurement
+# the default stays what it was: fuse wherever the model opts in.
+FUSED_HEAD_WINS: dict[str, dict[int, bool]] = {}
+
+
+def fused_head_default(batch: int | None, dtype: torch.dtype) -> bool | None:
+    """Whether the fused head is the default at ``batch`` rows of state ``dtype``: the measured batch of
+    :data:`FUSED_HEAD_WINS` nearest to ``batch`` (log2 distance, a tie to the smaller) decides; a dtype not
+    measured fuses. ``batch`` None (not known yet): the answer if it is the same at every batch, else None.
+
+    Example:
+        >>> fused_head_default(64, torch.float32)  # nothing measured in a graph yet: fuse, as before
+        True
+    """
+    wins = FUSED_HEAD_WINS.get(str(dtype).removeprefix("torch."))
+    if not wins:
+        return True
+    if batch is None:
+        answers = set(wins.values())
+        return answers.pop() if len(answers) == 1 else None
+    nearest = min(sorted(wins), key=lambda b: abs(math.log2(b) - math.log2(batch)))
+    return wins[nearest]
 
 
 if triton is not None:
