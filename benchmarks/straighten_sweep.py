@@ -201,7 +201,9 @@ def _report(path: str, phases: list[str], out: str, command: str) -> None:
         "FD (`digits_fd`) on 1000 held-out noises (seed 1), Bellman schedule (256 noises, grid 100); batch"
         " 64, EMA 0.999 with warm-up, warm-up 10% of the iterations, pairs from `seed`. Trained: parameters"
         " the run trained (share of the 328,260). Teacher evaluations: noises x steps x the solver's stages."
-        " Wall time on 2 CPU cores shared with other jobs (one torch thread): an upper bound, not a speed.",
+        " Wall time on 2 CPU cores shared with other jobs (one torch thread): an upper bound, not a speed;"
+        " the first run of each process also made the pairs. The LoRA default at 5000 noises: the lora"
+        " phase (straighten_sweep_lora.md).",
     ]
     for phase in phases:
         group: dict[tuple[str, int], list[dict]] = {}

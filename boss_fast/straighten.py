@@ -317,8 +317,7 @@ def straightening_pairs(
             method, :func:`boss_fast.ode.for_rows`) runs noise m with conditioning m mod P, whatever
             ``batch_size``.
         sched: a ``Schedule`` chosen on ``grid`` with ``solver``; anything else raises.
-        noise: (M, ...) floating tensor, the teacher's states at t = sched.grid[0] (and the noise of the
-            start states).
+        noise: (M, ...) floating tensor, the teacher's states at t = sched.grid[0] (and the start states').
         grid: an int n (``uniform_grid(n)``) or explicit times; must equal ``sched.grid``.
         solver: the teacher's solver; None (default) takes ``sched.solver``, anything else must equal it.
         batch_size: noises per teacher batch, and per cache shard.
@@ -330,10 +329,8 @@ def straightening_pairs(
         mode: None runs ``teacher_trajectory``'s plain loop; "eager", "compile", "cuda_graph" or "auto" runs
             the teacher on a recording :class:`boss_fast.sampler.Sampler`, built once per batch shape and
             replayed (the same states in "eager").
-        pair_steps: None runs the teacher on ``sched.grid``; an int >= K runs it on :func:`pair_grid`
-            (that many steps through the schedule's times) instead.
-        pair_solver: None runs ``solver``; one of "euler", "heun", "rk4", "dopri5" runs that solver instead
-            (the schedule was chosen for ``solver``'s trajectory: this is a deliberate other teacher).
+        pair_steps: an int >= K runs the teacher on :func:`pair_grid` instead of ``sched.grid``.
+        pair_solver: "euler", "heun", "rk4" or "dopri5" instead of ``solver`` (a deliberate other teacher).
 
     Returns:
         ``StraighteningPairs`` with M * K rows (row m * K + k), on ``device``, in the noise's dtype.
