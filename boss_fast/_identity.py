@@ -6,6 +6,8 @@ content is what was written.
 - :func:`checkpoint_model_key`: the model key a checkpoint header records (the fingerprint, or a user's key).
 - :func:`content_digest`: SHA-256 of a JSON document without its own ``sha256`` field (schedule sets).
 - :func:`value_digest`: SHA-256 of nested tensors, dicts, lists and scalars (straightening checkpoints).
+- :func:`arrays_digest`: SHA-256 of named NumPy arrays (the search checkpoints' ``.npz`` payload).
+- :func:`path_tag`: a short digest of a file's absolute path (names tied to one checkpoint file).
 - :func:`cache_key`: a cache folder's name from JSON-able parts and a noise tensor (straightening's pairs).
 
 Files already on disk hold these values, so each function's bytes-to-digest rule is frozen:
@@ -16,16 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
+    "arrays_digest",
     "cache_key",
     "content_digest",
     "model_fingerprint",
     "noise_digest",
+    "path_tag",
     "value_digest",
     "checkpoint_model_key",
 ]
@@ -162,6 +168,40 @@ def value_digest(value: object) -> str:
     digest = hashlib.sha256()
     _digest_into(digest, value)
     return digest.hexdigest()
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """``"sha256:"`` and the SHA-256 (64 hex digits) of named arrays: for each name in sorted order, the name,
+    the dtype (``dtype.str``, byte order included), the shape and the C-order bytes. An ``.npz`` file read
+    back gives the same arrays, so a digest written beside them checks them.
+
+    Example:
+        >>> a = {"count": np.asarray(7), "sums": np.arange(3.0)}
+        >>> arrays_digest(a) == arrays_digest(dict(reversed(a.items())))
+        True
+        >>> arrays_digest(a) == arrays_digest({**a, "sums": np.arange(3.0) * 2})
+        False
+    """
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{value.dtype.str}:{value.shape};".encode())
+        digest.update(value.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def path_tag(path: str | os.PathLike, length: int = 12) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``path`` made absolute: a name tied to one file
+    (the disk store's folder of a checkpointed search), the same from any working directory.
+
+    Example:
+        >>> path_tag("/tmp/run.npz") == path_tag("/tmp/./run.npz")
+        True
+        >>> path_tag("/tmp/run.npz") == path_tag("/a/run.npz")
+        False
+    """
+    text = os.path.abspath(os.fspath(path))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:length]
 
 
 def cache_key(parts: Sequence[object], noise: torch.Tensor, length: int = 20) -> str:

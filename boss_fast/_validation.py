@@ -11,7 +11,7 @@ import math
 import operator
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO
 
 import numpy as np
@@ -22,6 +22,10 @@ import torch
 STEP_SOLVERS: tuple[str, ...] = ("euler", "heun", "rk4")
 SOLVERS: tuple[str, ...] = (*STEP_SOLVERS, "dopri5")
 METRICS: tuple[str, ...] = ("l2sq", "l2")
+# torch.Generator.manual_seed takes an unsigned 64-bit seed: 2^64 overflows ("Overflow when unpacking long").
+MAX_SEED = 2**64 - 1
+# One sample's shape: at most 16 dimensions of at most 2^31 each (a schedule file records it).
+MAX_SHAPE_DIMS = 16
 # Where sampling starts: the rule giving the state at a schedule's first time t_s = times[0] from the noise.
 # "zero": the first time is pinned at the grid's first point and the state is the noise (BOSS as published);
 # "noise": the noise itself is the state at t_s, whatever t_s (a diffusers pipeline's txt2img latents with a
@@ -71,6 +75,31 @@ def check_int(value: object, name: str, minimum: int = 1, maximum: int | None = 
     return k
 
 
+def check_seed(value: object, name: str = "seed") -> int:
+    """Return a seed as a Python int in [0, 2^64 - 1] (:data:`MAX_SEED`, what ``torch.Generator`` takes)."""
+    seed = check_int(value, name, minimum=0)
+    if seed > MAX_SEED:
+        raise ValueError(f"{name} must be in [0, 2^64 - 1] (a torch.Generator seed), got {seed}")
+    return seed
+
+
+def check_shape(shape: object, name: str = "shape") -> tuple[int, ...]:
+    """One sample's shape (no batch dimension) as a tuple: 1 to :data:`MAX_SHAPE_DIMS` integers in [1, 2^31].
+
+    A bare integer is a TypeError that says how to write it (``(2,)``), not Python's "'int' object is not
+    iterable".
+    """
+    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence | torch.Size):
+        raise TypeError(
+            f"{name} must be a sequence of integers (one sample's shape, e.g. (2,) or (3, 32, 32)), got "
+            f"{shape!r}"
+        )
+    dims = tuple(check_int(d, f"{name} entry") for d in shape)
+    if not 1 <= len(dims) <= MAX_SHAPE_DIMS or any(d > 2**31 for d in dims):
+        raise ValueError(f"{name} must have 1 to {MAX_SHAPE_DIMS} entries, each in [1, 2^31], got {dims}")
+    return dims
+
+
 def check_float(value: object, name: str) -> float:
     """Return ``value`` as a finite Python float (TypeError if not a real number, ValueError if infinite)."""
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
@@ -98,8 +127,10 @@ def check_scale(value: object, name: str = "guidance scale") -> float:
 
 
 def check_store_dir(store_dir: object, store: str) -> None:
-    """Refuse a ``store_dir`` that is not None or a path, or one given with a store other than "disk" (the
-    only store that writes files: the folder would be ignored)."""
+    """Refuse a ``store_dir`` that is not None or a path, one given with a store other than "disk" (the
+    only store that writes files: the folder would be ignored), and one that is not an existing folder this
+    process can write in (a missing folder, a file, a read-only filesystem), when the settings are built
+    rather than when the search first writes its rows."""
     if store_dir is None:
         return
     if not isinstance(store_dir, str | os.PathLike) or not os.fspath(store_dir):
@@ -108,6 +139,15 @@ def check_store_dir(store_dir: object, store: str) -> None:
         raise ValueError(
             f"store_dir is the folder of store='disk'; store={store!r} takes None, got {store_dir!r}"
         )
+    path = os.fspath(store_dir)
+    if not os.path.isdir(path):
+        what = "is a file" if os.path.exists(path) else "does not exist"
+        raise ValueError(f"store_dir {path!r} {what}: store='disk' needs an existing folder to write in")
+    try:  # as root, os.access says yes to a read-only filesystem: try it (an unnamed file, gone on close)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(f"store_dir {path!r}: cannot write in it ({err.strerror})") from None
 
 
 def check_dtype(value: object, name: str = "dtype") -> torch.dtype | None:

@@ -38,7 +38,7 @@ from boss_fast.integrations.sigmas import (
 )
 from boss_fast.models import WeightsFileError, bundled_velocities, load_bundled, save_weights
 from boss_fast.report import save_sample_grid
-from boss_fast.schedule import SCHEDULE_FORMAT, SET_FORMAT, read_json
+from boss_fast.schedule import max_budget, read_json, read_schedule_file, schedule_for_steps
 from boss_fast.straighten import StraightenMemory, StraightenSettings
 
 # The shape of one sample of each bundled velocity model (the classifier is not one), from boss_fast.models.
@@ -430,17 +430,41 @@ def _pipelines_module():
         raise UsageError(f"--pipeline: {_one_line(err)}") from None
 
 
-def _pipeline_conditioning(args, pipelines, pipe) -> dict:
+def _pipeline_flags(args, pipelines) -> None:
+    """What ``--pipeline`` can check before loading anything: one of --prompts/--embeddings, an existing
+    file, a guidance scale in the range the pipelines take."""
     if (args.prompts is None) == (args.embeddings is None):
         raise UsageError("--pipeline needs one of --prompts FILE (one prompt a line) or --embeddings FILE")
     if args.prompts is not None:
         _check_input_file(args.prompts, "--prompts")
+    else:
+        _check_input_file(args.embeddings, "--embeddings")
+    if args.guidance is not None:
+        try:
+            pipelines.check_guidance(args.guidance, "--guidance")
+        except ValueError as err:
+            raise UsageError(_one_line(err)) from None
+
+
+def _pipeline_size(args, pipelines, pipe) -> None:
+    """--height/--width against the loaded pipeline's latent factor, before any prompt is encoded."""
+    try:
+        pipelines.latent_shape(pipe, args.height, args.width)
+    except ValueError as err:
+        text = _one_line(err)
+        raise UsageError(f"--{text}" if text.startswith(("height", "width")) else text) from None
+
+
+def _pipeline_conditioning(args, pipelines, pipe) -> dict:
+    flag = "--prompts" if args.prompts is not None else "--embeddings"
+    try:
+        if args.prompts is None:
+            return pipelines.read_embeddings(args.embeddings)
         prompts = pipelines.read_prompts(args.prompts)
-        return pipelines.encode_prompts(
-            pipe, prompts, args.guidance, max_sequence_length=args.max_sequence_length
-        )
-    _check_input_file(args.embeddings, "--embeddings")
-    return pipelines.read_embeddings(args.embeddings)
+    except ValueError as err:  # the message starts with the file's name
+        raise UsageError(f"{flag} {_one_line(err)}") from None
+    length = args.max_sequence_length
+    return pipelines.encode_prompts(pipe, prompts, args.guidance, max_sequence_length=length)
 
 
 def _cmd_schedule_pipeline(args) -> None:
@@ -454,7 +478,9 @@ def _cmd_schedule_pipeline(args) -> None:
     if args.solver == "dopri5":
         _check_extra("dopri5", "--solver dopri5")
     pipelines = _pipelines_module()
+    _pipeline_flags(args, pipelines)
     pipe = pipelines.load_pipeline(args.pipeline, _DTYPES.get(args.dtype), device)
+    _pipeline_size(args, pipelines, pipe)
     cond = _pipeline_conditioning(args, pipelines, pipe)
     target = pipelines.pipeline_target(pipe, cond, args.guidance, args.height, args.width)
     budget = args.max_steps if args.max_steps is not None else args.steps
@@ -496,26 +522,18 @@ def _diffusers_line(sched: bf.Schedule, config, mu: float | None) -> str:
 
 
 def _sigmas_schedule(path: str, steps: int | None) -> bf.Schedule:
-    """The schedule ``boss-fast sigmas`` prints: ``path`` holds one Schedule or a ScheduleSet."""
+    """The schedule ``boss-fast sigmas`` prints: ``path`` holds one Schedule or a ScheduleSet; K steps by
+    ``schedule_for_steps``, the rule the ComfyUI node shares (a K beyond a set's budgets re-solved on its
+    cost table)."""
     _check_input_file(path, "PATH")
-    doc = read_json(path, "schedule")
-    kind = doc.get("format") if isinstance(doc, dict) else None
-    if kind == SET_FORMAT:
-        sset = bf.ScheduleSet.from_dict(doc, path)
-        if steps is None:
-            raise UsageError(f"{path} holds a schedule set (K = 1..{sset.max_steps}): give --steps K")
-        if steps not in sset:
-            raise UsageError(
-                f"--steps {steps}: {path} holds K = 1..{sset.max_steps} (for another budget: "
-                "ScheduleSet.load(path).resample(K) in Python, then save it)"
-            )
-        return sset[steps]
-    if kind != SCHEDULE_FORMAT:
-        raise UsageError(f"{path}: neither a schedule nor a schedule set (format {kind!r})")
-    sched = bf.Schedule.from_dict(doc, path)
-    if steps is not None and steps != sched.steps:
-        raise UsageError(f"--steps {steps}: {path} is a {sched.steps}-step schedule")
-    return sched
+    source = read_schedule_file(path)
+    if steps is None:
+        if isinstance(source, bf.Schedule):
+            return source
+        top = max_budget(source)
+        more = f"; up to {top} re-solved on its cost table" if top > source.max_steps else ""
+        raise UsageError(f"{path} holds a schedule set (K = 1..{source.max_steps}{more}): give --steps K")
+    return schedule_for_steps(source, steps, path, "--steps")
 
 
 def _scheduler_config(path: str | None) -> dict | None:
@@ -592,8 +610,10 @@ def _cmd_straighten_pipeline(args) -> None:
     sched = _sigmas_schedule(args.schedule, args.steps)
     settings = _straighten_settings(args, sched.grid, solver=sched.solver)
     pipelines = _pipelines_module()
+    _pipeline_flags(args, pipelines)
     lora = importlib.import_module("boss_fast.integrations.diffusers_lora")
     pipe = pipelines.load_pipeline(args.pipeline, _DTYPES.get(args.dtype), device)
+    _pipeline_size(args, pipelines, pipe)
     cond = _pipeline_conditioning(args, pipelines, pipe)
     stats = lora.straighten_pipeline(
         pipe, sched, cond, args.out, settings, guidance=args.guidance, height=args.height, width=args.width,

@@ -14,6 +14,8 @@ straightening's pair cache (``straighten``). What they share lives here:
   search device; in host memory (pinned when the device is CUDA); or in memory-mapped files in a temporary
   folder (deleted on ``close``). With "host" and "disk" the device holds only the batch in flight, in one
   reused work buffer per name; the rows themselves never change, so the result does not depend on the store.
+  A checkpointed pass names its "disk" folder after its checkpoint file (:func:`checkpoint_rows`), so the
+  next run with that checkpoint removes what a killed one left (:func:`discard_rows`).
 - ``WideEvaluator``: model calls of up to ``width`` rows with a per-row time (the model takes t of shape
   (B,)), every call through :func:`boss_fast.ode.for_rows` with the global noise rows of its samples; run
   eager, compiled (``torch.compile``) or replayed from a CUDA graph (a fixed width: the last call is padded).
@@ -38,14 +40,27 @@ from tqdm import tqdm
 
 from boss_fast._checkpoint import read_npz_checkpoint, write_npz_checkpoint
 from boss_fast._header import make_header
+from boss_fast._identity import path_tag
 from boss_fast._runtime import all_reduce_sums, rank_path, rank_world
 from boss_fast._validation import check_choice, check_velocity_output
 from boss_fast.ode import VelocityFn, for_rows
 
-__all__ = ["STORES", "Checkpoint", "RowStore", "Shard", "WideEvaluator", "progress_bar", "resolve_wide_mode"]
+__all__ = [
+    "ROWS_PREFIX",
+    "STORES",
+    "Checkpoint",
+    "RowStore",
+    "Shard",
+    "WideEvaluator",
+    "checkpoint_rows",
+    "discard_rows",
+    "progress_bar",
+    "resolve_wide_mode",
+]
 
 STORES: tuple[str, ...] = ("device", "host", "disk")
 WIDE_MODES: tuple[str, ...] = ("auto", "eager", "compile", "cuda_graph")
+ROWS_PREFIX = "boss_fast_rows_"  # every folder of the "disk" store starts with it
 
 
 # ---------------------------------------------------------------------------------------------- sharding
@@ -165,6 +180,8 @@ class RowStore:
         sample_shape: one sample's shape; sizes: samples in each batch.
         dtype, device: of the rows (the compute dtype: no lower storage dtype is offered).
         folder: where "disk" makes its temporary folder (default: the system's temporary directory).
+        name: "disk"'s folder name under ``folder`` (a checkpointed pass's, :func:`checkpoint_rows`; what is
+            there already, a killed run's rows, is removed first); None: a fresh temporary name.
 
     Example:
         >>> with RowStore("disk", {"x": 3}, (2,), [4, 1], torch.float32, torch.device("cpu")) as store:
@@ -184,11 +201,12 @@ class RowStore:
         dtype: torch.dtype,
         device: torch.device,
         folder: str | os.PathLike | None = None,
+        name: str | None = None,
     ) -> None:
         self.kind = check_choice(kind, STORES, "store")
         self.device, self.dtype = device, dtype
         self._shape, self._sizes, self._layout = tuple(sample_shape), list(sizes), dict(layout)
-        self._folder = tempfile.mkdtemp(prefix="boss_fast_rows_", dir=folder) if kind == "disk" else None
+        self._folder = _rows_folder(folder, name) if kind == "disk" else None
         self._blocks = {name: self._allocate(name, rows) for name, rows in layout.items()}
         self._work: dict[str, torch.Tensor] = {}
 
@@ -239,6 +257,30 @@ class RowStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def checkpoint_rows(checkpoint_path: str | os.PathLike) -> str:
+    """The "disk" store's folder name of a pass checkpointed at ``checkpoint_path`` (this rank's file): the
+    file's name and a digest of its absolute path (two checkpoints of one name in two folders can share a
+    ``store_dir``), the same for every run with that checkpoint."""
+    return f"{ROWS_PREFIX}{os.path.basename(os.fspath(checkpoint_path))}-{path_tag(checkpoint_path)}"
+
+
+def discard_rows(folder: str | os.PathLike | None, name: str) -> str:
+    """Remove the folder ``name`` under ``folder`` (default: the system's temporary directory) if it exists
+    (the rows a killed run left: a resumed pass rebuilds its rows, it never reads them); return its path."""
+    path = os.path.join(os.fspath(folder) if folder is not None else tempfile.gettempdir(), name)
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def _rows_folder(folder: str | os.PathLike | None, name: str | None) -> str:
+    """A new, empty folder for "disk"'s files: a fresh temporary one, or ``name`` (a killed run's removed)."""
+    if name is None:
+        return tempfile.mkdtemp(prefix=ROWS_PREFIX, dir=folder)
+    path = discard_rows(folder, name)
+    os.makedirs(path)
+    return path
 
 
 # ------------------------------------------------------------------------------------------ wide calls

@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from boss_fast._checkpoint import noise_identity
+from boss_fast._checkpoint import noise_identity, stored_array, stored_count
 from boss_fast._identity import checkpoint_model_key
 from boss_fast._validation import (
     METRICS,
@@ -76,6 +76,8 @@ from boss_fast.engine import (
     RowStore,
     Shard,
     WideEvaluator,
+    checkpoint_rows,
+    discard_rows,
     progress_bar,
     resolve_wide_mode,
 )
@@ -276,12 +278,10 @@ def _resume(
     stored = None if ckpt is None else ckpt.load()
     done = 0
     if stored is not None:
-        costs, pointers = stored["costs"], stored["pointers"]
-        if costs.shape != shape or pointers.shape != shape or costs.dtype != np.float64:
-            raise ValueError(
-                f"own-state checkpoint {ckpt.path} holds a table of shape {costs.shape}, not {shape}"
-            )
-        costs, pointers, done = costs.copy(), pointers.astype(np.int64), int(stored["levels_done"])
+        what = "own-state checkpoint"
+        costs = stored_array(stored, "costs", shape, np.float64, ckpt.path, what)
+        pointers = stored_array(stored, "pointers", shape, np.int64, ckpt.path, what)
+        done = stored_count(stored, "levels_done", ckpt.path, what)
         _check_table(ckpt.path, costs, pointers, done)
     return ckpt, costs, pointers, shard.min_over_ranks(done)
 
@@ -352,7 +352,8 @@ class GlobalLevels:
 
     @torch.no_grad()
     def __init__(self, velocity: VelocityFn, make_batch: Callable[[int, int], torch.Tensor], shard: Shard,
-                 grid: np.ndarray, run: GlobalPass, device: torch.device | str | None) -> None:  # fmt: skip
+                 grid: np.ndarray, run: GlobalPass, device: torch.device | str | None,
+                 rows_name: str | None = None) -> None:  # fmt: skip
         self.shard, self.times, self.metric, self.hosts = shard, grid, run.metric, grid.tolist()
         first = make_batch(*shard.span(0))  # one sample's shape and dtype
         dev = torch.device(device) if device is not None else first.device
@@ -360,7 +361,7 @@ class GlobalLevels:
         n = len(grid)
         layout = dict(zip(_LAYOUT, (n, n, n - 1), strict=True))
         self.store = RowStore(
-            run.store, layout, first.shape[1:], shard.sizes, first.dtype, dev, run.store_dir
+            run.store, layout, first.shape[1:], shard.sizes, first.dtype, dev, run.store_dir, rows_name
         )
         self._rows = [torch.arange(*shard.span(b), device=dev) for b in shard.mine]
         runner = DenseTeacher(velocity, grid, run.solver, run.mode, run.teacher_stride)
@@ -433,12 +434,17 @@ def accumulate_global(
     # stride-1 run through this key being asked for.
     header["teacher_stride"] = run.teacher_stride
     ckpt, costs, pointers, done = _resume(checkpoint, header, (max_steps + 1, n), shard)
+    rows_name = None
+    if run.store == "disk" and ckpt is not None:  # rows named after the checkpoint: a killed run's are found
+        if run.store_dir is None:
+            run = replace(run, store_dir=os.path.dirname(os.path.abspath(checkpoint)))
+        rows_name = checkpoint_rows(ckpt.path)
     if done == max_steps:
+        if rows_name is not None:  # killed after its last level was saved
+            discard_rows(run.store_dir, rows_name)
         return GlobalTable(costs=costs, pointers=pointers, times=grid, num_samples=num_samples)
-    if run.store == "disk" and run.store_dir is None and checkpoint is not None:
-        run = replace(run, store_dir=os.path.dirname(os.path.abspath(checkpoint)))
     with torch.no_grad():
-        levels = GlobalLevels(velocity, make_batch, shard, grid, run, device)
+        levels = GlobalLevels(velocity, make_batch, shard, grid, run, device, rows_name)
     bar = progress_bar(max_steps, done, progress, "own-state DP", unit="level")
     try:
         with bar, torch.no_grad():

@@ -46,6 +46,7 @@ __all__ = [
     "first_nonfinite_step",
     "for_rows",
     "guided_velocity",
+    "is_cfg_pair",
     "ode_step",
     "sample",
     "stage_times",
@@ -212,13 +213,15 @@ def cfg_combine(v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float) -> t
     (``boss_fast.kernels.euler_step_reference`` with ``guidance``) and ``TeacherRecorder(guidance=)``'s
     recorded slopes all call it, so they agree bit for bit. ``scale`` is one finite host number (a tensor, a
     bool, NaN or an infinity is refused: :func:`boss_fast._validation.check_scale`, the package's one
-    guidance check).
+    guidance check); ``v_uncond`` and ``v_cond`` must be tensors of one shape (no broadcasting: halves of
+    batches 4 and 3 are two models' outputs that do not pair up), else a ValueError naming both shapes.
 
     Example:
         >>> cfg_combine(torch.zeros(2), torch.ones(2), 4.5)
         tensor([4.5000, 4.5000])
     """
     scale = check_scale(scale, "scale")
+    _check_halves(v_uncond, v_cond)
     dtype = torch.promote_types(v_uncond.dtype, torch.float32)
     vu = v_uncond.to(dtype)
     return vu + scale * (v_cond.to(dtype) - vu)
@@ -231,9 +234,7 @@ class GuidedVelocity(nn.Module):
 
     def __init__(self, v_cond: VelocityFn, v_uncond: VelocityFn, scale: float) -> None:
         super().__init__()
-        for name, fn in (("v_cond", v_cond), ("v_uncond", v_uncond)):
-            if not callable(fn):
-                raise TypeError(f"{name} must be callable as velocity(x, t), got {type(fn).__name__}")
+        _check_callables(v_cond=v_cond, v_uncond=v_uncond)
         self.v_cond, self.v_uncond, self.scale = v_cond, v_uncond, check_scale(scale, "scale")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -258,10 +259,13 @@ def guided_velocity(v_cond: VelocityFn, v_uncond: VelocityFn, scale: float) -> G
 class CFGPair(nn.Module):
     """``Sampler(guidance=)``'s protocol from two velocity callables: called on a doubled batch [x; x] of
     (2B, ...) with t (2B,), returns [v_uncond(x, t); v_cond(x, t)] (unconditional half first, diffusers'
-    order)."""
+    order). ``doubled_batch = True`` is the protocol's opt-in flag (:func:`is_cfg_pair`)."""
+
+    doubled_batch = True
 
     def __init__(self, v_cond: VelocityFn, v_uncond: VelocityFn) -> None:
         super().__init__()
+        _check_callables(v_cond=v_cond, v_uncond=v_uncond)
         self.v_cond, self.v_uncond = v_cond, v_uncond
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -280,6 +284,38 @@ def cfg_pair(v_cond: VelocityFn, v_uncond: VelocityFn) -> CFGPair:
         tensor([0., 0., 1., 1.])
     """
     return CFGPair(v_cond, v_uncond)
+
+
+def is_cfg_pair(model: object) -> bool:
+    """Whether ``model`` follows ``Sampler(guidance=)``'s doubled-batch protocol: it says so with
+    ``doubled_batch = True`` (:class:`CFGPair` does; so does ``DiffusersVelocity(negative=...)`` without a
+    ``guidance_scale``). A plain ``velocity(x, t)`` would return [v; v] on [x; x], and guiding it would
+    silently sample the unguided field, so ``Sampler(guidance=)`` refuses a model without the flag.
+
+    Example:
+        >>> is_cfg_pair(cfg_pair(lambda x, t: x, lambda x, t: -x)), is_cfg_pair(lambda x, t: -x)
+        (True, False)
+    """
+    return getattr(model, "doubled_batch", False) is True
+
+
+def _check_callables(**velocities: object) -> None:
+    """Refuse, by argument name, any of ``velocities`` that is not a callable ``velocity(x, t)``."""
+    for name, fn in velocities.items():
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable as velocity(x, t), got {type(fn).__name__} {fn!r}")
+
+
+def _check_halves(v_uncond: object, v_cond: object) -> None:
+    """The two halves of a CFG combine: tensors of one shape (metadata only: no device read, compile-safe)."""
+    for name, v in (("v_uncond", v_uncond), ("v_cond", v_cond)):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+    if v_uncond.shape != v_cond.shape:
+        raise ValueError(
+            f"cfg_combine takes v_uncond and v_cond of one shape (the unconditional and conditional "
+            f"velocities of the same states), got {tuple(v_uncond.shape)} and {tuple(v_cond.shape)}"
+        )
 
 
 def first_nonfinite_step(

@@ -80,6 +80,7 @@ from boss_fast.ode import (
     Trajectory,
     cfg_combine,
     first_nonfinite_step,
+    is_cfg_pair,
     stage_times,
 )
 from boss_fast.schedule import Schedule
@@ -211,6 +212,13 @@ class _Runner:
         self._start_scale: float | None = 1.0 - float(self.times[0]) if self.start == "scaled" else None
         self.mode: str = check_choice(mode, SAMPLER_MODES, "mode")
         self.guidance: float | None = None if guidance is None else check_scale(guidance, "guidance")
+        if self.guidance is not None and not is_cfg_pair(model):
+            raise TypeError(
+                f"guidance={self.guidance!r} calls the model on a doubled batch [x; x] and needs it to "
+                f"return [v_uncond; v_cond]; {type(model).__name__} does not say it does (doubled_batch = "
+                "True): pass boss_fast.cfg_pair(v_cond, v_uncond), or guidance=None with a plain velocity "
+                "such as boss_fast.guided_velocity(v_cond, v_uncond, w)"
+            )
         self.device, self.dtype = _placement(model, dtype, device, self.mode)
         self.batch_size: int | None = None if batch_size is None else check_int(batch_size, "batch_size")
         self.backend: str = kernel_backend(backend, self.device, self.dtype)
@@ -414,10 +422,12 @@ class Sampler(_Runner):
             (:func:`boss_fast._backends.kernel_backend`).
         guidance: classifier-free guidance weight w, or None. The model is then called on a doubled batch
             (2B, ...) = [x; x] with t (2B,), and must return [v_uncond; v_cond] (it owns the conditioning,
-            unconditional half first as in diffusers); the kernel combines v_u + w (v_c - v_u)
-            (:func:`boss_fast.ode.cfg_combine`). ``boss_fast.ode.cfg_pair(v_cond, v_uncond)`` builds such a
-            model from two velocity callables; ``guided_velocity(v_cond, v_uncond, w)`` is the same field
-            as one velocity (the one to search a schedule on): with Euler they step bit for bit alike.
+            unconditional half first as in diffusers, and says so with ``doubled_batch = True``:
+            :func:`boss_fast.ode.is_cfg_pair`; any other model is refused); the kernel combines
+            v_u + w (v_c - v_u) (:func:`boss_fast.ode.cfg_combine`).
+            ``boss_fast.ode.cfg_pair(v_cond, v_uncond)`` builds such a model from two velocity callables;
+            ``guided_velocity(v_cond, v_uncond, w)`` is the same field as one velocity (the one to search a
+            schedule on): with Euler they step bit for bit alike.
         check_finite: check the result for NaN/inf after every call (one reduction, one host read; a
             ValueError names the step where they first appeared). False skips it, for a hot path that
             checks elsewhere (benchmarks/results/sampler_checks_cpu.md measures the cost).
@@ -433,9 +443,10 @@ class Sampler(_Runner):
 
     Raises:
         ValueError / TypeError: unknown mode, a graph mode without a CUDA device, bad schedule, batch size,
-            dtype or guidance, fused=True for a model without the protocol or with guidance; at call time,
-            noise whose shape, dtype or device differ from the sampler's, a model output of another type,
-            shape, dtype or device at any step, or a non-finite result (each naming the step and its time).
+            dtype or guidance, guidance for a model that is no CFG pair, fused=True for a model without the
+            protocol or with guidance; at call time, noise whose shape, dtype or device differ from the
+            sampler's, a model output of another type, shape, dtype or device at any step, or a non-finite
+            result (each naming the step and its time).
 
     Example:
         >>> sampler = Sampler(lambda x, t: torch.ones_like(x), [0.0, 0.5, 1.0], mode="eager")

@@ -1,6 +1,7 @@
 """Bellman-optimal schedules (BOSS stage 1, step 5): the ``Schedule`` object, its JSON file, and the schedule
-of a given cost matrix, every budget at once (``schedules_from_cost``). No model and no cost estimation
-here: the pipeline from a velocity model (noise -> teacher -> cost matrix -> DP) is
+of a given cost matrix, every budget at once (``schedules_from_cost``); K steps from a schedule file by the
+one rule ``boss-fast sigmas --steps K`` and the ComfyUI node share (``schedule_for_steps``). No model and no
+cost estimation here: the pipeline from a velocity model (noise -> teacher -> cost matrix -> DP) is
 :func:`boss_fast.search.optimal_schedules`.
 
 A schedule's ``times`` are flow times (t = 0 noise, t = 1 data), a subset of the base grid's points chosen by
@@ -30,6 +31,7 @@ from boss_fast._validation import (
     check_choice,
     check_float,
     check_int,
+    check_shape,
 )
 from boss_fast.bellman import BellmanPath, bellman_paths
 
@@ -39,7 +41,10 @@ __all__ = [
     "ScheduleSet",
     "interpolate_schedule",
     "loglinear_times",
+    "max_budget",
     "read_json",
+    "read_schedule_file",
+    "schedule_for_steps",
     "schedules_from_cost",
     "snap_to_grid",
 ]
@@ -59,7 +64,6 @@ _REQUIRED = ("times", "indices", "grid", "cost", "metric", "solver")
 MAX_FILE_BYTES = 64 * 2**20
 # num_samples counts noises; beyond 2^53 it would not even round-trip through a float64 JSON reader.
 _MAX_NUM_SAMPLES = 2**53
-_MAX_SHAPE_DIMS = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,7 +162,7 @@ class Schedule:
         num_samples = None if self.num_samples is None else check_int(self.num_samples, "num_samples")
         if num_samples is not None and num_samples > _MAX_NUM_SAMPLES:
             raise ValueError(f"num_samples must be <= 2^53, got {num_samples}")
-        shape = None if self.shape is None else _check_shape(self.shape)
+        shape = None if self.shape is None else check_shape(self.shape)
         mu = None if self.mu is None else check_float(self.mu, "mu")
         if self.fingerprint is not None and not isinstance(self.fingerprint, str):
             raise TypeError(f"fingerprint must be a str or None, got {type(self.fingerprint).__name__}")
@@ -288,7 +292,7 @@ class Schedule:
         shape = doc.get("shape")
         if shape is not None:
             try:
-                shape = _check_shape(shape)
+                shape = check_shape(shape)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{source}: shape: {err}") from None
         try:
@@ -434,16 +438,6 @@ def _number(value: object, key: str, source: str) -> float:
         return float(value)  # type: ignore[arg-type]
     except OverflowError:  # an integer beyond float64's range
         raise ValueError(f"{source}: {key} is too large to convert to a float") from None
-
-
-def _check_shape(shape: object) -> tuple[int, ...]:
-    """One sample's shape: 1 to 16 positive integers."""
-    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence | torch.Size):
-        raise TypeError(f"shape must be a sequence of integers, got {shape!r}")
-    dims = tuple(check_int(d, "shape entry") for d in shape)
-    if not 1 <= len(dims) <= _MAX_SHAPE_DIMS or any(d > 2**31 for d in dims):
-        raise ValueError(f"shape must have 1 to {_MAX_SHAPE_DIMS} entries, each in [1, 2^31], got {dims}")
-    return dims
 
 
 # -------------------------------------------------------------------------------------------- building
@@ -884,3 +878,71 @@ def interpolate_schedule(sched: Schedule, steps: int) -> Schedule:
     return replace(
         sched, times=sched.grid[indices], indices=indices, cost=math.nan, resampled_from=sched.steps
     )
+
+
+def read_schedule_file(path: str | os.PathLike) -> Schedule | ScheduleSet:
+    """The schedule or the schedule set in the JSON file ``path`` (``Schedule.save`` / ``ScheduleSet.save``).
+
+    Raises:
+        ValueError: naming the file: neither format, or a document its reader refuses (edited, truncated,
+            over 64 MiB, ...).
+        OSError: a missing file or a directory.
+    """
+    source = os.fspath(path)
+    doc = read_json(source, "schedule")
+    kind = doc.get("format") if isinstance(doc, dict) else None
+    if kind == SET_FORMAT:
+        return ScheduleSet.from_dict(doc, source)
+    if kind == SCHEDULE_FORMAT:
+        return Schedule.from_dict(doc, source)
+    raise ValueError(f"{source}: neither a boss_fast schedule nor a schedule set (format {kind!r})")
+
+
+def max_budget(source: Schedule | ScheduleSet) -> int:
+    """The largest K :func:`schedule_for_steps` gives for ``source``: a schedule's own K; a set with a cost
+    table, its grid points - 1 (the DP re-solves any K below the grid's size); a set without one (the global
+    objective), its largest budget."""
+    if isinstance(source, Schedule):
+        return source.steps
+    return source.max_steps if source.cost_table is None else len(source.grid) - 1
+
+
+def schedule_for_steps(
+    source: Schedule | ScheduleSet, steps: int, where: str = "the file", name: str = "steps"
+) -> Schedule:
+    """The ``steps``-step schedule of a schedule or a set: the one rule ``boss-fast sigmas --steps K`` and the
+    ComfyUI node share, so the two give the same sigmas for every K, and each is what a search gives.
+
+    - A single schedule: only its own K (it holds no other budget).
+    - A set: a K it holds is that schedule; a larger K up to :func:`max_budget` is ``resample``'s DP
+      re-solved on the set's cost table, exactly what a fresh search with the same noises returns. A set
+      without a table (the global objective) would only interpolate, which docs/limitations.md measures
+      worse than uniform steps at K = 10 from a K <= 6 set: refused, as is a K beyond the grid.
+
+    ``where``: the file's name and ``name`` the caller's name for ``steps`` (``--steps``), for the messages.
+
+    Raises:
+        TypeError: ``steps`` is not an integer.
+        ValueError: ``steps`` < 1, above :func:`max_budget`, or not a single schedule's own K.
+    """
+    steps = check_int(steps, name)
+    if isinstance(source, Schedule):
+        if steps != source.steps:
+            raise ValueError(
+                f"{name} {steps}: {where} is a {source.steps}-step schedule (a schedule set gives other "
+                "budgets)"
+            )
+        return source
+    top = max_budget(source)
+    if steps > top and source.cost_table is None:
+        raise ValueError(
+            f"{name} {steps}: {where} holds K = 1..{top} and no cost table (a global-objective set), so "
+            "another K could only be interpolated, which can be worse than uniform steps: search with "
+            f"max_steps >= {steps}"
+        )
+    if steps > top:
+        raise ValueError(
+            f"{name} {steps}: {where} gives K = 1..{top} (K = {source.max_steps + 1}..{top} re-solved on its "
+            f"cost table; its grid has {len(source.grid)} points)"
+        )
+    return source.resample(steps)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from boss_fast._backends import DP_BACKENDS
-from boss_fast._checkpoint import noise_identity
+from boss_fast._checkpoint import noise_identity, stored_array, stored_count
 from boss_fast._identity import checkpoint_model_key, model_fingerprint
 from boss_fast._runtime import module_placement
 from boss_fast._validation import (
@@ -32,6 +32,7 @@ from boss_fast._validation import (
     check_float,
     check_int,
     check_noise,
+    check_shape,
     check_store_dir,
     check_teacher,
 )
@@ -47,6 +48,7 @@ from boss_fast.trajectories import TeacherRunner, seeded_noise
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "MAX_GRID",
     "SearchSettings",
     "auto_rounds",
     "cost_matrix",
@@ -54,6 +56,12 @@ __all__ = [
 ]
 
 DEFAULT_OBJECTIVE = "global"
+# The largest grid a search takes: N = 100,001 points, whose (N, N) float64 cost sums (either objective keeps
+# one such block, docs/search_memory.md) are 74.5 GiB; 10^12, accepted before, failed allocating 7.28 TiB.
+MAX_GRID = 100_000
+_TOO_FINE = (
+    f"at most MAX_GRID = {MAX_GRID} steps (N = {MAX_GRID + 1} points, whose (N, N) float64 sums are 74.5 GiB)"
+)
 # start=None resolves to this rule (SearchSettings.start_rule).
 DEFAULT_START = "zero"
 # The teacher each objective uses when none is given: BOSS's Euler (the published setting), and for the
@@ -85,10 +93,9 @@ def _load_counters(ckpt: Checkpoint, n: int, sizes: list[int]) -> tuple[np.ndarr
     stored = ckpt.load() if ckpt is not None else None
     if stored is None:
         return np.zeros((n, n)), 0, 0
-    sums = stored["sums"]
-    if sums.shape != (n, n) or sums.dtype != np.float64:
-        raise ValueError(f"cost checkpoint {ckpt.path} holds sums of shape {sums.shape}, dtype {sums.dtype}")
-    sums, count, done = sums.copy(), int(stored["count"]), int(stored["batches_done"])
+    what = "cost checkpoint"
+    sums = stored_array(stored, "sums", (n, n), np.float64, ckpt.path, what)
+    count, done = (stored_count(stored, key, ckpt.path, what) for key in ("count", "batches_done"))
     _check_counters(ckpt.path, sums, count, done, sizes)
     return sums, count, done
 
@@ -232,14 +239,20 @@ def cost_matrix(
 
 
 def _check_grid(grid: object) -> int | tuple[float, ...]:
-    """``grid`` as stored in the settings: an int n (``uniform_grid(n)``) or the grid times as a tuple of
-    floats (validated, exact: every float64 is a Python float)."""
+    """``grid`` as stored in the settings: an int n (``uniform_grid(n)``, 1 <= n <= :data:`MAX_GRID`) or the
+    grid times as a tuple of at most ``MAX_GRID + 1`` floats (validated, exact: every float64 is a Python
+    float)."""
     if isinstance(grid, int | np.integer) and not isinstance(grid, bool | np.bool_):
-        check_int(grid, "grid")
-        return int(grid)
+        n = check_int(grid, "grid")
+        if n > MAX_GRID:
+            raise ValueError(f"grid must be {_TOO_FINE}, got grid={n}")
+        return n
     if isinstance(grid, str | bytes) or np.ndim(grid) == 0:
         raise TypeError(f"grid must be an int n (uniform_grid(n)) or a 1-D sequence of times, got {grid!r}")
-    return tuple(resolve_grid(grid).tolist())
+    times = resolve_grid(grid)
+    if len(times) > MAX_GRID + 1:
+        raise ValueError(f"grid must be {_TOO_FINE}, got {len(times)} times")
+    return tuple(times.tolist())
 
 
 def _check_samples(num_samples: object, max_samples: object) -> None:
@@ -282,7 +295,7 @@ class SearchSettings:
 
     Attributes:
         grid: an int n for ``uniform_grid(n)`` (default 100) or the grid times (N,) in [0, 1], stored as a
-            tuple of floats.
+            tuple of floats; at most :data:`MAX_GRID` = 100,000 steps (the (N, N) float64 sums: 74.5 GiB).
         num_samples: the noises (reference: 100), or "auto": rounds of 32, 64, ... noises until no knot of
             any budget moves by more than 2 grid points (:func:`auto_rounds`), capped by ``max_samples``
             (None: 1024; only with "auto").
@@ -420,7 +433,7 @@ def _validate_search(
     velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings: SearchSettings, run: _Run
 ) -> tuple[_Search, int]:
     """(the search, max_steps): the checks that need the model or the shape; ``settings`` checked itself."""
-    shape = tuple(check_int(s, "shape entry") for s in shape)
+    shape = check_shape(shape)
     max_steps = check_int(max_steps, "max_steps")
     times = settings.times()
     if max_steps >= len(times):

@@ -45,6 +45,7 @@ from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
+from boss_fast._checkpoint import CHECKSUM_KEY
 from boss_fast._header import check_header, header_strings, make_header, write_file
 from boss_fast._identity import cache_key, model_fingerprint, noise_digest, value_digest
 from boss_fast._runtime import module_placement, rank_world
@@ -54,6 +55,7 @@ from boss_fast._validation import (
     check_float,
     check_int,
     check_noise,
+    check_seed,
     check_teacher,
 )
 from boss_fast.engine import WIDE_MODES, Shard, progress_bar
@@ -222,6 +224,12 @@ def _load_shard(path: str, header: dict[str, str], expected: tuple[int, ...]) ->
     check_header(stored, header, path, "pair-cache shard", remedy="delete it")
     if tuple(states.shape) != expected:
         raise ValueError(f"pair-cache shard {path} was written for another shape; delete it")
+    # Shards written before the checksum have none: read as they were.
+    if CHECKSUM_KEY in stored and stored[CHECKSUM_KEY] != value_digest(states):
+        raise ValueError(
+            f"pair-cache shard {path} fails its checksum ({CHECKSUM_KEY} does not match its states): the "
+            "file was corrupted or edited; delete it"
+        )
     return states
 
 
@@ -269,7 +277,8 @@ def _one_shard(teacher, noise, indices, span: tuple[int, int], device, folder: s
         rows = torch.arange(start, stop, device=device)
         states = _teacher_states(teacher, noise[start:stop].to(device), indices, rows).cpu()
         if path is not None:
-            blob = save({"states": states.contiguous()}, metadata=header)
+            states = states.contiguous()
+            blob = save({"states": states}, metadata={**header, CHECKSUM_KEY: value_digest(states)})
             write_file(path, lambda f, b=blob: f.write(b))
     return states.to(device=device, dtype=noise.dtype)
 
@@ -452,11 +461,20 @@ class _LoraHost(nn.Module):
 
 
 def add_lora(
-    model: nn.Module, rank: int, targets: str | Sequence[str] | None = None, alpha: float | None = None
+    model: nn.Module,
+    rank: int,
+    targets: str | Sequence[str] | None = None,
+    alpha: float | None = None,
+    seed: int | None = None,
 ) -> nn.Module:
     """Wrap ``model`` with rank-``rank`` LoRA adapters (peft) on ``targets`` (default
     :func:`default_lora_targets`), scale ``alpha / rank`` (alpha defaults to rank); undo with
-    :func:`merge_lora`. Raises ValueError when the targets match no module."""
+    :func:`merge_lora`. Raises ValueError when the targets match no module.
+
+    ``seed``: the adapters' initial values are drawn from a generator of their own seeded with it
+    (:func:`_seed_adapters`), and torch's global generator is left as it was; None: peft draws them from the
+    global generator (another value on every call).
+    """
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -477,7 +495,29 @@ def add_lora(
         lora_dropout=0.0,
         bias="none",
     )
-    return get_peft_model(host, config)
+    if seed is None:
+        return get_peft_model(host, config)
+    with torch.random.fork_rng(devices=[]):  # peft's own draws (on the host) leave the caller's generator
+        wrapped = get_peft_model(host, config)
+    _seed_adapters(wrapped, seed)
+    return wrapped
+
+
+def _seed_adapters(model: nn.Module, seed: int) -> None:
+    """Redraw every adapter's random initial values as peft draws them (``lora_A`` kaiming-uniform with
+    a = sqrt(5), an embedding's ``lora_embedding_B`` standard normal; the other halves stay zero) from one
+    generator seeded with ``seed``, in parameter order, on the host (the same values on every device)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_A." not in name and ".lora_embedding_B." not in name:
+                continue
+            host = torch.empty(param.shape, dtype=param.dtype)
+            if ".lora_A." in name:
+                nn.init.kaiming_uniform_(host, a=math.sqrt(5), generator=generator)
+            else:
+                nn.init.normal_(host, generator=generator)
+            param.copy_(host)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -580,7 +620,9 @@ class StraightenSettings:
             Without it the teacher's weights keep ``ema ** iters`` of the average: 13.5% for 0.999 and 2000
             steps, which on the digits DiT cost FD 61 instead of ~40 at K = 2 (measured).
         loss: "l2" or "pseudo_huber"; normalize: Simple ReFlow's 1/stopgrad(loss) weighting.
-        seed: the pairs' noise and the batch-drawing generator. checkpoint_every: steps between checkpoints.
+        seed: the pairs' noise, the batch-drawing generator and the LoRA adapters' initial values (torch's
+            global generator is neither read nor changed), in [0, 2^64 - 1] (a torch.Generator seed).
+        checkpoint_every: steps between checkpoints.
         lora_rank: train rank-r LoRA adapters (peft) instead of every weight; None: full fine-tuning.
         lora_targets: the adapted modules (a regex or names, stored as a tuple); None:
             :func:`default_lora_targets` (the model's ``lora_targets``, else every ``nn.Linear``).
@@ -642,8 +684,8 @@ class StraightenSettings:
 
         for f in ("num_pairs", "pair_batch_size", "iters", "batch_size", "checkpoint_every"):
             put(f, check_int(getattr(self, f), name(f)))
-        for f in ("warmup", "seed"):
-            put(f, check_int(getattr(self, f), name(f), minimum=0))
+        put("warmup", check_int(self.warmup, name("warmup"), minimum=0))
+        put("seed", check_seed(self.seed, name("seed")))
         for f in ("ema_warmup", "normalize", "merge"):
             if not isinstance(getattr(self, f), bool):
                 raise TypeError(f"{name(f)} must be a bool, got {getattr(self, f)!r}")
@@ -684,7 +726,15 @@ class StraightenSettings:
             if self.lora_alpha <= 0:
                 raise ValueError(f"{name('lora_alpha')} must be > 0, got {self.lora_alpha}")
         targets = self.lora_targets
-        if targets is not None and not isinstance(targets, str):
+        if isinstance(targets, str):
+            try:  # peft matches a string target with re.fullmatch: compile it now, not after the teacher ran
+                re.compile(targets)
+            except re.error as err:
+                raise ValueError(
+                    f"{name('lora_targets')} {targets!r} is not a regular expression ({err}); give a regex "
+                    "matched against module names, or a sequence of module names"
+                ) from None
+        elif targets is not None:
             names = list(targets) if isinstance(targets, Sequence) else []
             if not names or not all(isinstance(t, str) for t in names):
                 raise TypeError(
@@ -829,7 +879,7 @@ def _trainable(student: nn.Module, run: _Run) -> tuple[nn.Module, list[torch.Ten
     parameters."""
     if run.settings.lora_rank is not None:
         s = run.settings
-        student = add_lora(student, s.lora_rank, s.lora_targets, s.lora_alpha)
+        student = add_lora(student, s.lora_rank, s.lora_targets, s.lora_alpha, seed=s.seed)
     else:
         student.requires_grad_(True)
     student.train()
@@ -956,6 +1006,18 @@ def _mismatch(header: dict, expected: dict, path: str, key: str) -> str:
         }
         return f"{path} was written with other settings (stored, requested): {diff}"
     return f"{path} has another {key} ({header.get(key)!r}); use another checkpoint_dir"
+
+
+def _check_not_past(step: int, iters: int, path: str) -> None:
+    """Refuse a checkpoint whose run went past ``iters``: its weights are step ``step``'s, and the step
+    ``iters`` state is not kept. A run at or before ``iters`` resumes (training does not depend on ``iters``,
+    so a run extended from a shorter one equals a run of ``iters`` from the start)."""
+    if step > iters:
+        raise ValueError(
+            f"straightening checkpoint {path} holds a run at step {step}, past iters = {iters}: its weights "
+            f"are not a {iters}-step run's; ask for iters >= {step} to go on from it, or use another "
+            "checkpoint_dir"
+        )
 
 
 @dataclass
@@ -1178,8 +1240,9 @@ def straighten(
             ``settings.checkpoint_every`` steps and at the end (student, EMA, optimiser, step, RNG states, and
             a header with the schedule, the model's and the teacher's fingerprints, the noise's digest, the
             settings and a SHA-256 of the rest); a run finding one resumes from it, and refuses one from
-            another model, teacher, noise, schedule or settings, or one failing its checksum. Resuming is
-            bit-identical.
+            another model, teacher, noise, schedule or settings, one failing its checksum, or one whose run
+            went past ``settings.iters`` (a run at or before it resumes: more iterations extend a shorter
+            run exactly as one longer run). Resuming is bit-identical.
         cache_dir: the pair cache (``straightening_pairs``).
         callback: ``callback(step, loss)`` after each step.
         return_stats: also return what the run did, :class:`StraightenStats` (parameters trained, losses).
@@ -1233,6 +1296,7 @@ def _fit(model, teacher, run: _Run, noise_shape: tuple, dirs: tuple, callback, p
     path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
     if path is not None and os.path.exists(path):
         state.resume(path, header, run.device)
+        _check_not_past(state.step, s.iters, path)
     checkpoint = None if path is None else (path, header)
     _train(state, student, pairs, _velocity_targets(pairs), run, checkpoint, callback, progress)
     state.use_ema()

@@ -22,6 +22,8 @@ class TinyVelocity(nn.Module):
 class DoubledVelocity(nn.Module):
     """A 'conditional' model on a doubled batch: first half unconditional, second half conditional."""
 
+    doubled_batch = True  # Sampler(guidance=)'s protocol (boss_fast.ode.is_cfg_pair)
+
     def __init__(self) -> None:
         super().__init__()
         self.base = TinyVelocity()

@@ -511,8 +511,11 @@ def test_sigmas_for_diffusers_step_the_stock_scheduler_at_the_schedule(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["set.json"], "holds a schedule set (K = 1..4): give --steps K"),
-        (["set.json", "--steps", "7"], "--steps 7: set.json holds K = 1..4"),
+        (["set.json"], "holds a schedule set (K = 1..4; up to 20 re-solved on its cost table): give"),
+        (["set.json", "--steps", "21"], "--steps 21: set.json gives K = 1..20 ("),
+        (["global.json", "--steps", "5"], "--steps 5: global.json holds K = 1..4 and no cost table"),
+        (["global.json"], "holds a schedule set (K = 1..4): give --steps K"),
+        (["set.json", "--steps", "0"], "--steps 0: must be >= 1"),
         (["k3.json", "--steps", "4"], "--steps 4: k3.json is a 3-step schedule"),
         (["k3.json", "--format", "comfyui", "--shift", "3"], "apply to --format diffusers only"),
         (["k3.json", "--format", "diffusers", "--config", "karras.json"], "use_karras_sigmas=True"),
@@ -522,14 +525,15 @@ def test_sigmas_for_diffusers_step_the_stock_scheduler_at_the_schedule(
             ["k3.json", "--format", "diffusers", "--config", "nothere.json"],
             "--config nothere.json: no such file",
         ),
-        (["other.json"], "neither a schedule nor a schedule set"),
+        (["other.json"], "neither a boss_fast schedule nor a schedule set"),
         (["tampered.json", "--steps", "2"], "sha256 does not match"),
     ],
 )
 def test_sigmas_refuses_by_name(sigma_files, tmp_path, argv, message):
-    root, _ = sigma_files
+    root, sset = sigma_files
     for name in ("set.json", "k3.json"):
         (tmp_path / name).write_bytes((root / name).read_bytes())
+    boss_fast.ScheduleSet(sset.values()).save(tmp_path / "global.json")  # no cost table
     for name, config in (
         ("karras", {"use_karras_sigmas": True}),
         ("stoch", {"stochastic_sampling": True}),
@@ -956,7 +960,7 @@ def test_pipeline_errors(saved, capsys, tmp_path):
         (["--pipeline", sd3, "--prompts", str(root / "prompts.txt"), "--shape", "4,8,8", "--out", out,
           "--steps", "2"], "latent shape follows"),
         (["--pipeline", sd3, "--prompts", str(root / "prompts.txt"), "--height", "60", "--out", out,
-          "--steps", "2"], "height must be a positive multiple of 8"),
+          "--steps", "2"], "height must be a positive multiple of 16"),
         (["--model", "gmm2d", "--prompts", str(root / "prompts.txt"), "--out", out, "--steps", "2"],
          "--prompts applies to --pipeline only"),
         (["--pipeline", str(tmp_path / "missing"), "--prompts", str(root / "prompts.txt"), "--out", out,
@@ -986,3 +990,100 @@ def test_pipeline_errors(saved, capsys, tmp_path):
         pipe.transformer.register_to_config(guidance_embeds=False)
         pipelines.pipeline_target(pipe, {"prompt_embeds": torch.zeros(1, 5, 16),
                                          "pooled_prompt_embeds": torch.zeros(1, 8)}, 2.0, 32, 32)  # fmt: skip
+
+
+def _not_called(what):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} ran: the refusal came after work")
+
+    return refuse
+
+
+def _pipeline_refusal(capsys, argv, fragment, command="schedule"):
+    """main() in this process: exit 2 and the error as the last stderr line (diffusers' loading bars and
+    transformers' notices may come before it); a traceback would propagate as the exception itself."""
+    assert main([command, *argv]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith(f"boss-fast {command}: error:"), err
+    assert fragment in last, last
+    return last
+
+
+@needs_diffusers
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_pipeline_inputs_that_tracebacked_are_one_line_refusals(saved, capsys, tmp_path, monkeypatch):
+    """Round three's probes, each a traceback (or a late, unclear error) on the former main."""
+    root, sd3, flux = saved
+    out = str(tmp_path / "x.json")
+    prompts = ["--prompts", str(root / "prompts.txt"), *LENGTH]
+    tail = ["--out", out, "--steps", "2", "--grid", "4", "--num-samples", "2", "--no-progress"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "model_index.json").write_text("{}")  # was KeyError '_class_name' inside diffusers
+    _pipeline_refusal(capsys, ["--pipeline", str(empty), *prompts, *tail], "model_index.json: no _class_name")
+    good = tmp_path / "good.safetensors"
+    save_file({"prompt_embeds": torch.zeros(2, 85, 16), "pooled_prompt_embeds": torch.zeros(2, 8)}, str(good))
+    (tmp_path / "cut.safetensors").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "text.safetensors").write_text("not safetensors\n")
+    for name in ("cut", "text"):  # were SafetensorError tracebacks
+        path = str(tmp_path / f"{name}.safetensors")
+        argv = ["--pipeline", sd3, "--embeddings", path, "--guidance", "1", *tail]
+        _pipeline_refusal(capsys, argv, f"--embeddings {path}: not a readable safetensors file")
+    (tmp_path / "binary.txt").write_bytes(b"a red cat\n\xff\xfe\x85\n")  # was a bare codec message
+    argv = ["--pipeline", sd3, "--prompts", str(tmp_path / "binary.txt"), *tail]
+    _pipeline_refusal(capsys, argv, f"--prompts {tmp_path / 'binary.txt'}: not UTF-8 text (byte 10")
+    # Refused before the pipeline loads (guidance) or before a prompt is encoded (the size).
+    monkeypatch.setattr(pipelines, "load_pipeline", _not_called("load_pipeline"))
+    for path in (sd3, flux):  # were a RuntimeError overflow (Flux) and non-finite states mid-search (SD3)
+        for value in ("1e308", "nan", "-1"):
+            argv = ["--pipeline", path, *prompts, "--guidance", value, *tail]
+            _pipeline_refusal(capsys, argv, "--guidance must be")
+    _pipeline_refusal(capsys, ["--pipeline", sd3, *prompts, "--guidance", "1e308", *tail], "[0, 1000]")
+    train = [
+        "--schedule",
+        small_schedule(tmp_path / "k3.json"),
+        "--lora-rank",
+        "2",
+        "--out",
+        str(tmp_path / "l"),
+    ]
+    argv = ["--pipeline", sd3, *prompts, "--guidance", "inf", *train, "--no-progress"]
+    _pipeline_refusal(capsys, argv, "--guidance must be finite", command="straighten")
+    monkeypatch.undo()
+    monkeypatch.setattr(pipelines, "encode_prompts", _not_called("encode_prompts"))
+    size = {
+        sd3: "(the VAE's factor 8 x the transformer's patch size 2)",
+        flux: "x Flux's 2 x 2 latent packing",
+    }
+    for path, why in size.items():  # SD3 was a convolution error: 8 / 8 = 1 latent row, patch 2
+        argv = ["--pipeline", path, *prompts, "--height", "8", "--width", "64", *tail]
+        last = _pipeline_refusal(capsys, argv, "--height must be a positive multiple of 16 for this pipeline")
+        assert why in last and last.endswith("got 8"), last
+        argv = ["--pipeline", path, *prompts, "--height", "64", "--width", "40", *tail]
+        _pipeline_refusal(capsys, argv, "--width must be a positive multiple of 16")
+    assert not (tmp_path / "x.json").exists()
+
+
+@needs_diffusers
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_embeddings_whose_pooled_rows_do_not_pair_are_refused(saved, capsys, tmp_path):
+    """2 rows of prompt_embeds beside 1 of pooled_prompt_embeds were broadcast (exit 0): prompt 2 ran with
+    prompt 1's pooled embedding. Refused, naming both tensors and their rows; the negatives alike."""
+    _, sd3, _ = saved
+    bank = str(tmp_path / "bank.safetensors")
+    save_file({"prompt_embeds": torch.zeros(2, 85, 16), "pooled_prompt_embeds": torch.zeros(1, 8)}, bank)
+    argv = ["--pipeline", sd3, "--embeddings", bank, "--guidance", "1", "--height", "64", "--width", "64",
+            "--out", str(tmp_path / "x.json"), *SEARCH]  # fmt: skip
+    _pipeline_refusal(capsys, argv, "prompt_embeds has 2 row(s) but pooled_prompt_embeds has 1")
+    assert not (tmp_path / "x.json").exists()
+    pipe = pipelines.load_pipeline(sd3)
+    cond = {"prompt_embeds": torch.zeros(2, 85, 16), "pooled_prompt_embeds": torch.zeros(2, 8),
+            "negative_prompt_embeds": torch.zeros(2, 85, 16),
+            "negative_pooled_prompt_embeds": torch.zeros(1, 8)}  # fmt: skip
+    with pytest.raises(
+        ValueError, match="negative_prompt_embeds has 2 row.* negative_pooled_prompt_embeds has 1"
+    ):
+        pipelines.pipeline_target(pipe, cond, 4.5, 64, 64)
+    cond["negative_pooled_prompt_embeds"] = torch.zeros(2, 8)
+    assert pipelines.pipeline_target(pipe, cond, 4.5, 64, 64).velocity.bank_size == 2  # paired: accepted

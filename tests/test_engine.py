@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import save_file
 
 import boss_fast as bf
-from boss_fast.engine import RowStore, Shard, WideEvaluator, resolve_wide_mode
+from boss_fast.engine import ROWS_PREFIX, RowStore, Shard, WideEvaluator, checkpoint_rows, resolve_wide_mode
 from boss_fast.global_objective import GlobalPass, accumulate_global, global_table
 from boss_fast.search import SearchSettings, optimal_schedules
 from boss_fast.straighten import straightening_pairs
@@ -325,14 +325,40 @@ def test_kill_minus_9_and_resume_bit_for_bit(tmp_path, objective, field):
     assert proc.returncode == -signal.SIGKILL
     with np.load(path) as stored:
         assert int(stored[field]) == 2
-    settings = SearchSettings(grid=12, num_samples=11, batch_size=4, objective=objective)
+    # The killed global run's disk store, named after its checkpoint (the local objective keeps no rows).
+    assert _rows_left(tmp_path) == ([checkpoint_rows(path)] if objective == "global" else [])
+    settings = SearchSettings(grid=12, num_samples=11, batch_size=4, objective=objective, store="disk")
     resumed = optimal_schedules(
         wavy, (3,), 4, settings, dtype=torch.float64, checkpoint=path, checkpoint_key="wavy"
     )
-    fresh = optimal_schedules(wavy, (3,), 4, settings, dtype=torch.float64)
+    assert _rows_left(tmp_path) == []  # the resume removed what the killed run left (it stayed on main)
+    fresh = optimal_schedules(wavy, (3,), 4, replace(settings, store="device"), dtype=torch.float64)
     for k in (1, 2, 3, 4):
         np.testing.assert_array_equal(resumed[k].indices, fresh[k].indices)
         assert resumed[k].cost == fresh[k].cost
+
+
+def _rows_left(folder) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith(ROWS_PREFIX))
+
+
+def test_a_killed_runs_rows_are_removed_by_a_rerun_that_has_nothing_left_to_do(tmp_path):
+    """Killed after its last level was saved, before its store was closed: the rerun returns the finished
+    table at once and removes the rows; rows of another checkpoint, or in another store_dir, stay."""
+    path = tmp_path / "ckpt.npz"
+    settings = SearchSettings(grid=8, num_samples=5, batch_size=4, store="disk")
+    want = optimal_schedules(
+        wavy, (3,), 2, settings, dtype=torch.float64, checkpoint=path, checkpoint_key="w"
+    )
+    left = tmp_path / checkpoint_rows(path)
+    other = tmp_path / checkpoint_rows(tmp_path / "other.npz")
+    for folder in (left, other):
+        folder.mkdir()
+        (folder / "states.bin").write_bytes(b"\0" * 64)
+    got = optimal_schedules(wavy, (3,), 2, settings, dtype=torch.float64, checkpoint=path, checkpoint_key="w")
+    assert _rows_left(tmp_path) == [other.name]
+    assert [got[k].indices.tolist() for k in (1, 2)] == [want[k].indices.tolist() for k in (1, 2)]
+    assert checkpoint_rows(path) != checkpoint_rows(tmp_path / "sub" / "ckpt.npz")  # one name per file
 
 
 # --------------------------------------------------------------------------------------- pair-cache header

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import boss_fast as bf
+from boss_fast._checkpoint import CHECKSUM_KEY
 from boss_fast.global_objective import GlobalPass, global_paths, global_table
 from boss_fast.models.gmm import GaussianMixtureFlow, eight_gaussians
 from boss_fast.schedule import Schedule, schedules_from_cost
@@ -273,6 +274,17 @@ def test_bad_settings(kwargs, error, match):
         SearchSettings(**{"grid": 8, "num_samples": 4, **kwargs})
 
 
+def test_global_pass_refuses_a_disk_store_dir_that_is_no_folder(tmp_path):
+    """GlobalPass(store="disk") with a missing store_dir failed in the first level's row file
+    (FileNotFoundError on an internal name): refused at construction, naming the field."""
+    with pytest.raises(ValueError, match="store_dir .*missing' does not exist"):
+        GlobalPass(store="disk", store_dir=tmp_path / "missing")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="store_dir .*afile' is a file"):
+        GlobalPass(store="disk", store_dir=tmp_path / "afile")
+    assert GlobalPass(store="disk", store_dir=tmp_path).store_dir == tmp_path
+
+
 def test_max_steps_beyond_the_grid_is_refused_by_the_search():
     with pytest.raises(ValueError, match="max_steps must be < the grid's 9 points"):
         optimal_schedules(wavy, (3,), 9, SearchSettings(grid=8, num_samples=4))
@@ -401,6 +413,20 @@ def test_global_beats_uniform_and_local_on_eight_gaussians_at_two_steps():
     ],
 )
 def test_a_global_checkpoint_with_edited_fields_is_refused(tmp_path, field, edit):
+    """Refused by the checksum, and without one (a file written before it existed) by the table's checks."""
+    path, stored, again = _written_table(tmp_path)
+    edit(stored)
+    np.savez(path, **stored)
+    with pytest.raises(ValueError, match=r"own\.npz fails its checksum"):
+        again()
+    del stored[CHECKSUM_KEY]
+    np.savez(path, **stored)
+    with pytest.raises(ValueError, match=rf"own\.npz: {field} "):
+        again()
+
+
+def _written_table(tmp_path):
+    """(path, its arrays, a rerun on it) of a finished 4-level table of ``wavy`` on a 12-step grid."""
     noise = torch.randn(9, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     times = bf.uniform_grid(12)
     path = tmp_path / "own.npz"
@@ -408,10 +434,59 @@ def test_a_global_checkpoint_with_edited_fields_is_refused(tmp_path, field, edit
     global_table(wavy, noise, times, 4, GlobalPass(batch_size=4), **args)
     with np.load(path) as data:
         stored = {key: data[key].copy() for key in data.files}
+    return path, stored, lambda: global_table(wavy, noise, times, 4, GlobalPass(batch_size=4), **args)
+
+
+def _moved_pointer(stored: dict) -> None:
+    """Level 2's pointer at the last point moved to another point level 1 reached: a valid-looking table."""
+    ptrs = stored["pointers"]
+    ptrs[2, -1] = 1 if ptrs[2, -1] != 1 else 2
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.update(costs=s["costs"] * 2),  # each of these was accepted on main
+        _moved_pointer,
+        lambda s: s["costs"].__setitem__((4, -1), s["costs"][4, -1] / 2),  # the 4-step cost halved
+    ],
+)
+def test_a_global_checkpoint_whose_arrays_differ_from_its_checksum_is_refused(tmp_path, edit):
+    path, stored, again = _written_table(tmp_path)
+    again()  # an intact file loads
     edit(stored)
     np.savez(path, **stored)
-    with pytest.raises(ValueError, match=rf"own\.npz: {field} "):
-        global_table(wavy, noise, times, 4, GlobalPass(batch_size=4), **args)
+    with pytest.raises(ValueError, match=r"own-state checkpoint .*own\.npz fails its checksum"):
+        again()
+    del stored[CHECKSUM_KEY]  # as an older version wrote it: no checksum, read as it is (docs/api.md)
+    np.savez(path, **stored)
+    got = again()
+    np.testing.assert_array_equal(got.costs, stored["costs"])
+    np.testing.assert_array_equal(got.pointers, stored["pointers"])
+
+
+def test_a_global_checkpoint_missing_costs_or_of_float32_costs_names_the_problem(tmp_path):
+    path, stored, again = _written_table(tmp_path)
+    del stored[CHECKSUM_KEY]
+    cases = [
+        (
+            {k: v for k, v in stored.items() if k != "costs"},
+            r"own\.npz lacks 'costs' \(a float64 array of shape \(5, 13\)",
+        ),
+        (
+            {**stored, "costs": stored["costs"].astype(np.float32)},
+            "'costs' of dtype float32, expected float64",
+        ),
+        (
+            {**stored, "pointers": stored["pointers"][:, :4]},
+            r"'pointers' of shape \(5, 4\), expected \(5, 13\)",
+        ),
+        ({k: v for k, v in stored.items() if k != "levels_done"}, "lacks 'levels_done'"),
+    ]
+    for edited, match in cases:
+        np.savez(path, **edited)
+        with pytest.raises(ValueError, match=match):
+            again()
 
 
 def test_global_table_needs_a_key_for_a_plain_function_and_refuses_another(tmp_path):

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save
 
 import boss_fast as bf
+from boss_fast._checkpoint import CHECKSUM_KEY
 from boss_fast._header import check_header, header_strings, make_header, write_file
 from boss_fast.demo import cached_reference
 from boss_fast.engine import Checkpoint
@@ -104,8 +105,12 @@ def test_old_schedule_files_load_and_are_rewritten_byte_for_byte(tmp_path):
 )
 def test_old_search_checkpoints_resume_and_refuse_another_run(tmp_path, name, fmt, version):
     path = _old_files(tmp_path) / name
-    stored = Checkpoint.open(path, fmt, version, RUN, name).load()
+    ckpt = Checkpoint.open(path, fmt, version, RUN, name)
+    stored = ckpt.load()
     assert stored["sums"].tolist() == [0.0, 1.0, 2.0] and int(stored["count"]) == 7
+    assert CHECKSUM_KEY not in stored  # written before the checksum: read as it was
+    ckpt.save(sums=stored["sums"], count=stored["count"])  # a resumed run rewrites it with one
+    assert ckpt.load()[CHECKSUM_KEY].item().startswith("sha256:")
     with pytest.raises(ValueError, match="different run: noise = 'sha256:0011223344556677' there"):
         Checkpoint.open(path, fmt, version, {**RUN, "noise": "sha256:ff"}, name).load()
     with pytest.raises(ValueError, match=f"not a boss_fast {name} \\(format '{fmt}'"):

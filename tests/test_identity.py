@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from boss_fast._identity import (
+    arrays_digest,
     cache_key,
     checkpoint_model_key,
     content_digest,
@@ -132,3 +133,17 @@ def test_model_fingerprint_covers_class_names_plain_and_tensor_attributes():
     changed._private = 5.0
     assert model_fingerprint(changed) == fp
     assert model_fingerprint(Scaled(1.0).eval()) == fp  # the training flag is not covered
+
+
+def test_arrays_digest_is_pinned_and_sees_names_dtypes_shapes_and_bytes():
+    """The search checkpoints' ``payload_sha256`` (new with it; pinned from its first version on)."""
+    arrays = {"count": np.asarray(7), "sums": np.arange(6.0).reshape(2, 3), "noise": np.asarray("sha256:00")}
+    assert arrays_digest(arrays) == "sha256:17848bae44d1aa027c4e00e2fc7e7fef11878477c0261c7077061f7aaa89077c"
+    assert arrays_digest(dict(reversed(arrays.items()))) == arrays_digest(arrays)
+    for other in (
+        {**arrays, "sums": arrays["sums"].reshape(3, 2)},  # same bytes, another shape
+        {**arrays, "sums": arrays["sums"].astype(np.float32)},
+        {**arrays, "count": np.asarray(8)},
+        {"total": arrays["count"], "sums": arrays["sums"], "noise": arrays["noise"]},  # renamed
+    ):
+        assert arrays_digest(other) != arrays_digest(arrays)

@@ -361,6 +361,13 @@ def test_guided_adapter_equals_the_sd3_pipeline_with_cfg(tiny):
     doubled = DiffusersVelocity(net, negative=neg, **cond)
     got = bf.Sampler(doubled, SCHED, mode="eager", backend="torch", guidance=w)(latents)
     assert torch.equal(got, want)
+    # Guiding an adapter that is no doubled-batch pair (plain, or already guided) is refused, not unguided.
+    for single in (
+        DiffusersVelocity(net, **cond),
+        DiffusersVelocity(net, negative=neg, guidance_scale=w, **cond),
+    ):
+        with pytest.raises(TypeError, match="DiffusersVelocity does not say it does"):
+            bf.Sampler(single, SCHED, mode="eager", guidance=w)
     # And the two-callable form: the conditional and unconditional adapters, combined.
     alike = bf.guided_velocity(DiffusersVelocity(net, **cond), DiffusersVelocity(net, **neg), w)
     torch.testing.assert_close(bf.sample(alike, latents, SCHED), want, rtol=1e-5, atol=1e-5)
@@ -784,6 +791,24 @@ def test_from_config_without_a_schedule_is_refused():
         BossScheduler.from_config(config)
     with pytest.raises(ValueError, match=r"BossScheduler\.from_schedule"):
         BossScheduler()
+
+
+@pytest.mark.parametrize(
+    "value, error, fragment",
+    [
+        ("abc", TypeError, "searched_shape must be a sequence of integers .* got 'abc'"),
+        (["4", "8"], TypeError, "searched_shape entry must be an integer, got '4'"),
+        ([4, 0, 8], ValueError, "searched_shape entry must be >= 1, got 0"),
+    ],
+)
+def test_a_scheduler_config_with_a_bad_searched_shape_is_refused_by_name(tmp_path, value, error, fragment):
+    """scheduler_config.json with searched_shape "abc" said "invalid literal for int()"."""
+    sched = bf.Schedule(times=TIMES, indices=np.arange(5), cost=0.0, grid=TIMES, shape=(4, 8, 8))
+    BossScheduler.from_schedule(sched, FlowMatchEulerDiscreteScheduler().config).save_pretrained(tmp_path)
+    path = tmp_path / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "searched_shape": value}))
+    with pytest.raises(error, match=fragment):
+        BossScheduler.from_pretrained(tmp_path)
 
 
 def test_compatibles_swap_both_ways():

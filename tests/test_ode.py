@@ -215,6 +215,31 @@ def test_guided_velocity_errors_and_identity():
     assert len(fps) == 2
 
 
+def test_cfg_pair_refuses_what_is_not_a_velocity():
+    """cfg_pair(1, flow) was accepted and failed at the first call: refused at construction, by name."""
+    flow = TinyVelocity()
+    with pytest.raises(TypeError, match="v_cond must be callable as velocity\\(x, t\\), got int 1"):
+        bf.cfg_pair(1, flow)
+    with pytest.raises(TypeError, match="v_uncond must be callable"):
+        bf.cfg_pair(flow, "flow")
+
+
+@pytest.mark.parametrize(
+    "v_uncond, v_cond, fragment",
+    [
+        (torch.zeros(4, 2), torch.ones(3, 2), r"one shape .* got \(4, 2\) and \(3, 2\)"),
+        (torch.zeros(4, 2), torch.ones(4, 1), r"got \(4, 2\) and \(4, 1\)"),  # would broadcast
+        (torch.zeros(4, 2), torch.ones(1, 2), r"got \(4, 2\) and \(1, 2\)"),  # would broadcast
+    ],
+)
+def test_cfg_combine_refuses_halves_of_different_shapes(v_uncond, v_cond, fragment):
+    """Batches 4 and 3 raised torch's own size error; batches that broadcast were silently combined."""
+    with pytest.raises(ValueError, match=fragment):
+        bf.ode.cfg_combine(v_uncond, v_cond, 2.0)
+    with pytest.raises(TypeError, match="v_cond must be a torch.Tensor, got list"):
+        bf.ode.cfg_combine(v_uncond, [1.0, 2.0], 2.0)
+
+
 # Refusals: nothing silently wrong (from the former tests/test_refusals.py)
 
 BAD_SCALES = {

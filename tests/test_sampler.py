@@ -3,6 +3,7 @@ dtypes, the fused head (torch reference and the Triton interpreter), what auto r
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 import re
@@ -418,14 +419,34 @@ def test_machinery_errors(digits_dit):
         TeacherRecorder(digits_dit, SCHED, record=None)  # not recording is what Sampler is for
     with pytest.raises(ValueError, match="guidance must be finite"):
         Sampler(digits_dit, SCHED, guidance=float("nan"))
-    with pytest.raises(ValueError, match="fused=True runs one Euler step"):
+    with pytest.raises(TypeError, match="DiT does not say it does"):  # the DiT is no CFG pair
         Sampler(digits_dit, SCHED, fused=True, guidance=2.0)
+    flagged = copy.copy(digits_dit)  # the same weights, flagged as a pair: the fused check is next
+    flagged.doubled_batch = True
+    with pytest.raises(ValueError, match="fused=True runs one Euler step"):
+        Sampler(flagged, SCHED, fused=True, guidance=2.0)
     recorder = TeacherRecorder(TinyVelocity(), SCHED, mode="eager")
     recorder(torch.randn(3, 5))  # built at the first call
     with pytest.raises(ValueError, match="buffers are \\(3, 5\\)"):
         recorder(torch.randn(4, 5))
     with pytest.raises(ValueError, match=r"returned shape \(2, 5\).*expected the input's \(4, 5\)"):
-        Sampler(lambda x, t: x[: len(x) // 2], SCHED, mode="eager", guidance=1.5)(torch.randn(2, 5))
+        halves = bf.cfg_pair(lambda x, t: x[: len(x) // 2], lambda x, t: x[: len(x) // 2])
+        Sampler(halves, SCHED, mode="eager", guidance=1.5)(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("runner", [Sampler, TeacherRecorder])
+def test_guidance_refuses_a_model_that_is_no_cfg_pair(runner):
+    """A plain velocity returns [v; v] on the doubled batch [x; x]: guiding it would silently sample the
+    unguided field (the issue's probe returned plain samples). Refused by name at construction, saying what
+    to pass; the same field through cfg_pair is accepted and guided."""
+    plain = TinyVelocity()
+    with pytest.raises(TypeError, match=r"guidance=2\.0 .*TinyVelocity does not say it does.*cfg_pair"):
+        runner(plain, SCHED, mode="eager", guidance=2.0)
+    with pytest.raises(TypeError, match="function does not say it does"):
+        runner(lambda x, t: -x, SCHED, mode="eager", guidance=2.0)
+    runner(plain, SCHED, mode="eager")  # without guidance the plain model is what it takes
+    assert bf.ode.is_cfg_pair(bf.cfg_pair(plain, plain)) and not bf.ode.is_cfg_pair(plain)
+    runner(bf.cfg_pair(plain, plain), SCHED, mode="eager", guidance=2.0)
 
 
 # -- guided_velocity: the same field Sampler(guidance=) steps from a doubled batch ---------------------------
@@ -506,7 +527,7 @@ def test_a_later_step_and_the_stages_are_named():
         TeacherRecorder(narrows, TIMES, mode="eager", solver="heun")(torch.randn(4, 3))
     # With guidance the doubled batch is what the model must return.
     with pytest.raises(ValueError, match=r"shape \(8, 1\) at t = 0\.5 \(step 2\).*\(8, 3\)"):
-        bf.Sampler(narrows, TIMES, mode="eager", guidance=2.0)(torch.randn(4, 3))
+        bf.Sampler(bf.cfg_pair(narrows, narrows), TIMES, mode="eager", guidance=2.0)(torch.randn(4, 3))
 
 
 def nan_after_the_first_step(x, t):

@@ -20,6 +20,9 @@ from boss_fast.schedule import (
     ScheduleSet,
     interpolate_schedule,
     loglinear_times,
+    max_budget,
+    read_schedule_file,
+    schedule_for_steps,
     schedules_from_cost,
     snap_to_grid,
 )
@@ -414,6 +417,42 @@ def test_a_global_set_interpolates_and_says_so(global_set, tmp_path):
         Schedule(times=got.times, indices=got.indices, grid=got.grid, cost=0.0, resampled_from=4)
     with pytest.raises(ValueError, match="cost must be finite"):
         Schedule(times=got.times, indices=got.indices, grid=got.grid, cost=float("nan"))
+
+
+def test_schedule_for_steps_gives_only_what_a_search_gives(local_set, global_set, tmp_path):
+    """The one K rule of ``boss-fast sigmas --steps K`` and the ComfyUI node: a set's own budgets; beyond
+    them the DP on its cost table (= a fresh search); never an interpolation, never another single K."""
+    assert max_budget(local_set) == 16 and max_budget(global_set) == 4 and max_budget(local_set[3]) == 3
+    for k in (1, 4, 5, 16):
+        got = schedule_for_steps(local_set, k, "L")
+        assert got == optimal_schedules(wavy, (3,), k, LOCAL, dtype=torch.float64)[k]
+        assert got.resampled_from is None
+    assert schedule_for_steps(global_set, 4) is global_set[4]
+    assert schedule_for_steps(local_set[3], 3) is local_set[3]
+    with pytest.raises(
+        ValueError, match=r"--steps 17: L gives K = 1\.\.16 \(K = 5\.\.16 re-solved .* 17 points"
+    ):
+        schedule_for_steps(local_set, 17, "L", "--steps")
+    with pytest.raises(ValueError, match="steps 5: G holds K = 1..4 and no cost table .* max_steps >= 5"):
+        schedule_for_steps(global_set, 5, "G")
+    with pytest.raises(ValueError, match="steps 4: S is a 3-step schedule"):
+        schedule_for_steps(local_set[3], 4, "S")
+    for bad, error in (
+        ("3", TypeError),
+        (None, TypeError),
+        (2.0, TypeError),
+        (True, TypeError),
+        (0, ValueError),
+    ):
+        with pytest.raises(error, match="steps must be"):
+            schedule_for_steps(local_set, bad)
+    local_set.save(tmp_path / "set.json")
+    local_set[3].save(tmp_path / "k3.json")
+    assert read_schedule_file(tmp_path / "set.json") == local_set
+    assert read_schedule_file(str(tmp_path / "k3.json")) == local_set[3]
+    (tmp_path / "other.json").write_text('{"format": "x"}')
+    with pytest.raises(ValueError, match="other.json: neither a boss_fast schedule nor a schedule set"):
+        read_schedule_file(tmp_path / "other.json")
 
 
 def test_loglinear_interpolation_and_snapping():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import replace
 
 import numpy as np
@@ -17,12 +18,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import boss_fast as bf
+from boss_fast._checkpoint import CHECKSUM_KEY
 from boss_fast.bellman import bellman_path
 from boss_fast.cost import trajectory_cost
 from boss_fast.global_objective import GlobalPass, global_paths, global_table
 from boss_fast.grids import uniform_grid
 from boss_fast.schedule import interpolate_schedule
-from boss_fast.search import SearchSettings, cost_matrix, optimal_schedules
+from boss_fast.search import MAX_GRID, SearchSettings, cost_matrix, optimal_schedules
 from boss_fast.trajectories import teacher_trajectory
 
 
@@ -37,6 +39,8 @@ BAD_FIELDS = [
     ({"grid": "100"}, "grid", TypeError),
     ({"grid": 100.0}, "grid", TypeError),
     ({"grid": None}, "grid", TypeError),
+    ({"grid": 10**12}, "grid must be at most MAX_GRID = 100000", ValueError),  # was a 7.28 TiB MemoryError
+    ({"grid": 100_001}, "grid must be at most MAX_GRID = 100000", ValueError),
     ({"num_samples": 0}, "num_samples", ValueError),
     ({"num_samples": "many"}, "num_samples", ValueError),
     ({"num_samples": 2.5}, "num_samples", TypeError),
@@ -70,6 +74,52 @@ def test_each_bad_field_is_refused_by_name(kwargs, field, error):
     with pytest.raises(error) as caught:
         SearchSettings(**kwargs)
     assert field in str(caught.value), str(caught.value)
+
+
+def test_the_grid_cap_is_the_largest_grid_taken():
+    assert SearchSettings(grid=MAX_GRID).grid == MAX_GRID  # nothing allocated at construction
+    with pytest.raises(ValueError, match="got 100002 times"):
+        SearchSettings(grid=np.linspace(0.0, 1.0, MAX_GRID + 2))
+
+
+def _unwritable_dir(tmp_path):
+    if os.geteuid() == 0:  # root writes through permission bits; a read-only filesystem stops it
+        for candidate in ("/sys", "/proc"):
+            try:
+                with tempfile.TemporaryFile(dir=candidate):
+                    pass
+            except OSError:
+                return candidate
+        pytest.skip("no unwritable directory for root here")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return str(locked)
+
+
+@pytest.mark.parametrize("case", ["missing", "a file", "unwritable"])
+def test_a_disk_store_dir_that_cannot_hold_the_rows_is_refused_at_construction(tmp_path, case):
+    """store="disk" with a missing, file or unwritable store_dir was accepted and failed at the search's first
+    write with FileNotFoundError on an internal name; now the settings refuse it, naming the field."""
+    (tmp_path / "afile").write_text("x")
+    store_dir = {
+        "missing": str(tmp_path / "missing"),
+        "a file": str(tmp_path / "afile"),
+        "unwritable": _unwritable_dir(tmp_path),
+    }[case]
+    fragment = {"missing": "does not exist", "a file": "is a file", "unwritable": "cannot write in it"}[case]
+    with pytest.raises(ValueError, match=f"store_dir .* {fragment}"):
+        SearchSettings(store="disk", store_dir=store_dir)
+    assert SearchSettings(store="disk", store_dir=tmp_path).store_dir == tmp_path
+    assert os.listdir(tmp_path) == ["afile"]  # the write test leaves nothing
+
+
+def test_a_shape_given_as_an_int_is_refused_by_name():
+    """optimal_schedules(flow, 2, 2) said "'int' object is not iterable"."""
+    with pytest.raises(TypeError, match=r"shape must be a sequence of integers .*e\.g\. \(2,\).*got 2"):
+        optimal_schedules(wavy, 2, 2, SearchSettings(grid=10, num_samples=4))
+    with pytest.raises(ValueError, match="shape must have 1 to 16 entries"):
+        optimal_schedules(wavy, (1,) * 17, 2, SearchSettings(grid=10, num_samples=4))
 
 
 def test_settings_are_frozen_and_hold_a_checked_grid():
@@ -386,20 +436,82 @@ def test_a_module_configured_by_a_plain_attribute_gets_another_fingerprint(setup
     ],
 )
 def test_a_checkpoint_with_edited_counters_is_refused(setup, tmp_path, field, value):
+    """An edit that breaks the counters: refused by the checksum, and without one (a file written before the
+    checksum existed) by the counters' own checks."""
     noise, times = setup
     path = tmp_path / "cost.npz"
     args = {"batch_size": 5, "progress": False, "checkpoint": path, "checkpoint_key": "f"}
     cost_matrix(nonlinear_velocity, noise, times, **args)
-    with np.load(path) as data:
-        stored = {key: data[key] for key in data.files}
+    stored = _stored(path)
     if field == "sums":
-        stored["sums"] = stored["sums"].copy()
         stored["sums"][0, 1] = value
     else:
         stored[field] = np.int64(value)
     np.savez(path, **stored)
+    with pytest.raises(ValueError, match=r"cost\.npz fails its checksum"):
+        cost_matrix(nonlinear_velocity, noise, times, **args)
+    del stored[CHECKSUM_KEY]
+    np.savez(path, **stored)
     with pytest.raises(ValueError, match=rf"cost\.npz: {field} "):
         cost_matrix(nonlinear_velocity, noise, times, **args)
+
+
+def _stored(path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {key: data[key].copy() for key in data.files}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.update(
+            sums=s["sums"] * 2
+        ),  # plausible counters: only the checksum sees it (failed on main)
+        lambda s: s.update(batches_done=np.int64(1), count=np.int64(5)),  # one batch forgotten
+        lambda s: s.update(extra=np.zeros(2)),  # an array added
+        lambda s: s.update(payload_sha256=np.asarray(123)),  # the checksum itself of another type
+    ],
+)
+def test_a_checkpoint_whose_arrays_differ_from_its_checksum_is_refused(setup, tmp_path, edit):
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    args = {"batch_size": 5, "progress": False, "checkpoint": path, "checkpoint_key": "f"}
+    want = cost_matrix(nonlinear_velocity, noise, times, **args)
+    assert np.array_equal(cost_matrix(nonlinear_velocity, noise, times, **args), want)  # an intact file loads
+    stored = _stored(path)
+    edit(stored)
+    np.savez(path, **stored)
+    with pytest.raises(ValueError, match=r"cost checkpoint .*cost\.npz fails its checksum \(payload_sha256"):
+        cost_matrix(nonlinear_velocity, noise, times, **args)
+
+
+def test_a_checkpoint_missing_a_field_or_of_another_dtype_names_it(setup, tmp_path):
+    """Files without a checksum (as written before it existed) still get every field checked by name."""
+    noise, times = setup
+    path = tmp_path / "cost.npz"
+    args = {"batch_size": 5, "progress": False, "checkpoint": path, "checkpoint_key": "f"}
+    cost_matrix(nonlinear_velocity, noise, times, **args)
+    good = _stored(path)
+    del good[CHECKSUM_KEY]
+    cases = [
+        (
+            {k: v for k, v in good.items() if k != "sums"},
+            "lacks 'sums' \\(a float64 array of shape \\(13, 13\\)",
+        ),
+        ({**good, "sums": good["sums"].astype(np.float32)}, "'sums' of dtype float32, expected float64"),
+        ({**good, "sums": good["sums"][:3]}, "'sums' of shape \\(3, 13\\), expected \\(13, 13\\)"),
+        ({k: v for k, v in good.items() if k != "count"}, "lacks 'count'"),
+        ({**good, "batches_done": np.float64(2.0)}, "'batches_done' of dtype float64, shape \\(\\): not an"),
+    ]
+    for stored, match in cases:
+        np.savez(path, **stored)
+        with pytest.raises(ValueError, match=match):
+            cost_matrix(nonlinear_velocity, noise, times, **args)
+    np.savez(path, **good)  # the file as an older version wrote it: resumed as it was
+    assert np.array_equal(
+        cost_matrix(nonlinear_velocity, noise, times, **args),
+        cost_matrix(nonlinear_velocity, noise, times, batch_size=5, progress=False),
+    )
 
 
 # From test_sampler.py

@@ -13,9 +13,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 
 import boss_fast as bf
+from boss_fast._checkpoint import CHECKSUM_KEY
+from boss_fast._identity import value_digest
 from boss_fast.grids import uniform_grid
 from boss_fast.models.dit import DiT
 from boss_fast.straighten import (
@@ -223,6 +227,24 @@ def test_a_schedule_that_starts_later_is_straightened_from_where_its_sampler_sta
     assert after < 0.01 * before
 
 
+def test_a_pair_shard_whose_states_differ_from_its_checksum_is_refused(tmp_path):
+    """A shard with one state edited (its header kept) trained on the edited pairs on main."""
+    teacher, sched = TinyVelocity(), _schedule(10, [0, 3, 7, 10])
+    noise = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    want = straightening_pairs(teacher, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
+    path = next(p for p in tmp_path.rglob("*.safetensors"))
+    with safe_open(str(path), framework="pt") as f:
+        metadata, states = f.metadata(), f.get_tensor("states").clone()  # not a view of the file
+    assert metadata[CHECKSUM_KEY] == value_digest(states)
+    path.write_bytes(save({"states": states * 2}, metadata=metadata))
+    with pytest.raises(ValueError, match=r"pair-cache shard .*\.safetensors fails its checksum"):
+        straightening_pairs(teacher, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
+    del metadata[CHECKSUM_KEY]  # as the code before the checksum wrote it: read as it is
+    path.write_bytes(save({"states": states}, metadata=metadata))
+    got = straightening_pairs(teacher, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+
+
 def test_pair_loss_variants():
     pred, target = torch.zeros(3, 4), torch.tensor([[1.0] * 4, [2.0] * 4, [1e-4] * 4])
     np.testing.assert_allclose(pair_loss(pred, target, "l2").numpy(), [1.0, 4.0, 1e-8], rtol=1e-5)
@@ -307,6 +329,30 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(resumed.state_dict()[key], value)  # bit for bit
 
 
+def test_a_finished_run_with_more_iterations_is_refused_and_a_shorter_one_is_extended(tmp_path):
+    """iters=10 on a folder holding a finished 30-step run returned the 30-step model on main."""
+    model, sched = TinyVelocity(), _schedule(10, [0, 4, 10])
+    args = {**FAST, "iters": 6, "checkpoint_every": 3}
+    _straighten(model, sched, **args, checkpoint_dir=tmp_path)  # finished at step 6
+    with pytest.raises(
+        ValueError, match=r"straighten\.pt holds a run at step 6, past iters = 4: .*iters >= 6"
+    ):
+        _straighten(model, sched, **{**args, "iters": 4}, checkpoint_dir=tmp_path)
+    seen = []
+    extended, stats = _straighten(model, sched, **{**args, "iters": 9}, checkpoint_dir=tmp_path,
+                                  callback=lambda s, v: seen.append(s), return_stats=True)  # fmt: skip
+    fresh = _straighten(model, sched, **{**args, "iters": 9})
+    assert seen == [7, 8, 9] and stats.steps == 9
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(extended.state_dict()[key], value)  # bit for bit
+    again, stats = _straighten(
+        model, sched, **{**args, "iters": 9}, checkpoint_dir=tmp_path, return_stats=True
+    )
+    assert stats.steps == 9 and all(
+        torch.equal(again.state_dict()[k], v) for k, v in fresh.state_dict().items()
+    )
+
+
 def test_a_checkpoint_from_another_model_or_schedule_is_refused(tmp_path):
     model = TinyVelocity()
     sched = _schedule(10, [0, 4, 10])
@@ -368,6 +414,26 @@ def test_the_shape_comes_from_the_schedule_and_another_models_schedule_is_warned
 
 
 # ------------------------------------------------------------------------------------------------- LoRA
+
+
+@needs_peft
+def test_lora_runs_are_equal_for_a_seed_and_leave_the_global_generator_alone():
+    """peft drew the adapters from torch's global generator: two runs in one process differed (main)."""
+    model, sched = TinyVelocity(hidden=32), _schedule(10, [0, 5, 10])
+    lora = {**FAST, "lora_rank": 2, "lr": 1e-2, "merge": False}
+    state = torch.get_rng_state()
+    first = _weights(_straighten(model, sched, **lora))
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's generator: neither read nor advanced
+    torch.manual_seed(123)  # whatever the global generator holds
+    second = _weights(_straighten(model, sched, **lora))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    other = _weights(_straighten(model, sched, **lora, seed=1))
+    assert any(not torch.equal(first[k], other[k]) for k in first if "lora_A" in k)  # the seed draws them
+    fresh = add_lora(TinyVelocity(hidden=32), 2, seed=0)
+    drawn = [p.detach() for n, p in fresh.named_parameters() if "lora_A" in n]
+    bound = 1.0 / math.sqrt(3)  # peft's init, kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))
+    assert float(drawn[0].abs().max()) <= bound and float(drawn[0].std()) > 0.2 * bound
+    assert all(not p.detach().any() for n, p in fresh.named_parameters() if "lora_B" in n)
 
 
 @needs_peft
@@ -469,10 +535,12 @@ BAD_SETTINGS = [
     ("loss", "l1", ValueError),
     ("normalize", "yes", TypeError),
     ("seed", -1, ValueError),
+    ("seed", 2**64, ValueError),  # 2**70 was accepted, then torch.Generator.manual_seed overflowed
     ("checkpoint_every", 0, ValueError),
     ("lora_rank", 0, ValueError),
     ("lora_targets", [], TypeError),
     ("lora_targets", ["qkv", 3], TypeError),
+    ("lora_targets", "(", ValueError),  # accepted, then re.error once the teacher had run
     ("lora_alpha", 0.0, ValueError),
     ("merge", None, TypeError),
     ("memory", {"in_place": True}, TypeError),
@@ -488,6 +556,15 @@ BAD_SETTINGS = [
 def test_a_bad_setting_is_refused_naming_its_field(name, value, error):
     with pytest.raises(error, match=rf"StraightenSettings\.{name}\b"):
         StraightenSettings(**{name: value})
+
+
+def test_seeds_and_regex_targets_say_what_they_take():
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\^64 - 1\].*got 1180591620717411303424"):
+        StraightenSettings(seed=2**70)
+    assert StraightenSettings(seed=2**64 - 1).seed == 2**64 - 1  # the largest torch.Generator seed
+    with pytest.raises(ValueError, match=r"lora_targets '\(' is not a regular expression"):
+        StraightenSettings(lora_targets="(")
+    assert StraightenSettings(lora_targets=r"blocks\.\d+\.qkv").lora_targets == r"blocks\.\d+\.qkv"
 
 
 def test_every_setting_field_has_a_refusal_case():

@@ -26,7 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from boss_fast._validation import START_RULES, as_times, check_choice, check_float, check_scale
+from boss_fast._validation import (
+    START_RULES,
+    as_times,
+    check_choice,
+    check_float,
+    check_scale,
+    check_shape,
+)
 from boss_fast.integrations._imports import missing
 from boss_fast.integrations.sigmas import (
     FLOW_MATCH_KEYS,
@@ -162,7 +169,8 @@ class BossScheduler(SchedulerMixin, ConfigMixin):
         self._shift = shift
         # The resolution the schedule was searched at (Schedule.shape, Schedule.mu): a pipeline run at another
         # gets one warning per kind (a schedule is resolution-specific; the steps stay the schedule's).
-        self._searched_shape = None if searched_shape is None else tuple(int(n) for n in searched_shape)
+        shape = None if searched_shape is None else check_shape(searched_shape, "searched_shape")
+        self._searched_shape = shape
         self._searched_mu = None if searched_mu is None else check_float(searched_mu, "searched_mu")
         self._warned: set[str] = set()
         self._check_start()  # from_schedule's rule is registered before __init__ runs; from_config's, after
@@ -582,6 +590,12 @@ class DiffusersVelocity(nn.Module):
         out = self.transformer(hidden_states=x, timestep=timestep, return_dict=False, **cond)
         out = out[0] if isinstance(out, tuple | list) else out
         return (-out).to(x.dtype)
+
+    @property
+    def doubled_batch(self) -> bool:
+        """True with ``negative`` and no ``guidance_scale``: the module then follows ``Sampler(guidance=)``'s
+        doubled-batch protocol (:func:`boss_fast.ode.is_cfg_pair`); otherwise it is a plain velocity."""
+        return self.guided and self.guidance_scale is None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The velocity at x (B, ...) and t (B,); a bank pairs sample b with entry b mod P (as

@@ -108,8 +108,10 @@ def save_diffusers_lora(
     ``out_dir/pytorch_lora_weights.safetensors`` by the pipeline class's ``save_lora_weights``
     (``transformer_lora_layers`` and ``transformer_lora_adapter_metadata``, see
     :func:`transformer_lora_layers`), and ``out_dir/scheduler/`` by ``BossScheduler.save_pretrained`` (the
-    schedule's times and the stock scheduler's config keys when ``pipeline`` is an instance). Each file is
-    written under a temporary folder beside ``out_dir`` and moved into place.
+    schedule's times and the stock scheduler's config keys when ``pipeline`` is an instance). The whole folder
+    is written under a temporary name beside ``out_dir`` and renamed into place (an existing ``out_dir``, a
+    folder this function wrote or an empty one, is renamed aside first and then removed), so a reader that
+    opens ``out_dir`` sees one writer's LoRA and scheduler together, or no folder, never a mix of two.
 
     Then ``pipe.load_lora_weights(out_dir)`` and ``pipe.scheduler = BossScheduler.from_pretrained(out_dir,
     subfolder="scheduler")`` sample as the student does (``pipe(..., num_inference_steps=sched.steps)``).
@@ -119,7 +121,8 @@ def save_diffusers_lora(
             merge=False))``'s result.
         pipeline: the pipeline (or its class), e.g. ``StableDiffusion3Pipeline`` or ``FluxPipeline``, whose
             ``save_lora_weights`` takes ``transformer_lora_layers``.
-        out_dir: the folder (created if missing).
+        out_dir: the folder (created if missing; replaced whole if it holds only what this function writes;
+            refused, ValueError, if it holds anything else).
         sched: the schedule the student was straightened for.
 
     Returns:
@@ -140,19 +143,74 @@ def save_diffusers_lora(
     )
     scheduler = BossScheduler.from_schedule(sched, config)
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".boss-lora-", dir=os.path.dirname(os.path.abspath(out_dir)))
+    target = _check_lora_dir(out_dir)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=parent)
     try:
         save(tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata,
              weight_name=LORA_WEIGHT_NAME)  # fmt: skip
         scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
-        os.makedirs(os.path.join(out_dir, "scheduler"), exist_ok=True)
-        for name in sorted(os.listdir(os.path.join(tmp, "scheduler"))):
-            os.replace(os.path.join(tmp, "scheduler", name), os.path.join(out_dir, "scheduler", name))
-        os.replace(os.path.join(tmp, LORA_WEIGHT_NAME), os.path.join(out_dir, LORA_WEIGHT_NAME))
+        _fsync_tree(tmp)
+        _swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return os.path.join(out_dir, LORA_WEIGHT_NAME)
+
+
+_TEMP_PREFIX = ".boss-lora-"
+_OURS = frozenset({LORA_WEIGHT_NAME, "scheduler"})  # what save_diffusers_lora writes in its folder
+
+
+def _check_lora_dir(out_dir: str | os.PathLike) -> str:
+    """``out_dir``'s real path, refused (ValueError) when it is a file, or a folder holding anything beside
+    what :func:`save_diffusers_lora` writes there (which replaces the folder whole)."""
+    target = os.path.realpath(os.fspath(out_dir))
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise ValueError(f"out_dir {out_dir}: is a file, not a folder")
+    other = sorted(set(os.listdir(target)) - _OURS) if os.path.isdir(target) else []
+    if other:
+        raise ValueError(
+            f"out_dir {out_dir} holds {other[:3]}{' ...' if len(other) > 3 else ''} beside a LoRA folder's "
+            f"files ({', '.join(sorted(_OURS))}): the folder is replaced whole, so pass a new or empty "
+            "folder, or one this command wrote"
+        )
+    return target
+
+
+def _fsync_tree(root: str) -> None:
+    """Flush every file under ``root`` to disk before it is renamed into place (a crash then leaves the old
+    folder or the whole new one, not a renamed folder of empty files)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _swap_in(new: str, target: str, attempts: int = 100) -> None:
+    """Rename the folder ``new`` to ``target``. An existing ``target`` is renamed aside, then ``new`` in, then
+    the old one removed: a reader sees the old folder, none, or the new one, never parts of two. Another
+    writer racing for ``target`` makes a rename fail (ENOTEMPTY / ENOENT): retried, last writer wins."""
+    for _ in range(attempts):
+        try:
+            os.rename(new, target)  # POSIX: onto a missing or an empty folder
+            return
+        except OSError:
+            if not os.path.isdir(target):
+                raise
+        aside = f"{new}.old"
+        try:
+            os.rename(target, aside)
+        except FileNotFoundError:  # another writer moved it aside first: try again
+            continue
+        try:
+            os.rename(new, target)
+            return
+        except OSError:  # another writer put its folder in between: it wins this round, try again
+            continue
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    raise OSError(f"could not move the LoRA folder into {target}: other writers kept replacing it")
 
 
 def straighten_pipeline(
@@ -200,6 +258,7 @@ def straighten_pipeline(
         if name in run:
             raise TypeError(f"straighten_pipeline sets {name!r} itself")
     check_diffusers_start(sched)  # the folder's BossScheduler could not step it: refused before training
+    _check_lora_dir(out_dir)  # before the training, not after it
     target = pipeline_target(pipe, conditioning, guidance, height, width)
     if sched.shape is not None and tuple(sched.shape) != tuple(target.shape):
         raise ValueError(

@@ -12,6 +12,7 @@ with prompt m mod P).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,13 +29,16 @@ from boss_fast.search import SearchSettings, optimal_schedules
 try:
     from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-    from safetensors.torch import load_file  # a dependency of diffusers
+    from safetensors import SafetensorError  # a dependency of diffusers
+    from safetensors.torch import load_file
 except ImportError as err:  # the optional extra
     raise missing("diffusers", "diffusers") from err
 
 __all__ = [
     "EMBEDDING_KEYS",
+    "GUIDANCE_RANGE",
     "PipelineTarget",
+    "check_guidance",
     "encode_prompts",
     "latent_shape",
     "load_pipeline",
@@ -55,6 +59,10 @@ EMBEDDING_KEYS = (
 )
 # The guidance scale each pipeline's __call__ defaults to (diffusers 0.42): SD3 7.0, Flux 3.5.
 DEFAULT_GUIDANCE = {"sd3": 7.0, "flux": 3.5}
+# The guidance scales taken: SD3 runs CFG above 1, and 1000 is 140x its default (a guided velocity 1000x the
+# conditional difference stays finite even in float16, max 65504). 1e308 overflowed Flux's float32 guidance
+# embedding (RuntimeError) and made SD3's velocities non-finite mid-search.
+GUIDANCE_RANGE = (0.0, 1000.0)
 # calculate_shift's defaults where a scheduler config lacks a key (each pipeline's own get(..., default)).
 _SHIFT_DEFAULTS = {
     "sd3": {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.16},
@@ -89,14 +97,36 @@ def load_pipeline(
     its ``model_index.json``), in ``dtype``, moved to ``device``.
 
     Raises:
-        ValueError: the pipeline is neither SD3 nor Flux (:func:`pipeline_kind`).
+        ValueError: the pipeline is neither SD3 nor Flux (:func:`pipeline_kind`); a local folder whose
+            ``model_index.json`` is not a JSON object naming the pipeline's class (``_class_name``).
     """
+    _check_model_index(os.fspath(path_or_id))
     pipe = DiffusionPipeline.from_pretrained(os.fspath(path_or_id), torch_dtype=dtype)
     pipeline_kind(pipe)
     if device is not None:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _check_model_index(path: str) -> None:
+    """A local pipeline folder's ``model_index.json`` names its class (diffusers reads ``_class_name`` with a
+    bare subscript: ``{}`` raised KeyError '_class_name'). Hub ids and folders without the file are left to
+    diffusers, whose errors name them."""
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        return
+    try:
+        with open(index, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{index}: not a JSON file ({err}); a pipeline folder's model_index.json") from None
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    if not isinstance(name, str):
+        raise ValueError(
+            f"{index}: no _class_name (the pipeline's class: StableDiffusion3Pipeline or FluxPipeline); not "
+            "a diffusers pipeline folder as pipe.save_pretrained writes it"
+        )
 
 
 def pipeline_kind(pipe: object) -> str:
@@ -116,14 +146,22 @@ def pipeline_kind(pipe: object) -> str:
 
 
 def _resolution(pipe: DiffusionPipeline, height: int | None, width: int | None) -> tuple[int, int]:
+    """(height, width) in pixels: multiples of the VAE's factor f times the latent patch (SD3: the
+    transformer's patch_size, 2 in SD3; Flux: its 2 x 2 packing), as the pipelines' own check_inputs ask.
+    Smaller sizes gave a latent narrower than one patch (--height 8: a convolution error mid-search)."""
     side = pipe.default_sample_size * pipe.vae_scale_factor
     h = side if height is None else check_int(height, "height")
     w = side if width is None else check_int(width, "width")
-    multiple = pipe.vae_scale_factor * (2 if pipeline_kind(pipe) == "flux" else 1)
+    f = pipe.vae_scale_factor
+    if pipeline_kind(pipe) == "flux":
+        patch, why = 2, f"the VAE's factor {f} x Flux's 2 x 2 latent packing"
+    else:
+        patch = int(pipe.transformer.config.patch_size)
+        why = f"the VAE's factor {f} x the transformer's patch size {patch}"
     for name, value in (("height", h), ("width", w)):
-        if value < multiple or value % multiple:
+        if value < f * patch or value % (f * patch):
             raise ValueError(
-                f"{name} must be a positive multiple of {multiple} for this pipeline, got {value}"
+                f"{name} must be a positive multiple of {f * patch} for this pipeline ({why}), got {value}"
             )
     return h, w
 
@@ -163,10 +201,16 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     """The prompts in a text file, one a line (blank lines skipped).
 
     Raises:
-        ValueError: the file holds no prompt.
+        ValueError: the file holds no prompt, or is not UTF-8 text.
     """
-    with open(path, encoding="utf-8") as f:
-        prompts = [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{os.fspath(path)}: not UTF-8 text (byte {err.start}: {err.reason}); prompts are a text file, "
+            "one prompt a line"
+        ) from None
     if not prompts:
         raise ValueError(f"{os.fspath(path)}: no prompt (one prompt a line)")
     return prompts
@@ -177,9 +221,16 @@ def read_embeddings(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     (P, T, D) and ``pooled_prompt_embeds`` (P, D') required; the negative pair optional, for CFG).
 
     Raises:
-        ValueError: a missing required key or an unknown one.
+        ValueError: a file that is not safetensors (or is truncated), a missing required key or an unknown
+            one.
     """
-    from_file = load_file(os.fspath(path))
+    try:
+        from_file = load_file(os.fspath(path))
+    except SafetensorError as err:  # truncated, or not safetensors at all
+        raise ValueError(
+            f"{os.fspath(path)}: not a readable safetensors file ({err}); write the embeddings with "
+            "safetensors.torch.save_file"
+        ) from None
     unknown = sorted(set(from_file) - set(EMBEDDING_KEYS))
     if unknown:
         raise ValueError(f"{os.fspath(path)}: unknown key(s) {unknown}; the keys are {list(EMBEDDING_KEYS)}")
@@ -223,8 +274,21 @@ def encode_prompts(
     return found
 
 
+def check_guidance(guidance: object, name: str = "guidance") -> float:
+    """A pipeline's guidance scale: a finite number in :data:`GUIDANCE_RANGE` ([0, 1000]), else a TypeError
+    or ValueError naming ``name`` and the range."""
+    w = check_float(guidance, name)
+    lo, hi = GUIDANCE_RANGE
+    if not lo <= w <= hi:
+        raise ValueError(
+            f"{name} must be in [{lo:g}, {hi:g}] (SD3 runs classifier-free guidance above 1; the pipelines "
+            f"default to SD3 {DEFAULT_GUIDANCE['sd3']:g}, Flux {DEFAULT_GUIDANCE['flux']:g}), got {w:g}"
+        )
+    return w
+
+
 def _guidance(kind: str, guidance: float | None) -> float:
-    return DEFAULT_GUIDANCE[kind] if guidance is None else check_float(guidance, "guidance")
+    return DEFAULT_GUIDANCE[kind] if guidance is None else check_guidance(guidance)
 
 
 def pipeline_target(
@@ -243,7 +307,8 @@ def pipeline_target(
     is given; the batch-free text and image ids as the pipeline makes them.
 
     Raises:
-        ValueError: missing embeddings, embeddings of the wrong width for the transformer, guidance given to
+        ValueError: missing embeddings, embeddings of the wrong width for the transformer, embeddings and
+            pooled embeddings of different row counts, guidance outside :data:`GUIDANCE_RANGE` or given to
             a Flux transformer without guidance embedding.
     """
     kind = pipeline_kind(pipe)
@@ -284,6 +349,20 @@ def _check_embeddings(config: Mapping[str, Any], cond: Mapping[str, torch.Tensor
             raise ValueError(
                 f"{key} has shape {tuple(value.shape)}; this transformer takes {ndim}-D embeddings of width "
                 f"{width} (P prompts first)"
+            )
+    _check_rows(cond)
+
+
+def _check_rows(cond: Mapping[str, torch.Tensor]) -> None:
+    """Each prompt's embeddings and pooled embedding come in pairs: as many rows in both (a 1-row pooled
+    tensor beside P rows would be broadcast, pairing every prompt with prompt 1's pooled embedding); the
+    negatives' count against the prompts' is DiffusersVelocity's check (1 or P)."""
+    rows = {key: value.shape[0] for key, value in cond.items()}
+    for embeds, pooled in (EMBEDDING_KEYS[:2], EMBEDDING_KEYS[2:]):
+        if embeds in rows and pooled in rows and rows[embeds] != rows[pooled]:
+            raise ValueError(
+                f"{embeds} has {rows[embeds]} row(s) but {pooled} has {rows[pooled]}: give one pooled "
+                f"embedding per prompt (the same number of rows P in both)"
             )
 
 
