@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import boss_fast as bf
-from boss_fast._validation import START_RULES, atomic_write
+from boss_fast._validation import SOLVERS, START_RULES, atomic_write
 from boss_fast.comfyui import check_comfyui_start
 from boss_fast.demo import DemoConfig, demo_straighten_settings, run_demo
 from boss_fast.engine import STORES
@@ -577,11 +577,13 @@ def _straighten_settings(args: argparse.Namespace, grid: object, **fixed: object
     memory = StraightenMemory(
         gradient_checkpointing=args.gradient_checkpointing, autocast=_DTYPES.get(args.autocast)
     )
+    # Options left out take the settings' defaults (num_pairs; lr by full or LoRA training).
+    given = {k: getattr(args, k) for k in ("num_pairs", "lr") if getattr(args, k) is not None}
     try:
         return StraightenSettings(
-            num_pairs=args.num_pairs, grid=grid, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
-            warmup=args.warmup, ema=args.ema, lora_rank=args.lora_rank, loss=args.loss,
-            normalize=args.normalize, seed=args.seed, memory=memory, **fixed,
+            grid=grid, iters=args.iters, batch_size=args.batch_size, warmup=args.warmup, ema=args.ema,
+            lora_rank=args.lora_rank, loss=args.loss, normalize=args.normalize, seed=args.seed,
+            memory=memory, pair_steps=args.pair_steps, pair_solver=args.pair_solver, **given, **fixed,
         )  # fmt: skip
     except (TypeError, ValueError) as err:
         option = re.search(r"StraightenSettings\.(\w+)", str(err))
@@ -635,7 +637,7 @@ def _cmd_straighten(args) -> None:
         raise UsageError(f"{given[0]} applies to --pipeline only")
     _check_output_file(args.out, "--out")
     _check_counts(args, {"num_pairs": 1, "iters": 1, "batch_size": 1, "warmup": 0, "seed": 0})
-    _check_counts(args, {"grid": 1, "lora_rank": 1})
+    _check_counts(args, {"grid": 1, "lora_rank": 1, "pair_steps": 1})
     _check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     _check_output_dir(args.cache_dir, "--cache-dir")
     device = _check_device(args.device)
@@ -900,10 +902,14 @@ def _add_straighten_parser(sub) -> None:
     st.add_argument(
         "--grid", type=int, default=None, help="uniform grid size to check (default: the schedule's)"
     )
-    st.add_argument("--num-pairs", type=int, default=5000)
+    st.add_argument("--num-pairs", type=int, default=None, help="pair noises (default: StraightenSettings')")
+    st.add_argument("--pair-steps", type=int, default=None, help="the pairs' teacher steps (default: grid)")
+    st.add_argument("--pair-solver", choices=SOLVERS, default=None, help="the pairs' teacher solver")
     st.add_argument("--iters", type=int, default=2000)
     st.add_argument("--batch-size", type=int, default=64)
-    st.add_argument("--lr", type=float, default=2e-4)
+    st.add_argument(
+        "--lr", type=float, default=None, help="default: 2e-4 full, StraightenSettings' LoRA rate with LoRA"
+    )
     st.add_argument("--warmup", type=int, default=200)
     st.add_argument("--ema", type=float, default=0.999)
     st.add_argument("--lora-rank", type=int, default=None, help="LoRA adapters only (needs peft)")

@@ -72,6 +72,7 @@ __all__ = [
     "add_lora",
     "default_lora_targets",
     "merge_lora",
+    "pair_grid",
     "pair_loss",
     "StraightenSettings",
     "straighten",
@@ -84,6 +85,15 @@ CHECKPOINT_VERSION = 2  # 2: the wider model fingerprint, checkpoint_key, checks
 CHECKPOINT_NAME = "straighten.pt"
 # Song & Dhariwal (2023) use c = 0.00054 * sqrt(d) for images in [-1, 1]; the digits are in [-1, 1] too.
 PSEUDO_HUBER_C = 0.00054
+# The learning rates StraightenSettings takes when lr is not given. Full fine-tuning: the published 2e-4.
+FULL_LR = 2e-4
+# LoRA: B starts at zero and the adapters need a larger step. On the digits DiT (rank 4, 600 iterations,
+# K = 2; benchmarks/results/straighten_sweep_lora.md) FD was 88.4 / 70.0 / 65.6 at lr 1e-3 / 3e-3 / 1e-2 on
+# attention and MLP, and 44.9 at 3e-3 with the modulation and the head adapted too (full fine-tune: 42.3).
+LORA_LR = 3e-3
+# LoRA's alpha when not given, per unit of rank (scale alpha / rank). Under Adam a larger alpha acts much like
+# a larger lr (alpha 4r at lr 1e-3: FD 74.7, between lr 3e-3 and 1e-2 at alpha r), so it stays at 1.
+LORA_ALPHA_PER_RANK = 1.0
 
 
 # ----------------------------------------------------------------------------------------------- pairs
@@ -134,12 +144,50 @@ def _describe(grid: object) -> str:
     return repr(grid) if isinstance(grid, int | np.integer) else f"<{len(np.asarray(grid))} times>"
 
 
-def _cache_key(teacher: VelocityFn, sched: Schedule, noise: torch.Tensor, solver: str, shard: int) -> str:
-    """Identity of a pair cache: teacher weights, grid, indices, solver, noise bytes and shard size."""
+def _cache_key(
+    teacher: VelocityFn, path: tuple[np.ndarray, np.ndarray], noise: torch.Tensor, solver: str, shard: int
+) -> str:
+    """Identity of a pair cache: teacher weights, the teacher's grid and kept indices (``path``), solver,
+    noise bytes and shard size."""
     ident = (
         model_fingerprint(teacher) if isinstance(teacher, nn.Module) else getattr(teacher, "__qualname__", "")
     )
-    return cache_key([ident, sched.grid.tolist(), sched.indices.tolist(), solver, shard], noise)
+    return cache_key([ident, path[0].tolist(), path[1].tolist(), solver, shard], noise)
+
+
+def pair_grid(sched: Schedule, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ``steps``-step teacher grid through the schedule's times, and where they lie on it.
+
+    The segments between ``sched.grid[0]`` and the schedule's times (the first segment is empty when the
+    schedule starts at the grid's first point) share the steps in proportion to their lengths, at least one
+    each (largest remainders, so they add up to ``steps``), each cut uniformly. With ``steps`` equal to the
+    schedule's grid size on a uniform grid whose points hold the times, this is that grid.
+
+    Returns:
+        ``(times, indices)``: (steps + 1,) float64 increasing teacher times and (K + 1,) int64 indices with
+        ``times[indices] == sched.times``.
+
+    Example:
+        >>> sched = Schedule(np.array([0.0, 0.25, 1.0]), np.array([0, 1, 4]), 0.0, np.linspace(0, 1, 5))
+        >>> times, indices = pair_grid(sched, 8)
+        >>> times.tolist(), indices.tolist()
+        ([0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0], [0, 2, 8])
+    """
+    bounds = np.concatenate([[sched.grid[0]], sched.times]) if sched.times[0] > sched.grid[0] else sched.times
+    segments = len(bounds) - 1
+    steps = check_int(steps, "pair_steps", minimum=segments)
+    lengths = np.diff(bounds)
+    share = steps * lengths / lengths.sum()
+    counts = np.maximum(1, np.floor(share).astype(np.int64))
+    while counts.sum() != steps:  # at most `segments` rounds: hand out (or take back) one step at a time
+        if counts.sum() < steps:
+            counts[np.argmax(share - counts)] += 1
+        else:
+            counts[np.argmax(np.where(counts > 1, counts - share, -np.inf))] -= 1
+    pieces = [np.linspace(a, b, n + 1)[:-1] for a, b, n in zip(bounds[:-1], bounds[1:], counts, strict=True)]
+    times = np.concatenate([*pieces, bounds[-1:]])
+    ends = np.concatenate([[0], np.cumsum(counts)])
+    return times, ends[-len(sched.times) :].astype(np.int64)
 
 
 def _teacher_states(
@@ -188,7 +236,7 @@ def _load_shard(path: str, header: dict[str, str], expected: tuple[int, ...]) ->
 def _shard_states(
     teacher: TeacherRunner,
     noise: torch.Tensor,
-    sched: Schedule,
+    indices: np.ndarray,
     batch_size: int,
     device: torch.device,
     folder: str | None,
@@ -200,7 +248,7 @@ def _shard_states(
     Under torch.distributed, rank r computes shards r, r + W, ... and broadcasts them, so the teacher's cost
     is split across ranks and every rank ends with the same tensor.
     """
-    m, k1 = noise.shape[0], len(sched.indices)
+    m, k1 = noise.shape[0], len(indices)
     shard = Shard.of_this_process(m, batch_size)
     out = noise.new_empty((m, k1, *noise.shape[1:]), device=device)
     with progress_bar(shard.num_batches, 0, progress, "straightening pairs") as bar:
@@ -208,17 +256,18 @@ def _shard_states(
             start, stop = shard.span(b)
             owner = b % shard.world
             if owner == shard.rank:
-                out[start:stop] = _one_shard(teacher, noise, sched, (start, stop), device, folder)
+                out[start:stop] = _one_shard(teacher, noise, indices, (start, stop), device, folder)
             if shard.world > 1:
                 torch.distributed.broadcast(out[start:stop], src=owner)
             bar.update(1)
     return out
 
 
-def _one_shard(teacher, noise, sched, span: tuple[int, int], device, folder: str | None) -> torch.Tensor:
-    """One batch's (B, K + 1, ...) states at the schedule's indices: from its cache shard, or computed."""
+def _one_shard(teacher, noise, indices, span: tuple[int, int], device, folder: str | None) -> torch.Tensor:
+    """One batch's (B, K + 1, ...) states at the teacher grid's ``indices``: from its cache shard, or
+    computed."""
     start, stop = span
-    shape = (stop - start, len(sched.indices), *noise.shape[1:])
+    shape = (stop - start, len(indices), *noise.shape[1:])
     path = header = states = None
     if folder is not None:
         path = os.path.join(folder, f"shard{start:09d}-{stop:09d}.safetensors")
@@ -226,7 +275,7 @@ def _one_shard(teacher, noise, sched, span: tuple[int, int], device, folder: str
         states = _load_shard(path, header, shape)
     if states is None:
         rows = torch.arange(start, stop, device=device)
-        states = _teacher_states(teacher, noise[start:stop].to(device), sched.indices, rows).cpu()
+        states = _teacher_states(teacher, noise[start:stop].to(device), indices, rows).cpu()
         if path is not None:
             states = states.contiguous()
             blob = save({"states": states}, metadata={**header, CHECKSUM_KEY: value_digest(states)})
@@ -258,6 +307,8 @@ def straightening_pairs(
     device: torch.device | str | None = None,
     progress: bool = False,
     mode: str | None = None,
+    pair_steps: int | None = None,
+    pair_solver: str | None = None,
 ) -> StraighteningPairs:
     """The (x at tau_k, x at tau_{k+1}, tau_k, tau_{k+1}) pairs of the teacher's fine trajectory.
 
@@ -267,15 +318,15 @@ def straightening_pairs(
     runs from the noise at ``grid[0]`` (the search's targets are its states); the first interval's input is
     the schedule's start state at tau_0 (``Schedule.start``: the noise itself for "zero" and "noise",
     ``(1 - tau_0) * noise`` for "scaled"), so a schedule that starts later is straightened from where its
-    sampler starts, onto the teacher's trajectory.
+    sampler starts, onto the teacher's trajectory. ``pair_steps`` and ``pair_solver`` trade the pairs'
+    accuracy for the teacher's cost (M x steps x the solver's evaluations per step: 1 Euler, 2 Heun, 4 RK4).
 
     Args:
         teacher: ``velocity(x, t)``; t = 0 noise, t = 1 data. A bank of P conditionings (a ``for_rows``
             method, :func:`boss_fast.ode.for_rows`) runs noise m with conditioning m mod P, whatever
             ``batch_size``.
         sched: a ``Schedule`` chosen on ``grid`` with ``solver``; anything else raises.
-        noise: (M, ...) floating tensor, the teacher's states at t = sched.grid[0] (and the noise of the
-            start states).
+        noise: (M, ...) floating tensor, the teacher's states at t = sched.grid[0] (and the start states').
         grid: an int n (``uniform_grid(n)``) or explicit times; must equal ``sched.grid``.
         solver: the teacher's solver; None (default) takes ``sched.solver``, anything else must equal it.
         batch_size: noises per teacher batch, and per cache shard.
@@ -287,6 +338,8 @@ def straightening_pairs(
         mode: None runs ``teacher_trajectory``'s plain loop; "eager", "compile", "cuda_graph" or "auto" runs
             the teacher on a recording :class:`boss_fast.sampler.Sampler`, built once per batch shape and
             replayed (the same states in "eager").
+        pair_steps: an int >= K runs the teacher on :func:`pair_grid` instead of ``sched.grid``.
+        pair_solver: "euler", "heun", "rk4" or "dopri5" instead of ``solver`` (a deliberate other teacher).
 
     Returns:
         ``StraighteningPairs`` with M * K rows (row m * K + k), on ``device``, in the noise's dtype.
@@ -301,6 +354,7 @@ def straightening_pairs(
     """
     sched = _check_schedule(sched, grid, solver)
     solver = check_teacher(sched.solver if solver is None else solver, mode)
+    path, solver = _teacher_path(sched, solver, mode, pair_steps, pair_solver)
     noise = check_noise(noise)
     batch_size = check_int(batch_size, "batch_size")
     device = torch.device(device) if device is not None else noise.device
@@ -311,15 +365,26 @@ def straightening_pairs(
         )
     folder = None
     if cache_dir is not None:
-        folder = os.path.join(os.fspath(cache_dir), _cache_key(teacher, sched, noise, solver, batch_size))
+        folder = os.path.join(os.fspath(cache_dir), _cache_key(teacher, path, noise, solver, batch_size))
         os.makedirs(folder, exist_ok=True)
-    runner = TeacherRunner(teacher, sched.grid, solver, mode, record="states")
-    states = _shard_states(runner, noise, sched, batch_size, device, folder, progress)
+    runner = TeacherRunner(teacher, path[0], solver, mode, record="states")
+    states = _shard_states(runner, noise, path[1], batch_size, device, folder, progress)
     # The first interval starts where the sampler does: the rule's state at tau_0, not the teacher's (which
     # ran from the noise at grid[0], and whose states stay every target). For "zero" both are the noise.
     first = noise.to(device=states.device, dtype=states.dtype)
     states[:, 0] = start_state(first, sched.start, float(sched.times[0]))
     return _flatten_pairs(states, sched.times)
+
+
+def _teacher_path(
+    sched: Schedule, solver: str, mode: str | None, pair_steps: object, pair_solver: object
+) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+    """((teacher grid, kept indices), teacher solver) of the pairs: the schedule's own grid and ``solver``,
+    or :func:`pair_grid` with ``pair_steps`` and ``pair_solver`` where they are set."""
+    path = (sched.grid, sched.indices) if pair_steps is None else pair_grid(sched, pair_steps)
+    if pair_solver is not None:
+        solver = check_teacher(check_choice(pair_solver, SOLVERS, "pair_solver"), mode)
+    return path, solver
 
 
 # ------------------------------------------------------------------------------------------------ loss
@@ -543,8 +608,13 @@ class StraightenSettings:
         teacher_mode: the pair teacher's mode (``straightening_pairs``'s ``mode``): None, "auto", "eager",
             "compile" or "cuda_graph".
         pair_batch_size: noises per teacher batch and per pair-cache shard.
+        pair_steps: None: the teacher runs on the schedule's grid (``grid``); an int >= K: on
+            :func:`pair_grid`, that many steps through the schedule's times (fewer steps, cheaper pairs).
+        pair_solver: None: the teacher runs ``solver``; "euler", "heun", "rk4" or "dopri5": that one instead.
         iters: optimiser steps (>= 1). batch_size: the global batch (split across DDP ranks).
-        lr: Adam's learning rate (> 0), reached linearly over ``warmup`` steps (0: from the first).
+        lr: Adam's learning rate (> 0), reached linearly over ``warmup`` steps (0: from the first). None (the
+            default) takes the measured default of the run's kind at construction: ``FULL_LR`` (2e-4) without
+            ``lora_rank``, ``LORA_LR`` with it; a given value is kept.
         ema: the decay of the returned weights' EMA, in [0, 1) (0 keeps the last weights).
         ema_warmup: decay ``min(ema, (1 + n) / (10 + n))`` at step n (diffusers' ``EMAModel`` warm-up).
             Without it the teacher's weights keep ``ema ** iters`` of the average: 13.5% for 0.999 and 2000
@@ -555,17 +625,27 @@ class StraightenSettings:
         checkpoint_every: steps between checkpoints.
         lora_rank: train rank-r LoRA adapters (peft) instead of every weight; None: full fine-tuning.
         lora_targets: the adapted modules (a regex or names, stored as a tuple); None:
-            :func:`default_lora_targets`. lora_alpha: the LoRA scale's numerator (> 0; None: the rank).
+            :func:`default_lora_targets` (the model's ``lora_targets``, else every ``nn.Linear``).
+        lora_alpha: the LoRA scale's numerator (> 0); None with ``lora_rank`` set takes
+            ``LORA_ALPHA_PER_RANK * lora_rank`` at construction; a given value is kept.
         merge: fold the adapters into the returned module (False: the peft model).
         memory: :class:`StraightenMemory` (in place, gradient checkpointing, autocast).
+
+    The defaults resolved at construction (``lr``, ``lora_alpha``) are then ordinary values: they are what
+    checkpoints record, and ``dataclasses.replace(settings, lora_rank=None)`` keeps them (build new settings
+    to get the other kind's defaults).
 
     Raises:
         TypeError, ValueError: naming the field (``StraightenSettings.<field>``) of a bad value.
 
     Example:
+        >>> StraightenSettings().lr  # full fine-tuning
+        0.0002
         >>> settings = StraightenSettings(iters=500, lora_rank=4, lora_targets=["qkv", "proj"])
-        >>> settings.lora_targets, settings.lr
-        (('qkv', 'proj'), 0.0002)
+        >>> settings.lora_targets, settings.lr == LORA_LR, settings.lora_alpha == LORA_ALPHA_PER_RANK * 4
+        (('qkv', 'proj'), True, True)
+        >>> StraightenSettings(lora_rank=4, lr=5e-4, lora_alpha=2.0).lr  # given values are kept
+        0.0005
         >>> StraightenSettings(ema=1.0)
         Traceback (most recent call last):
         ...
@@ -579,7 +659,7 @@ class StraightenSettings:
     pair_batch_size: int = 500
     iters: int = 2000
     batch_size: int = 64
-    lr: float = 2e-4
+    lr: float | None = None
     warmup: int = 200
     ema: float = 0.999
     ema_warmup: bool = True
@@ -592,6 +672,8 @@ class StraightenSettings:
     lora_alpha: float | None = None
     merge: bool = True
     memory: StraightenMemory = StraightenMemory()
+    pair_steps: int | None = None
+    pair_solver: str | None = None
 
     def __post_init__(self) -> None:
         def name(field_name: str) -> str:
@@ -613,6 +695,8 @@ class StraightenSettings:
         if self.solver is not None:
             check_choice(self.solver, SOLVERS, name("solver"))
             check_teacher(self.solver, self.teacher_mode, name("teacher_mode"))
+        if self.lr is None:  # the measured default of the mode (see the class docstring)
+            put("lr", LORA_LR if self.lora_rank is not None else FULL_LR)
         put("lr", check_float(self.lr, name("lr")))
         if self.lr <= 0:
             raise ValueError(f"{name('lr')} must be > 0, got {self.lr}")
@@ -621,12 +705,22 @@ class StraightenSettings:
             raise ValueError(f"{name('ema')} must be in [0, 1), got {self.ema}")
         check_choice(self.loss, LOSSES, name("loss"))
         self._check_lora(name, put)
+        self._check_pairs(name, put)
         if not isinstance(self.memory, StraightenMemory):
             raise TypeError(f"{name('memory')} must be a StraightenMemory, got {type(self.memory).__name__}")
+
+    def _check_pairs(self, name: Callable[[str], str], put: Callable[[str, object], None]) -> None:
+        if self.pair_steps is not None:
+            put("pair_steps", check_int(self.pair_steps, name("pair_steps")))
+        if self.pair_solver is not None:
+            check_choice(self.pair_solver, SOLVERS, name("pair_solver"))
+            check_teacher(self.pair_solver, self.teacher_mode, name("teacher_mode"))
 
     def _check_lora(self, name: Callable[[str], str], put: Callable[[str, object], None]) -> None:
         if self.lora_rank is not None:
             put("lora_rank", check_int(self.lora_rank, name("lora_rank")))
+            if self.lora_alpha is None:  # the measured default scale (see the class docstring)
+                put("lora_alpha", LORA_ALPHA_PER_RANK * self.lora_rank)
         if self.lora_alpha is not None:
             put("lora_alpha", check_float(self.lora_alpha, name("lora_alpha")))
             if self.lora_alpha <= 0:
@@ -735,6 +829,11 @@ class _Run:
         config.pop("iters")  # a run may be extended: resuming with more iterations is allowed
         if s.memory.autocast is not None:  # only when set: checkpoints from before the option still fit
             config["autocast"] = str(s.memory.autocast)
+        for key in ("pair_steps", "pair_solver"):  # likewise: only when set
+            if getattr(s, key) is not None:
+                config[key] = getattr(s, key)
+        if s.lora_alpha is not None and s.lora_alpha != s.lora_rank:  # before: alpha was the rank, unstored
+            config["lora_alpha"] = s.lora_alpha
         return config
 
 
@@ -1187,7 +1286,7 @@ def _fit(model, teacher, run: _Run, noise_shape: tuple, dirs: tuple, callback, p
     pairs = straightening_pairs(
         student if teacher is None else teacher, run.sched, noise, grid=run.sched.grid, solver=run.solver,
         batch_size=s.pair_batch_size, cache_dir=cache_dir, device=run.device, progress=progress,
-        mode=s.teacher_mode,
+        mode=s.teacher_mode, pair_steps=s.pair_steps, pair_solver=s.pair_solver,
     )  # fmt: skip
     teacher_id = model_fp if teacher is None else _identity(teacher)
     student, params = _trainable(student, run)

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         "Global + straightening, full (Heun teacher)": ("global", {}),
     }
     if not args.no_lora:
-        methods["BOSS, LoRA rank 4"] = ("bellman", {"lora_rank": 4})
+        # lr None: StraightenSettings' LoRA defaults (lr, alpha) on the DiT's lora_targets.
+        methods["BOSS, LoRA rank 4 (defaults)"] = ("bellman", {"lora_rank": 4, "lr": None})
         # LoRA's B starts at zero and adapters usually want a larger step than a full fine-tune.
         methods[f"BOSS, LoRA rank 4, lr {args.lora_lr:g}"] = ("bellman", {"lora_rank": 4, "lr": args.lora_lr})
     if not args.no_loss_options:

@@ -23,7 +23,7 @@ import torch
 import boss_fast
 import boss_fast as bf
 from boss_fast import Schedule, schedules_from_cost
-from boss_fast.cli import main
+from boss_fast.cli import _straighten_settings, build_parser, main
 from boss_fast.grids import uniform_grid
 from boss_fast.integrations.sigmas import comfyui_text
 from boss_fast.models import load_bundled
@@ -83,6 +83,17 @@ def small_schedule(path, grid=10, indices=(0, 4, 10)):
     idx = np.asarray(indices)
     Schedule(times=times[idx], indices=idx, cost=0.0, grid=times).save(path)
     return str(path)
+
+
+def test_straighten_options_left_out_take_the_settings_defaults():
+    """No --lr: the settings' default for the kind of run (full or LoRA); no --num-pairs: theirs too."""
+    base = ["straighten", "--model", "mlp2d", "--schedule", "s.json", "--out", "w.safetensors"]
+    full = _straighten_settings(build_parser().parse_args(base), 100)
+    lora = _straighten_settings(build_parser().parse_args([*base, "--lora-rank", "4"]), 100)
+    given = build_parser().parse_args([*base, "--lora-rank", "4", "--lr", "5e-4", "--pair-steps", "25"])
+    assert (full.lr, lora.lr) == (bf.StraightenSettings().lr, bf.StraightenSettings(lora_rank=4).lr)
+    assert full.num_pairs == bf.StraightenSettings().num_pairs
+    assert (_straighten_settings(given, 100).lr, _straighten_settings(given, 100).pair_steps) == (5e-4, 25)
 
 
 def test_dp_example_prints_every_budget(capsys):
@@ -233,6 +244,10 @@ CASES = {
     "straighten lr not positive": (
         [*STRAIGHTEN, "--lr", "0", "--out", "{tmp}/w.safetensors"],
         "--lr must be > 0, got 0.0",
+    ),
+    "straighten pair steps zero": (
+        [*STRAIGHTEN, "--pair-steps", "0", "--out", "{tmp}/w.safetensors"],
+        "--pair-steps 0: must be >= 1",
     ),
     # inputs
     "schedule path is a directory": (

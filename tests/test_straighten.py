@@ -23,9 +23,13 @@ from boss_fast._identity import value_digest
 from boss_fast.grids import uniform_grid
 from boss_fast.models.dit import DiT
 from boss_fast.straighten import (
+    FULL_LR,
+    LORA_ALPHA_PER_RANK,
+    LORA_LR,
     StraightenMemory,
     StraightenSettings,
     add_lora,
+    pair_grid,
     pair_loss,
     straighten,
     straightening_pairs,
@@ -116,6 +120,61 @@ def test_pairs_match_a_direct_teacher_run_and_the_cache(tmp_path):
     cached = straightening_pairs(poisoned, sched, noise, grid=10, batch_size=2, cache_dir=tmp_path)
     for a, b in zip(pairs, cached, strict=True):
         assert torch.equal(a, b)
+
+
+def test_pair_grid_spreads_the_steps_over_the_intervals_by_length():
+    sched = _schedule(10, [0, 3, 7, 10])
+    times, indices = pair_grid(sched, 10)  # the schedule's own grid size: its grid
+    assert np.allclose(times, uniform_grid(10)) and indices.tolist() == [0, 3, 7, 10]
+    for steps in (3, 4, 5, 7, 23):
+        times, indices = pair_grid(sched, steps)
+        assert len(times) == steps + 1 and np.all(np.diff(times) > 0)
+        assert np.array_equal(times[indices], sched.times)  # the schedule's times exactly
+        assert np.diff(indices).min() >= 1
+    # shares 1.5 / 2 / 1.5: floors 1 / 2 / 1, the fifth step to the largest remainder (the earlier on a tie)
+    assert np.diff(pair_grid(sched, 5)[1]).tolist() == [2, 2, 1]
+    # A schedule starting above the grid's first point: the teacher runs from grid[0] to it first.
+    grid = uniform_grid(5)
+    late = bf.Schedule(grid[[1, 3, 5]], np.array([1, 3, 5]), 0.0, grid, start="noise")
+    times, indices = pair_grid(late, 10)
+    assert times[0] == 0.0 and indices.tolist() == [2, 6, 10] and np.allclose(times, uniform_grid(10))
+    with pytest.raises(ValueError, match="pair_steps"):
+        pair_grid(sched, 2)  # fewer steps than intervals
+
+
+def test_pairs_on_a_coarser_teacher_and_another_solver_match_a_direct_run(tmp_path):
+    teacher = TinyVelocity()
+    sched = _schedule(10, [0, 3, 7, 10])
+    noise = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    times, indices = pair_grid(sched, 6)
+    pairs = straightening_pairs(
+        teacher, sched, noise, grid=10, batch_size=5, cache_dir=tmp_path, pair_steps=6, pair_solver="heun"
+    )
+    direct = teacher_trajectory(teacher, noise, times, "heun").states[indices]  # (K + 1, M, 2)
+    k = sched.steps
+    for j in range(k):
+        assert torch.equal(pairs.start[j::k], direct[j]) and torch.equal(pairs.end[j::k], direct[j + 1])
+    assert pairs.t_start[:k].tolist() == pytest.approx(sched.times[:-1].tolist())
+    # Another teacher, another cache: the schedule's own teacher does not read these shards.
+    plain = straightening_pairs(teacher, sched, noise, grid=10, batch_size=5, cache_dir=tmp_path)
+    assert len(os.listdir(tmp_path)) == 2 and not torch.equal(plain.end, pairs.end)
+    with pytest.raises(ValueError, match="pair_solver"):
+        straightening_pairs(teacher, sched, noise, grid=10, pair_solver="rk45")
+    with pytest.raises(ValueError, match="pair_steps"):
+        straightening_pairs(teacher, sched, noise, grid=10, pair_steps=2)
+
+
+def test_straightening_on_a_coarser_teacher_is_deterministic_and_checkpointed_with_it(tmp_path):
+    sched = _schedule(10, [0, 4, 10])
+    cheap = {**FAST, "pair_steps": 4, "pair_solver": "heun"}
+    first = _straighten(TinyVelocity(), sched, **cheap, checkpoint_dir=tmp_path)
+    again = _straighten(TinyVelocity(), sched, **cheap)
+    default = _straighten(TinyVelocity(), sched, **FAST)
+    for key, value in first.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value)  # same seed, same bits
+    assert any(not torch.equal(default.state_dict()[k], v) for k, v in first.state_dict().items())
+    with pytest.raises(ValueError, match="other settings.*pair_steps"):
+        _straighten(TinyVelocity(), sched, **{**cheap, "pair_steps": 5}, checkpoint_dir=tmp_path)
 
 
 class Decay(nn.Module):
@@ -405,13 +464,16 @@ def test_lora_trains_only_adapters_and_merging_keeps_the_outputs():
 
 
 @needs_peft
-def test_lora_on_the_bundled_dit_targets_attention_and_mlp():
+def test_lora_on_the_bundled_dit_targets_attention_mlp_modulation_and_head():
     from boss_fast.models import DiT
 
     dit = DiT(hidden=16, depth=1, heads=2)
     peft_model = add_lora(dit, 4)
-    adapted = {n for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
-    assert len(adapted) == 4  # qkv, proj, mlp.0, mlp.2 of the one block
+    adapted = {n.removesuffix(".lora_A") for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
+    # qkv, proj, mlp.0, mlp.2 and the adaLN modulation of the one block, the final modulation, the head
+    wanted = ["attn.qkv", "attn.proj", "mlp.0", "mlp.2", "0.adaLN_modulation.1", "final.adaLN_modulation.1"]
+    assert len(adapted) == 7 and all(any(n.endswith(w) for n in adapted) for w in [*wanted, ".head"])
+    assert not any("t_embedder" in n or "patch_embed" in n for n in adapted)
 
 
 @needs_peft
@@ -482,6 +544,9 @@ BAD_SETTINGS = [
     ("lora_alpha", 0.0, ValueError),
     ("merge", None, TypeError),
     ("memory", {"in_place": True}, TypeError),
+    ("pair_steps", 0, ValueError),
+    ("pair_steps", 2.0, TypeError),
+    ("pair_solver", "rk45", ValueError),
 ]
 
 
@@ -515,6 +580,29 @@ def test_settings_are_frozen_normalised_and_hashable():
         settings.iters = 5
     assert hash(settings) == hash(dataclasses.replace(settings))  # equal settings, one hash
     assert StraightenSettings(grid=np.int64(10)).grid == 10
+
+
+def test_lr_and_lora_alpha_default_by_the_kind_of_run_and_given_values_are_kept():
+    assert StraightenSettings().lr == FULL_LR == 2e-4 and StraightenSettings().lora_alpha is None
+    lora = StraightenSettings(lora_rank=8)
+    assert lora.lr == LORA_LR != FULL_LR and lora.lora_alpha == LORA_ALPHA_PER_RANK * 8
+    given = StraightenSettings(lora_rank=8, lr=FULL_LR, lora_alpha=8)
+    assert (given.lr, given.lora_alpha) == (FULL_LR, 8.0)
+    assert StraightenSettings(lr=1e-3).lr == 1e-3
+    # Resolved at construction: replace keeps the values (documented), new settings resolve again.
+    assert dataclasses.replace(lora, lora_rank=None).lr == LORA_LR
+    with pytest.raises(ValueError, match=r"StraightenSettings\.teacher_mode"):
+        StraightenSettings(pair_solver="dopri5", teacher_mode="eager")
+
+
+@needs_peft
+def test_the_default_lora_scale_is_the_one_trained(tmp_path):
+    sched = _schedule(10, [0, 5, 10])
+    _, stats = _straighten(TinyVelocity(), sched, **FAST, lora_rank=2, merge=False, return_stats=True)
+    student = _straighten(TinyVelocity(), sched, **FAST, lora_rank=2, merge=False)
+    layer = next(m for m in student.modules() if hasattr(m, "scaling"))
+    assert layer.scaling["default"] == pytest.approx(LORA_ALPHA_PER_RANK)  # alpha / rank
+    assert stats.trained_params == 2 * (3 + 16) + 2 * (16 + 2)  # rank 2 on both Linear layers
 
 
 def test_settings_other_than_straighten_settings_are_refused():
