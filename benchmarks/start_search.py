@@ -116,7 +116,7 @@ def _markdown(args, command: str, rows: dict, run: dict, setup: dict) -> str:
             for label, r in rows.items()
             if r.objective == "global"
         )
-        + " (closed form: `start_extra_evaluations`, counted in tests/test_start_search.py). Local rows: "
+        + " (closed form: `start_extra_evaluations`, counted in tests/test_global_objective.py). Local rows: "
         f"{args.grid} (the Euler teacher; the start costs need no evaluation).\n",
         "## Wall time of the phases (s)\n",
         *(f"- {name}: {seconds:.1f}" for name, seconds in run["wall_s"].items()),

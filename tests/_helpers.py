@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,3 +45,34 @@ def guided(model: DoubledVelocity, w: float):
         return v[:b] + w * (v[b:] - v[:b])
 
     return velocity
+
+
+def seeded_randn(m: int, dim: int, seed: int) -> torch.Tensor:
+    """(m, dim) float64 standard normal noise from a generator seeded with ``seed``."""
+    return torch.randn(m, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+class CountedRows:
+    """A velocity that counts the samples (rows) it evaluates."""
+
+    def __init__(self, velocity) -> None:
+        self.velocity, self.rows = velocity, 0
+
+    def __call__(self, x, t):
+        self.rows += x.shape[0]
+        return self.velocity(x, t)
+
+
+def brute_local_path(
+    cost: np.ndarray, e0: np.ndarray, steps: int, discount: float
+) -> tuple[float, list[int]]:
+    """min over (start j, knots) of e0[j] + sum_m discount^m cost[i_m, i_{m+1}], by enumeration: (total,
+    indices)."""
+    n = len(e0)
+    best: tuple[float, list[int]] = (np.inf, [])
+    for path in itertools.combinations(range(n - 1), steps):
+        idx = [*path, n - 1]
+        total = e0[idx[0]] + sum(discount**m * cost[a, b] for m, (a, b) in enumerate(itertools.pairwise(idx)))
+        if total < best[0]:
+            best = (total, idx)
+    return best

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _helpers import brute_local_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -324,3 +325,39 @@ def test_cpp_binding_checks_its_own_boundary():
         _C.bellman_table(np.ones((3, 3)), 1, -1.0)
     with pytest.raises(ValueError, match="isa"):
         _C.bellman_table(np.ones((3, 3)), 1, 1.0, 0, "sse9")
+
+
+# ---------------------------------------------------------------------------- a free start (start_costs)
+
+
+@pytest.mark.parametrize("backend", bf.dp_backends())
+@pytest.mark.parametrize("discount", [1.0, 0.8, 1.15])
+def test_local_dp_with_start_costs_against_brute_force(backend, discount):
+    """The local DP is exact: with start costs its path is the least of every (start, knots) path."""
+    rng = np.random.default_rng(0)
+    n = 9
+    cost = np.triu(rng.uniform(0.0, 1.0, (n, n)), 1)
+    e0 = np.append(np.sort(rng.uniform(0.0, 0.6, n - 3)), [np.inf] * 3)  # a cap at 5
+    e0[0] = 0.0
+    paths = bf.bellman.bellman_paths(cost, 5, discount=discount, backend=backend, start_costs=e0)
+    for path in paths:
+        total, indices = brute_local_path(cost, e0, path.steps, discount)
+        assert path.indices.tolist() == indices and path.cost == pytest.approx(total, rel=1e-12)
+    pinned = bf.bellman.bellman_paths(cost, 5, discount=discount, backend=backend)
+    assert [p.indices.tolist() for p in pinned] == [
+        p.indices.tolist() for p in bf.bellman.bellman_paths(cost, 5, discount=discount, backend=backend,
+                                                             start_costs=[0.0] + [np.inf] * (n - 1))
+    ]  # fmt: skip
+
+
+def test_bad_start_costs_are_refused():
+    cost = np.triu(np.ones((4, 4)), 1)
+    bad_values = [
+        ([0.0, 1.0], r"shape \(4,\)"),
+        ([0.0, -1.0, 0.0, 0.0], ">= 0"),
+        ([np.inf, 0.0, 0.0, 0.0], "finite at point 0"),
+        ([0.0, np.nan, 0, 0], ">= 0"),
+    ]
+    for bad, match in bad_values:
+        with pytest.raises(ValueError, match=match):
+            bf.bellman.bellman_paths(cost, 2, start_costs=bad)

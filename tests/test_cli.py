@@ -108,7 +108,8 @@ def test_schedule_then_sample_bundled(tmp_path, capsys):
     argv = ["schedule", "--model", "gmm2d", "--steps", "3", "--grid", "20", "--num-samples", "16"]
     assert main([*argv, "--no-progress", "--out", str(out)]) == 0
     sched = Schedule.load(out)
-    assert sched.steps == 3 and sched.times[0] == 0.0 and sched.times[-1] == 1.0
+    # the default search's start is free ("noise"): times[0] is where it starts
+    assert sched.steps == 3 and sched.start == "noise" and sched.times[-1] == 1.0
     samples = tmp_path / "x.npy"
     assert (
         main(["sample", "--model", "gmm2d", "--schedule", str(out), "--num", "5", "--out", str(samples)]) == 0

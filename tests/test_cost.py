@@ -6,10 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _helpers import seeded_randn
 
+import boss_fast as bf
 import boss_fast.cost as cost_module
 from boss_fast.cost import trajectory_cost, trajectory_cost_sums
 from boss_fast.grids import uniform_grid
+from boss_fast.ode import start_state
 from boss_fast.trajectories import teacher_trajectory
 
 # The kernel sums O(N) Gram products, each a float64 dot product over D features: its relative error is
@@ -233,3 +236,35 @@ def test_non_finite_trajectory_is_refused():
 
 
 # ------------------------------------------------------------------------------------------ cost_matrix
+
+
+# -------------------------------------------------------------------------- a free start's costs
+
+
+def wavy(x, t):
+    return torch.sin(3.0 * x) * (1.0 + t.view(-1, 1))
+
+
+@pytest.mark.parametrize("metric", ["l2sq", "l2"])
+@pytest.mark.parametrize("rule", ["noise", "scaled"])
+def test_start_cost_sums_is_the_definition(rule, metric):
+    traj = bf.teacher_trajectory(wavy, seeded_randn(7, 3, 8), bf.uniform_grid(10), "euler", record="states")
+    sums, count = bf.cost.start_cost_sums(traj.states, traj.times, rule, metric)
+    want = []
+    for j, t in enumerate(traj.times.tolist()):
+        err = (start_state(traj.states[0], rule, t) - traj.states[j]).square().sum(1)
+        want.append(float((err.sqrt() if metric == "l2" else err).sum()))
+    assert count == 7 and sums[0] == 0.0
+    np.testing.assert_allclose(sums, want, rtol=1e-13)
+
+
+def test_a_linear_path_costs_nothing_to_start_scaled_anywhere():
+    """x_t = (1 - t) x_0 + t c: "scaled" misses t c at t, "noise" t x_0 - t c (closed forms)."""
+    times, noise = bf.uniform_grid(8), seeded_randn(5, 2, 9)
+    c = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    states = torch.stack([(1 - t) * noise + t * c for t in times.tolist()])
+    scaled, _ = bf.cost.start_cost_sums(states, times, "scaled")
+    np.testing.assert_allclose(scaled, 5 * 5.0 * times**2, rtol=1e-12)
+    plain, _ = bf.cost.start_cost_sums(states, times, "noise")
+    want = [float((t * noise - t * c).square().sum()) for t in times.tolist()]
+    np.testing.assert_allclose(plain, want, rtol=1e-12)

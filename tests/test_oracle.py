@@ -4,13 +4,18 @@ over every grid schedule on an analytic flow, on held-out noises, and on bad inp
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 import torch
+from _helpers import seeded_randn
 
+import boss_fast as bf
+from boss_fast.global_objective import GlobalPass, global_paths, global_table
 from boss_fast.grids import uniform_grid
 from boss_fast.models import load_bundled
+from boss_fast.models.gmm import eight_gaussians
 from boss_fast.oracle import coordinate_descent, endpoint_error, oracle, uniform_indices
 from boss_fast.trajectories import reference_solution, seeded_noise
 
@@ -129,3 +134,41 @@ def test_oracle_needs_a_start(problem) -> None:
     model, noise, reference, grid = problem
     with pytest.raises(ValueError, match="starts must be a non-empty dict"):
         oracle(model, noise, reference, grid, 3, {})
+
+
+# ---------------------------------------------------------------------------------------- a free start
+
+
+def test_the_oracle_moves_a_free_start_to_the_closed_form_and_keeps_a_pinned_one():
+    """v = -x, one step: the endpoint error from the noise at t is (t - e^{-1})^2 |x_0|^2 (see above); the
+    oracle, moving only the start, lands on the grid point nearest e^{-1}; pinned, it cannot move at K = 1."""
+    times, noise = bf.uniform_grid(40), seeded_randn(32, 3, 12)
+    reference = math.exp(-1.0) * noise
+    got = bf.oracle.coordinate_descent(lambda x, t: -x, noise, reference, times, 1, start="noise")
+    assert got.indices.tolist() == [int(np.argmin(np.abs(times - math.exp(-1.0)))), 40]
+    pinned = bf.oracle.coordinate_descent(lambda x, t: -x, noise, reference, times, 1)
+    assert pinned.indices.tolist() == [0, 40] and pinned.sweeps == 1
+
+
+@pytest.mark.parametrize("rule", ["noise", "scaled"])
+def test_the_oracle_from_the_free_start_dp_ends_no_higher_and_is_deterministic(rule):
+    noise, times = seeded_randn(48, 2, 13), bf.uniform_grid(20)
+    velocity = eight_gaussians()
+    reference = bf.reference_solution(velocity, noise)
+    table = global_table(velocity, noise, times, 3, GlobalPass(start=rule), progress=False)
+    dp = global_paths(table)[-1].indices
+    dp_error = bf.oracle.endpoint_error(velocity, noise, reference, times[dp], rule)
+    runs, chosen = bf.oracle.oracle(
+        velocity, noise, reference, times, 3, {"dp": dp, "uniform": None}, start=rule
+    )
+    assert runs[chosen].error <= runs["dp"].error <= dp_error
+    again, _ = bf.oracle.oracle(velocity, noise, reference, times, 3, {"dp": dp, "uniform": None}, start=rule)
+    assert [(r.indices.tolist(), r.error) for r in again.values()] == [
+        (r.indices.tolist(), r.error) for r in runs.values()
+    ]
+    with pytest.raises(ValueError, match="increasing indices from 0 to 20"):
+        bf.oracle.coordinate_descent(
+            velocity, noise, reference, times, 3, init=dp if dp[0] else [1, 5, 9, 20]
+        )
+    with pytest.raises(ValueError, match="unknown start 'late'"):
+        bf.oracle.coordinate_descent(velocity, noise, reference, times, 3, start="late")

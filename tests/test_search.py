@@ -7,6 +7,7 @@ fast sampler.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from dataclasses import replace
@@ -16,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _helpers import brute_local_path
 
 import boss_fast as bf
 from boss_fast._checkpoint import CHECKSUM_KEY
@@ -545,3 +547,63 @@ def test_the_unnamed_errors_name_the_argument():
         ValueError, match=r"noise must hold at least one value per sample, got shape \(4, 0\)"
     ):
         bf.cost_matrix(lambda x, t: -x, torch.randn(4, 0), [0.0, 0.5, 1.0], progress=False)
+
+
+# ----------------------------------------------------------------- the local objective with a free start
+
+
+@pytest.mark.parametrize("rule", ["noise", "scaled"])
+def test_a_local_free_start_search_is_the_brute_force_best_and_its_set_keeps_the_start_costs(rule, tmp_path):
+    settings = SearchSettings(grid=10, num_samples=16, batch_size=5, objective="local", start=rule)
+    found = optimal_schedules(wavy, (3,), 3, settings, dtype=torch.float64)
+    assert found == optimal_schedules(wavy, (3,), 3, settings, dtype=torch.float64)  # deterministic
+    noise = bf.seeded_noise((3,), 0, 16, seed=0, dtype=torch.float64)
+    traj = bf.teacher_trajectory(wavy, noise, settings.times(), "euler")
+    cost = bf.cost.trajectory_cost(traj.states, traj.velocities, traj.times)
+    e0 = bf.cost.start_cost_sums(traj.states, traj.times, rule)[0] / 16
+    e0[-1] = np.inf
+    np.testing.assert_allclose(found.start_costs, e0, rtol=1e-12)
+    for k, sched in found.items():
+        total, indices = brute_local_path(cost, e0, k, 1.0)
+        assert sched.indices.tolist() == indices and sched.cost == pytest.approx(total, rel=1e-9)
+        assert sched.start == rule
+    assert found.resample(5) == schedules_from(found, 5)
+    found.save(tmp_path / "set.json")
+    assert bf.ScheduleSet.load(tmp_path / "set.json") == found
+
+
+def schedules_from(found, k):
+    """A fresh DP on the set's own table and start costs, read at k."""
+    first = found[1]
+    described = {"metric": first.metric, "solver": first.solver, "num_samples": first.num_samples}
+    return bf.schedules_from_cost(found.cost_table, k, grid=found.grid, shape=first.shape, start=first.start,
+                                  start_costs=found.start_costs, **described)[k]  # fmt: skip
+
+
+def test_a_local_set_without_its_start_costs_or_with_edited_ones_is_refused(tmp_path):
+    settings = SearchSettings(grid=10, num_samples=8, objective="local", start="noise")
+    found = optimal_schedules(wavy, (3,), 3, settings, dtype=torch.float64)
+    with pytest.raises(ValueError, match="start_costs come with the cost table"):
+        bf.ScheduleSet(found.values(), cost_table=found.cost_table)
+    with pytest.raises(ValueError, match="start_costs come with the cost table"):
+        bf.ScheduleSet(found.values(), start_costs=found.start_costs)
+    with pytest.raises(ValueError, match="finite from grid point 0 to a cap"):
+        bf.ScheduleSet(found.values(), found.cost_table, np.append(found.start_costs[:-1], 0.5))
+    doc = found.to_dict()
+    doc["start_costs"][found[1].indices[0]] += 10.0  # the 1-step start now costs more than another
+    doc["sha256"] = bf._identity.content_digest(doc)
+    (tmp_path / "edited.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="not the Bellman DP's answer"):
+        bf.ScheduleSet.load(tmp_path / "edited.json")
+    pinned = optimal_schedules(wavy, (3,), 3, SearchSettings(grid=10, num_samples=8, objective="local"),
+                               dtype=torch.float64)  # fmt: skip
+    assert pinned.start_costs is None and "start_costs" not in pinned.to_dict()
+
+
+def test_a_local_checkpoint_of_a_free_start_is_refused_by_a_pinned_run(tmp_path):
+    path = tmp_path / "cost.npz"
+    settings = SearchSettings(grid=10, num_samples=9, batch_size=4, objective="local", start="scaled")
+    optimal_schedules(wavy, (3,), 3, settings, dtype=torch.float64, checkpoint=path, checkpoint_key="w")
+    pinned = SearchSettings(grid=10, num_samples=9, batch_size=4, objective="local")
+    with pytest.raises(ValueError, match="different run: start"):
+        optimal_schedules(wavy, (3,), 3, pinned, dtype=torch.float64, checkpoint=path, checkpoint_key="w")
