@@ -82,7 +82,15 @@ from boss_fast.engine import (
 from boss_fast.ode import VelocityFn, euler_update
 from boss_fast.trajectories import DenseTeacher
 
-__all__ = ["GlobalLevels", "GlobalPass", "GlobalTable", "accumulate_global", "global_paths", "global_table"]
+__all__ = [
+    "GlobalLevels",
+    "GlobalPass",
+    "GlobalTable",
+    "accumulate_global",
+    "global_paths",
+    "global_table",
+    "level_sources",
+]
 
 # The file format keeps its first name: checkpoints written before the module was renamed still resume.
 CHECKPOINT_FORMAT = "boss_fast.own_state_checkpoint"
@@ -136,6 +144,18 @@ def global_paths(table: GlobalTable) -> list[BellmanPath]:
 # ------------------------------------------------------------------------------------------ one level
 
 _LAYOUT = ("teacher", "states", "velocities")
+
+
+def level_sources(level: int, n: int) -> int:
+    """The sources the full DP evaluates at ``level`` on a grid of ``n`` points, the model evaluations per
+    noise of that level: 1 at level 1 (the noise at grid point 0), n - level after (every point reached in
+    level - 1 steps, level - 1 .. n - 2). The one home of the count (``boss_fast.search.search_bill``).
+
+    Example:
+        >>> sum(level_sources(k, 101) for k in range(1, 11))  # every budget K <= 10 on a 100-step grid
+        856
+    """
+    return 1 if level == 1 else n - level
 
 
 def _sources(level: int, n: int, restrict: np.ndarray | None, reachable: np.ndarray) -> np.ndarray:
