@@ -315,9 +315,10 @@ class SearchSettings:
             "auto").
         autocast: None (the model in the search's dtype), ``torch.bfloat16`` or ``torch.float16``: every
             model call of the search (teacher and DP) runs under ``torch.autocast`` in that dtype, its output
-            cast back; the states, the errors (float64) and the DP keep the search's dtype, at least float32
-            (not with solver "dopri5", whose step control would chase the model's rounding). Recorded in
-            the checkpoint header: a run in one precision does not resume another's.
+            cast back; the states stay float32 (the search's dtype: float16/bfloat16 states and float64 ones,
+            which autocast leaves alone, are refused), the errors float64, the DP float64; not with solver
+            "dopri5", whose step control would chase the model's rounding. Recorded in the checkpoint
+            header: a run in one precision does not resume another's.
 
     Example:
         >>> s = SearchSettings(grid=50, num_samples=64, objective="local")
@@ -425,16 +426,22 @@ class _Search:
 
 
 def _states_dtype(autocast: torch.dtype, asked: torch.dtype | None, default: torch.dtype) -> torch.dtype:
-    """The states' dtype of a search whose model runs under autocast: ``asked`` (float32 or float64: a lower
-    one is refused), else ``default`` raised to at least float32."""
-    if asked is None:
-        return torch.promote_types(default, torch.float32)
-    if asked.itemsize < 4:
+    """The states' dtype of a search whose model runs under autocast: float32 (``asked``, or ``default`` when
+    it is below float32). Refused by name: states below float32 (the point is to keep them there) and
+    float64 ones (``torch.autocast`` leaves float64 tensors alone: the model would not run in autocast)."""
+    dtype = default if asked is None else asked
+    if dtype == torch.float64:
+        where = "dtype=torch.float64" if asked is not None else "the model's dtype is torch.float64"
+        raise ValueError(
+            f"autocast={autocast} needs float32 states: torch.autocast leaves float64 tensors in float64, so "
+            f"the model would not run in {autocast} ({where}); give a float32 model and dtype=torch.float32"
+        )
+    if asked is not None and asked.itemsize < 4:
         raise ValueError(
             f"autocast={autocast} runs the model in reduced precision and keeps the states in dtype; "
-            f"dtype={asked} would put the states there too: give dtype torch.float32 or torch.float64"
+            f"dtype={asked} would put the states there too: give dtype torch.float32"
         )
-    return asked
+    return torch.float32
 
 
 class _Autocast:
@@ -834,6 +841,11 @@ def _gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:.2f} GiB"
 
 
+def _size(nbytes: float) -> str:
+    """MiB below 1 GiB, else GiB (the bill's lines)."""
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes < 2**30 else _gib(nbytes)
+
+
 def _refusal(memories: dict[str, SearchMemory], store: str, free: tuple, device: torch.device) -> str | None:
     """Why the search's ``store`` does not fit (naming what it needs, what is free and a store that fits), or
     None when it fits."""
@@ -942,12 +954,9 @@ class SearchBill:
         parts = zip(("search device", "host", "disk"), needs, self.free, strict=True)
         out = [f"model evaluations: {evals}", f"model calls (this rank): {calls or 'none counted'}"]
         for name, need, have in parts:
-            avail = "" if have is None else f" ({_gib(have)} free)"
-            out.append(f"memory, {name}: {_gib(need)}{avail}")
-        out.append(
-            f"  (store {self.store!r} on {self.device}; the device line holds {_gib(self.work)} of work"
-        )
-        out[-1] += " beside the law's rows: kernel tiles, and one call's activations where measured)"
+            avail = "" if have is None else f" ({_size(have)} free)"
+            out.append(f"memory, {name}: {_size(need)}{avail}")
+        out[-3] += f" (store {self.store!r} on {self.device}, {_size(self.work)} of it beside the law's rows)"
         out.append(
             f"one model call of {self.batch_size} rows: {self.call_seconds:.4g} s (timed after a warm-up)"
         )

@@ -557,3 +557,83 @@ def test_on_cuda_the_refusal_names_the_host_store_when_it_fits():
         memories, "device", (10 * gib, 8 * gib, None), torch.device("cuda")
     )
     assert _refusal(memories, "host", (10 * gib, 64 * gib, None), torch.device("cuda")) is None
+
+
+# ------------------------------------------------------------------------------ reduced-precision model calls
+
+
+class Precision:
+    """A velocity that records, per call, the dtype it was given and whether autocast was on."""
+
+    def __init__(self):
+        self.net = torch.nn.Linear(3, 3).requires_grad_(False)
+        self.seen = set()
+
+    def __call__(self, x, t):
+        self.seen.add((x.dtype, torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype("cpu")))
+        return self.net(x) * (1.0 + t.view(-1, 1))
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(torch.float32, ValueError), (torch.float64, ValueError), ("bfloat16", TypeError)]
+)
+def test_an_unknown_autocast_dtype_is_refused_by_name(value, error):
+    with pytest.raises(error, match="autocast must be None, torch.bfloat16 or torch.float16"):
+        SearchSettings(autocast=value)
+
+
+def test_autocast_with_what_cannot_work_is_refused_by_name():
+    with pytest.raises(ValueError, match="autocast=torch.bfloat16 with solver='dopri5'"):
+        SearchSettings(autocast=torch.bfloat16, solver="dopri5")
+    settings = SearchSettings(grid=10, num_samples=4, autocast=torch.bfloat16)
+    with pytest.raises(ValueError, match="dtype=torch.float16 would put the states there too"):
+        optimal_schedules(wavy, (3,), 2, settings, dtype=torch.float16)
+    # float64 states: autocast would leave the model in float64
+    with pytest.raises(ValueError, match="needs float32 states.*dtype=torch.float64"):
+        optimal_schedules(wavy, (3,), 2, settings, dtype=torch.float64)
+    with pytest.raises(ValueError, match="needs float32 states.*the model's dtype is torch.float64"):
+        optimal_schedules(torch.nn.Linear(3, 3).double(), (3,), 2, settings)
+
+
+@pytest.mark.parametrize("objective", ["global", "local"])
+def test_autocast_runs_the_model_in_bf16_and_the_states_in_float32(objective):
+    model = Precision()
+    settings = SearchSettings(
+        grid=12, num_samples=6, batch_size=4, objective=objective, autocast=torch.bfloat16
+    )
+    first = optimal_schedules(model, (3,), 3, settings)
+    assert model.seen == {(torch.float32, True, torch.bfloat16)}  # float32 states in, bf16 matmuls inside
+    again = optimal_schedules(model, (3,), 3, settings)  # deterministic for a seed
+    plain = optimal_schedules(model, (3,), 3, replace(settings, autocast=None))
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(first[k].indices, again[k].indices)
+        assert first[k].cost == again[k].cost
+    assert first[3].cost != plain[3].cost  # the bf16 model's errors are not the float32 model's
+
+
+def test_a_bf16_model_searches_with_float32_states_under_autocast():
+    model = Precision()
+    model.net = model.net.to(torch.bfloat16)  # the model's own dtype would make the states bf16
+    sset = optimal_schedules(model, (3,), 2, SearchSettings(grid=8, num_samples=4, autocast=torch.bfloat16))
+    assert {dtype for dtype, _, _ in model.seen} == {torch.float32} and sset[2].steps == 2
+
+
+def test_a_bf16_search_does_not_resume_a_float32_checkpoint_and_resumes_its_own(tmp_path):
+    settings = SearchSettings(grid=10, num_samples=9, batch_size=4)
+    path = tmp_path / "search.npz"
+    optimal_schedules(wavy, (3,), 3, settings, checkpoint=path, checkpoint_key="wavy")
+    bf16 = replace(settings, autocast=torch.bfloat16)
+    with pytest.raises(ValueError, match="different run: autocast = 'None' there, 'torch.bfloat16' here"):
+        optimal_schedules(wavy, (3,), 3, bf16, checkpoint=path, checkpoint_key="wavy")
+    # killed during level 3 (a simulated kill at the model call), then resumed: the uninterrupted run's bits
+    uninterrupted = optimal_schedules(wavy, (3,), 3, bf16)
+    own = tmp_path / "bf16.npz"
+    dying = Recorder(fn=wavy, die_at_call=3 * 9 * 2 + 40)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        optimal_schedules(dying, (3,), 3, bf16, checkpoint=own, checkpoint_key="wavy")
+    with np.load(own) as stored:
+        assert 1 <= int(stored["levels_done"]) < 3
+    resumed = optimal_schedules(wavy, (3,), 3, bf16, checkpoint=own, checkpoint_key="wavy")
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(resumed[k].indices, uninterrupted[k].indices)
+        assert resumed[k].cost == uninterrupted[k].cost
