@@ -425,13 +425,15 @@ class _Search:
         }
 
 
-def _states_dtype(autocast: torch.dtype, asked: torch.dtype | None, default: torch.dtype) -> torch.dtype:
+def _states_dtype(
+    autocast: torch.dtype, asked: torch.dtype | None, default: torch.dtype, holds_float64: bool
+) -> torch.dtype:
     """The states' dtype of a search whose model runs under autocast: float32 (``asked``, or ``default`` when
     it is below float32). Refused by name: states below float32 (the point is to keep them there) and
     float64 ones (``torch.autocast`` leaves float64 tensors alone: the model would not run in autocast)."""
     dtype = default if asked is None else asked
-    if dtype == torch.float64:
-        where = "dtype=torch.float64" if asked is not None else "the model's dtype is torch.float64"
+    if dtype == torch.float64 or holds_float64:
+        where = "dtype=torch.float64" if asked == torch.float64 else "the model holds float64 tensors"
         raise ValueError(
             f"autocast={autocast} needs float32 states: torch.autocast leaves float64 tensors in float64, so "
             f"the model would not run in {autocast} ({where}); give a float32 model and dtype=torch.float32"
@@ -442,6 +444,14 @@ def _states_dtype(autocast: torch.dtype, asked: torch.dtype | None, default: tor
             f"dtype={asked} would put the states there too: give dtype torch.float32"
         )
     return torch.float32
+
+
+def _holds_float64(velocity: VelocityFn) -> bool:
+    """Whether an ``nn.Module`` velocity has a float64 parameter or buffer (it then computes in float64,
+    which autocast leaves alone); a plain callable cannot be inspected (False)."""
+    if not isinstance(velocity, torch.nn.Module):
+        return False
+    return any(p.dtype == torch.float64 for p in (*velocity.parameters(), *velocity.buffers()))
 
 
 class _Autocast:
@@ -486,7 +496,7 @@ def _validate_search(
     device = torch.device(run.device) if run.device is not None else (model_device or torch.device("cpu"))
     dtype = check_dtype(run.dtype) or model_dtype or torch.get_default_dtype()
     if settings.autocast is not None:
-        dtype = _states_dtype(settings.autocast, run.dtype, dtype)
+        dtype = _states_dtype(settings.autocast, run.dtype, dtype, _holds_float64(velocity))
     fingerprint = model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else None
     model = checkpoint_model_key(velocity, run.checkpoint, run.checkpoint_key)
     search = _Search(settings, times, shape, settings.num_samples, device, dtype, fingerprint, model)

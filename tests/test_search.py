@@ -591,8 +591,13 @@ def test_autocast_with_what_cannot_work_is_refused_by_name():
     # float64 states: autocast would leave the model in float64
     with pytest.raises(ValueError, match="needs float32 states.*dtype=torch.float64"):
         optimal_schedules(wavy, (3,), 2, settings, dtype=torch.float64)
-    with pytest.raises(ValueError, match="needs float32 states.*the model's dtype is torch.float64"):
-        optimal_schedules(torch.nn.Linear(3, 3).double(), (3,), 2, settings)
+    for model in (torch.nn.Linear(3, 3).double(), bf.models.load_bundled("gmm2d")):  # parameters, buffers
+        with pytest.raises(ValueError, match="needs float32 states.*the model holds float64 tensors"):
+            optimal_schedules(model, model_shape(model), 2, settings, dtype=torch.float32)
+
+
+def model_shape(model):
+    return (3,) if isinstance(model, torch.nn.Linear) else (2,)
 
 
 @pytest.mark.parametrize("objective", ["global", "local"])
