@@ -106,6 +106,15 @@ def _markdown(setup: dict, results: dict, command: str) -> str:
                 f"{r['largest_move']} | {r['rmse']['float32']:.4f} | {r['rmse']['bfloat16']:.4f} | "
                 f"{d[0]:+.5f} [{d[1]:+.5f}, {d[2]:+.5f}] |"
             )
+    lines += ["", "Per model (K = 2..10): interior knots moved in all, and the K where bf16's RMSE is worse "
+              "or better than float32's with an interval excluding 0:", ""]  # fmt: skip
+    for name, row in results.items():
+        moved = sum(r["knots_moved"] for r in row["per_k"].values())
+        total = sum(int(k) - 1 for k in row["per_k"])
+        worse = [k for k, r in row["per_k"].items() if r["difference"][1] > 0]
+        better = [k for k, r in row["per_k"].items() if r["difference"][2] < 0]
+        lines.append(f"- {name}: {moved} of {total} knots moved; worse at K = {', '.join(worse) or 'none'}; "
+                     f"better at K = {', '.join(better) or 'none'}")  # fmt: skip
     lines += ["", "Times: wall clock on the shared 2-core machine (other jobs running); bf16 matmuls on this "
               "CPU are slower than float32 (no native bf16): not a speed figure.", ""]  # fmt: skip
     return "\n".join(lines)
