@@ -47,13 +47,15 @@ class Timed(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
-        self.model, self.seconds, self.calls = model, 0.0, 0
+        self.model, self.seconds, self.calls, self.by_width = model, 0.0, 0, {}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         out = self.model(x, t)
-        self.seconds += time.perf_counter() - start
+        took = time.perf_counter() - start
+        self.seconds += took
         self.calls += 1
+        self.by_width.setdefault(x.shape[0], []).append(took)
         return out
 
 
@@ -78,7 +80,8 @@ def time_round() -> dict:
     return {"load_before": load, "load_after": os.getloadavg()[0], "cli_dry_run_s": dry_wall,
             "cli_projected_s": projected, "cli_search_s": search_wall, "api_projected_s": bill.seconds,
             "api_call_s": bill.call_seconds, "api_search_s": api_wall, "api_model_calls_s": model.seconds,
-            "api_model_calls": model.calls, "bill_calls": sum(n for _, n in bill.calls)}  # fmt: skip
+            "api_model_calls": model.calls, "bill_calls": sum(n for _, n in bill.calls),
+            "api_by_width": {w: [len(v), sum(v)] for w, v in sorted(model.by_width.items())}}  # fmt: skip
 
 
 def memory_rows() -> list[dict]:

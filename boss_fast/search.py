@@ -926,9 +926,15 @@ class SearchBill:
             call's activations where they are measured (CUDA: ``torch.cuda.max_memory_allocated``).
         free: (device, host, disk) bytes free when the bill was made (None: unknown).
         refusal: why the search would be refused before it starts (its store does not fit), or None.
-        call_seconds: one model call of ``batch_size`` rows, timed after a warm-up call.
+        call_seconds: one model call of ``batch_size`` rows: the median of ``TIMED_CALLS`` timed calls
+            after a warm-up call.
         seconds: the projected wall time of the model calls, sum over calls of call_seconds x rows /
             batch_size; None without a count.
+
+    Example:
+        >>> bill = search_bill(lambda x, t: -x, (2,), 2, SearchSettings(grid=10, num_samples=4))
+        >>> bill.lines()[0]  # per noise: Heun's 2 x 10 calls, the DP's 1 + 9 sources
+        'model evaluations: 120 in all, 30.0 per noise (4 noises)'
     """
 
     evaluations: int | None
@@ -968,7 +974,7 @@ class SearchBill:
             out.append(f"memory, {name}: {_size(need)}{avail}")
         out[-3] += f" (store {self.store!r} on {self.device}, {_size(self.work)} of it beside the law's rows)"
         out.append(
-            f"one model call of {self.batch_size} rows: {self.call_seconds:.4g} s (timed after a warm-up)"
+            f"one model call of {self.batch_size} rows: {self.call_seconds:.4g} s (median of {TIMED_CALLS})"
         )
         projected = (
             "unknown"
@@ -981,27 +987,35 @@ class SearchBill:
         return out
 
 
+# Calls timed after the warm-up; the bill takes their median. One call alone swung 2x between runs on the
+# shared 2-core machine (benchmarks/results/search_bill.md); three cost little beside the search's hundreds.
+TIMED_CALLS = 3
+
+
 def _timed_call(velocity: VelocityFn, search: _Search) -> tuple[float, int | None]:
     """(seconds, activation bytes or None) of one model call of ``batch_size`` rows on the search's device
-    and dtype, after one warm-up call; synchronised on CUDA, where the call's peak allocation is measured."""
+    and dtype: the median of ``TIMED_CALLS`` calls after one warm-up call, each synchronised on CUDA, where
+    the calls' peak allocation is measured."""
     width, dev = search.settings.batch_size, search.device
     x = seeded_noise(search.shape, 0, width, seed=search.settings.seed, dtype=search.dtype).to(dev)
     t = torch.full((width,), 0.5, dtype=search.dtype, device=dev)
     call = for_rows(velocity, torch.arange(width, device=dev))
     cuda = dev.type == "cuda"
+    times = []
     with torch.no_grad():
         call(x, t)  # warm-up: lazy initialisation, allocator, kernels' first launch
         if cuda:
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             base = torch.cuda.memory_allocated(dev)
-        start = time.perf_counter()
-        call(x, t)
-        if cuda:
-            torch.cuda.synchronize(dev)
-        seconds = time.perf_counter() - start
+        for _ in range(TIMED_CALLS):
+            start = time.perf_counter()
+            call(x, t)
+            if cuda:
+                torch.cuda.synchronize(dev)
+            times.append(time.perf_counter() - start)
     peak = int(torch.cuda.max_memory_allocated(dev) - base) if cuda else None
-    return seconds, peak
+    return float(np.median(times)), peak
 
 
 def _count(
@@ -1041,7 +1055,8 @@ def search_bill(
     """What ``optimal_schedules(velocity, shape, max_steps, settings, device=, dtype=)`` will cost, before it
     runs: its model evaluations (counted in closed form from the grid, the budgets, the teacher and the DP
     route), its memory by the law (``search_memory``) against what is free now, and its wall time projected
-    from ONE timed model call of ``batch_size`` rows (the only model calls made here, after one warm-up).
+    from the time of one model call of ``batch_size`` rows (the median of ``TIMED_CALLS`` calls after one
+    warm-up: the only model calls made here).
 
     The time law: T = sum over the search's calls of t x rows / batch_size, t the timed call; the DP's own
     arithmetic (an O(N^2) argmin per level) and the teacher's Euler updates are left out
