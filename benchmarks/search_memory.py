@@ -26,7 +26,7 @@ import time
 import torch
 
 from boss_fast.models.dit import DiT
-from boss_fast.search import SearchSettings, optimal_schedules
+from boss_fast.search import SearchSettings, optimal_schedules, search_memory
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "search_memory.json")
 
@@ -100,16 +100,13 @@ def target_cases() -> list[dict]:
 
 
 def predicted_mb(case: dict) -> float:
-    """The law (docs/search_memory.md) without its constant, on CPU (device and host memory are one)."""
+    """The law (``boss_fast.search.search_memory``, docs/search_memory.md) without its constant, on CPU:
+    device and host memory are one (the disk store's file is page cache, not anonymous memory)."""
     d = 1
     for n in case["shape"]:
         d *= n
-    n, m, b, s = case["N"] + 1, case["M"], min(case["batch"], case["M"]), 4
-    if case["objective"] == "local":
-        return 2 * n * b * d * s / 2**20
-    rows = (3 * n - 1) * m * d * s
-    law = {"device": rows + n * b * d * s, "host": rows + 3 * n * b * d * s, "disk": 3 * n * b * d * s}
-    return law[case["store"]] / 2**20
+    mem = search_memory(case["objective"], case["store"], case["N"] + 1, case["M"], case["batch"], d, 4)
+    return (mem.device + mem.host) / 2**20
 
 
 class Counted(torch.nn.Module):
@@ -149,16 +146,17 @@ def floor_case() -> dict:
     return {"config": config, "calls": len(widths), "rows": sum(widths), "rounds": out}
 
 
-def save(section: str, value: object) -> None:
+def save(section: str, value: object, path: str = RESULTS) -> None:
+    """Rewrite one section of the results json at ``path`` (atomically)."""
     data = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as f:
+    if os.path.exists(path):
+        with open(path) as f:
             data = json.load(f)
     data[section] = value
-    tmp = RESULTS + ".tmp"
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
-    os.replace(tmp, RESULTS)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> None:

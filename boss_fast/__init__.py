@@ -27,7 +27,7 @@ from boss_fast.grids import edm_grid, shifted_grid, uniform_grid
 from boss_fast.ode import Trajectory, cfg_pair, guided_velocity, sample
 from boss_fast.sampler import Sampler
 from boss_fast.schedule import Schedule, ScheduleSet, interpolate_schedule, schedules_from_cost
-from boss_fast.search import SearchSettings, cost_matrix, optimal_schedules
+from boss_fast.search import SearchBill, SearchSettings, cost_matrix, optimal_schedules, search_bill
 from boss_fast.straighten import StraightenSettings, StraightenStats, merge_lora, straighten
 from boss_fast.trajectories import reference_solution, seeded_noise, teacher_trajectory
 
@@ -41,6 +41,7 @@ __all__ = [
     "Sampler",
     "Schedule",
     "ScheduleSet",
+    "SearchBill",
     "SearchSettings",
     "StraightenSettings",
     "StraightenStats",
@@ -58,6 +59,7 @@ __all__ = [
     "reference_solution",
     "sample",
     "schedules_from_cost",
+    "search_bill",
     "seeded_noise",
     "shifted_grid",
     "straighten",

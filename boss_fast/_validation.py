@@ -150,6 +150,22 @@ def check_store_dir(store_dir: object, store: str) -> None:
         raise ValueError(f"store_dir {path!r}: cannot write in it ({err.strerror})") from None
 
 
+# The reduced precisions a model may run in under ``torch.autocast`` (search and straightening alike).
+AUTOCAST_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+
+
+def check_autocast(value: object, name: str = "autocast") -> torch.dtype | None:
+    """Return ``value`` if it is None or one of :data:`AUTOCAST_DTYPES` (TypeError/ValueError naming
+    ``name`` and what is accepted otherwise)."""
+    if value is None or value in AUTOCAST_DTYPES:
+        return value  # type: ignore[return-value]
+    kind = "a torch.dtype" if isinstance(value, torch.dtype) else f"a {type(value).__name__}"
+    raise (ValueError if isinstance(value, torch.dtype) else TypeError)(
+        f"{name} must be None, torch.bfloat16 or torch.float16 (the model's precision under torch.autocast), "
+        f"got {value!r} ({kind})"
+    )
+
+
 def check_dtype(value: object, name: str = "dtype") -> torch.dtype | None:
     """Return ``value`` if it is None or a floating ``torch.dtype`` ("float64", a string, is a TypeError)."""
     if value is None:

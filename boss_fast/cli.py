@@ -339,6 +339,17 @@ def _add_search_cost_args(sched: argparse.ArgumentParser) -> None:
         help="where the global search keeps its per-sample rows: device, host memory, or a memory-mapped "
         "file (docs/search_memory.md); the schedule does not depend on it",
     )
+    sched.add_argument(
+        "--autocast",
+        choices=("bfloat16", "float16"),
+        help="every model call of the search under torch.autocast in this dtype (states stay float32)",
+    )
+    sched.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the bill (model evaluations, memory by store, projected time from one timed call) "
+        "and exit without searching",
+    )
 
 
 # The flags of `schedule` that are fields of SearchSettings (the rest of its flags are handles: --device,
@@ -364,11 +375,13 @@ def _search_settings(args: argparse.Namespace, start: str | None = None) -> bf.S
     fields = {name: getattr(args, name) for name in _SEARCH_FLAGS}
     if fields["start"] is None:
         fields["start"] = start
+    fields["autocast"] = _DTYPES.get(args.autocast)
     try:
         return bf.SearchSettings(**fields)
     except (TypeError, ValueError) as err:
         text = _one_line(err)
-        named = [(m.start(), name) for name in _SEARCH_FLAGS if (m := re.search(rf"\b{name}\b", text))]
+        names = (*_SEARCH_FLAGS, "autocast")
+        named = [(m.start(), name) for name in names if (m := re.search(rf"\b{name}\b", text))]
         flag = "--" + min(named)[1].replace("_", "-") if named else "schedule"
         raise UsageError(f"{flag}: {text}") from None
 
@@ -378,6 +391,21 @@ def _search_handles(args: argparse.Namespace, device: torch.device | None) -> di
     return {"device": device, "progress": not args.no_progress, "checkpoint": args.checkpoint}
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """--out: required, except with --dry-run (which writes nothing)."""
+    if args.out is None and not args.dry_run:
+        raise UsageError("--out is required (the schedule JSON to write), except with --dry-run")
+    _check_output_file(args.out, "--out")
+
+
+def _print_bill(velocity: object, shape, budget: int, settings, args, device) -> None:
+    """--dry-run: the search's bill (``search_bill``), one item a line; no search."""
+    bill = bf.search_bill(velocity, shape, budget, settings, device=device, checkpoint=args.checkpoint)
+    print(f"bill of the search ({budget} steps at most, shape {tuple(shape)}); nothing searched:")
+    for line in bill.lines():
+        print(f"  {line}")
+
+
 def _cmd_schedule(args) -> None:
     if args.pipeline is not None:
         _cmd_schedule_pipeline(args)
@@ -385,7 +413,7 @@ def _cmd_schedule(args) -> None:
     given = [flag for flag, value in _pipeline_only(args) if value is not None]
     if given:
         raise UsageError(f"{given[0]} applies to --pipeline only")
-    _check_output_file(args.out, "--out")
+    _check_out(args)
     _check_output_file(args.checkpoint, "--checkpoint")
     _check_counts(args, {"steps": 1, "max_steps": 1, "grid": 1, "num_samples": 1, "batch_size": 1, "seed": 0})
     settings = _search_settings(args)
@@ -402,6 +430,9 @@ def _cmd_schedule(args) -> None:
     _check_fits(sums + 4.0 * n * batch * float(np.prod(shape)), f"--grid {args.grid} (batch {batch})")
     _probe(velocity, args.model, shape, device)
     budget = args.max_steps if args.max_steps is not None else args.steps
+    if args.dry_run:
+        _print_bill(velocity, shape, budget, settings, args, device)
+        return
     sset = bf.optimal_schedules(velocity, shape, budget, settings, **_search_handles(args, device))
     found = sset if args.max_steps is not None else sset[args.steps]  # one budget: the same search read at K
     found.save(args.out)
@@ -471,7 +502,7 @@ def _cmd_schedule_pipeline(args) -> None:
     """``boss-fast schedule --pipeline``: the prompt bank's schedule(s) of an SD3 or Flux pipeline."""
     if args.shape is not None:
         raise UsageError("--shape: with --pipeline the latent shape follows from --height and --width")
-    _check_output_file(args.out, "--out")
+    _check_out(args)
     _check_output_file(args.checkpoint, "--checkpoint")
     settings = _search_settings(args, start=DIFFUSERS_START)  # a pipeline starts from the unscaled noise
     device = _check_device(args.device)
@@ -484,6 +515,9 @@ def _cmd_schedule_pipeline(args) -> None:
     cond = _pipeline_conditioning(args, pipelines, pipe)
     target = pipelines.pipeline_target(pipe, cond, args.guidance, args.height, args.width)
     budget = args.max_steps if args.max_steps is not None else args.steps
+    if args.dry_run:
+        _print_bill(target.velocity, target.shape, budget, settings, args, device)
+        return
     sset = pipelines.pipeline_schedules(target, budget, settings, **_search_handles(args, device))
     found = sset if args.max_steps is not None else sset[args.steps]
     found.save(args.out)
@@ -814,7 +848,7 @@ def _add_schedule_parser(sub) -> None:
     sched.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba", "numpy"))
     sched.add_argument("--checkpoint", default=None, help="resumable partial cost sums (.npz)")
     sched.add_argument("--no-progress", action="store_true")
-    sched.add_argument("--out", required=True, help="schedule JSON to write")
+    sched.add_argument("--out", help="schedule JSON to write (required, except with --dry-run)")
     sched.set_defaults(func=_cmd_schedule)
 
 

@@ -92,6 +92,7 @@ __all__ = [
     "accumulate_global",
     "global_paths",
     "global_table",
+    "level_sources",
     "start_extra_evaluations",
     "start_sources",
 ]
@@ -184,6 +185,19 @@ def start_extra_evaluations(rule: str, n: int, cap: int | None = None) -> int:
 # ------------------------------------------------------------------------------------------ one level
 
 _LAYOUT = ("teacher", "states", "velocities")
+
+
+def level_sources(level: int, n: int, first: int = 1) -> int:
+    """The sources the full DP evaluates at ``level`` on a grid of ``n`` points, the model evaluations per
+    noise of that level: ``first`` at level 1 (1 when the start is pinned, the noise at grid point 0; one per
+    allowed start otherwise, ``1 + start_extra_evaluations``), n - level after (every point reached in
+    level - 1 steps, level - 1 .. n - 2). The one home of the count (``boss_fast.search.search_bill``).
+
+    Example:
+        >>> sum(level_sources(k, 101) for k in range(1, 11))  # every budget K <= 10 on a 100-step grid
+        856
+    """
+    return first if level == 1 else n - level
 
 
 def _sources(

@@ -48,7 +48,7 @@ from boss_fast.global_objective import (
 )
 from boss_fast.ode import VelocityFn
 
-__all__ = ["DPS", "CoarseToFine", "coarse_to_fine_table", "window_sources"]
+__all__ = ["DPS", "CoarseToFine", "coarse_to_fine_table", "window_bound", "window_sources"]
 
 # "full": the own-state DP over every reachable source (the reference); "coarse": coarse-to-fine.
 DPS = ("full", "coarse")
@@ -82,6 +82,14 @@ class CoarseToFine:
         fraction = check_float(self.coarse_fraction, "coarse_fraction")
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"coarse_fraction must be in (0, 1], got {fraction}")
+
+    def coarse_grid(self, n: int) -> np.ndarray:
+        """The coarse pass's grid indices on a fine grid of ``n`` points: every stride-th and the last."""
+        return np.unique(np.append(np.arange(0, n, self.stride), n - 1))
+
+    def coarse_samples(self, num_samples: int) -> int:
+        """The noises the coarse pass averages over: the first ceil(coarse_fraction x M), at least 1."""
+        return max(1, math.ceil(self.coarse_fraction * num_samples))
 
     def identity(self) -> dict[str, str]:
         """What the fine pass's checkpoint header records of the restriction."""
@@ -119,6 +127,22 @@ def window_sources(
             lo, hi = max(level - 1, c - radius), min(n - 2 if level > 1 else start_cap, c + radius)
             out.setdefault(level, set()).update(range(lo, hi + 1))
     return {level: np.array(sorted(s), dtype=np.int64) for level, s in sorted(out.items())}
+
+
+def window_bound(level: int, n: int, max_steps: int, radius: int, starts: int = 1) -> int:
+    """At most how many sources the fine pass evaluates at ``level`` (model evaluations per noise): at
+    level 1 the start (1 when pinned; with ``starts`` allowed start points, the union of the windows around
+    the max_steps budgets' start knots within them); after, the union of the windows of the
+    max_steps - level + 1 budgets K >= level, 2 radius + 1 points each, within the n - level points reachable
+    (fewer where windows overlap or are clipped).
+
+    Example:
+        >>> [window_bound(k, 101, 10, 2) for k in (1, 2, 10)], window_bound(1, 101, 10, 2, starts=100)
+        ([1, 45, 5], 50)
+    """
+    if level == 1:
+        return 1 if starts == 1 else min(starts, max_steps * (2 * radius + 1))
+    return min(n - level, (max_steps - level + 1) * (2 * radius + 1))
 
 
 def _restrict(windows: dict[int, np.ndarray]) -> Restrict:
@@ -167,12 +191,12 @@ def coarse_to_fine_table(
         [20, 20, 20]
     """
     n = len(grid)
-    sub = np.unique(np.append(np.arange(0, n, plan.stride), n - 1))
+    sub = plan.coarse_grid(n)
     coarse_steps = min(max_steps, len(sub) - 1)
     # A free start: the fine cap, and on the coarse grid the last coarse point at or below it.
     cap = None if run.start == "zero" else int(start_sources(run.start, n, run.start_cap)[-1])
     coarse_cap = None if cap is None else min(int(np.searchsorted(sub, cap, side="right")) - 1, len(sub) - 2)
-    coarse_samples = max(1, math.ceil(plan.coarse_fraction * num_samples))
+    coarse_samples = plan.coarse_samples(num_samples)
     coarse_ckpt = None
     if checkpoint is not None:
         root, ext = os.path.splitext(os.fspath(checkpoint))

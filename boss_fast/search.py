@@ -12,6 +12,9 @@ budget's ``Schedule`` from one search; its knobs live in one frozen, validated `
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +30,7 @@ from boss_fast._validation import (
     METRICS,
     START_RULES,
     as_times,
+    check_autocast,
     check_choice,
     check_dtype,
     check_float,
@@ -38,21 +42,32 @@ from boss_fast._validation import (
 )
 from boss_fast.cost import start_cost_sums, trajectory_cost_sums
 from boss_fast.engine import STORES, WIDE_MODES, Checkpoint, Shard, progress_bar
-from boss_fast.global_objective import GlobalPass, accumulate_global, global_paths, start_sources
+from boss_fast.global_objective import (
+    GlobalPass,
+    accumulate_global,
+    global_paths,
+    level_sources,
+    start_extra_evaluations,
+    start_sources,
+)
 from boss_fast.grids import resolve_grid
-from boss_fast.ode import VelocityFn
-from boss_fast.refine import DPS, CoarseToFine, coarse_to_fine_table
+from boss_fast.ode import VelocityFn, for_rows
+from boss_fast.refine import DPS, CoarseToFine, coarse_to_fine_table, window_bound
 from boss_fast.schedule import OBJECTIVES, Schedule, ScheduleSet, schedules_from_cost
-from boss_fast.trajectories import TeacherRunner, seeded_noise
+from boss_fast.trajectories import TeacherRunner, seeded_noise, teacher_evaluations
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "MAX_GRID",
+    "SearchBill",
+    "SearchMemory",
     "SearchSettings",
     "auto_rounds",
     "cost_matrix",
     "optimal_schedules",
+    "search_bill",
+    "search_memory",
 ]
 
 DEFAULT_OBJECTIVE = "global"
@@ -365,6 +380,12 @@ class SearchSettings:
         start_cap: the last grid point a free start may take (None: every point below the last); only with
             a free start. The global objective's full DP evaluates ``start_cap + 1`` start states per noise
             where the pinned start evaluates 1 (``global_objective.start_extra_evaluations``).
+        autocast: None (the model in the search's dtype), ``torch.bfloat16`` or ``torch.float16``: every
+            model call of the search (teacher and DP) runs under ``torch.autocast`` in that dtype, its output
+            cast back; the states stay float32 (the search's dtype: float16/bfloat16 states and float64 ones,
+            which autocast leaves alone, are refused), the errors float64, the DP float64; not with solver
+            "dopri5", whose step control would chase the model's rounding. Recorded in the checkpoint
+            header: a run in one precision does not resume another's.
 
     Example:
         >>> s = SearchSettings(grid=50, num_samples=64, objective="local")
@@ -388,6 +409,7 @@ class SearchSettings:
     backend: str = "auto"
     start: str | None = None
     start_cap: int | None = None
+    autocast: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", _check_grid(self.grid))
@@ -415,6 +437,13 @@ class SearchSettings:
             check_choice(self.start, START_RULES, "start")
         _check_start_cap(self)
         _check_objective_knobs(self)
+        check_autocast(self.autocast, "autocast")
+        if self.autocast is not None and self.teacher == "dopri5":
+            raise ValueError(
+                f"autocast={self.autocast} with solver='dopri5': the adaptive teacher's error control would "
+                "chase the reduced-precision model's rounding; use a fixed-step solver ('euler', 'heun', "
+                "'rk4') or autocast=None"
+            )
 
     @property
     def start_rule(self) -> str:
@@ -467,7 +496,66 @@ class _Search:
             "sample_shape": str(self.shape),
             "dtype": str(self.dtype),
             "model": self.model,
+            # Always written: a reader ignores keys it does not ask for, so a float32 run must ask for this
+            # one to refuse a bfloat16 run's file.
+            "autocast": str(self.settings.autocast),
         }
+
+
+def _states_dtype(
+    autocast: torch.dtype, asked: torch.dtype | None, default: torch.dtype, holds_float64: bool
+) -> torch.dtype:
+    """The states' dtype of a search whose model runs under autocast: float32 (``asked``, or ``default`` when
+    it is below float32). Refused by name: states below float32 (the point is to keep them there) and
+    float64 ones (``torch.autocast`` leaves float64 tensors alone: the model would not run in autocast)."""
+    dtype = default if asked is None else asked
+    if dtype == torch.float64 or holds_float64:
+        where = "dtype=torch.float64" if asked == torch.float64 else "the model holds float64 tensors"
+        raise ValueError(
+            f"autocast={autocast} needs float32 states: torch.autocast leaves float64 tensors in float64, so "
+            f"the model would not run in {autocast} ({where}); give a float32 model and dtype=torch.float32"
+        )
+    if asked is not None and asked.itemsize < 4:
+        raise ValueError(
+            f"autocast={autocast} runs the model in reduced precision and keeps the states in dtype; "
+            f"dtype={asked} would put the states there too: give dtype torch.float32"
+        )
+    return torch.float32
+
+
+def _holds_float64(velocity: VelocityFn) -> bool:
+    """Whether an ``nn.Module`` velocity has a float64 parameter or buffer (it then computes in float64,
+    which autocast leaves alone); a plain callable cannot be inspected (False)."""
+    if not isinstance(velocity, torch.nn.Module):
+        return False
+    return any(p.dtype == torch.float64 for p in (*velocity.parameters(), *velocity.buffers()))
+
+
+class _Autocast:
+    """``velocity(x, t)`` called under ``torch.autocast(x's device type, dtype)``, its output cast back to x's
+    dtype (the states and errors stay in it). No weight cache: the same object serves CUDA graph capture."""
+
+    def __init__(self, velocity: VelocityFn, dtype: torch.dtype) -> None:
+        self.velocity, self.dtype = velocity, dtype
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype, cache_enabled=False):
+            v = self.velocity(x, t)
+        return v.to(x.dtype) if isinstance(v, torch.Tensor) else v
+
+
+class _BankedAutocast(_Autocast):
+    """``_Autocast`` of a velocity with a bank of conditionings (``boss_fast.ode.for_rows``)."""
+
+    def for_rows(self, rows: torch.Tensor) -> VelocityFn:
+        return _Autocast(for_rows(self.velocity, rows), self.dtype)
+
+
+def _model_calls(velocity: VelocityFn, autocast: torch.dtype | None) -> VelocityFn:
+    """The velocity the search calls: ``velocity`` itself, or under autocast (a bank stays a bank)."""
+    if autocast is None:
+        return velocity
+    return (_BankedAutocast if hasattr(velocity, "for_rows") else _Autocast)(velocity, autocast)
 
 
 def _validate_search(
@@ -484,6 +572,8 @@ def _validate_search(
     model_device, model_dtype = module_placement(velocity)
     device = torch.device(run.device) if run.device is not None else (model_device or torch.device("cpu"))
     dtype = check_dtype(run.dtype) or model_dtype or torch.get_default_dtype()
+    if settings.autocast is not None:
+        dtype = _states_dtype(settings.autocast, run.dtype, dtype, _holds_float64(velocity))
     fingerprint = model_fingerprint(velocity) if isinstance(velocity, torch.nn.Module) else None
     model = checkpoint_model_key(velocity, run.checkpoint, run.checkpoint_key)
     search = _Search(settings, times, shape, settings.num_samples, device, dtype, fingerprint, model)
@@ -547,7 +637,9 @@ def _global_schedules(velocity: VelocityFn, search: _Search, max_steps: int, run
 def _search(velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings: SearchSettings, run: _Run):
     """One search with a fixed number of noises: every budget 1 .. ``max_steps``."""
     search, max_steps = _validate_search(velocity, shape, max_steps, settings, run)
+    velocity = _model_calls(velocity, settings.autocast)
     if settings.objective == "global":
+        _check_store_fits(search, max_steps, run)
         return _global_schedules(velocity, search, max_steps, run)
     cost, start_costs = _local_cost(velocity, search, run)
     return schedules_from_cost(
@@ -670,3 +762,424 @@ def auto_rounds(search: Callable[[int], ScheduleSet], cap: int) -> ScheduleSet:
             )
             return found
         previous, n = found, min(2 * n, cap)
+
+
+# ------------------------------------------------------------------------------- the bill before the work
+
+
+@dataclass(frozen=True)
+class SearchMemory:
+    """Bytes of a search's per-sample rows by where they live (the law of docs/search_memory.md, without its
+    constant: one model call's activations and the pairwise kernel's tiles)."""
+
+    device: int
+    host: int
+    disk: int
+
+
+def search_memory(
+    objective: str,
+    store: str,
+    grid_points: int,
+    num_samples: int,
+    batch_size: int,
+    values: int,
+    itemsize: int,
+) -> SearchMemory:
+    """The memory law of the schedule search: the one home of docs/search_memory.md's table.
+
+    Args:
+        objective, store: as ``SearchSettings``.
+        grid_points: N (``grid=100`` is 101). num_samples: M_r, this rank's noises. batch_size: the
+            setting (B = min(batch_size, M_r) noises in flight). values: D per sample. itemsize: s bytes.
+
+    Returns:
+        device, host and disk bytes: global "device": (3N - 1) M_r D s + N B D s on the device; "host" and
+        "disk": 3 N B D s on the device and (3N - 1) M_r D s in host memory or in a file; local (any store):
+        2 N B D s (one batch's teacher states and slopes).
+
+    Example:
+        >>> mem = search_memory("global", "disk", 101, 64, 8, 16 * 128 * 128, 4)  # SD3-1024, 64 noises
+        >>> round(mem.device / 2**30, 1), round(mem.disk / 2**30, 1), mem.host
+        (2.4, 18.9, 0)
+    """
+    n, m, d, s = grid_points, num_samples, values, itemsize
+    b = min(batch_size, m)
+    if objective == "local":
+        return SearchMemory(2 * n * b * d * s, 0, 0)
+    rows = (3 * n - 1) * m * d * s
+    if store == "device":
+        return SearchMemory(rows + n * b * d * s, 0, 0)
+    work = 3 * n * b * d * s
+    return SearchMemory(work, rows, 0) if store == "host" else SearchMemory(work, 0, rows)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One pass over noise batches, as counted: noises, grid points, teacher evaluations per noise (None:
+    adaptive) and the DP's sources per level (model evaluations per noise of each level)."""
+
+    samples: int
+    points: int
+    teacher: int | None
+    levels: tuple[int, ...]
+
+
+def _passes(settings: SearchSettings, n: int, max_steps: int, m: int) -> list[_Pass]:
+    """The passes of one search of ``m`` noises, every evaluation counted (``dp="coarse"``'s fine levels: at
+    most ``window_bound``)."""
+    solver = settings.teacher
+    if settings.objective == "local":
+        teacher = teacher_evaluations(n, solver)
+        return [_Pass(m, n, None if teacher is None else teacher, ())]
+    starts = 1 + start_extra_evaluations(settings.start_rule, n, settings.start_cap)  # level 1's sources
+    if settings.dp == "full":
+        levels = tuple(level_sources(k, n, starts) for k in _levels(max_steps))
+        return [_Pass(m, n, teacher_evaluations(n, solver), levels)]
+    plan = CoarseToFine()
+    sub = plan.coarse_grid(n)
+    nc = len(sub)
+    # The coarse pass's starts: the coarse points at or below the fine cap, below the last (refine's rule).
+    coarse_starts = 1 if starts == 1 else min(int(np.searchsorted(sub, starts - 1, side="right")), nc - 1)
+    coarse = tuple(level_sources(k, nc, coarse_starts) for k in _levels(min(max_steps, nc - 1)))
+    fine = tuple(window_bound(k, n, max_steps, plan.radius, starts) for k in _levels(max_steps))
+    return [
+        _Pass(plan.coarse_samples(m), nc, teacher_evaluations(nc, solver), coarse),
+        _Pass(m, n, teacher_evaluations(n, solver, plan.teacher_stride), fine),
+    ]
+
+
+def _levels(max_steps: int) -> range:
+    return range(1, max_steps + 1)
+
+
+def _pass_calls(p: _Pass, width: int, calls: dict[int, int], recorded: bool) -> int:
+    """Add this rank's model calls of pass ``p`` to ``calls`` {width: count}: the teacher's, one call per
+    evaluation on a whole batch (``recorded``: on a ``TeacherRecorder``, which checks the model once on one
+    row when it is built, once per batch shape); each DP level's, its sources x batch rows in calls of
+    ``width`` rows. Returns the recorders' checks."""
+    sizes = Shard.of_this_process(p.samples, width).sizes
+    checks = len(set(sizes)) if recorded and p.teacher is not None else 0
+    if checks:
+        calls[1] = calls.get(1, 0) + checks
+    for b in sizes:
+        calls[b] = calls.get(b, 0) + (p.teacher or 0)
+        for sources in p.levels:
+            full, rest = divmod(sources * b, width)
+            calls[width] = calls.get(width, 0) + full
+            if rest:
+                calls[rest] = calls.get(rest, 0) + 1
+    return checks
+
+
+def _rounds(settings: SearchSettings) -> list[int]:
+    """The noise counts of the searches one call runs: one, or every round of "auto" up to its cap."""
+    if settings.num_samples != "auto":
+        return [int(settings.num_samples)]
+    cap = AUTO_CAP if settings.max_samples is None else settings.max_samples
+    rounds = [min(AUTO_START, cap)]
+    while rounds[-1] < cap:
+        rounds.append(min(2 * rounds[-1], cap))
+    return rounds
+
+
+# What the bill adds on the device beside the law: the pairwise error kernel's float64 tiles in flight
+# (boss_fast.cost: about 4 tiles of 8 MiB, docs/search_memory.md's constant).
+KERNEL_BYTES = 32 << 20
+
+
+def _host_available() -> int | None:
+    """Host memory available now (``MemAvailable`` of /proc/meminfo, else the free pages), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return None
+
+
+def _free(device: torch.device, folder: str) -> tuple[int | None, int | None, int | None]:
+    """(device, host, disk) bytes free now: ``torch.cuda.mem_get_info`` on CUDA (on CPU the device is the
+    host: its available memory), and the free space of ``folder``'s file system."""
+    host = _host_available()
+    dev = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else host
+    try:
+        disk = shutil.disk_usage(_nearest_folder(folder)).free
+    except OSError:
+        disk = None
+    return dev, host, disk
+
+
+def _nearest_folder(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _shortfall(mem: SearchMemory, free: tuple[int | None, ...], cuda: bool) -> tuple[str, int, int] | None:
+    """(what, needed, free) of the first memory ``mem`` does not fit in, or None when it fits. Off CUDA the
+    device and host rows share the host's memory."""
+    dev, host, disk = free
+    needs = [("device memory", mem.device, dev), ("host memory", mem.host, host)] if cuda else [
+        ("memory", mem.device + mem.host, host)]  # fmt: skip
+    for what, need, have in [*needs, ("disk space", mem.disk, disk)]:
+        if have is not None and need > have:
+            return what, need, have
+    return None
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
+def _size(nbytes: float) -> str:
+    """MiB below 1 GiB, else GiB (the bill's lines)."""
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes < 2**30 else _gib(nbytes)
+
+
+def _refusal(memories: dict[str, SearchMemory], store: str, free: tuple, device: torch.device) -> str | None:
+    """Why the search's ``store`` does not fit (naming what it needs, what is free and a store that fits), or
+    None when it fits."""
+    cuda = device.type == "cuda"
+    short = _shortfall(memories[store], free, cuda)
+    if short is None:
+        return None
+    what, need, have = short
+    text = (f"store={store!r} needs {_gib(need)} of {what} on {device} by the memory law "
+            f"(docs/search_memory.md), more than the {_gib(have)} free")  # fmt: skip
+    for other in ("host", "disk"):
+        if other != store and _shortfall(memories[other], free, cuda) is None:
+            mem = memories[other]
+            return (f"{text}; store={other!r} fits ({_gib(mem.device)} on the device, {_gib(mem.host)} of "
+                    f"host memory, {_gib(mem.disk)} on disk)")  # fmt: skip
+    return f"{text}; no store fits: lower num_samples or batch_size"
+
+
+def _store_folder(settings: SearchSettings, checkpoint: str | os.PathLike | None) -> str:
+    """Where store="disk" writes (``accumulate_global``'s rule): store_dir, the checkpoint's folder, tmp."""
+    if settings.store_dir is not None:
+        return os.fspath(settings.store_dir)
+    if checkpoint is not None:
+        return os.path.dirname(os.path.abspath(checkpoint))
+    return tempfile.gettempdir()
+
+
+def _memories(
+    settings: SearchSettings, passes: list[_Pass], values: int, itemsize: int
+) -> dict[str, SearchMemory]:
+    """The law's bytes of each store for ``passes`` (run one after another: the largest of each part)."""
+    out = {}
+    for store in STORES:
+        per = []
+        for p in passes:
+            mine = sum(Shard.of_this_process(p.samples, settings.batch_size).sizes)
+            per.append(search_memory(settings.objective, store, p.points, mine, settings.batch_size, values,
+                                     itemsize))  # fmt: skip
+        out[store] = SearchMemory(*(max(getattr(m, f) for m in per) for f in ("device", "host", "disk")))
+    return out
+
+
+def _check_store_fits(search: _Search, max_steps: int, run: _Run) -> None:
+    """Refuse (ValueError), before any model call, a global search whose store does not fit what is free."""
+    s = search.settings
+    passes = _passes(s, len(search.times), max_steps, search.num_samples)
+    values = int(np.prod(search.shape, dtype=np.int64))
+    memories = _memories(s, passes, values, search.dtype.itemsize)
+    free = _free(search.device, _store_folder(s, run.checkpoint))
+    refusal = _refusal(memories, s.store, free, search.device)
+    if refusal is not None:
+        raise ValueError(refusal)
+
+
+@dataclass(frozen=True)
+class SearchBill:
+    """What a schedule search will cost, known before it runs (:func:`search_bill`).
+
+    Attributes:
+        evaluations: model evaluations (rows) of the whole search, every rank and every round; None with the
+            adaptive "dopri5" teacher (known only after the run).
+        num_samples: noises of the largest search (the cap for num_samples="auto").
+        exact: False where ``evaluations`` is an upper bound: dp="coarse" (its windows may overlap) and
+            num_samples="auto" (every round up to the cap; it may stop earlier).
+        calls: this rank's model calls as ((rows per call, count), ...), widest first.
+        memory: the law's bytes (device, host, disk) of the chosen store (``search_memory``).
+        work: bytes on the device beside the law: the kernel's tiles (``KERNEL_BYTES``), plus the timed
+            call's activations where they are measured (CUDA: ``torch.cuda.max_memory_allocated``).
+        free: (device, host, disk) bytes free when the bill was made (None: unknown).
+        refusal: why the search would be refused before it starts (its store does not fit), or None.
+        call_seconds: one model call of ``batch_size`` rows: the median of ``TIMED_CALLS`` timed calls
+            after a warm-up call.
+        seconds: the projected wall time of the model calls, sum over calls of call_seconds x rows /
+            batch_size; None without a count.
+
+    Example:
+        >>> bill = search_bill(lambda x, t: -x, (2,), 2, SearchSettings(grid=10, num_samples=4))
+        >>> bill.lines()[0]  # per noise: Heun's 2 x 10 calls, the DP's 1 + 9 sources
+        'model evaluations: 120 in all, 30.0 per noise (4 noises)'
+    """
+
+    evaluations: int | None
+    num_samples: int
+    exact: bool
+    calls: tuple[tuple[int, int], ...]
+    memory: SearchMemory
+    work: int
+    free: tuple[int | None, int | None, int | None]
+    refusal: str | None
+    call_seconds: float
+    seconds: float | None
+    store: str
+    device: str
+    batch_size: int
+
+    @property
+    def per_noise(self) -> float | None:
+        """Model evaluations per noise (of the largest search)."""
+        return None if self.evaluations is None else self.evaluations / self.num_samples
+
+    def lines(self) -> list[str]:
+        """The bill as text, one item a line (what ``boss-fast schedule --dry-run`` prints)."""
+        bound = "" if self.exact else "at most "
+        if self.evaluations is None:
+            evals = "unknown (the dopri5 teacher is adaptive)"
+        else:
+            evals = f"{bound}{self.evaluations:,} in all, {self.per_noise:,.1f} per noise"
+            evals += f" ({self.num_samples} noises)"
+        calls = ", ".join(f"{n:,} x {w} rows" for w, n in self.calls)
+        mem = self.memory
+        needs = (mem.device + self.work, mem.host, mem.disk)
+        parts = zip(("search device", "host", "disk"), needs, self.free, strict=True)
+        out = [f"model evaluations: {evals}", f"model calls (this rank): {calls or 'none counted'}"]
+        for name, need, have in parts:
+            avail = "" if have is None else f" ({_size(have)} free)"
+            out.append(f"memory, {name}: {_size(need)}{avail}")
+        out[-3] += f" (store {self.store!r} on {self.device}, {_size(self.work)} of it beside the law's rows)"
+        out.append(
+            f"one model call of {self.batch_size} rows: {self.call_seconds:.4g} s (median of {TIMED_CALLS})"
+        )
+        projected = (
+            "unknown"
+            if self.seconds is None
+            else f"{bound}{self.seconds:,.1f} s ({self.seconds / 3600:.2f} h)"
+        )
+        out.append(f"projected wall time: {projected}")
+        if self.refusal is not None:
+            out.append(f"refused: {self.refusal}")
+        return out
+
+
+# Calls timed after the warm-up; the bill takes their median. One call alone swung 2x between runs on the
+# shared 2-core machine (benchmarks/results/search_bill.md); three cost little beside the search's hundreds.
+TIMED_CALLS = 3
+
+
+def _timed_call(velocity: VelocityFn, search: _Search) -> tuple[float, int | None]:
+    """(seconds, activation bytes or None) of one model call of ``batch_size`` rows on the search's device
+    and dtype: the median of ``TIMED_CALLS`` calls after one warm-up call, each synchronised on CUDA, where
+    the calls' peak allocation is measured."""
+    width, dev = search.settings.batch_size, search.device
+    x = seeded_noise(search.shape, 0, width, seed=search.settings.seed, dtype=search.dtype).to(dev)
+    t = torch.full((width,), 0.5, dtype=search.dtype, device=dev)
+    call = for_rows(velocity, torch.arange(width, device=dev))
+    cuda = dev.type == "cuda"
+    times = []
+    with torch.no_grad():
+        call(x, t)  # warm-up: lazy initialisation, allocator, kernels' first launch
+        if cuda:
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            base = torch.cuda.memory_allocated(dev)
+        for _ in range(TIMED_CALLS):
+            start = time.perf_counter()
+            call(x, t)
+            if cuda:
+                torch.cuda.synchronize(dev)
+            times.append(time.perf_counter() - start)
+    peak = int(torch.cuda.max_memory_allocated(dev) - base) if cuda else None
+    return float(np.median(times)), peak
+
+
+def _count(
+    settings: SearchSettings, n: int, max_steps: int
+) -> tuple[int | None, dict[int, int], list[_Pass]]:
+    """(evaluations in all, this rank's calls {width: count}, the largest search's passes) over the rounds."""
+    evaluations: int | None = 0
+    calls: dict[int, int] = {}
+    passes: list[_Pass] = []
+    for m in _rounds(settings):
+        passes = _passes(settings, n, max_steps, m)
+        for p in passes:
+            checks = _pass_calls(p, settings.batch_size, calls, settings.mode is not None)
+            if p.teacher is None or evaluations is None:
+                evaluations = None
+            else:  # one process: this rank's recorder checks are every rank's
+                evaluations += p.samples * (p.teacher + sum(p.levels)) + checks
+    return evaluations, calls, passes
+
+
+def _exact(settings: SearchSettings) -> bool:
+    """Whether the count is exact: not for dp="coarse" (windows), num_samples="auto" (rounds) and the modes
+    that warm up or capture before they run ("compile", "cuda_graph", "auto": calls not counted)."""
+    return settings.dp == "full" and settings.num_samples != "auto" and settings.mode in (None, "eager")
+
+
+def search_bill(
+    velocity: VelocityFn,
+    shape: Sequence[int],
+    max_steps: int,
+    settings: SearchSettings | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> SearchBill:
+    """What ``optimal_schedules(velocity, shape, max_steps, settings, device=, dtype=)`` will cost, before it
+    runs: its model evaluations (counted in closed form from the grid, the budgets, the teacher and the DP
+    route), its memory by the law (``search_memory``) against what is free now, and its wall time projected
+    from the time of one model call of ``batch_size`` rows (the median of ``TIMED_CALLS`` calls after one
+    warm-up: the only model calls made here).
+
+    The time law: T = sum over the search's calls of t x rows / batch_size, t the timed call; the DP's own
+    arithmetic (an O(N^2) argmin per level) and the teacher's Euler updates are left out
+    (benchmarks/results/search_bill.md measures how far that is off). ``checkpoint`` only says where the
+    disk store would write. Arguments as ``optimal_schedules``.
+
+    Example:
+        >>> bill = search_bill(lambda x, t: -x, (2,), 10, SearchSettings(num_samples=8, batch_size=8))
+        >>> bill.evaluations, bill.per_noise  # Heun teacher 200 + the DP's 856, every K <= 10 on 100 steps
+        (8448, 1056.0)
+    """
+    settings = SearchSettings() if settings is None else settings
+    if not isinstance(settings, SearchSettings):
+        raise TypeError(f"settings must be a SearchSettings, got {type(settings).__name__}")
+    largest = _rounds(settings)[-1]
+    run = _Run(device, dtype, False, checkpoint, None if checkpoint is None else "bill")
+    search, max_steps = _validate_search(velocity, shape, max_steps, replace(settings, num_samples=largest,
+                                         max_samples=None), run)  # fmt: skip
+    evaluations, calls, passes = _count(settings, len(search.times), max_steps)
+    memories = _memories(settings, passes, int(np.prod(search.shape, dtype=np.int64)), search.dtype.itemsize)
+    free = _free(search.device, _store_folder(settings, checkpoint))
+    seconds, activations = _timed_call(_model_calls(velocity, settings.autocast), search)
+    rows = sum(w * n for w, n in calls.items())
+    global_search = settings.objective == "global"
+    return SearchBill(
+        evaluations=evaluations,
+        num_samples=largest,
+        exact=_exact(settings),
+        calls=tuple(sorted(calls.items(), reverse=True)),
+        memory=memories[settings.store],
+        work=KERNEL_BYTES + (activations or 0),
+        free=free,
+        refusal=_refusal(memories, settings.store, free, search.device) if global_search else None,
+        call_seconds=seconds,
+        seconds=None if evaluations is None else seconds * rows / settings.batch_size,
+        store=settings.store if global_search else "(local: one batch)",
+        device=str(search.device),
+        batch_size=settings.batch_size,
+    )

@@ -50,6 +50,7 @@ from boss_fast._header import check_header, header_strings, make_header, write_f
 from boss_fast._identity import cache_key, model_fingerprint, noise_digest, value_digest
 from boss_fast._runtime import module_placement, rank_world
 from boss_fast._validation import (
+    AUTOCAST_DTYPES,
     SOLVERS,
     check_choice,
     check_float,
@@ -551,9 +552,6 @@ class StraightenStats:
     def trained_share(self) -> float:
         """Trained parameters / the base model's parameters (LoRA rank 4 on the digits DiT: about 5%)."""
         return self.trained_params / self.total_params
-
-
-AUTOCAST_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)

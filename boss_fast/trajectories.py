@@ -26,7 +26,15 @@ from boss_fast._validation import (
     check_teacher,
     check_velocity_output,
 )
-from boss_fast.ode import Trajectory, VelocityFn, evaluate, first_nonfinite_step, for_rows, ode_step
+from boss_fast.ode import (
+    FIXED_STEP_METHODS,
+    Trajectory,
+    VelocityFn,
+    evaluate,
+    first_nonfinite_step,
+    for_rows,
+    ode_step,
+)
 from boss_fast.sampler import RECORDS, TeacherRecorder
 
 __all__ = [
@@ -34,6 +42,7 @@ __all__ = [
     "TeacherRunner",
     "reference_solution",
     "seeded_noise",
+    "teacher_evaluations",
     "teacher_trajectory",
 ]
 
@@ -126,6 +135,24 @@ class DenseTeacher:
         if not bool(torch.isfinite(out).all()):
             raise ValueError("the dense teacher's states hold non-finite values")
         return out
+
+
+def teacher_evaluations(n: int, solver: str, stride: int = 1) -> int | None:
+    """Model evaluations per noise of the teacher on a grid of ``n`` points: ``solver``'s evaluations per
+    step (``FIXED_STEP_METHODS``: Euler 1, Heun 2, RK4 4) on every ``stride``-th point (and the last), plus
+    one at the last time when ``stride`` > 1 (:class:`DenseTeacher`'s end slope); None for "dopri5"
+    (adaptive: known only after the run). Each evaluation is one model call on the whole batch.
+
+    Example:
+        >>> [teacher_evaluations(101, s) for s in ("euler", "heun", "rk4", "dopri5")]
+        [100, 200, 400, None]
+        >>> teacher_evaluations(101, "heun", stride=2)  # 50 Heun steps and the end slope
+        101
+    """
+    if solver not in FIXED_STEP_METHODS:
+        return None
+    steps = len(np.unique(np.append(np.arange(0, n, stride), n - 1))) - 1
+    return steps * FIXED_STEP_METHODS[solver].evaluations + (1 if stride > 1 else 0)
 
 
 def _plain_teacher(

@@ -633,6 +633,35 @@ def test_schedule_auto_samples_and_coarse_dp(tmp_path, capsys):
     assert "expected an integer or 'auto'" in capsys.readouterr().err
 
 
+def test_schedule_dry_run_prints_the_bill_and_searches_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["schedule", "--model", "gmm2d", "--max-steps", "3", "--grid", "12", "--num-samples", "8"]
+    assert main([*argv, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    bill = bf.search_bill(load_bundled("gmm2d"), (2,), 3, bf.SearchSettings(grid=12, num_samples=8))
+    assert (
+        f"model evaluations: {bill.evaluations:,} in all, {bill.per_noise:,.1f} per noise (8 noises)" in text
+    )
+    for line in ("memory, search device:", "memory, host:", "memory, disk:", "one model call of 256 rows:"):
+        assert line in text
+    assert "projected wall time:" in text and listing(tmp_path) == []
+    assert main([*argv, "--dry-run", "--out", "s.json"]) == 0 and listing(tmp_path) == []  # --out unwritten
+    assert main([*argv, "--dp", "coarse", "--num-samples", "auto", "--dry-run"]) == 0
+    assert "model evaluations: at most" in capsys.readouterr().out
+
+
+def test_schedule_autocast_is_deterministic_and_writes_float32_schedules(tmp_path):
+    argv = ["schedule", "--model", "digits_dit", "--max-steps", "2", "--grid", "6", "--num-samples", "4"]
+    found = []
+    for name in ("a.json", "b.json"):
+        out = tmp_path / name
+        assert main([*argv, "--autocast", "bfloat16", "--no-progress", "--out", str(out)]) == 0
+        found.append(boss_fast.ScheduleSet.load(out))
+    for k in (1, 2):
+        assert found[0][k].indices.tolist() == found[1][k].indices.tolist()
+        assert found[0][k].cost == found[1][k].cost
+
+
 def test_schedule_store_flag_gives_the_same_schedules_from_every_store(tmp_path):
     argv = ["schedule", "--model", "gmm2d", "--max-steps", "3", "--grid", "16", "--num-samples", "12"]
     found = {}
@@ -782,6 +811,28 @@ IN_PROCESS = {
     "schedule, a backend of the global objective": (
         [*SCHEDULE_REFUSALS, "--model", "gmm2d", "--backend", "numpy", "--out", "s.json"],
         "--backend: backend selects the Bellman DP's kernel of objective='local'",
+    ),
+    "schedule, autocast with dopri5": (
+        [
+            *SCHEDULE_REFUSALS,
+            "--model",
+            "gmm2d",
+            "--autocast",
+            "bfloat16",
+            "--solver",
+            "dopri5",
+            "--out",
+            "s.json",
+        ],
+        "--autocast: autocast=torch.bfloat16 with solver='dopri5'",
+    ),
+    "schedule, autocast of a float64 model": (
+        [*SCHEDULE_REFUSALS, "--model", "gmm2d", "--autocast", "float16", "--out", "s.json"],
+        "autocast=torch.float16 needs float32 states",
+    ),
+    "schedule, no out and no dry run": (
+        [*SCHEDULE_REFUSALS, "--model", "gmm2d"],
+        "--out is required (the schedule JSON to write), except with --dry-run",
     ),
     "demo, grid without num-samples": (
         ["demo", "--grid", "50", "--out", "rep"],
@@ -949,6 +1000,18 @@ def test_embeddings_file_is_the_same_bank(saved, capsys, tmp_path):
                  "--width", "64", "--out", str(out), *SEARCH])  # fmt: skip
     got = bf.ScheduleSet.load(out)
     assert all(np.array_equal(got[k].indices, want[k].indices) for k in (1, 2))
+
+
+@needs_diffusers
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_schedule_pipeline_dry_run_prints_the_bill(saved, capsys, tmp_path):
+    root, sd3, _ = saved
+    argv = ["schedule", "--pipeline", sd3, "--prompts", str(root / "prompts.txt"), "--guidance", "4.5",
+            "--height", "64", "--width", "64", "--dry-run", *SEARCH, *LENGTH]  # fmt: skip
+    text = run(capsys, argv)
+    # grid 5 (6 points), per noise: the Heun teacher's 2 x 5 calls and the DP's 1 + 4 sources at K = 2
+    assert "model evaluations: 45 in all, 15.0 per noise (3 noises)" in text
+    assert "projected wall time:" in text and not list(tmp_path.iterdir())
 
 
 @needs_diffusers

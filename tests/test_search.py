@@ -26,7 +26,14 @@ from boss_fast.cost import trajectory_cost
 from boss_fast.global_objective import GlobalPass, global_paths, global_table
 from boss_fast.grids import uniform_grid
 from boss_fast.schedule import interpolate_schedule
-from boss_fast.search import MAX_GRID, SearchSettings, cost_matrix, optimal_schedules
+from boss_fast.search import (
+    MAX_GRID,
+    SearchMemory,
+    SearchSettings,
+    cost_matrix,
+    optimal_schedules,
+    search_memory,
+)
 from boss_fast.trajectories import teacher_trajectory
 
 
@@ -607,3 +614,229 @@ def test_a_local_checkpoint_of_a_free_start_is_refused_by_a_pinned_run(tmp_path)
     pinned = SearchSettings(grid=10, num_samples=9, batch_size=4, objective="local")
     with pytest.raises(ValueError, match="different run: start"):
         optimal_schedules(wavy, (3,), 3, pinned, dtype=torch.float64, checkpoint=path, checkpoint_key="w")
+
+
+# ------------------------------------------------------------------------------- the bill before the work
+
+
+class Counting:
+    """A velocity that counts its calls by width (rows per call) and the rows in all."""
+
+    def __init__(self, fn=wavy):
+        self.fn, self.widths = fn, {}
+
+    def __call__(self, x, t):
+        self.widths[x.shape[0]] = self.widths.get(x.shape[0], 0) + 1
+        return self.fn(x, t)
+
+    @property
+    def rows(self):
+        return sum(w * n for w, n in self.widths.items())
+
+
+# (settings, K): each objective, every fixed-step teacher, batches that do not divide the noises, fewer noises
+# than a batch (the teacher's calls narrower than the DP's), K up to N - 1.
+COUNTED = [
+    (dict(objective="local", solver="euler"), 4),
+    (dict(objective="local", solver="heun"), 4),
+    (dict(objective="local", solver="rk4", num_samples=3), 2),
+    (dict(solver="euler"), 4),
+    (dict(solver="heun"), 1),
+    (dict(solver="rk4", batch_size=16), 3),
+    (dict(solver="heun", num_samples=5, batch_size=8), 11),
+    (dict(solver="heun", mode="eager"), 4),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "k"), COUNTED)
+def test_the_bill_counts_every_model_call_the_search_makes(kwargs, k):
+    settings = SearchSettings(**{"grid": 11, "num_samples": 13, "batch_size": 4, **kwargs})
+    counter, timed = Counting(), Counting()
+    optimal_schedules(counter, (3,), k, settings)
+    bill = bf.search_bill(timed, (3,), k, settings)
+    # the bill's only calls: a warm-up and the timed ones
+    assert timed.widths == {settings.batch_size: 1 + bf.search.TIMED_CALLS}
+    assert bill.exact and bill.evaluations == counter.rows
+    assert dict(bill.calls) == counter.widths
+    assert bill.per_noise == bill.evaluations / settings.num_samples
+
+
+def test_the_default_bill_is_the_issue_figure():
+    """1056 evaluations per noise for the search pinned at t = 0 (Heun teacher 200 + the full DP's 856) at
+    K = 10, the figure of issue 29; the default's free start adds its 99 other start points (1155)."""
+    pinned = bf.search_bill(wavy, (3,), 10, SearchSettings(num_samples=8, batch_size=8, start="zero"))
+    assert (pinned.evaluations, pinned.per_noise, pinned.exact) == (8 * 1056, 1056.0, True)
+    bill = bf.search_bill(wavy, (3,), 10, SearchSettings(num_samples=8, batch_size=8))
+    assert (bill.evaluations, bill.per_noise, bill.exact) == (8 * 1155, 1155.0, True)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_the_coarse_bill_bounds_what_the_coarse_search_makes(k):
+    settings = SearchSettings(grid=40, num_samples=9, batch_size=4, dp="coarse")
+    counter = Counting()
+    optimal_schedules(counter, (3,), k, settings)
+    bill = bf.search_bill(wavy, (3,), k, settings)
+    assert not bill.exact
+    # the coarse pass and both teachers are counted exactly; only the fine windows' overlap is not known
+    # before the coarse pass: at K = 2 the one window (5 points) is the bound itself
+    assert bill.evaluations >= counter.rows if k > 2 else bill.evaluations == counter.rows
+    assert bill.evaluations - counter.rows <= 9 * sum(range(k - 1)) * 5
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_teacher_evaluations_count_the_dense_teachers_calls(solver, stride):
+    from boss_fast.trajectories import DenseTeacher, teacher_evaluations
+
+    counter = Counting()
+    grid = uniform_grid(10)  # 11 points: stride 3 ends on a shorter last step
+    DenseTeacher(counter, grid, solver, None, stride)(torch.zeros(2, 3))
+    assert counter.widths == {2: teacher_evaluations(len(grid), solver, stride)}
+
+
+def test_a_dopri5_bill_says_its_count_is_unknown():
+    pytest.importorskip("torchdiffeq")
+    bill = bf.search_bill(wavy, (3,), 2, SearchSettings(grid=10, num_samples=4, solver="dopri5"))
+    assert bill.evaluations is None and bill.seconds is None and bill.per_noise is None
+    assert any("unknown (the dopri5 teacher is adaptive)" in line for line in bill.lines())
+
+
+def test_the_memory_law_is_one_function():
+    """search_memory against the law's table written out by hand (N = 101, M_r = 64, B = 8, D = 1024, 4 B)."""
+    n, m, b, d, s = 101, 64, 8, 1024, 4
+    law = {
+        "device": ((3 * n - 1) * m * d * s + n * b * d * s, 0, 0),
+        "host": (3 * n * b * d * s, (3 * n - 1) * m * d * s, 0),
+        "disk": (3 * n * b * d * s, 0, (3 * n - 1) * m * d * s),
+    }
+    for store, want in law.items():
+        got = search_memory("global", store, n, m, b, d, s)
+        assert (got.device, got.host, got.disk) == want
+    assert search_memory("local", "disk", n, m, b, d, s) == SearchMemory(2 * n * b * d * s, 0, 0)
+    assert search_memory("global", "device", n, 3, b, d, s).device == (3 * n - 1 + n) * 3 * d * s  # B = M
+
+
+def test_the_bill_memory_is_the_law_of_its_store():
+    settings = SearchSettings(grid=20, num_samples=10, batch_size=4, store="host")
+    bill = bf.search_bill(nonlinear_velocity, (2, 3), 3, settings)
+    assert bill.memory == search_memory("global", "host", 21, 10, 4, 6, 4)
+    assert bill.seconds >= 0 and bill.call_seconds > 0 and bill.refusal is None
+    assert any(line.startswith("projected wall time") for line in bill.lines())
+
+
+def test_a_store_that_does_not_fit_is_refused_before_any_model_call(monkeypatch):
+    import boss_fast.search as search
+
+    settings = SearchSettings(grid=20, num_samples=10, batch_size=4)
+    need = search.search_memory("global", "device", 21, 10, 4, 3, 4).device
+    monkeypatch.setattr(search, "_free", lambda device, folder: (need - 1, need - 1, 10 * need))
+    counter = Counting()
+    with pytest.raises(ValueError, match="store='device' needs .* more than the .* free; store='disk' fits"):
+        optimal_schedules(counter, (3,), 2, settings)
+    assert counter.widths == {}  # refused before the teacher's first call
+    # the bill says the same, and the disk store goes through
+    assert "store='disk' fits" in bf.search_bill(wavy, (3,), 2, settings).refusal
+    optimal_schedules(counter, (3,), 2, replace(settings, store="disk"))
+    monkeypatch.setattr(search, "_free", lambda device, folder: (1, 1, 1))
+    with pytest.raises(ValueError, match="no store fits"):
+        optimal_schedules(counter, (3,), 2, settings)
+
+
+def test_on_cuda_the_refusal_names_the_host_store_when_it_fits():
+    from boss_fast.search import _refusal
+
+    gib = 2**30
+    memories = {"device": SearchMemory(20 * gib, 0, 0), "host": SearchMemory(2 * gib, 18 * gib, 0),
+                "disk": SearchMemory(2 * gib, 0, 18 * gib)}  # fmt: skip
+    text = _refusal(memories, "device", (10 * gib, 64 * gib, None), torch.device("cuda", 0))
+    assert "needs 20.00 GiB of device memory on cuda:0" in text and "10.00 GiB free" in text
+    assert "store='host' fits" in text
+    assert "store='disk' fits" in _refusal(
+        memories, "device", (10 * gib, 8 * gib, None), torch.device("cuda")
+    )
+    assert _refusal(memories, "host", (10 * gib, 64 * gib, None), torch.device("cuda")) is None
+
+
+# ------------------------------------------------------------------------------ reduced-precision model calls
+
+
+class Precision:
+    """A velocity that records, per call, the dtype it was given and whether autocast was on."""
+
+    def __init__(self):
+        self.net = torch.nn.Linear(3, 3).requires_grad_(False)
+        self.seen = set()
+
+    def __call__(self, x, t):
+        self.seen.add((x.dtype, torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype("cpu")))
+        return self.net(x) * (1.0 + t.view(-1, 1))
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(torch.float32, ValueError), (torch.float64, ValueError), ("bfloat16", TypeError)]
+)
+def test_an_unknown_autocast_dtype_is_refused_by_name(value, error):
+    with pytest.raises(error, match="autocast must be None, torch.bfloat16 or torch.float16"):
+        SearchSettings(autocast=value)
+
+
+def test_autocast_with_what_cannot_work_is_refused_by_name():
+    with pytest.raises(ValueError, match="autocast=torch.bfloat16 with solver='dopri5'"):
+        SearchSettings(autocast=torch.bfloat16, solver="dopri5")
+    settings = SearchSettings(grid=10, num_samples=4, autocast=torch.bfloat16)
+    with pytest.raises(ValueError, match="dtype=torch.float16 would put the states there too"):
+        optimal_schedules(wavy, (3,), 2, settings, dtype=torch.float16)
+    # float64 states: autocast would leave the model in float64
+    with pytest.raises(ValueError, match="needs float32 states.*dtype=torch.float64"):
+        optimal_schedules(wavy, (3,), 2, settings, dtype=torch.float64)
+    for model in (torch.nn.Linear(3, 3).double(), bf.models.load_bundled("gmm2d")):  # parameters, buffers
+        with pytest.raises(ValueError, match="needs float32 states.*the model holds float64 tensors"):
+            optimal_schedules(model, model_shape(model), 2, settings, dtype=torch.float32)
+
+
+def model_shape(model):
+    return (3,) if isinstance(model, torch.nn.Linear) else (2,)
+
+
+@pytest.mark.parametrize("objective", ["global", "local"])
+def test_autocast_runs_the_model_in_bf16_and_the_states_in_float32(objective):
+    model = Precision()
+    settings = SearchSettings(
+        grid=12, num_samples=6, batch_size=4, objective=objective, autocast=torch.bfloat16
+    )
+    first = optimal_schedules(model, (3,), 3, settings)
+    assert model.seen == {(torch.float32, True, torch.bfloat16)}  # float32 states in, bf16 matmuls inside
+    again = optimal_schedules(model, (3,), 3, settings)  # deterministic for a seed
+    plain = optimal_schedules(model, (3,), 3, replace(settings, autocast=None))
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(first[k].indices, again[k].indices)
+        assert first[k].cost == again[k].cost
+    assert first[3].cost != plain[3].cost  # the bf16 model's errors are not the float32 model's
+
+
+def test_a_bf16_model_searches_with_float32_states_under_autocast():
+    model = Precision()
+    model.net = model.net.to(torch.bfloat16)  # the model's own dtype would make the states bf16
+    sset = optimal_schedules(model, (3,), 2, SearchSettings(grid=8, num_samples=4, autocast=torch.bfloat16))
+    assert {dtype for dtype, _, _ in model.seen} == {torch.float32} and sset[2].steps == 2
+
+
+def test_a_bf16_search_does_not_resume_a_float32_checkpoint_and_resumes_its_own(tmp_path):
+    settings = SearchSettings(grid=10, num_samples=9, batch_size=4)
+    path = tmp_path / "search.npz"
+    optimal_schedules(wavy, (3,), 3, settings, checkpoint=path, checkpoint_key="wavy")
+    bf16 = replace(settings, autocast=torch.bfloat16)
+    with pytest.raises(ValueError, match="different run: autocast = 'None' there, 'torch.bfloat16' here"):
+        optimal_schedules(wavy, (3,), 3, bf16, checkpoint=path, checkpoint_key="wavy")
+    # killed during level 3 (a simulated kill at the model call), then resumed: the uninterrupted run's bits
+    uninterrupted = optimal_schedules(wavy, (3,), 3, bf16)
+    own = tmp_path / "bf16.npz"
+    dying = Recorder(fn=wavy, die_at_call=3 * 9 * 2 + 40)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        optimal_schedules(dying, (3,), 3, bf16, checkpoint=own, checkpoint_key="wavy")
+    with np.load(own) as stored:
+        assert 1 <= int(stored["levels_done"]) < 3
+    resumed = optimal_schedules(wavy, (3,), 3, bf16, checkpoint=own, checkpoint_key="wavy")
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(resumed[k].indices, uninterrupted[k].indices)
+        assert resumed[k].cost == uninterrupted[k].cost
