@@ -43,13 +43,15 @@ def exact_one_gaussian(noise: torch.Tensor, t: float) -> torch.Tensor:
     return t * mu + (t**2 * 0.01 + (1 - t) ** 2) ** 0.5 * noise
 
 
-def brute_force_recursion(velocity, noise, times, max_steps, solver="heun"):
-    """The recursion of the module docstring, one (k, i, j) at a time in float64 (no pairwise kernel)."""
+def brute_force_recursion(velocity, noise, times, max_steps, solver="heun", rule="zero"):
+    """The recursion of the module docstring, one (k, i, j) at a time in float64 (no pairwise kernel); with a
+    free start ``rule``, level 0 at every grid point j < N - 1 (the rule's start state there)."""
     teacher = bf.teacher_trajectory(velocity, noise, times, solver, record="states").states
     n = len(times)
     costs = np.full((max_steps + 1, n), np.inf)
     pointers = np.full((max_steps + 1, n), -1, dtype=np.int64)
-    states = {0: noise}  # grid point -> state of the previous level
+    starts = [0] if rule == "zero" else range(n - 1)  # grid point -> state of the previous level
+    states = {j: start_state(noise, rule, float(times[j])) for j in starts}
     for k in range(1, max_steps + 1):
         new = {}
         for j in range(k, n):
@@ -570,26 +572,8 @@ def test_a_linear_flow_one_step_starts_where_the_closed_form_says(rule, best_t):
 
 
 def brute_force_free_start(velocity, noise, times, max_steps, rule):
-    """The module's recursion with level 0 at every grid point j < N - 1 (the rule's start state there), one
-    (k, i, j) at a time in float64."""
-    teacher = bf.teacher_trajectory(velocity, noise, times, "heun", record="states").states
-    n = len(times)
-    costs = np.full((max_steps + 1, n), np.inf)
-    pointers = np.full((max_steps + 1, n), -1, dtype=np.int64)
-    states = {j: start_state(noise, rule, float(times[j])) for j in range(n - 1)}
-    for k in range(1, max_steps + 1):
-        new = {}
-        for j in range(k, n):
-            for i, x in states.items():
-                if i >= j:
-                    continue
-                v = velocity(x, torch.full((x.shape[0],), float(times[i]), dtype=x.dtype))
-                cand = x + (float(times[j]) - float(times[i])) * v
-                err = float((cand - teacher[j]).double().square().sum(dim=1).mean())
-                if err < costs[k, j]:
-                    costs[k, j], pointers[k, j], new[j] = err, i, cand
-        states = {j: x for j, x in new.items() if j < n - 1}
-    return costs, pointers
+    """The recursion with a free start (level 0 at every grid point j < N - 1): costs and pointers."""
+    return brute_force_recursion(velocity, noise, times, max_steps, "heun", rule)[:2]
 
 
 @pytest.mark.parametrize("rule", ["noise", "scaled"])
