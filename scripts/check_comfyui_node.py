@@ -6,15 +6,16 @@ Needs a ComfyUI source tree and the Python environment that runs it, with boss_f
 (docs/integrations.md#comfyui). Not part of the test suite: ComfyUI is not on the package registry.
 
 In a scratch folder it writes the README's schedule set (``boss-fast schedule --model gmm2d_narrow --max-steps
-8 --grid 50 --num-samples 32``) into ``models/boss_schedules`` and a local set (with its cost table) into a
-subfolder and outside it, links the node pack into ``custom_nodes`` beside a probe node that reports a
-``SIGMAS`` tensor exactly (``tolist()`` of the float32 values; ComfyUI's PreviewAny rounds to 4 decimals), and
-starts ComfyUI on 127.0.0.1 only with that folder as ``--base-directory`` and another as its working
-directory. Then, through ``/object_info`` and ``POST /prompt``: the node is registered with the folder's files
-in its drop-down and the steps maximum the files give; placed with its defaults it runs on the README's set;
-for every K its sigmas equal ``boss-fast sigmas --steps K --format json`` (as float32, bit for bit) or both
-refuse; a relative name is read in the models folder, never in the server's working directory; bad inputs are
-refused by name. The server is stopped at the end (or at ``--timeout``). Exit 1 if any check failed.
+8 --grid 50 --num-samples 32 --start scaled``) into ``models/boss_schedules`` and a local set (with its cost
+table) into a subfolder and outside it, links the node pack into ``custom_nodes`` beside a probe node that
+reports a ``SIGMAS`` tensor exactly (``tolist()`` of the float32 values; ComfyUI's PreviewAny rounds to 4
+decimals), and starts ComfyUI on 127.0.0.1 only with that folder as ``--base-directory`` and another as its
+working directory. Then, through ``/object_info`` and ``POST /prompt``: the node is registered with the
+folder's files in its drop-down and the steps maximum the files give; placed with its defaults it runs on the
+README's set; for every K its sigmas equal ``boss-fast sigmas --steps K --format json`` (as float32, bit for
+bit) or both refuse; a relative name is read in the models folder, never in the server's working directory;
+bad inputs are refused by name. The server is stopped at the end (or at ``--timeout``). Exit 1 if any check
+failed.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-README_SET = ["--model", "gmm2d_narrow", "--max-steps", "8", "--grid", "50", "--num-samples", "32"]
+README_SET = ["--model", "gmm2d_narrow", "--max-steps", "8", "--grid", "50", "--num-samples", "32",
+              "--start", "scaled"]  # fmt: skip
 LOCAL_SET = ["--model", "gmm2d_narrow", "--objective", "local", "--max-steps", "4", "--grid", "20",
              "--num-samples", "16"]  # fmt: skip
 PROBE = '''"""scripts/check_comfyui_node.py's probe: a SIGMAS tensor's dtype and exact values, as UI text."""

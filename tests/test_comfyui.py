@@ -112,9 +112,11 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def readme_set(tmp_path_factory):
-    """The set the README's ComfyUI paragraph writes (global, K = 1..8, no cost table), by its command."""
+    """The set the README's ComfyUI paragraph writes (global, K = 1..8, ComfyUI's start rule, no cost table),
+    by its command."""
     path = tmp_path_factory.mktemp("readme") / "my_model.schedules.json"
-    argv = ["schedule", "--model", "gmm2d_narrow", "--max-steps", "8", "--grid", "50", "--num-samples", "32"]
+    argv = ["schedule", "--model", "gmm2d_narrow", "--max-steps", "8", "--grid", "50", "--num-samples", "32",
+            "--start", "scaled"]  # fmt: skip
     assert main([*argv, "--out", str(path)]) == 0
     return path
 
