@@ -1020,8 +1020,8 @@ class SearchBill:
 
     Example:
         >>> bill = search_bill(lambda x, t: -x, (2,), 2, SearchSettings(grid=10, num_samples=4))
-        >>> bill.lines()[0]  # per noise: Heun's 2 x 10 calls, the DP's 1 + 9 sources
-        'model evaluations: 120 in all, 30.0 per noise (4 noises)'
+        >>> bill.lines()[0]  # per noise: Heun's 2 x 10 calls, the DP's 10 free starts + 9 sources
+        'model evaluations: 156 in all, 39.0 per noise (4 noises)'
     """
 
     evaluations: int | None
@@ -1152,8 +1152,8 @@ def search_bill(
 
     Example:
         >>> bill = search_bill(lambda x, t: -x, (2,), 10, SearchSettings(num_samples=8, batch_size=8))
-        >>> bill.evaluations, bill.per_noise  # Heun teacher 200 + the DP's 856, every K <= 10 on 100 steps
-        (8448, 1056.0)
+        >>> bill.evaluations, bill.per_noise  # Heun teacher 200 + the DP's 856 + 99 free starts, K <= 10
+        (9240, 1155.0)
     """
     settings = SearchSettings() if settings is None else settings
     if not isinstance(settings, SearchSettings):

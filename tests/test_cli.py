@@ -596,7 +596,7 @@ def test_schedule_start_flag_is_recorded_and_sample_honours_it(tmp_path, capsys)
     assert "start scaled" in capsys.readouterr().out
     assert boss_fast.Schedule.load(tmp_path / "s.json").start == "scaled"
     assert main([*argv, "--out", str(tmp_path / "d.json")]) == 0
-    assert boss_fast.Schedule.load(tmp_path / "d.json").start == DEFAULT_START
+    assert boss_fast.Schedule.load(tmp_path / "d.json").start == DEFAULT_START["global"]
     with pytest.raises(SystemExit):
         main([*argv, "--start", "sideways", "--out", str(tmp_path / "x.json")])
     assert "invalid choice: 'sideways'" in capsys.readouterr().err
@@ -1009,8 +1009,9 @@ def test_schedule_pipeline_dry_run_prints_the_bill(saved, capsys, tmp_path):
     argv = ["schedule", "--pipeline", sd3, "--prompts", str(root / "prompts.txt"), "--guidance", "4.5",
             "--height", "64", "--width", "64", "--dry-run", *SEARCH, *LENGTH]  # fmt: skip
     text = run(capsys, argv)
-    # grid 5 (6 points), per noise: the Heun teacher's 2 x 5 calls and the DP's 1 + 4 sources at K = 2
-    assert "model evaluations: 45 in all, 15.0 per noise (3 noises)" in text
+    # grid 5 (6 points), per noise: the Heun teacher's 2 x 5 calls and the DP's 5 + 4 sources at K = 2 (the
+    # pipeline's start rule "noise": level 1 from each of the 5 points below the last)
+    assert "model evaluations: 57 in all, 19.0 per noise (3 noises)" in text
     assert "projected wall time:" in text and not list(tmp_path.iterdir())
 
 
