@@ -12,10 +12,12 @@ pipelines, with the adapter's config as ``transformer`` metadata.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import replace
@@ -166,9 +168,16 @@ def _check_lora_dir(out_dir: str | os.PathLike) -> str:
     """``out_dir``'s real path, refused (ValueError) when it is a file, or a folder holding anything beside
     what :func:`save_diffusers_lora` writes there (which replaces the folder whole)."""
     target = os.path.realpath(os.fspath(out_dir))
-    if os.path.lexists(target) and not os.path.isdir(target):
+    try:  # one stat, one observation: a racing writer moves folders in and out, never a file
+        is_file = not stat.S_ISDIR(os.stat(target).st_mode)
+    except FileNotFoundError:
+        is_file = False
+    if is_file:
         raise ValueError(f"out_dir {out_dir}: is a file, not a folder")
-    other = sorted(set(os.listdir(target)) - _OURS) if os.path.isdir(target) else []
+    try:
+        other = sorted(set(os.listdir(target)) - _OURS)
+    except (FileNotFoundError, NotADirectoryError):  # none yet, or a racing writer moved it aside just now
+        other = []
     if other:
         raise ValueError(
             f"out_dir {out_dir} holds {other[:3]}{' ...' if len(other) > 3 else ''} beside a LoRA folder's "
@@ -195,8 +204,8 @@ def _swap_in(new: str, target: str, attempts: int = 100) -> None:
         try:
             os.rename(new, target)  # POSIX: onto a missing or an empty folder
             return
-        except OSError:
-            if not os.path.isdir(target):
+        except OSError as err:  # a full target (ENOTEMPTY / EEXIST), which a racing writer may move away
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # before we look: retry, never isdir()
                 raise
         aside = f"{new}.old"
         try:
