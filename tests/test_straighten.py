@@ -206,14 +206,11 @@ def test_the_first_pair_starts_from_the_rules_state_and_targets_stay_on_the_teac
     assert pairs.t_start.view(4, 2)[:, 0].tolist() == [grid[indices[0]]] * 4
 
 
-def test_a_schedule_that_starts_later_is_straightened_from_where_its_sampler_starts():
-    """A 1-step schedule from t = 0.4 (rule "noise"): the student learns the jump from the noise itself at
-    0.4 to the teacher's endpoint (run from the noise at 0), so bf.sample, which starts there, lands on it."""
-    model = RotationFlow()
-    grid = uniform_grid(50)
-    sched = bf.Schedule(times=grid[[20, 50]], indices=np.array([20, 50]), cost=0.0, grid=grid, start="noise")
+def _one_step_errors_before_and_after(model: nn.Module, sched: bf.Schedule) -> tuple[float, float]:
+    """The K-step sampler's mean squared endpoint error against the teacher (run from the noise at t = 0 on
+    the schedule's grid) over 256 noises, before and after straightening for ``sched`` (300 iterations)."""
     noise = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    teacher_end = teacher_trajectory(model, noise, grid).states[-1]
+    teacher_end = teacher_trajectory(model, noise, sched.grid).states[-1]
 
     def one_step_error(m: nn.Module) -> float:
         return float((bf.sample(m, noise, sched) - teacher_end).square().sum(1).mean())
@@ -222,7 +219,16 @@ def test_a_schedule_that_starts_later_is_straightened_from_where_its_sampler_sta
         model, sched, num_pairs=256, grid=50, iters=300, batch_size=64, lr=2e-2, warmup=10, ema=0.9,
         progress=False, shape=(2,),
     )  # fmt: skip
-    before, after = one_step_error(model), one_step_error(student)
+    return one_step_error(model), one_step_error(student)
+
+
+def test_a_schedule_that_starts_later_is_straightened_from_where_its_sampler_starts():
+    """A 1-step schedule from t = 0.4 (rule "noise"): the student learns the jump from the noise itself at
+    0.4 to the teacher's endpoint (run from the noise at 0), so bf.sample, which starts there, lands on it."""
+    model = RotationFlow()
+    grid = uniform_grid(50)
+    sched = bf.Schedule(times=grid[[20, 50]], indices=np.array([20, 50]), cost=0.0, grid=grid, start="noise")
+    before, after = _one_step_errors_before_and_after(model, sched)
     assert before > 0.3
     assert after < 0.01 * before
 
@@ -281,17 +287,7 @@ def test_one_training_step_reduces_the_loss():
 def test_straightening_a_one_step_schedule_on_a_rotation_flow_drives_its_error_down():
     model = RotationFlow()
     sched = _schedule(50, [0, 50])
-    noise = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    teacher_end = teacher_trajectory(model, noise, sched.grid).states[-1]
-
-    def one_step_error(m: nn.Module) -> float:
-        return float((bf.sample(m, noise, sched) - teacher_end).square().sum(1).mean())
-
-    student = _straighten(
-        model, sched, num_pairs=256, grid=50, iters=300, batch_size=64, lr=2e-2, warmup=10, ema=0.9,
-        progress=False, shape=(2,),
-    )  # fmt: skip
-    before, after = one_step_error(model), one_step_error(student)
+    before, after = _one_step_errors_before_and_after(model, sched)
     assert before > 0.3  # |(I + A - R(1.2)) x|^2: one Euler step cuts the arc's corner badly
     assert after < 0.01 * before
 
