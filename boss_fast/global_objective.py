@@ -112,12 +112,16 @@ class GlobalTable:
         pointers: (K + 1, N) int64; ``pointers[k, j]`` = P[k][j], the previous grid point (-1 where none).
         times: (N,) float64 grid.
         num_samples: noises the errors were averaged over.
+        endpoints: with ``keep_endpoints``, the teacher's state at t = 1 of each of this process's noise
+            batches (its shard's batches in order, each (B_b, ...) in the compute dtype on the search
+            device): what ``boss_fast.polish`` measures the schedules against; else None.
     """
 
     costs: np.ndarray
     pointers: np.ndarray
     times: np.ndarray
     num_samples: int
+    endpoints: tuple[torch.Tensor, ...] | None = None
 
     @property
     def max_steps(self) -> int:
@@ -487,8 +491,31 @@ class GlobalLevels:
         restricted = sources is not None or (level == 1 and not self.pinned)
         return _decide(sums, count, lo, level, n, src if restricted else None)
 
+    def endpoints(self) -> tuple[torch.Tensor, ...]:
+        """The teacher's last state of each of this rank's batches (copies on the device)."""
+        return tuple(self.store.load("teacher", i)[-1].clone() for i in range(len(self.shard.mine)))
+
     def close(self) -> None:
         self.store.close()
+
+
+def _stored_endpoints(ckpt: Checkpoint | None, shard: Shard, dtype: torch.dtype, device) -> tuple | None:
+    """A finished checkpoint's teacher endpoints (float64 in the file: exact for every compute dtype), split
+    into this rank's batches; None when the file predates them (the caller reruns the teacher)."""
+    stored = None if ckpt is None else ckpt.load()
+    if stored is None or "endpoints" not in stored:
+        return None
+    flat = stored["endpoints"]
+    if flat.dtype != np.float64 or flat.ndim < 2 or flat.shape[0] != sum(shard.sizes):
+        raise ValueError(
+            f"own-state checkpoint {ckpt.path} holds 'endpoints' of shape {flat.shape} and dtype "
+            f"{flat.dtype}; expected float64 with {sum(shard.sizes)} rows (this rank's noises)"
+        )
+    return tuple(torch.from_numpy(flat).to(device=device, dtype=dtype).split(shard.sizes))
+
+
+def _flat_endpoints(endpoints: tuple[torch.Tensor, ...]) -> np.ndarray:
+    return torch.cat(endpoints).to(torch.float64).cpu().numpy()
 
 
 def accumulate_global(
@@ -504,6 +531,7 @@ def accumulate_global(
     checkpoint: str | os.PathLike | None,
     identity: dict[str, str],
     restrict: Restrict | None = None,
+    keep_endpoints: bool = False,
 ) -> GlobalTable:
     """Run the own-state DP over ``num_samples`` noises, level-major (see the module docstring).
 
@@ -515,6 +543,8 @@ def accumulate_global(
     ``run``: batch size, teacher, metric, mode, store (:class:`GlobalPass`; ``store_dir`` defaults to the
     checkpoint's folder). ``restrict(level, costs, pointers)``: the sources allowed at each level given the
     table so far (None: all); a restricted run must record what restricts it in ``identity``.
+    ``keep_endpoints``: return the teacher's endpoints in ``GlobalTable.endpoints`` (and write them with the
+    last level, so a finished checkpoint gives them back without a teacher run).
     """
     shard = Shard.of_this_process(num_samples, run.batch_size)
     n = len(grid)
@@ -532,27 +562,40 @@ def accumulate_global(
         if run.store_dir is None:
             run = replace(run, store_dir=os.path.dirname(os.path.abspath(checkpoint)))
         rows_name = checkpoint_rows(ckpt.path)
+    table = GlobalTable(costs=costs, pointers=pointers, times=grid, num_samples=num_samples)
     if done == max_steps:
         if rows_name is not None:  # killed after its last level was saved
             discard_rows(run.store_dir, rows_name)
-        return GlobalTable(costs=costs, pointers=pointers, times=grid, num_samples=num_samples)
+        if not keep_endpoints:
+            return table
+        first = make_batch(*shard.span(0))
+        dev = torch.device(device) if device is not None else first.device
+        ends = _stored_endpoints(ckpt, shard, first.dtype, dev)
+        if ends is not None:
+            return replace(table, endpoints=ends)
     with torch.no_grad():
         levels = GlobalLevels(velocity, make_batch, shard, grid, run, device, rows_name)
     bar = progress_bar(max_steps, done, progress, "own-state DP", unit="level")
+    ends = None
     try:
         with bar, torch.no_grad():
-            for level in range(1, max_steps + 1):
+            # A finished checkpoint without endpoints (written before they were kept): the teacher ran above.
+            for level in range(1, max_steps + 1 if done < max_steps else 1):
                 sources = None if restrict is None else restrict(level, costs, pointers)
                 row = levels.step(level, pointers[level - 1], sources, measure=level > done)
                 if row is None:
                     continue
                 costs[level], pointers[level] = row
                 if ckpt is not None:
-                    ckpt.save(costs=costs, pointers=pointers, levels_done=np.int64(level))
+                    final = keep_endpoints and level == max_steps
+                    last = {"endpoints": _flat_endpoints(levels.endpoints())} if final else {}
+                    ckpt.save(costs=costs, pointers=pointers, levels_done=np.int64(level), **last)
                 bar.update(1)
+            if keep_endpoints:
+                ends = levels.endpoints()
     finally:
         levels.close()
-    return GlobalTable(costs=costs, pointers=pointers, times=grid, num_samples=num_samples)
+    return replace(table, endpoints=ends)
 
 
 def global_table(

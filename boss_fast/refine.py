@@ -173,6 +173,7 @@ def coarse_to_fine_table(
     progress: bool,
     checkpoint: str | os.PathLike | None,
     identity: dict[str, str],
+    keep_endpoints: bool = False,
 ) -> GlobalTable:
     """The coarse-to-fine DP's table on ``grid`` (see the module docstring).
 
@@ -180,7 +181,7 @@ def coarse_to_fine_table(
     its solver as the teacher; the coarse pass's teacher steps on every coarse point, the fine pass's on every
     ``plan.teacher_stride``-th fine point (``run.teacher_stride`` is not used). With ``checkpoint`` the
     coarse pass checkpoints beside it (``<root>.coarse<ext>``) and the fine pass at ``checkpoint``, its
-    header naming ``plan``.
+    header naming ``plan``. ``keep_endpoints``: as ``accumulate_global``'s, of the fine pass's teacher.
 
     Example:
         >>> grid = np.linspace(0, 1, 21)
@@ -212,5 +213,5 @@ def coarse_to_fine_table(
     return accumulate_global(
         velocity, make_batch, num_samples, grid, max_steps, replace(run, teacher_stride=plan.teacher_stride),
         checkpoint=checkpoint, identity={**identity, **plan.identity()}, restrict=_restrict(windows),
-        **handles,
+        keep_endpoints=keep_endpoints, **handles,
     )  # fmt: skip

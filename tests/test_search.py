@@ -25,6 +25,7 @@ from boss_fast.bellman import bellman_path
 from boss_fast.cost import trajectory_cost
 from boss_fast.global_objective import GlobalPass, global_paths, global_table
 from boss_fast.grids import uniform_grid
+from boss_fast.polish import polish_bound
 from boss_fast.schedule import interpolate_schedule
 from boss_fast.search import (
     MAX_GRID,
@@ -172,11 +173,16 @@ def test_reading_one_budget_is_the_single_budget_dp():
         assert got.cost == one.cost  # same matrix (same batches), same DP: the same float64 sum
         table = global_table(wavy, noise, grid, k, GlobalPass(batch_size=5, start="noise"), progress=False)
         alone = global_paths(table)[-1]
-        got = optimal_schedules(
-            wavy, (3,), k, dataclasses.replace(local, objective="global"), dtype=torch.float64
-        )
+        plain = dataclasses.replace(local, objective="global", polish="none")
+        got = optimal_schedules(wavy, (3,), k, plain, dtype=torch.float64)
         np.testing.assert_array_equal(got[k].indices, alone.indices)
         assert got[k].cost == alone.cost and got[k].steps == k
+    # the default polish of budget k depends on its own path and the same noises only
+    polished = dataclasses.replace(local, objective="global", start=None)
+    wide = optimal_schedules(wavy, (3,), 5, polished, dtype=torch.float64)
+    narrow = optimal_schedules(wavy, (3,), 2, polished, dtype=torch.float64)
+    np.testing.assert_array_equal(wide[2].indices, narrow[2].indices)
+    assert wide[2].cost == narrow[2].cost
 
 
 # From test_distributed.py: cost_matrix and optimal_schedules under torch.distributed (gloo, 2 CPU
@@ -650,7 +656,8 @@ COUNTED = [
 
 @pytest.mark.parametrize(("kwargs", "k"), COUNTED)
 def test_the_bill_counts_every_model_call_the_search_makes(kwargs, k):
-    settings = SearchSettings(**{"grid": 11, "num_samples": 13, "batch_size": 4, **kwargs})
+    polish = {"polish": "none"} if kwargs.get("objective", "global") == "global" else {}
+    settings = SearchSettings(**{"grid": 11, "num_samples": 13, "batch_size": 4, **polish, **kwargs})
     counter, timed = Counting(), Counting()
     optimal_schedules(counter, (3,), k, settings)
     bill = bf.search_bill(timed, (3,), k, settings)
@@ -666,13 +673,31 @@ def test_the_default_bill_is_the_issue_figure():
     K = 10, the figure of issue 29; the default's free start adds its 99 other start points (1155)."""
     pinned = bf.search_bill(wavy, (3,), 10, SearchSettings(num_samples=8, batch_size=8, start="zero"))
     assert (pinned.evaluations, pinned.per_noise, pinned.exact) == (8 * 1056, 1056.0, True)
-    bill = bf.search_bill(wavy, (3,), 10, SearchSettings(num_samples=8, batch_size=8))
+    bill = bf.search_bill(wavy, (3,), 10, SearchSettings(num_samples=8, batch_size=8, polish="none"))
     assert (bill.evaluations, bill.per_noise, bill.exact) == (8 * 1155, 1155.0, True)
+
+
+@pytest.mark.parametrize("dp", ["full", "coarse"])
+def test_the_polish_bill_bounds_what_the_polished_search_makes(dp):
+    settings = SearchSettings(grid=30, num_samples=9, batch_size=4, dp=dp)
+    assert settings.polish_knots == "start"
+    counter = Counting()
+    optimal_schedules(counter, (3,), 4, settings)
+    plain = Counting()
+    optimal_schedules(plain, (3,), 4, dataclasses.replace(settings, polish="none"))
+    bill = bf.search_bill(wavy, (3,), 4, settings)
+    bound = sum(polish_bound(k, "start", pinned=False) for k in range(1, 5))
+    assert not bill.exact and "at most" in bill.lines()[0]
+    assert plain.rows < counter.rows <= bill.evaluations
+    assert (
+        bill.evaluations
+        == bf.search_bill(wavy, (3,), 4, dataclasses.replace(settings, polish="none")).evaluations + 9 * bound
+    )
 
 
 @pytest.mark.parametrize("k", [2, 5])
 def test_the_coarse_bill_bounds_what_the_coarse_search_makes(k):
-    settings = SearchSettings(grid=40, num_samples=9, batch_size=4, dp="coarse")
+    settings = SearchSettings(grid=40, num_samples=9, batch_size=4, dp="coarse", polish="none")
     counter = Counting()
     optimal_schedules(counter, (3,), k, settings)
     bill = bf.search_bill(wavy, (3,), k, settings)

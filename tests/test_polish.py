@@ -1,0 +1,201 @@
+"""boss_fast.polish: knot moves on the endpoint error, in the search and on their own."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from _helpers import CountedRows
+
+from boss_fast.engine import Shard, WideEvaluator
+from boss_fast.global_objective import GlobalPass, accumulate_global, global_paths
+from boss_fast.grids import uniform_grid
+from boss_fast.oracle import endpoint_error
+from boss_fast.polish import EndpointProbe, polish, polish_bound
+from boss_fast.search import SearchSettings, optimal_schedules
+from boss_fast.trajectories import seeded_noise
+
+
+def cubic_flow(x, t):
+    """x(1) = x(0) + 1 exactly; one Euler step from t_s (the noise as its state) adds 3 t_s^2 (1 - t_s)."""
+    return 3.0 * t.view(-1, *([1] * (x.ndim - 1))) ** 2 * torch.ones_like(x)
+
+
+def wavy(x, t):
+    return torch.sin(3.0 * x) * (1.0 + t.view(-1, *([1] * (x.ndim - 1)))) - 0.5 * x
+
+
+def _probe(velocity, noise, reference, rule="noise", batch_size=4, metric="l2sq"):
+    shard = Shard(noise.shape[0], batch_size)
+    make = lambda a, b: noise[a:b]  # noqa: E731
+    ends = [reference[slice(*shard.span(b))] for b in shard.mine]
+    return EndpointProbe(
+        velocity, make, shard, ends, rule, metric, WideEvaluator(velocity, batch_size), noise.device
+    )
+
+
+def _dp(velocity, noise, grid, steps, rule="noise", batch_size=4):
+    run = GlobalPass(batch_size=batch_size, solver="rk4", start=rule)
+    make = lambda a, b: noise[a:b]  # noqa: E731
+    table = accumulate_global(velocity, make, noise.shape[0], grid, steps, run, device=None, progress=False,
+                              checkpoint=None, identity={}, keep_endpoints=True)  # fmt: skip
+    return table, run
+
+
+def test_the_start_moves_to_the_closed_form_best_one_step_start():
+    # error(s) = (1 - 3 s^2 (1 - s))^2 is unimodal with its minimum at s = 2/3: from any start the pattern
+    # search must end at the grid point nearest 2/3 among those a brute force ranks best.
+    grid = uniform_grid(30)
+    noise = torch.zeros(5, 2, dtype=torch.float64)
+    probe = _probe(cubic_flow, noise, noise + 1.0)
+    brute = min(range(30), key=lambda s: (1 - 3 * grid[s] ** 2 * (1 - grid[s])) ** 2)
+    for start in (0, 5, 29):
+        r = polish(probe, grid, np.array([start, 30]), "start", start_cap=29, reach=30)
+        assert r.indices.tolist() == [brute, 30]
+        assert r.error == pytest.approx(2 * (1 - 3 * grid[brute] ** 2 * (1 - grid[brute])) ** 2, rel=1e-12)
+
+
+def test_a_polished_schedule_is_a_local_optimum_never_worse_and_its_error_is_the_samplers():
+    grid = uniform_grid(14)
+    noise = seeded_noise((3,), 0, 10, dtype=torch.float64)
+    table, run = _dp(wavy, noise, grid, 3)
+    probe = _probe(wavy, noise, torch.cat(table.endpoints))
+    for path in global_paths(table):
+        for knots in ("start", "all"):
+            r = polish(probe, grid, path.indices, knots, start_cap=12, reach=20)
+            assert r.error <= path.cost * (1 + 1e-12)
+            ref = torch.cat(table.endpoints)
+            assert r.error == pytest.approx(
+                endpoint_error(wavy, noise, ref, grid[r.indices], "noise"), rel=1e-12
+            )
+            movable = [0] if knots == "start" else range(len(r.indices) - 1)
+            for m in movable:  # no single one-point move of a polished knot lowers the error
+                for d in (-1, 1):
+                    trial = r.indices.copy()
+                    trial[m] += d
+                    if trial[m] < 0 or trial[m] > 12 or np.any(np.diff(trial) <= 0):
+                        continue
+                    assert endpoint_error(wavy, noise, ref, grid[trial], "noise") >= r.error * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("knots", ["start", "all"])
+def test_evaluations_are_counted_exactly_and_within_the_bound(knots):
+    grid = uniform_grid(20)
+    noise = seeded_noise((3,), 0, 7, dtype=torch.float64)
+    table, _ = _dp(wavy, noise, grid, 4, batch_size=3)
+    counted = CountedRows(wavy)
+    probe = _probe(counted, noise, torch.cat(table.endpoints), batch_size=3)
+    for path in global_paths(table):
+        before = counted.rows
+        r = polish(probe, grid, path.indices, knots, start_cap=18)
+        assert counted.rows - before == r.evaluations * 7
+        assert r.evaluations <= polish_bound(len(path.indices) - 1, knots, pinned=False)
+
+
+def test_the_batching_does_not_change_the_moves():
+    grid = uniform_grid(16)
+    noise = seeded_noise((3,), 0, 11, dtype=torch.float64)
+    table, _ = _dp(wavy, noise, grid, 3)
+    ref = torch.cat(table.endpoints)
+    for path in global_paths(table):
+        a = polish(_probe(wavy, noise, ref, batch_size=11), grid, path.indices, "all", start_cap=14)
+        b = polish(_probe(wavy, noise, ref, batch_size=2), grid, path.indices, "all", start_cap=14)
+        assert a.indices.tolist() == b.indices.tolist() and a.error == pytest.approx(b.error, rel=1e-12)
+
+
+def test_a_pinned_start_stays_at_zero_under_all():
+    grid = uniform_grid(14)
+    noise = seeded_noise((3,), 0, 6, dtype=torch.float64)
+    table, _ = _dp(wavy, noise, grid, 3, rule="zero")
+    probe = _probe(wavy, noise, torch.cat(table.endpoints), rule="zero")
+    for path in global_paths(table):
+        assert polish(probe, grid, path.indices, "all", start_cap=-1).indices[0] == 0
+    assert polish_bound(3, "start", pinned=True) == 0
+
+
+def test_the_search_default_polishes_a_free_start_and_returns_the_polished_errors():
+    settings = SearchSettings(grid=16, num_samples=12, batch_size=5, solver="rk4")
+    assert settings.polish_knots == "start"
+    assert replace(settings, start="zero").polish_knots == "none"
+    assert replace(settings, objective="local").polish_knots == "none"
+    polished = optimal_schedules(wavy, (3,), 4, settings, dtype=torch.float64)
+    plain = optimal_schedules(wavy, (3,), 4, replace(settings, polish="none"), dtype=torch.float64)
+    noise = seeded_noise((3,), 0, 12, dtype=torch.float64)
+    table, _ = _dp(wavy, noise, uniform_grid(16), 4, batch_size=5)
+    ref = torch.cat(table.endpoints)
+    for k in range(1, 5):
+        assert polished[k].cost <= plain[k].cost * (1 + 1e-12)
+        assert polished[k].cost == pytest.approx(
+            endpoint_error(wavy, noise, ref, polished[k].times), rel=1e-12
+        )
+        np.testing.assert_array_equal(polished[k].indices[1:], plain[k].indices[1:])  # "start": knot 0 only
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"polish": "knots"}, "unknown polish 'knots'; expected one of 'none', 'start', 'all'"),
+        (
+            {"polish": "start", "start": "zero"},
+            "polish='start' moves the start knot, and start 'zero' pins it",
+        ),
+        ({"polish": "all", "objective": "local"}, "objective='local' takes polish 'none'"),
+    ],
+)
+def test_bad_polish_settings_are_refused_by_name(fields, match):
+    with pytest.raises(ValueError, match=match):
+        SearchSettings(**fields)
+
+
+class Dying:
+    def __init__(self, fn, die_at_row):
+        self.fn, self.die_at_row, self.rows = fn, die_at_row, 0
+
+    def __call__(self, x, t):
+        if self.die_at_row is not None and self.rows >= self.die_at_row:
+            raise RuntimeError("simulated kill")
+        self.rows += x.shape[0]
+        return self.fn(x, t)
+
+
+def test_a_search_killed_while_polishing_resumes_to_the_same_bits(tmp_path):
+    settings = SearchSettings(grid=16, num_samples=9, batch_size=4, solver="rk4")
+    whole = optimal_schedules(wavy, (3,), 4, settings, dtype=torch.float64)
+    counted = CountedRows(wavy)
+    optimal_schedules(counted, (3,), 4, replace(settings, polish="none"), dtype=torch.float64)
+    ckpt = tmp_path / "s.npz"
+    dying = Dying(wavy, counted.rows + 9 * 12)  # past the DP, inside the polish of a later budget
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        optimal_schedules(dying, (3,), 4, settings, dtype=torch.float64, checkpoint=ckpt, checkpoint_key="w")
+    with np.load(tmp_path / "s.polish.npz") as stored:
+        assert 1 <= int(stored["budgets_done"]) < 4
+    again = Dying(wavy, None)
+    resumed = optimal_schedules(
+        again, (3,), 4, settings, dtype=torch.float64, checkpoint=ckpt, checkpoint_key="w"
+    )
+    assert again.rows < counted.rows  # neither the teacher nor the DP ran again
+    for k in range(1, 5):
+        np.testing.assert_array_equal(resumed[k].indices, whole[k].indices)
+        assert resumed[k].cost == whole[k].cost
+
+
+def test_a_finished_dp_checkpoint_without_endpoints_reruns_the_teacher_only(tmp_path):
+    settings = SearchSettings(grid=16, num_samples=9, batch_size=4, solver="rk4")
+    ckpt = tmp_path / "s.npz"
+    optimal_schedules(wavy, (3,), 3, replace(settings, polish="none"), dtype=torch.float64, checkpoint=ckpt,
+                      checkpoint_key="w")  # fmt: skip
+    with np.load(ckpt) as stored:
+        assert "endpoints" not in stored.files
+    counted = CountedRows(wavy)
+    resumed = optimal_schedules(
+        counted, (3,), 3, settings, dtype=torch.float64, checkpoint=ckpt, checkpoint_key="w"
+    )
+    fresh_count = CountedRows(wavy)
+    fresh = optimal_schedules(fresh_count, (3,), 3, settings, dtype=torch.float64)
+    # everything but the DP's levels (17 grid points: 16 start sources, then 15 and 14 per noise) ran again
+    assert counted.rows == fresh_count.rows - 9 * (16 + 15 + 14)
+    for k in range(1, 4):
+        np.testing.assert_array_equal(resumed[k].indices, fresh[k].indices)
+        assert resumed[k].cost == fresh[k].cost
