@@ -37,6 +37,7 @@ from boss_fast.integrations.sigmas import (
     diffusers_sigmas,
 )
 from boss_fast.models import WeightsFileError, bundled_velocities, load_bundled, save_weights
+from boss_fast.polish import POLISHES
 from boss_fast.report import save_sample_grid
 from boss_fast.schedule import max_budget, read_json, read_schedule_file, schedule_for_steps
 from boss_fast.straighten import StraightenMemory, StraightenSettings
@@ -365,7 +366,7 @@ _SEARCH_FLAGS = (
     "solver",
     "metric",
 )
-_SEARCH_FLAGS += ("backend", "objective", "start")
+_SEARCH_FLAGS += ("backend", "objective", "start", "polish")
 
 
 def _search_settings(args: argparse.Namespace, start: str | None = None) -> bf.SearchSettings:
@@ -843,6 +844,13 @@ def _add_schedule_parser(sub) -> None:
         "first time, the noise itself is the state there: diffusers) or scaled ((1 - t) * noise there: "
         "ComfyUI). Default: the library's for --model, noise for --pipeline. Recorded in the file; every "
         "consumer honours it or refuses it",
+    )
+    sched.add_argument(
+        "--polish",
+        default=None,
+        choices=POLISHES,
+        help="after the global DP, move knots while the search noises' endpoint error falls: start (the "
+        "start knot), all, or none. Default: start with a free start, none otherwise",
     )
     sched.add_argument("--device", default=None)
     sched.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba", "numpy"))

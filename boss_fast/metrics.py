@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from boss_fast._bootstrap import (
+    PairedDifference,
+    as_float64,
+    bootstrap_statistics,
+    bootstrap_weights,
+    paired_bootstrap,
+    paired_difference,
+    rmse_statistic,
+)
 from boss_fast.models import DIGITS_SHAPE, digits, load_bundled
 
 __all__ = [
@@ -32,18 +40,6 @@ __all__ = [
 ]
 
 ArrayLike = np.ndarray | torch.Tensor
-
-
-def _as_float64(x: ArrayLike, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
-    elif isinstance(x, np.ndarray):
-        x = x.astype(np.float64, copy=False)
-    else:
-        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return x
 
 
 def _sqrtm_psd(s: np.ndarray) -> np.ndarray:
@@ -67,8 +63,8 @@ def gaussian_frechet_distance(mu1: ArrayLike, s1: ArrayLike, mu2: ArrayLike, s2:
     Returns:
         The distance as a non-negative float (round-off below 0 is clipped).
     """
-    mu1, mu2 = _as_float64(mu1, "mu1"), _as_float64(mu2, "mu2")
-    s1, s2 = _as_float64(s1, "s1"), _as_float64(s2, "s2")
+    mu1, mu2 = as_float64(mu1, "mu1"), as_float64(mu2, "mu2")
+    s1, s2 = as_float64(s1, "s1"), as_float64(s2, "s2")
     d = mu1.shape[0] if mu1.ndim == 1 else -1
     if mu1.ndim != 1 or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
         raise ValueError(
@@ -103,7 +99,7 @@ def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
         >>> round(frechet_distance(a, a), 9)
         0.0
     """
-    a, b = _as_float64(feats_a, "feats_a"), _as_float64(feats_b, "feats_b")
+    a, b = as_float64(feats_a, "feats_a"), as_float64(feats_b, "feats_b")
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"features must be 2-D (N, D), got shapes {a.shape} and {b.shape}")
     if a.shape[1] != b.shape[1]:
@@ -125,7 +121,7 @@ def endpoint_rmse(x: ArrayLike, ref: ArrayLike) -> float:
     Raises:
         ValueError: shapes differ, inputs are empty, or contain non-finite values.
     """
-    a, b = _as_float64(x, "x"), _as_float64(ref, "ref")
+    a, b = as_float64(x, "x"), as_float64(ref, "ref")
     if a.shape != b.shape:
         raise ValueError(f"x and ref must have the same shape, got {a.shape} and {b.shape}")
     if a.size == 0:
@@ -154,7 +150,7 @@ def digits_features(images: ArrayLike) -> np.ndarray:
     Returns:
         (N, 64) float64 features.
     """
-    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(_as_float64(images, "images"))
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(as_float64(images, "images"))
     if not torch.isfinite(x).all():
         raise ValueError("images contains non-finite values (NaN or inf)")
     if x.dim() == 3:
@@ -184,114 +180,13 @@ def digits_fd(samples: ArrayLike, reference: ArrayLike | None = None) -> float:
     return frechet_distance(digits_features(samples), digits_features(reference))
 
 
-@dataclass(frozen=True)
-class PairedDifference:
-    """``statistic(a) - statistic(b)`` on the full samples, with a percentile bootstrap interval.
-
-    ``low``/``high`` bound the central ``level`` interval of the difference over resamples that draw the same
-    sample indices for a and b (paired: a's and b's m-th samples came from the same noise). The difference is
-    significant at that level when the interval excludes 0.
-    """
-
-    estimate: float
-    low: float
-    high: float
-    level: float
-    reps: int
-
-    @property
-    def significant(self) -> bool:
-        return self.low > 0.0 or self.high < 0.0
-
-
-def bootstrap_weights(n: int, reps: int = 1000, seed: int = 0) -> np.ndarray:
-    """(reps, n) float64 resampling counts: row r counts how often each of the n samples is drawn (with
-    replacement, n draws) in resample r. Seeded; share one draw between the schedules compared so every
-    difference is paired and resampled alike. Counts instead of gathered copies: a weighted statistic is one
-    matrix product over all resamples (1000 resamples of 1000 64-d features would be 512 MB gathered)."""
-    if n < 1 or reps < 1:
-        raise ValueError(f"n and reps must be >= 1, got n={n}, reps={reps}")
-    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=reps).astype(np.float64)
-
-
-def paired_bootstrap(
-    a: ArrayLike,
-    b: ArrayLike,
-    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    weights: np.ndarray,
-    *,
-    level: float = 0.95,
-) -> PairedDifference:
-    """Paired-bootstrap interval of ``statistic(a) - statistic(b)``.
-
-    Args:
-        a, b: (n, ...) per-sample values of two schedules from the SAME n noises, row m of each from noise m
-            (per-sample squared errors (n,), classifier features (n, D), ...).
-        statistic: ``statistic(values, weights)`` with values (n, ...) and weights (R, n) resampling counts
-            -> (R,) statistics of the R weighted sets (see :func:`rmse_statistic`, :func:`fd_statistic`).
-        weights: (R, n) counts from :func:`bootstrap_weights`, applied to a and b jointly.
-        level: central coverage of the percentile interval.
-
-    Returns:
-        :class:`PairedDifference`; ``estimate`` is the statistic's difference on the full sets.
-
-    Example:
-        >>> a, b = np.full(100, 4.0), np.ones(100)
-        >>> d = paired_bootstrap(a, b, rmse_statistic, bootstrap_weights(100, 50))
-        >>> (d.estimate, d.low, d.high)
-        (1.0, 1.0, 1.0)
-    """
-    a, b = _as_float64(a, "a"), _as_float64(b, "b")
-    if a.shape != b.shape or a.ndim < 1:
-        raise ValueError(
-            f"a and b must be per-sample values of one shape (n, ...), got {a.shape} and {b.shape}"
-        )
-    return paired_difference(
-        bootstrap_statistics(a, statistic, weights), bootstrap_statistics(b, statistic, weights), level=level
-    )
-
-
-def bootstrap_statistics(
-    values: ArrayLike, statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], weights: np.ndarray
-) -> np.ndarray:
-    """(R + 1,) float64: ``statistic`` of the full set (entry 0) and of the R resamples ``weights`` (R, n)
-    describes, from one call. Compute it once per schedule and pair any two with :func:`paired_difference`
-    (the same ``weights`` for both): comparing S schedules with one baseline then costs S + 1 statistics,
-    not 2 S."""
-    values = _as_float64(values, "values")
-    if values.ndim < 1:
-        raise ValueError(f"values must be per-sample values (n, ...), got shape {values.shape}")
-    if weights.ndim != 2 or weights.shape[1] != values.shape[0]:
-        raise ValueError(f"weights must have shape (R, {values.shape[0]}), got {weights.shape}")
-    return np.asarray(statistic(values, np.vstack([np.ones((1, values.shape[0])), weights])), np.float64)
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, *, level: float = 0.95) -> PairedDifference:
-    """The paired difference of two :func:`bootstrap_statistics` results made with the same weights: the full
-    sets' difference and the percentile interval of the resamples' differences."""
-    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
-        raise ValueError(
-            f"a and b must be bootstrap_statistics of the same weights, (R + 1,), got {a.shape} and {b.shape}"
-        )
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    tail = 50.0 * (1.0 - level)
-    low, high = np.percentile(a[1:] - b[1:], [tail, 100.0 - tail])
-    return PairedDifference(float(a[0] - b[0]), float(low), float(high), level, len(a) - 1)
-
-
-def rmse_statistic(squared_errors: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """RMSE of weighted sets of per-sample mean squared errors: (n,), (R, n) -> (R,)."""
-    return np.sqrt(weights @ squared_errors / weights.sum(axis=1))
-
-
 def fd_statistic(reference_features: ArrayLike) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A weighted statistic: features (n, D) and (R, n) counts -> (R,) Frechet distances of the weighted
     sets to fixed reference features (the reference is not resampled). With unit weights it is
     :func:`frechet_distance` (unbiased covariance, weights summing to n). The reference's covariance root is
     computed once; the R covariances come from one product with the per-sample outer products and the R
     eigen-decompositions run as one batched call."""
-    ref = _as_float64(reference_features, "reference_features")
+    ref = as_float64(reference_features, "reference_features")
     mu_ref, cov_ref = ref.mean(axis=0), np.cov(ref, rowvar=False, ddof=1)
     root = _sqrtm_psd(0.5 * (cov_ref + cov_ref.T))
     tr_ref = float(np.trace(cov_ref))

@@ -84,16 +84,36 @@ class EndpointProbe:
     def _noise(self, i: int) -> torch.Tensor:
         return self.make_batch(*self.shard.span(self.shard.mine[i])).to(self.device)
 
-    def _velocity(self, x: torch.Tensor, t: float, i: int) -> torch.Tensor:
+    def _velocity(self, x: torch.Tensor, t: float, i: int, part: slice | None = None) -> torch.Tensor:
         out = torch.empty_like(x)
         times = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-        self.evaluator(x, times, self._rows[i], out)
+        self.evaluator(x, times, self._rows[i] if part is None else self._rows[i][part], out)
         return out
 
-    def _run(self, x: torch.Tensor, times: list[float], i: int) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, times: list[float], i: int, part: slice | None = None) -> torch.Tensor:
         for a, b in zip(times[:-1], times[1:], strict=True):
-            x = euler_update(x, self._velocity(x, a, i), b - a)
+            x = euler_update(x, self._velocity(x, a, i, part), b - a)
         return x
+
+    @torch.no_grad()
+    def per_noise(self, times: Sequence[float], lo: int, hi: int) -> np.ndarray:
+        """(hi - lo,) float64: each noise's squared endpoint error for noises lo .. hi - 1 (global rows) on
+        ``times``, from every rank (each fills its own rows; one all-reduce). K evaluations per noise of the
+        range, counted in ``evaluations`` per noise of the range."""
+        hosts = [float(t) for t in times]
+        out = np.zeros(hi - lo)
+        for i, b in enumerate(self.shard.mine):
+            start, stop = self.shard.span(b)
+            a, e = max(start, lo), min(stop, hi)
+            if a >= e:
+                continue
+            part = slice(a - start, e - start)
+            x = start_state(self._noise(i)[part], self.rule, hosts[0])
+            x = self._run(x, hosts, i, part)
+            diff = (x.to(torch.float64) - self.endpoints[i][part].to(torch.float64)).flatten(1)
+            out[a - lo : e - lo] = diff.square().sum(dim=1).cpu().numpy()
+        self.evaluations += len(hosts) - 1
+        return self.shard.reduce(out, 0)[0]
 
     @torch.no_grad()
     def advance(self, times: Sequence[float]) -> None:

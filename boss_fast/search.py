@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from boss_fast._backends import DP_BACKENDS
+from boss_fast._bootstrap import bootstrap_statistics, bootstrap_weights, paired_difference, rmse_statistic
 from boss_fast._checkpoint import noise_identity, stored_array, stored_count
 from boss_fast._identity import checkpoint_model_key, model_fingerprint
 from boss_fast._runtime import module_placement
@@ -41,9 +42,18 @@ from boss_fast._validation import (
     check_teacher,
 )
 from boss_fast.cost import start_cost_sums, trajectory_cost_sums
-from boss_fast.engine import STORES, WIDE_MODES, Checkpoint, Shard, progress_bar
+from boss_fast.engine import (
+    STORES,
+    WIDE_MODES,
+    Checkpoint,
+    Shard,
+    WideEvaluator,
+    progress_bar,
+    resolve_wide_mode,
+)
 from boss_fast.global_objective import (
     GlobalPass,
+    GlobalTable,
     accumulate_global,
     global_paths,
     level_sources,
@@ -52,7 +62,7 @@ from boss_fast.global_objective import (
 )
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn, for_rows
-from boss_fast.polish import POLISHES, polish_bound, polish_paths
+from boss_fast.polish import POLISHES, EndpointProbe, polish_bound, polish_paths
 from boss_fast.refine import DPS, CoarseToFine, coarse_to_fine_table, window_bound
 from boss_fast.schedule import OBJECTIVES, Schedule, ScheduleSet, schedules_from_cost
 from boss_fast.trajectories import TeacherRunner, seeded_noise, teacher_evaluations
@@ -101,6 +111,10 @@ _DEFAULT_SOLVER = {"local": "euler", "global": "heun"}
 AUTO_START = 32
 AUTO_CAP = 1024
 AUTO_TOLERANCE = 2
+# The global objective's "auto" stops when the previous round's schedules are, at 95%, at most this share of
+# RMSE worse than the new round's on the new round's held-out half; 1000 resamples.
+AUTO_MARGIN = 0.02
+AUTO_RESAMPLES = 1000
 
 CHECKPOINT_FORMAT = "boss_fast.cost_checkpoint"
 CHECKPOINT_VERSION = 2  # 2: the wider model fingerprint, checkpoint_key, checksums and run identity
@@ -637,9 +651,12 @@ def _local_cost(velocity: VelocityFn, search: _Search, run: _Run) -> tuple[np.nd
     return cost, start_costs
 
 
-def _global_schedules(velocity: VelocityFn, search: _Search, max_steps: int, run: _Run) -> ScheduleSet:
+def _global_schedules(
+    velocity: VelocityFn, search: _Search, max_steps: int, run: _Run, keep: bool = False
+) -> tuple[ScheduleSet, GlobalTable]:
     """The global objective's ``ScheduleSet`` (``settings.dp``: "full", every source, or "coarse",
-    ``boss_fast.refine``)."""
+    ``boss_fast.refine``; then ``settings.polish``) and its DP table (with the teacher's endpoints when
+    polished or ``keep``)."""
     s = search.settings
     passes = GlobalPass(batch_size=s.batch_size, solver=s.teacher, metric=s.metric, mode=s.mode,
                         store=s.store, store_dir=s.store_dir, start=s.start_rule,
@@ -648,16 +665,16 @@ def _global_schedules(velocity: VelocityFn, search: _Search, max_steps: int, run
     # "dp" in every header: a checkpoint reader checks the keys this run asks for, so each route names itself
     handles = {"device": search.device, "progress": run.progress, "checkpoint": run.checkpoint,
                "identity": {**search.identity(), "dp": s.dp}}  # fmt: skip
-    keep = s.polish_knots != "none"
+    keep = keep or s.polish_knots != "none"
     if s.dp == "coarse":
         table = coarse_to_fine_table(*args, plan=CoarseToFine(), keep_endpoints=keep, **handles)
     else:
         table = accumulate_global(*args, keep_endpoints=keep, **handles)
     paths = global_paths(table)
-    if keep:
+    if s.polish_knots != "none":
         polished = polish_paths(velocity, search.batch, table, passes, s.polish_knots, **handles)
         paths = [path for path, _ in polished]
-    return ScheduleSet(
+    found = ScheduleSet(
         Schedule(
             times=search.times[path.indices],
             indices=path.indices,
@@ -673,6 +690,7 @@ def _global_schedules(velocity: VelocityFn, search: _Search, max_steps: int, run
         )
         for path in paths
     )
+    return found, table
 
 
 def _search(velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings: SearchSettings, run: _Run):
@@ -681,7 +699,7 @@ def _search(velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings
     velocity = _model_calls(velocity, settings.autocast)
     if settings.objective == "global":
         _check_store_fits(search, max_steps, run)
-        return _global_schedules(velocity, search, max_steps, run)
+        return _global_schedules(velocity, search, max_steps, run)[0]
     cost, start_costs = _local_cost(velocity, search, run)
     return schedules_from_cost(
         cost,
@@ -761,6 +779,8 @@ def optimal_schedules(
     if checkpoint is not None:
         raise ValueError("num_samples='auto' runs several searches and takes checkpoint=None")
     cap = AUTO_CAP if settings.max_samples is None else settings.max_samples
+    if settings.objective == "global":
+        return _auto_global(velocity, shape, max_steps, settings, run, cap)
     return auto_rounds(lambda n: _search(velocity, shape, max_steps, _with_samples(settings, n), run), cap)
 
 
@@ -774,14 +794,26 @@ def _moved(a: ScheduleSet, b: ScheduleSet) -> int:
     return max(int(np.abs(a[k].indices - b[k].indices).max()) for k in a)
 
 
-def auto_rounds(search: Callable[[int], ScheduleSet], cap: int) -> ScheduleSet:
-    """``num_samples="auto"``'s rule over ``search(n)`` (the schedules from the first n noises).
+Settled = Callable[[ScheduleSet, ScheduleSet, int], bool]
+
+
+def _knots_settled(previous: ScheduleSet, found: ScheduleSet, seen: int) -> bool:
+    """The local objective's rule: no knot of any budget moved by more than ``AUTO_TOLERANCE`` grid points."""
+    return _moved(previous, found) <= AUTO_TOLERANCE
+
+
+def auto_rounds(
+    search: Callable[[int], ScheduleSet], cap: int, settled: Settled | None = None
+) -> ScheduleSet:
+    """``num_samples="auto"``'s rounds over ``search(n)`` (the schedules from the first n noises).
 
     Rounds of 32, 64, 128, ... noises (noise m is the same in every round; the last round ``cap``); stops
-    after the first round in which no knot of any budget moved by more than two grid points from the
-    previous round's, and returns that round's schedules, whose ``num_samples`` is the number it used (a
-    ``UserWarning`` when the cap stops it first). Every round is a whole search: the evaluations are the
-    rounds' sum, about twice the last round's. Deterministic for a seed.
+    after the first round for which ``settled(previous round's set, this round's set, previous round's n)``
+    holds (default: no knot of any budget moved by more than two grid points, the local objective's rule;
+    the global objective's is :func:`_auto_global`'s held-out test) and returns that round's schedules,
+    whose ``num_samples`` is the number it used (a ``UserWarning`` when the cap stops it first). Every round
+    is a whole search: the evaluations are the rounds' sum, about twice the last round's. Deterministic for
+    a seed.
 
     Example:
         >>> found = auto_rounds(lambda n: optimal_schedules(lambda x, t: -x, (2,), 2,
@@ -789,20 +821,67 @@ def auto_rounds(search: Callable[[int], ScheduleSet], cap: int) -> ScheduleSet:
         >>> found[2].num_samples  # 32 and 64 noises agree on this flow
         64
     """
-    n, previous = min(AUTO_START, cap), None
+    settled = _knots_settled if settled is None else settled
+    n, previous, seen = min(AUTO_START, cap), None, 0
     while True:
         found = search(n)
-        if previous is not None and _moved(previous, found) <= AUTO_TOLERANCE:
+        if previous is not None and settled(previous, found, seen):
             return found
         if n >= cap:
             warnings.warn(
-                f"num_samples='auto' reached max_samples={cap} before the schedules settled (knots still "
-                f"moved by more than {AUTO_TOLERANCE} grid points between the last two rounds)",
+                f"num_samples='auto' reached max_samples={cap} before the schedules settled (the last two "
+                "rounds still differed by the rule of docs/api.md: held-out error for the global objective, "
+                f"knot moves over {AUTO_TOLERANCE} grid points for the local one)",
                 UserWarning,
                 stacklevel=3,
             )
             return found
-        previous, n = found, min(2 * n, cap)
+        previous, seen, n = found, n, min(2 * n, cap)
+
+
+def _auto_global(
+    velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings: SearchSettings, run: _Run, cap: int
+) -> ScheduleSet:
+    """The global objective's "auto": each round's search keeps its teacher's endpoints, and a round stops
+    the rounds when the previous round's schedules are as good on the noises only this round used (the
+    held-out half: no new teacher run) as this round's, by :func:`_held_out_settled`."""
+    last: dict[str, object] = {}
+
+    def one(n: int) -> ScheduleSet:
+        search, steps = _validate_search(velocity, shape, max_steps, _with_samples(settings, n), run)
+        calls = _model_calls(velocity, settings.autocast)
+        _check_store_fits(search, steps, run)
+        found, table = _global_schedules(calls, search, steps, run, keep=True)
+        last.update(velocity=calls, search=search, table=table)
+        return found
+
+    def settled(previous: ScheduleSet, found: ScheduleSet, seen: int) -> bool:
+        return _held_out_settled(last["velocity"], last["search"], last["table"], previous, found, seen)
+
+    return auto_rounds(one, cap, settled)
+
+
+def _held_out_settled(velocity: VelocityFn, search: _Search, table: GlobalTable, previous: ScheduleSet,
+                      found: ScheduleSet, seen: int) -> bool:  # fmt: skip
+    """Whether more noises stopped mattering: on the noises ``seen`` .. M - 1 of this round (which the
+    previous round did not use; their teacher endpoints come with this round's DP), for every budget, the
+    95% paired-bootstrap interval of RMSE(previous) - RMSE(this round) lies below ``AUTO_MARGIN`` x
+    RMSE(this round). This round's schedules were fitted on those noises, so the test leans toward more
+    rounds. K evaluations per held-out noise and differing budget, for each of the two sets."""
+    s = search.settings
+    shard = Shard.of_this_process(search.num_samples, s.batch_size)
+    evaluator = WideEvaluator(velocity, s.batch_size, resolve_wide_mode(s.mode, search.device))
+    probe = EndpointProbe(velocity, search.batch, shard, table.endpoints, s.start_rule, s.metric, evaluator,
+                          search.device)  # fmt: skip
+    weights = bootstrap_weights(search.num_samples - seen, AUTO_RESAMPLES, seed=s.seed)
+    for k in found:
+        if np.array_equal(previous[k].indices, found[k].indices):
+            continue
+        old, new = (bootstrap_statistics(probe.per_noise(sset[k].times, seen, search.num_samples),
+                                         rmse_statistic, weights) for sset in (previous, found))  # fmt: skip
+        if paired_difference(old, new).high > AUTO_MARGIN * new[0]:
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------------- the bill before the work

@@ -613,6 +613,25 @@ def test_schedule_start_flag_is_recorded_and_sample_honours_it(tmp_path, capsys)
     assert np.abs(out["scaled"] - out["noise"]).max() > 1e-2
 
 
+def test_schedule_polish_flag_reaches_the_search_and_is_refused_by_name(tmp_path, capsys):
+    """--polish none gives the DP's own schedule, the default (start) a polished one, equal to the library's;
+    --polish start with --start zero is one line naming the flag."""
+    argv = ["schedule", "--model", "gmm2d", "--steps", "3", "--grid", "20", "--num-samples", "16",
+            "--no-progress"]  # fmt: skip
+    for polish in (None, "none"):
+        flags = [] if polish is None else ["--polish", polish]
+        assert main([*argv, *flags, "--out", str(tmp_path / f"{polish}.json")]) == 0
+        got = boss_fast.Schedule.load(tmp_path / f"{polish}.json")
+        settings = boss_fast.SearchSettings(grid=20, num_samples=16, polish=polish)
+        want = boss_fast.optimal_schedules(load_bundled("gmm2d"), (2,), 3, settings)[3]
+        np.testing.assert_array_equal(got.indices, want.indices)
+    capsys.readouterr()
+    assert main([*argv, "--polish", "start", "--start", "zero", "--out", str(tmp_path / "x.json")]) == 2
+    assert (
+        "--polish: polish='start' moves the start knot, and start 'zero' pins it" in capsys.readouterr().err
+    )
+
+
 def test_schedule_max_steps_writes_a_set(tmp_path, capsys):
     out = tmp_path / "set.json"
     argv = ["schedule", "--model", "gmm2d", "--max-steps", "3", "--grid", "12", "--num-samples", "8"]
@@ -639,9 +658,11 @@ def test_schedule_dry_run_prints_the_bill_and_searches_nothing(tmp_path, capsys,
     assert main([*argv, "--dry-run"]) == 0
     text = capsys.readouterr().out
     bill = bf.search_bill(load_bundled("gmm2d"), (2,), 3, bf.SearchSettings(grid=12, num_samples=8))
-    assert (
-        f"model evaluations: {bill.evaluations:,} in all, {bill.per_noise:,.1f} per noise (8 noises)" in text
+    assert not bill.exact  # the default polish's moves depend on the model: a bound
+    evals = (
+        f"model evaluations: at most {bill.evaluations:,} in all, {bill.per_noise:,.1f} per noise (8 noises)"
     )
+    assert evals in text
     for line in ("memory, search device:", "memory, host:", "memory, disk:", "one model call of 256 rows:"):
         assert line in text
     assert "projected wall time:" in text and listing(tmp_path) == []
@@ -1010,8 +1031,9 @@ def test_schedule_pipeline_dry_run_prints_the_bill(saved, capsys, tmp_path):
             "--height", "64", "--width", "64", "--dry-run", *SEARCH, *LENGTH]  # fmt: skip
     text = run(capsys, argv)
     # grid 5 (6 points), per noise: the Heun teacher's 2 x 5 calls and the DP's 5 + 4 sources at K = 2 (the
-    # pipeline's start rule "noise": level 1 from each of the 5 points below the last)
-    assert "model evaluations: 57 in all, 19.0 per noise (3 noises)" in text
+    # pipeline's start rule "noise": level 1 from each of the 5 points below the last), 19, and the start
+    # polish's bound, 18 K for K = 1, 2: 54
+    assert "model evaluations: at most 219 in all, 73.0 per noise (3 noises)" in text
     assert "projected wall time:" in text and not list(tmp_path.iterdir())
 
 

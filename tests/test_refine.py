@@ -179,6 +179,57 @@ def test_auto_rule_stops_at_the_first_settled_round():
     assert seen[-3:] == [32, 64, 100]
 
 
+def test_auto_rounds_hand_the_rule_both_sets_and_the_previous_round_size():
+    calls = []
+
+    def search(n):
+        grid = bf.uniform_grid(10)
+        p = np.array([0, 10])
+        return bf.ScheduleSet([bf.Schedule(times=grid[p], indices=p, cost=0.0, grid=grid, num_samples=n)])
+
+    def settled(previous, found, seen):
+        calls.append((previous[1].num_samples, found[1].num_samples, seen))
+        return found[1].num_samples == 128
+
+    assert auto_rounds(search, 1024, settled)[1].num_samples == 128
+    assert calls == [(32, 64, 32), (64, 128, 64)]
+
+
+def _global_round(velocity, n, settings):
+    """(ScheduleSet, GlobalTable, _Search) of one global round of n noises, as the "auto" rounds run it."""
+    from boss_fast.search import _global_schedules, _Run, _validate_search, _with_samples
+
+    run = _Run(None, torch.float64, False, None, None)
+    search, steps = _validate_search(velocity, (2,), 3, _with_samples(settings, n), run)
+    found, table = _global_schedules(velocity, search, steps, run, keep=True)
+    return found, table, search
+
+
+def test_the_held_out_rule_compares_the_previous_rounds_schedules_on_the_new_noises():
+    from boss_fast.search import _held_out_settled
+
+    model = eight_gaussians(std=0.05)
+    settings = SearchSettings(grid=30, num_samples="auto", polish="none")
+    found, table, search = _global_round(model, 64, settings)
+    assert _held_out_settled(model, search, table, found, found, 32)  # the same schedules: nothing to gain
+    grid = bf.uniform_grid(30)
+    paths = (np.array([0, 30]), np.array([0, 1, 30]), np.array([0, 1, 2, 30]))
+    bad = bf.ScheduleSet(
+        bf.Schedule(times=grid[p], indices=p, cost=0.0, grid=grid, start="noise") for p in paths
+    )
+    counted = Counted(model)
+    assert not _held_out_settled(counted, search, table, bad, found, 32)  # far worse on noises 32 .. 63
+    # K = 1 already fails (found: a start near t = 0.87; bad: t = 0): one step of each set on noises 32 .. 63
+    assert found[1].indices[0] > 0 and counted.rows == 2 * 1 * 32
+
+
+def test_auto_global_stops_early_on_a_flow_where_noises_do_not_matter():
+    """v = -x: every noise gives the same schedule (the error scales with |noise|), so 64 noises settle."""
+    settings = SearchSettings(grid=20, num_samples="auto")
+    found = optimal_schedules(lambda x, t: -x, (2,), 3, settings, dtype=torch.float64)
+    assert found[3].num_samples == 64
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
