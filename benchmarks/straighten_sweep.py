@@ -38,8 +38,10 @@ from boss_fast.metrics import digits_fd
 from boss_fast.models import DIGITS_SHAPE, load_bundled
 from boss_fast.trajectories import TeacherRunner
 
-# the module (boss_fast.straighten is also the function's name in the package namespace)
-straighten_module = importlib.import_module("boss_fast.straighten")
+# the modules (boss_fast.straighten is also the function's name in the package namespace): the pairs' and the
+# training's, whose straightening_pairs the run calls
+pairs_module = importlib.import_module("boss_fast.straighten.pairs")
+train_module = importlib.import_module("boss_fast.straighten.train")
 
 BLOCK = r"blocks\.\d+\."
 TARGETS = {
@@ -136,7 +138,7 @@ class _PairMemo:
             states = torch.cat([runner(noise[i : i + 500]).states.transpose(0, 1) for i in range(0, m, 500)])
             stored = self.runs[key] = (noise.clone(), states)
         states = stored[1][:m, torch.tensor(sched.indices.tolist())]
-        return straighten_module._flatten_pairs(states.contiguous(), sched.times)
+        return pairs_module._flatten_pairs(states.contiguous(), sched.times)
 
 
 def _teacher_evals(settings: bf.StraightenSettings, k: int) -> int:
@@ -160,8 +162,8 @@ def _run_phase(phase: str, path: str, only: set[str] | None) -> None:
     cost = bf.cost_matrix(model, noise, grid, batch_size=256, progress=False)
     bellman = dict(bf.schedules_from_cost(cost, 4, grid=grid, num_samples=256))
     evaluation = bf.seeded_noise(DIGITS_SHAPE, 0, 1000, seed=1)
-    memo = _PairMemo(straighten_module.straightening_pairs)
-    straighten_module.straightening_pairs = memo
+    memo = _PairMemo(train_module.straightening_pairs)
+    train_module.straightening_pairs = memo
     done = _done(path)
     for label, ks, seeds, settings in PHASES[phase]:
         if only and label not in only:

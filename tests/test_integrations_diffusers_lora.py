@@ -339,7 +339,9 @@ _PIPELINE_RUN = textwrap.dedent(
     import importlib, os, signal, sys
     import numpy as np
     import boss_fast as bf
-    st = importlib.import_module("boss_fast.straighten")  # the module (bf.straighten is the function)
+    # the modules whose globals the run reads (bf.straighten is the function)
+    train = importlib.import_module("boss_fast.straighten.train")
+    checkpoint = importlib.import_module("boss_fast.straighten.checkpoint")
     from boss_fast.integrations import pipelines
     from boss_fast.integrations.diffusers_lora import straighten_pipeline
 
@@ -363,11 +365,11 @@ _PIPELINE_RUN = textwrap.dedent(
     if point == "pairs":  # the third transformer call: the teacher's pairs are being made
         pipe.transformer.register_forward_pre_hook(count)
     elif point == "training":  # step 4 of 6, the checkpoint at step 2 written
-        step = st._train_step
-        st._train_step = lambda state, *a: die() if state.step == 3 else step(state, *a)
+        step = train._train_step
+        train._train_step = lambda state, *a: die() if state.step == 3 else step(state, *a)
     elif point == "final save":  # the last checkpoint (step 6) about to be written, step 4's on disk
-        save = st._TrainState.save
-        st._TrainState.save = lambda self, *a: die() if self.step == settings.iters else save(self, *a)
+        save = checkpoint.TrainState.save
+        checkpoint.TrainState.save = lambda self, *a: die() if self.step == settings.iters else save(self, *a)
     straighten_pipeline(pipe, sched, cond, out, settings, guidance=1.0, progress=False,
                         checkpoint_dir=None if checkpoint_dir == "-" else checkpoint_dir)
     """
