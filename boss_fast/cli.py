@@ -329,9 +329,10 @@ def _add_search_cost_args(sched: argparse.ArgumentParser) -> None:
     sched.add_argument("--max-samples", type=int, default=None, help="the cap of --num-samples auto (1024)")
     sched.add_argument(
         "--dp",
-        default="full",
+        default=None,
         choices=("full", "coarse"),
-        help="global objective's DP: full, or coarse (a coarse pass, then windows: ~3x fewer evaluations)",
+        help="global objective's DP: full, or coarse (a coarse pass, then windows: ~3x fewer evaluations); "
+        "default: coarse for --objective global",
     )
     sched.add_argument(
         "--store",

@@ -95,6 +95,10 @@ _TOO_FINE = (
 # FD at K = 3, for 99 more evaluations per noise on a 100-step grid (1155 vs 1056). The local objective with
 # any start loses to it everywhere, so objective="local" keeps BOSS as published: pinned.
 DEFAULT_START = {"global": "noise", "local": "zero"}
+# The global DP's route when ``dp`` is None: the coarse-to-fine DP (with the default start polish: 0.5-0.8x
+# the full DP's evaluations, held-out RMSE no worse than the full DP's at any K on three models and better at
+# most; benchmarks/results/search_budget_*.md).
+DEFAULT_DP = "coarse"
 # The teacher each objective uses when none is given: BOSS's Euler (the published setting), and for the
 # global objective (whose targets are the teacher's states) the most accurate fixed-step solver that keeps
 # every budget up to K = 10 on a 100-step grid within 12x the local search's evaluations: Heun (200 + 856
@@ -332,7 +336,7 @@ def _check_objective_knobs(settings: SearchSettings) -> None:
             "backend selects the Bellman DP's kernel of objective='local'; objective='global' runs its own "
             f"DP in numpy, got backend={settings.backend!r}"
         )
-    if settings.dp != "full" and settings.objective != "global":
+    if settings.dp not in (None, "full") and settings.objective != "global":
         raise ValueError(
             f"dp={settings.dp!r} is a route to objective='global'; objective={settings.objective!r} takes "
             "'full'"
@@ -391,8 +395,10 @@ class SearchSettings:
         discount: the local DP's weight ``discount**m`` on its m-th step (``boss_fast.bellman``): 1.0 is BOSS;
             > 1 weights later steps (toward the data) more, as GITS's coefficient 1.15 does; < 1 the early
             ones (the global objective: 1.0).
-        dp: the global DP, "full" (default) or "coarse" (``boss_fast.refine``: 0.35-0.38x the
-            evaluations).
+        dp: the global DP, "full" (every source) or "coarse" (``boss_fast.refine``: 0.33-0.35x the
+            full DP's evaluations); None: "coarse" for the global objective (:data:`DEFAULT_DP`, with the
+            default polish: held-out RMSE no worse than the full DP's at any K on the bundled models,
+            docs/results.md), "full" for the local one (:attr:`dp_route`).
         store: where the global objective keeps its per-sample rows between levels: "device" (default),
             "host" (pinned for CUDA) or "disk" (memory-mapped files, deleted at the end); the schedule does
             not depend on it (docs/search_memory.md). The local objective keeps one batch's trajectory.
@@ -442,7 +448,7 @@ class SearchSettings:
     solver: str | None = None
     metric: str = "l2sq"
     discount: float = 1.0
-    dp: str = "full"
+    dp: str | None = None
     store: str = "device"
     store_dir: str | os.PathLike | None = None
     mode: str | None = None
@@ -470,7 +476,8 @@ class SearchSettings:
         object.__setattr__(self, "discount", check_float(self.discount, "discount"))
         if self.discount <= 0:
             raise ValueError(f"discount must be > 0, got {self.discount}")
-        check_choice(self.dp, DPS, "dp")
+        if self.dp is not None:
+            check_choice(self.dp, DPS, "dp")
         check_choice(self.store, STORES, "store")
         check_store_dir(self.store_dir, self.store)
         check_choice(self.backend, ("auto", *DP_BACKENDS), "backend")
@@ -491,6 +498,14 @@ class SearchSettings:
     def start_rule(self) -> str:
         """The start rule this search runs: ``start``, or the objective's ``DEFAULT_START``."""
         return DEFAULT_START[self.objective] if self.start is None else self.start
+
+    @property
+    def dp_route(self) -> str:
+        """The global DP this search runs: ``dp``, or "coarse" (the default since it was measured with the
+        polish: docs/results.md); "full" for the local objective, which has no route to choose."""
+        if self.dp is not None:
+            return self.dp
+        return DEFAULT_DP if self.objective == "global" else "full"
 
     @property
     def polish_knots(self) -> str:
@@ -664,9 +679,9 @@ def _global_schedules(
     args = (velocity, search.batch, search.num_samples, search.times, max_steps, passes)
     # "dp" in every header: a checkpoint reader checks the keys this run asks for, so each route names itself
     handles = {"device": search.device, "progress": run.progress, "checkpoint": run.checkpoint,
-               "identity": {**search.identity(), "dp": s.dp}}  # fmt: skip
+               "identity": {**search.identity(), "dp": s.dp_route}}  # fmt: skip
     keep = keep or s.polish_knots != "none"
-    if s.dp == "coarse":
+    if s.dp_route == "coarse":
         table = coarse_to_fine_table(*args, plan=CoarseToFine(), keep_endpoints=keep, **handles)
     else:
         table = accumulate_global(*args, keep_endpoints=keep, **handles)
@@ -956,7 +971,7 @@ def _passes(settings: SearchSettings, n: int, max_steps: int, m: int) -> list[_P
     starts = 1 + start_extra_evaluations(settings.start_rule, n, settings.start_cap)  # level 1's sources
     pinned = settings.start_rule == "zero"
     polish = sum(polish_bound(k, settings.polish_knots, pinned) for k in _levels(max_steps))
-    if settings.dp == "full":
+    if settings.dp_route == "full":
         levels = tuple(level_sources(k, n, starts) for k in _levels(max_steps))
         return [_Pass(m, n, teacher_evaluations(n, solver), levels, polish)]
     plan = CoarseToFine()
@@ -1250,7 +1265,7 @@ def _exact(settings: SearchSettings) -> bool:
     """Whether the count is exact: not for dp="coarse" (windows), a polish (its moves depend on the model),
     num_samples="auto" (rounds) and the modes that warm up or capture before they run ("compile",
     "cuda_graph", "auto": calls not counted)."""
-    fixed = settings.dp == "full" and settings.polish_knots == "none"
+    fixed = settings.dp_route == "full" and settings.polish_knots == "none"
     return fixed and settings.num_samples != "auto" and settings.mode in (None, "eager")
 
 

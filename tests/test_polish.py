@@ -116,7 +116,7 @@ def test_a_pinned_start_stays_at_zero_under_all():
 
 
 def test_the_search_default_polishes_a_free_start_and_returns_the_polished_errors():
-    settings = SearchSettings(grid=16, num_samples=12, batch_size=5, solver="rk4")
+    settings = SearchSettings(grid=16, num_samples=12, batch_size=5, solver="rk4", dp="full")
     assert settings.polish_knots == "start"
     assert replace(settings, start="zero").polish_knots == "none"
     assert replace(settings, objective="local").polish_knots == "none"
@@ -182,7 +182,7 @@ def test_a_search_killed_while_polishing_resumes_to_the_same_bits(tmp_path):
 
 
 def test_a_finished_dp_checkpoint_without_endpoints_reruns_the_teacher_only(tmp_path):
-    settings = SearchSettings(grid=16, num_samples=9, batch_size=4, solver="rk4")
+    settings = SearchSettings(grid=16, num_samples=9, batch_size=4, solver="rk4", dp="full")
     ckpt = tmp_path / "s.npz"
     optimal_schedules(wavy, (3,), 3, replace(settings, polish="none"), dtype=torch.float64, checkpoint=ckpt,
                       checkpoint_key="w")  # fmt: skip

@@ -173,7 +173,7 @@ def test_reading_one_budget_is_the_single_budget_dp():
         assert got.cost == one.cost  # same matrix (same batches), same DP: the same float64 sum
         table = global_table(wavy, noise, grid, k, GlobalPass(batch_size=5, start="noise"), progress=False)
         alone = global_paths(table)[-1]
-        plain = dataclasses.replace(local, objective="global", polish="none")
+        plain = dataclasses.replace(local, objective="global", polish="none", dp="full")
         got = optimal_schedules(wavy, (3,), k, plain, dtype=torch.float64)
         np.testing.assert_array_equal(got[k].indices, alone.indices)
         assert got[k].cost == alone.cost and got[k].steps == k
@@ -656,7 +656,7 @@ COUNTED = [
 
 @pytest.mark.parametrize(("kwargs", "k"), COUNTED)
 def test_the_bill_counts_every_model_call_the_search_makes(kwargs, k):
-    polish = {"polish": "none"} if kwargs.get("objective", "global") == "global" else {}
+    polish = {"polish": "none", "dp": "full"} if kwargs.get("objective", "global") == "global" else {}
     settings = SearchSettings(**{"grid": 11, "num_samples": 13, "batch_size": 4, **polish, **kwargs})
     counter, timed = Counting(), Counting()
     optimal_schedules(counter, (3,), k, settings)
@@ -671,9 +671,10 @@ def test_the_bill_counts_every_model_call_the_search_makes(kwargs, k):
 def test_the_default_bill_is_the_issue_figure():
     """1056 evaluations per noise for the search pinned at t = 0 (Heun teacher 200 + the full DP's 856) at
     K = 10, the figure of issue 29; the default's free start adds its 99 other start points (1155)."""
-    pinned = bf.search_bill(wavy, (3,), 10, SearchSettings(num_samples=8, batch_size=8, start="zero"))
+    full = SearchSettings(num_samples=8, batch_size=8, dp="full")
+    pinned = bf.search_bill(wavy, (3,), 10, dataclasses.replace(full, start="zero"))
     assert (pinned.evaluations, pinned.per_noise, pinned.exact) == (8 * 1056, 1056.0, True)
-    bill = bf.search_bill(wavy, (3,), 10, SearchSettings(num_samples=8, batch_size=8, polish="none"))
+    bill = bf.search_bill(wavy, (3,), 10, dataclasses.replace(full, polish="none"))
     assert (bill.evaluations, bill.per_noise, bill.exact) == (8 * 1155, 1155.0, True)
 
 
