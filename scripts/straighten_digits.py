@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", default="2,4")
     p.add_argument("--no-loss-options", action="store_true")
     p.add_argument("--no-lora", action="store_true", help="skip the LoRA rows")
-    p.add_argument("--only", default=None, help="run only the rows whose name contains this text, e.g. Global")
+    p.add_argument("--only", default=None, help="only the rows whose name holds this, e.g. Global")
     p.add_argument("--out", default="benchmarks/results/straighten_digits_cpu.md")
     args = p.parse_args(argv)
     ks = [int(s) for s in args.steps.split(",")]
