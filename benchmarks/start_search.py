@@ -35,7 +35,7 @@ from boss_fast.global_objective import start_extra_evaluations
 
 PINNED = "global/zero"
 ROWS = {
-    PINNED: DemoSearch(PINNED, "global_zero", "global", "zero"),
+    PINNED: DemoSearch(PINNED, "global_zero", "global", "zero", dp="full"),
     "global/noise": DemoSearch("global/noise", "global_noise", "global", "noise"),
     "global/scaled": DemoSearch("global/scaled", "global_scaled", "global", "scaled"),
     "local/zero": DemoSearch("local/zero", "local_zero", "local", "zero"),

@@ -86,23 +86,29 @@ BASELINES: dict[str, Callable[[int], np.ndarray]] = {
 class DemoSearch:
     """One searched row of the demo: its label, the file stem of its schedules
     (``schedules/<model>_<stem>_nfe<K>.json``), its objective and start rule (None: the search default,
-    the objective's ``boss_fast.search.DEFAULT_START``)."""
+    the objective's ``boss_fast.search.DEFAULT_START``) and its global DP route (None: the default,
+    ``boss_fast.search.DEFAULT_DP`` with the default polish)."""
 
     label: str
     stem: str
     objective: str
     start: str | None = None
+    dp: str | None = None
 
     def settings(self, base: SearchSettings) -> SearchSettings:
-        """``base`` with this row's objective and start."""
-        return replace(base, objective=self.objective, start=self.start)
+        """``base`` with this row's objective and start, and its DP route where it names one (a local row
+        drops a global route of ``base``)."""
+        dp = self.dp if self.dp is not None else base.dp
+        return replace(base, objective=self.objective, start=self.start,
+                       dp=dp if self.objective == "global" else None)  # fmt: skip
 
 
-# BOSS as published (local objective, pinned at t = 0), the global objective pinned at t = 0, and the search's
-# default (the global objective with the default start rule).
+# BOSS as published (local objective, pinned at t = 0), the global objective pinned at t = 0 (its full DP, the
+# default before the start was searched), and the search's default (the global objective with the default
+# start rule, DP route and polish).
 DEMO_SEARCHES: tuple[DemoSearch, ...] = (
     DemoSearch(LOCAL, "local", "local", "zero"),
-    DemoSearch(PINNED, "global_pinned", "global", "zero"),
+    DemoSearch(PINNED, "global_pinned", "global", "zero", dp="full"),
     DemoSearch(GLOBAL, "global", "global", None),
 )
 SCHEDULE_NAMES: tuple[str, ...] = (*BASELINES, *(s.label for s in DEMO_SEARCHES), ORACLE)
