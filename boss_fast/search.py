@@ -884,9 +884,9 @@ def _held_out_settled(velocity: VelocityFn, search: _Search, table: GlobalTable,
     interval of the geometric mean over the budgets of RMSE(previous) / RMSE(this round) lies below
     1 + ``AUTO_MARGIN``. One test over all budgets: per budget, tens of held-out noises whose errors are
     dominated by a few leave intervals too wide to settle (a per-budget test ran every bundled model to the
-    cap of 1024, no better than 256: benchmarks/results/auto_samples_heldout_per_k.md). This round's schedules were
-    fitted on those noises, so the test leans toward more rounds. K evaluations per held-out noise and
-    differing budget, for each of the two sets."""
+    cap of 1024, no better than 256: benchmarks/results/auto_samples_heldout_per_k.md). This round's
+    schedules were fitted on those noises, so the test leans toward more rounds. K evaluations per held-out
+    noise and differing budget, for each of the two sets."""
     s = search.settings
     shard = Shard.of_this_process(search.num_samples, s.batch_size)
     evaluator = WideEvaluator(velocity, s.batch_size, resolve_wide_mode(s.mode, search.device))
