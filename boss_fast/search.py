@@ -858,10 +858,14 @@ def auto_rounds(
 def _auto_global(
     velocity: VelocityFn, shape: Sequence[int], max_steps: int, settings: SearchSettings, run: _Run, cap: int
 ) -> ScheduleSet:
-    """The global objective's "auto": each round's search keeps its teacher's endpoints, and a round stops
-    the rounds when the previous round's schedules are as good on the noises only this round used (the
-    held-out half: no new teacher run) as this round's, by :func:`_held_out_settled`."""
-    last: dict[str, object] = {}
+    """The global objective's "auto": each round's search keeps its teacher's endpoints; after round j, the
+    schedules of rounds j - 2 and j - 1 are compared on the noises only round j used (neither of them saw
+    those noises, and their teacher endpoints come with round j's DP: no new teacher run), and the rounds stop
+    when round j - 2's are as good as round j - 1's (:func:`_held_out_settled`), returning round j's. A
+    round's own new noises would not do: its schedules, polished on them, win there by fitting (a first
+    version of the rule that compared rounds j - 1 and j on round j's new noises ran every bundled model to
+    the cap: benchmarks/results/auto_samples_heldout_per_k.md)."""
+    last: dict[str, object] = {"history": []}
 
     def one(n: int) -> ScheduleSet:
         search, steps = _validate_search(velocity, shape, max_steps, _with_samples(settings, n), run)
@@ -869,24 +873,25 @@ def _auto_global(
         _check_store_fits(search, steps, run)
         found, table = _global_schedules(calls, search, steps, run, keep=True)
         last.update(velocity=calls, search=search, table=table)
+        last["history"].append(found)
         return found
 
     def settled(previous: ScheduleSet, found: ScheduleSet, seen: int) -> bool:
-        return _held_out_settled(last["velocity"], last["search"], last["table"], previous, found, seen)
+        history = last["history"]
+        if len(history) < 3:
+            return False
+        return _held_out_settled(last["velocity"], last["search"], last["table"], history[-3], previous, seen)
 
     return auto_rounds(one, cap, settled)
 
 
 def _held_out_settled(velocity: VelocityFn, search: _Search, table: GlobalTable, previous: ScheduleSet,
                       found: ScheduleSet, seen: int) -> bool:  # fmt: skip
-    """Whether more noises stopped mattering: on the noises ``seen`` .. M - 1 of this round (which the
-    previous round did not use; their teacher endpoints come with this round's DP), the 95% paired-bootstrap
-    interval of the geometric mean over the budgets of RMSE(previous) / RMSE(this round) lies below
-    1 + ``AUTO_MARGIN``. One test over all budgets: per budget, tens of held-out noises whose errors are
-    dominated by a few leave intervals too wide to settle (a per-budget test ran every bundled model to the
-    cap of 1024, no better than 256: benchmarks/results/auto_samples_heldout_per_k.md). This round's
-    schedules were fitted on those noises, so the test leans toward more rounds. K evaluations per held-out
-    noise and differing budget, for each of the two sets."""
+    """Whether more noises stopped mattering: on the noises ``seen`` .. M - 1 of ``search`` (which neither
+    set was fitted on; their teacher endpoints come with ``table``), the 95% paired-bootstrap interval of the
+    geometric mean over the budgets of RMSE(previous) / RMSE(found) lies below 1 + ``AUTO_MARGIN``. One test
+    over all budgets: per budget, tens of held-out noises whose errors are dominated by a few leave intervals
+    too wide to settle. K evaluations per held-out noise and differing budget, for each of the two sets."""
     s = search.settings
     shard = Shard.of_this_process(search.num_samples, s.batch_size)
     evaluator = WideEvaluator(velocity, s.batch_size, resolve_wide_mode(s.mode, search.device))
