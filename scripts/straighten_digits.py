@@ -180,7 +180,9 @@ def _write(args, ks, fd, share, teacher_fd, wall, bellman, own) -> None:
         f"{head}{rows}| 100-step Euler teacher | "
         + " | ".join(f"{teacher_fd:.2f}" for _ in ks)
         + " | - |\n\n"
-        f"Bellman schedules:\n{steps}\n\nTargets:\n" + "\n".join(checks) + f"\n\n## Wall time\n\n{timing}\n"
+        f"Bellman schedules:\n{steps}\n\n"
+        + ("Targets:\n" + "\n".join(checks) + "\n\n" if checks else "")
+        + f"## Wall time\n\n{timing}\n"
     )
     atomic_write(args.out, lambda f: f.write(text.encode()))
     print(text)
