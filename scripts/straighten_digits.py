@@ -52,8 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-loss-options", action="store_true")
     p.add_argument("--no-lora", action="store_true", help="skip the LoRA rows")
     p.add_argument("--only", default=None, help="only the rows whose name holds this, e.g. Global")
+    p.add_argument(
+        "--seed", type=int, default=0, help="the pairs' noise and batches (not 1: the held-out seed)"
+    )
     p.add_argument("--out", default="benchmarks/results/straighten_digits_cpu.md")
     args = p.parse_args(argv)
+    if args.seed == 1:
+        raise SystemExit(
+            "--seed 1 is the held-out evaluation noise's seed: the pairs would be judged on themselves"
+        )
     ks = [int(s) for s in args.steps.split(",")]
     wall: dict[str, float] = {}
     model = load_bundled("digits_dit")
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
         ema=args.ema,
         ema_warmup=not args.no_ema_warmup,
+        seed=args.seed,
     )
     methods = {
         "Bellman, no fine-tuning": None,
@@ -173,7 +181,7 @@ def _write(args, ks, fd, share, teacher_fd, wall, bellman, own) -> None:
         f"Training, every straightened row: {args.iters} iterations, batch {args.batch_size}, Adam lr "
         f"{args.lr} with {args.warmup} warm-up steps, clip 1.0, EMA {args.ema} "
         f"({'no' if args.no_ema_warmup else 'with'} EMA warm-up), pairs from "
-        f"{args.num_pairs} noises (seed 0) on the 100-step Euler teacher (the Heun row: Heun). FD "
+        f"{args.num_pairs} noises (seed {args.seed}) on the 100-step Euler teacher (the Heun row: Heun). FD "
         "(`digits_fd`, lower is better) "
         f"on {args.eval_samples} held-out noises (seed 1). Machine: 2 shared CPU cores (other jobs were "
         "running, so wall times are upper bounds).\n\n"
