@@ -48,15 +48,17 @@ from boss_fast.ode import sample, start_state
 
 MAX_STEPS = 10
 BASE = "base"
-# name -> (dp, noises, polish)
+# name -> (dp, noises, polish, start rule); "pinned" (start at t = 0, full DP) only when asked for (--rows)
 ROWS = {
-    BASE: ("full", 256, "none"),
-    "full+polish/256": ("full", 256, "start"),
-    "coarse/256": ("coarse", 256, "none"),
-    "coarse+polish/256": ("coarse", 256, "start"),
-    "coarse+polish/128": ("coarse", 128, "start"),
-    "coarse+polish/64": ("coarse", 64, "start"),
+    BASE: ("full", 256, "none", "noise"),
+    "full+polish/256": ("full", 256, "start", "noise"),
+    "coarse/256": ("coarse", 256, "none", "noise"),
+    "coarse+polish/256": ("coarse", 256, "start", "noise"),
+    "coarse+polish/128": ("coarse", 128, "start", "noise"),
+    "coarse+polish/64": ("coarse", 64, "start", "noise"),
+    "pinned": ("full", 256, "none", "zero"),
 }
+DEFAULT_ROWS = [r for r in ROWS if r != "pinned"]
 FD_STEPS = (2, 4, 8)
 
 
@@ -79,9 +81,10 @@ def _model(name: str) -> tuple[torch.nn.Module, tuple[int, ...], torch.dtype]:
     return load_bundled(name, dtype=spec.dtype).eval(), spec.shape, spec.dtype
 
 
-def _search(model, shape, dtype, dp: str, noises: int, polish: str) -> tuple[bf.ScheduleSet, float, float]:
+def _search(model, shape, dtype, dp: str, noises: int, polish: str, start: str):
+    """(schedules, evaluations per noise, seconds) of one row's search."""
     counted = Counted(model)
-    settings = bf.SearchSettings(num_samples=noises, dp=dp, polish=polish, start="noise")
+    settings = bf.SearchSettings(num_samples=noises, dp=dp, polish=polish, start=start)
     t0 = time.perf_counter()
     found = bf.optimal_schedules(counted, shape, MAX_STEPS, settings, dtype=dtype)
     return found, counted.rows / noises, time.perf_counter() - t0
@@ -129,12 +132,13 @@ def _cell(v: dict, key: str, d: str, ci: str, digits_: int) -> str:
 def _markdown(name: str, command: str, rows: dict, judged: dict, setup: dict) -> str:
     lines = [f"# Search budget: {name}", "", f"Command: `{command}`", "",
              f"Machine: {setup['machine']}; torch {setup['torch']}. {setup['note']}", "",
-             "| row | DP | noises | polish | evaluations per noise | in all | x base | wall s |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| row | DP | noises | polish | start | evaluations per noise | in all | x base | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     base_total = rows[BASE]["per_noise"] * rows[BASE]["noises"]
     for row, r in rows.items():
         total = r["per_noise"] * r["noises"]
-        lines.append(f"| {row} | {r['dp']} | {r['noises']} | {r['polish']} | {r['per_noise']:.1f} | "
+        lines.append(f"| {row} | {r['dp']} | {r['noises']} | {r['polish']} | {r.get('start', 'noise')} | "
+                     f"{r['per_noise']:.1f} | "
                      f"{total:,.0f} | {total / base_total:.3f} | {r['wall_s']:.1f} |")  # fmt: skip
     quoted = OPTIMAL_STEPS.get(name, {})
     for metric, d, ci, digits_, ks in (("rmse", "d_rmse", "ci", 4, range(1, MAX_STEPS + 1)),
@@ -156,7 +160,10 @@ def _markdown(name: str, command: str, rows: dict, judged: dict, setup: dict) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="digits_dit", choices=["digits_dit", "gmm2d_narrow", "five_gaussians"])
-    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows of ROWS (base always runs)")
+    ap.add_argument(
+        "--rows", default=",".join(DEFAULT_ROWS), help="comma-separated rows of ROWS (base always runs)"
+    )
+    ap.add_argument("--tag", default="search_budget", help="the output files' stem, before the model's name")
     ap.add_argument("--eval-samples", type=int, default=1000)
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--report", default=None, help="folder of the cached reference (default /tmp/...)")
@@ -174,9 +181,10 @@ def main() -> None:
                               fingerprint=model_fingerprint(model))  # fmt: skip
     rows, found = {}, {}
     for row in names:
-        dp, m, polish = ROWS[row]
-        found[row], per_noise, wall = _search(model, shape, dtype, dp, m, polish)
-        rows[row] = {"dp": dp, "noises": m, "polish": polish, "per_noise": per_noise, "wall_s": wall}
+        dp, m, polish, start = ROWS[row]
+        found[row], per_noise, wall = _search(model, shape, dtype, dp, m, polish, start)
+        rows[row] = {"dp": dp, "noises": m, "polish": polish, "start": start, "per_noise": per_noise,
+                     "wall_s": wall}  # fmt: skip
         print(f"{row}: {per_noise:.1f} evaluations per noise, {wall:.1f} s", flush=True)
     fd = fd_statistic(digits_features(digits("test")[0])) if args.model == "digits_dit" else None
     judged = _judge(
@@ -187,7 +195,7 @@ def main() -> None:
              "note": "Wall times from a shared machine: an upper bound."}  # fmt: skip
     payload = {"command": command, "setup": setup, "rows": rows, "judged": judged}
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"search_budget_{args.model}")
+    stem = os.path.join(args.out, f"{args.tag}_{args.model}")
     md = _markdown(args.model, command, rows, judged, setup)
     atomic_write(stem + ".json", lambda f: f.write(json.dumps(payload, indent=1).encode()))
     atomic_write(stem + ".md", lambda f: f.write(md.encode()))
