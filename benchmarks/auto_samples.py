@@ -2,9 +2,9 @@
 
 For each model: global searches for every K = 1..10 on ``uniform_grid(100)`` (Heun teacher, seed 0, the
 library's default DP and polish unless ``--dp``): "auto" (rounds of 32, 64, 128, ... noises up to the cap of
-1024, stopping after the first round whose previous round's schedules are, at 95%, at most 2% worse in RMSE on
-the noises only the new round used; see ``auto_rounds`` and ``search._held_out_settled``) and fixed 128 and
-256 noises. Model
+1024; after round j, stopping when round j - 2's schedules are, at 95%, at most 2% worse in RMSE (geometric
+mean over K) than round j - 1's on the noises only round j used; see ``search._auto_global``) and fixed 128
+and 256 noises. Model
 evaluations counted exactly by a wrapper over every round. Judged on held-out noises (seed 1) by the endpoint
 RMSE against a converged dopri5 reference (rtol = atol = 1e-5).
 
@@ -129,8 +129,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = {name: _rows(name, args) for name in args.models.split(",")}
     setup = {"grid": 100, "max_steps": MAX_STEPS, "dp": args.dp, "eval_samples": args.eval_samples,
-             "eval_seed": 1, "search_seed": 0, "rule": "rounds 32, 64, ... <= 1024; stop when the previous "
-             "round's schedules are at most 2% worse (95% paired interval) on the new round's noises",
+             "eval_seed": 1, "search_seed": 0, "rule": "rounds 32, 64, ... <= 1024; after round j, stop when "
+             "round j - 2's schedules are at most 2% worse than round j - 1's (geometric mean over K of the "
+             "RMSE ratio, 95% paired interval) on the noises only round j used",
              "reference": "dopri5 rtol=atol=1e-5", "machine": platform.machine(),
              "torch": torch.__version__}  # fmt: skip
     dp = "" if args.dp is None else f" --dp {args.dp}"
