@@ -199,3 +199,19 @@ def test_a_finished_dp_checkpoint_without_endpoints_reruns_the_teacher_only(tmp_
     for k in range(1, 4):
         np.testing.assert_array_equal(resumed[k].indices, fresh[k].indices)
         assert resumed[k].cost == fresh[k].cost
+
+
+def test_a_scaled_start_is_polished_from_the_scaled_state():
+    """ComfyUI's rule: the polish probes from (1 - t_s) x noise, so a schedule's error is the sampler's."""
+    settings = SearchSettings(grid=16, num_samples=10, batch_size=4, solver="rk4", dp="full", start="scaled")
+    found = optimal_schedules(wavy, (3,), 3, settings, dtype=torch.float64)
+    noise = seeded_noise((3,), 0, 10, dtype=torch.float64)
+    table, _ = _dp(wavy, noise, uniform_grid(16), 3, rule="scaled")
+    ref = torch.cat(table.endpoints)
+    for k in range(1, 4):
+        assert found[k].start == "scaled"
+        err = endpoint_error(wavy, noise, ref, found[k].times, "scaled")
+        assert found[k].cost == pytest.approx(err, rel=1e-12)
+        if found[k].times[0] > 0:  # there the two rules' start states differ
+            assert err != endpoint_error(wavy, noise, ref, found[k].times, "noise")
+    assert any(found[k].times[0] > 0 for k in range(1, 4))
