@@ -748,10 +748,14 @@ def optimal_schedules(
     """The optimal schedule of every budget K = 1 .. ``max_steps`` of a velocity model from ONE search, as a
     ``ScheduleSet`` (a read-only mapping ``{K: Schedule}``; ``sset.save(path)``, ``ScheduleSet.load(path)``).
 
-    One budget is the same call read at K: ``optimal_schedules(velocity, shape, K)[K]``. Every budget up to K
-    costs what K alone does (the global DP's levels and the local Bellman table do not depend on the largest
-    budget asked for), and ``result[k]`` does not depend on ``max_steps``. A local set keeps its cost matrix,
-    so ``resample(K)`` for K > max_steps re-solves it exactly; a global set interpolates (``ScheduleSet``).
+    With ``dp="full"`` (and the local objective) one budget is the same call read at K:
+    ``optimal_schedules(velocity, shape, K)[K]``; every budget up to K costs what K alone does (the global
+    DP's levels and the local Bellman table do not depend on the largest budget asked for), and ``result[k]``
+    does not depend on ``max_steps``. The default coarse route restricts each fine level to windows around the
+    knots of every budget searched, so there ``result[k]`` can depend on ``max_steps`` (its cost's last
+    digits did in the tests: the windows change the error kernel's summation order); the polish of budget k
+    depends on budget k's path only. A local set keeps its cost matrix, so ``resample(K)`` for K > max_steps
+    re-solves it exactly; a global set interpolates (``ScheduleSet``).
 
     Draws ``settings.num_samples`` Gaussian noises (``seeded_noise``: sample m depends only on (seed, m), so
     the draw does not depend on the batch size, the device or the number of processes) and runs the teacher
@@ -1168,7 +1172,8 @@ class SearchBill:
             batch_size; None without a count.
 
     Example:
-        >>> bill = search_bill(lambda x, t: -x, (2,), 2, SearchSettings(grid=10, num_samples=4))
+        >>> full = SearchSettings(grid=10, num_samples=4, dp="full", polish="none")  # counted exactly
+        >>> bill = search_bill(lambda x, t: -x, (2,), 2, full)
         >>> bill.lines()[0]  # per noise: Heun's 2 x 10 calls, the DP's 10 free starts + 9 sources
         'model evaluations: 156 in all, 39.0 per noise (4 noises)'
     """
@@ -1302,7 +1307,8 @@ def search_bill(
     disk store would write. Arguments as ``optimal_schedules``.
 
     Example:
-        >>> bill = search_bill(lambda x, t: -x, (2,), 10, SearchSettings(num_samples=8, batch_size=8))
+        >>> full = SearchSettings(num_samples=8, batch_size=8, dp="full", polish="none")  # counted exactly
+        >>> bill = search_bill(lambda x, t: -x, (2,), 10, full)
         >>> bill.evaluations, bill.per_noise  # Heun teacher 200 + the DP's 856 + 99 free starts, K <= 10
         (9240, 1155.0)
     """

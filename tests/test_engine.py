@@ -93,7 +93,11 @@ def test_wide_calls_fill_batch_size_whatever_the_number_of_noises():
     """M = 8, N = 100, batch_size 256: the search's own calls carry >= 200 rows on average (8 before)."""
     rec = Recorder()
     optimal_schedules(
-        rec, (3,), 10, SearchSettings(grid=100, num_samples=8, batch_size=256), dtype=torch.float64
+        rec,
+        (3,),
+        10,
+        SearchSettings(grid=100, num_samples=8, batch_size=256, dp="full", polish="none"),
+        dtype=torch.float64,
     )
     teacher = Recorder()
     bf.teacher_trajectory(
@@ -293,12 +297,17 @@ _KILLED_RUN = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return torch.sin(3.0 * x) * (1.0 + t.view(-1, 1))
 
+    dp, polish = ("full", "none") if sys.argv[1] == "global" else (None, None)  # the DP's own levels
     settings = SearchSettings(grid=12, num_samples=11, batch_size=4, objective=sys.argv[1], store="disk",
-                              start=sys.argv[4])
+                              start=sys.argv[4], dp=dp, polish=polish)
     optimal_schedules(velocity, (3,), 4, settings, dtype=torch.float64, checkpoint=sys.argv[2],
                       checkpoint_key="wavy")
     """
 )
+
+
+# The global runs below kill and resume the full DP's levels: no coarse route, no polish after it.
+_DP_ONLY = {"global": {"dp": "full", "polish": "none"}, "local": {}}
 
 
 def _calls(objective: str, max_steps: int, num_samples: int, start: str) -> int:
@@ -307,7 +316,14 @@ def _calls(objective: str, max_steps: int, num_samples: int, start: str) -> int:
         rec,
         (3,),
         max_steps,
-        SearchSettings(grid=12, num_samples=num_samples, batch_size=4, objective=objective, start=start),
+        SearchSettings(
+            grid=12,
+            num_samples=num_samples,
+            batch_size=4,
+            objective=objective,
+            start=start,
+            **_DP_ONLY[objective],
+        ),
         dtype=torch.float64,
     )
     return len(rec.widths)
@@ -336,7 +352,13 @@ def test_kill_minus_9_and_resume_bit_for_bit(tmp_path, objective, field, start):
     # The killed global run's disk store, named after its checkpoint (the local objective keeps no rows).
     assert _rows_left(tmp_path) == ([checkpoint_rows(path)] if objective == "global" else [])
     settings = SearchSettings(
-        grid=12, num_samples=11, batch_size=4, objective=objective, store="disk", start=start
+        grid=12,
+        num_samples=11,
+        batch_size=4,
+        objective=objective,
+        store="disk",
+        start=start,
+        **_DP_ONLY[objective],
     )
     resumed = optimal_schedules(
         wavy, (3,), 4, settings, dtype=torch.float64, checkpoint=path, checkpoint_key="wavy"

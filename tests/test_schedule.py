@@ -366,7 +366,8 @@ def wavy(x, t):
     return torch.sin(3.0 * x) * (1.0 + t.view(-1, 1))
 
 
-SEARCH = SearchSettings(grid=16, num_samples=8, start="zero")  # pinned: what version-1 files hold
+# pinned: what version-1 files hold; the full DP: budget k is the search of budget k (not on the coarse route)
+SEARCH = SearchSettings(grid=16, num_samples=8, start="zero", dp="full")
 LOCAL = SearchSettings(grid=16, num_samples=8, objective="local")
 
 
