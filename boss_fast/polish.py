@@ -4,9 +4,10 @@ kept only when it lowers the mean endpoint error against the search's own teache
 Why. The own-state DP (``boss_fast.global_objective``) keeps one state per (level, grid point), so it is
 greedy in the past. With a free start (``start="noise"``, "scaled") its level 1 keeps, for each grid point
 j, the start whose ONE step lands closest to the teacher at t_j, not the start whose K steps end closest at
-t = 1; the start knots it picks come out early. Measured on the bundled digits DiT (128 search noises,
-100-step grid, held-out RMSE against dopri5 on 1000 other noises): moving only the start knot by this rule
-takes K = 4 from 0.1375 to 0.1033 and K = 10 from 0.0622 to 0.0483 (benchmarks/results/search_budget_*.md).
+t = 1; the start knots it picks come out early. Measured on the bundled digits DiT (256 search noises, the
+full DP, 100-step grid, held-out RMSE against dopri5 on 1000 other noises): moving only the start knot by this
+rule takes K = 4 from 0.1375 to 0.1033 and K = 10 from 0.0630 to 0.0484
+(benchmarks/results/search_budget_digits_dit.md).
 
 The moves. For each knot to polish (``knots``: "start", the first knot only, with a free start; "all",
 every knot but the last, the first one only with a free start), a pattern search: try the next grid point

@@ -431,8 +431,8 @@ class SearchSettings:
             a free start only), "all" (every knot) or "none"; None: "start" for the global objective with a
             free start (the DP is greedy in the past and its start knots come out early: digits K = 4
             held-out RMSE 0.1375 -> 0.1033, docs/results.md), "none" otherwise (the local objective takes
-            "none" only). Costs at most ``polish.polish_bound`` evaluations per noise and budget (about
-            440-600 for every K <= 10 on a 100-step grid, measured).
+            "none" only). Costs at most ``polish.polish_bound`` evaluations per noise and budget (252-536
+            for every K <= 10 on a 100-step grid after the coarse DP, measured on the bundled models).
 
     Example:
         >>> s = SearchSettings(grid=50, num_samples=64, objective="local")
