@@ -381,9 +381,11 @@ class SearchSettings:
     Attributes:
         grid: an int n for ``uniform_grid(n)`` (default 100) or the grid times (N,) in [0, 1], stored as a
             tuple of floats; at most :data:`MAX_GRID` = 100,000 steps (the (N, N) float64 sums: 74.5 GiB).
-        num_samples: the noises (reference: 100), or "auto": rounds of 32, 64, ... noises until no knot of
-            any budget moves by more than 2 grid points (:func:`auto_rounds`), capped by ``max_samples``
-            (None: 1024; only with "auto").
+        num_samples: the noises (reference: 100), or "auto": rounds of 32, 64, ... noises, capped by
+            ``max_samples`` (None: 1024; only with "auto"), until the global objective's held-out test holds
+            (:func:`_auto_global`: rounds j - 2 and j - 1 within 2% on round j's new noises) or, for the local
+            objective, no knot of any budget moves by more than 2 grid points (:func:`auto_rounds`). Measured
+            not to save evaluations on the bundled models (docs/results.md, "Cheaper searches").
         batch_size: noises per teacher batch (and the global objective's rows per model call), >= 1.
         seed: of the noise (``seeded_noise``: sample m depends only on (seed, m)), >= 0.
         objective: "global" (default: the DP over the sampler's own states, the error at t = 1,
