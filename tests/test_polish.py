@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -215,3 +219,45 @@ def test_a_scaled_start_is_polished_from_the_scaled_state():
         if found[k].times[0] > 0:  # there the two rules' start states differ
             assert err != endpoint_error(wavy, noise, ref, found[k].times, "noise")
     assert any(found[k].times[0] > 0 for k in range(1, 4))
+
+
+_KILLED = """
+import os, signal, sys
+import torch
+from boss_fast.search import SearchSettings, optimal_schedules
+
+calls = {"rows": 0}
+
+def velocity(x, t):
+    calls["rows"] += x.shape[0]
+    if calls["rows"] > int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return torch.sin(3.0 * x) * (1.0 + t.view(-1, *([1] * (x.ndim - 1)))) - 0.5 * x
+
+settings = SearchSettings(grid=16, num_samples=9, batch_size=4, solver="rk4")
+optimal_schedules(velocity, (3,), 4, settings, dtype=torch.float64, checkpoint=sys.argv[1],
+                  checkpoint_key="w")
+"""
+
+
+def test_sigkill_while_polishing_the_default_search_resumes_to_the_same_bits(tmp_path):
+    """The default route (coarse DP, start polish) killed with SIGKILL inside the polish of a later budget."""
+    settings = SearchSettings(grid=16, num_samples=9, batch_size=4, solver="rk4")
+    whole = optimal_schedules(wavy, (3,), 4, settings, dtype=torch.float64)
+    dp_only = CountedRows(wavy)
+    optimal_schedules(dp_only, (3,), 4, replace(settings, polish="none"), dtype=torch.float64)
+    ckpt = tmp_path / "s.npz"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    kill_after = dp_only.rows + 9 * 12  # past the DP: budgets 1 and 2 polished (at least K + 2 K probes)
+    proc = subprocess.run([sys.executable, "-c", _KILLED, str(ckpt), str(kill_after)], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    with np.load(tmp_path / "s.polish.npz") as stored:
+        assert 1 <= int(stored["budgets_done"]) < 4
+    again = CountedRows(wavy)
+    resumed = optimal_schedules(
+        again, (3,), 4, settings, dtype=torch.float64, checkpoint=ckpt, checkpoint_key="w"
+    )
+    assert again.rows < dp_only.rows  # neither pass of the DP ran again
+    for k in range(1, 5):
+        np.testing.assert_array_equal(resumed[k].indices, whole[k].indices)
+        assert resumed[k].cost == whole[k].cost
