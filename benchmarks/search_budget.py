@@ -31,6 +31,7 @@ import torch
 
 import boss_fast as bf
 from benchmarks.auto_samples import five_gaussians
+from benchmarks.quality_global import Counted
 from benchmarks.start_search import OPTIMAL_STEPS
 from boss_fast._identity import model_fingerprint
 from boss_fast._validation import atomic_write
@@ -60,18 +61,6 @@ ROWS = {
 }
 DEFAULT_ROWS = [r for r in ROWS if r != "pinned"]
 FD_STEPS = (2, 4, 8)
-
-
-class Counted(torch.nn.Module):
-    """The model, counting the rows of every call (model evaluations x noises)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model, self.rows = model, 0
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        return self.model(x, t)
 
 
 def _model(name: str) -> tuple[torch.nn.Module, tuple[int, ...], torch.dtype]:

@@ -571,16 +571,21 @@ def accumulate_global(
         first = make_batch(*shard.span(0))
         dev = torch.device(device) if device is not None else first.device
         ends = _stored_endpoints(ckpt, shard, first.dtype, dev)
-        if ends is not None:
-            return replace(table, endpoints=ends)
+        if ends is None:  # a finished checkpoint written before endpoints were kept: the teacher only
+            with torch.no_grad():
+                levels = GlobalLevels(velocity, make_batch, shard, grid, run, device, rows_name)
+            try:
+                ends = levels.endpoints()
+            finally:
+                levels.close()
+        return replace(table, endpoints=ends)
     with torch.no_grad():
         levels = GlobalLevels(velocity, make_batch, shard, grid, run, device, rows_name)
     bar = progress_bar(max_steps, done, progress, "own-state DP", unit="level")
     ends = None
     try:
         with bar, torch.no_grad():
-            # A finished checkpoint without endpoints (written before they were kept): the teacher ran above.
-            for level in range(1, max_steps + 1 if done < max_steps else 1):
+            for level in range(1, max_steps + 1):
                 sources = None if restrict is None else restrict(level, costs, pointers)
                 row = levels.step(level, pointers[level - 1], sources, measure=level > done)
                 if row is None:

@@ -82,6 +82,19 @@ class EndpointProbe:
         self._prefix: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
         self._rows = [torch.arange(*shard.span(b), device=device) for b in shard.mine]
 
+    @classmethod
+    def of_table(cls, velocity: Callable, make_batch: Callable[[int, int], torch.Tensor], table: GlobalTable,
+                 run: GlobalPass, device: torch.device) -> EndpointProbe:  # fmt: skip
+        """The probe over this process's shard of ``table``'s noises, against its teacher endpoints, with
+        ``run``'s batch size, wide-call mode, start rule and metric."""
+        if table.endpoints is None:
+            raise ValueError(
+                "an endpoint probe needs the teacher's endpoints: run the DP with keep_endpoints=True"
+            )
+        shard = Shard.of_this_process(table.num_samples, run.batch_size)
+        evaluator = WideEvaluator(velocity, run.batch_size, resolve_wide_mode(run.mode, device))
+        return cls(velocity, make_batch, shard, table.endpoints, run.start, run.metric, evaluator, device)
+
     def _noise(self, i: int) -> torch.Tensor:
         return self.make_batch(*self.shard.span(self.shard.mine[i])).to(self.device)
 
@@ -95,6 +108,15 @@ class EndpointProbe:
         for a, b in zip(times[:-1], times[1:], strict=True):
             x = euler_update(x, self._velocity(x, a, i, part), b - a)
         return x
+
+    def _squared(
+        self, x: torch.Tensor, times: list[float], i: int, part: slice | None = None
+    ) -> torch.Tensor:
+        """(B,) float64 on the device: each sample's squared endpoint error after Euler steps over ``times``
+        from ``x`` (batch i, its rows ``part``)."""
+        end = self.endpoints[i] if part is None else self.endpoints[i][part]
+        diff = self._run(x, times, i, part).to(torch.float64) - end.to(torch.float64)
+        return diff.flatten(1).square().sum(dim=1)
 
     @torch.no_grad()
     def per_noise(self, times: Sequence[float], lo: int, hi: int) -> np.ndarray:
@@ -110,9 +132,7 @@ class EndpointProbe:
                 continue
             part = slice(a - start, e - start)
             x = start_state(self._noise(i)[part], self.rule, hosts[0])
-            x = self._run(x, hosts, i, part)
-            diff = (x.to(torch.float64) - self.endpoints[i][part].to(torch.float64)).flatten(1)
-            out[a - lo : e - lo] = diff.square().sum(dim=1).cpu().numpy()
+            out[a - lo : e - lo] = self._squared(x, hosts, i, part).cpu().numpy()
         self.evaluations += len(hosts) - 1
         return self.shard.reduce(out, 0)[0]
 
@@ -130,21 +150,19 @@ class EndpointProbe:
     @torch.no_grad()
     def probe(self, times: Sequence[float], from_state: bool = False) -> float:
         hosts = [float(t) for t in times]
-        total, count = np.zeros(1), 0
+        total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for i in range(len(self.shard.mine)):
             if from_state:
                 x0, v0, t0 = self._prefix[i]
                 x = euler_update(x0, v0, hosts[0] - t0)
             else:
                 x = start_state(self._noise(i), self.rule, hosts[0])
-            x = self._run(x, hosts, i)
-            diff = (x.to(torch.float64) - self.endpoints[i].to(torch.float64)).flatten(1)
-            per = diff.square().sum(dim=1)
-            total += float((per if self.metric == "l2sq" else per.sqrt()).sum())
+            per = self._squared(x, hosts, i)
+            total += (per if self.metric == "l2sq" else per.sqrt()).sum()
             count += x.shape[0]
         self.evaluations += len(hosts) - 1
-        total, count = self.shard.reduce(total, count)
-        return float(total[0]) / count
+        sums, count = self.shard.reduce(np.array([total.item()]), count)  # one host read per probe
+        return float(sums[0]) / count
 
 
 def _line(
@@ -178,9 +196,8 @@ def polish(probe: EndpointProbe, grid: np.ndarray, indices: np.ndarray, knots: s
     idx = np.array(indices, dtype=np.int64)
     spent = probe.evaluations
     best = probe.probe(grid[idx])
-    first = 0 if start_cap >= 0 else 1
-    movable = [0] if knots == "start" else list(range(first, len(idx) - 1))
-    movable = [m for m in movable if m >= first]
+    first = 0 if start_cap >= 0 else 1  # a pinned start (-1) does not move
+    movable = [m for m in ([0] if knots == "start" else range(len(idx) - 1)) if m >= first]
     moves = 0
     for _ in range(max_sweeps if knots == "all" else 1):
         moved = 0
@@ -263,10 +280,8 @@ def polish_paths(
     With ``checkpoint`` (the DP's path; this pass writes ``<root>.polish<ext>``) the result is saved after
     every budget and a rerun resumes after the last one saved (same moves: every probe is deterministic).
     """
-    if table.endpoints is None:
-        raise ValueError("polish_paths needs the teacher's endpoints: run the DP with keep_endpoints=True")
     check_choice(knots, POLISHES[1:], "polish")
-    shard = Shard.of_this_process(table.num_samples, run.batch_size)
+    probe = EndpointProbe.of_table(velocity, make_batch, table, run, device)
     n = len(table.times)
     cap = -1 if run.start == "zero" else int(start_sources(run.start, n, run.start_cap)[-1])
     path = None
@@ -278,11 +293,7 @@ def polish_paths(
               "num_samples": table.num_samples, "dp_costs": table.costs, **identity}  # fmt: skip
     ckpt = Checkpoint.open(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, header, "polish checkpoint")
     indices, errors, spent, done = _resume(ckpt, table.max_steps)
-    done = shard.min_over_ranks(done)
-    evaluator = WideEvaluator(velocity, run.batch_size, resolve_wide_mode(run.mode, device))
-    probe = EndpointProbe(
-        velocity, make_batch, shard, table.endpoints, run.start, run.metric, evaluator, device
-    )
+    done = probe.shard.min_over_ranks(done)
     out = []
     with progress_bar(table.max_steps, done, progress, "polish", unit="budget") as bar:
         for k, found in enumerate(global_paths(table), start=1):

@@ -47,9 +47,7 @@ from boss_fast.engine import (
     WIDE_MODES,
     Checkpoint,
     Shard,
-    WideEvaluator,
     progress_bar,
-    resolve_wide_mode,
 )
 from boss_fast.global_objective import (
     GlobalPass,
@@ -669,6 +667,12 @@ def _local_cost(velocity: VelocityFn, search: _Search, run: _Run) -> tuple[np.nd
     return cost, start_costs
 
 
+def _global_pass(s: SearchSettings) -> GlobalPass:
+    """How the global objective's passes run, from the search's settings."""
+    return GlobalPass(batch_size=s.batch_size, solver=s.teacher, metric=s.metric, mode=s.mode, store=s.store,
+                      store_dir=s.store_dir, start=s.start_rule, start_cap=s.start_cap)  # fmt: skip
+
+
 def _global_schedules(
     velocity: VelocityFn, search: _Search, max_steps: int, run: _Run, keep: bool = False
 ) -> tuple[ScheduleSet, GlobalTable]:
@@ -676,9 +680,7 @@ def _global_schedules(
     ``boss_fast.refine``; then ``settings.polish``) and its DP table (with the teacher's endpoints when
     polished or ``keep``)."""
     s = search.settings
-    passes = GlobalPass(batch_size=s.batch_size, solver=s.teacher, metric=s.metric, mode=s.mode,
-                        store=s.store, store_dir=s.store_dir, start=s.start_rule,
-                        start_cap=s.start_cap)  # fmt: skip
+    passes = _global_pass(s)
     args = (velocity, search.batch, search.num_samples, search.times, max_steps, passes)
     # "dp" in every header: a checkpoint reader checks the keys this run asks for, so each route names itself
     handles = {"device": search.device, "progress": run.progress, "checkpoint": run.checkpoint,
@@ -899,10 +901,7 @@ def _held_out_settled(velocity: VelocityFn, search: _Search, table: GlobalTable,
     over all budgets: per budget, tens of held-out noises whose errors are dominated by a few leave intervals
     too wide to settle. K evaluations per held-out noise and differing budget, for each of the two sets."""
     s = search.settings
-    shard = Shard.of_this_process(search.num_samples, s.batch_size)
-    evaluator = WideEvaluator(velocity, s.batch_size, resolve_wide_mode(s.mode, search.device))
-    probe = EndpointProbe(velocity, search.batch, shard, table.endpoints, s.start_rule, s.metric, evaluator,
-                          search.device)  # fmt: skip
+    probe = EndpointProbe.of_table(velocity, search.batch, table, _global_pass(s), search.device)
     weights = bootstrap_weights(search.num_samples - seen, AUTO_RESAMPLES, seed=s.seed)
     logs = np.zeros(AUTO_RESAMPLES + 1)  # sum over budgets of log RMSE(previous) / RMSE(this round)
     for k in found:

@@ -17,7 +17,7 @@ from boss_fast.engine import Shard, WideEvaluator
 from boss_fast.global_objective import GlobalPass, accumulate_global, global_paths
 from boss_fast.grids import uniform_grid
 from boss_fast.oracle import endpoint_error
-from boss_fast.polish import EndpointProbe, polish, polish_bound
+from boss_fast.polish import EndpointProbe, polish, polish_bound, polish_paths
 from boss_fast.search import SearchSettings, optimal_schedules
 from boss_fast.trajectories import seeded_noise
 
@@ -261,3 +261,16 @@ def test_sigkill_while_polishing_the_default_search_resumes_to_the_same_bits(tmp
     for k in range(1, 5):
         np.testing.assert_array_equal(resumed[k].indices, whole[k].indices)
         assert resumed[k].cost == whole[k].cost
+
+
+def test_a_table_without_endpoints_is_refused_by_name():
+    grid = uniform_grid(10)
+    noise = seeded_noise((3,), 0, 4, dtype=torch.float64)
+    run = GlobalPass(batch_size=4, solver="rk4", start="noise")
+    table = accumulate_global(wavy, lambda a, b: noise[a:b], 4, grid, 2, run, device=None, progress=False,
+                              checkpoint=None, identity={})  # fmt: skip
+    with pytest.raises(
+        ValueError, match="needs the teacher's endpoints: run the DP with keep_endpoints=True"
+    ):
+        polish_paths(wavy, lambda a, b: noise[a:b], table, run, "start", device=torch.device("cpu"),
+                     progress=False, checkpoint=None, identity={})  # fmt: skip

@@ -9,23 +9,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from _helpers import CountedRows as Counted
 
 import boss_fast as bf
 from boss_fast.global_objective import GlobalPass, global_paths, global_table, start_extra_evaluations
 from boss_fast.models.gmm import GaussianMixtureFlow, eight_gaussians
 from boss_fast.refine import CoarseToFine, coarse_to_fine_table, window_sources
 from boss_fast.search import SearchSettings, auto_rounds, optimal_schedules
-
-
-class Counted:
-    """A velocity that counts the samples it evaluates."""
-
-    def __init__(self, velocity) -> None:
-        self.velocity, self.rows = velocity, 0
-
-    def __call__(self, x, t):
-        self.rows += x.shape[0]
-        return self.velocity(x, t)
 
 
 def wavy(x, t):
