@@ -92,7 +92,8 @@ def memory_rows() -> list[dict]:
     for case in measured["law"] + measured["target"]:
         c, s = case["shape"][0], case["shape"][1]
         settings = bf.SearchSettings(grid=case["N"], num_samples=case["M"], batch_size=case["batch"],
-                                     objective=case["objective"], store=case["store"])  # fmt: skip
+                                     objective=case["objective"], store=case["store"],
+                                     dp="full", polish="none")  # fmt: skip  # the law's route
         bill = bf.search_bill(latent_dit(c, s), tuple(case["shape"]), case["K"], settings)
         mib = (bill.memory.device + bill.memory.host + bill.work) / 2**20
         rows.append({**case, "bill_mb": mib, "bill_rows_mb": (bill.memory.device + bill.memory.host) / 2**20,

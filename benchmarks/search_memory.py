@@ -69,8 +69,10 @@ def run_case(case: dict) -> dict:
     start = time.perf_counter()
     # store "before": a boss_fast without the engine's store (run this file from such a checkout)
     store = {} if case["store"] == "before" else {"store": case["store"]}
+    # the law is the full DP's: since the default became the coarse route with the polish, say so
+    route = {"dp": "full", "polish": "none"} if case["objective"] == "global" else {}
     settings = SearchSettings(grid=case["N"], num_samples=case["M"], batch_size=case["batch"],
-                              objective=case["objective"], **store)  # fmt: skip
+                              objective=case["objective"], **store, **route)  # fmt: skip
     optimal_schedules(model, tuple(case["shape"]), case["K"], settings)
     seconds = time.perf_counter() - start
     sampler.stop.set()
@@ -128,7 +130,10 @@ def floor_case() -> dict:
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.02)
     model = Counted(net.eval().requires_grad_(False))
-    shape, settings = (4, 16, 16), SearchSettings(grid=30, num_samples=8, batch_size=8)
+    shape, settings = (
+        (4, 16, 16),
+        SearchSettings(grid=30, num_samples=8, batch_size=8, dp="full", polish="none"),
+    )
     optimal_schedules(model, shape, 3, settings)  # warm-up, and the calls' widths in order
     widths, out = list(model.widths), {}
     x, t = torch.randn(max(widths), *shape), torch.rand(max(widths))
