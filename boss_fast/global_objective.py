@@ -514,6 +514,23 @@ def _stored_endpoints(ckpt: Checkpoint | None, shard: Shard, dtype: torch.dtype,
     return tuple(torch.from_numpy(flat).to(device=device, dtype=dtype).split(shard.sizes))
 
 
+def _finished_endpoints(ckpt: Checkpoint | None, shard: Shard, make_batch: Callable[[int, int], torch.Tensor],
+                        device, teacher: Callable[[], GlobalLevels]) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """A finished run's teacher endpoints: from its checkpoint, or, for a checkpoint written before they were
+    kept, from the teacher alone (``teacher()`` builds the levels, which runs it; no DP level runs)."""
+    first = make_batch(*shard.span(0))
+    dev = torch.device(device) if device is not None else first.device
+    ends = _stored_endpoints(ckpt, shard, first.dtype, dev)
+    if ends is not None:
+        return ends
+    with torch.no_grad():
+        levels = teacher()
+    try:
+        return levels.endpoints()
+    finally:
+        levels.close()
+
+
 def _flat_endpoints(endpoints: tuple[torch.Tensor, ...]) -> np.ndarray:
     return torch.cat(endpoints).to(torch.float64).cpu().numpy()
 
@@ -568,17 +585,8 @@ def accumulate_global(
             discard_rows(run.store_dir, rows_name)
         if not keep_endpoints:
             return table
-        first = make_batch(*shard.span(0))
-        dev = torch.device(device) if device is not None else first.device
-        ends = _stored_endpoints(ckpt, shard, first.dtype, dev)
-        if ends is None:  # a finished checkpoint written before endpoints were kept: the teacher only
-            with torch.no_grad():
-                levels = GlobalLevels(velocity, make_batch, shard, grid, run, device, rows_name)
-            try:
-                ends = levels.endpoints()
-            finally:
-                levels.close()
-        return replace(table, endpoints=ends)
+        teacher = lambda: GlobalLevels(velocity, make_batch, shard, grid, run, device, rows_name)  # noqa: E731
+        return replace(table, endpoints=_finished_endpoints(ckpt, shard, make_batch, device, teacher))
     with torch.no_grad():
         levels = GlobalLevels(velocity, make_batch, shard, grid, run, device, rows_name)
     bar = progress_bar(max_steps, done, progress, "own-state DP", unit="level")
