@@ -36,6 +36,8 @@ import boss_fast as bf
 from boss_fast._identity import model_fingerprint
 from boss_fast.metrics import digits_fd
 from boss_fast.models import DIGITS_SHAPE, load_bundled
+from boss_fast.straighten import PairTeacher
+from boss_fast.straighten.pairs import PILOT_NOISES
 from boss_fast.trajectories import TeacherRunner
 
 # the modules (boss_fast.straighten is also the function's name in the package namespace): the pairs' and the
@@ -63,6 +65,9 @@ COARSE = {**BASE, "iters": 600, "warmup": 60}
 def _lora(rank: int, lr: float, alpha_per_rank: float = 1.0, targets: str = "attn_mlp") -> dict:
     return {"lora_rank": rank, "lr": lr, "lora_alpha": alpha_per_rank * rank, "lora_targets": targets}
 
+
+LORA = _lora(4, 3e-3, 1.0, "attn_mlp_ada_head")  # the LoRA default (straighten_sweep_lora.md)
+CHEAP = {"pair_solver": "heun", "pair_steps": 12, "pair_spacing": "adaptive"}
 
 # phase -> [(case label, K values, seeds, settings)], run in this order; "lora_targets" names a TARGETS entry.
 Case = tuple[str, tuple[int, ...], tuple[int, ...], dict]
@@ -103,17 +108,26 @@ PHASES: dict[str, list[Case]] = {
             {**BASE, **_lora(4, 3e-3, 1.0, "attn_mlp_ada_head"), "num_pairs": 1250},
         ),
     ],
-    # The full fine-tune's K = 4 against the teacher's FD: learning rate and a Heun teacher for the pairs.
+    # A quarter of today's teacher: 5000 noises, Heun 12 steps cut where a pilot saw the velocity change
+    # (24 evaluations per noise + 32 x 100 for the pilot), against today's pairs, full and LoRA, 3 seeds.
+    "pairs-adaptive": [
+        ("5000 noises, Euler 100", (2, 4), (0, 2, 3), {**BASE}),
+        ("5000 noises, Heun 12 adaptive", (2, 4), (0, 2, 3), {**BASE, **CHEAP}),
+        ("LoRA, 5000 noises, Euler 100", (2, 4), (0, 2, 3), {**BASE, **LORA}),
+        ("LoRA, 5000 noises, Heun 12 adaptive", (2, 4), (0, 2, 3), {**BASE, **LORA, **CHEAP}),
+    ],
+    # The full fine-tune's K = 4 against the teacher's FD: the learning rate, on the cheap pairs.
     "full-k4": [
-        ("lr 5e-4", (4,), (0,), {**BASE, "lr": 5e-4}),
-        ("Heun 100 teacher", (4,), (0,), {**BASE, "pair_solver": "heun", "pair_steps": 100}),
-        ("lr 1e-3", (4,), (0,), {**BASE, "lr": 1e-3}),
+        ("lr 5e-4, Heun 12 adaptive", (4,), (0,), {**BASE, **CHEAP, "lr": 5e-4}),
+        ("lr 1e-3, Heun 12 adaptive", (4,), (0,), {**BASE, **CHEAP, "lr": 1e-3}),
     ],
 }
 
 
 def _case_settings(settings: dict) -> bf.StraightenSettings:
-    values = dict(settings)
+    # A case that names no pair teacher has the schedule's own (its solver on its grid), whatever
+    # StraightenSettings' defaults: the rows recorded before the cheap pairs became the default.
+    values = {"pair_steps": None, "pair_solver": None, "pair_spacing": "uniform", **settings}
     if "lora_targets" in values:
         values["lora_targets"] = TARGETS[values["lora_targets"]]
     return bf.StraightenSettings(**values)
@@ -128,7 +142,7 @@ class _PairMemo:
         self.runs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (noise, (M, N + 1, ...))
 
     def __call__(self, teacher, sched, noise, grid=100, solver=None, **kw):
-        if kw.get("pair_steps") is not None or kw.get("pair_solver") is not None:
+        if kw.get("pair_teacher") not in (None, PairTeacher()):
             return self.real(teacher, sched, noise, grid, solver, **kw)
         key = (tuple(sched.grid.tolist()), solver or sched.solver, model_fingerprint(teacher))
         stored = self.runs.get(key)
@@ -145,7 +159,8 @@ def _teacher_evals(settings: bf.StraightenSettings, k: int) -> int:
     """Teacher model evaluations the pairs cost: noises x steps x the solver's stages."""
     stages = {"euler": 1, "heun": 2, "rk4": 4}[getattr(settings, "pair_solver", None) or "euler"]
     steps = getattr(settings, "pair_steps", None) or settings.grid
-    return settings.num_pairs * steps * stages
+    pilot = PILOT_NOISES * settings.grid if settings.pair_spacing == "adaptive" else 0
+    return settings.num_pairs * steps * stages + pilot
 
 
 def _done(path: str) -> set[str]:
@@ -202,7 +217,8 @@ def _report(path: str, phases: list[str], out: str, command: str) -> None:
         f"{runs}\n    PYTHONPATH=. {command}\n",
         "FD (`digits_fd`) on 1000 held-out noises (seed 1), Bellman schedule (256 noises, grid 100); batch"
         " 64, EMA 0.999 with warm-up, warm-up 10% of the iterations, pairs from `seed`. Trained: parameters"
-        " the run trained (share of the 328,260). Teacher evaluations: noises x steps x the solver's stages."
+        " the run trained (share of the 328,260). Teacher evaluations: noises x steps x the solver's stages"
+        " (+ 32 x 100 for the adaptive spacing's pilot)."
         " Wall time on 2 CPU cores shared with other jobs (one torch thread): an upper bound, not a speed;"
         " the first run of each process also made the pairs. The LoRA default at 5000 noises: the lora"
         " phase (straighten_sweep_lora.md).",
@@ -233,7 +249,7 @@ def _report(path: str, phases: list[str], out: str, command: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--phase", choices=sorted(PHASES))
-    p.add_argument("--cases", default="", help="comma-separated case labels (default: every case)")
+    p.add_argument("--cases", default="", help="case labels separated by '|' (default: every case)")
     p.add_argument("--jsonl", default="benchmarks/results/straighten_sweep.jsonl")
     p.add_argument("--report", action="store_true", help="write --md from --jsonl instead of running")
     p.add_argument("--phases", default="", help="the phases --report tabulates")
@@ -243,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         _report(args.jsonl, args.phases.split(","), args.md, "python " + " ".join(sys.argv))
         return
     torch.set_num_threads(1)  # on 2 cores shared with other jobs, one thread ran a step ~15x faster than 2
-    _run_phase(args.phase, args.jsonl, set(args.cases.split(",")) - {""} or None)
+    _run_phase(args.phase, args.jsonl, set(args.cases.split("|")) - {""} or None)
 
 
 if __name__ == "__main__":

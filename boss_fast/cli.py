@@ -41,6 +41,7 @@ from boss_fast.polish import POLISHES
 from boss_fast.report import save_sample_grid
 from boss_fast.schedule import max_budget, read_json, read_schedule_file, schedule_for_steps
 from boss_fast.straighten import StraightenMemory, StraightenSettings
+from boss_fast.straighten.settings import PAIR_SOLVER, PAIR_SPACINGS, PAIR_STEPS
 
 # The shape of one sample of each bundled velocity model (the classifier is not one), from boss_fast.models.
 BUNDLED_SHAPES = bundled_velocities()
@@ -316,6 +317,16 @@ def _samples(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+def _pair_steps(text: str) -> int | str:
+    """--pair-steps: an integer or "grid" (the schedule's own grid; the library checks the value)."""
+    if text == "grid":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'grid', got {text!r}") from None
 
 
 def _add_search_cost_args(sched: argparse.ArgumentParser) -> None:
@@ -614,12 +625,15 @@ def _straighten_settings(args: argparse.Namespace, grid: object, **fixed: object
         gradient_checkpointing=args.gradient_checkpointing, autocast=_DTYPES.get(args.autocast)
     )
     # Options left out take the settings' defaults (num_pairs; lr by full or LoRA training).
-    given = {k: getattr(args, k) for k in ("num_pairs", "lr") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("num_pairs", "lr", "pair_spacing") if getattr(args, k) is not None}
+    # --pair-steps grid / --pair-solver schedule: the schedule's own teacher (None in the settings)
+    given.update({k: None if v in ("grid", "schedule") else v
+                  for k in ("pair_steps", "pair_solver") if (v := getattr(args, k)) is not None})  # fmt: skip
     try:
         return StraightenSettings(
             grid=grid, iters=args.iters, batch_size=args.batch_size, warmup=args.warmup, ema=args.ema,
             lora_rank=args.lora_rank, loss=args.loss, normalize=args.normalize, seed=args.seed,
-            memory=memory, pair_steps=args.pair_steps, pair_solver=args.pair_solver, **given, **fixed,
+            memory=memory, **given, **fixed,
         )  # fmt: skip
     except (TypeError, ValueError) as err:
         option = re.search(r"StraightenSettings\.(\w+)", str(err))
@@ -946,8 +960,18 @@ def _add_straighten_parser(sub) -> None:
         "--grid", type=int, default=None, help="uniform grid size to check (default: the schedule's)"
     )
     st.add_argument("--num-pairs", type=int, default=None, help="pair noises (default: StraightenSettings')")
-    st.add_argument("--pair-steps", type=int, default=None, help="the pairs' teacher steps (default: grid)")
-    st.add_argument("--pair-solver", choices=SOLVERS, default=None, help="the pairs' teacher solver")
+    st.add_argument(
+        "--pair-steps", type=_pair_steps, default=None,
+        help=f"the pairs' teacher steps, or grid: the schedule's grid (default {PAIR_STEPS})",
+    )  # fmt: skip
+    st.add_argument(
+        "--pair-solver", choices=(*SOLVERS, "schedule"), default=None,
+        help=f"the pairs' teacher solver, or schedule: the schedule's (default {PAIR_SOLVER})",
+    )  # fmt: skip
+    st.add_argument(
+        "--pair-spacing", choices=PAIR_SPACINGS, default=None,
+        help="how --pair-steps are cut (default: adaptive where it applies)",
+    )  # fmt: skip
     st.add_argument("--iters", type=int, default=2000)
     st.add_argument("--batch-size", type=int, default=64)
     st.add_argument(

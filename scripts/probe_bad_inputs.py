@@ -32,6 +32,7 @@ import torch
 import boss_fast as bf
 from boss_fast._identity import content_digest
 from boss_fast.schedule import interpolate_schedule
+from boss_fast.straighten import PairTeacher, pair_grid
 
 TIMES = [0.0, 0.2, 0.5, 0.8, 1.0]
 MODELS = """
@@ -383,6 +384,25 @@ def _round3_api_probes(root: Path) -> dict[str, tuple[str, tuple[str, ...], Call
             "unclear",
             ("seed", "2^64"),
             lambda: bf.StraightenSettings(seed=2**70),
+        ),
+        "StraightenSettings(pair_steps=None, pair_spacing='adaptive')": (
+            "unclear",
+            ("pair_spacing", "pair_steps"),
+            lambda: bf.StraightenSettings(pair_steps=None, pair_spacing="adaptive"),
+        ),
+        "PairTeacher(steps=6, spacing='even')": (
+            "unclear",
+            ("pair_spacing", "even"),
+            lambda: PairTeacher(steps=6, spacing="even"),
+        ),
+        "pair_grid(density of the wrong length)": (
+            "unclear",
+            ("density", "10"),
+            lambda: pair_grid(
+                bf.Schedule(bf.uniform_grid(10)[[0, 5, 10]], np.array([0, 5, 10]), 0.0, bf.uniform_grid(10)),
+                4,
+                density=np.ones(3),
+            ),  # fmt: skip
         ),
         "cfg_pair(1, flow)": ("unclear", ("v_cond", "callable"), lambda: bf.cfg_pair(1, flow)),
         "cfg_combine(batch 4, batch 3)": (

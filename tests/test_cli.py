@@ -90,10 +90,21 @@ def test_straighten_options_left_out_take_the_settings_defaults():
     base = ["straighten", "--model", "mlp2d", "--schedule", "s.json", "--out", "w.safetensors"]
     full = _straighten_settings(build_parser().parse_args(base), 100)
     lora = _straighten_settings(build_parser().parse_args([*base, "--lora-rank", "4"]), 100)
-    given = build_parser().parse_args([*base, "--lora-rank", "4", "--lr", "5e-4", "--pair-steps", "25"])
+    given = build_parser().parse_args(
+        [*base, "--lora-rank", "4", "--lr", "5e-4", "--pair-steps", "25", "--pair-spacing", "adaptive"]
+    )
     assert (full.lr, lora.lr) == (bf.StraightenSettings().lr, bf.StraightenSettings(lora_rank=4).lr)
     assert full.num_pairs == bf.StraightenSettings().num_pairs
-    assert (_straighten_settings(given, 100).lr, _straighten_settings(given, 100).pair_steps) == (5e-4, 25)
+    chosen = _straighten_settings(given, 100)
+    assert (chosen.lr, chosen.pair_steps, chosen.pair_spacing) == (5e-4, 25, "adaptive")
+    cheap = bf.StraightenSettings()  # no --pair-* option: the settings' default teacher
+    assert (full.pair_steps, full.pair_solver, full.pair_spacing) == (
+        cheap.pair_steps, cheap.pair_solver, cheap.pair_spacing,
+    )  # fmt: skip
+    own = _straighten_settings(
+        build_parser().parse_args([*base, "--pair-steps", "grid", "--pair-solver", "schedule"]), 100
+    )
+    assert (own.pair_steps, own.pair_solver, own.pair_spacing) == (None, None, "uniform")  # BOSS's own
 
 
 def test_dp_example_prints_every_budget(capsys):
@@ -245,6 +256,10 @@ CASES = {
     "straighten lr not positive": (
         [*STRAIGHTEN, "--lr", "0", "--out", "{tmp}/w.safetensors"],
         "--lr must be > 0, got 0.0",
+    ),
+    "straighten adaptive spacing without steps": (
+        [*STRAIGHTEN, "--pair-steps", "grid", "--pair-spacing", "adaptive", "--out", "{tmp}/w.safetensors"],
+        "--pair-spacing 'adaptive' cuts pair_steps fixed steps",
     ),
     "straighten pair steps zero": (
         [*STRAIGHTEN, "--pair-steps", "0", "--out", "{tmp}/w.safetensors"],

@@ -65,6 +65,20 @@ def test_straightening_on_a_coarser_teacher_is_deterministic_and_checkpointed_wi
         run_straighten(TinyVelocity(), sched, **{**cheap, "pair_steps": 5}, checkpoint_dir=tmp_path)
 
 
+def test_a_checkpoint_of_the_published_pairs_is_refused_by_the_default_and_says_how_to_resume(tmp_path):
+    """A run on the schedule's own teacher (the default before the cheap pairs; its checkpoint stores no
+    pair_* key) resumes only with that teacher asked for again, and the refusal says how."""
+    sched = schedule_at(10, [0, 4, 10])
+    published = {**FAST, "pair_steps": None, "pair_solver": None}
+    run_straighten(TinyVelocity(), sched, **published, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"other settings.*pass pair_steps=None, pair_solver=None"):
+        run_straighten(TinyVelocity(), sched, **{**FAST, "iters": 6}, checkpoint_dir=tmp_path)
+    _, stats = run_straighten(
+        TinyVelocity(), sched, **{**published, "iters": 6}, checkpoint_dir=tmp_path, return_stats=True
+    )
+    assert stats.steps == 6
+
+
 def test_a_checkpoint_from_another_model_or_schedule_is_refused(tmp_path):
     model = TinyVelocity()
     sched = schedule_at(10, [0, 4, 10])

@@ -16,6 +16,7 @@ from boss_fast.straighten import (
     StraightenMemory,
     StraightenSettings,
 )
+from boss_fast.straighten.settings import PAIR_SOLVER, PAIR_STEPS
 
 BAD_SETTINGS = [
     ("num_pairs", 0, ValueError),
@@ -51,6 +52,7 @@ BAD_SETTINGS = [
     ("pair_steps", 0, ValueError),
     ("pair_steps", 2.0, TypeError),
     ("pair_solver", "rk45", ValueError),
+    ("pair_spacing", "even", ValueError),
 ]
 
 
@@ -97,6 +99,21 @@ def test_lr_and_lora_alpha_default_by_the_kind_of_run_and_given_values_are_kept(
     assert dataclasses.replace(lora, lora_rank=None).lr == LORA_LR
     with pytest.raises(ValueError, match=r"StraightenSettings\.teacher_mode"):
         StraightenSettings(pair_solver="dopri5", teacher_mode="eager")
+    with pytest.raises(ValueError, match=r"StraightenSettings\.pair_spacing 'adaptive'.*dopri5"):
+        StraightenSettings(pair_steps=12, pair_solver="dopri5", pair_spacing="adaptive")
+    with pytest.raises(ValueError, match=r"StraightenSettings\.pair_spacing 'adaptive'.*pair_steps=None"):
+        StraightenSettings(pair_steps=None, pair_spacing="adaptive")  # the schedule's grid: nothing to cut
+
+
+def test_the_pairs_default_teacher_and_the_published_one():
+    """Default: Heun, PAIR_STEPS steps cut "adaptive"ly; pair_steps=None, pair_solver=None is BOSS's own
+    teacher (the schedule's solver on its grid), where the spacing resolves to "uniform"."""
+    cheap = StraightenSettings()
+    assert (cheap.pair_steps, cheap.pair_solver, cheap.pair_spacing) == (PAIR_STEPS, PAIR_SOLVER, "adaptive")
+    published = StraightenSettings(pair_steps=None, pair_solver=None)
+    assert (published.pair_steps, published.pair_solver, published.pair_spacing) == (None, None, "uniform")
+    assert StraightenSettings(pair_steps=50, pair_solver="dopri5").pair_spacing == "uniform"
+    assert StraightenSettings(pair_steps=50, pair_spacing="uniform").pair_spacing == "uniform"  # kept
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,10 @@ One file per stage, each importing only from those listed before it (import-lint
 
 - :mod:`~boss_fast.straighten.loss`: ``pair_loss`` ("l2", "pseudo_huber", Simple ReFlow's normalisation);
 - :mod:`~boss_fast.straighten.settings`: ``StraightenSettings`` (every knob, checked, with the measured
-  defaults ``FULL_LR``, ``LORA_LR``, ``LORA_ALPHA_PER_RANK``) and ``StraightenMemory``;
-- :mod:`~boss_fast.straighten.pairs`: ``straightening_pairs`` (streamed, cached in shards), ``pair_grid``;
+  defaults ``FULL_LR``, ``LORA_LR``, ``LORA_ALPHA_PER_RANK``, ``PAIR_STEPS``, ``PAIR_SOLVER``),
+  ``PairTeacher`` and ``StraightenMemory``;
+- :mod:`~boss_fast.straighten.pairs`: ``straightening_pairs`` (streamed, cached in shards), ``pair_grid``,
+  ``pair_density``;
 - :mod:`~boss_fast.straighten.lora`: ``add_lora``, ``default_lora_targets``, ``merge_lora`` (peft);
 - :mod:`~boss_fast.straighten.checkpoint`: the train state (parameters, EMA, Adam, generator) and its
   checkpoint, ``straighten.pt``: header, atomic save, checked resume;
@@ -31,13 +33,14 @@ from boss_fast.straighten.pairs import StraighteningPairs, pair_grid, straighten
 from boss_fast.straighten.settings import FULL_LR as FULL_LR
 from boss_fast.straighten.settings import LORA_ALPHA_PER_RANK as LORA_ALPHA_PER_RANK
 from boss_fast.straighten.settings import LORA_LR as LORA_LR
-from boss_fast.straighten.settings import StraightenMemory, StraightenSettings
+from boss_fast.straighten.settings import PairTeacher, StraightenMemory, StraightenSettings
 from boss_fast.straighten.train import StraightenStats, straighten
 
 # The same names as before the package (FULL_LR, LORA_LR and LORA_ALPHA_PER_RANK stay importable from here,
 # outside __all__ as before).
 __all__ = [
     "LOSSES",
+    "PairTeacher",
     "StraighteningPairs",
     "StraightenMemory",
     "StraightenStats",

@@ -27,6 +27,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "TrainState",
     "check_not_past",
+    "check_resumable",
     "checkpoint_config",
     "checkpoint_header",
     "teacher_identity",
@@ -90,6 +91,8 @@ def checkpoint_config(
     for key in ("pair_steps", "pair_solver"):  # likewise: only when set
         if getattr(s, key) is not None:
             config[key] = getattr(s, key)
+    if s.pair_spacing != "uniform":  # likewise: only when not the spacing every earlier run had
+        config["pair_spacing"] = s.pair_spacing
     if s.lora_alpha is not None and s.lora_alpha != s.lora_rank:  # before: alpha was the rank, unstored
         config["lora_alpha"] = s.lora_alpha
     return config
@@ -145,8 +148,45 @@ def _mismatch(header: dict, expected: dict, path: str, key: str) -> str:
         diff = {
             k: (stored_config.get(k), v) for k, v in expected["config"].items() if stored_config.get(k) != v
         }
-        return f"{path} was written with other settings (stored, requested): {diff}"
+        hint = ""
+        if any(k.startswith("pair_") and k not in stored_config for k in diff):
+            hint = (
+                "; it was written with the schedule's own pair teacher (the default before PAIR_STEPS Heun "
+                "steps): to resume it, pass pair_steps=None, pair_solver=None (--pair-steps grid "
+                "--pair-solver schedule)"
+            )
+        return f"{path} was written with other settings (stored, requested): {diff}{hint}"
     return f"{path} has another {key} ({header.get(key)!r}); use another checkpoint_dir"
+
+
+def check_resumable(path: str, header: dict, device: torch.device | str = "cpu") -> dict:
+    """The checkpoint at ``path`` as saved (``TrainState.save``) after checking that it is readable, belongs
+    to the run of ``header`` (model, schedule, settings, noise) and passes its checksum; a clear
+    ``ValueError`` otherwise. :func:`~boss_fast.straighten.straighten` calls it before the pairs' teacher
+    runs, so another run's checkpoint costs no teacher evaluation."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        saved_header = json.loads(state["header"])
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        KeyError,
+        TypeError,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as err:
+        raise ValueError(
+            f"straighten checkpoint {path} is unreadable (corrupted or not a checkpoint: {err}); "
+            "delete it or use another checkpoint_dir"
+        ) from None
+    _check_header(saved_header, header, path)
+    if saved_header.get("sha256") != _payload_sha256(state):
+        raise ValueError(
+            f"straighten checkpoint {path} fails its checksum (sha256 of its parameters, EMA, optimiser, "
+            "generator, step and losses): the file is corrupt; delete it or use another checkpoint_dir"
+        )
+    return state
 
 
 def check_not_past(step: int, iters: int, path: str) -> None:
@@ -203,28 +243,7 @@ class TrainState:
 
     def resume(self, path: str, header: dict, device: torch.device) -> None:
         """Load a checkpoint written by ``save`` after checking that it belongs to this run."""
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-            saved_header = json.loads(state["header"])
-        except (
-            OSError,
-            RuntimeError,
-            EOFError,
-            KeyError,
-            TypeError,
-            ValueError,
-            pickle.UnpicklingError,
-        ) as err:
-            raise ValueError(
-                f"straighten checkpoint {path} is unreadable (corrupted or not a checkpoint: {err}); "
-                "delete it or use another checkpoint_dir"
-            ) from None
-        _check_header(saved_header, header, path)
-        if saved_header.get("sha256") != _payload_sha256(state):
-            raise ValueError(
-                f"straighten checkpoint {path} fails its checksum (sha256 of its parameters, EMA, optimiser, "
-                "generator, step and losses): the file is corrupt; delete it or use another checkpoint_dir"
-            )
+        state = check_resumable(path, header, device)
         with torch.no_grad():
             for p, saved in zip(self.params, state["params"], strict=True):
                 p.copy_(saved)

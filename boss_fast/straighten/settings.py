@@ -23,7 +23,28 @@ from boss_fast.engine import WIDE_MODES
 from boss_fast.grids import resolve_grid
 from boss_fast.straighten.loss import LOSSES
 
-__all__ = ["FULL_LR", "LORA_ALPHA_PER_RANK", "LORA_LR", "StraightenMemory", "StraightenSettings"]
+# How pair_steps are cut (boss_fast.straighten.pairs): "uniform", each segment evenly; "adaptive", where a
+# pilot run saw the velocity change.
+PAIR_SPACINGS: tuple[str, ...] = ("uniform", "adaptive")
+# The pairs' default teacher: Heun, PAIR_STEPS steps through the schedule's times, cut "adaptive"ly. On the
+# digits DiT's Bellman schedules, 5000 noises (24 evaluations each + 32 x 100 for the pilot: 123,200, a
+# quarter of the 500,000 of BOSS's own, Euler on the 100-step grid) it gave FD 38.32 / 30.31 at K = 2 / 4,
+# full fine-tune, mean of 3 seeds, against 39.23 / 30.93, better on every seed, and LoRA likewise
+# (benchmarks/results/straighten_sweep_pairs.md).
+PAIR_STEPS = 12
+PAIR_SOLVER = "heun"
+
+__all__ = [
+    "FULL_LR",
+    "LORA_ALPHA_PER_RANK",
+    "LORA_LR",
+    "PAIR_SOLVER",
+    "PAIR_SPACINGS",
+    "PAIR_STEPS",
+    "PairTeacher",
+    "StraightenMemory",
+    "StraightenSettings",
+]
 
 # The learning rates StraightenSettings takes when lr is not given. Full fine-tuning: the published 2e-4.
 FULL_LR = 2e-4
@@ -34,6 +55,49 @@ LORA_LR = 3e-3
 # LoRA's alpha when not given, per unit of rank (scale alpha / rank). Under Adam a larger alpha acts much like
 # a larger lr (alpha 4r at lr 1e-3: FD 74.7, between lr 3e-3 and 1e-2 at alpha r), so it stays at 1.
 LORA_ALPHA_PER_RANK = 1.0
+
+
+@dataclass(frozen=True)
+class PairTeacher:
+    """Which teacher makes the straightening pairs (``straightening_pairs(pair_teacher=...)``); the default
+    is BOSS's own: the schedule's solver on the schedule's grid.
+
+    Attributes:
+        steps: None: the schedule's grid; an int >= the schedule's segments: that many steps through its
+            times (:func:`~boss_fast.straighten.pair_grid`).
+        solver: None: the schedule's; "euler", "heun", "rk4" or "dopri5": that one.
+        spacing: how ``steps`` are cut, "uniform" or "adaptive" (an Euler pilot's
+            :func:`~boss_fast.straighten.pairs.pair_density`; needs ``steps`` and a fixed-step solver).
+
+    Example:
+        >>> PairTeacher(steps=12, solver="heun", spacing="adaptive").spacing
+        'adaptive'
+        >>> PairTeacher().steps is None  # BOSS's own: the schedule's solver on its grid
+        True
+    """
+
+    steps: int | None = None
+    solver: str | None = None
+    spacing: str = "uniform"
+
+    def __post_init__(self) -> None:
+        _check_pair_teacher(self.steps, self.solver, self.spacing, lambda f: f)
+        if self.steps is not None:
+            object.__setattr__(self, "steps", check_int(self.steps, "pair_steps"))
+
+
+def _check_pair_teacher(steps: object, solver: object, spacing: object, name: Callable[[str], str]) -> None:
+    """The pair teacher's fields, each refused by ``name(field)`` (``pair_steps``, ``pair_solver``, ...)."""
+    if steps is not None:
+        check_int(steps, name("pair_steps"))
+    if solver is not None:
+        check_choice(solver, SOLVERS, name("pair_solver"))
+    check_choice(spacing, PAIR_SPACINGS, name("pair_spacing"))
+    if spacing == "adaptive" and (steps is None or solver == "dopri5"):
+        raise ValueError(
+            f"{name('pair_spacing')} 'adaptive' cuts pair_steps fixed steps: set pair_steps and a fixed-step "
+            f"pair_solver (got pair_steps={steps!r}, pair_solver={solver!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -88,9 +152,14 @@ class StraightenSettings:
         teacher_mode: the pair teacher's mode (``straightening_pairs``'s ``mode``): None, "auto", "eager",
             "compile" or "cuda_graph".
         pair_batch_size: noises per teacher batch and per pair-cache shard.
-        pair_steps: None: the teacher runs on the schedule's grid (``grid``); an int >= K: on
-            :func:`pair_grid`, that many steps through the schedule's times (fewer steps, cheaper pairs).
-        pair_solver: None: the teacher runs ``solver``; "euler", "heun", "rk4" or "dopri5": that one instead.
+        pair_steps: an int >= the schedule's segments (default ``PAIR_STEPS``, 12): the pairs' teacher runs
+            that many steps through the schedule's times (:func:`pair_grid`); None: on the schedule's grid
+            (``grid``), as published.
+        pair_solver: the pairs' teacher's solver, "euler", "heun" (default, ``PAIR_SOLVER``), "rk4" or
+            "dopri5"; None: the schedule's (``solver``), as published.
+        pair_spacing: how ``pair_steps`` are cut (``straightening_pairs``): "uniform" or "adaptive" (needs
+            ``pair_steps`` and a fixed-step solver); None (default) takes "adaptive" where it can, else
+            "uniform", at construction. BOSS's own pairs: ``pair_steps=None, pair_solver=None``.
         iters: optimiser steps (>= 1). batch_size: the global batch (split across DDP ranks).
         lr: Adam's learning rate (> 0), reached linearly over ``warmup`` steps (0: from the first). None (the
             default) takes the measured default of the run's kind at construction: ``FULL_LR`` (2e-4) without
@@ -152,8 +221,9 @@ class StraightenSettings:
     lora_alpha: float | None = None
     merge: bool = True
     memory: StraightenMemory = StraightenMemory()
-    pair_steps: int | None = None
-    pair_solver: str | None = None
+    pair_steps: int | None = PAIR_STEPS
+    pair_solver: str | None = PAIR_SOLVER
+    pair_spacing: str | None = None
 
     def __post_init__(self) -> None:
         def name(field_name: str) -> str:
@@ -193,8 +263,17 @@ class StraightenSettings:
         if self.pair_steps is not None:
             put("pair_steps", check_int(self.pair_steps, name("pair_steps")))
         if self.pair_solver is not None:
-            check_choice(self.pair_solver, SOLVERS, name("pair_solver"))
-            check_teacher(self.pair_solver, self.teacher_mode, name("teacher_mode"))
+            check_teacher(check_choice(self.pair_solver, SOLVERS, name("pair_solver")), self.teacher_mode,
+                          name("teacher_mode"))  # fmt: skip
+        if self.pair_spacing is None:  # the measured default where it applies (see the class docstring)
+            fixed = self.pair_steps is not None and self.pair_solver != "dopri5"
+            put("pair_spacing", "adaptive" if fixed else "uniform")
+        _check_pair_teacher(self.pair_steps, self.pair_solver, self.pair_spacing, name)
+
+    @property
+    def pair_teacher(self) -> PairTeacher:
+        """The pairs' teacher of these settings (``pair_steps``, ``pair_solver``, ``pair_spacing``)."""
+        return PairTeacher(self.pair_steps, self.pair_solver, self.pair_spacing)
 
     def _check_lora(self, name: Callable[[str], str], put: Callable[[str, object], None]) -> None:
         if self.lora_rank is not None:

@@ -35,6 +35,7 @@ from boss_fast.straighten.checkpoint import (
     CHECKPOINT_NAME,
     TrainState,
     check_not_past,
+    check_resumable,
     checkpoint_config,
     checkpoint_header,
     teacher_identity,
@@ -399,20 +400,22 @@ def _fit(model, teacher, run: _Run, noise_shape: tuple, dirs: tuple, callback, p
     noise = _pair_noise(model, run, *noise_shape)
     total = sum(p.numel() for p in model.parameters())
     model_fp = model_fingerprint(model)  # before in_place training or adapters change it
+    teacher_id = model_fp if teacher is None else teacher_identity(teacher)
+    header = checkpoint_header(
+        model_fp, run.sched, run.config(noise.shape[0], rank_world()[1]), teacher_id, noise
+    )
+    path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
+    if path is not None and os.path.exists(path):  # another run's checkpoint: refused before the teacher runs
+        check_not_past(int(check_resumable(path, header, run.device)["step"]), s.iters, path)
     student = _student_base(model, run, noise)
     pairs = straightening_pairs(
         student if teacher is None else teacher, run.sched, noise, grid=run.sched.grid, solver=run.solver,
         batch_size=s.pair_batch_size, cache_dir=cache_dir, device=run.device, progress=progress,
-        mode=s.teacher_mode, pair_steps=s.pair_steps, pair_solver=s.pair_solver,
+        mode=s.teacher_mode, pair_teacher=s.pair_teacher,
     )  # fmt: skip
-    teacher_id = model_fp if teacher is None else teacher_identity(teacher)
     student, params = _trainable(student, run)
     _warn_other_model(run.sched, model_fp)
-    header = checkpoint_header(
-        model_fp, run.sched, run.config(noise.shape[0], rank_world()[1]), teacher_id, noise
-    )
     state = TrainState.start(params, s.lr, s.seed)
-    path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
     if path is not None and os.path.exists(path):
         state.resume(path, header, run.device)
         check_not_past(state.step, s.iters, path)
