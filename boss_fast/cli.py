@@ -19,7 +19,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -309,31 +309,26 @@ def _demo_search(args: argparse.Namespace) -> bf.SearchSettings | None:
     return bf.SearchSettings(grid=grid, num_samples=n, batch_size=n, seed=seed)  # one batch: the demo's rule
 
 
-def _samples(text: str) -> int | str:
-    """--num-samples: an integer or "auto" (the library checks the value)."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+def _int_or(word: str) -> Callable[[str], int | str]:
+    """An option's type: an integer or ``word`` ("auto" for --num-samples, "grid" for --pair-steps); the
+    library checks the value."""
 
+    def parse(text: str) -> int | str:
+        if text == word:
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer or {word!r}, got {text!r}") from None
 
-def _pair_steps(text: str) -> int | str:
-    """--pair-steps: an integer or "grid" (the schedule's own grid; the library checks the value)."""
-    if text == "grid":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'grid', got {text!r}") from None
+    return parse
 
 
 def _add_search_cost_args(sched: argparse.ArgumentParser) -> None:
     """--num-samples (an integer or auto), --max-samples, --dp of the schedule subcommand."""
     sched.add_argument(
         "--num-samples",
-        type=_samples,
+        type=_int_or("auto"),
         default=256,
         help="noises, or 'auto': rounds of 32, 64, ... until no knot moves by more than 2 grid points",
     )
@@ -961,7 +956,7 @@ def _add_straighten_parser(sub) -> None:
     )
     st.add_argument("--num-pairs", type=int, default=None, help="pair noises (default: StraightenSettings')")
     st.add_argument(
-        "--pair-steps", type=_pair_steps, default=None,
+        "--pair-steps", type=_int_or("grid"), default=None,
         help=f"the pairs' teacher steps, or grid: the schedule's grid (default {PAIR_STEPS})",
     )  # fmt: skip
     st.add_argument(
