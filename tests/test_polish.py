@@ -164,13 +164,23 @@ class Dying:
         return self.fn(x, t)
 
 
+KILL_SETTINGS = SearchSettings(grid=16, num_samples=9, batch_size=4, solver="rk4")
+
+
+def _uninterrupted_and_dp_rows() -> tuple[dict, int]:
+    """The default route's schedules run through, and the model rows its DP alone takes (the polish off):
+    a kill after those rows plus 9 x 12 lands inside the polish of a later budget."""
+    whole = optimal_schedules(wavy, (3,), 4, KILL_SETTINGS, dtype=torch.float64)
+    dp_only = CountedRows(wavy)
+    optimal_schedules(dp_only, (3,), 4, replace(KILL_SETTINGS, polish="none"), dtype=torch.float64)
+    return whole, dp_only.rows
+
+
 def test_a_search_killed_while_polishing_resumes_to_the_same_bits(tmp_path):
-    settings = SearchSettings(grid=16, num_samples=9, batch_size=4, solver="rk4")
-    whole = optimal_schedules(wavy, (3,), 4, settings, dtype=torch.float64)
-    counted = CountedRows(wavy)
-    optimal_schedules(counted, (3,), 4, replace(settings, polish="none"), dtype=torch.float64)
+    settings = KILL_SETTINGS
+    whole, dp_rows = _uninterrupted_and_dp_rows()
     ckpt = tmp_path / "s.npz"
-    dying = Dying(wavy, counted.rows + 9 * 12)  # past the DP, inside the polish of a later budget
+    dying = Dying(wavy, dp_rows + 9 * 12)  # past the DP, inside the polish of a later budget
     with pytest.raises(RuntimeError, match="simulated kill"):
         optimal_schedules(dying, (3,), 4, settings, dtype=torch.float64, checkpoint=ckpt, checkpoint_key="w")
     with np.load(tmp_path / "s.polish.npz") as stored:
@@ -179,7 +189,7 @@ def test_a_search_killed_while_polishing_resumes_to_the_same_bits(tmp_path):
     resumed = optimal_schedules(
         again, (3,), 4, settings, dtype=torch.float64, checkpoint=ckpt, checkpoint_key="w"
     )
-    assert again.rows < counted.rows  # neither the teacher nor the DP ran again
+    assert again.rows < dp_rows  # neither the teacher nor the DP ran again
     for k in range(1, 5):
         np.testing.assert_array_equal(resumed[k].indices, whole[k].indices)
         assert resumed[k].cost == whole[k].cost
@@ -242,13 +252,11 @@ optimal_schedules(velocity, (3,), 4, settings, dtype=torch.float64, checkpoint=s
 
 def test_sigkill_while_polishing_the_default_search_resumes_to_the_same_bits(tmp_path):
     """The default route (coarse DP, start polish) killed with SIGKILL inside the polish of a later budget."""
-    settings = SearchSettings(grid=16, num_samples=9, batch_size=4, solver="rk4")
-    whole = optimal_schedules(wavy, (3,), 4, settings, dtype=torch.float64)
-    dp_only = CountedRows(wavy)
-    optimal_schedules(dp_only, (3,), 4, replace(settings, polish="none"), dtype=torch.float64)
+    settings = KILL_SETTINGS  # the _KILLED script's own
+    whole, dp_rows = _uninterrupted_and_dp_rows()
     ckpt = tmp_path / "s.npz"
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    kill_after = dp_only.rows + 9 * 12  # past the DP: budgets 1 and 2 polished (at least K + 2 K probes)
+    kill_after = dp_rows + 9 * 12  # past the DP: budgets 1 and 2 polished (at least K + 2 K probes)
     proc = subprocess.run([sys.executable, "-c", _KILLED, str(ckpt), str(kill_after)], env=env)
     assert proc.returncode == -signal.SIGKILL
     with np.load(tmp_path / "s.polish.npz") as stored:
@@ -257,7 +265,7 @@ def test_sigkill_while_polishing_the_default_search_resumes_to_the_same_bits(tmp
     resumed = optimal_schedules(
         again, (3,), 4, settings, dtype=torch.float64, checkpoint=ckpt, checkpoint_key="w"
     )
-    assert again.rows < dp_only.rows  # neither pass of the DP ran again
+    assert again.rows < dp_rows  # neither pass of the DP ran again
     for k in range(1, 5):
         np.testing.assert_array_equal(resumed[k].indices, whole[k].indices)
         assert resumed[k].cost == whole[k].cost

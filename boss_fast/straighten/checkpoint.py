@@ -162,8 +162,9 @@ def _mismatch(header: dict, expected: dict, path: str, key: str) -> str:
 def check_resumable(path: str, header: dict, device: torch.device | str = "cpu") -> dict:
     """The checkpoint at ``path`` as saved (``TrainState.save``) after checking that it is readable, belongs
     to the run of ``header`` (model, schedule, settings, noise) and passes its checksum; a clear
-    ``ValueError`` otherwise. :func:`~boss_fast.straighten.straighten` calls it before the pairs' teacher
-    runs, so another run's checkpoint costs no teacher evaluation."""
+    ``ValueError`` otherwise. :func:`~boss_fast.straighten.straighten` calls it (loading to the host) before
+    the pairs' teacher runs, so another run's checkpoint costs no teacher evaluation, and resumes from what it
+    returned (``TrainState.resume``): the file is read once."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         saved_header = json.loads(state["header"])
@@ -241,9 +242,9 @@ class TrainState:
         state["header"] = json.dumps({**header, "sha256": _payload_sha256(state)})
         write_file(path, lambda f: torch.save(state, f))
 
-    def resume(self, path: str, header: dict, device: torch.device) -> None:
-        """Load a checkpoint written by ``save`` after checking that it belongs to this run."""
-        state = check_resumable(path, header, device)
+    def resume(self, state: dict) -> None:
+        """Take up a checkpoint written by ``save``, as :func:`check_resumable` returned it (checked against
+        this run; its tensors on any device: they are copied onto the parameters')."""
         with torch.no_grad():
             for p, saved in zip(self.params, state["params"], strict=True):
                 p.copy_(saved)

@@ -127,7 +127,7 @@ def pair_density(
     h = np.diff(times)
     if len(h) < 2:
         return None
-    squares = np.zeros(len(h) - 1)
+    squares = torch.zeros(len(h) - 1, dtype=torch.float64, device=noise.device)  # summed on the device
     for start in range(0, noise.shape[0], batch_size):
         x = noise[start : start + batch_size]
         v_fn = for_rows(velocity, torch.arange(start, start + x.shape[0], device=x.device))
@@ -135,9 +135,10 @@ def pair_density(
         for i in range(len(h)):
             v = v_fn(x, torch.full((x.shape[0],), float(times[i]), dtype=x.dtype, device=x.device))
             if previous is not None:
-                squares[i - 1] += float((v - previous).double().square().sum())
+                squares[i - 1] += (v - previous).double().square().sum()
             x, previous = euler_update(x, v, float(h[i])), v
-    change = np.sqrt(squares / noise[0].numel() / noise.shape[0]) / h[:-1]
+    per_entry = squares.cpu().numpy() / noise[0].numel() / noise.shape[0]  # the pilot's one host read
+    change = np.sqrt(per_entry) / h[:-1]
     if not np.isfinite(change).all():
         raise ValueError("the pilot's velocities are not finite: the teacher diverged on the schedule's grid")
     if change.max() <= 0.0:

@@ -81,15 +81,16 @@ class PairTeacher:
     spacing: str = "uniform"
 
     def __post_init__(self) -> None:
-        _check_pair_teacher(self.steps, self.solver, self.spacing, lambda f: f)
-        if self.steps is not None:
-            object.__setattr__(self, "steps", check_int(self.steps, "pair_steps"))
+        object.__setattr__(self, "steps", _check_pair_teacher(self.steps, self.solver, self.spacing, str))
 
 
-def _check_pair_teacher(steps: object, solver: object, spacing: object, name: Callable[[str], str]) -> None:
-    """The pair teacher's fields, each refused by ``name(field)`` (``pair_steps``, ``pair_solver``, ...)."""
+def _check_pair_teacher(
+    steps: object, solver: object, spacing: object, name: Callable[[str], str]
+) -> int | None:
+    """The pair teacher's fields, each refused by ``name(field)`` (``pair_steps``, ``pair_solver``, ...);
+    returns ``steps`` as a plain int (or None)."""
     if steps is not None:
-        check_int(steps, name("pair_steps"))
+        steps = check_int(steps, name("pair_steps"))
     if solver is not None:
         check_choice(solver, SOLVERS, name("pair_solver"))
     check_choice(spacing, PAIR_SPACINGS, name("pair_spacing"))
@@ -98,6 +99,7 @@ def _check_pair_teacher(steps: object, solver: object, spacing: object, name: Ca
             f"{name('pair_spacing')} 'adaptive' cuts pair_steps fixed steps: set pair_steps and a fixed-step "
             f"pair_solver (got pair_steps={steps!r}, pair_solver={solver!r})"
         )
+    return steps
 
 
 @dataclass(frozen=True)
@@ -260,15 +262,12 @@ class StraightenSettings:
             raise TypeError(f"{name('memory')} must be a StraightenMemory, got {type(self.memory).__name__}")
 
     def _check_pairs(self, name: Callable[[str], str], put: Callable[[str, object], None]) -> None:
-        if self.pair_steps is not None:
-            put("pair_steps", check_int(self.pair_steps, name("pair_steps")))
-        if self.pair_solver is not None:
-            check_teacher(check_choice(self.pair_solver, SOLVERS, name("pair_solver")), self.teacher_mode,
-                          name("teacher_mode"))  # fmt: skip
         if self.pair_spacing is None:  # the measured default where it applies (see the class docstring)
             fixed = self.pair_steps is not None and self.pair_solver != "dopri5"
             put("pair_spacing", "adaptive" if fixed else "uniform")
-        _check_pair_teacher(self.pair_steps, self.pair_solver, self.pair_spacing, name)
+        put("pair_steps", _check_pair_teacher(self.pair_steps, self.pair_solver, self.pair_spacing, name))
+        if self.pair_solver is not None:
+            check_teacher(self.pair_solver, self.teacher_mode, name("teacher_mode"))
 
     @property
     def pair_teacher(self) -> PairTeacher:

@@ -405,8 +405,10 @@ def _fit(model, teacher, run: _Run, noise_shape: tuple, dirs: tuple, callback, p
         model_fp, run.sched, run.config(noise.shape[0], rank_world()[1]), teacher_id, noise
     )
     path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
+    saved = None
     if path is not None and os.path.exists(path):  # another run's checkpoint: refused before the teacher runs
-        check_not_past(int(check_resumable(path, header, run.device)["step"]), s.iters, path)
+        saved = check_resumable(path, header, "cpu")  # on the host until the student takes it up
+        check_not_past(int(saved["step"]), s.iters, path)
     student = _student_base(model, run, noise)
     pairs = straightening_pairs(
         student if teacher is None else teacher, run.sched, noise, grid=run.sched.grid, solver=run.solver,
@@ -416,9 +418,9 @@ def _fit(model, teacher, run: _Run, noise_shape: tuple, dirs: tuple, callback, p
     student, params = _trainable(student, run)
     _warn_other_model(run.sched, model_fp)
     state = TrainState.start(params, s.lr, s.seed)
-    if path is not None and os.path.exists(path):
-        state.resume(path, header, run.device)
-        check_not_past(state.step, s.iters, path)
+    if saved is not None:
+        state.resume(saved)
+        del saved
     checkpoint = None if path is None else (path, header)
     _train(state, student, pairs, _velocity_targets(pairs), run, checkpoint, callback, progress)
     state.use_ema()
