@@ -125,9 +125,11 @@ PHASES: dict[str, list[Case]] = {
 
 
 def _case_settings(settings: dict) -> bf.StraightenSettings:
-    # A case that names no pair teacher has the schedule's own (its solver on its grid), whatever
-    # StraightenSettings' defaults: the rows recorded before the cheap pairs became the default.
-    values = {"pair_steps": None, "pair_solver": None, "pair_spacing": "uniform", **settings}
+    # A case that names no pair teacher has the schedule's own (its solver on its grid), and one that names no
+    # inputs the teacher's states, whatever StraightenSettings' defaults: the rows recorded before the cheap
+    # pairs and the sampler's inputs became the defaults.
+    published = {"pair_steps": None, "pair_solver": None, "pair_spacing": "uniform", "inputs": "teacher"}
+    values = {**published, **settings}
     if "lora_targets" in values:
         values["lora_targets"] = TARGETS[values["lora_targets"]]
     return bf.StraightenSettings(**values)

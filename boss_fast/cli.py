@@ -41,7 +41,7 @@ from boss_fast.polish import POLISHES
 from boss_fast.report import save_sample_grid
 from boss_fast.schedule import max_budget, read_json, read_schedule_file, schedule_for_steps
 from boss_fast.straighten import StraightenMemory, StraightenSettings
-from boss_fast.straighten.settings import PAIR_SOLVER, PAIR_SPACINGS, PAIR_STEPS
+from boss_fast.straighten.settings import INPUTS, PAIR_SOLVER, PAIR_SPACINGS, PAIR_STEPS
 
 # The shape of one sample of each bundled velocity model (the classifier is not one), from boss_fast.models.
 BUNDLED_SHAPES = bundled_velocities()
@@ -620,7 +620,8 @@ def _straighten_settings(args: argparse.Namespace, grid: object, **fixed: object
         gradient_checkpointing=args.gradient_checkpointing, autocast=_DTYPES.get(args.autocast)
     )
     # Options left out take the settings' defaults (num_pairs; lr by full or LoRA training).
-    given = {k: getattr(args, k) for k in ("num_pairs", "lr", "pair_spacing") if getattr(args, k) is not None}
+    optional = ("num_pairs", "lr", "pair_spacing", "inputs")
+    given = {k: getattr(args, k) for k in optional if getattr(args, k) is not None}
     # --pair-steps grid / --pair-solver schedule: the schedule's own teacher (None in the settings)
     given.update({k: None if v in ("grid", "schedule") else v
                   for k in ("pair_steps", "pair_solver") if (v := getattr(args, k)) is not None})  # fmt: skip
@@ -977,6 +978,11 @@ def _add_straighten_parser(sub) -> None:
     st.add_argument("--lora-rank", type=int, default=None, help="LoRA adapters only (needs peft)")
     st.add_argument("--loss", default="l2", choices=("l2", "pseudo_huber"))
     st.add_argument("--normalize", action="store_true", help="Simple ReFlow's 1/stopgrad(loss) weighting")
+    st.add_argument(
+        "--inputs", choices=INPUTS, default=None,
+        help="each step trains from the sampler's own state (sampler) or the teacher's (teacher: BOSS); "
+        "default: StraightenSettings'",
+    )  # fmt: skip
     st.add_argument("--checkpoint-dir", default=None, help="resumable training state")
     st.add_argument("--cache-dir", default=None, help="reusable teacher pairs")
     st.add_argument("--seed", type=int, default=0)

@@ -390,6 +390,11 @@ def _round3_api_probes(root: Path) -> dict[str, tuple[str, tuple[str, ...], Call
             ("pair_spacing", "pair_steps"),
             lambda: bf.StraightenSettings(pair_steps=None, pair_spacing="adaptive"),
         ),
+        "StraightenSettings(inputs='student')": (
+            "unclear",
+            ("inputs", "student", "sampler"),
+            lambda: bf.StraightenSettings(inputs="student"),
+        ),
         "PairTeacher(steps=6, spacing='even')": (
             "unclear",
             ("pair_spacing", "even"),

@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", default="2,4")
     p.add_argument("--no-loss-options", action="store_true")
     p.add_argument("--no-lora", action="store_true", help="skip the LoRA rows")
-    p.add_argument("--only", default=None, help="only the rows whose name holds this, e.g. Global")
+    p.add_argument(
+        "--only", default=None, help="only rows whose name holds this (alternatives split by |), e.g. Global"
+    )
     p.add_argument(
         "--seed", type=int, default=0, help="the pairs' noise and batches (not 1: the held-out seed)"
     )
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
         "--pairs", choices=sorted(PAIRS), default="schedule",
         help="the pairs' teacher: the schedule's own solver on its grid (as published), or cheap: Heun, 12 "
         "steps cut where a pilot saw the velocity change",
+    )  # fmt: skip
+    p.add_argument(
+        "--inputs", choices=("teacher", "sampler"), default="teacher",
+        help="each step's training input: the teacher's state (BOSS) or the sampler's own (the library's)",
     )  # fmt: skip
     p.add_argument("--out", default="benchmarks/results/straighten_digits_cpu.md")
     args = p.parse_args(argv)
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         ema=args.ema,
         ema_warmup=not args.no_ema_warmup,
         seed=args.seed,
+        inputs=args.inputs,
         **PAIRS[args.pairs],
     )
     methods = {
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         methods["BOSS, pseudo-Huber"] = ("bellman", {"loss": "pseudo_huber"})
         methods["BOSS, l2 + 1/stopgrad(loss)"] = ("bellman", {"normalize": True})
     if args.only is not None:
-        methods = {m: spec for m, spec in methods.items() if args.only in m or spec is None}
+        wanted = args.only.split("|")
+        methods = {m: spec for m, spec in methods.items() if spec is None or any(w in m for w in wanted)}
     fd: dict[str, dict[int, float]] = {m: {} for m in methods}
     share: dict[str, float] = {}
     for k in ks:

@@ -105,6 +105,9 @@ def test_straighten_options_left_out_take_the_settings_defaults():
         build_parser().parse_args([*base, "--pair-steps", "grid", "--pair-solver", "schedule"]), 100
     )
     assert (own.pair_steps, own.pair_solver, own.pair_spacing) == (None, None, "uniform")  # BOSS's own
+    assert full.inputs == cheap.inputs == "sampler"  # no --inputs: the settings' default
+    published = _straighten_settings(build_parser().parse_args([*base, "--inputs", "teacher"]), 100)
+    assert published.inputs == "teacher"
 
 
 def test_dp_example_prints_every_budget(capsys):

@@ -139,14 +139,15 @@ def test_an_old_straightening_run_resumes_from_its_checkpoint_and_pair_cache(tmp
     common = dict(
         num_pairs=8, grid=sched.grid, iters=4, batch_size=4, warmup=1, checkpoint_every=2, pair_batch_size=4
     )
-    with pytest.raises(ValueError, match="pass pair_steps=None, pair_solver=None"):  # today's default pairs
+    # today's default pairs and inputs: both hints
+    with pytest.raises(ValueError, match=r"pass pair_steps=None, pair_solver=None.*pass inputs='teacher'"):
         bf.straighten(
             teacher(), sched, frozen, bf.StraightenSettings(**common), checkpoint_dir=old / "straighten",
             device="cpu", progress=False, noise=noise, cache_dir=old / "pairs",
         )  # fmt: skip
     assert not calls  # refused before the pilot or the teacher ran
-    # The old run's pairs: the schedule's own teacher, which the old default was.
-    settings = bf.StraightenSettings(**common, pair_steps=None, pair_solver=None)
+    # The old run's pairs (the schedule's own teacher) and inputs (the teacher's): the old defaults.
+    settings = bf.StraightenSettings(**common, pair_steps=None, pair_solver=None, inputs="teacher")
     student = bf.straighten(
         teacher(), sched, frozen, settings, checkpoint_dir=old / "straighten", device="cpu", progress=False,
         noise=noise, cache_dir=old / "pairs",

@@ -27,6 +27,7 @@ BAD_SETTINGS = [
     ("solver", "rk45", ValueError),
     ("teacher_mode", "fast", ValueError),
     ("pair_batch_size", 0, ValueError),
+    ("inputs", "student", ValueError),
     ("iters", 0, ValueError),
     ("iters", True, TypeError),
     ("batch_size", -1, ValueError),

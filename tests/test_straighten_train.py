@@ -1,5 +1,5 @@
 """Straightening runs (boss_fast.straighten.train): training semantics, bad input, DDP, the CLI and the demo,
-banks, no copies, gradient checkpointing, autocast."""
+banks, no copies, gradient checkpointing, autocast, each step's inputs (the sampler's or the teacher's)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from boss_fast.straighten import (
     straighten,
     straightening_pairs,
 )
+from boss_fast.straighten.train import _Banked, _resolve_run, _step_batch
 from boss_fast.trajectories import teacher_trajectory
 
 
@@ -259,7 +260,7 @@ def test_demo_with_straighten_adds_rows(tmp_path):
 def test_training_steps_see_each_pairs_own_conditioning():
     bank, sched = Bank(), dit_schedule(shape=(2,))
     noise = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    run_straighten(bank, sched, noise=noise, **{**FAST_DIT, "num_pairs": 6}, ema=0.0,
+    run_straighten(bank, sched, noise=noise, **{**FAST_DIT, "num_pairs": 6}, ema=0.0, inputs="teacher",
                 memory=StraightenMemory(in_place=True), pair_steps=None, pair_solver=None)  # fmt: skip
     pairs = straightening_pairs(Bank(), sched, noise, grid=8)  # the same (schedule's own) teacher, untrained
     k = sched.steps
@@ -365,3 +366,103 @@ def test_bf16_autocast_trains_near_fp32_and_is_part_of_the_checkpoint(tmp_path):
     assert all(np.isfinite(stats.losses))
     with pytest.raises(ValueError, match="autocast"):  # resuming without it is another run
         run_straighten(small_dit(), sched, **{**FAST_DIT, "iters": 4}, checkpoint_dir=tmp_path)
+
+
+# -------------------------------------------------------------------- inputs: the sampler's or the teacher's
+# What they buy is measured on the digits DiT (scripts/straighten_digits.py --inputs), not here.
+
+
+def _by_hand(velocity, pairs, sched: bf.Schedule, row: int) -> torch.Tensor:
+    """Row ``row``'s sampler state, step by step: Euler from its noise's start state over tau_0 .. tau_k."""
+    k, m = row % sched.steps, row // sched.steps
+    x = pairs.start[m * sched.steps : m * sched.steps + 1]
+    for j in range(k):
+        t = torch.full((1,), float(sched.times[j]), dtype=x.dtype)
+        x = x + float(sched.times[j + 1] - sched.times[j]) * velocity(x, t, m)
+    return x[0]
+
+
+@pytest.mark.parametrize("banked", [False, True])
+def test_sampler_inputs_are_the_students_own_euler_states_and_targets_land_on_the_teacher(banked):
+    model = Bank() if banked else TinyVelocity()
+    if not banked:
+        model = model.double()
+    grid = uniform_grid(12)
+    sched = bf.Schedule(times=grid[[2, 5, 9, 12]], indices=np.array([2, 5, 9, 12]), cost=0.0, grid=grid,
+                        start="noise", shape=(2,))  # fmt: skip
+    noise = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pairs = straightening_pairs(model, sched, noise, grid=grid)
+    rows = torch.tensor([0, 1, 2, 5, 7, 8, 13, 14, 11, 3])  # every k, in no order, one row twice over noises
+    trainer = _Banked(model, sched.steps) if banked else model
+
+    def velocity(x, t, m):
+        return model.for_rows(torch.tensor([m]))(x, t) if banked else model(x, t)
+
+    got = {}
+    for inputs in ("sampler", "teacher", None):
+        settings = (
+            StraightenSettings(grid=grid) if inputs is None else StraightenSettings(grid=grid, inputs=inputs)
+        )
+        got[inputs] = x, target = _step_batch(
+            trainer, pairs, rows, _resolve_run(model, sched, settings, "cpu")
+        )
+        if inputs is None:  # the default
+            break
+        for i, r in enumerate(rows.tolist()):
+            want = _by_hand(velocity, pairs, sched, r) if inputs == "sampler" else pairs.start[r]
+            torch.testing.assert_close(x[i], want, rtol=1e-12, atol=1e-12)
+            # one Euler step with the target velocity lands on the teacher's state at tau_{k+1}
+            landed = x[i] + (pairs.t_end[r] - pairs.t_start[r]) * target[i]
+            torch.testing.assert_close(landed, pairs.end[r], rtol=1e-12, atol=1e-12)
+    assert torch.equal(got[None][0], got["sampler"][0]) and not torch.equal(
+        got["sampler"][0], got["teacher"][0]
+    )
+
+
+def test_the_first_step_is_the_same_either_way():
+    """With one step there is no earlier state: both inputs give the same training, bit for bit."""
+    sched = schedule_at(10, [0, 10])
+    a = run_straighten(TinyVelocity(), sched, **FAST, inputs="sampler")
+    b = run_straighten(TinyVelocity(), sched, **FAST, inputs="teacher")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_a_checkpoint_of_the_other_inputs_is_refused_and_an_old_one_says_how_to_resume(tmp_path):
+    sched = schedule_at(10, [0, 4, 10])
+    run_straighten(TinyVelocity(), sched, **FAST, inputs="teacher", checkpoint_dir=tmp_path / "old")
+    with pytest.raises(ValueError, match=r"other settings.*'inputs': \(None, 'sampler'\).*inputs='teacher'"):
+        run_straighten(TinyVelocity(), sched, **{**FAST, "iters": 6}, checkpoint_dir=tmp_path / "old")
+    _, stats = run_straighten(
+        TinyVelocity(), sched, **{**FAST, "iters": 6}, inputs="teacher", checkpoint_dir=tmp_path / "old",
+        return_stats=True,
+    )  # fmt: skip
+    assert stats.steps == 6
+    run_straighten(TinyVelocity(), sched, **FAST, checkpoint_dir=tmp_path / "new")
+    with pytest.raises(ValueError, match=r"'inputs': \('sampler', None\)") as info:
+        run_straighten(TinyVelocity(), sched, **{**FAST, "iters": 6}, inputs="teacher",
+                       checkpoint_dir=tmp_path / "new")  # fmt: skip
+    assert "pass inputs" not in str(info.value)  # the hint is for checkpoints from before the option only
+
+
+class _Count(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, x, t):
+        self.calls.append((len(x), torch.is_grad_enabled()))
+        return self.model(x, t)
+
+
+def test_the_sampler_states_cost_one_call_per_earlier_step_without_gradient():
+    """Rows with k earlier steps cost k forward passes: one call per step j, as wide as the rows past it."""
+    model = _Count(TinyVelocity().double())
+    sched = schedule_at(10, [0, 3, 6, 8, 10])
+    noise = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pairs = straightening_pairs(model, sched, noise, grid=10)
+    run = _resolve_run(model, sched, StraightenSettings(grid=10), "cpu")
+    rows = torch.tensor([0, 5, 6, 15, 3, 9, 12])  # k = 0, 1, 2, 3, 3, 1, 0
+    model.calls.clear()
+    with torch.enable_grad():
+        _step_batch(model, pairs, rows, run)
+    assert model.calls == [(5, False), (3, False), (2, False)]

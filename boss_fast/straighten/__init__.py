@@ -6,6 +6,10 @@ schedule's base grid, keep the states at the schedule's times tau_0 < ... < tau_
 
     L = E_{m, k} || v_theta(x_k, tau_k) - (x_{k+1} - x_k) / (tau_{k+1} - tau_k) ||^2.
 
+By default (``StraightenSettings.inputs="sampler"``) x_k for k >= 1 is the sampler's own state instead, the
+student's Euler steps from the start state (no gradient through them), in both the input and the target, so
+each step learns to land on the teacher from where the few-step sampler is; ``inputs="teacher"`` is the above.
+
 Conventions: t in [0, 1], t = 0 noise, t = 1 data; ``velocity(x, t)`` with x (B, ...) and t (B,).
 
 One file per stage, each importing only from those listed before it (import-linter checks it):

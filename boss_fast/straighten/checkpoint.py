@@ -93,6 +93,8 @@ def checkpoint_config(
             config[key] = getattr(s, key)
     if s.pair_spacing != "uniform":  # likewise: only when not the spacing every earlier run had
         config["pair_spacing"] = s.pair_spacing
+    if s.inputs != "teacher":  # likewise: only when not the inputs every earlier run had
+        config["inputs"] = s.inputs
     if s.lora_alpha is not None and s.lora_alpha != s.lora_rank:  # before: alpha was the rank, unstored
         config["lora_alpha"] = s.lora_alpha
     return config
@@ -145,15 +147,21 @@ def _mismatch(header: dict, expected: dict, path: str, key: str) -> str:
         return f"{path} was written for a different schedule; use another checkpoint_dir"
     if key == "config":
         stored_config = header.get("config") or {}
-        diff = {
-            k: (stored_config.get(k), v) for k, v in expected["config"].items() if stored_config.get(k) != v
-        }
+        wanted = expected["config"]
+        keys = list(wanted) + [k for k in stored_config if k not in wanted]
+        diff = {k: (stored_config.get(k), wanted.get(k)) for k in keys}
+        diff = {k: pair for k, pair in diff.items() if pair[0] != pair[1]}
         hint = ""
         if any(k.startswith("pair_") and k not in stored_config for k in diff):
-            hint = (
+            hint += (
                 "; it was written with the schedule's own pair teacher (the default before PAIR_STEPS Heun "
                 "steps): to resume it, pass pair_steps=None, pair_solver=None (--pair-steps grid "
                 "--pair-solver schedule)"
+            )
+        if "inputs" in diff and "inputs" not in stored_config:
+            hint += (
+                "; it was written with the teacher's states as inputs (the default before the sampler's): "
+                "to resume it, pass inputs='teacher' (--inputs teacher)"
             )
         return f"{path} was written with other settings (stored, requested): {diff}{hint}"
     return f"{path} has another {key} ({header.get(key)!r}); use another checkpoint_dir"

@@ -33,9 +33,17 @@ PAIR_SPACINGS: tuple[str, ...] = ("uniform", "adaptive")
 # (benchmarks/results/straighten_sweep_pairs.md).
 PAIR_STEPS = 12
 PAIR_SOLVER = "heun"
+# Where each step's training input comes from: "sampler" (the default), the student's own Euler steps from the
+# start state (no gradient through them), so each step learns to land on the teacher from where the few-step
+# sampler will actually be; "teacher", the teacher's state at tau_k (BOSS as published). On the digits DiT
+# (full fine-tune, the default search's schedules, the default pairs, 3 seeds;
+# benchmarks/results/straighten_sampler_*.md) it took FD from 40.16 / 30.07 to 32.30 / 27.66 at K = 2 / 4,
+# better on every seed, and likewise on the Bellman schedules and with LoRA (docs/results.md).
+INPUTS: tuple[str, ...] = ("sampler", "teacher")
 
 __all__ = [
     "FULL_LR",
+    "INPUTS",
     "LORA_ALPHA_PER_RANK",
     "LORA_LR",
     "PAIR_SOLVER",
@@ -171,6 +179,11 @@ class StraightenSettings:
             Without it the teacher's weights keep ``ema ** iters`` of the average: 13.5% for 0.999 and 2000
             steps, which on the digits DiT cost FD 61 instead of ~40 at K = 2 (measured).
         loss: "l2" or "pseudo_huber"; normalize: Simple ReFlow's 1/stopgrad(loss) weighting.
+        inputs: each step's input and target. "sampler" (default): step k starts from the sampler's own
+            state, the student's Euler steps 0 .. k - 1 from the start state with the current weights and no
+            gradient, and its target is the velocity that lands on the teacher's state at tau_{k+1} from
+            there; (K - 1) / 2 more forward passes per pair on average. "teacher": the teacher's state at
+            tau_k, as published (BOSS).
         seed: the pairs' noise, the batch-drawing generator and the LoRA adapters' initial values (torch's
             global generator is neither read nor changed), in [0, 2^64 - 1] (a torch.Generator seed).
         checkpoint_every: steps between checkpoints.
@@ -226,6 +239,7 @@ class StraightenSettings:
     pair_steps: int | None = PAIR_STEPS
     pair_solver: str | None = PAIR_SOLVER
     pair_spacing: str | None = None
+    inputs: str = "sampler"
 
     def __post_init__(self) -> None:
         def name(field_name: str) -> str:
@@ -256,6 +270,7 @@ class StraightenSettings:
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"{name('ema')} must be in [0, 1), got {self.ema}")
         check_choice(self.loss, LOSSES, name("loss"))
+        check_choice(self.inputs, INPUTS, name("inputs"))
         self._check_lora(name, put)
         self._check_pairs(name, put)
         if not isinstance(self.memory, StraightenMemory):

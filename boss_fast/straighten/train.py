@@ -209,12 +209,6 @@ def _warn_other_model(sched: Schedule, model_fp: str) -> None:
         )
 
 
-def _velocity_targets(pairs: StraighteningPairs) -> torch.Tensor:
-    """(x_{k+1} - x_k) / (tau_{k+1} - tau_k) per pair: the velocity one Euler step must have."""
-    dt = (pairs.t_end - pairs.t_start).view(-1, *[1] * (pairs.start.ndim - 1))
-    return (pairs.end - pairs.start) / dt
-
-
 def _autocast(run: _Run) -> contextlib.AbstractContextManager:
     """``torch.autocast`` in ``memory.autocast`` on run.device, or nothing (the default's exact bits)."""
     autocast = run.settings.memory.autocast
@@ -223,26 +217,51 @@ def _autocast(run: _Run) -> contextlib.AbstractContextManager:
     return torch.autocast(run.device.type, dtype=autocast)
 
 
-def _train_step(
-    state: TrainState, trainer: nn.Module, pairs: StraighteningPairs, target: torch.Tensor, run: _Run
-) -> float:
+def _step_batch(
+    trainer: nn.Module, pairs: StraighteningPairs, rows: torch.Tensor, run: _Run
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, target velocities) of the pairs' ``rows``: from the teacher's state at tau_k ("teacher"), or
+    from the sampler's own (``inputs="sampler"``: :func:`_sampler_states`), the velocity one Euler step must
+    have to land on the teacher's state at tau_{k+1}."""
+    x = pairs.start[rows] if run.settings.inputs == "teacher" else _sampler_states(trainer, pairs, rows, run)
+    dt = (pairs.t_end[rows] - pairs.t_start[rows]).view(-1, *[1] * (x.ndim - 1))
+    return x, (pairs.end[rows] - x) / dt
+
+
+def _sampler_states(
+    trainer: nn.Module, pairs: StraighteningPairs, rows: torch.Tensor, run: _Run
+) -> torch.Tensor:
+    """The few-step sampler's states at each row's tau_k: the student's Euler steps 0 .. k - 1 from its
+    noise's start state (row m * K), with the current weights and no gradient; for k = 0 the start state.
+    Row by row what ``bf.sample`` does (each row's own conditioning through ``_Banked``)."""
+    k = torch.remainder(rows, run.sched.steps)
+    first = rows - k
+    x = pairs.start[first]
+    net = trainer.module if isinstance(trainer, nn.parallel.DistributedDataParallel) else trainer
+    with torch.no_grad(), _autocast(run):
+        for j in range(int(k.max())):  # one host read per training step
+            live = torch.nonzero(k > j).squeeze(1)
+            r = first[live] + j
+            args = (x[live], pairs.t_start[r], r) if run.banked else (x[live], pairs.t_start[r])
+            dt = (pairs.t_end[r] - pairs.t_start[r]).view(-1, *[1] * (x.ndim - 1))
+            x = x.index_copy(0, live, x[live] + dt * net(*args).to(x.dtype))
+    return x
+
+
+def _train_step(state: TrainState, trainer: nn.Module, pairs: StraighteningPairs, run: _Run) -> float:
     """One optimiser step on a uniformly drawn batch of pairs; returns the global batch's mean loss."""
     s = run.settings
     rank, world = rank_world()
     local = s.batch_size // world
     # Same global draw on every rank (the generator is replicated); rank r trains on its slice.
-    rows = torch.randint(0, target.shape[0], (s.batch_size,), generator=state.generator)
+    rows = torch.randint(0, pairs.start.shape[0], (s.batch_size,), generator=state.generator)
     rows = rows[rank * local : (rank + 1) * local].to(run.device)
     for group in state.optimizer.param_groups:
         group["lr"] = s.lr * min(1.0, (state.step + 1) / s.warmup) if s.warmup else s.lr
-    inputs = (
-        (pairs.start[rows], pairs.t_start[rows], rows)
-        if run.banked
-        else (pairs.start[rows], pairs.t_start[rows])
-    )
+    x, target = _step_batch(trainer, pairs, rows, run)
     with _autocast(run):
-        pred = trainer(*inputs)
-    per = pair_loss(pred.to(target.dtype), target[rows], s.loss, normalize=s.normalize)
+        pred = trainer(x, pairs.t_start[rows], rows) if run.banked else trainer(x, pairs.t_start[rows])
+    per = pair_loss(pred.to(target.dtype), target, s.loss, normalize=s.normalize)
     # sum / global batch, times world: DDP averages the ranks' gradients, giving the global mean.
     value = per.sum() * (world / s.batch_size)
     state.optimizer.zero_grad(set_to_none=True)
@@ -259,7 +278,7 @@ def _train_step(
     return reported
 
 
-def _train(state, student, pairs, target, run: _Run, checkpoint: tuple | None, callback, progress) -> None:
+def _train(state, student, pairs, run: _Run, checkpoint: tuple | None, callback, progress) -> None:
     """Steps until ``iters``; rank 0 writes ``checkpoint`` = (path, header) every ``checkpoint_every``."""
     s = run.settings
     rank, world = rank_world()
@@ -271,7 +290,7 @@ def _train(state, student, pairs, target, run: _Run, checkpoint: tuple | None, c
     checkpointing = _gradient_checkpointing(student, s.memory.gradient_checkpointing)
     with torch.enable_grad(), checkpointing:  # callers may hold no_grad (the demo does)
         while state.step < s.iters:
-            reported = _train_step(state, trainer, pairs, target, run)
+            reported = _train_step(state, trainer, pairs, run)
             bar.update(1)
             if callback is not None:
                 callback(state.step, reported)
@@ -422,7 +441,7 @@ def _fit(model, teacher, run: _Run, noise_shape: tuple, dirs: tuple, callback, p
         state.resume(saved)
         del saved
     checkpoint = None if path is None else (path, header)
-    _train(state, student, pairs, _velocity_targets(pairs), run, checkpoint, callback, progress)
+    _train(state, student, pairs, run, checkpoint, callback, progress)
     state.use_ema()
     result = merge_lora(student) if (s.lora_rank is not None and s.merge) else student
     result.eval().requires_grad_(False)
