@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import boss_fast as bf
+from boss_fast._validation import atomic_write
 from boss_fast.models.dit import DiT
 
 # name -> (code: "before" or "after", StraightenMemory fields)
@@ -45,6 +46,13 @@ CASES = {
     "in_place + checkpointing + bf16": (
         "after",
         {"in_place": True, "gradient_checkpointing": True, "autocast": "bfloat16"},
+    ),
+    # The rows above train from the sampler's own states (the default since the "inputs" setting); these
+    # two from the teacher's, as every row did before.
+    "default, teacher inputs": ("after", {"inputs": "teacher"}),
+    "in_place + checkpointing, teacher inputs": (
+        "after",
+        {"in_place": True, "gradient_checkpointing": True, "inputs": "teacher"},
     ),
 }
 LORA_RANKS = {"full": None, "LoRA r=8": 8}
@@ -77,6 +85,8 @@ def child(case: str, lora: str) -> dict:
     fields = CASES[case][1]
     if fields is not None:  # the "before" code has no StraightenMemory
         fields = dict(fields)
+        if "inputs" in fields:  # a setting of the run, not of its memory
+            kwargs["inputs"] = fields.pop("inputs")
         if "autocast" in fields:
             fields["autocast"] = getattr(torch, fields["autocast"])
         memory = importlib.import_module(
@@ -156,10 +166,9 @@ def main() -> None:
     print(text)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "straighten_memory.json"), "w") as f:
-            json.dump({"rows": rows, "torch": torch.__version__, "cpus": os.cpu_count()}, f, indent=1)
-        with open(os.path.join(args.out, "straighten_memory.md"), "w") as f:
-            f.write(text)
+        raw = json.dumps({"rows": rows, "torch": torch.__version__, "cpus": os.cpu_count()}, indent=1)
+        atomic_write(os.path.join(args.out, "straighten_memory.json"), lambda f: f.write(raw.encode()))
+        atomic_write(os.path.join(args.out, "straighten_memory.md"), lambda f: f.write(text.encode()))
 
 
 if __name__ == "__main__":
