@@ -25,6 +25,7 @@ import boss_fast as bf
 from boss_fast._validation import atomic_write
 from boss_fast.metrics import digits_fd
 from boss_fast.models import DIGITS_SHAPE, load_bundled
+from boss_fast.straighten.settings import INPUTS
 
 SHAPE = DIGITS_SHAPE
 # --pairs: the pairs' teacher settings (StraightenSettings' pair_steps, pair_solver, pair_spacing)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         "steps cut where a pilot saw the velocity change",
     )  # fmt: skip
     p.add_argument(
-        "--inputs", choices=("teacher", "sampler"), default="teacher",
+        "--inputs", choices=INPUTS, default="teacher",
         help="each step's training input: the teacher's state (BOSS) or the sampler's own (the library's)",
     )  # fmt: skip
     p.add_argument("--out", default="benchmarks/results/straighten_digits_cpu.md")

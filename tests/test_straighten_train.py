@@ -464,5 +464,7 @@ def test_the_sampler_states_cost_one_call_per_earlier_step_without_gradient():
     rows = torch.tensor([0, 5, 6, 15, 3, 9, 12])  # k = 0, 1, 2, 3, 3, 1, 0
     model.calls.clear()
     with torch.enable_grad():
-        _step_batch(model, pairs, rows, run)
+        x, target = _step_batch(model, pairs, rows, run)
     assert model.calls == [(5, False), (3, False), (2, False)]
+    planned = _step_batch(model, pairs, rows, run, host_rows=rows.clone())  # planned from given host rows
+    assert torch.equal(planned[0], x) and torch.equal(planned[1], target)

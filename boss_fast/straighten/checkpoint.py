@@ -148,9 +148,11 @@ def _mismatch(header: dict, expected: dict, path: str, key: str) -> str:
     if key == "config":
         stored_config = header.get("config") or {}
         wanted = expected["config"]
-        keys = list(wanted) + [k for k in stored_config if k not in wanted]
-        diff = {k: (stored_config.get(k), wanted.get(k)) for k in keys}
-        diff = {k: pair for k, pair in diff.items() if pair[0] != pair[1]}
+        diff = {
+            k: (stored_config.get(k), wanted.get(k))
+            for k in dict.fromkeys([*wanted, *stored_config])  # a key either side, in order
+            if stored_config.get(k) != wanted.get(k)
+        }
         hint = ""
         if any(k.startswith("pair_") and k not in stored_config for k in diff):
             hint += (

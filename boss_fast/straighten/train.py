@@ -217,34 +217,45 @@ def _autocast(run: _Run) -> contextlib.AbstractContextManager:
     return torch.autocast(run.device.type, dtype=autocast)
 
 
+def _step_sizes(pairs: StraighteningPairs, rows: torch.Tensor, ndim: int) -> torch.Tensor:
+    """tau_{k+1} - tau_k of the pairs' ``rows``, shaped to broadcast over states of ``ndim`` dimensions."""
+    return (pairs.t_end[rows] - pairs.t_start[rows]).view(-1, *[1] * (ndim - 1))
+
+
 def _step_batch(
-    trainer: nn.Module, pairs: StraighteningPairs, rows: torch.Tensor, run: _Run
-) -> tuple[torch.Tensor, torch.Tensor]:
+    trainer: nn.Module, pairs: StraighteningPairs, rows: torch.Tensor, run: _Run,
+    host_rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(inputs, target velocities) of the pairs' ``rows``: from the teacher's state at tau_k ("teacher"), or
     from the sampler's own (``inputs="sampler"``: :func:`_sampler_states`), the velocity one Euler step must
-    have to land on the teacher's state at tau_{k+1}."""
-    x = pairs.start[rows] if run.settings.inputs == "teacher" else _sampler_states(trainer, pairs, rows, run)
-    dt = (pairs.t_end[rows] - pairs.t_start[rows]).view(-1, *[1] * (x.ndim - 1))
-    return x, (pairs.end[rows] - x) / dt
+    have to land on the teacher's state at tau_{k+1}. ``host_rows``: the same rows on the host, if at hand
+    (the sampler's states are planned from them without reading the device)."""
+    if run.settings.inputs == "teacher":
+        x = pairs.start[rows]
+    else:
+        x = _sampler_states(trainer, pairs, rows, run, rows.cpu() if host_rows is None else host_rows)
+    return x, (pairs.end[rows] - x) / _step_sizes(pairs, rows, x.ndim)
 
 
 def _sampler_states(
-    trainer: nn.Module, pairs: StraighteningPairs, rows: torch.Tensor, run: _Run
+    trainer: nn.Module, pairs: StraighteningPairs, rows: torch.Tensor, run: _Run, host_rows: torch.Tensor
 ) -> torch.Tensor:
     """The few-step sampler's states at each row's tau_k: the student's Euler steps 0 .. k - 1 from its
     noise's start state (row m * K), with the current weights and no gradient; for k = 0 the start state.
-    Row by row what ``bf.sample`` does (each row's own conditioning through ``_Banked``)."""
-    k = torch.remainder(rows, run.sched.steps)
-    first = rows - k
+    Row by row what ``bf.sample`` does (each row's own conditioning through ``_Banked``). Which rows take
+    step j is planned on the host (``host_rows``), so the loop never waits for the device."""
+    steps = run.sched.steps
+    k = torch.remainder(host_rows, steps)
+    first = rows - torch.remainder(rows, steps)
     x = pairs.start[first]
     net = trainer.module if isinstance(trainer, nn.parallel.DistributedDataParallel) else trainer
     with torch.no_grad(), _autocast(run):
-        for j in range(int(k.max())):  # one host read per training step
-            live = torch.nonzero(k > j).squeeze(1)
+        for j in range(int(k.max())):
+            live = torch.nonzero(k > j).squeeze(1).to(rows.device)
             r = first[live] + j
-            args = (x[live], pairs.t_start[r], r) if run.banked else (x[live], pairs.t_start[r])
-            dt = (pairs.t_end[r] - pairs.t_start[r]).view(-1, *[1] * (x.ndim - 1))
-            x = x.index_copy(0, live, x[live] + dt * net(*args).to(x.dtype))
+            xs = x[live]
+            v = net(xs, pairs.t_start[r], r) if run.banked else net(xs, pairs.t_start[r])
+            x = x.index_copy(0, live, xs + _step_sizes(pairs, r, x.ndim) * v.to(x.dtype))
     return x
 
 
@@ -254,11 +265,12 @@ def _train_step(state: TrainState, trainer: nn.Module, pairs: StraighteningPairs
     rank, world = rank_world()
     local = s.batch_size // world
     # Same global draw on every rank (the generator is replicated); rank r trains on its slice.
-    rows = torch.randint(0, pairs.start.shape[0], (s.batch_size,), generator=state.generator)
-    rows = rows[rank * local : (rank + 1) * local].to(run.device)
+    host_rows = torch.randint(0, pairs.start.shape[0], (s.batch_size,), generator=state.generator)
+    host_rows = host_rows[rank * local : (rank + 1) * local]
+    rows = host_rows.to(run.device)
     for group in state.optimizer.param_groups:
         group["lr"] = s.lr * min(1.0, (state.step + 1) / s.warmup) if s.warmup else s.lr
-    x, target = _step_batch(trainer, pairs, rows, run)
+    x, target = _step_batch(trainer, pairs, rows, run, host_rows)
     with _autocast(run):
         pred = trainer(x, pairs.t_start[rows], rows) if run.banked else trainer(x, pairs.t_start[rows])
     per = pair_loss(pred.to(target.dtype), target, s.loss, normalize=s.normalize)
