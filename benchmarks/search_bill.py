@@ -2,12 +2,14 @@
 
 Two checks:
 
-- time: the projected wall time of ``boss-fast schedule --model digits_dit --max-steps 10 --num-samples 64``
-  (the CLI's defaults otherwise: global objective, full DP, Heun teacher, batch_size 256, grid 100) against
-  the search it describes, 3 rounds, each: the dry run's process (its printed projection), then the search's
-  process (its wall time, start-up included), then in this process the bill and the same search through the
-  Python API with every model call timed (how much of the wall time the calls are). The load average is
-  recorded beside each round (a shared 2-core machine).
+- time: the projected wall time of ``boss-fast schedule --model digits_dit --max-steps 10`` (the CLI's
+  defaults: 256 noises, global objective, coarse DP, the start polish, Heun teacher, batch_size 256, grid 100)
+  against the search it describes, 3 rounds, each: the dry run's process (its printed projection), then the
+  search's process (its wall time, start-up included), then in this process the bill and the same search
+  through the Python API with every model call timed (how much of the wall time the calls are) and its rows
+  counted (against the bill's evaluations, an upper bound for this route). The load average is recorded
+  beside each round (a shared 2-core machine). Written to the json's section "time_default" (the sections
+  "time" and "time_one_call" hold an earlier version's rounds: 64 noises, the full DP).
 - memory: the bill's memory lines for the cases of ``benchmarks/search_memory.py`` (law and target) beside
   the peaks that benchmark measured (``benchmarks/results/search_memory.json``, RssAnon growth on CPU: the
   device and host lines together; the disk store's file is page cache, not counted there).
@@ -38,8 +40,8 @@ from boss_fast.models import load_bundled
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "search_bill.json")
 CLI = [sys.executable, "-m", "boss_fast.cli", "schedule", "--model", "digits_dit", "--max-steps", "10",
-       "--num-samples", "64", "--no-progress"]  # fmt: skip
-SETTINGS = bf.SearchSettings(num_samples=64)  # what the CLI line above builds
+       "--no-progress"]  # fmt: skip
+SETTINGS = bf.SearchSettings()  # what the CLI line above builds
 
 
 class Timed(torch.nn.Module):
@@ -47,7 +49,7 @@ class Timed(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
-        self.model, self.seconds, self.calls, self.by_width = model, 0.0, 0, {}
+        self.model, self.seconds, self.calls, self.rows, self.by_width = model, 0.0, 0, 0, {}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
@@ -55,6 +57,7 @@ class Timed(torch.nn.Module):
         took = time.perf_counter() - start
         self.seconds += took
         self.calls += 1
+        self.rows += x.shape[0]
         self.by_width.setdefault(x.shape[0], []).append(took)
         return out
 
@@ -69,7 +72,8 @@ def time_round() -> dict:
     """One round: the dry run's and the search's processes, then the bill and the timed search in-process."""
     load = os.getloadavg()[0]
     dry_wall, text = _cli(["--dry-run"])
-    projected = float(re.search(r"projected wall time: ([\d,.]+) s", text).group(1).replace(",", ""))
+    found = re.search(r"projected wall time: (?:at most )?([\d,.]+) s", text)
+    projected = float(found.group(1).replace(",", ""))
     with tempfile.TemporaryDirectory() as tmp:
         search_wall, _ = _cli(["--out", os.path.join(tmp, "s.json")])
     model = Timed(load_bundled("digits_dit"))
@@ -81,6 +85,7 @@ def time_round() -> dict:
             "cli_projected_s": projected, "cli_search_s": search_wall, "api_projected_s": bill.seconds,
             "api_call_s": bill.call_seconds, "api_search_s": api_wall, "api_model_calls_s": model.seconds,
             "api_model_calls": model.calls, "bill_calls": sum(n for _, n in bill.calls),
+            "api_rows": model.rows, "bill_evaluations": bill.evaluations,
             "api_by_width": {w: [len(v), sum(v)] for w, v in sorted(model.by_width.items())}}  # fmt: skip
 
 
@@ -110,7 +115,7 @@ def main(argv: list[str]) -> None:
         for _ in range(3):
             rounds.append(time_round())
             print(json.dumps(rounds[-1]), flush=True)
-        save("time", {"command": " ".join(CLI[1:]), "rounds": rounds}, RESULTS)
+        save("time_default", {"command": " ".join(CLI[1:]), "rounds": rounds}, RESULTS)
     else:
         save("memory", memory_rows(), RESULTS)
 

@@ -1,31 +1,45 @@
-"""Polishing a searched schedule on the error users see: moves of its knots, one grid point at a time, each
-kept only when it lowers the mean endpoint error against the search's own teacher on the search's own noises.
+"""Polishing a searched schedule on the error users see: moves of its knots by a few grid points, each kept
+only when it lowers the mean endpoint error against the search's own teacher on the search's own noises.
 
 Why. The own-state DP (``boss_fast.global_objective``) keeps one state per (level, grid point), so it is
 greedy in the past. With a free start (``start="noise"``, "scaled") its level 1 keeps, for each grid point
 j, the start whose ONE step lands closest to the teacher at t_j, not the start whose K steps end closest at
 t = 1; the start knots it picks come out early. Measured on the bundled digits DiT (256 search noises, the
 full DP, 100-step grid, held-out RMSE against dopri5 on 1000 other noises): moving only the start knot by this
-rule takes K = 4 from 0.1375 to 0.1033 and K = 10 from 0.0630 to 0.0484
-(benchmarks/results/search_budget_digits_dit.md).
+rule (the one-point search of the first version) took K = 4 from 0.1375 to 0.1033 and K = 10 from 0.0630
+to 0.0484 (benchmarks/results/search_budget_digits_dit.md at commit d4ebaa8).
 
 The moves. For each knot to polish (``knots``: "start", the first knot only, with a free start; "all",
-every knot but the last, the first one only with a free start), a pattern search: try the next grid point
-up; while a move lowers the error, keep going up; if the first move up did not help, the same downward.
-A knot stays strictly between its neighbours (the start within 0 .. ``start_cap``). With "all", sweeps
-over the knots repeat until a sweep moves none or ``max_sweeps`` ran. Every probe is a K-step Euler
-sampling of every search noise from the rule's start state (the one the schedule will be sampled from),
-its squared endpoint error against the teacher's endpoint summed in float64 and all-reduced over the ranks,
-so every rank takes the same moves, and the result depends on the batching only through summation order.
+every knot but the last, the first one only with a free start), a ladder search with a fixed number of
+probes: for each rung d of ``ladder`` (default :data:`LADDER` = (4, 2, 1)), probe the knot d grid points
+down and d up from where it stands and move it to the best of the three. It reaches any move of up to 7 grid
+points in 6 probes, where the one-point pattern search it replaced took a probe per point moved, a count
+that depended on the model. A knot stays strictly between its neighbours (the start within 0 ..
+``start_cap``): a probe outside is skipped. With "all", sweeps over the knots repeat until a sweep moves
+none or ``max_sweeps`` ran. Every probe is a K-step Euler sampling of the probed noises from the rule's start
+state (the one the schedule will be sampled from), its squared endpoint error against the teacher's
+endpoint summed in float64 and all-reduced over the ranks, so every rank takes the same moves, and the
+result depends on the batching only through summation order. A move is kept only when it lowers the error,
+so the polished schedule is the best one the ladder probed.
 
-Cost, per noise: K evaluations for the unmoved schedule, then K - m per probe of knot m, plus m to reach
-knot m's predecessor (with its velocity) once per visit when m >= 1. The number of probes depends on the
-model: each knot takes (moves + 1) probes in the direction that helped, plus 1 when up did not help.
-``PolishResult.evaluations`` counts them exactly; :func:`polish_bound` bounds them before the work.
+Which noises. :func:`polish_paths` probes the first half of the search noises (:data:`SHARE`; at least
+:data:`MIN_PROBED` = 128 of them, or all), then samples each moved schedule once on the rest and keeps it
+only where its error on all the noises is below the DP's; budgets of at most :data:`WHOLE_UP_TO` = 2 steps,
+whose probes cost least, are probed on all of them. Against the one-point search on all the noises it
+replaced (docs/results.md, "The default search"): about half the polish's evaluations at 256 noises, no worse
+than the full DP without polish at any K on the three bundled models (search seed 0), the digits' K = 4
+0.1070 against that search's 0.1016 (the start moved 10 grid points there).
+
+Cost, per probed noise: K evaluations for the unmoved schedule, then 2 x len(ladder) probes of K - m
+evaluations per visit of knot m, plus m to reach knot m's predecessor (with its velocity) when m >= 1: for
+"start" 7K per budget, 385 for every K <= 10; then K per noise of the other half where the knot moved. Fixed,
+so :func:`polish_rows` is what a search spends, less the probes that fall outside the knot's range and the
+checks of the budgets that did not move; ``PolishResult.evaluations`` counts the probes exactly.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,14 +54,37 @@ from boss_fast.engine import Checkpoint, Shard, WideEvaluator, progress_bar, res
 from boss_fast.global_objective import GlobalPass, GlobalTable, global_paths, start_sources
 from boss_fast.ode import euler_update, start_state
 
-__all__ = ["POLISHES", "EndpointProbe", "PolishResult", "polish", "polish_bound", "polish_paths"]
+__all__ = [
+    "LADDER",
+    "MIN_PROBED",
+    "POLISHES",
+    "SHARE",
+    "WHOLE_UP_TO",
+    "EndpointProbe",
+    "PolishResult",
+    "polish",
+    "polish_bound",
+    "polish_paths",
+    "polish_rows",
+    "polish_samples",
+]
 
 # "none": the DP's schedule as it is; "start": the start knot (a free start only); "all": every knot.
 POLISHES: tuple[str, ...] = ("none", "start", "all")
-# A knot moves at most REACH grid points per sweep (the largest start move measured on the bundled models was
-# 18, gmm2d_narrow from 64 noises; most were 1-8), and "all" sweeps at most MAX_SWEEPS times.
-REACH = 16
+# The ladder's rungs (grid points): a knot moves by at most their sum, 7, per sweep. Wider ladders ((6, 3, 1),
+# (8, 4, 2, 1)) reached the digits' K = 4 move of 10 but did worse on held-out noises elsewhere (they fit the
+# search noises: docs/results.md); "all" sweeps at most MAX_SWEEPS times.
+LADDER: tuple[int, ...] = (4, 2, 1)
 MAX_SWEEPS = 4
+# The probes run on the first SHARE of the search noises, but on no fewer than MIN_PROBED (or all of them); a
+# budget whose knots moved is then sampled once on the rest, and the moves are kept only where they also lower
+# the error on all the noises. 64 probed noises were too few: the digits' 128-noise search lost K = 8 0.0594
+# -> 0.0642 probed on 64. Budgets of at most WHOLE_UP_TO steps are probed on all the noises: their probes
+# cost at most 2 evaluations a noise (21 of the 385 per noise for every K <= 10), and on half the noises the
+# digits' K = 2 start missed the move all of them make (search seed 4: RMSE 0.1710 against 0.1692).
+SHARE = 0.5
+MIN_PROBED = 128
+WHOLE_UP_TO = 2
 
 
 @dataclass(frozen=True)
@@ -84,16 +121,21 @@ class EndpointProbe:
 
     @classmethod
     def of_table(cls, velocity: Callable, make_batch: Callable[[int, int], torch.Tensor], table: GlobalTable,
-                 run: GlobalPass, device: torch.device) -> EndpointProbe:  # fmt: skip
-        """The probe over this process's shard of ``table``'s noises, against its teacher endpoints, with
-        ``run``'s batch size, wide-call mode, start rule and metric."""
+                 run: GlobalPass, device: torch.device,
+                 samples: int | None = None) -> EndpointProbe:  # fmt: skip
+        """The probe over this process's shard of ``table``'s first ``samples`` noises (None: all), against
+        their teacher endpoints, with ``run``'s batch size, wide-call mode, start rule and metric. The first
+        m noises' batches are the first batches of all M's (each rank's a prefix of its own), the last one
+        cut at m."""
         if table.endpoints is None:
             raise ValueError(
                 "an endpoint probe needs the teacher's endpoints: run the DP with keep_endpoints=True"
             )
-        shard = Shard.of_this_process(table.num_samples, run.batch_size)
+        m = table.num_samples if samples is None else check_int(samples, "samples", maximum=table.num_samples)
+        shard = Shard.of_this_process(m, run.batch_size)
+        ends = [end[:size] for end, size in zip(table.endpoints, shard.sizes, strict=False)]
         evaluator = WideEvaluator(velocity, run.batch_size, resolve_wide_mode(run.mode, device))
-        return cls(velocity, make_batch, shard, table.endpoints, run.start, run.metric, evaluator, device)
+        return cls(velocity, make_batch, shard, ends, run.start, run.metric, evaluator, device)
 
     def _noise(self, i: int) -> torch.Tensor:
         return self.make_batch(*self.shard.span(self.shard.mine[i])).to(self.device)
@@ -165,34 +207,43 @@ class EndpointProbe:
         return float(sums[0]) / count
 
 
-def _line(
-    probe: Callable[[int], float], at: int, lo: int, hi: int, best: float, reach: int
+def _ladder(
+    probe: Callable[[int], float], at: int, lo: int, hi: int, best: float, ladder: Sequence[int]
 ) -> tuple[int, float, int]:
-    """Pattern search of one knot between lo and hi from ``at`` (error ``best``), at most ``reach`` moves:
-    (position, error, moves); at most reach + 1 probes."""
-    for step in (1, -1):
-        moves, p = 0, at + step
-        while lo <= p <= hi and moves < reach:
-            err = probe(p)
-            if not err < best:
-                break
-            at, best, moves, p = p, err, moves + 1, p + step
-        if moves:
-            return at, best, moves
-    return at, best, 0
+    """Ladder search of one knot between lo and hi from ``at`` (error ``best``): per rung d, probe at - d
+    and at + d (those within lo .. hi) and move to the best of the three. (position, error, moves); at most
+    2 len(ladder) probes."""
+    moves = 0
+    for d in ladder:
+        here, low = at, best
+        for p in (at - d, at + d):
+            if lo <= p <= hi:
+                err = probe(p)
+                if err < low:
+                    here, low = p, err
+        if here != at:
+            at, best, moves = here, low, moves + 1
+    return at, best, moves
+
+
+def _check_ladder(ladder: Sequence[int]) -> tuple[int, ...]:
+    rungs = tuple(check_int(d, "ladder rung") for d in ladder)
+    if not rungs:
+        raise ValueError("ladder must have at least one rung (grid points a knot is probed away)")
+    return rungs
 
 
 def polish(probe: EndpointProbe, grid: np.ndarray, indices: np.ndarray, knots: str, start_cap: int,
-           max_sweeps: int = MAX_SWEEPS, reach: int = REACH) -> PolishResult:  # fmt: skip
+           max_sweeps: int = MAX_SWEEPS, ladder: Sequence[int] = LADDER) -> PolishResult:  # fmt: skip
     """Polish one schedule (``grid[indices]``) by :class:`EndpointProbe` (see the module docstring).
 
     ``knots``: "start" or "all" (``POLISHES``; "none" is the caller's); ``start_cap``: the last grid point
-    the start may take (-1: the start is pinned, rule "zero"); ``max_sweeps`` bounds "all"'s sweeps and
-    ``reach`` each knot's moves per sweep.
+    the start may take (-1: the start is pinned, rule "zero"); ``max_sweeps`` bounds "all"'s sweeps;
+    ``ladder``: the rungs, in grid points, each knot is probed away (positive integers, largest first).
     """
     check_choice(knots, POLISHES[1:], "polish")
     check_int(max_sweeps, "max_sweeps")
-    check_int(reach, "reach")
+    rungs = _check_ladder(ladder)
     idx = np.array(indices, dtype=np.int64)
     spent = probe.evaluations
     best = probe.probe(grid[idx])
@@ -210,7 +261,7 @@ def polish(probe: EndpointProbe, grid: np.ndarray, indices: np.ndarray, knots: s
 
             lo = idx[m - 1] + 1 if m else 0
             hi = min(idx[m + 1] - 1, start_cap) if m == 0 else idx[m + 1] - 1
-            idx[m], best, n = _line(trial, int(idx[m]), int(lo), int(hi), best, reach)
+            idx[m], best, n = _ladder(trial, int(idx[m]), int(lo), int(hi), best, rungs)
             moved += n
         moves += moved
         if not moved:
@@ -219,29 +270,62 @@ def polish(probe: EndpointProbe, grid: np.ndarray, indices: np.ndarray, knots: s
 
 
 def polish_bound(
-    steps: int, knots: str, pinned: bool, max_sweeps: int = MAX_SWEEPS, reach: int = REACH
+    steps: int, knots: str, pinned: bool, max_sweeps: int = MAX_SWEEPS, ladder: Sequence[int] = LADDER
 ) -> int:
     """At most how many model evaluations per noise :func:`polish` spends on one ``steps``-step schedule: K
-    for the unmoved schedule, then per sweep and knot m its predecessor (m, for m >= 1) and at most
-    reach + 1 probes of K - m each. A bound for the bill before the work; the search reports the exact count
-    (on the bundled models about a third to a half of it).
+    for the unmoved schedule, then per sweep and knot m its predecessor (m, for m >= 1) and
+    2 len(ladder) probes of K - m each. For "start" (one sweep) this is the count the search spends, less
+    the probes that fall outside the start's range; "all" stops sweeping when a sweep moves no knot, so its
+    bound assumes ``max_sweeps``.
 
     Example:
         >>> polish_bound(4, "start", pinned=False), polish_bound(4, "none", pinned=False)
-        (72, 0)
+        (28, 0)
     """
     check_choice(knots, POLISHES, "polish")
+    probes = 2 * len(_check_ladder(ladder))
     if knots == "none" or (knots == "start" and pinned):
         return 0
     ms = [0] if knots == "start" else list(range(1 if pinned else 0, steps))
     sweeps = 1 if knots == "start" else max_sweeps
-    return steps + sweeps * sum(m + (reach + 1) * (steps - m) for m in ms)
+    return steps + sweeps * sum(m + probes * (steps - m) for m in ms)
+
+
+def polish_samples(num_samples: int, share: float = SHARE) -> int:
+    """The noises :func:`polish_paths` probes on: the first ceil(share x M), but at least ``MIN_PROBED`` (read
+    when called) or all M.
+
+    Example:
+        >>> polish_samples(1024), polish_samples(256), polish_samples(128), polish_samples(1)
+        (512, 128, 128, 1)
+    """
+    m = check_int(num_samples, "num_samples")
+    return min(m, max(math.ceil(share * m), MIN_PROBED))
+
+
+def polish_rows(steps: int, knots: str, pinned: bool, num_samples: int, share: float = SHARE) -> int:
+    """At most how many model evaluations (rows, over every noise) :func:`polish_paths` spends on one
+    ``steps``-step budget of a search of ``num_samples`` noises: :func:`polish_bound` on each of the
+    :func:`polish_samples` probed noises, and one K-step sampling of each of the rest (only where a knot
+    moved); on every noise for budgets of at most ``WHOLE_UP_TO`` steps.
+
+    Example:
+        >>> polish_rows(4, "start", pinned=False, num_samples=256)  # 28 x 128 + 4 x 128
+        4096
+        >>> polish_rows(2, "start", pinned=False, num_samples=256)  # 14 x 256
+        3584
+    """
+    bound = polish_bound(steps, knots, pinned)
+    if bound == 0 or steps <= WHOLE_UP_TO:
+        return bound * num_samples
+    probed = polish_samples(num_samples, share)
+    return bound * probed + steps * (num_samples - probed)
 
 
 # ------------------------------------------------------------------------------------ every budget at once
 
 CHECKPOINT_FORMAT = "boss_fast.polish_checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the ladder search (1: the one-point pattern search)
 
 
 def _resume(ckpt: Checkpoint | None, max_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -261,6 +345,37 @@ def _resume(ckpt: Checkpoint | None, max_steps: int) -> tuple[np.ndarray, np.nda
     return indices, errors, spent, done
 
 
+class _Budgets:
+    """Each budget's polish on the probed noises, then the check on the rest (see :func:`polish_paths`)."""
+
+    def __init__(self, velocity: Callable, make_batch: Callable[[int, int], torch.Tensor], table: GlobalTable,
+                 run: GlobalPass, knots: str, cap: int, device: torch.device) -> None:  # fmt: skip
+        self.table, self.knots, self.cap, self.metric = table, knots, cap, run.metric
+        self.probed = polish_samples(table.num_samples)
+        self.probe = EndpointProbe.of_table(velocity, make_batch, table, run, device, samples=self.probed)
+        self.whole = None
+        if self.probed < table.num_samples:
+            self.whole = EndpointProbe.of_table(velocity, make_batch, table, run, device)
+
+    def __call__(self, found: BellmanPath) -> tuple[np.ndarray, float, int]:
+        """(indices, error on all the noises, model evaluations in all) of one budget's polished path."""
+        m, steps = self.table.num_samples, len(found.indices) - 1
+        if self.whole is None or steps <= WHOLE_UP_TO:
+            every = self.probe if self.whole is None else self.whole
+            r = polish(every, self.table.times, found.indices, self.knots, self.cap)
+            return r.indices, r.error, r.evaluations * m
+        r = polish(self.probe, self.table.times, found.indices, self.knots, self.cap)
+        spent = r.evaluations * self.probed
+        if not r.moves:
+            return found.indices, found.cost, spent
+        rest = self.whole.per_noise(self.table.times[r.indices], self.probed, m)
+        if self.metric == "l2":
+            rest = np.sqrt(rest)
+        error = (r.error * self.probed + float(rest.sum())) / m
+        spent += steps * (m - self.probed)
+        return (r.indices, error, spent) if error < found.cost else (found.indices, found.cost, spent)
+
+
 def polish_paths(
     velocity: Callable,
     make_batch: Callable[[int, int], torch.Tensor],
@@ -274,32 +389,39 @@ def polish_paths(
     identity: dict[str, str],
 ) -> list[tuple[BellmanPath, int]]:
     """Every budget's path of ``table`` (``global_paths``) polished by :func:`polish` against
-    ``table.endpoints`` on the same noises: [(path with its polished indices and error, evaluations per
-    noise)] for K = 1 .. table.max_steps. ``run``: the DP's batch size, metric, mode, start rule and cap.
+    ``table.endpoints``: [(path with its polished indices and its error on all the noises, model evaluations
+    in all)] for K = 1 .. table.max_steps. ``run``: the DP's batch size, metric, mode, start rule and cap.
+
+    The probes run on the first :func:`polish_samples` of the table's noises (``SHARE``: half; all of them for
+    budgets of at most ``WHOLE_UP_TO`` steps). Where a budget's knots moved, the polished schedule is sampled
+    once on the rest, and kept only where its error
+    on all the noises is below the DP's (``table``'s cost, on the same noises); else the DP's path stays.
+    Probing half the noises halves the polish's cost; the check keeps a move fitted to that half from
+    making the schedule worse on the whole (measured on the bundled models: docs/results.md).
 
     With ``checkpoint`` (the DP's path; this pass writes ``<root>.polish<ext>``) the result is saved after
     every budget and a rerun resumes after the last one saved (same moves: every probe is deterministic).
     """
     check_choice(knots, POLISHES[1:], "polish")
-    probe = EndpointProbe.of_table(velocity, make_batch, table, run, device)
     n = len(table.times)
     cap = -1 if run.start == "zero" else int(start_sources(run.start, n, run.start_cap)[-1])
+    budgets = _Budgets(velocity, make_batch, table, run, knots, cap, device)
     path = None
     if checkpoint is not None:
         root, ext = os.path.splitext(os.fspath(checkpoint))
         path = f"{root}.polish{ext}"
     header = {"times": table.times, "max_steps": table.max_steps, "metric": run.metric, "start": run.start,
-              "start_cap": cap, "polish": knots, "reach": REACH, "max_sweeps": MAX_SWEEPS,
+              "start_cap": cap, "polish": knots, "ladder": np.array(LADDER), "max_sweeps": MAX_SWEEPS,
+              "share": SHARE, "min_probed": MIN_PROBED, "whole_up_to": WHOLE_UP_TO,
               "num_samples": table.num_samples, "dp_costs": table.costs, **identity}  # fmt: skip
     ckpt = Checkpoint.open(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, header, "polish checkpoint")
     indices, errors, spent, done = _resume(ckpt, table.max_steps)
-    done = probe.shard.min_over_ranks(done)
+    done = budgets.probe.shard.min_over_ranks(done)
     out = []
     with progress_bar(table.max_steps, done, progress, "polish", unit="budget") as bar:
         for k, found in enumerate(global_paths(table), start=1):
             if k > done:
-                r = polish(probe, table.times, found.indices, knots, cap)
-                indices[k - 1, : k + 1], errors[k - 1], spent[k - 1] = r.indices, r.error, r.evaluations
+                indices[k - 1, : k + 1], errors[k - 1], spent[k - 1] = budgets(found)
                 if ckpt is not None:
                     ckpt.save(indices=indices, errors=errors, evaluations=spent, budgets_done=np.int64(k))
                 bar.update(1)

@@ -60,7 +60,14 @@ from boss_fast.global_objective import (
 )
 from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn, for_rows
-from boss_fast.polish import POLISHES, EndpointProbe, polish_bound, polish_paths
+from boss_fast.polish import (
+    POLISHES,
+    WHOLE_UP_TO,
+    EndpointProbe,
+    polish_bound,
+    polish_paths,
+    polish_samples,
+)
 from boss_fast.refine import DPS, CoarseToFine, coarse_to_fine_table, window_bound
 from boss_fast.schedule import OBJECTIVES, Schedule, ScheduleSet, schedules_from_cost
 from boss_fast.trajectories import TeacherRunner, seeded_noise, teacher_evaluations
@@ -426,13 +433,15 @@ class SearchSettings:
             which autocast leaves alone, are refused), the errors float64, the DP float64; not with solver
             "dopri5", whose step control would chase the model's rounding. Recorded in the checkpoint
             header: a run in one precision does not resume another's.
-        polish: after the global DP, move knots of every budget's schedule one grid point at a time while the
-            mean endpoint error on the search noises falls (``boss_fast.polish``): "start" (the start knot;
-            a free start only), "all" (every knot) or "none"; None: "start" for the global objective with a
-            free start (the DP is greedy in the past and its start knots come out early: digits K = 4
-            held-out RMSE 0.1375 -> 0.1033, docs/results.md), "none" otherwise (the local objective takes
-            "none" only). Costs at most ``polish.polish_bound`` evaluations per noise and budget (252-536
-            for every K <= 10 on a 100-step grid after the coarse DP, measured on the bundled models).
+        polish: after the global DP, move knots of every budget's schedule by a ladder of 4, 2 and 1 grid
+            points while the mean endpoint error on the search noises falls (``boss_fast.polish``: probed on
+            half the noises but at least 128, a move kept only where it is also lower on all of them):
+            "start" (the start knot; a free start only), "all" (every knot) or "none"; None: "start" for the
+            global objective with a free start (the DP is greedy in the past and its start knots come out
+            early: digits K = 4 held-out RMSE 0.1375 -> 0.1070, docs/results.md), "none" otherwise (the
+            local objective takes "none" only). Costs at most ``polish.polish_rows`` evaluations per budget
+            (229 per noise for every K <= 10 with 256 noises, fixed by the ladder but for the probes a knot's
+            range cuts off and the checks of budgets that did not move).
 
     Example:
         >>> s = SearchSettings(grid=50, num_samples=64, objective="local")
@@ -974,7 +983,18 @@ class _Pass:
     points: int
     teacher: int | None
     levels: tuple[int, ...]
-    polish: int = 0  # at most this many per noise (``polish.polish_bound``), in calls of a batch's rows
+    # The polish (``polish.polish_rows``): at most ``whole`` evaluations on every noise (the budgets probed on
+    # all of them), ``polish`` on each of the first ``probed`` noises (in calls of their batches' rows), then
+    # ``check`` on each of the rest (calls of the rest's part of each batch).
+    whole: int = 0
+    polish: int = 0
+    probed: int = 0
+    check: int = 0
+
+    def evaluations(self) -> int:
+        """Model evaluations of the pass over every rank (the polish's at most)."""
+        dp = self.samples * ((self.teacher or 0) + sum(self.levels) + self.whole)
+        return dp + self.polish * self.probed + self.check * (self.samples - self.probed)
 
 
 def _passes(settings: SearchSettings, n: int, max_steps: int, m: int) -> list[_Pass]:
@@ -986,10 +1006,10 @@ def _passes(settings: SearchSettings, n: int, max_steps: int, m: int) -> list[_P
         return [_Pass(m, n, None if teacher is None else teacher, ())]
     starts = 1 + start_extra_evaluations(settings.start_rule, n, settings.start_cap)  # level 1's sources
     pinned = settings.start_rule == "zero"
-    polish = sum(polish_bound(k, settings.polish_knots, pinned) for k in _levels(max_steps))
+    polish = _polish_counts(settings.polish_knots, pinned, max_steps, m)
     if settings.dp_route == "full":
         levels = tuple(level_sources(k, n, starts) for k in _levels(max_steps))
-        return [_Pass(m, n, teacher_evaluations(n, solver), levels, polish)]
+        return [_Pass(m, n, teacher_evaluations(n, solver), levels, **polish)]
     plan = CoarseToFine()
     sub = plan.coarse_grid(n)
     nc = len(sub)
@@ -999,8 +1019,20 @@ def _passes(settings: SearchSettings, n: int, max_steps: int, m: int) -> list[_P
     fine = tuple(window_bound(k, n, max_steps, plan.radius, starts) for k in _levels(max_steps))
     return [
         _Pass(plan.coarse_samples(m), nc, teacher_evaluations(nc, solver), coarse),
-        _Pass(m, n, teacher_evaluations(n, solver, plan.teacher_stride), fine, polish),
+        _Pass(m, n, teacher_evaluations(n, solver, plan.teacher_stride), fine, **polish),
     ]
+
+
+def _polish_counts(knots: str, pinned: bool, max_steps: int, m: int) -> dict[str, int]:
+    """``_Pass``'s polish fields (``polish.polish_rows``, per budget): the budgets of at most
+    ``WHOLE_UP_TO`` steps on every noise, the others on the probed noises and checked on the rest."""
+    bounds = {k: polish_bound(k, knots, pinned) for k in _levels(max_steps)}
+    whole = sum(b for k, b in bounds.items() if k <= WHOLE_UP_TO)
+    halves = [k for k, b in bounds.items() if k > WHOLE_UP_TO and b]
+    probed = polish_samples(m)
+    if probed == m or not halves:  # one noise: every budget is probed on all of it
+        return {"whole": sum(bounds.values())}
+    return {"whole": whole, "polish": sum(bounds[k] for k in halves), "probed": probed, "check": sum(halves)}
 
 
 def _levels(max_steps: int) -> range:
@@ -1011,13 +1043,22 @@ def _pass_calls(p: _Pass, width: int, calls: dict[int, int], recorded: bool) -> 
     """Add this rank's model calls of pass ``p`` to ``calls`` {width: count}: the teacher's, one call per
     evaluation on a whole batch (``recorded``: on a ``TeacherRecorder``, which checks the model once on one
     row when it is built, once per batch shape); each DP level's, its sources x batch rows in calls of
-    ``width`` rows. Returns the recorders' checks."""
-    sizes = Shard.of_this_process(p.samples, width).sizes
+    ``width`` rows; the polish's, one call per evaluation on each batch (the budgets probed on every noise),
+    on each batch of the probed noises, and (its check) on each batch's part past them. Returns the
+    recorders' checks."""
+    shard = Shard.of_this_process(p.samples, width)
+    sizes = shard.sizes
     checks = len(set(sizes)) if recorded and p.teacher is not None else 0
     if checks:
         calls[1] = calls.get(1, 0) + checks
+    for b in Shard.of_this_process(p.probed, width).sizes if p.polish else ():
+        calls[b] = calls.get(b, 0) + p.polish
+    for start, stop in map(shard.span, shard.mine if p.check else ()):
+        part = stop - max(start, p.probed)
+        if part > 0:
+            calls[part] = calls.get(part, 0) + p.check
     for b in sizes:
-        calls[b] = calls.get(b, 0) + (p.teacher or 0) + p.polish
+        calls[b] = calls.get(b, 0) + (p.teacher or 0) + p.whole
         for sources in p.levels:
             full, rest = divmod(sources * b, width)
             calls[width] = calls.get(width, 0) + full
@@ -1168,7 +1209,7 @@ class SearchBill:
         free: (device, host, disk) bytes free when the bill was made (None: unknown).
         refusal: why the search would be refused before it starts (its store does not fit), or None.
         call_seconds: one model call of ``batch_size`` rows: the median of ``TIMED_CALLS`` timed calls
-            after a warm-up call.
+            after ``WARM_UP_CALLS`` warm-up calls.
         seconds: the projected wall time of the model calls, sum over calls of call_seconds x rows /
             batch_size; None without a count.
 
@@ -1229,15 +1270,17 @@ class SearchBill:
         return out
 
 
-# Calls timed after the warm-up; the bill takes their median. One call alone swung 2x between runs on the
-# shared 2-core machine (benchmarks/results/search_bill.md); three cost little beside the search's hundreds.
-TIMED_CALLS = 3
+# Calls timed after the warm-up calls; the bill takes their median. One call alone swung 2x between runs on
+# the shared 2-core machine, and three after one warm-up 1.8x between fresh processes
+# (benchmarks/results/search_bill.md); seven cost little beside the search's hundreds.
+WARM_UP_CALLS = 2
+TIMED_CALLS = 5
 
 
 def _timed_call(velocity: VelocityFn, search: _Search) -> tuple[float, int | None]:
     """(seconds, activation bytes or None) of one model call of ``batch_size`` rows on the search's device
-    and dtype: the median of ``TIMED_CALLS`` calls after one warm-up call, each synchronised on CUDA, where
-    the calls' peak allocation is measured."""
+    and dtype: the median of ``TIMED_CALLS`` calls after ``WARM_UP_CALLS`` warm-up calls, each synchronised
+    on CUDA, where the calls' peak allocation is measured."""
     width, dev = search.settings.batch_size, search.device
     x = seeded_noise(search.shape, 0, width, seed=search.settings.seed, dtype=search.dtype).to(dev)
     t = torch.full((width,), 0.5, dtype=search.dtype, device=dev)
@@ -1245,7 +1288,8 @@ def _timed_call(velocity: VelocityFn, search: _Search) -> tuple[float, int | Non
     cuda = dev.type == "cuda"
     times = []
     with torch.no_grad():
-        call(x, t)  # warm-up: lazy initialisation, allocator, kernels' first launch
+        for _ in range(WARM_UP_CALLS):  # lazy initialisation, allocator, kernels' first launch, thread pools
+            call(x, t)
         if cuda:
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
@@ -1274,7 +1318,7 @@ def _count(
             if p.teacher is None or evaluations is None:
                 evaluations = None
             else:  # one process: this rank's recorder checks are every rank's
-                evaluations += p.samples * (p.teacher + sum(p.levels) + p.polish) + checks
+                evaluations += p.evaluations() + checks
     return evaluations, calls, passes
 
 
@@ -1299,8 +1343,8 @@ def search_bill(
     """What ``optimal_schedules(velocity, shape, max_steps, settings, device=, dtype=)`` will cost, before it
     runs: its model evaluations (counted in closed form from the grid, the budgets, the teacher and the DP
     route), its memory by the law (``search_memory``) against what is free now, and its wall time projected
-    from the time of one model call of ``batch_size`` rows (the median of ``TIMED_CALLS`` calls after one
-    warm-up: the only model calls made here).
+    from the time of one model call of ``batch_size`` rows (the median of ``TIMED_CALLS`` calls after
+    ``WARM_UP_CALLS`` warm-up calls: the only model calls made here).
 
     The time law: T = sum over the search's calls of t x rows / batch_size, t the timed call; the DP's own
     arithmetic (an O(N^2) argmin per level) and the teacher's Euler updates are left out

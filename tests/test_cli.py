@@ -1053,8 +1053,8 @@ def test_schedule_pipeline_dry_run_prints_the_bill(saved, capsys, tmp_path):
     text = run(capsys, argv)
     # the full DP on grid 5 (6 points), per noise: the Heun teacher's 2 x 5 calls and the DP's 5 + 4 sources
     # at K = 2 (the pipeline's start rule "noise": level 1 from each of the 5 points below the last), 19, and
-    # the start polish's bound, 18 K for K = 1, 2: 54
-    assert "model evaluations: at most 219 in all, 73.0 per noise (3 noises)" in text
+    # the start polish's bound, 7 K for K = 1, 2 (probed on every noise): 40
+    assert "model evaluations: at most 120 in all, 40.0 per noise (3 noises)" in text
     assert "projected wall time:" in text and not list(tmp_path.iterdir())
 
 

@@ -525,10 +525,14 @@ PINNED_BEFORE = [
 ]
 
 
-def test_the_pinned_start_gives_the_schedules_computed_before_the_change_bit_for_bit():
+def test_the_pinned_start_gives_the_schedules_computed_before_the_change():
+    """The same knots, and the same costs to rounding: the last bit of a cost depends on torch's thread count
+    (its reductions split by threads; K = 2 differs in the 17th digit under OMP_NUM_THREADS=1)."""
     table = global_table(wavy, seeded_randn(20, 3, 11), bf.uniform_grid(14), 5, GlobalPass(batch_size=6),
                          progress=False)  # fmt: skip
-    assert [(p.indices.tolist(), p.cost) for p in global_paths(table)] == PINNED_BEFORE
+    paths = global_paths(table)
+    assert [p.indices.tolist() for p in paths] == [indices for indices, _ in PINNED_BEFORE]
+    assert [p.cost for p in paths] == pytest.approx([cost for _, cost in PINNED_BEFORE], rel=1e-12, abs=0)
 
 
 def test_a_flow_at_rest_then_straight_starts_where_it_turns_straight():

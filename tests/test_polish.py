@@ -14,10 +14,18 @@ import torch
 from _helpers import CountedRows
 
 from boss_fast.engine import Shard, WideEvaluator
-from boss_fast.global_objective import GlobalPass, accumulate_global, global_paths
+from boss_fast.global_objective import GlobalPass, accumulate_global, global_paths, start_sources
 from boss_fast.grids import uniform_grid
 from boss_fast.oracle import endpoint_error
-from boss_fast.polish import EndpointProbe, polish, polish_bound, polish_paths
+from boss_fast.polish import (
+    WHOLE_UP_TO,
+    EndpointProbe,
+    _ladder,
+    polish,
+    polish_bound,
+    polish_paths,
+    polish_samples,
+)
 from boss_fast.search import SearchSettings, optimal_schedules
 from boss_fast.trajectories import seeded_noise
 
@@ -49,39 +57,75 @@ def _dp(velocity, noise, grid, steps, rule="noise", batch_size=4):
 
 
 def test_the_start_moves_to_the_closed_form_best_one_step_start():
-    # error(s) = (1 - 3 s^2 (1 - s))^2 is unimodal with its minimum at s = 2/3: from any start the pattern
-    # search must end at the grid point nearest 2/3 among those a brute force ranks best.
+    # error(s) = (1 - 3 s^2 (1 - s))^2 is unimodal with its minimum at s = 2/3: from each start a ladder of
+    # halving rungs ends at the grid point a brute force ranks best.
     grid = uniform_grid(30)
     noise = torch.zeros(5, 2, dtype=torch.float64)
     probe = _probe(cubic_flow, noise, noise + 1.0)
     brute = min(range(30), key=lambda s: (1 - 3 * grid[s] ** 2 * (1 - grid[s])) ** 2)
     for start in (0, 5, 29):
-        r = polish(probe, grid, np.array([start, 30]), "start", start_cap=29, reach=30)
+        r = polish(probe, grid, np.array([start, 30]), "start", start_cap=29, ladder=(16, 8, 4, 2, 1))
         assert r.indices.tolist() == [brute, 30]
         assert r.error == pytest.approx(2 * (1 - 3 * grid[brute] ** 2 * (1 - grid[brute])) ** 2, rel=1e-12)
 
 
-def test_a_polished_schedule_is_a_local_optimum_never_worse_and_its_error_is_the_samplers():
+class Recording:
+    """An EndpointProbe that records the error of every probe it makes."""
+
+    def __init__(self, probe):
+        self.inner, self.seen = probe, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def probe(self, times, from_state=False):
+        err = self.inner.probe(times, from_state)
+        self.seen.append(err)
+        return err
+
+
+def test_a_polished_schedule_is_the_best_it_probed_never_worse_and_its_error_is_the_samplers():
     grid = uniform_grid(14)
     noise = seeded_noise((3,), 0, 10, dtype=torch.float64)
     table, run = _dp(wavy, noise, grid, 3)
-    probe = _probe(wavy, noise, torch.cat(table.endpoints))
+    ref = torch.cat(table.endpoints)
     for path in global_paths(table):
         for knots in ("start", "all"):
-            r = polish(probe, grid, path.indices, knots, start_cap=12, reach=20)
+            probe = Recording(_probe(wavy, noise, ref))
+            r = polish(probe, grid, path.indices, knots, start_cap=12, ladder=(4, 2, 1))
             assert r.error <= path.cost * (1 + 1e-12)
-            ref = torch.cat(table.endpoints)
+            assert r.error == min(probe.seen)  # a move is kept only when it lowers the error
             assert r.error == pytest.approx(
                 endpoint_error(wavy, noise, ref, grid[r.indices], "noise"), rel=1e-12
             )
-            movable = [0] if knots == "start" else range(len(r.indices) - 1)
-            for m in movable:  # no single one-point move of a polished knot lowers the error
-                for d in (-1, 1):
-                    trial = r.indices.copy()
-                    trial[m] += d
-                    if trial[m] < 0 or trial[m] > 12 or np.any(np.diff(trial) <= 0):
-                        continue
-                    assert endpoint_error(wavy, noise, ref, grid[trial], "noise") >= r.error * (1 - 1e-12)
+
+
+def test_the_ladder_probes_each_rung_both_ways_and_moves_to_the_best_of_three():
+    # error(p) = (p - 9)^2 from 3 with rungs (4, 2, 1): 3 -> 7 (probes -1 skipped, 7), 7 -> 9 (5, 9),
+    # 9 stays (8, 10): 5 probes, one skipped below the range.
+    seen = []
+
+    def probe(p):
+        seen.append(p)
+        return float((p - 9) ** 2)
+
+    at, best, moves = _ladder(probe, 3, 0, 20, 36.0, (4, 2, 1))
+    assert (at, best, moves) == (9, 0.0, 2)
+    assert seen == [7, 5, 9, 8, 10]
+    with pytest.raises(ValueError, match="ladder must have at least one rung"):
+        polish_bound(3, "start", pinned=False, ladder=())
+    with pytest.raises(ValueError, match="ladder rung"):
+        polish_bound(3, "start", pinned=False, ladder=(2, 0))
+
+
+def test_the_start_polish_spends_its_bound_when_no_probe_falls_outside():
+    grid = uniform_grid(40)
+    noise = seeded_noise((3,), 0, 6, dtype=torch.float64)
+    counted = CountedRows(wavy)
+    probe = _probe(counted, noise, torch.cat(_dp(wavy, noise, grid, 1)[0].endpoints))
+    for k, idx in ((1, [20, 40]), (3, [12, 25, 33, 40])):  # the start 12-20: every probe within 0 .. 39
+        r = polish(probe, grid, np.array(idx), "start", start_cap=39, ladder=(4, 2, 1))
+        assert r.evaluations == polish_bound(k, "start", pinned=False, ladder=(4, 2, 1)) == 7 * k
 
 
 @pytest.mark.parametrize("knots", ["start", "all"])
@@ -282,3 +326,45 @@ def test_a_table_without_endpoints_is_refused_by_name():
     ):
         polish_paths(wavy, lambda a, b: noise[a:b], table, run, "start", device=torch.device("cpu"),
                      progress=False, checkpoint=None, identity={})  # fmt: skip
+
+
+def test_the_polish_probes_half_the_noises_and_keeps_a_move_only_where_all_of_them_agree(monkeypatch):
+    monkeypatch.setattr("boss_fast.polish.MIN_PROBED", 1)  # half of 10 noises (the floor is 128)
+    grid = uniform_grid(16)
+    noise = seeded_noise((3,), 0, 10, seed=4, dtype=torch.float64) * 2  # seed 4: one move kept, one refused
+    table, run = _dp(wavy, noise, grid, 5)
+    ref = torch.cat(table.endpoints)
+    counted = CountedRows(wavy)
+    out = polish_paths(counted, lambda a, b: noise[a:b], table, run, "start", device=torch.device("cpu"),
+                       progress=False, checkpoint=None, identity={})  # fmt: skip
+    assert polish_samples(10) == 5
+    cap = int(start_sources("noise", len(grid), None)[-1])
+    kept = refused = 0
+    for (path, spent), dp in zip(out, global_paths(table), strict=True):
+        steps = len(dp.indices) - 1
+        assert path.cost <= dp.cost
+        if steps <= WHOLE_UP_TO:  # probed on all the noises
+            r = polish(_probe(wavy, noise, ref), grid, dp.indices, "start", start_cap=cap)
+            assert path.indices.tolist() == r.indices.tolist() and spent == r.evaluations * 10
+            assert path.cost == r.error
+            continue
+        half = polish(_probe(wavy, noise[:5], ref[:5]), grid, dp.indices, "start", start_cap=cap)
+        if not half.moves:
+            assert path.indices.tolist() == dp.indices.tolist() and spent == half.evaluations * 5
+            continue
+        assert spent == half.evaluations * 5 + steps * 5  # the probes on 5 noises, the check on the other 5
+        whole = endpoint_error(wavy, noise, ref, grid[half.indices], "noise")
+        if whole < dp.cost:
+            kept += 1
+            assert path.indices.tolist() == half.indices.tolist()
+            assert path.cost == pytest.approx(whole, rel=1e-12)
+        else:
+            refused += 1
+            assert path.indices.tolist() == dp.indices.tolist() and path.cost == dp.cost
+    assert kept and refused
+    assert counted.rows == sum(spent for _, spent in out)
+
+
+def test_the_probed_noises_are_half_but_at_least_the_floor_or_all():
+    sizes = (1, 100, 128, 200, 256, 257, 1000)
+    assert [polish_samples(m) for m in sizes] == [1, 100, 128, 128, 128, 129, 500]

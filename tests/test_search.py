@@ -25,7 +25,7 @@ from boss_fast.bellman import bellman_path
 from boss_fast.cost import trajectory_cost
 from boss_fast.global_objective import GlobalPass, global_paths, global_table
 from boss_fast.grids import uniform_grid
-from boss_fast.polish import polish_bound
+from boss_fast.polish import polish_rows
 from boss_fast.schedule import interpolate_schedule
 from boss_fast.search import (
     MAX_GRID,
@@ -661,8 +661,8 @@ def test_the_bill_counts_every_model_call_the_search_makes(kwargs, k):
     counter, timed = Counting(), Counting()
     optimal_schedules(counter, (3,), k, settings)
     bill = bf.search_bill(timed, (3,), k, settings)
-    # the bill's only calls: a warm-up and the timed ones
-    assert timed.widths == {settings.batch_size: 1 + bf.search.TIMED_CALLS}
+    # the bill's only calls: the warm-up and the timed ones
+    assert timed.widths == {settings.batch_size: bf.search.WARM_UP_CALLS + bf.search.TIMED_CALLS}
     assert bill.exact and bill.evaluations == counter.rows
     assert dict(bill.calls) == counter.widths
     assert bill.per_noise == bill.evaluations / settings.num_samples
@@ -679,7 +679,8 @@ def test_the_default_bill_is_the_issue_figure():
 
 
 @pytest.mark.parametrize("dp", ["full", "coarse"])
-def test_the_polish_bill_bounds_what_the_polished_search_makes(dp):
+def test_the_polish_bill_bounds_what_the_polished_search_makes(dp, monkeypatch):
+    monkeypatch.setattr("boss_fast.polish.MIN_PROBED", 1)  # half of 9 noises (the floor is 128)
     settings = SearchSettings(grid=30, num_samples=9, batch_size=4, dp=dp)
     assert settings.polish_knots == "start"
     counter = Counting()
@@ -687,13 +688,20 @@ def test_the_polish_bill_bounds_what_the_polished_search_makes(dp):
     plain = Counting()
     optimal_schedules(plain, (3,), 4, dataclasses.replace(settings, polish="none"))
     bill = bf.search_bill(wavy, (3,), 4, settings)
-    bound = sum(polish_bound(k, "start", pinned=False) for k in range(1, 5))
+    plain_bill = bf.search_bill(wavy, (3,), 4, dataclasses.replace(settings, polish="none"))
+    # K = 1, 2 probed on all 9 noises (7K each); K = 3, 4 on the first 5 (7K each), checked on the other 4 (K)
+    rows = sum(polish_rows(k, "start", pinned=False, num_samples=9) for k in range(1, 5))
+    assert rows == 7 * (1 + 2) * 9 + 7 * (3 + 4) * 5 + (3 + 4) * 4
     assert not bill.exact and "at most" in bill.lines()[0]
-    assert plain.rows < counter.rows <= bill.evaluations
-    assert (
-        bill.evaluations
-        == bf.search_bill(wavy, (3,), 4, dataclasses.replace(settings, polish="none")).evaluations + 9 * bound
-    )
+    assert plain.rows < counter.rows <= bill.evaluations == plain_bill.evaluations + rows
+    # the polish's calls: K = 1, 2 on each batch (4, 4 and 1 rows), K = 3, 4 on the probed noises' batches
+    # (4 and 1) and the rest's part of each batch (3 and 1)
+    polish_calls = {w: n - dict(plain_bill.calls).get(w, 0) for w, n in bill.calls}
+    polish_calls = {w: n for w, n in polish_calls.items() if n}
+    assert polish_calls == {4: 2 * 21 + 49, 1: 21 + 49 + 7, 3: 7}
+    made = {w: n - plain.widths.get(w, 0) for w, n in counter.widths.items()}
+    assert {w for w, n in made.items() if n} <= {4, 3, 1}
+    assert all(made.get(w, 0) <= n for w, n in polish_calls.items())
 
 
 @pytest.mark.parametrize("k", [2, 5])
