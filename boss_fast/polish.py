@@ -67,6 +67,7 @@ __all__ = [
     "polish_paths",
     "polish_rows",
     "polish_samples",
+    "probed_on",
 ]
 
 # "none": the DP's schedule as it is; "start": the start knot (a free start only); "all": every knot.
@@ -291,23 +292,34 @@ def polish_bound(
     return steps + sweeps * sum(m + probes * (steps - m) for m in ms)
 
 
-def polish_samples(num_samples: int, share: float = SHARE) -> int:
-    """The noises :func:`polish_paths` probes on: the first ceil(share x M), but at least ``MIN_PROBED`` (read
-    when called) or all M.
+def polish_samples(num_samples: int) -> int:
+    """The noises :func:`polish_paths` probes budgets of more than ``WHOLE_UP_TO`` steps on: the first
+    ceil(SHARE x M), but at least ``MIN_PROBED`` (read when called) or all M.
 
     Example:
         >>> polish_samples(1024), polish_samples(256), polish_samples(128), polish_samples(1)
         (512, 128, 128, 1)
     """
     m = check_int(num_samples, "num_samples")
-    return min(m, max(math.ceil(share * m), MIN_PROBED))
+    return min(m, max(math.ceil(SHARE * m), MIN_PROBED))
 
 
-def polish_rows(steps: int, knots: str, pinned: bool, num_samples: int, share: float = SHARE) -> int:
+def probed_on(steps: int, num_samples: int) -> int:
+    """The noises one ``steps``-step budget's probes run on in a search of ``num_samples``: all of them for
+    budgets of at most ``WHOLE_UP_TO`` steps, else :func:`polish_samples`. The one rule :func:`polish_paths`
+    runs and the bill (:func:`polish_rows`, ``boss_fast.search``) counts.
+
+    Example:
+        >>> probed_on(2, 256), probed_on(3, 256), probed_on(3, 100)
+        (256, 128, 100)
+    """
+    return num_samples if steps <= WHOLE_UP_TO else polish_samples(num_samples)
+
+
+def polish_rows(steps: int, knots: str, pinned: bool, num_samples: int) -> int:
     """At most how many model evaluations (rows, over every noise) :func:`polish_paths` spends on one
     ``steps``-step budget of a search of ``num_samples`` noises: :func:`polish_bound` on each of the
-    :func:`polish_samples` probed noises, and one K-step sampling of each of the rest (only where a knot
-    moved); on every noise for budgets of at most ``WHOLE_UP_TO`` steps.
+    :func:`probed_on` noises, and one K-step sampling of each of the rest (only where a knot moved).
 
     Example:
         >>> polish_rows(4, "start", pinned=False, num_samples=256)  # 28 x 128 + 4 x 128
@@ -316,9 +328,9 @@ def polish_rows(steps: int, knots: str, pinned: bool, num_samples: int, share: f
         3584
     """
     bound = polish_bound(steps, knots, pinned)
-    if bound == 0 or steps <= WHOLE_UP_TO:
-        return bound * num_samples
-    probed = polish_samples(num_samples, share)
+    if bound == 0:
+        return 0
+    probed = probed_on(steps, num_samples)
     return bound * probed + steps * (num_samples - probed)
 
 
@@ -360,7 +372,7 @@ class _Budgets:
     def __call__(self, found: BellmanPath) -> tuple[np.ndarray, float, int]:
         """(indices, error on all the noises, model evaluations in all) of one budget's polished path."""
         m, steps = self.table.num_samples, len(found.indices) - 1
-        if self.whole is None or steps <= WHOLE_UP_TO:
+        if probed_on(steps, m) == m:
             every = self.probe if self.whole is None else self.whole
             r = polish(every, self.table.times, found.indices, self.knots, self.cap)
             return r.indices, r.error, r.evaluations * m
@@ -392,10 +404,10 @@ def polish_paths(
     ``table.endpoints``: [(path with its polished indices and its error on all the noises, model evaluations
     in all)] for K = 1 .. table.max_steps. ``run``: the DP's batch size, metric, mode, start rule and cap.
 
-    The probes run on the first :func:`polish_samples` of the table's noises (``SHARE``: half; all of them for
-    budgets of at most ``WHOLE_UP_TO`` steps). Where a budget's knots moved, the polished schedule is sampled
-    once on the rest, and kept only where its error
-    on all the noises is below the DP's (``table``'s cost, on the same noises); else the DP's path stays.
+    Each budget's probes run on the first :func:`probed_on` of the table's noises (half, but at least
+    ``MIN_PROBED``; all of them for budgets of at most ``WHOLE_UP_TO`` steps). Where a budget's knots moved on
+    fewer than all, the polished schedule is sampled once on the rest, and kept only where its error on all
+    the noises is below the DP's (``table``'s cost, on the same noises); else the DP's path stays.
     Probing half the noises halves the polish's cost; the check keeps a move fitted to that half from
     making the schedule worse on the whole (measured on the bundled models: docs/results.md).
 

@@ -62,11 +62,11 @@ from boss_fast.grids import resolve_grid
 from boss_fast.ode import VelocityFn, for_rows
 from boss_fast.polish import (
     POLISHES,
-    WHOLE_UP_TO,
     EndpointProbe,
     polish_bound,
     polish_paths,
     polish_samples,
+    probed_on,
 )
 from boss_fast.refine import DPS, CoarseToFine, coarse_to_fine_table, window_bound
 from boss_fast.schedule import OBJECTIVES, Schedule, ScheduleSet, schedules_from_cost
@@ -1024,15 +1024,16 @@ def _passes(settings: SearchSettings, n: int, max_steps: int, m: int) -> list[_P
 
 
 def _polish_counts(knots: str, pinned: bool, max_steps: int, m: int) -> dict[str, int]:
-    """``_Pass``'s polish fields (``polish.polish_rows``, per budget): the budgets of at most
-    ``WHOLE_UP_TO`` steps on every noise, the others on the probed noises and checked on the rest."""
+    """``_Pass``'s polish fields, per budget by ``polish.probed_on`` (the rule ``polish.polish_rows`` counts):
+    the budgets probed on every noise, and the others on the first ``polish_samples(m)``, checked on the
+    rest."""
     bounds = {k: polish_bound(k, knots, pinned) for k in _levels(max_steps)}
-    whole = sum(b for k, b in bounds.items() if k <= WHOLE_UP_TO)
-    halves = [k for k, b in bounds.items() if k > WHOLE_UP_TO and b]
-    probed = polish_samples(m)
-    if probed == m or not halves:  # one noise: every budget is probed on all of it
-        return {"whole": sum(bounds.values())}
-    return {"whole": whole, "polish": sum(bounds[k] for k in halves), "probed": probed, "check": sum(halves)}
+    halves = [k for k, b in bounds.items() if b and probed_on(k, m) < m]
+    whole = sum(b for k, b in bounds.items() if k not in halves)
+    if not halves:
+        return {"whole": whole}
+    polish = sum(bounds[k] for k in halves)
+    return {"whole": whole, "polish": polish, "probed": polish_samples(m), "check": sum(halves)}
 
 
 def _levels(max_steps: int) -> range:

@@ -4,6 +4,11 @@ checked on synthetic runs, since its real input needs a GPU this suite may not h
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+
+import pytest
 
 from benchmarks.gpu.check_targets import report
 from benchmarks.summarize import summarize
@@ -81,3 +86,13 @@ def test_summarize_ratios_against_the_baseline(tmp_path):
     assert "| g | compile[a] | 4.000 ms | 2.50x | 1.000 ms |" in lines
     assert "| g | baseline_eager[a] | 10.000 ms |  |  |" in lines
     assert "| h | other | 2.50 s |  |  |" in lines  # no baseline in its group: no ratio
+
+
+@pytest.mark.parametrize("seed", ["1", "-2"])
+def test_search_budget_refuses_the_held_out_seed_before_any_search(seed):
+    """--seed 1 would search on the noises the schedules are judged on: refused by name, nothing run."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    argv = ["benchmarks/search_budget.py", "--model", "gmm2d_narrow", "--seed", seed, "--out", "/nonexistent"]
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode != 0
+    assert f"--seed {seed}: seed 1 draws the held-out noises" in out.stderr
