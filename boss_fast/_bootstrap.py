@@ -21,6 +21,7 @@ __all__ = [
     "paired_bootstrap",
     "paired_difference",
     "rmse_statistic",
+    "seed_mean_difference",
 ]
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -132,6 +133,44 @@ def paired_difference(a: np.ndarray, b: np.ndarray, *, level: float = 0.95) -> P
     tail = 50.0 * (1.0 - level)
     low, high = np.percentile(a[1:] - b[1:], [tail, 100.0 - tail])
     return PairedDifference(float(a[0] - b[0]), float(low), float(high), level, len(a) - 1)
+
+
+def seed_mean_difference(
+    a: np.ndarray, b: np.ndarray, *, level: float = 0.95, seed: int = 0
+) -> PairedDifference:
+    """The difference of two methods' statistics averaged over independent runs (search seeds), with a
+    two-level percentile interval: each resample draws the runs with replacement and, within the resample,
+    the same held-out resample r for every run (the columns of ``bootstrap_statistics`` made with one
+    ``weights``). It covers both sources of spread: the noises the runs searched on, which a single run's
+    paired interval cannot see, and the held-out noises the schedules were judged on.
+
+    Args:
+        a, b: (S, R + 1) float64, row s the :func:`bootstrap_statistics` of run s (entry 0 the full set),
+            every row made with the same weights; a's row s and b's row s paired (the same search seed).
+        level: central coverage of the percentile interval.
+        seed: of the runs' resampling.
+
+    Example:
+        >>> a, b = np.array([[3.0, 3.0, 3.0], [1.0, 1.0, 1.0]]), np.zeros((2, 3))
+        >>> d = seed_mean_difference(a, b)
+        >>> d.estimate, d.low >= 1.0, d.high <= 3.0
+        (2.0, True, True)
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or a.shape != b.shape or a.shape[1] < 2:
+        raise ValueError(
+            "a and b must be (runs, R + 1) bootstrap_statistics of the same weights, "
+            f"got {a.shape} and {b.shape}"
+        )
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    d = a - b
+    runs, reps = d.shape[0], d.shape[1] - 1
+    picks = np.random.default_rng(seed).integers(0, runs, size=(reps, runs))
+    resampled = d[picks, np.arange(1, reps + 1)[:, None]].mean(axis=1)
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(resampled, [tail, 100.0 - tail])
+    return PairedDifference(float(d[:, 0].mean()), float(low), float(high), level, reps)
 
 
 def rmse_statistic(squared_errors: np.ndarray, weights: np.ndarray) -> np.ndarray:

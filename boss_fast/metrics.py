@@ -21,6 +21,7 @@ from boss_fast._bootstrap import (
     paired_bootstrap,
     paired_difference,
     rmse_statistic,
+    seed_mean_difference,
 )
 from boss_fast.models import DIGITS_SHAPE, digits, load_bundled
 
@@ -37,6 +38,7 @@ __all__ = [
     "paired_bootstrap",
     "paired_difference",
     "rmse_statistic",
+    "seed_mean_difference",
 ]
 
 ArrayLike = np.ndarray | torch.Tensor

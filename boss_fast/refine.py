@@ -25,8 +25,9 @@ K <= 10 (benchmarks/results/global_dp_cost.md, held-out RMSE against dopri5 on 1
 the full DP's at K = 9 and no worse at the other K (-0.1% at K = 10); ``gmm2d_narrow`` (256 noises) 396
 (3.96x), within +1.4% at every K (-2.6% at K = 10). No setting tried (strides 3-5, radius 1-3) kept digits
 within 1% at every K alone; followed by the start polish (``boss_fast.polish``) it is no worse than the full
-DP without polish at any K on three models, on 256 noises with paired intervals, at 0.52-0.81x its
-evaluations, so it is the global objective's default route (benchmarks/results/search_budget_*.md).
+DP without polish at any K on three models, on 256 noises with paired intervals, at 0.50-0.54x its
+evaluations (search seed 0, benchmarks/results/search_budget_*.md; and in the mean over ten search seeds,
+benchmarks/results/search_seeds_*.md), so it is the global objective's default route.
 """
 
 from __future__ import annotations

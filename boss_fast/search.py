@@ -100,9 +100,10 @@ _TOO_FINE = (
 # FD at K = 3, for 99 more evaluations per noise on a 100-step grid (1155 vs 1056). The local objective with
 # any start loses to it everywhere, so objective="local" keeps BOSS as published: pinned.
 DEFAULT_START = {"global": "noise", "local": "zero"}
-# The global DP's route when ``dp`` is None: the coarse-to-fine DP (with the default start polish: 0.5-0.8x
+# The global DP's route when ``dp`` is None: the coarse-to-fine DP (with the default start polish: about half
 # the full DP's evaluations, held-out RMSE no worse than the full DP's at any K on three models and better at
-# most; benchmarks/results/search_budget_*.md).
+# most, for search seed 0 (benchmarks/results/search_budget_*.md) and in the mean over ten search seeds
+# (benchmarks/results/search_seeds_*.md)).
 DEFAULT_DP = "coarse"
 # The teacher each objective uses when none is given: BOSS's Euler (the published setting), and for the
 # global objective (whose targets are the teacher's states) the most accurate fixed-step solver that keeps

@@ -4,6 +4,7 @@ checked on synthetic runs, since its real input needs a GPU this suite may not h
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -96,3 +97,108 @@ def test_search_budget_refuses_the_held_out_seed_before_any_search(seed):
     out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode != 0
     assert f"--seed {seed}: seed 1 draws the held-out noises" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("0,1", "seed 1 draws the held-out noises"), ("0,-3", "seed 1 draws"), ("0", "at least two distinct"),
+     ("2,2", "at least two distinct"), ("0,x", "comma-separated integers")],
+)  # fmt: skip
+def test_search_seeds_refuses_bad_seeds(text, match):
+    from benchmarks.search_seeds import parse_seeds
+
+    assert parse_seeds("0, 2,3") == [0, 2, 3]
+    with pytest.raises(SystemExit, match=match):
+        parse_seeds(text)
+
+
+def test_search_seeds_resumes_the_searches_it_saved(tmp_path, monkeypatch):
+    """Each search is saved as it ends; a rerun with the same header searches only what is missing, and a
+    header that differs (another model, other row settings) starts over."""
+    import numpy as np
+
+    import benchmarks.search_seeds as ss
+
+    calls = []
+
+    class Found(dict):
+        pass
+
+    def fake_search(model, shape, dtype, dp, m, polish, start, seed):
+        calls.append((dp, m, seed))
+        found = Found(
+            {k: type("S", (), {"start": start, "times": np.linspace(0, 1, k + 1)})() for k in range(1, 11)}
+        )
+        return found, 100.0 + seed, 0.1
+
+    monkeypatch.setattr(ss, "_search", fake_search)
+    file = tmp_path / "p.json"
+    path, header = str(file), {"model": "m", "rows": {"base": ["full", 256, "none", "noise"]}}
+    done = ss.run_searches(None, (2,), None, ["base", "coarse+polish/64"], [0, 2], path, header)
+    assert len(calls) == 4 and sorted(done) == [
+        "base@0",
+        "base@2",
+        "coarse+polish/64@0",
+        "coarse+polish/64@2",
+    ]
+    assert done["base@2"]["per_noise"] == 102.0 and done["base@2"]["times"][1] == [0.0, 0.5, 1.0]
+    saved = json.loads(file.read_text())["done"]
+    del saved["coarse+polish/64@2"]
+    file.write_text(json.dumps({"header": header, "done": saved}))
+    calls.clear()
+    again = ss.run_searches(None, (2,), None, ["base", "coarse+polish/64"], [0, 2], path, header)
+    assert calls == [("coarse", 64, 2)] and again == done
+    calls.clear()
+    ss.run_searches(None, (2,), None, ["base"], [0, 2], path, {**header, "model": "other"})
+    assert len(calls) == 2
+
+
+def test_search_seeds_report_marks_worse_and_better():
+    from benchmarks.search_seeds import markdown
+
+    k = [{"rmse": 0.1, "d_rmse": 0.0, "ci": [0.0, 0.0], "seeds_worse": 0}] * 10
+    row = [{"rmse": 0.2, "d_rmse": 0.1, "ci": [0.05, 0.15], "seeds_worse": 3}]
+    row += [{"rmse": 0.05, "d_rmse": -0.05, "ci": [-0.06, -0.01], "seeds_worse": 0}]
+    row += [{"rmse": 0.1, "d_rmse": 0.0, "ci": [-0.01, 0.01], "seeds_worse": 1}] * 8
+    judged = {"rows": {"base": {"per_noise": [1155.0, 1155.0], "k": k},
+                       "coarse+polish/64": {"per_noise": [700.0, 800.0], "k": row}},
+              "base_redrawn_worse": [0.5] * 10}  # fmt: skip
+    md = markdown("m", "cmd", [0, 2], judged, {"machine": "x", "torch": "t"})
+    assert "| coarse+polish/64 | coarse | 64 | start | 750.0 (700.0-800.0) | 48,000 | 0.162 | " in md
+    assert "worse at K = 1; better at K = 2 |" in md
+    assert "| 1 | 0.1000 | *0.2000* [+0.0500, +0.1500] worse |" in md
+    assert "| 2 | 0.1000 | **0.0500** [-0.0600, -0.0100] |" in md
+    assert "| 1 | 0.50 | 3 |" in md
+
+
+def test_search_seeds_judge_pairs_each_seed_with_base():
+    """On dx/dt = -x, from the noise at t = 0, K uniform Euler steps land closer to the exact endpoint the
+    more steps they take: a row that takes one step where base takes K is worse at every K >= 2 in every
+    seed, the same at K = 1, and base against itself is never worse."""
+    import numpy as np
+    import torch
+
+    from benchmarks.search_budget import MAX_STEPS
+    from benchmarks.search_seeds import judge
+    from boss_fast.metrics import bootstrap_weights
+
+    noise = torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = noise * math.exp(-1.0)
+    uniform = [np.linspace(0.0, 1.0, k + 1).tolist() for k in range(1, MAX_STEPS + 1)]
+    done = {}
+    for seed in (0, 2):
+        done[f"base@{seed}"] = {"start": "noise", "times": uniform, "per_noise": 1.0}
+        done[f"coarse+polish/64@{seed}"] = {
+            "start": "noise",
+            "times": [uniform[0]] * MAX_STEPS,
+            "per_noise": 1.0,
+        }
+    out = judge(
+        lambda x, t: -x, noise, ref, done, ["base", "coarse+polish/64"], [0, 2], bootstrap_weights(200, 100)
+    )
+    worse = out["rows"]["coarse+polish/64"]["k"]
+    assert worse[0]["d_rmse"] == 0.0 and worse[0]["seeds_worse"] == 0
+    assert all(c["d_rmse"] > 0 and c["ci"][0] > 0 and c["seeds_worse"] == 2 for c in worse[1:])
+    exact = (noise * 0.75**4 - ref).square().mean().sqrt().item()  # 4 steps of 1/4: x (1 - 1/4)^4
+    assert out["rows"]["base"]["k"][3]["rmse"] == pytest.approx(exact)
+    assert out["base_redrawn_worse"] == [0.0] * MAX_STEPS

@@ -22,6 +22,7 @@ from boss_fast.metrics import (
     paired_bootstrap,
     paired_difference,
     rmse_statistic,
+    seed_mean_difference,
 )
 from boss_fast.models import digits
 
@@ -195,6 +196,46 @@ def test_statistics_computed_once_pair_like_paired_bootstrap() -> None:
         paired_difference(sa, sa[:-1])
     with pytest.raises(ValueError, match=r"weights must have shape \(R, 300\)"):
         bootstrap_statistics(a, rmse_statistic, w[:, :10])
+
+
+def test_seed_mean_difference_covers_the_runs_spread() -> None:
+    rng = np.random.default_rng(3)
+    w = bootstrap_weights(500, 400, seed=0)
+    e = rng.exponential(size=(4, 500))
+    # Each run's paired interval excludes 0, two above and two below: the runs disagree, and the mean over
+    # runs (0 by construction) gets an interval that covers 0 and is wider than any run's own.
+    scale = np.array([1.2, 1.3, 1 / 1.2, 1 / 1.3])
+    a = np.stack([bootstrap_statistics(c * r, rmse_statistic, w) for c, r in zip(scale, e, strict=True)])
+    b = np.stack([bootstrap_statistics(r, rmse_statistic, w) for r in e])
+    runs = [paired_difference(x, y) for x, y in zip(a, b, strict=True)]
+    assert [r.low > 0 for r in runs] == [True, True, False, False] and all(r.significant for r in runs)
+    d = seed_mean_difference(a, b)
+    assert d.estimate == pytest.approx(np.mean([r.estimate for r in runs]))
+    assert d.low < 0 < d.high and not d.significant
+    assert d.high - d.low > max(r.high - r.low for r in runs)
+    # One run: exactly that run's paired interval.
+    assert seed_mean_difference(a[:1], b[:1]) == paired_difference(a[0], b[0])
+    # No held-out spread (every resample equal to the full set): the interval is the runs' bootstrap alone,
+    # within the runs' range, and the same for the same seed.
+    flat = np.repeat(np.array([[1.0], [2.0], [6.0]]), 401, axis=1)
+    f = seed_mean_difference(flat, np.zeros_like(flat))
+    assert f.estimate == 3.0 and 1.0 <= f.low < 3.0 < f.high <= 6.0
+    assert seed_mean_difference(flat, np.zeros_like(flat)) == f
+    assert seed_mean_difference(flat, np.zeros_like(flat), seed=1) != f
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "level", "match"),
+    [
+        (np.zeros((2, 5)), np.zeros((3, 5)), 0.95, "same weights"),
+        (np.zeros(5), np.zeros(5), 0.95, "runs, R"),
+        (np.zeros((2, 1)), np.zeros((2, 1)), 0.95, "runs, R"),
+        (np.zeros((2, 5)), np.zeros((2, 5)), 1.0, "level must be in"),
+    ],
+)
+def test_seed_mean_difference_refuses_bad_input(a, b, level, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        seed_mean_difference(a, b, level=level)
 
 
 def test_paired_bootstrap_interval_matches_the_normal_theory() -> None:
