@@ -54,6 +54,7 @@ from boss_fast.ode import sample, start_state
 
 MAX_STEPS = 10
 BASE = "base"
+HELD_OUT_SEED = 1  # the held-out noises' seed: never a search's
 # name -> (dp, noises, polish, start rule); "pinned" (start at t = 0, full DP) only when asked for (--rows)
 ROWS = {
     BASE: ("full", 256, "none", "noise"),
@@ -73,6 +74,28 @@ def _model(name: str) -> tuple[torch.nn.Module, tuple[int, ...], torch.dtype]:
         return five_gaussians(), (2,), torch.float64
     spec = DEMO_MODELS[name]
     return load_bundled(name, dtype=spec.dtype).eval(), spec.shape, spec.dtype
+
+
+def parse_rows(text: str) -> list[str]:
+    """The rows of ``--rows`` (comma-separated names of ROWS), ``base`` first whether named or not."""
+    names = [BASE] + [r for r in text.split(",") if r and r != BASE]
+    unknown = [r for r in names if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"--rows: unknown {unknown}; choose from {list(ROWS)}")
+    return names
+
+
+def held_out(name: str, eval_samples: int, report: str | None):
+    """(model, shape, dtype, noises, reference): the model, ``eval_samples`` held-out noises (seed
+    HELD_OUT_SEED) and their dopri5 endpoints, cached in ``report`` (default /tmp/search_budget_<name>)."""
+    torch.manual_seed(0)
+    model, shape, dtype = _model(name)
+    report = report or f"/tmp/search_budget_{name}"
+    os.makedirs(report, exist_ok=True)
+    noise = bf.seeded_noise(shape, 0, eval_samples, seed=HELD_OUT_SEED, dtype=dtype)
+    ref, _ = cached_reference(model, noise, os.path.join(report, f"reference_{name}.safetensors"),
+                              fingerprint=model_fingerprint(model))  # fmt: skip
+    return model, shape, dtype, noise, ref
 
 
 def _search(model, shape, dtype, dp: str, noises: int, polish: str, start: str, seed: int = 0):
@@ -172,19 +195,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--report", default=None, help="folder of the cached reference (default /tmp/...)")
     args = ap.parse_args()
-    names = [BASE] + [r for r in args.rows.split(",") if r and r != BASE]
-    if args.seed == 1 or args.seed < 0:
+    names = parse_rows(args.rows)
+    if args.seed == HELD_OUT_SEED or args.seed < 0:
         raise SystemExit(f"--seed {args.seed}: seed 1 draws the held-out noises; choose another seed >= 0")
-    unknown = [r for r in names if r not in ROWS]
-    if unknown:
-        raise SystemExit(f"--rows: unknown {unknown}; choose from {list(ROWS)}")
-    torch.manual_seed(0)
-    model, shape, dtype = _model(args.model)
-    report = args.report or f"/tmp/search_budget_{args.model}"
-    os.makedirs(report, exist_ok=True)
-    noise = bf.seeded_noise(shape, 0, args.eval_samples, seed=1, dtype=dtype)
-    ref, _ = cached_reference(model, noise, os.path.join(report, f"reference_{args.model}.safetensors"),
-                              fingerprint=model_fingerprint(model))  # fmt: skip
+    model, shape, dtype, noise, ref = held_out(args.model, args.eval_samples, args.report)
     rows, found = {}, {}
     for row in names:
         dp, m, polish, start = ROWS[row]

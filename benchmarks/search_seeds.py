@@ -36,11 +36,19 @@ import sys
 import numpy as np
 import torch
 
-import boss_fast as bf
-from benchmarks.search_budget import BASE, DEFAULT_ROWS, MAX_STEPS, ROWS, _model, _search, squared_errors
+from benchmarks.search_budget import (
+    BASE,
+    DEFAULT_ROWS,
+    HELD_OUT_SEED,
+    MAX_STEPS,
+    ROWS,
+    _search,
+    held_out,
+    parse_rows,
+    squared_errors,
+)
 from boss_fast._identity import model_fingerprint
 from boss_fast._validation import atomic_write
-from boss_fast.demo import cached_reference
 from boss_fast.metrics import (
     bootstrap_statistics,
     bootstrap_weights,
@@ -50,7 +58,6 @@ from boss_fast.metrics import (
 )
 
 DEFAULT_SEEDS = (0, 2, 3, 4, 5, 6, 7, 8, 9, 10)
-HELD_OUT_SEED = 1
 SEED_ROWS = [BASE, "coarse+polish/256", "coarse+polish/128", "coarse+polish/64"]
 
 
@@ -185,18 +192,9 @@ def main() -> None:
     ap.add_argument("--report", default=None, help="folder of the cached reference (default /tmp/...)")
     args = ap.parse_args()
     seeds = parse_seeds(args.seeds)
-    rows = [BASE] + [r for r in args.rows.split(",") if r and r != BASE]
-    unknown = [r for r in rows if r not in ROWS]
-    if unknown:
-        raise SystemExit(f"--rows: unknown {unknown}; choose from {list(ROWS)}")
-    torch.manual_seed(0)
-    model, shape, dtype = _model(args.model)
-    report = args.report or f"/tmp/search_budget_{args.model}"
-    os.makedirs(report, exist_ok=True)
+    rows = parse_rows(args.rows)
+    model, shape, dtype, noise, ref = held_out(args.model, args.eval_samples, args.report)
     os.makedirs(args.out, exist_ok=True)
-    noise = bf.seeded_noise(shape, 0, args.eval_samples, seed=HELD_OUT_SEED, dtype=dtype)
-    ref, _ = cached_reference(model, noise, os.path.join(report, f"reference_{args.model}.safetensors"),
-                              fingerprint=model_fingerprint(model))  # fmt: skip
     stem = os.path.join(args.out, f"search_seeds_{args.model}")
     header = {"model": args.model, "fingerprint": model_fingerprint(model), "max_steps": MAX_STEPS,
               "rows": {r: list(ROWS[r]) for r in rows}}  # fmt: skip
