@@ -85,6 +85,16 @@ def parse_rows(text: str) -> list[str]:
     return names
 
 
+def refuse_held_out(seeds: list[int], flag: str) -> None:
+    """Refuse (exit, naming ``flag``) search seeds below 0 or equal to the held-out noises' seed."""
+    bad = [s for s in seeds if s < 0 or s == HELD_OUT_SEED]
+    if bad:
+        raise SystemExit(
+            f"{flag} {', '.join(map(str, bad))}: seed {HELD_OUT_SEED} draws the held-out noises; "
+            "choose search seeds >= 0 other than it"
+        )
+
+
 def held_out(name: str, eval_samples: int, report: str | None):
     """(model, shape, dtype, noises, reference): the model, ``eval_samples`` held-out noises (seed
     HELD_OUT_SEED) and their dopri5 endpoints, cached in ``report`` (default /tmp/search_budget_<name>)."""
@@ -114,12 +124,16 @@ def _endpoints(model, noise: torch.Tensor, start: str, times: np.ndarray) -> tor
                       for part in noise.split(250)])  # fmt: skip
 
 
+def _per_noise(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
+    """(n,) float64 per-noise mean squared error of endpoints ``x`` against ``ref``."""
+    return (x.double() - ref.double()).flatten(1).square().mean(dim=1).numpy()
+
+
 def squared_errors(
     model, noise: torch.Tensor, ref: torch.Tensor, start: str, times: np.ndarray
 ) -> np.ndarray:
     """(n,) float64 per-noise mean squared endpoint error against ``ref``, the held-out reference."""
-    x = _endpoints(model, noise, start, times)
-    return (x.double() - ref.double()).flatten(1).square().mean(dim=1).numpy()
+    return _per_noise(_endpoints(model, noise, start, times), ref)
 
 
 def _judge(name: str, model, noise, ref, found: dict, weights, fd) -> dict:
@@ -130,8 +144,7 @@ def _judge(name: str, model, noise, ref, found: dict, weights, fd) -> dict:
         stats, fstats = {}, {}
         for row, sset in found.items():
             x = _endpoints(model, noise, sset[k].start, sset[k].times)
-            sq = (x.double() - ref.double()).flatten(1).square().mean(dim=1).numpy()
-            stats[row] = bootstrap_statistics(sq, rmse_statistic, weights)
+            stats[row] = bootstrap_statistics(_per_noise(x, ref), rmse_statistic, weights)
             out[row][k] = {"rmse": float(stats[row][0]), "indices": sset[k].indices.tolist()}
             if fd is not None and k in FD_STEPS:
                 fstats[row] = bootstrap_statistics(digits_features(x), fd, fd_weights)
@@ -196,8 +209,7 @@ def main() -> None:
     ap.add_argument("--report", default=None, help="folder of the cached reference (default /tmp/...)")
     args = ap.parse_args()
     names = parse_rows(args.rows)
-    if args.seed == HELD_OUT_SEED or args.seed < 0:
-        raise SystemExit(f"--seed {args.seed}: seed 1 draws the held-out noises; choose another seed >= 0")
+    refuse_held_out([args.seed], "--seed")
     model, shape, dtype, noise, ref = held_out(args.model, args.eval_samples, args.report)
     rows, found = {}, {}
     for row in names:

@@ -39,12 +39,12 @@ import torch
 from benchmarks.search_budget import (
     BASE,
     DEFAULT_ROWS,
-    HELD_OUT_SEED,
     MAX_STEPS,
     ROWS,
     _search,
     held_out,
     parse_rows,
+    refuse_held_out,
     squared_errors,
 )
 from boss_fast._identity import model_fingerprint
@@ -69,9 +69,7 @@ def parse_seeds(text: str) -> list[int]:
         raise SystemExit(f"--seeds {text!r}: comma-separated integers, e.g. 0,2,3") from None
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise SystemExit(f"--seeds {text!r}: at least two distinct seeds")
-    bad = [s for s in seeds if s < 0 or s == HELD_OUT_SEED]
-    if bad:
-        raise SystemExit(f"--seeds {bad}: seed {HELD_OUT_SEED} draws the held-out noises; choose seeds >= 0")
+    refuse_held_out(seeds, "--seeds")
     return seeds
 
 

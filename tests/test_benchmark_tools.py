@@ -202,3 +202,39 @@ def test_search_seeds_judge_pairs_each_seed_with_base():
     exact = (noise * 0.75**4 - ref).square().mean().sqrt().item()  # 4 steps of 1/4: x (1 - 1/4)^4
     assert out["rows"]["base"]["k"][3]["rmse"] == pytest.approx(exact)
     assert out["base_redrawn_worse"] == [0.0] * MAX_STEPS
+
+
+def test_search_seeds_resumes_after_kill_9_and_is_deterministic(tmp_path):
+    """Killed with SIGKILL after its first saved search, a rerun of the same command searches only what was
+    not saved, and its report's schedules are those of an uninterrupted run (the searches are seeded)."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    seeds, rows = "0,2,3,4", "coarse+polish/64"
+
+    def argv(out):
+        report = str(tmp_path / "ref")
+        return [sys.executable, "benchmarks/search_seeds.py", "--model", "five_gaussians", "--seeds", seeds,
+                "--rows", rows, "--eval-samples", "50", "--out", str(out), "--report", report]  # fmt: skip
+
+    killed, fresh = tmp_path / "killed", tmp_path / "fresh"
+    partial = killed / "search_seeds_five_gaussians.partial.json"
+    proc = subprocess.Popen(argv(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = json.loads(partial.read_text())["done"]
+    assert 1 <= len(saved) < 8
+    out = subprocess.run(argv(killed), capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    searched = [line.split(":")[0] for line in out.stdout.splitlines() if "evaluations per noise," in line]
+    assert len(searched) == 8 - len(saved) and not set(searched) & set(saved)
+    assert not partial.exists()
+    done = subprocess.run(argv(fresh), capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    a = json.loads((killed / "search_seeds_five_gaussians.json").read_text())
+    b = json.loads((fresh / "search_seeds_five_gaussians.json").read_text())
+    assert a["schedules"] == b["schedules"] and a["judged"] == b["judged"]
